@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what shardgate's demo and tests need on a fresh Debian/Ubuntu
+# machine: redis-server + redis-cli, Python test packages. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian package starts a system redis on 6379; shardgate never uses it.
+
+if ! python3 -c 'import redis, pytest, xdist' >/dev/null 2>&1; then
+  echo "setup: installing Python test packages"
+  python3 -m pip install -q -r integration/requirements.txt 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages -r integration/requirements.txt
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }

@@ -1,0 +1,118 @@
+//! The one place that wires the modules together: shard map -> routing table
+//! and backends -> proxy listener, plus the metrics exporter.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backends, health};
+use crate::metrics::{self, Metrics};
+use crate::proxy::{ClientConfig, Proxy};
+use crate::router::{Epoch, Router, RoutingTable};
+use crate::shardmap::{MapError, ShardMap};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard map {path}: {source}")]
+    Map { path: String, source: MapError },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub map_path: PathBuf,
+    pub listen: SocketAddr,
+    pub client: ClientConfig,
+}
+
+/// A running proxy: its bound address and the means to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight commands finish (within the grace
+    /// period) and waits for the listener task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the proxy stops (after a shutdown signal).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Handle to trigger shutdown from elsewhere (signals).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Loads and validates the map, builds routing and backends, binds the
+/// client listener and starts serving. Must run inside a tokio runtime.
+pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
+    let map = ShardMap::load(&config.map_path).map_err(|source| StartError::Map {
+        path: config.map_path.display().to_string(),
+        source,
+    })?;
+    let map = Arc::new(map);
+    let metrics = Arc::new(Metrics::new());
+    let table = RoutingTable::compile(map.clone(), Epoch(1));
+    metrics.map_epoch(table.epoch().0);
+    let router = Arc::new(Router::new(table));
+    let backends = Arc::new(Backends::new(
+        &map,
+        config.client.region.as_deref(),
+        config.client.zone.as_deref(),
+    ));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    health::spawn_all(backends.endpoints(), shutdown_rx.clone());
+    let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
+    tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), "shardgate listening");
+    let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx));
+    Ok(Running {
+        addr,
+        proxy,
+        shutdown,
+        task,
+    })
+}
+
+/// Installs the process-wide Prometheus recorder and its HTTP listener.
+/// Call once per process, before [`start`], inside the runtime.
+pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), StartError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(metrics::LATENCY_BUCKETS)
+        .map_err(|e| StartError::Metrics(e.to_string()))?
+        .install()
+        .map_err(|e| StartError::Metrics(e.to_string()))?;
+    metrics::describe();
+    Ok(())
+}

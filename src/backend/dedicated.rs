@@ -1,0 +1,157 @@
+//! Dedicated backend connections for commands that hold connection state
+//! (MULTI/EXEC with WATCH, blocking pops, scripts), pooled per endpoint with
+//! deadpool.
+//!
+//! A connection goes back to the pool only when it is clean: no reply left
+//! unread and no WATCH left active. Anything else (a client that hung up while
+//! blocked in BLPOP, say) is discarded, which closes the socket and lets Redis
+//! drop the blocked client.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use deadpool::Runtime;
+use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, RecycleResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::EndpointState;
+use super::connect::connect;
+use crate::error::BackendError;
+use crate::protocol::{Protocol, scan};
+
+/// One dedicated connection.
+pub struct DedicatedConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    addr: String,
+    /// Replies still expected; non-zero means the connection is mid-request.
+    unread: usize,
+    /// A WATCH (or other session state) is active on the backend.
+    pub stateful: bool,
+}
+
+impl DedicatedConn {
+    /// Writes one or more complete request frames.
+    pub async fn send(&mut self, frames: &[u8], replies: usize) -> Result<(), BackendError> {
+        self.unread += replies;
+        self.stream
+            .write_all(frames)
+            .await
+            .map_err(|e| BackendError::ConnectionLost {
+                addr: self.addr.clone(),
+                reason: format!("write failed: {e}"),
+            })
+    }
+
+    /// Reads the next reply frame.
+    pub async fn recv(&mut self) -> Result<Bytes, BackendError> {
+        loop {
+            match scan::frame_len(&self.buf) {
+                Ok(Some(n)) => {
+                    self.unread = self.unread.saturating_sub(1);
+                    return Ok(self.buf.split_to(n).freeze());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(BackendError::Protocol {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return Err(BackendError::ConnectionLost {
+                        addr: self.addr.clone(),
+                        reason: "backend closed the connection".to_owned(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(BackendError::ConnectionLost {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends one request and reads its reply.
+    pub async fn request(&mut self, frame: &[u8]) -> Result<Bytes, BackendError> {
+        self.send(frame, 1).await?;
+        self.recv().await
+    }
+
+    /// Whether the connection can be handed to another client.
+    fn is_clean(&self) -> bool {
+        self.unread == 0 && !self.stateful && self.buf.is_empty()
+    }
+}
+
+/// deadpool manager creating dedicated connections to one endpoint.
+pub struct DedicatedManager {
+    endpoint: Arc<EndpointState>,
+    proto: Protocol,
+}
+
+impl Manager for DedicatedManager {
+    type Type = DedicatedConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<DedicatedConn, BackendError> {
+        let ep = &self.endpoint;
+        let result = connect(&ep.addr, self.proto, ep.options.connect_timeout).await;
+        ep.metrics.connect_attempt(result.is_ok());
+        let stream = result?;
+        ep.metrics.connections_delta(1.0);
+        Ok(DedicatedConn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            addr: ep.addr.clone(),
+            unread: 0,
+            stateful: false,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut DedicatedConn,
+        _: &PoolMetrics,
+    ) -> RecycleResult<BackendError> {
+        if conn.is_clean() {
+            Ok(())
+        } else {
+            Err(RecycleError::message(
+                "connection left mid-request or with session state",
+            ))
+        }
+    }
+
+    fn detach(&self, _conn: &mut DedicatedConn) {
+        self.endpoint.metrics.connections_delta(-1.0);
+    }
+}
+
+/// The pool type of dedicated connections.
+pub type DedicatedPool = managed::Pool<DedicatedManager>;
+/// A dedicated connection on loan from its pool.
+pub type PooledConn = managed::Object<DedicatedManager>;
+
+/// Builds the pool for one endpoint and protocol version.
+pub fn pool(endpoint: Arc<EndpointState>, proto: Protocol) -> DedicatedPool {
+    let opts = endpoint.options.clone();
+    let manager = DedicatedManager { endpoint, proto };
+    // deadpool needs the runtime set before any timeout is configured.
+    managed::Pool::builder(manager)
+        .runtime(Runtime::Tokio1)
+        .max_size(opts.dedicated_pool_size.max(1))
+        .wait_timeout(Some(opts.command_timeout))
+        .create_timeout(Some(opts.connect_timeout))
+        .build()
+        .unwrap_or_else(|e| unreachable!("runtime and timeouts are set: {e}"))
+}

@@ -1,0 +1,302 @@
+//! Running commands on backend endpoints.
+//!
+//! Per endpoint: a few long-lived multiplexed connections per protocol version
+//! ([`mux::MuxConn`]) carry pipelined requests of many clients, a deadpool pool
+//! of dedicated connections ([`dedicated`]) serves stateful commands, and a
+//! health checker ([`health`]) keeps the endpoint's health and latency
+//! estimate current. [`Backends`] maps every shard of the map to its
+//! endpoints and picks the endpoint for a read by the map's read policy.
+
+pub mod connect;
+pub mod dedicated;
+pub mod health;
+pub mod mux;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::error::BackendError;
+use crate::metrics::EndpointMetrics;
+use crate::protocol::Protocol;
+use crate::router::ShardId;
+use crate::shardmap::{Options, ReadPolicy, ShardMap};
+use dedicated::{DedicatedPool, PooledConn};
+use mux::{MuxConn, ReplyRx};
+
+/// Whether an endpoint is a shard's primary or one of its replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// What every connection task of one endpoint shares.
+pub struct EndpointState {
+    pub addr: String,
+    pub shard: String,
+    pub role: Role,
+    pub region: String,
+    pub zone: Option<String>,
+    pub options: Options,
+    pub metrics: EndpointMetrics,
+    /// Set by the health checker; cleared at once when a connection fails.
+    healthy: AtomicBool,
+    /// Smoothed health-check round trip, microseconds.
+    latency_us: AtomicU64,
+}
+
+impl EndpointState {
+    /// Whether reads may be sent here.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Health-check verdict (logs transitions once).
+    pub fn set_healthy(&self, healthy: bool, why: &str) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            if healthy {
+                tracing::info!(endpoint = %self.addr, shard = %self.shard, role = self.role.as_str(), "endpoint healthy");
+            } else {
+                tracing::warn!(endpoint = %self.addr, shard = %self.shard, role = self.role.as_str(), reason = why, "endpoint unhealthy; reads skip it");
+            }
+        }
+        self.metrics.set_healthy(healthy);
+    }
+
+    /// Smoothed latency estimate in microseconds (0 = not measured yet).
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    fn record_latency(&self, sample_us: u64) {
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample_us
+        } else {
+            (old * 7 + sample_us) / 8
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    fn connection_up(&self) {}
+
+    fn connection_failed(&self, err: &BackendError) {
+        if self.role == Role::Replica {
+            self.set_healthy(false, &err.to_string());
+        }
+    }
+}
+
+/// One endpoint: its shared state and its connections.
+pub struct Endpoint {
+    pub state: Arc<EndpointState>,
+    mux_resp2: Vec<MuxConn>,
+    mux_resp3: Vec<MuxConn>,
+    pool_resp2: DedicatedPool,
+    pool_resp3: DedicatedPool,
+}
+
+impl Endpoint {
+    fn new(state: Arc<EndpointState>) -> Endpoint {
+        let n = state.options.connections_per_endpoint.max(1);
+        let muxes = |p| (0..n).map(|_| MuxConn::spawn(state.clone(), p)).collect();
+        Endpoint {
+            mux_resp2: muxes(Protocol::Resp2),
+            mux_resp3: muxes(Protocol::Resp3),
+            pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
+            pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
+            state,
+        }
+    }
+
+    /// Sends one request frame over the multiplexed connection assigned to
+    /// `client` (a client always uses the same connection per endpoint, so its
+    /// requests to one endpoint stay in order).
+    pub fn send(&self, proto: Protocol, client: u64, frame: Bytes) -> ReplyRx {
+        let conns = match proto {
+            Protocol::Resp2 => &self.mux_resp2,
+            Protocol::Resp3 => &self.mux_resp3,
+        };
+        conns[(client as usize) % conns.len()].send(frame)
+    }
+
+    /// Takes a dedicated connection from this endpoint's pool.
+    pub async fn dedicated(&self, proto: Protocol) -> Result<PooledConn, BackendError> {
+        let pool = match proto {
+            Protocol::Resp2 => &self.pool_resp2,
+            Protocol::Resp3 => &self.pool_resp3,
+        };
+        pool.get().await.map_err(|e| match e {
+            deadpool::managed::PoolError::Backend(e) => e,
+            other => BackendError::PoolExhausted {
+                addr: self.state.addr.clone(),
+                reason: other.to_string(),
+            },
+        })
+    }
+}
+
+/// The endpoints of one shard and its read order.
+pub struct ShardBackends {
+    pub name: String,
+    pub primary: Arc<Endpoint>,
+    /// Endpoints eligible for reads, in tiers of preference (the first tier
+    /// with a healthy endpoint wins; within a tier, clients are spread).
+    read_tiers: Vec<Vec<Arc<Endpoint>>>,
+}
+
+impl ShardBackends {
+    /// The endpoint a read goes to: the first healthy one by the read policy,
+    /// the primary when none is healthy.
+    pub fn read_endpoint(&self, client: u64) -> &Arc<Endpoint> {
+        for tier in &self.read_tiers {
+            let n = tier.len();
+            for i in 0..n {
+                let ep = &tier[(client as usize + i) % n];
+                if ep.state.role == Role::Primary || ep.state.is_healthy() {
+                    return ep;
+                }
+            }
+        }
+        &self.primary
+    }
+}
+
+/// Every shard's endpoints, indexed by [`ShardId`].
+pub struct Backends {
+    shards: Vec<ShardBackends>,
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Backends {
+    /// Builds endpoints (connections open lazily) for every shard of `map`.
+    /// `region`/`zone` locate this proxy, for the `nearest` read policy.
+    pub fn new(map: &ShardMap, region: Option<&str>, zone: Option<&str>) -> Backends {
+        let mut by_addr: HashMap<String, Arc<Endpoint>> = HashMap::new();
+        let mut endpoints = Vec::new();
+        let mut make = |shard: &str, ep: &crate::shardmap::Endpoint, role: Role| -> Arc<Endpoint> {
+            by_addr
+                .entry(ep.addr.clone())
+                .or_insert_with(|| {
+                    let state = Arc::new(EndpointState {
+                        addr: ep.addr.clone(),
+                        shard: shard.to_owned(),
+                        role,
+                        region: ep.region.clone(),
+                        zone: ep.zone.clone(),
+                        options: map.options.clone(),
+                        metrics: EndpointMetrics::new(shard, &ep.addr, role.as_str()),
+                        // Primaries serve until proven otherwise; replicas only
+                        // once a health check has seen them in sync.
+                        healthy: AtomicBool::new(role == Role::Primary),
+                        latency_us: AtomicU64::new(0),
+                    });
+                    state.metrics.set_healthy(role == Role::Primary);
+                    let e = Arc::new(Endpoint::new(state));
+                    endpoints.push(e.clone());
+                    e
+                })
+                .clone()
+        };
+        let shards = map
+            .shards
+            .iter()
+            .map(|s| {
+                let primary = make(&s.name, &s.primary, Role::Primary);
+                let replicas: Vec<_> = s
+                    .replicas
+                    .iter()
+                    .map(|r| make(&s.name, r, Role::Replica))
+                    .collect();
+                let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
+                ShardBackends {
+                    name: s.name.clone(),
+                    primary,
+                    read_tiers,
+                }
+            })
+            .collect();
+        Backends { shards, endpoints }
+    }
+
+    /// The backends of one shard.
+    pub fn shard(&self, id: ShardId) -> &ShardBackends {
+        &self.shards[id.0 as usize]
+    }
+
+    /// Every shard, in map order.
+    pub fn shards(&self) -> &[ShardBackends] {
+        &self.shards
+    }
+
+    /// Every endpoint (for health checks).
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+}
+
+/// Orders a shard's endpoints for reads.
+fn read_tiers(
+    policy: ReadPolicy,
+    primary: &Arc<Endpoint>,
+    replicas: &[Arc<Endpoint>],
+    region: Option<&str>,
+    zone: Option<&str>,
+) -> Vec<Vec<Arc<Endpoint>>> {
+    match policy {
+        ReadPolicy::Primary => vec![vec![primary.clone()]],
+        ReadPolicy::PreferReplica => {
+            let mut tiers = tiers_by_distance(replicas, region, zone);
+            tiers.push(vec![primary.clone()]);
+            tiers
+        }
+        ReadPolicy::Nearest => {
+            let mut all = vec![primary.clone()];
+            all.extend(replicas.iter().cloned());
+            tiers_by_distance(&all, region, zone)
+        }
+    }
+}
+
+/// Groups endpoints into same-zone, same-region and other tiers (empty tiers
+/// dropped), keeping map order within a tier.
+fn tiers_by_distance(
+    eps: &[Arc<Endpoint>],
+    region: Option<&str>,
+    zone: Option<&str>,
+) -> Vec<Vec<Arc<Endpoint>>> {
+    let distance = |e: &Endpoint| {
+        let same_region = region.is_some() && region == Some(e.state.region.as_str());
+        let same_zone = same_region && zone.is_some() && zone == e.state.zone.as_deref();
+        if same_zone {
+            0
+        } else if same_region {
+            1
+        } else {
+            2
+        }
+    };
+    (0..3)
+        .map(|d| {
+            eps.iter()
+                .filter(|e| distance(e) == d)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}

@@ -1,0 +1,302 @@
+//! Requests -> classified commands.
+//!
+//! The command table ([`table::COMMANDS`]) is data, declared once: name, arity,
+//! flags, key positions and how the proxy handles the command. Classifying a
+//! request is a case-insensitive lookup that does not allocate.
+
+pub mod keys;
+pub mod table;
+
+/// Bit set of command properties, mirroring the flags Redis reports in `COMMAND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flags(pub u32);
+
+impl Flags {
+    /// Only reads data: may go to a replica under the read policy.
+    pub const READ: Flags = Flags(1 << 0);
+    /// Modifies data: always goes to the primary.
+    pub const WRITE: Flags = Flags(1 << 1);
+    /// May block the connection (BLPOP, XREAD BLOCK ...): dedicated connection.
+    pub const BLOCKING: Flags = Flags(1 << 2);
+    /// Redis "admin" / "dangerous" commands.
+    pub const ADMIN: Flags = Flags(1 << 3);
+    /// Redis "fast" flag (O(1) or O(log N)).
+    pub const FAST: Flags = Flags(1 << 4);
+    /// May grow memory (Redis "denyoom").
+    pub const DENYOOM: Flags = Flags(1 << 5);
+    /// Key positions cannot be read from first/last/step alone.
+    pub const MOVABLE_KEYS: Flags = Flags(1 << 6);
+    /// Redis "loading" flag.
+    pub const LOADING: Flags = Flags(1 << 7);
+    /// Redis "stale" flag.
+    pub const STALE: Flags = Flags(1 << 8);
+    /// Redis "noscript" flag.
+    pub const NOSCRIPT: Flags = Flags(1 << 9);
+    /// Redis "pubsub" flag.
+    pub const PUBSUB: Flags = Flags(1 << 10);
+    /// Redis "no_auth" flag.
+    pub const NO_AUTH: Flags = Flags(1 << 11);
+    /// Redis "skip_monitor" flag (kept so `COMMAND` replies match Redis).
+    pub const SKIP_MONITOR: Flags = Flags(1 << 12);
+    /// Redis "skip_slowlog" flag (kept so `COMMAND` replies match Redis).
+    pub const SKIP_SLOWLOG: Flags = Flags(1 << 13);
+    /// Redis "asking" flag (kept so `COMMAND` replies match Redis).
+    pub const ASKING: Flags = Flags(1 << 14);
+    /// Redis "no_mandatory_keys" flag: the command may run without keys
+    /// (EVAL, FCALL).
+    pub const NO_MANDATORY_KEYS: Flags = Flags(1 << 15);
+    /// Redis "no_async_loading" flag (kept so `COMMAND` replies match Redis).
+    pub const NO_ASYNC_LOADING: Flags = Flags(1 << 16);
+    /// Redis "no_multi" flag: refused inside MULTI.
+    pub const NO_MULTI: Flags = Flags(1 << 17);
+    /// Redis "allow_busy" flag (kept so `COMMAND` replies match Redis).
+    pub const ALLOW_BUSY: Flags = Flags(1 << 18);
+
+    /// Every flag with its Redis name, in the order Redis prints flags in the
+    /// `COMMAND` reply, so the proxy's own `COMMAND` can answer like Redis.
+    pub const REDIS_NAMES: [(Flags, &'static str); 19] = [
+        (Flags::WRITE, "write"),
+        (Flags::READ, "readonly"),
+        (Flags::DENYOOM, "denyoom"),
+        (Flags::ADMIN, "admin"),
+        (Flags::PUBSUB, "pubsub"),
+        (Flags::NOSCRIPT, "noscript"),
+        (Flags::BLOCKING, "blocking"),
+        (Flags::LOADING, "loading"),
+        (Flags::STALE, "stale"),
+        (Flags::SKIP_MONITOR, "skip_monitor"),
+        (Flags::SKIP_SLOWLOG, "skip_slowlog"),
+        (Flags::ASKING, "asking"),
+        (Flags::FAST, "fast"),
+        (Flags::NO_AUTH, "no_auth"),
+        (Flags::NO_MANDATORY_KEYS, "no_mandatory_keys"),
+        (Flags::NO_ASYNC_LOADING, "no_async_loading"),
+        (Flags::NO_MULTI, "no_multi"),
+        (Flags::MOVABLE_KEYS, "movablekeys"),
+        (Flags::ALLOW_BUSY, "allow_busy"),
+    ];
+
+    /// The Redis names of the set flags, in Redis' order (for `COMMAND`).
+    pub fn redis_names(self) -> impl Iterator<Item = &'static str> {
+        Flags::REDIS_NAMES
+            .iter()
+            .filter(move |(flag, _)| self.contains(*flag))
+            .map(|(_, name)| *name)
+    }
+
+    /// Whether every flag in `other` is set.
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Union of two flag sets (usable in `const` tables).
+    pub const fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+}
+
+/// Where a command's keys are, in the argument vector (`args[0]` is the name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// No keys.
+    None,
+    /// Keys at `first`, `first+step`, ... up to `last` (negative `last` counts
+    /// from the end: -1 is the last argument), like Redis' first/last/step.
+    Range {
+        first: usize,
+        last: isize,
+        step: usize,
+    },
+    /// `args[numkeys_at]` holds a count N; N keys follow starting at
+    /// `numkeys_at + 1` (EVAL, FCALL, SINTERCARD, LMPOP, ZUNION, ...). When
+    /// `dest_at` is set, `args[dest_at]` is a key too (ZUNIONSTORE destination).
+    NumKeys {
+        numkeys_at: usize,
+        dest_at: Option<usize>,
+    },
+    /// `... STREAMS k1 k2 id1 id2`: the keys are the first half of the
+    /// arguments after the STREAMS keyword (XREAD, XREADGROUP).
+    Streams,
+    /// `SORT key ... [STORE dest]`, `GEORADIUS key ... [STORE|STOREDIST dest]`:
+    /// `args[1]` plus the argument after a STORE/STOREDIST keyword.
+    KeyAndStore,
+    /// Container command whose key is `args[2]` when present
+    /// (OBJECT ENCODING key, XINFO STREAM key, XGROUP CREATE key, MEMORY USAGE key).
+    SubcommandKey,
+}
+
+/// How the proxy serves a command: the decision the dispatcher branches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handling {
+    /// All keys must live on one shard; the original bytes are forwarded there
+    /// over a multiplexed connection (primary for writes, read policy for reads).
+    Forward,
+    /// Multi-key command split per shard and merged by the proxy.
+    Split(SplitKind),
+    /// Blocking command: all keys on one shard, run on a dedicated connection.
+    Blocking,
+    /// MULTI/EXEC/DISCARD/WATCH/UNWATCH: session state, dedicated connection.
+    Transaction(TxKind),
+    /// EVAL/EVALSHA/FCALL and their _RO forms: keys on one shard, dedicated
+    /// connection.
+    Script,
+    /// Runs on every shard and the replies are combined.
+    Fanout(FanoutKind),
+    /// Answered by the proxy itself.
+    Local(LocalKind),
+    /// Refused with `-ERR` and this reason (the dispatcher names the command).
+    Unsupported(&'static str),
+}
+
+/// The multi-key commands that the proxy splits over shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitKind {
+    /// MGET: array of values in request order.
+    Mget,
+    /// MSET: key/value pairs, reply `+OK`.
+    Mset,
+    /// DEL, UNLINK, EXISTS, TOUCH: integer replies summed.
+    SumInt,
+}
+
+/// Transaction-related commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxKind {
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+}
+
+/// Commands run on every shard whose replies the proxy combines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanoutKind {
+    Scan,
+    Keys,
+    Dbsize,
+    Randomkey,
+    /// FLUSHDB/FLUSHALL, only when enabled in the map's options.
+    Flush,
+    /// SCRIPT LOAD/EXISTS/FLUSH.
+    Script,
+}
+
+/// Commands answered by the proxy without a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalKind {
+    Ping,
+    Echo,
+    Select,
+    Quit,
+    Hello,
+    Auth,
+    Client,
+    Command,
+    Info,
+    Time,
+    Reset,
+    Readonly,
+    Readwrite,
+}
+
+/// One row of the command table.
+#[derive(Clone, Copy, Debug)]
+pub struct CommandSpec {
+    /// Lower-case name, as Redis reports it in `COMMAND`.
+    pub name: &'static str,
+    /// Redis arity: positive = exact argument count (name included), negative =
+    /// at least `-arity`.
+    pub arity: i32,
+    pub flags: Flags,
+    pub keys: KeySpec,
+    pub handling: Handling,
+}
+
+impl CommandSpec {
+    /// Whether `argc` arguments (name included) satisfy the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        let arity = i64::from(self.arity);
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+
+    /// Whether the command only reads (and may go to a replica).
+    pub fn is_read(&self) -> bool {
+        self.flags.contains(Flags::READ) && !self.flags.contains(Flags::WRITE)
+    }
+
+    /// The legacy `(first, last, step)` triple Redis reports for the command in
+    /// `COMMAND`: the range for [`KeySpec::Range`], the destination for
+    /// store-style movable commands, `(1, 1, 1)` for SORT/GEORADIUS and
+    /// `(0, 0, 0)` for the other key shapes.
+    pub fn legacy_key_range(&self) -> (i64, i64, i64) {
+        match self.keys {
+            KeySpec::Range { first, last, step } => (first as i64, last as i64, step as i64),
+            KeySpec::NumKeys {
+                dest_at: Some(dest),
+                ..
+            } => (dest as i64, dest as i64, 1),
+            KeySpec::KeyAndStore => (1, 1, 1),
+            KeySpec::None
+            | KeySpec::NumKeys { dest_at: None, .. }
+            | KeySpec::Streams
+            | KeySpec::SubcommandKey => (0, 0, 0),
+        }
+    }
+}
+
+/// Looks a command up by name, case-insensitively, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
+    table::lookup(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_names_follow_redis_order() {
+        let flags = Flags::ALLOW_BUSY
+            .with(Flags::NOSCRIPT)
+            .with(Flags::WRITE)
+            .with(Flags::MOVABLE_KEYS);
+        let names: Vec<_> = flags.redis_names().collect();
+        assert_eq!(names, ["write", "noscript", "movablekeys", "allow_busy"]);
+        assert_eq!(Flags::default().redis_names().count(), 0);
+    }
+
+    #[test]
+    fn every_flag_has_one_distinct_bit() {
+        let mut seen = 0u32;
+        for (flag, _) in Flags::REDIS_NAMES {
+            assert_eq!(flag.0.count_ones(), 1);
+            assert_eq!(seen & flag.0, 0);
+            seen |= flag.0;
+        }
+    }
+
+    #[test]
+    fn legacy_key_range_of_each_shape() {
+        let range = |name: &str| lookup(name.as_bytes()).map(|spec| spec.legacy_key_range());
+        assert_eq!(range("blpop"), Some((1, -2, 1)));
+        assert_eq!(range("zunionstore"), Some((1, 1, 1)));
+        assert_eq!(range("georadius"), Some((1, 1, 1)));
+        assert_eq!(range("eval"), Some((0, 0, 0)));
+        assert_eq!(range("xread"), Some((0, 0, 0)));
+        assert_eq!(range("object"), Some((0, 0, 0)));
+        assert_eq!(range("ping"), Some((0, 0, 0)));
+    }
+
+    #[test]
+    fn arity() {
+        let get = lookup(b"get").map(|spec| (spec.arity_ok(2), spec.arity_ok(3)));
+        assert_eq!(get, Some((true, false)));
+        let del = lookup(b"del").map(|spec| (spec.arity_ok(1), spec.arity_ok(2), spec.arity_ok(9)));
+        assert_eq!(del, Some((false, true, true)));
+    }
+}

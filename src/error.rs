@@ -1,0 +1,88 @@
+//! Errors that reach a client, and the one function that turns them into a
+//! RESP reply ([`ProxyError::to_reply`]).
+//!
+//! Each error records which side failed (client input, backend, the proxy
+//! itself) so that logs and metrics can tell an operator where to look.
+
+use std::borrow::Cow;
+
+use crate::protocol::Reply;
+
+/// A failure talking to one backend endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// Could not connect (refused, unreachable, connect timeout) or the
+    /// endpoint is in its reconnect back-off after such a failure.
+    #[error("backend {addr} unavailable: {reason}")]
+    Unavailable { addr: String, reason: String },
+    /// The backend did not answer within the command timeout; the connection
+    /// was closed because its replies can no longer be matched.
+    #[error("backend {addr} timed out after {millis} ms")]
+    Timeout { addr: String, millis: u64 },
+    /// The connection broke while the request was in flight: the command may
+    /// or may not have run.
+    #[error("connection to backend {addr} lost: {reason}")]
+    ConnectionLost { addr: String, reason: String },
+    /// The backend sent bytes that are not RESP.
+    #[error("backend {addr} sent an invalid reply: {reason}")]
+    Protocol { addr: String, reason: String },
+    /// No dedicated connection could be taken from the pool in time.
+    #[error("no free dedicated connection to backend {addr}: {reason}")]
+    PoolExhausted { addr: String, reason: String },
+}
+
+impl BackendError {
+    /// Short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Unavailable { .. } => "unavailable",
+            BackendError::Timeout { .. } => "timeout",
+            BackendError::ConnectionLost { .. } => "connection_lost",
+            BackendError::Protocol { .. } => "protocol",
+            BackendError::PoolExhausted { .. } => "pool_exhausted",
+        }
+    }
+
+    /// Whether the request certainly never reached the backend, so that an
+    /// idempotent read may be retried elsewhere.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
+        )
+    }
+}
+
+/// Everything that can go wrong serving one client command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The command or its arguments are wrong; the message is the full RESP
+    /// error text in Redis' wording (`ERR ...`, `CROSSSLOT ...`).
+    #[error("{0}")]
+    Client(Cow<'static, str>),
+    /// A backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl ProxyError {
+    /// A client-side error with Redis' `ERR` prefix.
+    pub fn err(msg: impl std::fmt::Display) -> ProxyError {
+        ProxyError::Client(Cow::Owned(format!("ERR {msg}")))
+    }
+
+    /// The `CROSSSLOT` error, worded as Redis Cluster words it.
+    pub fn crossslot() -> ProxyError {
+        ProxyError::Client(Cow::Borrowed(
+            "CROSSSLOT Keys in request don't hash to the same slot",
+        ))
+    }
+
+    /// The one place an error becomes a RESP reply.
+    pub fn to_reply(&self) -> Reply {
+        match self {
+            ProxyError::Client(msg) => Reply::Error(msg.clone()),
+            ProxyError::Backend(e) => Reply::Error(Cow::Owned(format!("ERR {e}"))),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! shardgate: a wire-compatible Redis proxy that spreads one keyspace over many
+//! shards (Redis servers, later PostgreSQL databases) with geo-aware consistent
+//! hashing.
+//!
+//! # Layout
+//!
+//! The module tree follows the data flow of one request; dependencies point one
+//! way, from the client socket towards the backends:
+//!
+//! ```text
+//! client socket -> protocol (bytes -> Request frames, reply frames -> bytes)
+//!   -> command   (Request -> classified command via the declarative table)
+//!   -> router    (key -> hash tag -> slot -> placement -> owner shard)
+//!   -> backend   (multiplexed pipelined connection | dedicated pooled connection)
+//!   -> proxy     (per-client session: dispatch, split/merge, in-order replies)
+//! ```
+//!
+//! Beside it, the control path: `shardmap` (YAML -> validated [`shardmap::ShardMap`])
+//! -> `router::RoutingTable::compile` -> published through [`router::Router`]
+//! (`arc-swap`; readers never lock). [`app`] is the one place that wires the
+//! pieces together; [`metrics`] is the facade every module records through.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backend;
+pub mod command;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod shardmap;

@@ -1,0 +1,169 @@
+//! The `shardgate` command line: `serve` runs the proxy, `check-map`
+//! validates a shard map without starting anything.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shardgate::app::{self, ServeConfig};
+use shardgate::protocol::Limits;
+use shardgate::proxy::ClientConfig;
+use shardgate::shardmap::ShardMap;
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A Redis-compatible sharding proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Parse and validate a shard map, print a summary, and exit.
+    CheckMap {
+        /// Path of the shard-map YAML file.
+        map: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Path of the shard-map YAML file.
+    #[arg(long)]
+    map: PathBuf,
+    /// Address for Redis clients.
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    listen: SocketAddr,
+    /// Address of the Prometheus metrics endpoint (GET /metrics).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Region this proxy runs in (for the `nearest` read policy).
+    #[arg(long)]
+    region: Option<String>,
+    /// Zone this proxy runs in (for the `nearest` read policy).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replies a client may have outstanding before the proxy stops reading it.
+    #[arg(long, default_value_t = 1024)]
+    max_pipeline: usize,
+    /// Largest bulk string a client may send, in bytes (like proto-max-bulk-len).
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    max_bulk_len: usize,
+    /// Seconds to let in-flight commands finish on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 5)]
+    shutdown_grace_secs: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckMap { map } => match ShardMap::load(&map) {
+            Ok(m) => {
+                println!(
+                    "{}: ok ({} shards, {} slots, read policy {:?})",
+                    map.display(),
+                    m.shards.len(),
+                    m.slots,
+                    m.read_policy
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", map.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        if let Some(addr) = args.metrics_listen {
+            if let Err(e) = app::install_metrics_exporter(addr) {
+                tracing::error!(error = %e, "cannot start the metrics exporter");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        let config = ServeConfig {
+            map_path: args.map,
+            listen: args.listen,
+            client: ClientConfig {
+                limits: Limits {
+                    max_bulk_len: args.max_bulk_len,
+                    ..Limits::default()
+                },
+                max_pipeline: args.max_pipeline.max(1),
+                shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+                region: args.region,
+                zone: args.zone,
+            },
+        };
+        let running = match app::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "shardgate cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        let stop = running.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: no new clients, finishing in-flight commands");
+            let _ = stop.send(true);
+        });
+        running.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,278 @@
+//! Metrics, declared once, recorded through a facade of verbs.
+//!
+//! Every metric name, its help text and its labels are in [`DESCRIPTIONS`];
+//! labels are bounded (command names come from the command table, shard and
+//! endpoint names from the shard map). Hot-path handles are registered once
+//! and kept in [`Metrics`] / [`EndpointMetrics`], so recording a command is an
+//! atomic add, not a registry lookup. The exporter (Prometheus text over HTTP)
+//! is installed by `app` only; without it every handle is a no-op, so tests can
+//! build as many proxies as they like in one process.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use crate::command::{CommandSpec, table::COMMANDS};
+
+/// Client-facing command latency, as the client sees it.
+pub const COMMAND_DURATION: &str = "shardgate_command_duration_seconds";
+/// Commands served, by command name and outcome (`ok`, `error`).
+pub const COMMANDS_TOTAL: &str = "shardgate_commands_total";
+/// Currently open client connections.
+pub const CLIENT_CONNECTIONS: &str = "shardgate_client_connections";
+/// Client connections accepted since start.
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "shardgate_client_connections_total";
+/// Client connections closed for a protocol error.
+pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total";
+/// Round trip of a request on a backend connection, by shard/endpoint/role.
+pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
+/// Backend failures, by shard, endpoint, role and error kind.
+pub const BACKEND_ERRORS: &str = "shardgate_backend_errors_total";
+/// Open backend connections (multiplexed and dedicated), by endpoint.
+pub const BACKEND_CONNECTIONS: &str = "shardgate_backend_connections";
+/// Backend connection attempts, by endpoint and outcome.
+pub const BACKEND_CONNECTS: &str = "shardgate_backend_connects_total";
+/// Dedicated connections currently lent out to clients, by endpoint.
+pub const DEDICATED_IN_USE: &str = "shardgate_dedicated_connections_in_use";
+/// 1 when the health check passes for the endpoint, else 0.
+pub const ENDPOINT_HEALTHY: &str = "shardgate_endpoint_healthy";
+/// Reads served, by shard and the role of the endpoint that served them.
+pub const READS_TOTAL: &str = "shardgate_reads_total";
+/// Epoch of the routing table in use.
+pub const MAP_EPOCH: &str = "shardgate_map_epoch";
+
+/// Name, kind and help text of every metric, registered at start.
+pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
+    (
+        COMMAND_DURATION,
+        "histogram",
+        "Latency of client commands as seen by the proxy, from parse to reply",
+    ),
+    (
+        COMMANDS_TOTAL,
+        "counter",
+        "Client commands by command name and outcome (ok, error)",
+    ),
+    (CLIENT_CONNECTIONS, "gauge", "Open client connections"),
+    (
+        CLIENT_CONNECTIONS_TOTAL,
+        "counter",
+        "Client connections accepted",
+    ),
+    (
+        CLIENT_PROTOCOL_ERRORS,
+        "counter",
+        "Client connections closed because of a malformed frame",
+    ),
+    (
+        BACKEND_DURATION,
+        "histogram",
+        "Round trip of a request to a backend endpoint",
+    ),
+    (
+        BACKEND_ERRORS,
+        "counter",
+        "Backend failures by shard, endpoint, role and kind",
+    ),
+    (
+        BACKEND_CONNECTIONS,
+        "gauge",
+        "Open backend connections by endpoint and type",
+    ),
+    (
+        BACKEND_CONNECTS,
+        "counter",
+        "Backend connection attempts by endpoint and outcome",
+    ),
+    (
+        DEDICATED_IN_USE,
+        "gauge",
+        "Dedicated backend connections lent to clients",
+    ),
+    (
+        ENDPOINT_HEALTHY,
+        "gauge",
+        "1 if the endpoint passes its health check",
+    ),
+    (
+        READS_TOTAL,
+        "counter",
+        "Reads by shard and serving role (primary, replica)",
+    ),
+    (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
+];
+
+/// Histogram buckets (seconds): 50 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Registers help texts with the installed recorder.
+pub fn describe() {
+    for (name, kind, help) in DESCRIPTIONS {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
+            _ => metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help),
+        }
+    }
+}
+
+struct CommandCounters {
+    ok: Counter,
+    error: Counter,
+}
+
+impl CommandCounters {
+    fn new(name: &'static str) -> Self {
+        CommandCounters {
+            ok: counter!(COMMANDS_TOTAL, "command" => name, "outcome" => "ok"),
+            error: counter!(COMMANDS_TOTAL, "command" => name, "outcome" => "error"),
+        }
+    }
+}
+
+/// Proxy-wide handles, built once and shared by every client connection.
+pub struct Metrics {
+    commands: Vec<CommandCounters>,
+    unknown: CommandCounters,
+    command_duration: Histogram,
+    client_connections: Gauge,
+    client_connections_total: Counter,
+    protocol_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every hot-path handle with the current recorder.
+    pub fn new() -> Metrics {
+        Metrics {
+            commands: COMMANDS
+                .iter()
+                .map(|c| CommandCounters::new(c.name))
+                .collect(),
+            unknown: CommandCounters::new("unknown"),
+            command_duration: histogram!(COMMAND_DURATION),
+            client_connections: gauge!(CLIENT_CONNECTIONS),
+            client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
+            protocol_errors: counter!(CLIENT_PROTOCOL_ERRORS),
+        }
+    }
+
+    /// Counts one finished command and its latency.
+    pub fn command_done(&self, spec: Option<&'static CommandSpec>, ok: bool, elapsed: Duration) {
+        let counters = spec
+            .and_then(command_index)
+            .and_then(|i| self.commands.get(i));
+        let counters = counters.unwrap_or(&self.unknown);
+        if ok { &counters.ok } else { &counters.error }.increment(1);
+        self.command_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A client connected.
+    pub fn client_connected(&self) {
+        self.client_connections.increment(1.0);
+        self.client_connections_total.increment(1);
+    }
+
+    /// A client disconnected.
+    pub fn client_disconnected(&self) {
+        self.client_connections.decrement(1.0);
+    }
+
+    /// A client was disconnected for sending a malformed frame.
+    pub fn client_protocol_error(&self) {
+        self.protocol_errors.increment(1);
+    }
+
+    /// The routing table with this epoch is now in use.
+    pub fn map_epoch(&self, epoch: u64) {
+        gauge!(MAP_EPOCH).set(epoch as f64);
+    }
+}
+
+/// Position of a table row, derived from its address (rows are never copied
+/// out of the static table by `lookup`).
+fn command_index(spec: &'static CommandSpec) -> Option<usize> {
+    let base = COMMANDS.as_ptr() as usize;
+    let addr = spec as *const CommandSpec as usize;
+    let size = std::mem::size_of::<CommandSpec>().max(1);
+    let idx = addr.checked_sub(base)? / size;
+    (idx < COMMANDS.len()).then_some(idx)
+}
+
+/// Handles for one backend endpoint.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    shard: String,
+    endpoint: String,
+    role: &'static str,
+    duration: Histogram,
+    reads: Counter,
+    connections: Gauge,
+    dedicated_in_use: Gauge,
+    healthy: Gauge,
+}
+
+impl EndpointMetrics {
+    /// Registers the handles of endpoint `addr` of `shard` (role: primary/replica).
+    pub fn new(shard: &str, addr: &str, role: &'static str) -> EndpointMetrics {
+        let (s, e) = (shard.to_owned(), addr.to_owned());
+        EndpointMetrics {
+            duration: histogram!(BACKEND_DURATION, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
+            reads: counter!(READS_TOTAL, "shard" => s.clone(), "role" => role),
+            connections: gauge!(BACKEND_CONNECTIONS, "shard" => s.clone(), "endpoint" => e.clone()),
+            dedicated_in_use: gauge!(DEDICATED_IN_USE, "shard" => s.clone(), "endpoint" => e.clone()),
+            healthy: gauge!(ENDPOINT_HEALTHY, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
+            shard: s,
+            endpoint: e,
+            role,
+        }
+    }
+
+    /// One request's backend round trip.
+    pub fn request_done(&self, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A read was sent to this endpoint.
+    pub fn read_served(&self) {
+        self.reads.increment(1);
+    }
+
+    /// A backend failure of the given kind.
+    pub fn backend_error(&self, kind: &'static str) {
+        counter!(BACKEND_ERRORS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "role" => self.role, "kind" => kind)
+        .increment(1);
+    }
+
+    /// A connection attempt finished.
+    pub fn connect_attempt(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        counter!(BACKEND_CONNECTS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "outcome" => outcome)
+        .increment(1);
+    }
+
+    /// A backend connection opened (+1) or closed (-1).
+    pub fn connections_delta(&self, delta: f64) {
+        self.connections.increment(delta);
+    }
+
+    /// A dedicated connection was lent (+1) or returned (-1).
+    pub fn dedicated_delta(&self, delta: f64) {
+        self.dedicated_in_use.increment(delta);
+    }
+
+    /// Health check result.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+}

@@ -1,0 +1,276 @@
+//! The per-client connection loop.
+//!
+//! Requests are parsed as they arrive and dispatched at once (so requests to
+//! backends pipeline), their replies queue in a FIFO and leave in request
+//! order; every reply that is ready goes out in one write. Commands that need
+//! the session to themselves (transactions, blocking commands) first drain the
+//! FIFO. A client whose FIFO is full is not read until replies drain.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::Proxy;
+use super::dispatch::Action;
+use super::pending::Pending;
+use super::session::Session;
+use crate::protocol::{Reply, parse_request};
+
+/// Size of one socket read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Flush the reply buffer once it holds this much, even if more replies are ready.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+struct Client<'a> {
+    proxy: &'a Proxy,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    pending: VecDeque<Pending>,
+    session: Session,
+    /// The client closed its side: serve what was read, then stop.
+    eof: bool,
+}
+
+/// Why the connection ends.
+enum End {
+    /// Client hung up or sent QUIT: expected.
+    Normal,
+    /// Malformed frame: error sent, connection closed.
+    Protocol,
+    /// Socket error.
+    Io(std::io::Error),
+}
+
+/// Serves one client until it disconnects, sends QUIT or a malformed frame,
+/// or the proxy shuts down.
+pub async fn serve_client(
+    proxy: &Proxy,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (rd, wr) = stream.into_split();
+    let mut client = Client {
+        proxy,
+        rd,
+        wr,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        pending: VecDeque::new(),
+        session: Session::new(id, peer.to_string()),
+        eof: false,
+    };
+    let end = tokio::select! {
+        end = client.run() => end,
+        _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+            // Finish what was already dispatched, then close.
+            match client.drain().await {
+                Ok(()) => End::Normal,
+                Err(e) => End::Io(e),
+            }
+        }
+    };
+    match end {
+        End::Normal => tracing::debug!(client = id, %peer, "client disconnected"),
+        End::Protocol => {
+            proxy.metrics.client_protocol_error();
+            tracing::info!(client = id, %peer, "closed client connection after a protocol error");
+        }
+        End::Io(e) => tracing::debug!(client = id, %peer, error = %e, "client connection error"),
+    }
+}
+
+impl Client<'_> {
+    async fn run(&mut self) -> End {
+        loop {
+            match self.step().await {
+                Ok(true) => {}
+                Ok(false) => return End::Normal,
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// One round: dispatch what was parsed, then wait for input or replies.
+    /// Returns Ok(false) when the connection is done.
+    async fn step(&mut self) -> Result<bool, End> {
+        while self.pending.len() < self.proxy.config.max_pipeline {
+            match parse_request(&mut self.rbuf, &self.proxy.config.limits) {
+                Ok(Some(req)) => match self.session.dispatch(self.proxy, req) {
+                    Action::Queue(p) => self.pending.push_back(p),
+                    Action::Close(p) => {
+                        self.pending.push_back(p);
+                        self.drain().await.map_err(End::Io)?;
+                        return Ok(false);
+                    }
+                    Action::Inline(op, spec) => {
+                        self.drain().await.map_err(End::Io)?;
+                        let started = std::time::Instant::now();
+                        let Some(reply) = self.run_inline(op).await? else {
+                            return Ok(false);
+                        };
+                        let ok = !crate::protocol::reply::is_error(&reply);
+                        self.proxy
+                            .metrics
+                            .command_done(Some(spec), ok, started.elapsed());
+                        self.wr.write_all(&reply).await.map_err(End::Io)?;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    self.drain().await.map_err(End::Io)?;
+                    let mut out = BytesMut::new();
+                    Reply::error(format!("ERR {e}")).encode(self.session.proto, &mut out);
+                    let _ = self.wr.write_all(&out).await;
+                    return Err(End::Protocol);
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            self.flush().await.map_err(End::Io)?;
+            if self.eof {
+                return Ok(false);
+            }
+            return self.read_more().await;
+        }
+        let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
+        tokio::select! {
+            biased;
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx)) => {
+                self.take_ready();
+                self.flush().await.map_err(End::Io)?;
+                Ok(true)
+            }
+            r = read_some(&mut self.rd, &mut self.rbuf), if can_read => {
+                match r {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => {}
+                    Err(e) => return Err(End::Io(e)),
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<bool, End> {
+        match read_some(&mut self.rd, &mut self.rbuf).await {
+            Ok(0) => {
+                self.eof = true;
+                Ok(!self.rbuf.is_empty())
+            }
+            Ok(_) => Ok(true),
+            Err(e) => Err(End::Io(e)),
+        }
+    }
+
+    /// Moves every reply that is already complete into the write buffer.
+    fn take_ready(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
+            if poll_front(self.proxy, &mut self.pending, &mut self.wbuf, &mut cx).is_pending() {
+                break;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.wr.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+            if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                // Do not keep a burst's buffer for the life of an idle client.
+                self.wbuf = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every pending reply and writes them all.
+    async fn drain(&mut self) -> std::io::Result<()> {
+        while !self.pending.is_empty() {
+            std::future::poll_fn(|cx| {
+                poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx)
+            })
+            .await;
+            self.take_ready();
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                self.flush().await?;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Runs an inline operation while watching the client socket: if the
+    /// client hangs up (e.g. while blocked in BLPOP), the operation is dropped
+    /// and its dedicated connection discarded. Returns None when the client is
+    /// gone.
+    async fn run_inline(
+        &mut self,
+        op: super::dispatch::InlineOp,
+    ) -> Result<Option<bytes::Bytes>, End> {
+        let proxy = self.proxy;
+        let fut = self.session.run_inline(proxy, op);
+        tokio::pin!(fut);
+        loop {
+            if self.eof {
+                return Ok(Some(fut.await));
+            }
+            tokio::select! {
+                reply = &mut fut => return Ok(Some(reply)),
+                r = read_some(&mut self.rd, &mut self.rbuf) => match r {
+                    Ok(0) => {
+                        // Half-closed (e.g. `redis-cli --pipe`) or gone: a
+                        // blocking command cannot be answered to anyone.
+                        self.eof = true;
+                        return Ok(None);
+                    }
+                    Ok(_) => {
+                        if self.rbuf.len() > self.proxy.config.limits.max_inline_len.max(1 << 20) * 64 {
+                            return Err(End::Io(std::io::Error::other("client sent too much while blocked")));
+                        }
+                    }
+                    Err(e) => return Err(End::Io(e)),
+                },
+            }
+        }
+    }
+}
+
+async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    rd.read_buf(buf).await
+}
+
+/// Polls the oldest pending reply; when it is ready, appends it to the write
+/// buffer, counts it and removes it.
+fn poll_front(
+    proxy: &Proxy,
+    pending: &mut VecDeque<Pending>,
+    wbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(front) = pending.front_mut() else {
+        return Poll::Ready(());
+    };
+    match front.poll_into(cx, wbuf) {
+        Poll::Ready(ok) => {
+            proxy
+                .metrics
+                .command_done(front.spec, ok, front.started.elapsed());
+            pending.pop_front();
+            Poll::Ready(())
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}

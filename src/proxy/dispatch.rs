@@ -1,0 +1,453 @@
+//! One request -> what to do with it: forward to a shard, split over shards,
+//! fan out to all, answer locally, or run inline on a dedicated connection.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::Proxy;
+use super::pending::{Merge, Part, Pending, PendingKind, Retry};
+use super::session::{Session, Tx};
+use crate::backend::Role;
+use crate::command::keys::key_indices;
+use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind, lookup};
+use crate::error::ProxyError;
+use crate::protocol::{Reply, Request, request::encode_command};
+use crate::router::{RoutingTable, ShardId};
+
+/// Work that must run with the session to itself, after every earlier reply
+/// has been written (dedicated connections, multi-step commands).
+pub enum InlineOp {
+    Exec,
+    Discard,
+    Watch(Request, ShardId),
+    Unwatch,
+    Blocking(Request, ShardId),
+    Script(Request, ShardId),
+    Info(Request),
+    Randomkey,
+}
+
+/// The dispatcher's decision for one request.
+pub enum Action {
+    /// A reply to queue behind the earlier ones.
+    Queue(Pending),
+    /// Run after draining the queue.
+    Inline(InlineOp, &'static CommandSpec),
+    /// Reply, then close the connection (QUIT).
+    Close(Pending),
+}
+
+impl Session {
+    /// Classifies and routes one request.
+    pub fn dispatch(&mut self, proxy: &Proxy, req: Request) -> Action {
+        let started = Instant::now();
+        let Some(spec) = lookup(req.name()) else {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.aborted = true;
+            }
+            return self.fail(None, ProxyError::Client(unknown_command(req.args()).into()));
+        };
+        if !spec.arity_ok(req.args().len()) {
+            let e = ProxyError::err(format!(
+                "wrong number of arguments for '{}' command",
+                spec.name
+            ));
+            if let Some(tx) = self.tx.as_mut() {
+                tx.aborted = true;
+            }
+            return self.fail(Some(spec), e);
+        }
+        if self.tx.is_some()
+            && !matches!(
+                spec.handling,
+                Handling::Transaction(_) | Handling::Local(LocalKind::Quit)
+            )
+        {
+            return self.queue_in_tx(proxy, spec, req);
+        }
+        let result = match spec.handling {
+            Handling::Forward => self.forward(proxy, spec, req),
+            Handling::Split(kind) => self.split(proxy, spec, req, kind),
+            Handling::Blocking => self.blocking(proxy, spec, req),
+            Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind),
+            Handling::Script => {
+                let table = proxy.router.load();
+                self.single_shard(&table, spec, &req)
+                    .map(|s| Action::Inline(InlineOp::Script(req, s.unwrap_or(ShardId(0))), spec))
+            }
+            Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
+            Handling::Local(kind) => return self.local(proxy, spec, req, kind),
+            Handling::Unsupported(reason) => Err(ProxyError::err(format!(
+                "command '{}' is not supported by shardgate: {reason}",
+                spec.name
+            ))),
+        };
+        match result {
+            Ok(Action::Queue(mut p)) => {
+                p.started = started;
+                Action::Queue(p)
+            }
+            Ok(action) => action,
+            Err(e) => self.fail(Some(spec), e),
+        }
+    }
+
+    /// An error reply, queued in order.
+    pub fn fail(&self, spec: Option<&'static CommandSpec>, e: ProxyError) -> Action {
+        Action::Queue(Pending::ready(&e.to_reply(), spec, self.proto))
+    }
+
+    /// A local reply, queued in order.
+    pub fn reply(&self, spec: &'static CommandSpec, r: Reply) -> Action {
+        Action::Queue(Pending::ready(&r, Some(spec), self.proto))
+    }
+
+    /// The one shard all keys of the command live on; `None` for a command
+    /// without keys. Malformed key arguments route to the first shard so that
+    /// Redis itself answers with its exact error.
+    pub fn single_shard(
+        &mut self,
+        table: &RoutingTable,
+        spec: &CommandSpec,
+        req: &Request,
+    ) -> Result<Option<ShardId>, ProxyError> {
+        self.key_scratch.clear();
+        if key_indices(spec, req.args(), &mut self.key_scratch).is_err() {
+            return Ok(Some(ShardId(0)));
+        }
+        let args = req.args();
+        let mut shard = None;
+        for &i in &self.key_scratch {
+            let Some(key) = args.get(i) else { continue };
+            let s = table.shard_for_key(key);
+            match shard {
+                None => shard = Some(s),
+                Some(prev) if prev != s => return Err(ProxyError::crossslot()),
+                Some(_) => {}
+            }
+        }
+        Ok(shard)
+    }
+
+    fn forward(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+    ) -> Result<Action, ProxyError> {
+        let table = proxy.router.load();
+        let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        Ok(Action::Queue(self.send_to_shard(
+            proxy,
+            spec,
+            shard,
+            req.raw().clone(),
+        )))
+    }
+
+    /// Sends one frame to a shard: reads by the read policy, writes to the
+    /// primary.
+    pub fn send_to_shard(
+        &self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        shard: ShardId,
+        frame: Bytes,
+    ) -> Pending {
+        let backends = proxy.backends.shard(shard);
+        let kind = if spec.is_read() {
+            let ep = backends.read_endpoint(self.id);
+            ep.state.metrics.read_served();
+            let retry = (ep.state.role == Role::Replica).then(|| Retry {
+                primary: backends.primary.clone(),
+                frame: frame.clone(),
+                client: self.id,
+            });
+            PendingKind::Backend {
+                rx: ep.send(self.proto, self.id, frame),
+                retry,
+            }
+        } else {
+            PendingKind::Backend {
+                rx: backends.primary.send(self.proto, self.id, frame),
+                retry: None,
+            }
+        };
+        Pending {
+            kind,
+            spec: Some(spec),
+            proto: self.proto,
+            started: Instant::now(),
+        }
+    }
+
+    fn part(
+        &self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        shard: ShardId,
+        frame: Bytes,
+    ) -> Part {
+        let backends = proxy.backends.shard(shard);
+        let ep = if spec.is_read() {
+            backends.read_endpoint(self.id)
+        } else {
+            &backends.primary
+        };
+        if spec.is_read() {
+            ep.state.metrics.read_served();
+        }
+        Part::new(ep.send(self.proto, self.id, frame))
+    }
+
+    fn gather(&self, spec: &'static CommandSpec, parts: Vec<Part>, merge: Merge) -> Action {
+        Action::Queue(Pending {
+            kind: PendingKind::Gather { parts, merge },
+            spec: Some(spec),
+            proto: self.proto,
+            started: Instant::now(),
+        })
+    }
+
+    /// MGET / MSET / DEL-like commands: one sub-command per shard, merged.
+    fn split(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        kind: SplitKind,
+    ) -> Result<Action, ProxyError> {
+        let table = proxy.router.load();
+        let args = req.args();
+        let stride = if kind == SplitKind::Mset { 2 } else { 1 };
+        if kind == SplitKind::Mset && args.len().is_multiple_of(2) {
+            return Err(ProxyError::err(format!(
+                "wrong number of arguments for '{}' command",
+                spec.name
+            )));
+        }
+        // Group argument indices by shard, keeping first-seen shard order.
+        let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+        for i in (1..args.len()).step_by(stride) {
+            let shard = table.shard_for_key(&args[i]);
+            match groups.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((shard, vec![i])),
+            }
+        }
+        if groups.len() == 1 {
+            let shard = groups[0].0;
+            return Ok(Action::Queue(self.send_to_shard(
+                proxy,
+                spec,
+                shard,
+                req.raw().clone(),
+            )));
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        let mut positions = Vec::with_capacity(groups.len());
+        for (shard, idx) in &groups {
+            let mut sub: Vec<&[u8]> = Vec::with_capacity(1 + idx.len() * stride);
+            sub.push(&args[0]);
+            for &i in idx {
+                sub.extend(args[i..i + stride].iter().map(|a| a.as_ref()));
+            }
+            let mut frame = BytesMut::new();
+            encode_command(&sub, &mut frame);
+            parts.push(self.part(proxy, spec, *shard, frame.freeze()));
+            positions.push(idx.iter().map(|&i| (i - 1) / stride).collect());
+        }
+        let merge = match kind {
+            SplitKind::Mget => Merge::Mget {
+                positions,
+                total: args.len() - 1,
+            },
+            SplitKind::Mset => Merge::AllOk,
+            SplitKind::SumInt => Merge::SumInt,
+        };
+        Ok(self.gather(spec, parts, merge))
+    }
+
+    fn blocking(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+    ) -> Result<Action, ProxyError> {
+        let table = proxy.router.load();
+        let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        let is_stream_read = matches!(spec.name, "xread" | "xreadgroup");
+        let blocks = req.args().iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+        if is_stream_read && !blocks {
+            return Ok(Action::Queue(self.send_to_shard(
+                proxy,
+                spec,
+                shard,
+                req.raw().clone(),
+            )));
+        }
+        Ok(Action::Inline(InlineOp::Blocking(req, shard), spec))
+    }
+
+    fn transaction(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        kind: TxKind,
+    ) -> Result<Action, ProxyError> {
+        match kind {
+            TxKind::Multi => {
+                if self.tx.is_some() {
+                    return Err(ProxyError::err("MULTI calls can not be nested"));
+                }
+                let shard = self.watch.as_ref().map(|(s, _)| *s);
+                self.tx = Some(Tx {
+                    queued: Vec::new(),
+                    shard,
+                    aborted: false,
+                });
+                Ok(self.reply(spec, Reply::Ok))
+            }
+            TxKind::Exec if self.tx.is_none() => Err(ProxyError::err("EXEC without MULTI")),
+            TxKind::Exec => Ok(Action::Inline(InlineOp::Exec, spec)),
+            TxKind::Discard if self.tx.is_none() => Err(ProxyError::err("DISCARD without MULTI")),
+            TxKind::Discard => Ok(Action::Inline(InlineOp::Discard, spec)),
+            TxKind::Watch if self.tx.is_some() => {
+                Err(ProxyError::err("WATCH inside MULTI is not allowed"))
+            }
+            TxKind::Watch => {
+                let table = proxy.router.load();
+                let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+                if matches!(&self.watch, Some((s, _)) if *s != shard) {
+                    return Err(ProxyError::crossslot());
+                }
+                Ok(Action::Inline(InlineOp::Watch(req, shard), spec))
+            }
+            TxKind::Unwatch => Ok(Action::Inline(InlineOp::Unwatch, spec)),
+        }
+    }
+
+    /// A command inside MULTI: checked now, sent at EXEC.
+    fn queue_in_tx(&mut self, proxy: &Proxy, spec: &'static CommandSpec, req: Request) -> Action {
+        let queueable = match spec.handling {
+            Handling::Forward | Handling::Split(_) | Handling::Blocking | Handling::Script => true,
+            Handling::Local(k) => matches!(k, LocalKind::Ping | LocalKind::Echo),
+            _ => false,
+        };
+        let table = proxy.router.load();
+        let verdict = if queueable {
+            self.single_shard(&table, spec, &req)
+        } else {
+            Err(ProxyError::err(format!(
+                "command '{}' cannot be used inside MULTI through shardgate",
+                spec.name
+            )))
+        };
+        let Some(tx) = self.tx.as_mut() else {
+            return self.fail(Some(spec), ProxyError::err("internal: no transaction"));
+        };
+        match verdict {
+            Ok(shard) => {
+                if let Some(s) = shard {
+                    if tx.shard.is_some_and(|t| t != s) {
+                        tx.aborted = true;
+                        return self.fail(Some(spec), ProxyError::crossslot());
+                    }
+                    tx.shard = Some(s);
+                }
+                tx.queued.push(req);
+                self.reply(spec, Reply::Simple("QUEUED".into()))
+            }
+            Err(e) => {
+                tx.aborted = true;
+                self.fail(Some(spec), e)
+            }
+        }
+    }
+
+    fn fanout(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        kind: FanoutKind,
+    ) -> Result<Action, ProxyError> {
+        let n = proxy.backends.shards().len();
+        let all = |s: &Self, frame: Bytes| -> Vec<Part> {
+            (0..n)
+                .map(|i| s.part(proxy, spec, ShardId(i as u32), frame.clone()))
+                .collect()
+        };
+        match kind {
+            FanoutKind::Keys => Ok(self.gather(spec, all(self, req.raw().clone()), Merge::Concat)),
+            FanoutKind::Dbsize => {
+                Ok(self.gather(spec, all(self, req.raw().clone()), Merge::SumInt))
+            }
+            FanoutKind::Randomkey => Ok(Action::Inline(InlineOp::Randomkey, spec)),
+            FanoutKind::Flush => {
+                if !proxy.router.load().map().options.allow_flush {
+                    return Err(ProxyError::err(format!(
+                        "{} is disabled by the shard map (set options.allow_flush: true to enable it)",
+                        spec.name.to_uppercase()
+                    )));
+                }
+                Ok(self.gather(spec, all(self, req.raw().clone()), Merge::AllOk))
+            }
+            FanoutKind::Script => {
+                let sub = req
+                    .args()
+                    .get(1)
+                    .map(|s| s.to_ascii_uppercase())
+                    .unwrap_or_default();
+                let merge = match sub.as_slice() {
+                    b"LOAD" => Merge::Same,
+                    b"EXISTS" => Merge::AndArrays,
+                    b"FLUSH" => Merge::AllOk,
+                    _ => {
+                        return Err(ProxyError::err(format!(
+                            "SCRIPT {} is not supported by shardgate (LOAD, EXISTS and FLUSH are)",
+                            String::from_utf8_lossy(&sub)
+                        )));
+                    }
+                };
+                Ok(self.gather(spec, all(self, req.raw().clone()), merge))
+            }
+            FanoutKind::Scan => {
+                let cursor: u64 = std::str::from_utf8(&req.args()[1])
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| ProxyError::err("invalid cursor"))?;
+                let shards = n as u64;
+                let (shard, backend_cursor) = (cursor % shards, cursor / shards);
+                let mut args: Vec<&[u8]> = req.args().iter().map(|a| a.as_ref()).collect();
+                let c = backend_cursor.to_string();
+                args[1] = c.as_bytes();
+                let mut frame = BytesMut::new();
+                encode_command(&args, &mut frame);
+                let part = self.part(proxy, spec, ShardId(shard as u32), frame.freeze());
+                Ok(self.gather(spec, vec![part], Merge::Scan { shard, shards }))
+            }
+        }
+    }
+}
+
+/// Redis' wording for an unknown command (server.c: at most 128 bytes of
+/// quoted arguments, CR/LF replaced by spaces).
+fn unknown_command(args: &[Bytes]) -> String {
+    let name = args.first().map(|a| truncate(a, 128)).unwrap_or_default();
+    let mut quoted = String::new();
+    for a in args.iter().skip(1) {
+        if quoted.len() >= 128 {
+            break;
+        }
+        quoted.push_str(&format!("'{}' ", truncate(a, 128 - quoted.len())));
+    }
+    format!("ERR unknown command '{name}', with args beginning with: {quoted}")
+        .replace(['\r', '\n'], " ")
+}
+
+fn truncate(bytes: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
+}

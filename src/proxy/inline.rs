@@ -1,0 +1,304 @@
+//! Commands that run with the session to themselves, after every earlier
+//! reply has been written: transactions, WATCH, blocking commands and scripts
+//! on dedicated connections; INFO and RANDOMKEY, which take several steps.
+
+use bytes::{Bytes, BytesMut};
+
+use super::Proxy;
+use super::dispatch::InlineOp;
+use super::local::REDIS_VERSION;
+use super::session::Session;
+use crate::backend::dedicated::PooledConn;
+use crate::error::{BackendError, ProxyError};
+use crate::protocol::{Reply, Request, reply};
+use crate::router::ShardId;
+
+impl Session {
+    /// Runs one inline operation and returns the encoded reply.
+    pub async fn run_inline(&mut self, proxy: &Proxy, op: InlineOp) -> Bytes {
+        let result = match op {
+            InlineOp::Exec => self.exec(proxy).await,
+            InlineOp::Discard => self.discard().await,
+            InlineOp::Watch(req, shard) => self.watch(proxy, req, shard).await,
+            InlineOp::Unwatch => self.unwatch().await.map(|_| Reply::Ok),
+            InlineOp::Blocking(req, shard) => self.on_dedicated(proxy, &req, shard, false).await,
+            InlineOp::Script(req, shard) => self.on_dedicated(proxy, &req, shard, true).await,
+            InlineOp::Info(req) => self.info(proxy, &req).await,
+            InlineOp::Randomkey => self.randomkey(proxy).await,
+        };
+        let reply = result.unwrap_or_else(|e| e.to_reply());
+        let mut out = BytesMut::new();
+        reply.encode(self.proto, &mut out);
+        out.freeze()
+    }
+
+    async fn dedicated(&self, proxy: &Proxy, shard: ShardId) -> Result<PooledConn, ProxyError> {
+        let ep = &proxy.backends.shard(shard).primary;
+        let conn = ep.dedicated(self.proto).await?;
+        Ok(conn)
+    }
+
+    /// A blocking command (no timeout: the client chose how long to block)
+    /// or a script (bounded by the command timeout).
+    async fn on_dedicated(
+        &mut self,
+        proxy: &Proxy,
+        req: &Request,
+        shard: ShardId,
+        timed: bool,
+    ) -> Result<Reply, ProxyError> {
+        let ep = proxy.backends.shard(shard).primary.clone();
+        let mut conn = self.dedicated(proxy, shard).await?;
+        let _lent = Lent::new(&ep.state.metrics);
+        let run = conn.request(req.raw());
+        let result = if timed {
+            let timeout = ep.state.options.command_timeout;
+            match tokio::time::timeout(timeout, run).await {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Timeout {
+                    addr: ep.state.addr.clone(),
+                    millis: timeout.as_millis() as u64,
+                }),
+            }
+        } else {
+            run.await
+        };
+        if let Err(e) = &result {
+            ep.state.metrics.backend_error(e.kind());
+        }
+        Ok(Reply::Frame(result?))
+    }
+
+    async fn watch(
+        &mut self,
+        proxy: &Proxy,
+        req: Request,
+        shard: ShardId,
+    ) -> Result<Reply, ProxyError> {
+        let mut conn = match self.watch.take() {
+            Some((_, c)) => c,
+            None => self.dedicated(proxy, shard).await?,
+        };
+        let frame = conn.request(req.raw()).await?;
+        conn.stateful = !reply::is_error(&frame);
+        if conn.stateful {
+            self.watch = Some((shard, conn));
+        }
+        Ok(Reply::Frame(frame))
+    }
+
+    /// Drops the WATCH, returning the connection to its pool when it is clean.
+    async fn unwatch(&mut self) -> Result<(), ProxyError> {
+        if let Some((_, mut conn)) = self.watch.take() {
+            let frame = conn.request(b"*1\r\n$7\r\nUNWATCH\r\n").await?;
+            conn.stateful = reply::is_error(&frame);
+        }
+        Ok(())
+    }
+
+    async fn discard(&mut self) -> Result<Reply, ProxyError> {
+        let was_reset = self.tx.is_none();
+        self.tx = None;
+        self.unwatch().await?;
+        if was_reset {
+            // RESET with a transaction or WATCH pending.
+            self.proto = crate::protocol::Protocol::Resp2;
+            self.name = None;
+            return Ok(Reply::Simple("RESET".into()));
+        }
+        Ok(Reply::Ok)
+    }
+
+    /// Sends MULTI, the queued commands and EXEC in one write to the
+    /// transaction's shard and returns EXEC's reply.
+    async fn exec(&mut self, proxy: &Proxy) -> Result<Reply, ProxyError> {
+        let Some(tx) = self.tx.take() else {
+            return Err(ProxyError::err("EXEC without MULTI"));
+        };
+        if tx.aborted {
+            self.unwatch().await?;
+            return Err(ProxyError::Client(
+                "EXECABORT Transaction discarded because of previous errors.".into(),
+            ));
+        }
+        let watched = self.watch.take();
+        let shard = tx
+            .shard
+            .or(watched.as_ref().map(|(s, _)| *s))
+            .unwrap_or(ShardId(0));
+        let mut conn = match watched {
+            Some((_, c)) => c,
+            None => self.dedicated(proxy, shard).await?,
+        };
+        let mut frames = BytesMut::new();
+        frames.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        for r in &tx.queued {
+            frames.extend_from_slice(r.raw());
+        }
+        frames.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let n = tx.queued.len() + 2;
+        let timeout = proxy
+            .backends
+            .shard(shard)
+            .primary
+            .state
+            .options
+            .command_timeout;
+        let run = async {
+            conn.send(&frames, n).await?;
+            let mut last = Bytes::new();
+            for _ in 0..n {
+                last = conn.recv().await?;
+            }
+            Ok::<Bytes, BackendError>(last)
+        };
+        let exec_reply = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let addr = proxy.backends.shard(shard).primary.state.addr.clone();
+                return Err(BackendError::Timeout {
+                    addr,
+                    millis: timeout.as_millis() as u64,
+                }
+                .into());
+            }
+        };
+        // EXEC always ends the WATCH.
+        conn.stateful = false;
+        Ok(Reply::Frame(exec_reply))
+    }
+
+    /// INFO: the proxy's own sections plus the keyspace summed over shards.
+    async fn info(&mut self, proxy: &Proxy, req: &Request) -> Result<Reply, ProxyError> {
+        let section = req
+            .args()
+            .get(1)
+            .map(|s| String::from_utf8_lossy(s).to_lowercase());
+        let wants = |name: &str| match section.as_deref() {
+            None | Some("all") | Some("everything") | Some("default") => true,
+            Some(s) => s == name,
+        };
+        let mut text = String::new();
+        if wants("server") {
+            let uptime = proxy.started.elapsed().as_secs();
+            text.push_str(&format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nshardgate_version:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ));
+        }
+        if wants("clients") {
+            text.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\n\r\n",
+                proxy.connected_clients()
+            ));
+        }
+        if wants("proxy") {
+            let table = proxy.router.load();
+            let map = table.map();
+            text.push_str(&format!(
+                "# Proxy\r\nmap_epoch:{}\r\nslots:{}\r\nshards:{}\r\nread_policy:{:?}\r\nregion:{}\r\nzone:{}\r\n",
+                table.epoch().0,
+                map.slots,
+                map.shards.len(),
+                map.read_policy,
+                proxy.config.region.as_deref().unwrap_or(""),
+                proxy.config.zone.as_deref().unwrap_or(""),
+            ));
+            for (i, s) in proxy.backends.shards().iter().enumerate() {
+                let p = &s.primary.state;
+                text.push_str(&format!(
+                    "shard{i}:name={},primary={},healthy={},latency_us={}\r\n",
+                    s.name,
+                    p.addr,
+                    p.is_healthy() as u8,
+                    p.latency_us()
+                ));
+            }
+            text.push_str("\r\n");
+        }
+        if wants("keyspace") {
+            let (keys, expires) = self.keyspace(proxy).await?;
+            text.push_str("# Keyspace\r\n");
+            if keys > 0 {
+                text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
+            }
+        }
+        Ok(Reply::Verbatim(Bytes::from(text)))
+    }
+
+    /// Sums `db0` keys and expires over every shard's primary.
+    async fn keyspace(&self, proxy: &Proxy) -> Result<(u64, u64), ProxyError> {
+        let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
+        let waits: Vec<_> = proxy
+            .backends
+            .shards()
+            .iter()
+            .map(|s| s.primary.send(self.proto, self.id, frame.clone()))
+            .collect();
+        let (mut keys, mut expires) = (0u64, 0u64);
+        for w in waits {
+            let frame = w.await.unwrap_or_else(|_| Err(lost()))?;
+            let text = reply::bulk(&frame)
+                .ok_or_else(|| ProxyError::err("unexpected INFO reply from a shard"))?;
+            let text = String::from_utf8_lossy(&text);
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("db0:")) {
+                for kv in line.split(',') {
+                    match kv.split_once('=') {
+                        Some(("keys", v)) => keys += v.trim().parse::<u64>().unwrap_or(0),
+                        Some(("expires", v)) => expires += v.trim().parse::<u64>().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok((keys, expires))
+    }
+
+    /// RANDOMKEY: asks shards, starting at a random one, until one has a key.
+    async fn randomkey(&self, proxy: &Proxy) -> Result<Reply, ProxyError> {
+        let shards = proxy.backends.shards();
+        let start = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos() as usize)
+            % shards.len().max(1);
+        let frame = Bytes::from_static(b"*1\r\n$9\r\nRANDOMKEY\r\n");
+        for i in 0..shards.len() {
+            let s = &shards[(start + i) % shards.len()];
+            let reply = s
+                .read_endpoint(self.id)
+                .send(self.proto, self.id, frame.clone())
+                .await;
+            let reply = reply.unwrap_or_else(|_| Err(lost()))?;
+            if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
+                return Ok(Reply::Frame(reply));
+            }
+        }
+        Ok(Reply::Nil)
+    }
+}
+
+fn lost() -> BackendError {
+    BackendError::ConnectionLost {
+        addr: "backend".to_owned(),
+        reason: "reply channel closed".to_owned(),
+    }
+}
+
+/// Counts a dedicated connection as lent for as long as it lives, even when
+/// the client goes away mid-command and the future is dropped.
+struct Lent<'a>(&'a crate::metrics::EndpointMetrics);
+
+impl<'a> Lent<'a> {
+    fn new(m: &'a crate::metrics::EndpointMetrics) -> Self {
+        m.dedicated_delta(1.0);
+        Lent(m)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.0.dedicated_delta(-1.0);
+    }
+}

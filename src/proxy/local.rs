@@ -1,0 +1,316 @@
+//! Commands the proxy answers itself: PING, ECHO, SELECT, QUIT, HELLO, AUTH,
+//! CLIENT, COMMAND, TIME, RESET, READONLY/READWRITE (INFO runs inline).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::Proxy;
+use super::dispatch::{Action, InlineOp};
+use super::pending::Pending;
+use super::session::Session;
+use crate::command::keys::key_indices;
+use crate::command::{CommandSpec, LocalKind, table::COMMANDS};
+use crate::error::ProxyError;
+use crate::protocol::{Protocol, Reply, Request};
+
+/// The Redis API level shardgate speaks (reported by HELLO and INFO).
+pub const REDIS_VERSION: &str = "7.0.0";
+
+impl Session {
+    /// Answers a proxy-local command.
+    pub fn local(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        kind: LocalKind,
+    ) -> Action {
+        let args = req.args();
+        let result = match kind {
+            LocalKind::Ping => match args.len() {
+                1 => Ok(Reply::Simple("PONG".into())),
+                2 => Ok(Reply::Bulk(args[1].clone())),
+                _ => Err(ProxyError::err(
+                    "wrong number of arguments for 'ping' command",
+                )),
+            },
+            LocalKind::Echo => Ok(Reply::Bulk(args[1].clone())),
+            LocalKind::Select => match std::str::from_utf8(&args[1])
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(0) => Ok(Reply::Ok),
+                Some(_) => Err(ProxyError::err(
+                    "DB index is out of range (shardgate serves database 0 only)",
+                )),
+                None => Err(ProxyError::err("value is not an integer or out of range")),
+            },
+            LocalKind::Quit => {
+                return Action::Close(Pending::ready(&Reply::Ok, Some(spec), self.proto));
+            }
+            LocalKind::Hello => self.hello(proxy, args),
+            LocalKind::Auth => auth(args),
+            LocalKind::Client => self.client(args),
+            LocalKind::Command => command(args),
+            LocalKind::Info => return Action::Inline(InlineOp::Info(req), spec),
+            LocalKind::Time => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Ok(Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(now.as_secs().to_string())),
+                    Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),
+                ]))
+            }
+            LocalKind::Reset => {
+                if self.tx.is_some() || self.watch.is_some() {
+                    return Action::Inline(InlineOp::Discard, spec);
+                }
+                self.proto = Protocol::Resp2;
+                self.name = None;
+                Ok(Reply::Simple("RESET".into()))
+            }
+            LocalKind::Readonly | LocalKind::Readwrite => Err(ProxyError::err(
+                "This instance has cluster support disabled",
+            )),
+        };
+        match result {
+            Ok(r) => self.reply(spec, r),
+            Err(e) => self.fail(Some(spec), e),
+        }
+    }
+
+    fn hello(&mut self, proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
+        let mut proto = self.proto;
+        if let Some(v) = args.get(1) {
+            proto = match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => {
+                    return Err(ProxyError::Client(
+                        "NOPROTO unsupported protocol version".into(),
+                    ));
+                }
+                None => {
+                    return Err(ProxyError::err(
+                        "Protocol version is not an integer or out of range",
+                    ));
+                }
+            };
+        }
+        let mut name = None;
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let more = args.len() - i - 1;
+            if opt == b"AUTH" && more >= 2 {
+                // Auth is not configured: like Redis' default user with nopass,
+                // any credentials are accepted.
+                i += 3;
+            } else if opt == b"SETNAME" && more >= 1 {
+                check_client_name(&args[i + 1])?;
+                name = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                return Err(ProxyError::err(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                )));
+            }
+        }
+        self.proto = proto;
+        if let Some(n) = name {
+            self.name = Some(n);
+        }
+        let s = |v: &str| Reply::Bulk(Bytes::from(v.to_owned()));
+        let _ = proxy;
+        Ok(Reply::Map(vec![
+            (s("server"), s("redis")),
+            (s("version"), s(REDIS_VERSION)),
+            (
+                s("proto"),
+                Reply::Int(if proto == Protocol::Resp3 { 3 } else { 2 }),
+            ),
+            (s("id"), Reply::Int(self.id as i64)),
+            (s("mode"), s("standalone")),
+            (s("role"), s("master")),
+            (
+                s("proxy"),
+                s(concat!("shardgate-", env!("CARGO_PKG_VERSION"))),
+            ),
+            (s("modules"), Reply::Array(vec![])),
+        ]))
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Result<Reply, ProxyError> {
+        let sub = args[1].to_ascii_uppercase();
+        let arity = |n: usize| {
+            if args.len() == n {
+                Ok(())
+            } else {
+                Err(ProxyError::err(format!(
+                    "wrong number of arguments for 'client|{}' command",
+                    String::from_utf8_lossy(&sub).to_lowercase()
+                )))
+            }
+        };
+        match sub.as_slice() {
+            b"ID" => arity(2).map(|_| Reply::Int(self.id as i64)),
+            b"GETNAME" => {
+                arity(2).map(|_| self.name.clone().map(Reply::Bulk).unwrap_or(Reply::Nil))
+            }
+            b"SETNAME" => {
+                arity(3)?;
+                check_client_name(&args[2])?;
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                Ok(Reply::Ok)
+            }
+            b"SETINFO" => {
+                arity(4)?;
+                match args[2].to_ascii_uppercase().as_slice() {
+                    b"LIB-NAME" => self.lib_name = Some(args[3].clone()),
+                    b"LIB-VER" => self.lib_ver = Some(args[3].clone()),
+                    _ => {
+                        return Err(ProxyError::err(format!(
+                            "Unrecognized option '{}'",
+                            String::from_utf8_lossy(&args[2])
+                        )));
+                    }
+                }
+                Ok(Reply::Ok)
+            }
+            b"INFO" => arity(2).map(|_| Reply::Verbatim(Bytes::from(self.client_info_line()))),
+            b"NO-EVICT" | b"NO-TOUCH" => arity(3).map(|_| Reply::Ok),
+            _ => Err(ProxyError::err(format!(
+                "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO are)",
+                String::from_utf8_lossy(&sub)
+            ))),
+        }
+    }
+
+    fn client_info_line(&self) -> String {
+        let s = |b: &Option<Bytes>| {
+            b.as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        format!(
+            "id={} addr={} name={} db=0 multi={} resp={} lib-name={} lib-ver={}\n",
+            self.id,
+            self.addr,
+            s(&self.name),
+            self.tx
+                .as_ref()
+                .map(|t| t.queued.len() as i64)
+                .unwrap_or(-1),
+            if self.proto == Protocol::Resp3 { 3 } else { 2 },
+            s(&self.lib_name),
+            s(&self.lib_ver),
+        )
+    }
+}
+
+fn check_client_name(name: &[u8]) -> Result<(), ProxyError> {
+    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+        return Err(ProxyError::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(())
+}
+
+fn auth(args: &[Bytes]) -> Result<Reply, ProxyError> {
+    if args.len() == 2 {
+        return Err(ProxyError::err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ));
+    }
+    // AUTH user pass with auth off: the default user has nopass.
+    Ok(Reply::Ok)
+}
+
+/// COMMAND, COMMAND COUNT/INFO/DOCS/LIST/GETKEYS from the command table.
+fn command(args: &[Bytes]) -> Result<Reply, ProxyError> {
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_uppercase()) else {
+        return Ok(Reply::Array(COMMANDS.iter().map(command_info).collect()));
+    };
+    match sub.as_slice() {
+        b"COUNT" => Ok(Reply::Int(COMMANDS.len() as i64)),
+        b"LIST" => Ok(Reply::Array(
+            COMMANDS
+                .iter()
+                .map(|c| Reply::Bulk(Bytes::from_static(c.name.as_bytes())))
+                .collect(),
+        )),
+        b"INFO" => {
+            if args.len() == 2 {
+                return Ok(Reply::Array(COMMANDS.iter().map(command_info).collect()));
+            }
+            Ok(Reply::Array(
+                args[2..]
+                    .iter()
+                    .map(|n| {
+                        crate::command::lookup(n)
+                            .map(command_info)
+                            .unwrap_or(Reply::NilArray)
+                    })
+                    .collect(),
+            ))
+        }
+        // Documentation is not carried by the proxy; clients (redis-cli)
+        // fall back to their built-in hints on an empty answer.
+        b"DOCS" => Ok(Reply::Map(vec![])),
+        b"GETKEYS" => {
+            let target = &args[2..];
+            let spec = target
+                .first()
+                .and_then(|n| crate::command::lookup(n))
+                .ok_or_else(|| ProxyError::err("Invalid command specified"))?;
+            if !spec.arity_ok(target.len()) {
+                return Err(ProxyError::err(
+                    "Invalid number of arguments specified for command",
+                ));
+            }
+            let mut idx = Vec::new();
+            if key_indices(spec, target, &mut idx).is_err() || idx.is_empty() {
+                return Err(ProxyError::err("The command has no key arguments"));
+            }
+            Ok(Reply::Array(
+                idx.iter()
+                    .filter_map(|&i| target.get(i).cloned())
+                    .map(Reply::Bulk)
+                    .collect(),
+            ))
+        }
+        _ => Err(ProxyError::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&args[1])
+        ))),
+    }
+}
+
+/// One `COMMAND INFO` entry in Redis 7's ten-field shape.
+fn command_info(c: &'static CommandSpec) -> Reply {
+    let (first, last, step) = c.legacy_key_range();
+    let flags = c
+        .flags
+        .redis_names()
+        .map(|n| Reply::Simple(n.into()))
+        .collect();
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from_static(c.name.as_bytes())),
+        Reply::Int(i64::from(c.arity)),
+        Reply::Set(flags),
+        Reply::Int(first),
+        Reply::Int(last),
+        Reply::Int(step),
+        Reply::Set(vec![]),
+        Reply::Set(vec![]),
+        Reply::Array(vec![]),
+        Reply::Array(vec![]),
+    ])
+}

@@ -1,0 +1,50 @@
+//! Per-client session state.
+
+use bytes::Bytes;
+
+use crate::backend::dedicated::PooledConn;
+use crate::protocol::{Protocol, Request};
+use crate::router::ShardId;
+
+/// A MULTI block being queued by the proxy. Commands are checked and queued
+/// here, then sent as MULTI ... EXEC in one write to the shard's primary on a
+/// dedicated connection.
+pub struct Tx {
+    pub queued: Vec<Request>,
+    /// The one shard every queued key lives on (None while no key was seen).
+    pub shard: Option<ShardId>,
+    /// A command was refused while queueing: EXEC answers EXECABORT.
+    pub aborted: bool,
+}
+
+/// What one client connection remembers between commands.
+pub struct Session {
+    pub id: u64,
+    pub proto: Protocol,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    pub tx: Option<Tx>,
+    /// Dedicated connection holding a WATCH, and the shard it is on.
+    pub watch: Option<(ShardId, PooledConn)>,
+    /// Scratch space for key positions (reused, so classifying does not allocate).
+    pub key_scratch: Vec<usize>,
+    pub addr: String,
+}
+
+impl Session {
+    /// A fresh RESP2 session.
+    pub fn new(id: u64, addr: String) -> Session {
+        Session {
+            id,
+            proto: Protocol::Resp2,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            tx: None,
+            watch: None,
+            key_scratch: Vec::with_capacity(8),
+            addr,
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! A sharded test deployment: real redis-server primaries (and replicas) on
+//! free loopback ports and a shardgate proxy in front, running in its own
+//! tokio runtime so tests can use blocking clients.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate::app::{self, Running, ServeConfig};
+use shardgate::proxy::ClientConfig;
+use shardgate::router::{Epoch, RoutingTable};
+use shardgate::shardmap::ShardMap;
+
+use super::RedisServer;
+
+/// How to build the deployment.
+pub struct Spec {
+    pub shards: usize,
+    pub replicas: bool,
+    pub read_policy: &'static str,
+    pub extra_options: &'static str,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            shards: 4,
+            replicas: false,
+            read_policy: "primary",
+            extra_options: "",
+        }
+    }
+}
+
+/// Primaries, replicas, the map and the running proxy.
+pub struct Cluster {
+    pub primaries: Vec<RedisServer>,
+    pub replicas: Vec<RedisServer>,
+    pub map_path: PathBuf,
+    pub table: RoutingTable,
+    pub proxy_port: u16,
+    running: Option<Running>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts `spec.shards` shards (half in region us, half in eu) and the proxy.
+    pub fn start(spec: Spec) -> Cluster {
+        let primaries: Vec<RedisServer> = (0..spec.shards).map(|_| RedisServer::start()).collect();
+        let replicas: Vec<RedisServer> = if spec.replicas {
+            primaries
+                .iter()
+                .map(RedisServer::start_replica_of)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut yaml = format!(
+            "slots: 16384\nread_policy: {}\nregions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\n    zones: [eu-a, eu-b]\nplacement:\n  - hash_tag_prefix: \"eu:\"\n    region: eu\n  - key_prefix: \"eu/\"\n    region: eu\noptions:\n  allow_flush: true\n  health_check_interval_ms: 100\n  command_timeout_ms: 2000\n{}shards:\n",
+            spec.read_policy, spec.extra_options
+        );
+        for (i, p) in primaries.iter().enumerate() {
+            let region = if i < spec.shards.div_ceil(2) {
+                "us"
+            } else {
+                "eu"
+            };
+            yaml.push_str(&format!(
+                "  - name: s{i}\n    region: {region}\n    zone: {region}-a\n    primary: {}\n",
+                p.addr()
+            ));
+            if let Some(r) = replicas.get(i) {
+                yaml.push_str(&format!(
+                    "    replicas:\n      - addr: {}\n        zone: {region}-b\n",
+                    r.addr()
+                ));
+            }
+        }
+        let map_path = std::env::temp_dir().join(format!(
+            "shardgate-map-{}-{}.yaml",
+            std::process::id(),
+            primaries[0].port
+        ));
+        std::fs::write(&map_path, &yaml).expect("write map");
+        let map =
+            ShardMap::load(&map_path).unwrap_or_else(|e| panic!("test map refused: {e}\n{yaml}"));
+        let table = RoutingTable::compile(Arc::new(map), Epoch(1));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = ServeConfig {
+            map_path: map_path.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            client: ClientConfig {
+                region: Some("us".into()),
+                zone: Some("us-a".into()),
+                ..ClientConfig::default()
+            },
+        };
+        let running = rt
+            .block_on(app::start(config))
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        let proxy_port = running.addr.port();
+        let cluster = Cluster {
+            primaries,
+            replicas,
+            map_path,
+            table,
+            proxy_port,
+            running: Some(running),
+            rt,
+        };
+        if spec.replicas {
+            // Replicas count for reads once a health check has seen them in sync.
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        cluster
+    }
+
+    /// A blocking redis-rs connection to the proxy (RESP2).
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("connect to proxy")
+    }
+
+    /// A redis-rs client for the proxy.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.proxy_port)).expect("client")
+    }
+
+    /// A redis-rs client for the proxy speaking RESP3.
+    pub fn client_resp3(&self) -> redis::Client {
+        redis::Client::open(format!(
+            "redis://127.0.0.1:{}/?protocol=resp3",
+            self.proxy_port
+        ))
+        .expect("client")
+    }
+
+    /// The index of the shard that owns `key` by the routing table.
+    pub fn shard_of(&self, key: &str) -> usize {
+        self.table.shard_for_key(key.as_bytes()).0 as usize
+    }
+
+    /// A raw TCP connection to the proxy.
+    pub fn raw(&self) -> RawConn {
+        let s = TcpStream::connect(("127.0.0.1", self.proxy_port)).expect("raw connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        RawConn { s }
+    }
+
+    /// Runs `f` inside the proxy's runtime (for async checks).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), r.shutdown())
+                    .await
+                    .ok()
+            });
+        }
+        let _ = std::fs::remove_file(&self.map_path);
+    }
+}
+
+/// Raw bytes to and from the proxy.
+pub struct RawConn {
+    pub s: TcpStream,
+}
+
+impl RawConn {
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("raw write");
+    }
+
+    /// Reads until `expected` bytes arrived or the peer closed; returns them.
+    pub fn read_exactly(&mut self, expected: usize) -> Vec<u8> {
+        let mut out = vec![0u8; expected];
+        let mut got = 0;
+        while got < expected {
+            match self.s.read(&mut out[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => panic!("raw read after {got} bytes: {e}"),
+            }
+        }
+        out.truncate(got);
+        out
+    }
+
+    /// Reads until the buffer ends with `suffix` (or 5 s pass).
+    pub fn read_until(&mut self, suffix: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(suffix) && Instant::now() < deadline {
+            match self.s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Whether the proxy has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0))
+    }
+}
+
+/// `INFO commandstats` calls of `cmd` (lower-case) on a server.
+pub fn calls(server: &RedisServer, cmd: &str) -> u64 {
+    let mut c = server.client().get_connection().expect("direct connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("info");
+    let prefix = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,253 @@
+//! Shared harness for the Rust integration tests: real `redis-server`
+//! processes on free loopback ports.
+//!
+//! Each test binary that needs it says `mod common;`. Not every binary uses
+//! every helper, hence the `dead_code` allowance below.
+//!
+//! Servers run in the foreground as child processes (never `--daemonize`), with
+//! persistence off and their own temporary directory, so that dropping a
+//! [`RedisServer`] kills the process and removes its files even when a test
+//! fails.
+#![allow(dead_code)]
+
+pub mod cluster;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer PING (or to sync with its primary).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago: bind 127.0.0.1:0, read the port, drop.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A temporary directory removed on drop (no `tempfile` dependency).
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<tmp>/shardgate-<label>-<pid>-<counter>`.
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("shardgate-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A `redis-server` child process; dropping it kills the server.
+#[derive(Debug)]
+pub struct RedisServer {
+    /// The loopback port the server listens on.
+    pub port: u16,
+    child: Option<Child>,
+    /// `--replicaof` target, kept so that `restart` restores the role.
+    primary_port: Option<u16>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a standalone server and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a replica of `primary` and waits until its link to the primary
+    /// is up (`master_link_status:up`).
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = Self::start_with(Some(primary.port));
+        replica.wait_for_link_up();
+        replica
+    }
+
+    /// `"127.0.0.1:PORT"`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A `redis` crate client for direct checks against this server.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://{}/", self.addr())).expect("redis client")
+    }
+
+    /// A synchronous connection (shorthand for `client().get_connection()`).
+    pub fn connection(&self) -> redis::Connection {
+        self.client()
+            .get_connection_with_timeout(START_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.addr()))
+    }
+
+    /// Kills the server (SIGKILL, no shutdown save) and reaps it. The port and
+    /// directory are kept for [`RedisServer::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (killing it
+    /// first if it still runs) and waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.child = Some(spawn(self.port, self.primary_port, self.dir.path()));
+            match self.wait_for_ping() {
+                Ok(()) => break,
+                // The old socket may linger for a moment after SIGKILL.
+                Err(_) if Instant::now() < deadline => {
+                    self.kill();
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(why) => panic!(
+                    "redis-server on port {} did not restart: {why}\n{}",
+                    self.port,
+                    self.log()
+                ),
+            }
+        }
+        if self.primary_port.is_some() {
+            self.wait_for_link_up();
+        }
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// Spawns on a free port; retries on another port if the chosen one was
+    /// taken between `free_port` and the server's bind.
+    fn start_with(primary_port: Option<u16>) -> RedisServer {
+        let mut last_failure = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = TempDir::new("redis");
+            let child = Some(spawn(port, primary_port, dir.path()));
+            let mut server = RedisServer {
+                port,
+                child,
+                primary_port,
+                dir,
+            };
+            match server.wait_for_ping() {
+                Ok(()) => return server,
+                Err(why) => {
+                    last_failure = format!("{why}\n--- redis.log ---\n{}", server.log());
+                    server.kill();
+                }
+            }
+        }
+        panic!("redis-server did not start: {last_failure}");
+    }
+
+    /// Polls PING until PONG, the process exits, or the timeout passes.
+    fn wait_for_ping(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let client = self.client();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "redis-server on port {} exited with {status}",
+                    self.port
+                ));
+            }
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(500))
+                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
+            match pong {
+                Ok(reply) if reply == "PONG" => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "redis-server on port {} did not answer PING within {START_TIMEOUT:?}",
+                        self.port
+                    ));
+                }
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Polls `INFO replication` until the replica's link to its primary is up.
+    fn wait_for_link_up(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut con = self.connection();
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut con)
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "replica on port {} not linked to its primary within {START_TIMEOUT:?}:\n{info}\n--- redis.log ---\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `redis-server` in the foreground, persistence off, logging to `dir`.
+fn spawn(port: u16, primary_port: Option<u16>, dir: &Path) -> Child {
+    let mut command = Command::new("redis-server");
+    command
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"));
+    if let Some(primary) = primary_port {
+        command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn redis-server (is it installed and on PATH?): {e}"))
+}
