@@ -1,77 +1,164 @@
-//! stub
+//! The shard map: YAML -> raw serde structs ([`raw`]) -> validated [`ShardMap`]
+//! ([`validate`]).
+//!
+//! A [`ShardMap`] that exists has passed every check: names are unique,
+//! every reference (region, zone, placement target) resolves, addresses are
+//! `host:port` and used once, numbers are in range. The router and the
+//! backends therefore never re-check it. A refused map is a [`MapError`]
+//! naming the field (`shards[2].replicas[0].addr`) and the reason; it never
+//! replaces a running map.
+//!
+//! The field reference is `docs-shardmap.md` and `shard-maps/example.yaml`.
+
+pub mod raw;
+pub mod validate;
+
 use std::time::Duration;
+
+/// A validated shard map: the whole description of a keyspace and its shards.
 #[derive(Debug, Clone)]
 pub struct ShardMap {
+    /// Number of slots (`hash % slots`); fixed for the life of a keyspace.
     pub slots: u32,
+    /// Regions, in file order.
     pub regions: Vec<Region>,
+    /// Shards, in file order; `router::ShardId(i)` is `shards[i]`.
     pub shards: Vec<Shard>,
+    /// Data-residency rules; the first that matches a key wins.
     pub placement: Vec<PlacementRule>,
+    /// Where keys that match no rule live.
     pub default_placement: DefaultPlacement,
+    /// Which endpoint serves reads.
     pub read_policy: ReadPolicy,
+    /// Timeouts, pool sizes and switches.
     pub options: Options,
 }
+
+/// A region (for data residency and the `nearest` read policy).
 #[derive(Debug, Clone)]
 pub struct Region {
+    /// Unique region name.
     pub name: String,
+    /// Known zones; empty means zones in this region are not checked.
     pub zones: Vec<String>,
 }
+
+/// A shard: one primary and its read replicas, holding the slots it owns.
 #[derive(Debug, Clone)]
 pub struct Shard {
+    /// Unique name; the shard's identity for placement, so renaming a shard
+    /// moves its slots while changing its addresses does not.
     pub name: String,
+    /// Region of the shard (and of its primary).
     pub region: String,
+    /// Zone of the primary, if given.
     pub zone: Option<String>,
+    /// Relative share of slots, 1..=10000.
     pub weight: u32,
+    /// The primary: writes and side effects go here.
     pub primary: Endpoint,
+    /// Read replicas.
     pub replicas: Vec<Endpoint>,
 }
+
+/// One backend server and where it runs.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// `host:port`, checked to parse as such.
     pub addr: String,
+    /// Region it runs in (a replica defaults to its shard's region).
     pub region: String,
+    /// Zone it runs in, if known.
     pub zone: Option<String>,
 }
+
+/// Where reads go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadPolicy {
+    /// Every read to the primary (read-your-writes).
     Primary,
+    /// A healthy replica if there is one, else the primary.
     PreferReplica,
+    /// The nearest healthy endpoint (same zone, then region, then any).
     Nearest,
 }
+
+/// A data-residency rule: keys it matches live only in `region`.
 #[derive(Debug, Clone)]
 pub struct PlacementRule {
+    /// Which keys the rule matches.
     pub matcher: Matcher,
+    /// The region (with at least one shard) they live in.
     pub region: String,
 }
+
+/// How a placement rule matches a key.
 #[derive(Debug, Clone)]
 pub enum Matcher {
+    /// The key has a hash tag (`{...}`) and the tag starts with these bytes.
     HashTagPrefix(Vec<u8>),
+    /// The whole key starts with these bytes.
     KeyPrefix(Vec<u8>),
 }
+
+/// Where keys matching no rule live.
 #[derive(Debug, Clone)]
 pub enum DefaultPlacement {
+    /// On every shard of the map.
     AllShards,
+    /// Only on the shards of this region.
     Region(String),
 }
+
+/// Timeouts, pool sizes and switches (`options:` in the YAML, in milliseconds there).
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Time allowed to open a backend connection.
     pub connect_timeout: Duration,
+    /// Time a backend has to answer one command.
     pub command_timeout: Duration,
+    /// Long-lived multiplexed connections per endpoint.
     pub connections_per_endpoint: usize,
+    /// Dedicated connections (MULTI, blocking, WATCH) per endpoint.
     pub dedicated_pool_size: usize,
+    /// How often every endpoint is health-checked.
     pub health_check_interval: Duration,
+    /// A replica lagging more than this serves no reads.
     pub max_replica_lag: Duration,
+    /// Whether FLUSHDB/FLUSHALL are forwarded to the shards.
     pub allow_flush: bool,
 }
-#[derive(Debug, thiserror::Error)]
+
+/// A refused map: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct MapError {
+    /// The field, e.g. `shards[2].replicas[0].addr` (or the file, for I/O errors).
     pub path: String,
+    /// What is wrong and what is allowed.
     pub reason: String,
 }
+
 impl ShardMap {
-    pub fn from_yaml(_text: &str) -> Result<ShardMap, MapError> {
-        todo!()
+    /// Parses and validates a map from YAML text.
+    pub fn from_yaml(text: &str) -> Result<ShardMap, MapError> {
+        let raw: raw::RawMap =
+            serde_saphyr::from_str(text).map_err(|e| validate::from_yaml_error(text, &e))?;
+        ShardMap::try_from(raw)
     }
-    pub fn load(_path: &std::path::Path) -> Result<ShardMap, MapError> {
-        todo!()
+
+    /// Reads, parses and validates a map file; an I/O error is reported with
+    /// the file name as path.
+    pub fn load(path: &std::path::Path) -> Result<ShardMap, MapError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MapError {
+            path: path.display().to_string(),
+            reason: format!("cannot read the map file: {e}"),
+        })?;
+        ShardMap::from_yaml(&text)
+    }
+
+    /// The region called `name`.
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
     }
 }

@@ -1,0 +1,799 @@
+//! [`RawMap`] -> validated [`ShardMap`]: every rule about meaning.
+//!
+//! The first problem found is returned as a [`MapError`] whose `path` names
+//! the field the way an operator would point at it in the file
+//! (`shards[2].replicas[0].addr`) and whose `reason` says what is wrong and
+//! what is allowed. Checks run in file order, so the error is the first one
+//! a reader would hit.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::raw::{
+    RawDefaultPlacement, RawMap, RawOptions, RawPlacementRule, RawRegion, RawReplica, RawShard,
+};
+use super::{
+    DefaultPlacement, Endpoint, MapError, Matcher, Options, PlacementRule, ReadPolicy, Region,
+    Shard, ShardMap,
+};
+
+/// Default number of slots (Redis Cluster's count).
+pub const DEFAULT_SLOTS: u32 = 16384;
+/// Largest slot count accepted: keeps each dense routing table at 4 MiB.
+pub const MAX_SLOTS: u32 = 1_048_576;
+/// Default shard weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest shard weight (the ratio to the smallest, 1, is what matters).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Bounds and default of one integer option: `(name, min, max, default)`.
+type Bound = (&'static str, i64, i64, i64);
+const CONNECT_TIMEOUT: Bound = ("connect_timeout_ms", 1, 600_000, 1_000);
+const COMMAND_TIMEOUT: Bound = ("command_timeout_ms", 1, 600_000, 5_000);
+const CONNECTIONS: Bound = ("connections_per_endpoint", 1, 64, 2);
+const DEDICATED: Bound = ("dedicated_pool_size", 1, 4_096, 64);
+const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
+const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 10_000);
+
+/// Every integer option with its bounds and default, in file order (for docs and tests).
+pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 6] = [
+    CONNECT_TIMEOUT,
+    COMMAND_TIMEOUT,
+    CONNECTIONS,
+    DEDICATED,
+    HEALTH_INTERVAL,
+    MAX_LAG,
+];
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> MapError {
+    MapError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+impl TryFrom<RawMap> for ShardMap {
+    type Error = MapError;
+
+    fn try_from(raw: RawMap) -> Result<ShardMap, MapError> {
+        let slots = match raw.slots {
+            None => DEFAULT_SLOTS,
+            Some(n) if (1..=i64::from(MAX_SLOTS)).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(err(
+                    "slots",
+                    format!("must be between 1 and {MAX_SLOTS}, got {n}"),
+                ));
+            }
+        };
+        let read_policy = read_policy(raw.read_policy.as_deref())?;
+        let regions = regions(raw.regions.unwrap_or_default())?;
+        let shards = shards(raw.shards.unwrap_or_default(), &regions)?;
+        let populated: HashSet<&str> = shards.iter().map(|s| s.region.as_str()).collect();
+        let placement = placement(raw.placement.unwrap_or_default(), &regions, &populated)?;
+        let default_placement = default_placement(raw.default_placement, &regions, &populated)?;
+        let options = options(raw.options.unwrap_or_default())?;
+        Ok(ShardMap {
+            slots,
+            regions,
+            shards,
+            placement,
+            default_placement,
+            read_policy,
+            options,
+        })
+    }
+}
+
+fn read_policy(raw: Option<&str>) -> Result<ReadPolicy, MapError> {
+    match raw {
+        None | Some("primary") => Ok(ReadPolicy::Primary),
+        Some("prefer-replica") => Ok(ReadPolicy::PreferReplica),
+        Some("nearest") => Ok(ReadPolicy::Nearest),
+        Some(other) => Err(err(
+            "read_policy",
+            format!("unknown read policy `{other}` (expected primary, prefer-replica or nearest)"),
+        )),
+    }
+}
+
+/// Names of regions, shards and zones: they appear in logs, metrics labels
+/// and admin output, so no whitespace or control characters.
+fn check_name(path: &str, name: &str) -> Result<(), MapError> {
+    if name.is_empty() {
+        return Err(err(path, "must not be empty"));
+    }
+    if name.len() > 64 {
+        return Err(err(path, "must be at most 64 bytes long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        return Err(err(
+            path,
+            format!("`{name}` contains {c:?}; names use letters, digits, `-`, `_`, `.`, `:`"),
+        ));
+    }
+    Ok(())
+}
+
+fn regions(raw: Vec<RawRegion>) -> Result<Vec<Region>, MapError> {
+    if raw.is_empty() {
+        return Err(err("regions", "must list at least one region"));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let path = format!("regions[{i}].name");
+        let name = r.name.ok_or_else(|| err(&path, "is required"))?;
+        check_name(&path, &name)?;
+        if !seen.insert(name.clone()) {
+            return Err(err(path, format!("duplicate region name `{name}`")));
+        }
+        let zones = r.zones.unwrap_or_default();
+        let mut seen_zones = HashSet::new();
+        for (j, z) in zones.iter().enumerate() {
+            let zpath = format!("regions[{i}].zones[{j}]");
+            check_name(&zpath, z)?;
+            if !seen_zones.insert(z.as_str()) {
+                return Err(err(zpath, format!("duplicate zone `{z}`")));
+            }
+        }
+        out.push(Region { name, zones });
+    }
+    Ok(out)
+}
+
+/// Looks a region up by name, or says which ones exist.
+fn find_region<'a>(regions: &'a [Region], path: &str, name: &str) -> Result<&'a Region, MapError> {
+    regions.iter().find(|r| r.name == name).ok_or_else(|| {
+        let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        err(
+            path,
+            format!("unknown region `{name}` (regions: {})", known.join(", ")),
+        )
+    })
+}
+
+fn check_zone(path: &str, region: &Region, zone: &str) -> Result<(), MapError> {
+    if !region.zones.is_empty() && !region.zones.iter().any(|z| z == zone) {
+        return Err(err(
+            path,
+            format!(
+                "zone `{zone}` is not a zone of region `{}` (zones: {})",
+                region.name,
+                region.zones.join(", ")
+            ),
+        ));
+    }
+    check_name(path, zone)
+}
+
+fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError> {
+    if raw.is_empty() {
+        return Err(err("shards", "must list at least one shard"));
+    }
+    let mut seen = HashSet::new();
+    let mut addrs = HashMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let p = format!("shards[{i}]");
+        let name = s
+            .name
+            .ok_or_else(|| err(format!("{p}.name"), "is required"))?;
+        check_name(&format!("{p}.name"), &name)?;
+        if !seen.insert(name.clone()) {
+            return Err(err(
+                format!("{p}.name"),
+                format!("duplicate shard name `{name}`"),
+            ));
+        }
+        let region_name = s
+            .region
+            .ok_or_else(|| err(format!("{p}.region"), "is required"))?;
+        let region = find_region(regions, &format!("{p}.region"), &region_name)?;
+        if let Some(z) = &s.zone {
+            check_zone(&format!("{p}.zone"), region, z)?;
+        }
+        let weight = match s.weight {
+            None => DEFAULT_WEIGHT,
+            Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+            Some(w) => {
+                return Err(err(
+                    format!("{p}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}, got {w}"),
+                ));
+            }
+        };
+        let primary_addr = s
+            .primary
+            .ok_or_else(|| err(format!("{p}.primary"), "is required"))?;
+        claim_addr(&mut addrs, &format!("{p}.primary"), &primary_addr)?;
+        let primary = Endpoint {
+            addr: primary_addr,
+            region: region_name.clone(),
+            zone: s.zone.clone(),
+        };
+        let mut replicas = Vec::new();
+        for (j, r) in s.replicas.unwrap_or_default().into_iter().enumerate() {
+            let rp = format!("{p}.replicas[{j}]");
+            let ep = match r {
+                RawReplica::Addr(addr) => {
+                    claim_addr(&mut addrs, &rp, &addr)?;
+                    Endpoint {
+                        addr,
+                        region: region_name.clone(),
+                        zone: None,
+                    }
+                }
+                RawReplica::Detailed(d) => {
+                    let addr = d
+                        .addr
+                        .ok_or_else(|| err(format!("{rp}.addr"), "is required"))?;
+                    claim_addr(&mut addrs, &format!("{rp}.addr"), &addr)?;
+                    let rname = d.region.unwrap_or_else(|| region_name.clone());
+                    let rregion = find_region(regions, &format!("{rp}.region"), &rname)?;
+                    if let Some(z) = &d.zone {
+                        check_zone(&format!("{rp}.zone"), rregion, z)?;
+                    }
+                    Endpoint {
+                        addr,
+                        region: rname,
+                        zone: d.zone,
+                    }
+                }
+            };
+            replicas.push(ep);
+        }
+        out.push(Shard {
+            name,
+            region: region_name,
+            zone: s.zone,
+            weight,
+            primary,
+            replicas,
+        });
+    }
+    Ok(out)
+}
+
+/// `host:port` with a non-empty host (name, IPv4, or `[IPv6]`) and a port 1..=65535.
+pub fn check_addr(path: &str, addr: &str) -> Result<(), MapError> {
+    let bad = |why: &str| err(path, format!("`{addr}` is not host:port ({why})"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no `:port`"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+        _ => return Err(bad("port must be 1..=65535")),
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let v6 = inner.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("bad IPv6 address"));
+        }
+        return Ok(());
+    }
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    if host.contains(':') {
+        return Err(bad("write IPv6 addresses as [addr]:port"));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(bad("host has characters a host name cannot have"));
+    }
+    Ok(())
+}
+
+/// No two endpoints (primary or replica, of any shard) may share an address:
+/// that would make one server two shards, or a replica of itself.
+fn claim_addr(seen: &mut HashMap<String, String>, path: &str, addr: &str) -> Result<(), MapError> {
+    check_addr(path, addr)?;
+    let key = addr.to_ascii_lowercase();
+    if let Some(first) = seen.get(&key) {
+        return Err(err(
+            path,
+            format!("duplicate address `{addr}` (already used by {first})"),
+        ));
+    }
+    seen.insert(key, path.to_owned());
+    Ok(())
+}
+
+/// A rule or the default placement may only point at a region that has shards.
+fn check_target(
+    path: &str,
+    name: &str,
+    regions: &[Region],
+    populated: &HashSet<&str>,
+) -> Result<(), MapError> {
+    find_region(regions, path, name)?;
+    if !populated.contains(name) {
+        return Err(err(
+            path,
+            format!("region `{name}` has no shards, so no key could be placed there"),
+        ));
+    }
+    Ok(())
+}
+
+fn placement(
+    raw: Vec<RawPlacementRule>,
+    regions: &[Region],
+    populated: &HashSet<&str>,
+) -> Result<Vec<PlacementRule>, MapError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let p = format!("placement[{i}]");
+        let matcher = match (r.hash_tag_prefix, r.key_prefix) {
+            (Some(t), None) if t.is_empty() => {
+                return Err(err(
+                    format!("{p}.hash_tag_prefix"),
+                    "must not be empty (use default_placement to place every key)",
+                ));
+            }
+            (None, Some(k)) if k.is_empty() => {
+                return Err(err(
+                    format!("{p}.key_prefix"),
+                    "must not be empty (use default_placement to place every key)",
+                ));
+            }
+            (Some(t), None) => Matcher::HashTagPrefix(t.into_bytes()),
+            (None, Some(k)) => Matcher::KeyPrefix(k.into_bytes()),
+            _ => {
+                return Err(err(p, "needs exactly one of hash_tag_prefix or key_prefix"));
+            }
+        };
+        let region = r
+            .region
+            .ok_or_else(|| err(format!("{p}.region"), "is required"))?;
+        check_target(&format!("{p}.region"), &region, regions, populated)?;
+        out.push(PlacementRule { matcher, region });
+    }
+    Ok(out)
+}
+
+fn default_placement(
+    raw: Option<RawDefaultPlacement>,
+    regions: &[Region],
+    populated: &HashSet<&str>,
+) -> Result<DefaultPlacement, MapError> {
+    match raw {
+        None => Ok(DefaultPlacement::AllShards),
+        Some(RawDefaultPlacement::Word(w)) if w == "all" => Ok(DefaultPlacement::AllShards),
+        Some(RawDefaultPlacement::Word(w)) => Err(err(
+            "default_placement",
+            format!("expected `all` or {{region: NAME}}, got `{w}`"),
+        )),
+        Some(RawDefaultPlacement::Region(r)) => {
+            let name = r
+                .region
+                .ok_or_else(|| err("default_placement.region", "is required"))?;
+            check_target("default_placement.region", &name, regions, populated)?;
+            Ok(DefaultPlacement::Region(name))
+        }
+    }
+}
+
+fn bounded(raw: Option<i64>, (name, min, max, default): Bound) -> Result<u64, MapError> {
+    let v = raw.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(err(
+            format!("options.{name}"),
+            format!("must be between {min} and {max}, got {v}"),
+        ));
+    }
+    // In range, so non-negative.
+    Ok(v.unsigned_abs())
+}
+
+fn options(raw: RawOptions) -> Result<Options, MapError> {
+    let ms = |raw, b| bounded(raw, b).map(Duration::from_millis);
+    let count = |raw, b| bounded(raw, b).map(|v| v as usize);
+    Ok(Options {
+        connect_timeout: ms(raw.connect_timeout_ms, CONNECT_TIMEOUT)?,
+        command_timeout: ms(raw.command_timeout_ms, COMMAND_TIMEOUT)?,
+        connections_per_endpoint: count(raw.connections_per_endpoint, CONNECTIONS)?,
+        dedicated_pool_size: count(raw.dedicated_pool_size, DEDICATED)?,
+        health_check_interval: ms(raw.health_check_interval_ms, HEALTH_INTERVAL)?,
+        max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
+        allow_flush: raw.allow_flush.unwrap_or(false),
+    })
+}
+
+/// Turns a serde-saphyr error into a [`MapError`]: the reason is the parser's
+/// message without its position, the path is reconstructed from the
+/// position by [`path_at`] (falling back to `line L column C`).
+pub fn from_yaml_error(text: &str, e: &serde_saphyr::Error) -> MapError {
+    let inner = e.without_snippet();
+    let mut reason = inner.to_string();
+    // The plain rendering appends the position; the path replaces it.
+    if let Some(i) = reason.find(" at line ") {
+        reason.truncate(i);
+    }
+    let path = match inner.location() {
+        Some(loc) if loc.line() > 0 => {
+            let p = path_at(text, loc.line() as usize, loc.column() as usize);
+            if p.is_empty() {
+                format!("line {} column {}", loc.line(), loc.column())
+            } else {
+                p
+            }
+        }
+        _ => "(document)".to_owned(),
+    };
+    err(path, reason)
+}
+
+/// One level of a reconstructed YAML path.
+enum Seg {
+    Key(String),
+    Item(usize),
+}
+
+/// Best-effort field path (`shards[2].replicas[0].addr`) of the node at
+/// 1-based `line` of a block-style YAML document, found from indentation.
+/// Flow-style collections (`[a, b]`) resolve to the key holding them.
+pub fn path_at(text: &str, line: usize, _column: usize) -> String {
+    let mut stack: Vec<(usize, Seg)> = Vec::new();
+    for raw_line in text.lines().take(line) {
+        let indent = raw_line.len() - raw_line.trim_start_matches(' ').len();
+        let mut col = indent;
+        let mut rest = raw_line[indent..].trim_end();
+        if rest.is_empty() || rest.starts_with('#') || rest.starts_with("---") {
+            continue;
+        }
+        loop {
+            if rest == "-" || rest.starts_with("- ") {
+                while stack.last().is_some_and(|(i, _)| *i > col) {
+                    stack.pop();
+                }
+                let mut index = 0;
+                if let Some((i, Seg::Item(n))) = stack.last()
+                    && *i == col
+                {
+                    index = n + 1;
+                    stack.pop();
+                }
+                stack.push((col, Seg::Item(index)));
+                let after = rest[1..].trim_start_matches(' ');
+                col += rest.len() - after.len();
+                rest = after;
+                if rest.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if let Some(key) = key_of(rest) {
+                while stack.last().is_some_and(|(i, _)| *i >= col) {
+                    stack.pop();
+                }
+                stack.push((col, Seg::Key(key)));
+            }
+            break;
+        }
+    }
+    let mut out = String::new();
+    for (_, seg) in &stack {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Item(n) => out.push_str(&format!("[{n}]")),
+        }
+    }
+    out
+}
+
+/// The key of a `key: value` / `key:` line, unquoted.
+fn key_of(s: &str) -> Option<String> {
+    if s.starts_with(['{', '[', '#', '&', '*', '!', '|', '>']) {
+        return None;
+    }
+    let end = s.find(": ").or_else(|| s.strip_suffix(':').map(str::len))?;
+    let key = s[..end].trim();
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+        .unwrap_or(key);
+    Some(key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "regions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\nshards:\n  - name: s0\n    region: us\n    zone: us-a\n    primary: 127.0.0.1:7001\n    replicas:\n      - 127.0.0.1:7011\n      - addr: 127.0.0.1:7012\n        zone: us-b\n  - name: s1\n    region: eu\n    primary: 127.0.0.1:7002\n";
+
+    fn refused(yaml: &str) -> (String, String) {
+        match ShardMap::from_yaml(yaml) {
+            Ok(_) => panic!("map accepted:\n{yaml}"),
+            Err(e) => (e.path, e.reason),
+        }
+    }
+
+    fn assert_refused(yaml: &str, path: &str, reason_part: &str) {
+        let (p, r) = refused(yaml);
+        assert_eq!(p, path, "reason was: {r}");
+        assert!(
+            r.contains(reason_part),
+            "reason `{r}` lacks `{reason_part}`"
+        );
+    }
+
+    #[test]
+    fn base_map_is_valid_with_defaults() {
+        let m = ShardMap::from_yaml(BASE).expect("valid");
+        assert_eq!(m.slots, 16384);
+        assert_eq!(m.read_policy, ReadPolicy::Primary);
+        assert_eq!(m.shards[0].weight, 100);
+        assert_eq!(m.shards[0].replicas[0].region, "us");
+        assert_eq!(m.shards[0].replicas[0].zone, None);
+        assert_eq!(m.shards[0].replicas[1].zone.as_deref(), Some("us-b"));
+        assert_eq!(m.shards[0].primary.zone.as_deref(), Some("us-a"));
+        assert!(matches!(m.default_placement, DefaultPlacement::AllShards));
+        assert_eq!(m.options.connect_timeout, Duration::from_millis(1000));
+        assert_eq!(m.options.command_timeout, Duration::from_millis(5000));
+        assert_eq!(m.options.connections_per_endpoint, 2);
+        assert_eq!(m.options.dedicated_pool_size, 64);
+        assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
+        assert_eq!(m.options.max_replica_lag, Duration::from_millis(10000));
+        assert!(!m.options.allow_flush);
+    }
+
+    #[test]
+    fn unknown_region() {
+        let y = BASE.replace("region: eu", "region: ap");
+        assert_refused(&y, "shards[1].region", "unknown region `ap`");
+    }
+
+    #[test]
+    fn duplicate_shard_name() {
+        let y = BASE.replace("name: s1", "name: s0");
+        assert_refused(&y, "shards[1].name", "duplicate shard name `s0`");
+    }
+
+    #[test]
+    fn duplicate_address_anywhere() {
+        let y = BASE.replace("127.0.0.1:7002", "127.0.0.1:7012");
+        assert_refused(
+            &y,
+            "shards[1].primary",
+            "duplicate address `127.0.0.1:7012`",
+        );
+        let y = BASE.replace("127.0.0.1:7012", "127.0.0.1:7011");
+        assert_refused(
+            &y,
+            "shards[0].replicas[1].addr",
+            "already used by shards[0].replicas[0]",
+        );
+    }
+
+    #[test]
+    fn bad_host_port() {
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            ":7001",
+            "::1:7001",
+            "a b:1",
+        ] {
+            let y = BASE.replace("127.0.0.1:7012", bad);
+            assert_refused(&y, "shards[0].replicas[1].addr", "is not host:port");
+        }
+        let y = BASE.replace("127.0.0.1:7011", "localhost");
+        assert_refused(&y, "shards[0].replicas[0]", "is not host:port");
+        assert!(check_addr("x", "[::1]:7001").is_ok());
+        assert!(check_addr("x", "redis-1.internal:6379").is_ok());
+    }
+
+    #[test]
+    fn zone_not_in_region() {
+        let y = BASE.replace("zone: us-a", "zone: eu-a");
+        assert_refused(&y, "shards[0].zone", "not a zone of region `us`");
+        let y = BASE.replace("zone: us-b", "zone: us-c");
+        assert_refused(
+            &y,
+            "shards[0].replicas[1].zone",
+            "not a zone of region `us`",
+        );
+    }
+
+    #[test]
+    fn region_without_zones_accepts_any_zone() {
+        let y = BASE.replace(
+            "    primary: 127.0.0.1:7002",
+            "    zone: anything\n    primary: 127.0.0.1:7002",
+        );
+        assert!(ShardMap::from_yaml(&y).is_ok());
+    }
+
+    #[test]
+    fn weight_out_of_range() {
+        for w in ["0", "-5", "10001"] {
+            let y = BASE.replace("zone: us-a\n", &format!("zone: us-a\n    weight: {w}\n"));
+            assert_refused(&y, "shards[0].weight", "must be between 1 and 10000");
+        }
+    }
+
+    #[test]
+    fn placement_to_region_without_shards() {
+        let y = BASE.replace("  - name: eu\n", "  - name: eu\n  - name: ap\n")
+            + "placement:\n  - key_prefix: \"ap/\"\n    region: ap\n";
+        assert_refused(&y, "placement[0].region", "region `ap` has no shards");
+        let y = BASE.replace("  - name: eu\n", "  - name: eu\n  - name: ap\n")
+            + "default_placement:\n  region: ap\n";
+        assert_refused(&y, "default_placement.region", "region `ap` has no shards");
+    }
+
+    #[test]
+    fn placement_rule_shape() {
+        let y = BASE.to_owned() + "placement:\n  - region: eu\n";
+        assert_refused(&y, "placement[0]", "exactly one of");
+        let y = BASE.to_owned()
+            + "placement:\n  - key_prefix: a\n    hash_tag_prefix: b\n    region: eu\n";
+        assert_refused(&y, "placement[0]", "exactly one of");
+        let y = BASE.to_owned() + "placement:\n  - key_prefix: \"\"\n    region: eu\n";
+        assert_refused(&y, "placement[0].key_prefix", "must not be empty");
+        let y = BASE.to_owned() + "placement:\n  - key_prefix: x\n    region: mars\n";
+        assert_refused(&y, "placement[0].region", "unknown region `mars`");
+    }
+
+    #[test]
+    fn default_placement_forms() {
+        let y = BASE.to_owned() + "default_placement: all\n";
+        assert!(ShardMap::from_yaml(&y).is_ok());
+        let y = BASE.to_owned() + "default_placement:\n  region: eu\n";
+        let m = ShardMap::from_yaml(&y).expect("valid");
+        assert!(matches!(m.default_placement, DefaultPlacement::Region(ref r) if r == "eu"));
+        let y = BASE.to_owned() + "default_placement: everywhere\n";
+        assert_refused(&y, "default_placement", "expected `all`");
+    }
+
+    #[test]
+    fn empty_shards() {
+        assert_refused(
+            "regions:\n  - name: us\nshards: []\n",
+            "shards",
+            "at least one shard",
+        );
+        assert_refused("regions:\n  - name: us\n", "shards", "at least one shard");
+    }
+
+    #[test]
+    fn empty_regions() {
+        assert_refused("shards: []\n", "regions", "at least one region");
+    }
+
+    #[test]
+    fn duplicate_region_name() {
+        let y = BASE.replace("  - name: eu\n", "  - name: eu\n  - name: us\n");
+        assert_refused(&y, "regions[2].name", "duplicate region name `us`");
+    }
+
+    #[test]
+    fn unknown_fields_name_their_path() {
+        let y = BASE.replace("zone: us-a\n", "zone: us-a\n    wieght: 5\n");
+        assert_refused(&y, "shards[0].wieght", "wieght");
+        let y = BASE.replace(
+            "        zone: us-b\n",
+            "        zone: us-b\n        rack: 4\n",
+        );
+        assert_refused(&y, "shards[0].replicas[1].rack", "unknown field `rack`");
+        let (p, r) = refused(&(BASE.to_owned() + "colour: blue\n"));
+        assert_eq!(p, "colour", "{r}");
+        let (p, r) = refused(&(BASE.to_owned() + "options:\n  conect_timeout_ms: 5\n"));
+        assert_eq!(p, "options.conect_timeout_ms", "{r}");
+    }
+
+    #[test]
+    fn wrong_types_name_their_path() {
+        let y = BASE.replace("zone: us-a\n", "zone: us-a\n    weight: heavy\n");
+        let (p, _) = refused(&y);
+        assert_eq!(p, "shards[0].weight");
+        let y = BASE.to_owned() + "options:\n  allow_flush: maybe\n";
+        let (p, _) = refused(&y);
+        assert_eq!(p, "options.allow_flush");
+    }
+
+    #[test]
+    fn option_bounds() {
+        for (name, min, max, _) in OPTION_BOUNDS {
+            for v in [min - 1, max + 1] {
+                let y = format!("{BASE}options:\n  {name}: {v}\n");
+                assert_refused(
+                    &y,
+                    &format!("options.{name}"),
+                    &format!("between {min} and {max}"),
+                );
+            }
+            let y = format!("{BASE}options:\n  {name}: {max}\n");
+            assert!(ShardMap::from_yaml(&y).is_ok(), "{name}: {max}");
+        }
+    }
+
+    #[test]
+    fn slots_bounds() {
+        assert_refused(
+            &format!("slots: 0\n{BASE}"),
+            "slots",
+            "between 1 and 1048576",
+        );
+        assert_refused(
+            &format!("slots: 1048577\n{BASE}"),
+            "slots",
+            "between 1 and 1048576",
+        );
+        let m = ShardMap::from_yaml(&format!("slots: 1024\n{BASE}")).expect("valid");
+        assert_eq!(m.slots, 1024);
+    }
+
+    #[test]
+    fn read_policy_values() {
+        for (w, p) in [
+            ("primary", ReadPolicy::Primary),
+            ("prefer-replica", ReadPolicy::PreferReplica),
+            ("nearest", ReadPolicy::Nearest),
+        ] {
+            let m = ShardMap::from_yaml(&format!("read_policy: {w}\n{BASE}")).expect("valid");
+            assert_eq!(m.read_policy, p);
+        }
+        assert_refused(
+            &format!("read_policy: fastest\n{BASE}"),
+            "read_policy",
+            "unknown read policy",
+        );
+    }
+
+    #[test]
+    fn replica_in_other_region() {
+        let y = BASE.replace("        zone: us-b\n", "        region: eu\n");
+        let m = ShardMap::from_yaml(&y).expect("valid");
+        assert_eq!(m.shards[0].replicas[1].region, "eu");
+        let y = BASE.replace("        zone: us-b\n", "        region: mars\n");
+        assert_refused(&y, "shards[0].replicas[1].region", "unknown region `mars`");
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let y = BASE.replace("    primary: 127.0.0.1:7002\n", "");
+        assert_refused(&y, "shards[1].primary", "is required");
+        let y = BASE.replace("  - name: s1\n    region: eu", "  - region: eu");
+        assert_refused(&y, "shards[1].name", "is required");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for y in [
+            "",
+            "~",
+            "[1, 2]",
+            "- a\n- b",
+            "shards: 5",
+            "{{{",
+            "slots: 1e99",
+            "\t\t:",
+        ] {
+            assert!(ShardMap::from_yaml(y).is_err(), "{y:?}");
+        }
+    }
+
+    #[test]
+    fn path_reconstruction() {
+        let t = "a:\n  b:\n    - x: 1\n    - y: 2\n      z:\n        - q\n        - r: 1\nc: 3\n";
+        assert_eq!(path_at(t, 4, 0), "a.b[1].y");
+        assert_eq!(path_at(t, 5, 0), "a.b[1].z");
+        assert_eq!(path_at(t, 7, 0), "a.b[1].z[1].r");
+        assert_eq!(path_at(t, 8, 0), "c");
+        let compact = "shards:\n- name: s0\n  region: us\n- name: s1\n  rack: 3\n";
+        assert_eq!(path_at(compact, 5, 0), "shards[1].rack");
+    }
+}
