@@ -15,7 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 fn write_map(dir: &TempDir, primaries: &[&RedisServer]) -> std::path::PathBuf {
     let mut yaml = String::from("regions:\n  - name: us\nshards:\n");
     for (i, p) in primaries.iter().enumerate() {
-        yaml.push_str(&format!("  - name: s{i}\n    region: us\n    primary: {}\n", p.addr()));
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    region: us\n    primary: {}\n",
+            p.addr()
+        ));
     }
     let path = dir.path().join("map.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -24,7 +27,8 @@ fn write_map(dir: &TempDir, primaries: &[&RedisServer]) -> std::path::PathBuf {
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -40,12 +44,23 @@ fn wait_for_port(port: u16) {
 
 #[test]
 fn check_map_accepts_good_maps_and_names_the_field_of_bad_ones() {
-    let out = Command::new(BIN).args(["check-map", "shard-maps/example.yaml"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-map", "shard-maps/example.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = TempDir::new("badmap");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "regions:\n  - name: us\nshards:\n  - name: a\n    region: us\n    weight: 0\n    primary: 127.0.0.1:1\n").unwrap();
-    let out = Command::new(BIN).arg("check-map").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-map")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shards[0].weight"), "{err}");
@@ -62,7 +77,12 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         .arg("serve")
         .arg("--map")
         .arg(&map)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{mport}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -71,31 +91,60 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut con = client.get_connection().unwrap();
     for i in 0..20 {
-        let _: () = redis::cmd("SET").arg(format!("k{i}")).arg(i).query(&mut con).unwrap();
-        let _: i64 = redis::cmd("GET").arg(format!("k{i}")).query(&mut con).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut con)
+            .unwrap();
     }
     let _ = redis::cmd("NOSUCH").query::<redis::Value>(&mut con);
     // A dead shard produces backend errors (about half of these keys are on it).
     b.kill();
-    let failed = (0..20).filter(|i| redis::cmd("GET").arg(format!("k{i}")).query::<i64>(&mut con).is_err()).count();
+    let failed = (0..20)
+        .filter(|i| {
+            redis::cmd("GET")
+                .arg(format!("k{i}"))
+                .query::<i64>(&mut con)
+                .is_err()
+        })
+        .count();
     assert!(failed > 0 && failed < 20, "{failed} of 20 reads failed");
     let body = http_get(mport, "/metrics");
     for (name, _, _) in shardgate::metrics::DESCRIPTIONS {
         assert!(body.contains(name), "metric {name} missing from:\n{body}");
     }
-    assert!(body.contains(r#"shardgate_commands_total{command="set",outcome="ok"} 20"#), "{body}");
-    assert!(body.contains(r#"shardgate_commands_total{command="unknown",outcome="error"} 1"#), "{body}");
-    assert!(body.contains("shardgate_command_duration_seconds_bucket{le=\"0.00005\"}"), "explicit buckets: {body}");
+    assert!(
+        body.contains(r#"shardgate_commands_total{command="set",outcome="ok"} 20"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"shardgate_commands_total{command="unknown",outcome="error"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("shardgate_command_duration_seconds_bucket{le=\"0.00005\"}"),
+        "explicit buckets: {body}"
+    );
     drop(con);
     // SIGTERM: the proxy exits by itself within the grace period.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(Instant::now() < deadline, "proxy did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -120,6 +120,9 @@ fn thousands_of_concurrent_clients() {
 }
 
 fn fd_limit() -> Option<usize> {
-    let out = std::process::Command::new("sh").args(["-c", "ulimit -n"]).output().ok()?;
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
