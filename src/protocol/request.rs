@@ -24,7 +24,22 @@
 //!
 //! # Benchmark (`cargo bench --bench protocol`)
 //!
-//! BENCH_TABLE
+//! Median times, `--warm-up-time 1 --measurement-time 2`, 2-vCPU Xeon VM,
+//! rustc 1.95 (shardgate / redis-protocol 6 `decode_bytes_mut` / `decode_range`):
+//!
+//! | case                                          | shardgate | redis-protocol |
+//! |-----------------------------------------------|-----------|----------------|
+//! | `GET key` request                             | 105 ns    | 176 ns         |
+//! | pipeline of 100 `SET`s                        | 12.3 µs   | 19.5 µs        |
+//! | 1 MiB `SET` in 64 KiB reads (incl. copies)    | 33.9 µs   | 35.1 µs        |
+//! | re-parse of a half-received 1 MiB `SET`       | 31 ns     | 92 ns          |
+//! | `frame_len` `+OK`                             | 11.9 ns   | 23.9 ns        |
+//! | `frame_len` 1 KiB bulk                        | 14.8 ns   | 33.5 ns        |
+//! | `frame_len` array of 100 bulks                | 0.94 µs   | 2.17 µs        |
+//! | `frame_len` RESP3 map of 50 pairs             | 0.71 µs   | 9.48 µs        |
+//!
+//! The 1 MiB case is dominated by copying the reads into the buffer, which
+//! both sides pay; the half-received row isolates the parser's share.
 //!
 //! `tests/protocol_props.rs` checks the parser against `redis-protocol` on
 //! random pipelines, and that no input makes it panic.

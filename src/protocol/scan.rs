@@ -252,6 +252,8 @@ mod tests {
             b">3\r\n+message\r\n+chan\r\n$2\r\nhi\r\n",
             b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:1\r\n:2\r\n",
             b"*2\r\n|1\r\n+a\r\n+b\r\n:1\r\n:2\r\n",
+            // Chained attributes (redis-protocol refuses these; RESP3 allows).
+            b"|1\r\n+a\r\n+b\r\n|1\r\n+c\r\n+d\r\n:1\r\n",
         ] {
             assert_eq!(len(f), Ok(Some(f.len())), "{}", f.escape_ascii());
             for cut in 0..f.len() {
