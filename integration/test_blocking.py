@@ -58,14 +58,14 @@ def test_blpop_woken_by_push(deployment, protocol):
     blocked = raw_client(deployment.host, deployment.port, protocol)
     pusher = raw_client(deployment.host, deployment.port, protocol)
     try:
-        t, box = _in_thread(lambda: blocked.execute_command("BLPOP", "wake", "eu/other", "5"))
+        t, box = _in_thread(lambda: blocked.execute_command("BLPOP", "{wake}a", "{wake}b", "5"))
         time.sleep(0.3)
-        assert pusher.execute_command("RPUSH", "wake", "v1", "v2") == 2
+        assert pusher.execute_command("RPUSH", "{wake}a", "v1", "v2") == 2
         t.join(6)
         assert "error" not in box, box
-        assert box["result"] == [b"wake", b"v1"]
+        assert box["result"] == [b"{wake}a", b"v1"]
         assert box["elapsed"] < 3
-        assert pusher.execute_command("LRANGE", "wake", "0", "-1") == [b"v2"]
+        assert pusher.execute_command("LRANGE", "{wake}a", "0", "-1") == [b"v2"]
     finally:
         blocked.close()
         pusher.close()

@@ -11,6 +11,7 @@ use shardgate::app::{self, ServeConfig};
 use shardgate::protocol::Limits;
 use shardgate::proxy::ClientConfig;
 use shardgate::shardmap::ShardMap;
+use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -26,6 +26,8 @@ pub enum InlineOp {
     Script(Request, ShardId),
     Info(Request),
     Randomkey,
+    /// SCAN from (shard, that shard's cursor), decoded from the client's cursor.
+    Scan(Request, ShardId, u64),
 }
 
 /// The dispatcher's decision for one request.
@@ -420,14 +422,11 @@ impl Session {
                     .and_then(|c| c.parse().ok())
                     .ok_or_else(|| ProxyError::err("invalid cursor"))?;
                 let shards = n as u64;
-                let (shard, backend_cursor) = (cursor % shards, cursor / shards);
-                let mut args: Vec<&[u8]> = req.args().iter().map(|a| a.as_ref()).collect();
-                let c = backend_cursor.to_string();
-                args[1] = c.as_bytes();
-                let mut frame = BytesMut::new();
-                encode_command(&args, &mut frame);
-                let part = self.part(proxy, spec, ShardId(shard as u32), frame.freeze());
-                Ok(self.gather(spec, vec![part], Merge::Scan { shard, shards }))
+                let shard = ShardId((cursor % shards) as u32);
+                Ok(Action::Inline(
+                    InlineOp::Scan(req, shard, cursor / shards),
+                    spec,
+                ))
             }
         }
     }

@@ -10,7 +10,7 @@ use super::local::REDIS_VERSION;
 use super::session::Session;
 use crate::backend::dedicated::PooledConn;
 use crate::error::{BackendError, ProxyError};
-use crate::protocol::{Reply, Request, reply};
+use crate::protocol::{Reply, Request, reply, request::encode_command};
 use crate::router::ShardId;
 
 impl Session {
@@ -25,6 +25,7 @@ impl Session {
             InlineOp::Script(req, shard) => self.on_dedicated(proxy, &req, shard, true).await,
             InlineOp::Info(req) => self.info(proxy, &req).await,
             InlineOp::Randomkey => self.randomkey(proxy).await,
+            InlineOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
         };
         let reply = result.unwrap_or_else(|e| e.to_reply());
         let mut out = BytesMut::new();
@@ -300,5 +301,69 @@ impl<'a> Lent<'a> {
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         self.0.dedicated_delta(-1.0);
+    }
+}
+
+impl Session {
+    /// SCAN over all shards, one shard after the other. The client's cursor
+    /// is `backend_cursor * shards + shard`. A shard that is finished and gave
+    /// nothing hands over to the next one at once, so an empty keyspace
+    /// answers cursor 0 in one call, as Redis does.
+    async fn scan(
+        &self,
+        proxy: &Proxy,
+        req: &Request,
+        mut shard: ShardId,
+        mut cursor: u64,
+    ) -> Result<Reply, ProxyError> {
+        let shards = proxy.backends.shards();
+        let n = shards.len() as u64;
+        let bad = || ProxyError::err("unexpected SCAN reply from a shard");
+        loop {
+            let mut args: Vec<&[u8]> = req.args().iter().map(|a| a.as_ref()).collect();
+            let c = cursor.to_string();
+            args[1] = c.as_bytes();
+            let mut frame = BytesMut::new();
+            encode_command(&args, &mut frame);
+            let backends = proxy.backends.shard(shard);
+            let ep = backends.read_endpoint(self.id);
+            ep.state.metrics.read_served();
+            let reply = ep.send(self.proto, self.id, frame.freeze()).await;
+            let reply = reply.unwrap_or_else(|_| Err(lost()))?;
+            if reply::is_error(&reply) {
+                return Ok(Reply::Frame(reply));
+            }
+            let elems = reply::array_elements(&reply)
+                .ok()
+                .flatten()
+                .ok_or_else(bad)?;
+            let [next, keys] = <[Bytes; 2]>::try_from(elems).map_err(|_| bad())?;
+            let next: u64 = reply::bulk(&next)
+                .and_then(|c| std::str::from_utf8(&c).ok()?.parse().ok())
+                .ok_or_else(bad)?;
+            let last = u64::from(shard.0) + 1 >= n;
+            let empty = reply::array_elements(&keys)
+                .ok()
+                .flatten()
+                .is_none_or(|k| k.is_empty());
+            if next == 0 && empty && !last {
+                shard = ShardId(shard.0 + 1);
+                cursor = 0;
+                continue;
+            }
+            let client_cursor = if next == 0 {
+                if last { 0 } else { u64::from(shard.0) + 1 }
+            } else {
+                next.checked_mul(n)
+                    .and_then(|c| c.checked_add(u64::from(shard.0)))
+                    .ok_or_else(|| {
+                        ProxyError::err("SCAN cursor of a shard is too large to encode")
+                    })?
+            };
+            return Ok(Reply::Array(vec![
+                Reply::Bulk(Bytes::from(client_cursor.to_string())),
+                Reply::Frame(keys),
+            ]));
+        }
     }
 }

@@ -171,6 +171,18 @@ impl Session {
             }
             b"SETINFO" => {
                 arity(4)?;
+                let attr = String::from_utf8_lossy(&args[2]);
+                let valid = args[3].iter().all(|c| (b'!'..=b'~').contains(c));
+                if !valid
+                    && matches!(
+                        args[2].to_ascii_uppercase().as_slice(),
+                        b"LIB-NAME" | b"LIB-VER"
+                    )
+                {
+                    return Err(ProxyError::err(format!(
+                        "{attr} cannot contain spaces, newlines or special characters."
+                    )));
+                }
                 match args[2].to_ascii_uppercase().as_slice() {
                     b"LIB-NAME" => self.lib_name = Some(args[3].clone()),
                     b"LIB-VER" => self.lib_ver = Some(args[3].clone()),
@@ -185,9 +197,16 @@ impl Session {
             }
             b"INFO" => arity(2).map(|_| Reply::Verbatim(Bytes::from(self.client_info_line()))),
             b"NO-EVICT" | b"NO-TOUCH" => arity(3).map(|_| Reply::Ok),
+            b"CACHING" | b"GETREDIR" | b"KILL" | b"LIST" | b"PAUSE" | b"REPLY" | b"TRACKING"
+            | b"TRACKINGINFO" | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => {
+                Err(ProxyError::err(format!(
+                    "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO are)",
+                    String::from_utf8_lossy(&sub)
+                )))
+            }
             _ => Err(ProxyError::err(format!(
-                "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO are)",
-                String::from_utf8_lossy(&sub)
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&args[1])
             ))),
         }
     }

@@ -76,8 +76,6 @@ pub enum Merge {
     AndArrays,
     /// SCRIPT LOAD: every shard must return the same SHA; it is the reply.
     Same,
-    /// SCAN on one shard: the cursor is rewritten to encode the shard.
-    Scan { shard: u64, shards: u64 },
 }
 
 impl Pending {
@@ -241,31 +239,6 @@ fn merge_frames(merge: &Merge, frames: Vec<Bytes>) -> Result<Reply, ProxyError> 
                 return Err(ProxyError::err("shards disagree on the script SHA1"));
             }
             Ok(Reply::Frame(first))
-        }
-        Merge::Scan { shard, shards } => {
-            let frame = frames.first().ok_or_else(|| bad("SCAN"))?;
-            let elems = reply::array_elements(frame)
-                .ok()
-                .flatten()
-                .ok_or_else(|| bad("SCAN"))?;
-            let [cursor, keys] = <[Bytes; 2]>::try_from(elems).map_err(|_| bad("SCAN"))?;
-            let backend_cursor: u64 = reply::bulk(&cursor)
-                .and_then(|c| std::str::from_utf8(&c).ok()?.parse().ok())
-                .ok_or_else(|| bad("SCAN"))?;
-            let next = if backend_cursor == 0 {
-                if shard + 1 < *shards { shard + 1 } else { 0 }
-            } else {
-                backend_cursor
-                    .checked_mul(*shards)
-                    .and_then(|c| c.checked_add(*shard))
-                    .ok_or_else(|| {
-                        ProxyError::err("SCAN cursor of a backend is too large to encode")
-                    })?
-            };
-            Ok(Reply::Array(vec![
-                Reply::Bulk(Bytes::from(next.to_string())),
-                Reply::Frame(keys),
-            ]))
         }
     }
 }
