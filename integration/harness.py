@@ -117,6 +117,7 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
+                "--repl-diskless-sync-delay", "0",
                 "--dir", str(workdir),
                 "--logfile", str(server.log),
                 "--daemonize", "no",

@@ -25,7 +25,7 @@ trap 'exit 130' INT TERM
 start_redis() { # port [replicaof-port]
   local port=$1 dir="$work/redis-$1"
   mkdir -p "$dir"
-  local args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize no --logfile "$dir/log")
+  local args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --repl-diskless-sync-delay 0 --dir "$dir" --daemonize no --logfile "$dir/log")
   [ $# -ge 2 ] && args+=(--replicaof 127.0.0.1 "$2")
   redis-server "${args[@]}" &
   pids+=($!)

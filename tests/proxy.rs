@@ -229,6 +229,13 @@ fn reads_follow_the_read_policy_and_skip_a_dead_replica() {
         100
     );
 
+    // INFO proxy names the policy and every replica with its health.
+    let info: String = redis::cmd("INFO").arg("proxy").query(&mut con).unwrap();
+    assert!(info.contains("read_policy:prefer-replica"), "{info}");
+    for r in &c.replicas {
+        assert!(info.contains(&format!("{}|1|", r.addr())), "{info}");
+    }
+
     // Kill one replica: its shard's reads fall back to the primary, without errors.
     let dead = 0;
     c.replicas[dead].kill();

@@ -83,6 +83,17 @@ pub enum ReadPolicy {
     Nearest,
 }
 
+impl ReadPolicy {
+    /// The policy's name as written in the map.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadPolicy::Primary => "primary",
+            ReadPolicy::PreferReplica => "prefer-replica",
+            ReadPolicy::Nearest => "nearest",
+        }
+    }
+}
+
 /// A data-residency rule: keys it matches live only in `region`.
 #[derive(Debug, Clone)]
 pub struct PlacementRule {

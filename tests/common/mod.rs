@@ -236,7 +236,14 @@ fn spawn(port: u16, primary_port: Option<u16>, dir: &Path) -> Child {
             "--daemonize",
             "no",
         ])
-        .args(["--save", "", "--appendonly", "no"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
