@@ -61,6 +61,15 @@ struct ServeArgs {
     /// Largest bulk string a client may send, in bytes (like proto-max-bulk-len).
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     max_bulk_len: usize,
+    /// Open client connections allowed; more get `-ERR max number of clients reached`.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// Close clients idle for this many seconds (0: never, like Redis' `timeout 0`).
+    #[arg(long, default_value_t = 0)]
+    idle_timeout_secs: u64,
+    /// Close a client that accepts no reply bytes for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    write_stall_timeout_secs: u64,
     /// Seconds to let in-flight commands finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
@@ -127,6 +136,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 },
                 max_pipeline: args.max_pipeline.max(1),
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+                max_clients: args.max_clients.max(1),
+                idle_timeout: (args.idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(args.idle_timeout_secs)),
+                write_stall_timeout: Duration::from_secs(args.write_stall_timeout_secs.max(1)),
                 region: args.region,
                 zone: args.zone,
             },

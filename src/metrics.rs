@@ -24,6 +24,10 @@ pub const CLIENT_CONNECTIONS: &str = "shardgate_client_connections";
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "shardgate_client_connections_total";
 /// Client connections closed for a protocol error.
 pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total";
+/// Client connections the proxy closed or refused because of a limit, by reason.
+pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
+/// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
+pub const LIMIT_REASONS: [&str; 3] = ["max_clients", "idle_timeout", "slow_reader"];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
 /// Backend failures, by shard, endpoint, role and error kind.
@@ -63,6 +67,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         CLIENT_PROTOCOL_ERRORS,
         "counter",
         "Client connections closed because of a malformed frame",
+    ),
+    (
+        CLIENT_LIMIT_CLOSES,
+        "counter",
+        "Client connections refused or closed by a limit (max_clients, idle_timeout, slow_reader)",
     ),
     (
         BACKEND_DURATION,
@@ -141,6 +150,7 @@ pub struct Metrics {
     client_connections: Gauge,
     client_connections_total: Counter,
     protocol_errors: Counter,
+    limit_closes: [Counter; 3],
 }
 
 impl Default for Metrics {
@@ -162,6 +172,7 @@ impl Metrics {
             client_connections: gauge!(CLIENT_CONNECTIONS),
             client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
             protocol_errors: counter!(CLIENT_PROTOCOL_ERRORS),
+            limit_closes: LIMIT_REASONS.map(|r| counter!(CLIENT_LIMIT_CLOSES, "reason" => r)),
         }
     }
 
@@ -189,6 +200,14 @@ impl Metrics {
     /// A client was disconnected for sending a malformed frame.
     pub fn client_protocol_error(&self) {
         self.protocol_errors.increment(1);
+    }
+
+    /// A client was refused or closed because of a limit (`max_clients`,
+    /// `idle_timeout`, `slow_reader`).
+    pub fn client_limit_close(&self, reason: &'static str) {
+        if let Some(i) = LIMIT_REASONS.iter().position(|r| *r == reason) {
+            self.limit_closes[i].increment(1);
+        }
     }
 
     /// The routing table with this epoch is now in use.

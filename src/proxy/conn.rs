@@ -47,6 +47,8 @@ enum End {
     Protocol,
     /// Socket error.
     Io(std::io::Error),
+    /// Closed by a limit (idle timeout, slow reader); the reason is the metric label.
+    Limit(&'static str),
 }
 
 /// Serves one client until it disconnects, sends QUIT or a malformed frame,
@@ -75,7 +77,7 @@ pub async fn serve_client(
             // Finish what was already dispatched, then close.
             match client.drain().await {
                 Ok(()) => End::Normal,
-                Err(e) => End::Io(e),
+                Err(e) => End::from(e),
             }
         }
     };
@@ -86,6 +88,10 @@ pub async fn serve_client(
             tracing::info!(client = id, %peer, "closed client connection after a protocol error");
         }
         End::Io(e) => tracing::debug!(client = id, %peer, error = %e, "client connection error"),
+        End::Limit(reason) => {
+            proxy.metrics.client_limit_close(reason);
+            tracing::info!(client = id, %peer, reason, "closed client connection: limit reached");
+        }
     }
 }
 
@@ -109,11 +115,11 @@ impl Client<'_> {
                     Action::Queue(p) => self.pending.push_back(p),
                     Action::Close(p) => {
                         self.pending.push_back(p);
-                        self.drain().await.map_err(End::Io)?;
+                        self.drain().await.map_err(End::from)?;
                         return Ok(false);
                     }
                     Action::Inline(op, spec) => {
-                        self.drain().await.map_err(End::Io)?;
+                        self.drain().await.map_err(End::from)?;
                         let started = std::time::Instant::now();
                         let Some(reply) = self.run_inline(op).await? else {
                             return Ok(false);
@@ -122,12 +128,12 @@ impl Client<'_> {
                         self.proxy
                             .metrics
                             .command_done(Some(spec), ok, started.elapsed());
-                        self.wr.write_all(&reply).await.map_err(End::Io)?;
+                        self.wr.write_all(&reply).await.map_err(End::from)?;
                     }
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    self.drain().await.map_err(End::Io)?;
+                    self.drain().await.map_err(End::from)?;
                     let mut out = BytesMut::new();
                     Reply::error(format!("ERR {e}")).encode(self.session.proto, &mut out);
                     let _ = self.wr.write_all(&out).await;
@@ -136,7 +142,7 @@ impl Client<'_> {
             }
         }
         if self.pending.is_empty() {
-            self.flush().await.map_err(End::Io)?;
+            self.flush().await.map_err(End::from)?;
             if self.eof {
                 return Ok(false);
             }
@@ -147,7 +153,7 @@ impl Client<'_> {
             biased;
             _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx)) => {
                 self.take_ready();
-                self.flush().await.map_err(End::Io)?;
+                self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
             r = read_some(&mut self.rd, &mut self.rbuf), if can_read => {
@@ -162,7 +168,17 @@ impl Client<'_> {
     }
 
     async fn read_more(&mut self) -> Result<bool, End> {
-        match read_some(&mut self.rd, &mut self.rbuf).await {
+        let read = read_some(&mut self.rd, &mut self.rbuf);
+        let r = match self.proxy.config.idle_timeout {
+            // Idle: nothing in flight and waiting for the client to speak. A
+            // client holding a WATCH or inside MULTI is idle too, as in Redis.
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(r) => r,
+                Err(_) => return Err(End::Limit("idle_timeout")),
+            },
+            None => read.await,
+        };
+        match r {
             Ok(0) => {
                 self.eof = true;
                 Ok(!self.rbuf.is_empty())
@@ -184,7 +200,22 @@ impl Client<'_> {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.wr.write_all(&self.wbuf).await?;
+            let stall = self.proxy.config.write_stall_timeout;
+            let mut written = 0;
+            while written < self.wbuf.len() {
+                // Each write must make progress within the stall timeout.
+                match tokio::time::timeout(stall, self.wr.write(&self.wbuf[written..])).await {
+                    Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(Ok(n)) => written += n,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            SlowReader,
+                        ));
+                    }
+                }
+            }
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
                 // Do not keep a burst's buffer for the life of an idle client.
@@ -272,5 +303,27 @@ fn poll_front(
             Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Marks the write error of a client that stopped reading its replies.
+#[derive(Debug)]
+struct SlowReader;
+
+impl std::fmt::Display for SlowReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client accepted no reply bytes within the write stall timeout")
+    }
+}
+
+impl std::error::Error for SlowReader {}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> End {
+        if e.get_ref().is_some_and(|inner| inner.is::<SlowReader>()) {
+            End::Limit("slow_reader")
+        } else {
+            End::Io(e)
+        }
     }
 }

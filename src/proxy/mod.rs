@@ -30,6 +30,16 @@ pub struct ClientConfig {
     pub max_pipeline: usize,
     /// Time to finish in-flight commands at shutdown.
     pub shutdown_grace: Duration,
+    /// Open client connections allowed; more are answered
+    /// `-ERR max number of clients reached` and closed (as Redis does).
+    pub max_clients: usize,
+    /// Close a client that sent nothing for this long while nothing was in
+    /// flight for it (Redis' `timeout`); `None` keeps idle clients forever.
+    pub idle_timeout: Option<Duration>,
+    /// Close a client that accepts no reply bytes for this long while replies
+    /// wait for it (a slow or stuck reader). Together with `max_pipeline`
+    /// this bounds what the proxy holds for one client.
+    pub write_stall_timeout: Duration,
     /// This proxy's region and zone (reported by INFO).
     pub region: Option<String>,
     pub zone: Option<String>,
@@ -41,6 +51,9 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             max_pipeline: 1024,
             shutdown_grace: Duration::from_secs(5),
+            max_clients: 10_000,
+            idle_timeout: None,
+            write_stall_timeout: Duration::from_secs(60),
             region: None,
             zone: None,
         }
@@ -56,6 +69,7 @@ pub struct Proxy {
     next_client_id: AtomicU64,
     connected: AtomicUsize,
     started: Instant,
+    last_refusal_warning: AtomicU64,
 }
 
 impl Proxy {
@@ -74,12 +88,28 @@ impl Proxy {
             next_client_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
             started: Instant::now(),
+            last_refusal_warning: AtomicU64::new(u64::MAX),
         }
     }
 
     /// Open client connections.
     pub fn connected_clients(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Answers a client over `max_clients` with Redis' error and closes it.
+    fn refuse(&self, mut stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+        use tokio::io::AsyncWriteExt;
+        self.metrics.client_limit_close("max_clients");
+        let now = self.started.elapsed().as_secs();
+        // One warning per 10 s at most: a connection storm must not flood the log.
+        if self.last_refusal_warning.swap(now, Ordering::Relaxed) / 10 != now / 10 {
+            tracing::warn!(%peer, max_clients = self.config.max_clients, "refusing client: max number of clients reached");
+        }
+        tokio::spawn(async move {
+            let write = stream.write_all(b"-ERR max number of clients reached\r\n");
+            let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+        });
     }
 
     /// Accepts clients until `shutdown` turns true, then waits (up to the
@@ -95,6 +125,10 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        if self.connected.load(Ordering::Relaxed) >= self.config.max_clients {
+                            self.refuse(stream, peer);
+                            continue;
+                        }
                         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
                         let proxy = self.clone();
                         let shutdown = shutdown.clone();

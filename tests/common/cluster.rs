@@ -21,6 +21,8 @@ pub struct Spec {
     pub replicas: bool,
     pub read_policy: &'static str,
     pub extra_options: &'static str,
+    /// Client-side limits (region and zone are set by the harness).
+    pub client: ClientConfig,
 }
 
 impl Default for Spec {
@@ -30,6 +32,7 @@ impl Default for Spec {
             replicas: false,
             read_policy: "primary",
             extra_options: "",
+            client: ClientConfig::default(),
         }
     }
 }
@@ -98,7 +101,7 @@ impl Cluster {
             client: ClientConfig {
                 region: Some("us".into()),
                 zone: Some("us-a".into()),
-                ..ClientConfig::default()
+                ..spec.client.clone()
             },
         };
         let running = rt

@@ -1,0 +1,123 @@
+//! Client-side limits against a real deployment: max clients, idle timeout,
+//! and a slow reader that stops taking its replies.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Spec};
+use redis::Commands;
+use shardgate::proxy::ClientConfig;
+
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+/// Reads until the peer closes (or `limit` passes); returns the bytes read and
+/// whether the connection was closed.
+fn read_to_close(conn: &mut std::net::TcpStream, limit: Duration) -> (usize, bool) {
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    while Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) => return (total, true),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (total, true),
+            Err(_) => {}
+        }
+    }
+    (total, false)
+}
+
+#[test]
+fn clients_over_max_clients_get_redis_error_and_others_keep_working() {
+    let c = Cluster::start(Spec {
+        client: ClientConfig {
+            max_clients: 3,
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    });
+    let mut open: Vec<_> = (0..3).map(|_| c.raw()).collect();
+    for r in &mut open {
+        r.send(PING);
+        assert_eq!(r.read_exactly(7), b"+PONG\r\n");
+    }
+    let mut extra = c.raw();
+    assert_eq!(
+        extra.read_until(b"\r\n"),
+        b"-ERR max number of clients reached\r\n"
+    );
+    assert!(extra.is_closed());
+    // The admitted clients are unaffected.
+    open[0].send(PING);
+    assert_eq!(open[0].read_exactly(7), b"+PONG\r\n");
+    // A slot frees up when a client leaves.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = c.raw();
+        again.send(PING);
+        let got = again.read_until(b"\r\n");
+        if got == b"+PONG\r\n" {
+            break;
+        }
+        assert_eq!(got, b"-ERR max number of clients reached\r\n");
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn idle_clients_are_closed_and_active_ones_are_not() {
+    let c = Cluster::start(Spec {
+        client: ClientConfig {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    });
+    let mut idle = c.raw();
+    let mut busy = c.raw();
+    for _ in 0..8 {
+        busy.send(PING);
+        assert_eq!(busy.read_exactly(7), b"+PONG\r\n", "active client closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, closed) = read_to_close(&mut idle.s, Duration::from_secs(5));
+    assert!(closed, "idle client still open");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
+    let c = Cluster::start(Spec {
+        client: ClientConfig {
+            write_stall_timeout: Duration::from_millis(500),
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    });
+    let mut con = c.conn();
+    let value = vec![b'x'; 1 << 20];
+    let _: () = con.set("big", &value).unwrap();
+
+    // 300 pipelined GETs of 1 MiB = 300 MiB of replies, never read.
+    let mut slow = c.raw();
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(300);
+    slow.send(&get);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Everyone else is served meanwhile.
+    let v: Vec<u8> = con.get("big").unwrap();
+    assert_eq!(v.len(), 1 << 20);
+
+    // The slow client got only what fit in socket buffers, then the close.
+    let (read, closed) = read_to_close(&mut slow.s, Duration::from_secs(10));
+    assert!(closed, "slow reader was not disconnected");
+    assert!(
+        read < 300 << 20,
+        "all {read} bytes were delivered: nothing was limited"
+    );
+}
