@@ -100,6 +100,18 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.addr()))
     }
 
+    /// Sends a signal to the server process (e.g. `STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("server is running").id();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
     /// Kills the server (SIGKILL, no shutdown save) and reaps it. The port and
     /// directory are kept for [`RedisServer::restart`].
     pub fn kill(&mut self) {
