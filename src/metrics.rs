@@ -27,7 +27,7 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total
 /// Client connections the proxy closed or refused because of a limit, by reason.
 pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
 /// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
-pub const LIMIT_REASONS: [&str; 3] = ["max_clients", "idle_timeout", "slow_reader"];
+pub const LIMIT_REASONS: [&str; 4] = ["max_clients", "idle_timeout", "slow_reader", "query_buffer"];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
 /// Backend failures, by shard, endpoint, role and error kind.
@@ -75,7 +75,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         CLIENT_LIMIT_CLOSES,
         "counter",
-        "Client connections refused or closed by a limit (max_clients, idle_timeout, slow_reader)",
+        "Client connections refused or closed by a limit (max_clients, idle_timeout, slow_reader, query_buffer)",
     ),
     (
         CIRCUIT_OPEN,
@@ -164,7 +164,7 @@ pub struct Metrics {
     client_connections: Gauge,
     client_connections_total: Counter,
     protocol_errors: Counter,
-    limit_closes: [Counter; 3],
+    limit_closes: [Counter; 4],
 }
 
 impl Default for Metrics {

@@ -131,7 +131,13 @@ impl Client<'_> {
                         self.wr.write_all(&reply).await.map_err(End::from)?;
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    if self.rbuf.len() > self.proxy.config.max_query_buffer {
+                        // Redis' client-query-buffer-limit: close, no reply.
+                        return Err(End::Limit("query_buffer"));
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.drain().await.map_err(End::from)?;
                     let mut out = BytesMut::new();
