@@ -72,12 +72,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports: 4 shards, shardgate, twemproxy, twemproxy's stats.
-read -r -a ports <<<"$(python3 bench/run.py free-ports 7)"
+# Free loopback ports: 4 shards, then shardgate, twemproxy and twemproxy's
+# stats twice: the measured pair, and an idle pair for the idle-connection test.
+read -r -a ports <<<"$(python3 bench/run.py free-ports 10)"
 shard_ports=("${ports[@]:0:4}")
 sg_port=${ports[4]}
 tw_port=${ports[5]}
 tw_stats_port=${ports[6]}
+sg_idle_port=${ports[7]}
+tw_idle_port=${ports[8]}
+tw_idle_stats_port=${ports[9]}
 
 echo "== starting 4 Redis shards on ${shard_ports[*]}"
 shard_pids=()
@@ -105,15 +109,20 @@ done
   done
 } >"$work/map.yaml"
 
-echo "== starting shardgate on 127.0.0.1:$sg_port (--threads $threads)"
-RUST_LOG=warn ./target/release/shardgate serve --map "$work/map.yaml" \
-  --listen "127.0.0.1:$sg_port" --threads "$threads" 2>"$work/shardgate.log" &
-pids+=($!)
+start_shardgate() { # port log
+  RUST_LOG=warn ./target/release/shardgate serve --map "$work/map.yaml" \
+    --listen "127.0.0.1:$1" --threads "$threads" 2>"$2" &
+  pids+=($!)
+}
+echo "== starting shardgate on 127.0.0.1:$sg_port (--threads $threads), idle one on $sg_idle_port"
+start_shardgate "$sg_port" "$work/shardgate.log"
 sg_pid=$!
+start_shardgate "$sg_idle_port" "$work/shardgate-idle.log"
+sg_idle_pid=$!
 
-{
+write_nutcracker_conf() { # port
   echo "bench:"
-  echo "  listen: 127.0.0.1:$tw_port"
+  echo "  listen: 127.0.0.1:$1"
   echo "  hash: fnv1a_64"
   echo "  distribution: ketama"
   echo "  redis: true"
@@ -121,23 +130,29 @@ sg_pid=$!
   echo "  auto_eject_hosts: false"
   echo "  servers:"
   for i in 0 1 2 3; do echo "    - 127.0.0.1:${shard_ports[$i]}:1 s$i"; done
-} >"$work/nutcracker.yml"
+}
+write_nutcracker_conf "$tw_port" >"$work/nutcracker.yml"
+write_nutcracker_conf "$tw_idle_port" >"$work/nutcracker-idle.yml"
 "$nutcracker" -t -c "$work/nutcracker.yml" >/dev/null 2>&1 \
   || { echo "bench: nutcracker refused $work/nutcracker.yml" >&2; "$nutcracker" -t -c "$work/nutcracker.yml"; exit 1; }
 
-echo "== starting twemproxy ($("$nutcracker" --version 2>&1 | head -1)) on 127.0.0.1:$tw_port"
-"$nutcracker" -c "$work/nutcracker.yml" -s "$tw_stats_port" -a 127.0.0.1 \
-  -o "$work/nutcracker.log" -p "$work/nutcracker.pid" &
-pids+=($!)
+start_nutcracker() { # name stats-port
+  "$nutcracker" -c "$work/$1.yml" -s "$2" -a 127.0.0.1 -o "$work/$1.log" -p "$work/$1.pid" &
+  pids+=($!)
+}
+echo "== starting twemproxy ($("$nutcracker" --version 2>&1 | head -1)) on 127.0.0.1:$tw_port, idle one on $tw_idle_port"
+start_nutcracker nutcracker "$tw_stats_port"
 tw_pid=$!
+start_nutcracker nutcracker-idle "$tw_idle_stats_port"
+tw_idle_pid=$!
 
-for port in "$sg_port" "$tw_port"; do
+for port in "$sg_port" "$tw_port" "$sg_idle_port" "$tw_idle_port"; do
   tries=0
   until redis-cli -p "$port" ping >/dev/null 2>&1; do
     tries=$((tries + 1))
     if [ "$tries" -gt 100 ]; then
       echo "bench: nothing answers on port $port; logs:" >&2
-      cat "$work/shardgate.log" "$work/nutcracker.log" >&2 || true
+      cat "$work"/*.log >&2 || true
       exit 1
     fi
     sleep 0.1
@@ -155,10 +170,12 @@ python3 bench/run.py run \
   --shard-pids "$(IFS=,; echo "${shard_pids[*]}")" \
   --shardgate "127.0.0.1:$sg_port" --shardgate-pid "$sg_pid" \
   --twemproxy "127.0.0.1:$tw_port" --twemproxy-pid "$tw_pid" \
+  --idle-shardgate "127.0.0.1:$sg_idle_port" --idle-shardgate-pid "$sg_idle_pid" \
+  --idle-twemproxy "127.0.0.1:$tw_idle_port" --idle-twemproxy-pid "$tw_idle_pid" \
   --nutcracker "$nutcracker" --command "$command_line" \
   --out BENCHMARKS.md
 
-if grep -qiE 'error|panic' "$work/shardgate.log"; then
+if grep -qiE 'error|panic' "$work"/shardgate*.log; then
   echo "== shardgate logged errors:"
-  grep -iE 'error|panic' "$work/shardgate.log" | head -20
+  grep -iE 'error|panic' "$work"/shardgate*.log | head -20
 fi
