@@ -195,7 +195,7 @@ impl Session {
             ));
         }
         if wants("proxy") {
-            let table = proxy.router.load();
+            let table = proxy.router.load_full();
             let map = table.map();
             text.push_str(&format!(
                 "# Proxy\r\nmap_epoch:{}\r\nslots:{}\r\nshards:{}\r\nread_policy:{}\r\nregion:{}\r\nzone:{}\r\n",

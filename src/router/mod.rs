@@ -68,8 +68,16 @@ impl Router {
         }
     }
 
-    /// The current table (a cheap `Arc` clone).
-    pub fn load(&self) -> Arc<RoutingTable> {
+    /// The current table, for the duration of one request. A guard, not an
+    /// `Arc` clone: no shared reference count is touched on the hot path, so
+    /// worker threads do not contend on one cache line. Hold it briefly; use
+    /// [`Router::load_full`] to keep a table.
+    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.t.load()
+    }
+
+    /// The current table as an `Arc` to keep.
+    pub fn load_full(&self) -> Arc<RoutingTable> {
         self.t.load_full()
     }
 
