@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local demo: 4 Redis shards in 2 regions, each with one replica,
-# and shardgate in front with shard-maps/demo.yaml. Ctrl-C stops everything.
+# one PostgreSQL shard (port 7101, its own initdb in the demo directory), and
+# shardgate in front with shard-maps/demo.yaml. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -38,6 +39,17 @@ for i in 1 2 3 4; do
   start_redis "701$i" "700$i"
 done
 
+echo "== starting PostgreSQL shard pg-1 on 7101 (initdb in $work/pg)"
+pg_bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+# PostgreSQL refuses to run as root: then run it as the postgres user.
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); chmod 755 "$work"; mkdir -p "$work/pg"; chown postgres "$work/pg"; fi
+"${as_pg[@]}" "$pg_bin/initdb" -A trust -U postgres -E UTF8 --no-sync -D "$work/pg/data" >/dev/null
+"${as_pg[@]}" "$pg_bin/postgres" -D "$work/pg/data" -p 7101 -c listen_addresses=127.0.0.1 \
+  -c unix_socket_directories="$work/pg" -c fsync=off >"$work/pg/log" 2>&1 &
+pids+=($!)
+until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 7101; do sleep 0.1; done
+
 echo "== starting shardgate on 127.0.0.1:$PROXY_PORT"
 RUST_LOG=${RUST_LOG:-info} ./target/release/shardgate serve --map shard-maps/demo.yaml \
   --listen "127.0.0.1:$PROXY_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --region us --zone us-a &
@@ -46,11 +58,14 @@ until redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
 cat <<MSG
 
-shardgate is running in front of 4 shards (regions us and eu, one replica each).
+shardgate is running in front of 5 shards: 4 Redis (regions us and eu, one
+replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable).
 
   redis-cli -p $PROXY_PORT                      # talk to the proxy
   redis-cli -p $PROXY_PORT set eu/user:1 anna   # 'eu/' keys live only in region eu
   redis-cli -p $PROXY_PORT info proxy           # shards and their health
+  redis-cli -p $PROXY_PORT set {pg}k v          # lands wherever {pg} hashes; 'info proxy' lists pg-1
+  psql -h 127.0.0.1 -p 7101 -U postgres -c 'table kv'   # keys of the PostgreSQL shard
   curl -s 127.0.0.1:$METRICS_PORT/metrics       # Prometheus metrics
 
 Press Ctrl-C to stop everything.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what shardgate's demo and tests need on a fresh Debian/Ubuntu
-# machine: redis-server + redis-cli, Python test packages. Idempotent.
+# machine: redis-server + redis-cli, PostgreSQL (for postgres shards),
+# Python test packages. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +11,15 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
+# PostgreSQL server binaries (initdb, postgres, pg_basebackup) for postgres shards.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The Debian package starts a system redis on 6379; shardgate never uses it.
+# The Debian packages may start a system redis on 6379 and a PostgreSQL
+# cluster on 5432; shardgate's demo and tests never use them.
 
 if ! python3 -c 'import redis, pytest, xdist' >/dev/null 2>&1; then
   echo "setup: installing Python test packages"

@@ -27,6 +27,13 @@ pub enum StartError {
     },
     #[error("metrics exporter: {0}")]
     Metrics(String),
+    /// A PostgreSQL primary could not be reached or migrated.
+    #[error("shard {shard}: postgres primary {endpoint}: {reason}")]
+    Postgres {
+        shard: String,
+        endpoint: String,
+        reason: String,
+    },
 }
 
 /// Everything `serve` needs.
@@ -81,6 +88,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.region.as_deref(),
         config.client.zone.as_deref(),
     ));
+    prepare_postgres(&backends).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -93,6 +101,17 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     health::spawn_all(backends.endpoints(), shutdown_rx.clone());
+    for shard in backends.shards() {
+        if let Some(pg) = shard.primary.postgres() {
+            let state = &shard.primary.state;
+            tokio::spawn(crate::pg::reaper(
+                state.addr.clone(),
+                pg.pool().clone(),
+                state.options.health_check_interval,
+                shutdown_rx.clone(),
+            ));
+        }
+    }
     let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
     tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), "shardgate listening");
     let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx));
@@ -102,6 +121,43 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Applies the schema migrations on every PostgreSQL primary, all at once;
+/// the first failure (unreachable, refused, bad credentials) stops startup
+/// with the shard and endpoint named. Replicas are never migrated.
+async fn prepare_postgres(backends: &Backends) -> Result<(), StartError> {
+    let tasks: Vec<_> = backends
+        .shards()
+        .iter()
+        .filter_map(|s| {
+            let pg = s.primary.postgres()?;
+            let state = s.primary.state.clone();
+            let pool = pg.pool().clone();
+            Some(tokio::spawn(async move {
+                crate::pg::prepare_primary(&state, &pool)
+                    .await
+                    .map_err(|reason| StartError::Postgres {
+                        shard: state.shard.clone(),
+                        endpoint: state.addr.clone(),
+                        reason,
+                    })
+            }))
+        })
+        .collect();
+    for t in tasks {
+        match t.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(StartError::Postgres {
+                    shard: String::new(),
+                    endpoint: String::new(),
+                    reason: format!("migration task failed: {e}"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Installs the process-wide Prometheus recorder and its HTTP listener.

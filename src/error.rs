@@ -26,6 +26,14 @@ pub enum BackendError {
     /// The backend sent bytes that are not RESP.
     #[error("backend {addr} sent an invalid reply: {reason}")]
     Protocol { addr: String, reason: String },
+    /// A PostgreSQL endpoint refused or failed a statement (read-only
+    /// standby, statement timeout, ...).
+    #[error("backend {addr} query failed: {reason}")]
+    Query { addr: String, reason: String },
+    /// The endpoint's kind cannot serve this (a postgres shard has no
+    /// dedicated connections for MULTI, WATCH, blocking commands or scripts).
+    #[error("backend {addr} cannot serve this: {reason}")]
+    Unsupported { addr: String, reason: String },
     /// No dedicated connection could be taken from the pool in time.
     #[error("no free dedicated connection to backend {addr}: {reason}")]
     PoolExhausted { addr: String, reason: String },
@@ -40,6 +48,8 @@ impl BackendError {
             BackendError::ConnectionLost { .. } => "connection_lost",
             BackendError::Protocol { .. } => "protocol",
             BackendError::PoolExhausted { .. } => "pool_exhausted",
+            BackendError::Query { .. } => "query",
+            BackendError::Unsupported { .. } => "unsupported",
         }
     }
 

@@ -26,6 +26,7 @@ pub mod backend;
 pub mod command;
 pub mod error;
 pub mod metrics;
+pub mod pg;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

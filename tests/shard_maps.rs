@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use shardgate::router::{Epoch, RoutingTable};
-use shardgate::shardmap::{DefaultPlacement, ReadPolicy, ShardMap};
+use shardgate::shardmap::{DefaultPlacement, ReadPolicy, ShardKind, ShardMap};
 
 #[test]
 fn every_shipped_map_is_valid() {
@@ -39,8 +39,18 @@ fn every_shipped_map_is_valid() {
 fn demo_map_is_what_the_demo_script_starts() {
     let m = ShardMap::load(Path::new("shard-maps/demo.yaml")).expect("demo map");
     assert_eq!(m.read_policy, ReadPolicy::Nearest);
-    assert_eq!(m.shards.len(), 4);
-    let primaries: Vec<&str> = m.shards.iter().map(|s| s.primary.addr.as_str()).collect();
+    assert_eq!(m.shards.len(), 5);
+    let pg = &m.shards[4];
+    assert_eq!(pg.kind, ShardKind::Postgres);
+    assert_eq!(
+        pg.primary.addr,
+        "postgres://postgres@127.0.0.1:7101/postgres"
+    );
+    assert_eq!(pg.region, "us");
+    let primaries: Vec<&str> = m.shards[..4]
+        .iter()
+        .map(|s| s.primary.addr.as_str())
+        .collect();
     assert_eq!(
         primaries,
         [
@@ -50,7 +60,8 @@ fn demo_map_is_what_the_demo_script_starts() {
             "127.0.0.1:7004"
         ]
     );
-    for (i, s) in m.shards.iter().enumerate() {
+    for (i, s) in m.shards[..4].iter().enumerate() {
+        assert_eq!(s.kind, ShardKind::Redis);
         let region = if i < 2 { "us" } else { "eu" };
         assert_eq!(s.region, region);
         assert_eq!(s.zone.as_deref(), Some(format!("{region}-a").as_str()));
@@ -202,4 +213,44 @@ fn cluster_harness_map_is_accepted() {
     assert!(m.options.allow_flush);
     assert_eq!(m.options.health_check_interval.as_millis(), 100);
     assert_eq!(m.shards[0].replicas[0].region, "us");
+}
+
+#[test]
+fn postgres_shards_take_dsns_and_name_bad_ones() {
+    let base = "regions:\n  - name: us\nshards:\n  - name: r\n    region: us\n    primary: 127.0.0.1:7001\n  - name: p\n    kind: postgres\n    region: us\n    primary: PRIMARY\n    replicas:\n      - REPLICA\n";
+    let map = |primary: &str, replica: &str| {
+        ShardMap::from_yaml(&base.replace("PRIMARY", primary).replace("REPLICA", replica))
+    };
+    let m = map(
+        "postgres://app:pw@10.0.0.1:5432/kv",
+        "postgresql://app@10.0.0.2/kv?sslmode=disable",
+    )
+    .expect("valid postgres shard");
+    assert_eq!(m.shards[0].kind, ShardKind::Redis);
+    assert_eq!(m.shards[1].kind, ShardKind::Postgres);
+    assert_eq!(m.shards[1].replicas.len(), 1);
+
+    let e = map("10.0.0.1:5432", "postgres://h/db").unwrap_err();
+    assert_eq!(e.path, "shards[1].primary");
+    assert!(e.reason.contains("not a PostgreSQL DSN"), "{}", e.reason);
+    let e = map("postgres://h/db", "postgres://u:secret@h:99999/db").unwrap_err();
+    assert_eq!(e.path, "shards[1].replicas[0]");
+    assert!(
+        !e.reason.contains("secret"),
+        "password in error: {}",
+        e.reason
+    );
+    let e = map("postgres://h/db", "postgres://h/db").unwrap_err();
+    assert_eq!(e.path, "shards[1].replicas[0]");
+    assert!(e.reason.contains("duplicate address"), "{}", e.reason);
+    let e = ShardMap::from_yaml(&base.replace("kind: postgres", "kind: mysql")).unwrap_err();
+    assert_eq!(e.path, "shards[1].kind");
+    assert!(
+        e.reason.contains("expected redis or postgres"),
+        "{}",
+        e.reason
+    );
+    // A redis shard still wants host:port.
+    let e = ShardMap::from_yaml(&base.replace("127.0.0.1:7001", "postgres://h/db")).unwrap_err();
+    assert_eq!(e.path, "shards[0].primary");
 }

@@ -130,7 +130,10 @@ impl Breaker {
             BackendError::Unavailable { .. } | BackendError::Timeout { .. } => true,
             BackendError::ConnectionLost { .. } => failures >= LOST_THRESHOLD,
             // A protocol error or an empty pool says nothing about liveness.
-            BackendError::Protocol { .. } | BackendError::PoolExhausted { .. } => false,
+            BackendError::Protocol { .. }
+            | BackendError::PoolExhausted { .. }
+            | BackendError::Query { .. }
+            | BackendError::Unsupported { .. } => false,
         };
         if !opens {
             return;

@@ -16,6 +16,10 @@ use crate::protocol::{Protocol, reply};
 /// Starts one checker task per endpoint; they stop when `shutdown` fires.
 pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Receiver<bool>) {
     for ep in endpoints {
+        if let Some(pg) = ep.postgres() {
+            spawn_postgres(ep.state.clone(), pg.pool().clone(), shutdown.clone());
+            continue;
+        }
         let state = ep.state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -29,6 +33,42 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
             }
         });
     }
+}
+
+/// A PostgreSQL endpoint's checker: [`crate::pg::check_health`] on its pool.
+fn spawn_postgres(
+    state: Arc<EndpointState>,
+    pool: sqlx::PgPool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let limit = state
+                .options
+                .connect_timeout
+                .max(Duration::from_millis(100));
+            let verdict = tokio::time::timeout(limit, crate::pg::check_health(&state, &pool))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer to health check within {} ms",
+                        limit.as_millis()
+                    ))
+                });
+            match verdict {
+                Ok(()) => {
+                    state.record_latency(started.elapsed().as_micros() as u64);
+                    state.set_healthy(true, "");
+                }
+                Err(why) => state.set_healthy(false, &why),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(state.options.health_check_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
 }
 
 async fn check_once(state: &EndpointState, conn: &mut Option<TcpStream>) {

@@ -21,9 +21,10 @@ use bytes::Bytes;
 
 use crate::error::BackendError;
 use crate::metrics::EndpointMetrics;
+use crate::pg::PgEndpoint;
 use crate::protocol::Protocol;
 use crate::router::ShardId;
-use crate::shardmap::{Options, ReadPolicy, ShardMap};
+use crate::shardmap::{Options, ReadPolicy, ShardKind, ShardMap};
 use dedicated::{DedicatedPool, PooledConn};
 use mux::{MuxConn, ReplyRx};
 
@@ -97,7 +98,9 @@ impl EndpointState {
 
     fn connection_up(&self) {}
 
-    fn connection_failed(&self, err: &BackendError) {
+    /// A connection to the endpoint failed: a replica leaves read rotation at
+    /// once (the health checker brings it back).
+    pub fn connection_failed(&self, err: &BackendError) {
         if self.role == Role::Replica {
             self.set_healthy(false, &err.to_string());
         }
@@ -107,41 +110,69 @@ impl EndpointState {
 /// One endpoint: its shared state and its connections.
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
-    mux_resp2: Vec<MuxConn>,
-    mux_resp3: Vec<MuxConn>,
-    pool_resp2: DedicatedPool,
-    pool_resp3: DedicatedPool,
+    conns: Conns,
+}
+
+/// How requests reach the endpoint, by shard kind.
+enum Conns {
+    Redis {
+        mux_resp2: Vec<MuxConn>,
+        mux_resp3: Vec<MuxConn>,
+        pool_resp2: DedicatedPool,
+        pool_resp3: DedicatedPool,
+    },
+    Postgres(PgEndpoint),
 }
 
 impl Endpoint {
-    fn new(state: Arc<EndpointState>) -> Endpoint {
-        let n = state.options.connections_per_endpoint.max(1);
-        let muxes = |p| (0..n).map(|_| MuxConn::spawn(state.clone(), p)).collect();
-        Endpoint {
-            mux_resp2: muxes(Protocol::Resp2),
-            mux_resp3: muxes(Protocol::Resp3),
-            pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
-            pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
-            state,
+    fn new(state: Arc<EndpointState>, kind: ShardKind, dsn: &str, slots: u32) -> Endpoint {
+        let conns = match kind {
+            ShardKind::Redis => {
+                let n = state.options.connections_per_endpoint.max(1);
+                let muxes = |p| (0..n).map(|_| MuxConn::spawn(state.clone(), p)).collect();
+                Conns::Redis {
+                    mux_resp2: muxes(Protocol::Resp2),
+                    mux_resp3: muxes(Protocol::Resp3),
+                    pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
+                    pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
+                }
+            }
+            ShardKind::Postgres => Conns::Postgres(PgEndpoint::new(state.clone(), dsn, slots)),
+        };
+        Endpoint { state, conns }
+    }
+
+    /// The PostgreSQL side of a postgres endpoint; `None` for Redis.
+    pub fn postgres(&self) -> Option<&PgEndpoint> {
+        match &self.conns {
+            Conns::Postgres(pg) => Some(pg),
+            Conns::Redis { .. } => None,
         }
     }
 
-    /// Sends one request frame over the multiplexed connection assigned to
-    /// `client` (a client always uses the same connection per endpoint, so its
-    /// requests to one endpoint stay in order).
+    /// Sends one request frame over the multiplexed connection (Redis) or
+    /// lane (PostgreSQL) assigned to `client` (a client always uses the same
+    /// one per endpoint, so its requests to one endpoint stay in order).
     pub fn send(&self, proto: Protocol, client: u64, frame: Bytes) -> ReplyRx {
-        let conns = match proto {
-            Protocol::Resp2 => &self.mux_resp2,
-            Protocol::Resp3 => &self.mux_resp3,
+        let conns = match (&self.conns, proto) {
+            (Conns::Redis { mux_resp2, .. }, Protocol::Resp2) => mux_resp2,
+            (Conns::Redis { mux_resp3, .. }, Protocol::Resp3) => mux_resp3,
+            (Conns::Postgres(pg), _) => return pg.send(proto, client, frame),
         };
         conns[(client as usize) % conns.len()].send(frame)
     }
 
     /// Takes a dedicated connection from this endpoint's pool.
     pub async fn dedicated(&self, proto: Protocol) -> Result<PooledConn, BackendError> {
-        let pool = match proto {
-            Protocol::Resp2 => &self.pool_resp2,
-            Protocol::Resp3 => &self.pool_resp3,
+        let pool = match (&self.conns, proto) {
+            (Conns::Redis { pool_resp2, .. }, Protocol::Resp2) => pool_resp2,
+            (Conns::Redis { pool_resp3, .. }, Protocol::Resp3) => pool_resp3,
+            (Conns::Postgres(_), _) => {
+                return Err(BackendError::Unsupported {
+                    addr: self.state.addr.clone(),
+                    reason: "postgres shards have no dedicated connections (MULTI/EXEC, WATCH, blocking commands and scripts need a Redis shard)".to_owned(),
+                });
+            }
         };
         pool.get().await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(e) => e,
@@ -156,6 +187,8 @@ impl Endpoint {
 /// The endpoints of one shard and its read order.
 pub struct ShardBackends {
     pub name: String,
+    /// Redis or PostgreSQL.
+    pub kind: ShardKind,
     pub primary: Arc<Endpoint>,
     /// Endpoints eligible for reads, in tiers of preference (the first tier
     /// with a healthy endpoint wins; within a tier, clients are spread).
@@ -191,26 +224,35 @@ impl Backends {
     pub fn new(map: &ShardMap, region: Option<&str>, zone: Option<&str>) -> Backends {
         let mut by_addr: HashMap<String, Arc<Endpoint>> = HashMap::new();
         let mut endpoints = Vec::new();
-        let mut make = |shard: &str, ep: &crate::shardmap::Endpoint, role: Role| -> Arc<Endpoint> {
+        let mut make = |shard: &str,
+                        kind: ShardKind,
+                        ep: &crate::shardmap::Endpoint,
+                        role: Role|
+         -> Arc<Endpoint> {
             by_addr
                 .entry(ep.addr.clone())
                 .or_insert_with(|| {
+                    // A DSN may carry a password: never log or label it.
+                    let addr = match kind {
+                        ShardKind::Redis => ep.addr.clone(),
+                        ShardKind::Postgres => crate::pg::redact_dsn(&ep.addr),
+                    };
                     let state = Arc::new(EndpointState {
                         breaker: breaker::Breaker::new(),
-                        addr: ep.addr.clone(),
+                        metrics: EndpointMetrics::new(shard, &addr, role.as_str()),
+                        addr,
                         shard: shard.to_owned(),
                         role,
                         region: ep.region.clone(),
                         zone: ep.zone.clone(),
                         options: map.options.clone(),
-                        metrics: EndpointMetrics::new(shard, &ep.addr, role.as_str()),
                         // Primaries serve until proven otherwise; replicas only
                         // once a health check has seen them in sync.
                         healthy: AtomicBool::new(role == Role::Primary),
                         latency_us: AtomicU64::new(0),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
-                    let e = Arc::new(Endpoint::new(state));
+                    let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
                     endpoints.push(e.clone());
                     e
                 })
@@ -220,15 +262,16 @@ impl Backends {
             .shards
             .iter()
             .map(|s| {
-                let primary = make(&s.name, &s.primary, Role::Primary);
+                let primary = make(&s.name, s.kind, &s.primary, Role::Primary);
                 let replicas: Vec<_> = s
                     .replicas
                     .iter()
-                    .map(|r| make(&s.name, r, Role::Replica))
+                    .map(|r| make(&s.name, s.kind, r, Role::Replica))
                     .collect();
                 let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
                 ShardBackends {
                     name: s.name.clone(),
+                    kind: s.kind,
                     primary,
                     read_tiers,
                 }

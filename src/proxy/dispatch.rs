@@ -14,6 +14,7 @@ use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, Tx
 use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command};
 use crate::router::{RoutingTable, ShardId};
+use crate::shardmap::ShardKind;
 
 /// Work that must run with the session to itself, after every earlier reply
 /// has been written (dedicated connections, multi-step commands).
@@ -75,8 +76,11 @@ impl Session {
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind),
             Handling::Script => {
                 let table = proxy.router.load();
-                self.single_shard(&table, spec, &req)
-                    .map(|s| Action::Inline(InlineOp::Script(req, s.unwrap_or(ShardId(0))), spec))
+                self.single_shard(&table, spec, &req).and_then(|s| {
+                    let shard = s.unwrap_or(ShardId(0));
+                    stateless_only(proxy, spec, shard, "scripts")?;
+                    Ok(Action::Inline(InlineOp::Script(req, shard), spec))
+                })
             }
             Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
             Handling::Local(kind) => return self.local(proxy, spec, req, kind),
@@ -289,6 +293,7 @@ impl Session {
                 req.raw().clone(),
             )));
         }
+        stateless_only(proxy, spec, shard, "blocking commands")?;
         Ok(Action::Inline(InlineOp::Blocking(req, shard), spec))
     }
 
@@ -325,6 +330,7 @@ impl Session {
                 if matches!(&self.watch, Some((s, _)) if *s != shard) {
                     return Err(ProxyError::crossslot());
                 }
+                stateless_only(proxy, spec, shard, "transactions")?;
                 Ok(Action::Inline(InlineOp::Watch(req, shard), spec))
             }
             TxKind::Unwatch => Ok(Action::Inline(InlineOp::Unwatch, spec)),
@@ -340,7 +346,12 @@ impl Session {
         };
         let table = proxy.router.load();
         let verdict = if queueable {
-            self.single_shard(&table, spec, &req)
+            self.single_shard(&table, spec, &req).and_then(|shard| {
+                if let Some(s) = shard {
+                    stateless_only(proxy, spec, s, "transactions")?;
+                }
+                Ok(shard)
+            })
         } else {
             Err(ProxyError::err(format!(
                 "command '{}' cannot be used inside MULTI through shardgate",
@@ -430,6 +441,23 @@ impl Session {
             }
         }
     }
+}
+
+/// Refuses a stateful command (it needs a dedicated Redis connection) on a
+/// postgres shard, in the style of the proxy's other refusals.
+fn stateless_only(
+    proxy: &Proxy,
+    spec: &CommandSpec,
+    shard: ShardId,
+    what: &str,
+) -> Result<(), ProxyError> {
+    if proxy.backends.shard(shard).kind == ShardKind::Postgres {
+        return Err(ProxyError::err(format!(
+            "command '{}' is not supported by postgres shards: {what} need a Redis shard",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// Redis' wording for an unknown command (server.c: at most 128 bytes of

@@ -55,16 +55,29 @@ pub struct Shard {
     pub zone: Option<String>,
     /// Relative share of slots, 1..=10000.
     pub weight: u32,
+    /// What the shard's servers are: Redis, or PostgreSQL databases.
+    pub kind: ShardKind,
     /// The primary: writes and side effects go here.
     pub primary: Endpoint,
     /// Read replicas.
     pub replicas: Vec<Endpoint>,
 }
 
+/// The kind of server behind a shard; every endpoint of a shard has its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardKind {
+    /// Redis servers; `addr` is `host:port`.
+    Redis,
+    /// PostgreSQL databases holding the key-value schema of `migrations/`;
+    /// `addr` is a DSN (`postgres://user@host:port/db`).
+    Postgres,
+}
+
 /// One backend server and where it runs.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `host:port`, checked to parse as such.
+    /// `host:port`, checked to parse as such (a PostgreSQL DSN for a
+    /// postgres shard).
     pub addr: String,
     /// Region it runs in (a replica defaults to its shard's region).
     pub region: String,
@@ -138,6 +151,9 @@ pub struct Options {
     pub max_replica_lag: Duration,
     /// Whether FLUSHDB/FLUSHALL are forwarded to the shards.
     pub allow_flush: bool,
+    /// Connections per PostgreSQL endpoint; each serves one ordered lane of
+    /// client requests.
+    pub pg_pool_size: usize,
 }
 
 /// A refused map: which field, and why.

@@ -67,7 +67,10 @@ pub struct RawShard {
     /// Relative share of slots; default 100.
     #[serde(default)]
     pub weight: Option<i64>,
-    /// `host:port` of the primary.
+    /// `redis` (default) or `postgres`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `host:port` of the primary (a DSN for a postgres shard).
     #[serde(default)]
     pub primary: Option<String>,
     /// Read replicas.
@@ -197,4 +200,7 @@ pub struct RawOptions {
     /// Whether FLUSHDB/FLUSHALL are forwarded.
     #[serde(default)]
     pub allow_flush: Option<bool>,
+    /// Connections (and ordered lanes) per PostgreSQL endpoint.
+    #[serde(default)]
+    pub pg_pool_size: Option<i64>,
 }

@@ -14,7 +14,7 @@ use super::raw::{
 };
 use super::{
     DefaultPlacement, Endpoint, MapError, Matcher, Options, PlacementRule, ReadPolicy, Region,
-    Shard, ShardMap,
+    Shard, ShardKind, ShardMap,
 };
 
 /// Default number of slots (Redis Cluster's count).
@@ -34,15 +34,17 @@ const CONNECTIONS: Bound = ("connections_per_endpoint", 1, 64, 2);
 const DEDICATED: Bound = ("dedicated_pool_size", 1, 4_096, 64);
 const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
 const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 10_000);
+const PG_POOL: Bound = ("pg_pool_size", 1, 1_024, 16);
 
 /// Every integer option with its bounds and default, in file order (for docs and tests).
-pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 6] = [
+pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 7] = [
     CONNECT_TIMEOUT,
     COMMAND_TIMEOUT,
     CONNECTIONS,
     DEDICATED,
     HEALTH_INTERVAL,
     MAX_LAG,
+    PG_POOL,
 ];
 
 fn err(path: impl Into<String>, reason: impl Into<String>) -> MapError {
@@ -206,10 +208,20 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
                 ));
             }
         };
+        let kind = match s.kind.as_deref() {
+            None | Some("redis") => ShardKind::Redis,
+            Some("postgres") => ShardKind::Postgres,
+            Some(other) => {
+                return Err(err(
+                    format!("{p}.kind"),
+                    format!("unknown shard kind `{other}` (expected redis or postgres)"),
+                ));
+            }
+        };
         let primary_addr = s
             .primary
             .ok_or_else(|| err(format!("{p}.primary"), "is required"))?;
-        claim_addr(&mut addrs, &format!("{p}.primary"), &primary_addr)?;
+        claim_addr(&mut addrs, kind, &format!("{p}.primary"), &primary_addr)?;
         let primary = Endpoint {
             addr: primary_addr,
             region: region_name.clone(),
@@ -220,7 +232,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
             let rp = format!("{p}.replicas[{j}]");
             let ep = match r {
                 RawReplica::Addr(addr) => {
-                    claim_addr(&mut addrs, &rp, &addr)?;
+                    claim_addr(&mut addrs, kind, &rp, &addr)?;
                     Endpoint {
                         addr,
                         region: region_name.clone(),
@@ -231,7 +243,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
                     let addr = d
                         .addr
                         .ok_or_else(|| err(format!("{rp}.addr"), "is required"))?;
-                    claim_addr(&mut addrs, &format!("{rp}.addr"), &addr)?;
+                    claim_addr(&mut addrs, kind, &format!("{rp}.addr"), &addr)?;
                     let rname = d.region.unwrap_or_else(|| region_name.clone());
                     let rregion = find_region(regions, &format!("{rp}.region"), &rname)?;
                     if let Some(z) = &d.zone {
@@ -251,6 +263,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
             region: region_name,
             zone: s.zone,
             weight,
+            kind,
             primary,
             replicas,
         });
@@ -288,10 +301,39 @@ pub fn check_addr(path: &str, addr: &str) -> Result<(), MapError> {
     Ok(())
 }
 
+/// A PostgreSQL DSN (`postgres://user@host:port/db` or `postgresql://...`),
+/// checked by the driver's own parser so that a map that passes here
+/// connects with exactly these settings.
+pub fn check_dsn(path: &str, dsn: &str) -> Result<(), MapError> {
+    let bad = |why: &str| {
+        err(
+            path,
+            format!(
+                "`{}` is not a PostgreSQL DSN ({why}); expected postgres://user@host:port/db",
+                crate::pg::redact_dsn(dsn)
+            ),
+        )
+    };
+    if !(dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
+        return Err(bad("it must start with postgres:// or postgresql://"));
+    }
+    dsn.parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(())
+}
+
 /// No two endpoints (primary or replica, of any shard) may share an address:
 /// that would make one server two shards, or a replica of itself.
-fn claim_addr(seen: &mut HashMap<String, String>, path: &str, addr: &str) -> Result<(), MapError> {
-    check_addr(path, addr)?;
+fn claim_addr(
+    seen: &mut HashMap<String, String>,
+    kind: ShardKind,
+    path: &str,
+    addr: &str,
+) -> Result<(), MapError> {
+    match kind {
+        ShardKind::Redis => check_addr(path, addr)?,
+        ShardKind::Postgres => check_dsn(path, addr)?,
+    }
     let key = addr.to_ascii_lowercase();
     if let Some(first) = seen.get(&key) {
         return Err(err(
@@ -401,6 +443,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         health_check_interval: ms(raw.health_check_interval_ms, HEALTH_INTERVAL)?,
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
+        pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
     })
 }
 

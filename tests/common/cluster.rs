@@ -14,6 +14,7 @@ use shardgate::router::{Epoch, RoutingTable};
 use shardgate::shardmap::ShardMap;
 
 use super::RedisServer;
+use super::postgres::PgServer;
 
 /// How to build the deployment.
 pub struct Spec {
@@ -23,6 +24,10 @@ pub struct Spec {
     pub extra_options: &'static str,
     /// Client-side limits (region and zone are set by the harness).
     pub client: ClientConfig,
+    /// PostgreSQL shards (`kind: postgres`), after the Redis ones.
+    pub pg_shards: usize,
+    /// Whether each PostgreSQL shard gets a streaming replica.
+    pub pg_replicas: bool,
 }
 
 impl Default for Spec {
@@ -33,6 +38,8 @@ impl Default for Spec {
             read_policy: "primary",
             extra_options: "",
             client: ClientConfig::default(),
+            pg_shards: 0,
+            pg_replicas: false,
         }
     }
 }
@@ -41,6 +48,8 @@ impl Default for Spec {
 pub struct Cluster {
     pub primaries: Vec<RedisServer>,
     pub replicas: Vec<RedisServer>,
+    pub pg: Vec<PgServer>,
+    pub pg_replicas: Vec<PgServer>,
     pub map_path: PathBuf,
     pub table: RoutingTable,
     pub proxy_port: u16,
@@ -60,16 +69,26 @@ impl Cluster {
         } else {
             Vec::new()
         };
+        let pg: Vec<PgServer> = (0..spec.pg_shards).map(|_| PgServer::start()).collect();
+        let pg_replicas: Vec<PgServer> = if spec.pg_replicas {
+            pg.iter().map(PgServer::start_replica_of).collect()
+        } else {
+            Vec::new()
+        };
+        let total = spec.shards + spec.pg_shards;
+        // Placement rules need shards in region eu.
+        let placement = if total >= 2 {
+            "placement:\n  - hash_tag_prefix: \"eu:\"\n    region: eu\n  - key_prefix: \"eu/\"\n    region: eu\n"
+        } else {
+            ""
+        };
         let mut yaml = format!(
-            "slots: 16384\nread_policy: {}\nregions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\n    zones: [eu-a, eu-b]\nplacement:\n  - hash_tag_prefix: \"eu:\"\n    region: eu\n  - key_prefix: \"eu/\"\n    region: eu\noptions:\n  allow_flush: true\n  health_check_interval_ms: 100\n  command_timeout_ms: 2000\n{}shards:\n",
+            "slots: 16384\nread_policy: {}\nregions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\n    zones: [eu-a, eu-b]\n{placement}options:\n  allow_flush: true\n  health_check_interval_ms: 100\n  command_timeout_ms: 2000\n{}shards:\n",
             spec.read_policy, spec.extra_options
         );
+        let region_of = |i: usize| if i < total.div_ceil(2) { "us" } else { "eu" };
         for (i, p) in primaries.iter().enumerate() {
-            let region = if i < spec.shards.div_ceil(2) {
-                "us"
-            } else {
-                "eu"
-            };
+            let region = region_of(i);
             yaml.push_str(&format!(
                 "  - name: s{i}\n    region: {region}\n    zone: {region}-a\n    primary: {}\n",
                 p.addr()
@@ -81,10 +100,24 @@ impl Cluster {
                 ));
             }
         }
+        for (j, p) in pg.iter().enumerate() {
+            let region = region_of(spec.shards + j);
+            yaml.push_str(&format!(
+                "  - name: p{j}\n    kind: postgres\n    region: {region}\n    zone: {region}-a\n    primary: {}\n",
+                p.dsn()
+            ));
+            if let Some(r) = pg_replicas.get(j) {
+                yaml.push_str(&format!(
+                    "    replicas:\n      - addr: {}\n        zone: {region}-b\n",
+                    r.dsn()
+                ));
+            }
+        }
+        static MAPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let map_path = std::env::temp_dir().join(format!(
             "shardgate-map-{}-{}.yaml",
             std::process::id(),
-            primaries[0].port
+            MAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&map_path, &yaml).expect("write map");
         let map =
@@ -111,13 +144,15 @@ impl Cluster {
         let cluster = Cluster {
             primaries,
             replicas,
+            pg,
+            pg_replicas,
             map_path,
             table,
             proxy_port,
             running: Some(running),
             rt,
         };
-        if spec.replicas {
+        if spec.replicas || spec.pg_replicas {
             // Replicas count for reads once a health check has seen them in sync.
             std::thread::sleep(Duration::from_millis(400));
         }

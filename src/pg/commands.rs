@@ -1,0 +1,1074 @@
+//! Redis commands on the PostgreSQL schema: strings, key and keyspace
+//! commands here, hashes in `hashes.rs`.
+//!
+//! Every command answers with Redis' exact reply and error text. Reads are
+//! one statement each, filtering out expired rows (`expires_at >
+//! sg_now_ms()`), so they also run on read-only standbys. Writes that read
+//! first (INCR, SET NX, APPEND, EXPIRE, HSET, ...) run in one transaction
+//! that first takes a transaction-scoped advisory lock per key (sorted, so
+//! multi-key writes cannot deadlock) and then reads the row `FOR UPDATE`:
+//! concurrent read-modify-writes of one key serialise, including on a key
+//! that does not exist yet. Plain SET, MSET and DEL are single statements.
+
+use bytes::Bytes;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Postgres, Row as _, Transaction};
+
+use super::hashes;
+use super::values::{add_floats, glob_match, parse_float, parse_int};
+use crate::protocol::Reply;
+use crate::router::placement::key_hash;
+
+/// What a command needs besides its arguments.
+pub struct Ctx<'a> {
+    /// The endpoint's pool.
+    pub pool: &'a PgPool,
+    /// The map's slot count (`slot = key_hash % slots` is stored per row).
+    pub slots: u32,
+}
+
+/// A command's outcome: a reply (Redis errors included) or a driver error.
+pub type Res = Result<Reply, sqlx::Error>;
+
+/// `type` column: a string.
+pub const STRING: i16 = 0;
+/// `type` column: a hash (fields in `kv_hash`).
+pub const HASH: i16 = 1;
+
+/// SQL condition: the row has not expired.
+pub const LIVE: &str = live!();
+
+/// Redis' largest string (`proto-max-bulk-len` default).
+const MAX_STRING: i64 = 512 * 1024 * 1024;
+
+/// Redis' error texts.
+pub mod msg {
+    pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    pub const SYNTAX: &str = "ERR syntax error";
+    pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+    pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+    pub const OVERFLOW: &str = "ERR increment or decrement would overflow";
+    pub const NAN_INF: &str = "ERR increment would produce NaN or Infinity";
+    pub const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+}
+
+/// An error reply.
+pub fn error(text: &'static str) -> Reply {
+    Reply::error(text)
+}
+
+/// `wrong number of arguments` in Redis' words.
+pub fn wrong_args(name: &str) -> Reply {
+    Reply::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn invalid_expire(name: &str) -> Reply {
+    Reply::error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+/// Runs one command (`args[0]` is its name).
+pub async fn execute(ctx: &Ctx<'_>, args: &[Bytes]) -> Res {
+    let Some((name, a)) = args.split_first() else {
+        return Ok(error("ERR empty command"));
+    };
+    let lower = name.to_ascii_lowercase();
+    let name = String::from_utf8_lossy(&lower);
+    let name = name.as_ref();
+    match name {
+        "ping" => Ok(match a {
+            [] => Reply::Simple("PONG".into()),
+            [m] => Reply::Bulk(m.clone()),
+            _ => wrong_args(name),
+        }),
+        "get" => get(ctx, a).await,
+        "set" => set(ctx, a).await,
+        "setnx" => setnx(ctx, a).await,
+        "setex" | "psetex" => setex(ctx, name, a).await,
+        "getset" => getset(ctx, a).await,
+        "getdel" => getdel(ctx, a).await,
+        "getex" => getex(ctx, a).await,
+        "mget" => mget(ctx, a).await,
+        "mset" => mset(ctx, a).await,
+        "msetnx" => msetnx(ctx, a).await,
+        "del" | "unlink" => del(ctx, a).await,
+        "exists" | "touch" => exists(ctx, a).await,
+        "type" => key_type(ctx, a).await,
+        "incr" | "decr" | "incrby" | "decrby" => incr(ctx, name, a).await,
+        "incrbyfloat" => incrbyfloat(ctx, a).await,
+        "append" => append(ctx, a).await,
+        "strlen" => strlen(ctx, a).await,
+        "getrange" | "substr" => getrange(ctx, a).await,
+        "setrange" => setrange(ctx, a).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(ctx, name, a).await,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => ttl(ctx, name, a).await,
+        "persist" => persist(ctx, a).await,
+        "scan" => scan(ctx, a).await,
+        "keys" => keys(ctx, a).await,
+        "dbsize" => dbsize(ctx).await,
+        "randomkey" => randomkey(ctx).await,
+        "flushall" | "flushdb" => flush(ctx, a).await,
+        "info" => info(ctx).await,
+        _ => match hashes::execute(ctx, name, a).await {
+            Some(r) => r,
+            None => Ok(Reply::error(format!(
+                "ERR command '{name}' is not supported by postgres shards: they hold strings and hashes (see README, PostgreSQL shards)"
+            ))),
+        },
+    }
+}
+
+/// The slot of `key`, as stored in `kv.slot`.
+pub fn slot(ctx: &Ctx<'_>, key: &[u8]) -> i32 {
+    i32::try_from(key_hash(key) % u64::from(ctx.slots.max(1))).unwrap_or(0)
+}
+
+/// A key's row.
+pub struct Row {
+    /// [`STRING`] or [`HASH`].
+    pub kind: i16,
+    /// The string value (`None` for a hash).
+    pub value: Option<Vec<u8>>,
+    /// Unix ms, `None` without expiry.
+    pub expires_at: Option<i64>,
+}
+
+impl Row {
+    fn from_pg(r: &PgRow) -> Result<Row, sqlx::Error> {
+        Ok(Row {
+            kind: r.try_get("type")?,
+            value: r.try_get("value")?,
+            expires_at: r.try_get("expires_at")?,
+        })
+    }
+
+    /// The string value, or the WRONGTYPE reply.
+    fn string(self) -> Result<Vec<u8>, Reply> {
+        if self.kind == STRING {
+            Ok(self.value.unwrap_or_default())
+        } else {
+            Err(error(msg::WRONGTYPE))
+        }
+    }
+}
+
+/// Reads a live row and the statement's time (no lock).
+async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64), sqlx::Error> {
+    let sql = concat!(
+        "SELECT sg_now_ms() AS now, k.type, k.value, k.expires_at \
+         FROM (SELECT 1) AS one LEFT JOIN kv k ON k.key = $1 AND ",
+        live!(),
+        ""
+    );
+    let r = sqlx::query(sql).bind(key).fetch_one(ctx.pool).await?;
+    let now: i64 = r.try_get("now")?;
+    let kind: Option<i16> = r.try_get("type")?;
+    Ok((kind.map(|_| Row::from_pg(&r)).transpose()?, now))
+}
+
+/// A write transaction holding the advisory locks of its keys.
+pub struct Locked {
+    /// The open transaction (rolled back if dropped).
+    pub tx: Transaction<'static, Postgres>,
+    /// Wall clock (Unix ms) once the locks were taken.
+    pub now: i64,
+}
+
+/// Advisory lock id of a key: XXH3 of the whole key (not just its tag), so
+/// only writers of the same key (or a rare collision) wait for each other.
+fn lock_id(key: &[u8]) -> i64 {
+    i64::from_ne_bytes(twox_hash::XxHash3_64::oneshot(key).to_ne_bytes())
+}
+
+/// Begins a transaction and locks `keys` (in sorted order).
+pub async fn lock(ctx: &Ctx<'_>, keys: &[&[u8]]) -> Result<Locked, sqlx::Error> {
+    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut tx = ctx.pool.begin().await?;
+    let now: i64 = sqlx::query_scalar(
+        "SELECT sg_clock_ms() FROM \
+         (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id) AS locks",
+    )
+    .bind(&ids)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Locked { tx, now })
+}
+
+impl Locked {
+    /// The key's row, locked; `None` if missing or expired.
+    pub async fn row(&mut self, key: &[u8]) -> Result<Option<Row>, sqlx::Error> {
+        let r = sqlx::query("SELECT type, value, expires_at FROM kv WHERE key = $1 FOR UPDATE")
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        let row = r.as_ref().map(Row::from_pg).transpose()?;
+        Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
+    }
+
+    /// Writes a string (replacing whatever the key held).
+    pub async fn put(
+        &mut self,
+        slot: i32,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, $4) \
+             ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+        )
+        .bind(key)
+        .bind(slot)
+        .bind(value)
+        .bind(expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a key (its hash fields go with it).
+    pub async fn delete(&mut self, key: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM kv WHERE key = $1")
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets or clears a live key's expiry.
+    pub async fn set_expiry(&mut self, key: &[u8], at: Option<i64>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE kv SET expires_at = $2 WHERE key = $1")
+            .bind(key)
+            .bind(at)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits and returns `reply`.
+    pub async fn commit(self, reply: Reply) -> Res {
+        self.tx.commit().await?;
+        Ok(reply)
+    }
+}
+
+// ---- strings ---------------------------------------------------------------
+
+async fn get(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args("get"));
+    };
+    Ok(match read(ctx, key).await?.0 {
+        None => Reply::Nil,
+        Some(row) => match row.string() {
+            Ok(v) => Reply::Bulk(v.into()),
+            Err(e) => e,
+        },
+    })
+}
+
+/// Expiry options of SET and GETEX, as Redis parses them.
+#[derive(Default)]
+struct SetFlags {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keepttl: bool,
+    persist: bool,
+    /// (unit in ms, relative, argument)
+    expire: Option<(i64, bool, Bytes)>,
+}
+
+/// `parseExtendedStringArgumentsOrReply` of Redis 7.0 (`for_set`: SET's
+/// options, else GETEX's).
+fn parse_flags(opts: &[Bytes], for_set: bool) -> Result<SetFlags, Reply> {
+    let mut f = SetFlags::default();
+    let mut j = 0;
+    while j < opts.len() {
+        let opt = opts[j].to_ascii_lowercase();
+        let next = opts.get(j + 1);
+        let has_expire = f.expire.is_some();
+        match opt.as_slice() {
+            b"nx" if !f.xx && for_set => f.nx = true,
+            b"xx" if !f.nx && for_set => f.xx = true,
+            b"get" if for_set => f.get = true,
+            b"keepttl" if !f.persist && !has_expire && for_set => f.keepttl = true,
+            b"persist" if !for_set && !has_expire && !f.keepttl => f.persist = true,
+            b"ex" | b"px" | b"exat" | b"pxat" if !f.keepttl && !f.persist && next.is_some() => {
+                let (unit, relative) = match opt.as_slice() {
+                    b"ex" => (1000, true),
+                    b"px" => (1, true),
+                    b"exat" => (1000, false),
+                    _ => (1, false),
+                };
+                // Redis refuses mixing different expiry options, not repeating one.
+                if let Some((u, r, _)) = &f.expire
+                    && (*u, *r) != (unit, relative)
+                {
+                    return Err(error(msg::SYNTAX));
+                }
+                if let Some(n) = next {
+                    f.expire = Some((unit, relative, n.clone()));
+                }
+                j += 1;
+            }
+            _ => return Err(error(msg::SYNTAX)),
+        }
+        j += 1;
+    }
+    Ok(f)
+}
+
+/// The expiry argument in ms (not yet made absolute), or Redis' error.
+fn expire_ms(name: &str, unit: i64, raw: &[u8]) -> Result<i64, Reply> {
+    let n = parse_int(raw).ok_or_else(|| error(msg::NOT_INT))?;
+    if n <= 0 || (unit == 1000 && n > i64::MAX / 1000) {
+        return Err(invalid_expire(name));
+    }
+    Ok(n * unit)
+}
+
+/// Makes a validated expiry absolute at `now`.
+fn absolute(name: &str, ms: i64, relative: bool, now: i64) -> Result<i64, Reply> {
+    let at = if relative {
+        ms.checked_add(now)
+    } else {
+        Some(ms)
+    };
+    at.filter(|a| *a > 0).ok_or_else(|| invalid_expire(name))
+}
+
+async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, value, opts @ ..] = a else {
+        return Ok(wrong_args("set"));
+    };
+    if opts.is_empty() {
+        sqlx::query(
+            "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, NULL) \
+             ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = NULL",
+        )
+        .bind(&key[..])
+        .bind(slot(ctx, key))
+        .bind(&value[..])
+        .execute(ctx.pool)
+        .await?;
+        return Ok(Reply::Ok);
+    }
+    let f = match parse_flags(opts, true) {
+        Ok(f) => f,
+        Err(e) => return Ok(e),
+    };
+    let expire = match &f.expire {
+        Some((unit, rel, raw)) => match expire_ms("set", *unit, raw) {
+            Ok(ms) => Some((ms, *rel)),
+            Err(e) => return Ok(e),
+        },
+        None => None,
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let row = l.row(key).await?;
+    let old = match row {
+        Some(r) if f.get && r.kind != STRING => return Ok(error(msg::WRONGTYPE)),
+        Some(r) => Some(r),
+        None => None,
+    };
+    let old_reply = || match &old {
+        Some(r) => Reply::Bulk(r.value.clone().unwrap_or_default().into()),
+        None => Reply::Nil,
+    };
+    if (f.nx && old.is_some()) || (f.xx && old.is_none()) {
+        return l.commit(if f.get { old_reply() } else { Reply::Nil }).await;
+    }
+    let at = match expire {
+        Some((ms, rel)) => match absolute("set", ms, rel, l.now) {
+            Ok(at) => Some(at),
+            Err(e) => return Ok(e),
+        },
+        None if f.keepttl => old.as_ref().and_then(|r| r.expires_at),
+        None => None,
+    };
+    if at.is_some_and(|at| at <= l.now) {
+        l.delete(key).await?;
+    } else {
+        l.put(slot(ctx, key), key, value, at).await?;
+    }
+    let reply = if f.get { old_reply() } else { Reply::Ok };
+    l.commit(reply).await
+}
+
+async fn setnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, value] = a else {
+        return Ok(wrong_args("setnx"));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    if l.row(key).await?.is_some() {
+        return l.commit(Reply::Int(0)).await;
+    }
+    l.put(slot(ctx, key), key, value, None).await?;
+    l.commit(Reply::Int(1)).await
+}
+
+async fn setex(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
+    let [key, t, value] = a else {
+        return Ok(wrong_args(name));
+    };
+    let unit = if name == "setex" { 1000 } else { 1 };
+    let ms = match expire_ms(name, unit, t) {
+        Ok(ms) => ms,
+        Err(e) => return Ok(e),
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let at = match absolute(name, ms, true, l.now) {
+        Ok(at) => at,
+        Err(e) => return Ok(e),
+    };
+    l.put(slot(ctx, key), key, value, Some(at)).await?;
+    l.commit(Reply::Ok).await
+}
+
+async fn getset(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, value] = a else {
+        return Ok(wrong_args("getset"));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let old = match l.row(key).await?.map(Row::string).transpose() {
+        Ok(old) => old,
+        Err(e) => return Ok(e),
+    };
+    l.put(slot(ctx, key), key, value, None).await?;
+    l.commit(old.map_or(Reply::Nil, |v| Reply::Bulk(v.into())))
+        .await
+}
+
+async fn getdel(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args("getdel"));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    match l.row(key).await?.map(Row::string) {
+        None => Ok(Reply::Nil),
+        Some(Err(e)) => Ok(e),
+        Some(Ok(v)) => {
+            l.delete(key).await?;
+            l.commit(Reply::Bulk(v.into())).await
+        }
+    }
+}
+
+async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, opts @ ..] = a else {
+        return Ok(wrong_args("getex"));
+    };
+    let f = match parse_flags(opts, false) {
+        Ok(f) => f,
+        Err(e) => return Ok(e),
+    };
+    let expire = match &f.expire {
+        Some((unit, rel, raw)) => match expire_ms("getex", *unit, raw) {
+            Ok(ms) => Some((ms, *rel)),
+            Err(e) => return Ok(e),
+        },
+        None => None,
+    };
+    if expire.is_none() && !f.persist {
+        // A plain GETEX is a read.
+        return get(ctx, &a[..1]).await;
+    }
+    let mut l = lock(ctx, &[key]).await?;
+    let value = match l.row(key).await?.map(Row::string) {
+        None => return Ok(Reply::Nil),
+        Some(Err(e)) => return Ok(e),
+        Some(Ok(v)) => v,
+    };
+    match expire {
+        Some((ms, rel)) => match absolute("getex", ms, rel, l.now) {
+            Ok(at) if at <= l.now => l.delete(key).await?,
+            Ok(at) => l.set_expiry(key, Some(at)).await?,
+            Err(e) => return Ok(e),
+        },
+        None => l.set_expiry(key, None).await?,
+    }
+    l.commit(Reply::Bulk(value.into())).await
+}
+
+async fn mget(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
+    let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let sql = concat!(
+        "SELECT key, type, value FROM kv WHERE key = ANY($1) AND ",
+        live!(),
+        ""
+    );
+    let rows = sqlx::query(sql).bind(&list).fetch_all(ctx.pool).await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let key: Vec<u8> = r.try_get("key")?;
+        let kind: i16 = r.try_get("type")?;
+        let value: Option<Vec<u8>> = r.try_get("value")?;
+        if kind == STRING {
+            found.insert(key, value.unwrap_or_default());
+        }
+    }
+    Ok(Reply::Array(
+        keys.iter()
+            .map(|k| match found.get(&k[..]) {
+                Some(v) => Reply::Bulk(Bytes::copy_from_slice(v)),
+                None => Reply::Nil,
+            })
+            .collect(),
+    ))
+}
+
+/// Key/value pairs with later duplicates winning, in first-seen order.
+fn dedup_pairs(a: &[Bytes]) -> Vec<(&[u8], &[u8])> {
+    let mut out: Vec<(&[u8], &[u8])> = Vec::with_capacity(a.len() / 2);
+    let mut index = std::collections::HashMap::new();
+    for pair in a.chunks_exact(2) {
+        let (k, v) = (&pair[0][..], &pair[1][..]);
+        match index.get(k) {
+            Some(&i) => out[i] = (k, v),
+            None => {
+                index.insert(k, out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}
+
+async fn mset(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    if a.is_empty() || !a.len().is_multiple_of(2) {
+        return Ok(wrong_args("mset"));
+    }
+    let pairs = dedup_pairs(a);
+    let keys: Vec<&[u8]> = pairs.iter().map(|p| p.0).collect();
+    let values: Vec<&[u8]> = pairs.iter().map(|p| p.1).collect();
+    let slots: Vec<i32> = keys.iter().map(|k| slot(ctx, k)).collect();
+    sqlx::query(
+        "INSERT INTO kv (key, slot, type, value, expires_at) \
+         SELECT k, s, 0, v, NULL FROM unnest($1::bytea[], $2::int[], $3::bytea[]) AS t(k, s, v) \
+         ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = NULL",
+    )
+    .bind(&keys)
+    .bind(&slots)
+    .bind(&values)
+    .execute(ctx.pool)
+    .await?;
+    Ok(Reply::Ok)
+}
+
+async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    if a.is_empty() || !a.len().is_multiple_of(2) {
+        return Ok(wrong_args("msetnx"));
+    }
+    let pairs = dedup_pairs(a);
+    let keys: Vec<&[u8]> = pairs.iter().map(|p| p.0).collect();
+    let mut l = lock(ctx, &keys).await?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM kv WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(&keys)
+    .bind(l.now)
+    .fetch_one(&mut *l.tx)
+    .await?;
+    if live > 0 {
+        return Ok(Reply::Int(0));
+    }
+    for (k, v) in pairs {
+        l.put(slot(ctx, k), k, v, None).await?;
+    }
+    l.commit(Reply::Int(1)).await
+}
+
+async fn del(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
+    let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let n: i64 = sqlx::query_scalar(
+        "WITH d AS (DELETE FROM kv WHERE key = ANY($1) RETURNING expires_at) \
+         SELECT count(*) FROM d WHERE expires_at IS NULL OR expires_at > sg_now_ms()",
+    )
+    .bind(&list)
+    .fetch_one(ctx.pool)
+    .await?;
+    Ok(Reply::Int(n))
+}
+
+/// The live keys among `keys`.
+async fn live_keys(
+    ctx: &Ctx<'_>,
+    keys: &[Bytes],
+) -> Result<std::collections::HashSet<Vec<u8>>, sqlx::Error> {
+    let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let sql = concat!("SELECT key FROM kv WHERE key = ANY($1) AND ", live!(), "");
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
+        .bind(&list)
+        .fetch_all(ctx.pool)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn exists(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
+    let live = live_keys(ctx, keys).await?;
+    let n = keys.iter().filter(|k| live.contains(&k[..])).count();
+    Ok(Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+fn type_name(kind: i16) -> &'static str {
+    match kind {
+        STRING => "string",
+        HASH => "hash",
+        _ => "none",
+    }
+}
+
+async fn key_type(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args("type"));
+    };
+    let kind = read(ctx, key).await?.0.map(|r| r.kind);
+    Ok(Reply::Simple(kind.map_or("none", type_name).into()))
+}
+
+async fn incr(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
+    let (key, by) = match (name, a) {
+        ("incr", [key]) => (key, 1),
+        ("decr", [key]) => (key, -1),
+        ("incrby", [key, n]) => match parse_int(n) {
+            Some(n) => (key, n),
+            None => return Ok(error(msg::NOT_INT)),
+        },
+        ("decrby", [key, n]) => match parse_int(n) {
+            Some(i64::MIN) => return Ok(error("ERR decrement would overflow")),
+            Some(n) => (key, -n),
+            None => return Ok(error(msg::NOT_INT)),
+        },
+        _ => return Ok(wrong_args(name)),
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let row = l.row(key).await?;
+    let expires_at = row.as_ref().and_then(|r| r.expires_at);
+    let current = match row.map(Row::string).transpose() {
+        Ok(v) => v,
+        Err(e) => return Ok(e),
+    };
+    let current = match current {
+        None => 0,
+        Some(v) => match parse_int(&v) {
+            Some(n) => n,
+            None => return Ok(error(msg::NOT_INT)),
+        },
+    };
+    let Some(next) = current.checked_add(by) else {
+        return Ok(error(msg::OVERFLOW));
+    };
+    l.put(slot(ctx, key), key, next.to_string().as_bytes(), expires_at)
+        .await?;
+    l.commit(Reply::Int(next)).await
+}
+
+async fn incrbyfloat(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, by] = a else {
+        return Ok(wrong_args("incrbyfloat"));
+    };
+    let Some(incr) = parse_float(by) else {
+        return Ok(error(msg::NOT_FLOAT));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let row = l.row(key).await?;
+    let expires_at = row.as_ref().and_then(|r| r.expires_at);
+    let current = match row.map(Row::string).transpose() {
+        Ok(v) => v.unwrap_or_else(|| b"0".to_vec()),
+        Err(e) => return Ok(e),
+    };
+    let Some(cur) = parse_float(&current) else {
+        return Ok(error(msg::NOT_FLOAT));
+    };
+    let Some(text) = add_floats(&cur, &incr) else {
+        return Ok(error(msg::NAN_INF));
+    };
+    l.put(slot(ctx, key), key, text.as_bytes(), expires_at)
+        .await?;
+    l.commit(Reply::Bulk(text.into())).await
+}
+
+async fn append(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, value] = a else {
+        return Ok(wrong_args("append"));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    let row = l.row(key).await?;
+    let expires_at = row.as_ref().and_then(|r| r.expires_at);
+    let mut current = match row.map(Row::string).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(e) => return Ok(e),
+    };
+    if i64::try_from(current.len() + value.len()).unwrap_or(i64::MAX) > MAX_STRING {
+        return Ok(error(msg::TOO_BIG));
+    }
+    current.extend_from_slice(value);
+    l.put(slot(ctx, key), key, &current, expires_at).await?;
+    l.commit(Reply::Int(i64::try_from(current.len()).unwrap_or(i64::MAX)))
+        .await
+}
+
+async fn strlen(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args("strlen"));
+    };
+    Ok(match read(ctx, key).await?.0.map(Row::string) {
+        None => Reply::Int(0),
+        Some(Ok(v)) => Reply::Int(i64::try_from(v.len()).unwrap_or(i64::MAX)),
+        Some(Err(e)) => e,
+    })
+}
+
+async fn getrange(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, start, end] = a else {
+        return Ok(wrong_args("getrange"));
+    };
+    let (Some(start), Some(end)) = (parse_int(start), parse_int(end)) else {
+        return Ok(error(msg::NOT_INT));
+    };
+    let v = match read(ctx, key).await?.0.map(Row::string) {
+        None => return Ok(Reply::Bulk(Bytes::new())),
+        Some(Err(e)) => return Ok(e),
+        Some(Ok(v)) => v,
+    };
+    let len = i128::try_from(v.len()).unwrap_or(i128::MAX);
+    let (mut s, mut e) = (i128::from(start), i128::from(end));
+    if s < 0 && e < 0 && s > e {
+        return Ok(Reply::Bulk(Bytes::new()));
+    }
+    if s < 0 {
+        s += len;
+    }
+    if e < 0 {
+        e += len;
+    }
+    s = s.max(0);
+    e = e.max(0);
+    if e >= len {
+        e = len - 1;
+    }
+    if s > e || len == 0 {
+        return Ok(Reply::Bulk(Bytes::new()));
+    }
+    let (s, e) = (s as usize, e as usize);
+    Ok(Reply::Bulk(Bytes::copy_from_slice(
+        v.get(s..=e).unwrap_or_default(),
+    )))
+}
+
+async fn setrange(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key, offset, value] = a else {
+        return Ok(wrong_args("setrange"));
+    };
+    let Some(offset) = parse_int(offset) else {
+        return Ok(error(msg::NOT_INT));
+    };
+    if offset < 0 {
+        return Ok(error("ERR offset is out of range"));
+    }
+    let too_big =
+        offset.saturating_add(i64::try_from(value.len()).unwrap_or(i64::MAX)) > MAX_STRING;
+    let mut l = lock(ctx, &[key]).await?;
+    let row = l.row(key).await?;
+    let expires_at = row.as_ref().and_then(|r| r.expires_at);
+    let mut current = match row.map(Row::string) {
+        None if value.is_empty() => return Ok(Reply::Int(0)),
+        None => Vec::new(),
+        Some(Err(e)) => return Ok(e),
+        Some(Ok(v)) if value.is_empty() => {
+            return Ok(Reply::Int(i64::try_from(v.len()).unwrap_or(i64::MAX)));
+        }
+        Some(Ok(v)) => v,
+    };
+    if too_big {
+        return Ok(error(msg::TOO_BIG));
+    }
+    let offset = offset as usize;
+    if current.len() < offset + value.len() {
+        current.resize(offset + value.len(), 0);
+    }
+    current[offset..offset + value.len()].copy_from_slice(value);
+    l.put(slot(ctx, key), key, &current, expires_at).await?;
+    l.commit(Reply::Int(i64::try_from(current.len()).unwrap_or(i64::MAX)))
+        .await
+}
+
+// ---- expiry ----------------------------------------------------------------
+
+async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
+    let [key, when, opts @ ..] = a else {
+        return Ok(wrong_args(name));
+    };
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in opts {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => {
+                return Ok(Reply::error(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(opt)
+                )));
+            }
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Ok(error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Ok(error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    let Some(mut when) = parse_int(when) else {
+        return Ok(error(msg::NOT_INT));
+    };
+    let seconds = matches!(name, "expire" | "expireat");
+    if seconds {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
+            return Ok(invalid_expire(name));
+        }
+        when *= 1000;
+    }
+    let mut l = lock(ctx, &[key]).await?;
+    let base = if matches!(name, "expire" | "pexpire") {
+        l.now
+    } else {
+        0
+    };
+    let Some(when) = when.checked_add(base) else {
+        return Ok(invalid_expire(name));
+    };
+    let Some(row) = l.row(key).await? else {
+        return Ok(Reply::Int(0));
+    };
+    let current = row.expires_at;
+    let refused = (nx && current.is_some())
+        || (xx && current.is_none())
+        || (gt && current.is_none_or(|c| when <= c))
+        || (lt && current.is_some_and(|c| when >= c));
+    if refused {
+        return Ok(Reply::Int(0));
+    }
+    if when <= l.now {
+        l.delete(key).await?;
+    } else {
+        l.set_expiry(key, Some(when)).await?;
+    }
+    l.commit(Reply::Int(1)).await
+}
+
+async fn ttl(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args(name));
+    };
+    let (row, now) = read(ctx, key).await?;
+    let Some(row) = row else {
+        return Ok(Reply::Int(-2));
+    };
+    let Some(at) = row.expires_at else {
+        return Ok(Reply::Int(-1));
+    };
+    let ms = match name {
+        "ttl" | "pttl" => (at - now).max(0),
+        _ => at,
+    };
+    Ok(Reply::Int(match name {
+        "pttl" | "pexpiretime" => ms,
+        _ => (ms + 500) / 1000,
+    }))
+}
+
+async fn persist(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [key] = a else {
+        return Ok(wrong_args("persist"));
+    };
+    let mut l = lock(ctx, &[key]).await?;
+    match l.row(key).await? {
+        Some(Row {
+            expires_at: Some(_),
+            ..
+        }) => {
+            l.set_expiry(key, None).await?;
+            l.commit(Reply::Int(1)).await
+        }
+        _ => Ok(Reply::Int(0)),
+    }
+}
+
+// ---- keyspace --------------------------------------------------------------
+
+/// SCAN with a slot cursor: cursor `c` means "continue at slot `c`". A call
+/// reads up to COUNT keys in (slot, key) order and then finishes the last
+/// slot it touched, so the next cursor is always a slot boundary: every key
+/// that exists for the whole scan is returned exactly once, and a slot with
+/// more than COUNT keys comes back in one reply (as Redis returns a whole
+/// hash-table bucket).
+async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [cursor, opts @ ..] = a else {
+        return Ok(wrong_args("scan"));
+    };
+    let cursor = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok());
+    let Some(cursor) = cursor else {
+        return Ok(error("ERR invalid cursor"));
+    };
+    let (mut count, mut pattern, mut type_filter) = (10i64, None, None);
+    let mut i = 0;
+    while i < opts.len() {
+        let has_value = i + 1 < opts.len();
+        match opts[i].to_ascii_lowercase().as_slice() {
+            b"count" if has_value => match parse_int(&opts[i + 1]) {
+                None => return Ok(error(msg::NOT_INT)),
+                Some(n) if n < 1 => return Ok(error(msg::SYNTAX)),
+                Some(n) => count = n,
+            },
+            b"match" if has_value => {
+                let p = &opts[i + 1];
+                pattern = (&p[..] != b"*").then(|| p.clone());
+            }
+            b"type" if has_value => type_filter = Some(opts[i + 1].to_ascii_lowercase()),
+            _ => return Ok(error(msg::SYNTAX)),
+        }
+        i += 2;
+    }
+    let reply = |next: u64, keys: Vec<Reply>| {
+        Reply::Array(vec![
+            Reply::Bulk(Bytes::from(next.to_string())),
+            Reply::Array(keys),
+        ])
+    };
+    if cursor >= u64::from(ctx.slots) {
+        return Ok(reply(0, Vec::new()));
+    }
+    let start = i32::try_from(cursor).unwrap_or(i32::MAX);
+    let sql = concat!(
+        "SELECT key, slot, type FROM kv WHERE slot >= $1 AND ",
+        live!(),
+        " ORDER BY slot, key LIMIT $2"
+    );
+    let rows = sqlx::query(sql)
+        .bind(start)
+        .bind(count)
+        .fetch_all(ctx.pool)
+        .await?;
+    let mut found: Vec<(Vec<u8>, i16)> = Vec::with_capacity(rows.len());
+    let mut last_slot = None;
+    for r in &rows {
+        found.push((r.try_get("key")?, r.try_get("type")?));
+        last_slot = Some(r.try_get::<i32, _>("slot")?);
+    }
+    let full = i64::try_from(rows.len()).unwrap_or(0) >= count;
+    let next = match (full, last_slot, found.last()) {
+        (true, Some(slot), Some((last_key, _))) => {
+            let sql = concat!(
+                "SELECT key, type FROM kv WHERE slot = $1 AND key > $2 AND ",
+                live!(),
+                " ORDER BY key"
+            );
+            let rest = sqlx::query(sql)
+                .bind(slot)
+                .bind(last_key.clone())
+                .fetch_all(ctx.pool)
+                .await?;
+            for r in &rest {
+                found.push((r.try_get("key")?, r.try_get("type")?));
+            }
+            let next = u64::try_from(slot).unwrap_or(0) + 1;
+            if next >= u64::from(ctx.slots) {
+                0
+            } else {
+                next
+            }
+        }
+        _ => 0,
+    };
+    let keys = found
+        .into_iter()
+        .filter(|(_, kind)| {
+            type_filter
+                .as_ref()
+                .is_none_or(|t| t.as_slice() == type_name(*kind).as_bytes())
+        })
+        .filter(|(k, _)| pattern.as_ref().is_none_or(|p| glob_match(p, k)))
+        .map(|(k, _)| Reply::Bulk(k.into()))
+        .collect();
+    Ok(reply(next, keys))
+}
+
+async fn keys(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    let [pattern] = a else {
+        return Ok(wrong_args("keys"));
+    };
+    let sql = concat!("SELECT key FROM kv WHERE ", live!(), "");
+    let all: Vec<Vec<u8>> = sqlx::query_scalar(sql).fetch_all(ctx.pool).await?;
+    Ok(Reply::Array(
+        all.into_iter()
+            .filter(|k| glob_match(pattern, k))
+            .map(|k| Reply::Bulk(k.into()))
+            .collect(),
+    ))
+}
+
+async fn dbsize(ctx: &Ctx<'_>) -> Res {
+    let sql = concat!("SELECT count(*) FROM kv WHERE ", live!(), "");
+    let n: i64 = sqlx::query_scalar(sql).fetch_one(ctx.pool).await?;
+    Ok(Reply::Int(n))
+}
+
+async fn randomkey(ctx: &Ctx<'_>) -> Res {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let probe = twox_hash::XxHash3_64::oneshot(&seed.to_le_bytes()).to_be_bytes();
+    let sql = concat!(
+        "(SELECT key FROM kv WHERE key >= $1 AND ",
+        live!(),
+        " ORDER BY key LIMIT 1) \
+         UNION ALL (SELECT key FROM kv WHERE ",
+        live!(),
+        " ORDER BY key LIMIT 1) LIMIT 1"
+    );
+    let key: Option<Vec<u8>> = sqlx::query_scalar(sql)
+        .bind(&probe[..])
+        .fetch_optional(ctx.pool)
+        .await?;
+    Ok(key.map_or(Reply::Nil, |k| Reply::Bulk(k.into())))
+}
+
+async fn flush(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
+    match a {
+        [] => {}
+        [mode] if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {}
+        _ => return Ok(error(msg::SYNTAX)),
+    }
+    sqlx::query("TRUNCATE kv_hash, kv")
+        .execute(ctx.pool)
+        .await?;
+    Ok(Reply::Ok)
+}
+
+/// INFO: only the keyspace section (the proxy sums it over shards).
+async fn info(ctx: &Ctx<'_>) -> Res {
+    let sql = concat!(
+        "SELECT count(*), count(expires_at) FROM kv WHERE ",
+        live!(),
+        ""
+    );
+    let (keys, expires): (i64, i64) = sqlx::query_as(sql).fetch_one(ctx.pool).await?;
+    let mut text = String::from("# Keyspace\r\n");
+    if keys > 0 {
+        text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
+    }
+    Ok(Reply::Verbatim(Bytes::from(text)))
+}

@@ -1,0 +1,336 @@
+//! PostgreSQL shards: a shard of `kind: postgres` keeps Redis strings and
+//! hashes in the key-value schema of `migrations/`, behind the same
+//! [`crate::backend::Endpoint::send`] interface as a Redis endpoint.
+//!
+//! A request frame goes into one of the endpoint's *lanes*: `pg_pool_size`
+//! tasks, each running its requests one after the other. A client always uses
+//! lane `client_id % lanes`, so a client's pipelined requests to one endpoint
+//! run in order (SET then GET), while different clients run concurrently on
+//! the endpoint's one sqlx pool (`pg_pool_size` connections, plus two for the
+//! health check and the reaper). Each lane parses the frame, runs the command
+//! ([`commands`]) within `command_timeout`, and encodes the [`Reply`] for the
+//! client's protocol, so split/merge, fan-out, read policy and metrics work
+//! unchanged on mixed maps.
+//!
+//! At startup the proxy applies the migrations on every primary
+//! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
+//! primary, which deletes expired rows in batches (reads already ignore them).
+
+/// SQL condition: the row has not expired (a macro so that statements can
+/// be built with `concat!` as `&'static str`, which sqlx requires).
+macro_rules! live {
+    () => {
+        "(expires_at IS NULL OR expires_at > sg_now_ms())"
+    };
+}
+
+pub mod commands;
+mod hashes;
+pub mod values;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backend::EndpointState;
+use crate::backend::mux::{ReplyResult, ReplyRx};
+use crate::error::BackendError;
+use crate::protocol::{Limits, Protocol, Reply, parse_request};
+
+/// The schema migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Expired rows the reaper deletes per statement.
+const REAP_BATCH: i64 = 1000;
+
+struct Job {
+    frame: Bytes,
+    proto: Protocol,
+    reply: oneshot::Sender<ReplyResult>,
+}
+
+/// One PostgreSQL endpoint: its pool and its ordered lanes.
+pub struct PgEndpoint {
+    lanes: Vec<mpsc::UnboundedSender<Job>>,
+    pool: PgPool,
+}
+
+impl PgEndpoint {
+    /// Creates the pool (connections open lazily) and starts the lanes.
+    /// `dsn` was validated with the map; `slots` is the map's slot count.
+    pub fn new(state: Arc<EndpointState>, dsn: &str, slots: u32) -> PgEndpoint {
+        let lanes = state.options.pg_pool_size.max(1);
+        let options = PgConnectOptions::from_str(dsn)
+            .unwrap_or_else(|e| {
+                // Unreachable for a validated map; connect attempts will fail clearly.
+                tracing::error!(endpoint = %state.addr, error = %e, "invalid PostgreSQL DSN");
+                PgConnectOptions::new().host("invalid.invalid")
+            })
+            .application_name("shardgate")
+            .options([(
+                "statement_timeout",
+                state.options.command_timeout.as_millis().to_string(),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(lanes + 2).unwrap_or(u32::MAX))
+            .min_connections(0)
+            .acquire_timeout(state.options.connect_timeout)
+            .connect_lazy_with(options);
+        let senders = (0..lanes)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(lane(state.clone(), pool.clone(), slots, rx));
+                tx
+            })
+            .collect();
+        PgEndpoint {
+            lanes: senders,
+            pool,
+        }
+    }
+
+    /// Queues one request frame on the lane of `client`.
+    pub fn send(&self, proto: Protocol, client: u64, frame: Bytes) -> ReplyRx {
+        let (reply, rx) = oneshot::channel();
+        let lane = &self.lanes[(client as usize) % self.lanes.len()];
+        if let Err(mpsc::error::SendError(job)) = lane.send(Job {
+            frame,
+            proto,
+            reply,
+        }) {
+            let _ = job.reply.send(Err(BackendError::ConnectionLost {
+                addr: String::new(),
+                reason: "postgres lane stopped".to_owned(),
+            }));
+        }
+        rx
+    }
+
+    /// The endpoint's pool (health checks, migrations, the reaper, tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Runs one lane's requests in order.
+async fn lane(
+    state: Arc<EndpointState>,
+    pool: PgPool,
+    slots: u32,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
+    let ctx = commands::Ctx { pool: &pool, slots };
+    while let Some(job) = rx.recv().await {
+        let started = Instant::now();
+        let result = run_one(&state, &ctx, &job.frame).await;
+        let result = match result {
+            Ok(reply) => {
+                state.metrics.request_done(started.elapsed());
+                let mut out = BytesMut::new();
+                reply.encode(job.proto, &mut out);
+                Ok(out.freeze())
+            }
+            Err(e) => {
+                state.metrics.backend_error(e.kind());
+                if matches!(e, BackendError::Unavailable { .. }) {
+                    state.connection_failed(&e);
+                }
+                Err(e)
+            }
+        };
+        let _ = job.reply.send(result);
+    }
+}
+
+async fn run_one(
+    state: &EndpointState,
+    ctx: &commands::Ctx<'_>,
+    frame: &Bytes,
+) -> Result<Reply, BackendError> {
+    let mut buf = BytesMut::from(&frame[..]);
+    let req = match parse_request(&mut buf, &Limits::default()) {
+        Ok(Some(req)) => req,
+        _ => {
+            return Err(BackendError::Protocol {
+                addr: state.addr.clone(),
+                reason: "the proxy sent a request the postgres endpoint cannot parse".to_owned(),
+            });
+        }
+    };
+    let timeout = state.options.command_timeout;
+    match tokio::time::timeout(timeout, commands::execute(ctx, req.args())).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(backend_error(&state.addr, e)),
+        Err(_) => Err(BackendError::Timeout {
+            addr: state.addr.clone(),
+            millis: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+/// Maps a driver error to the proxy's [`BackendError`] kinds.
+pub fn backend_error(addr: &str, e: sqlx::Error) -> BackendError {
+    let addr = addr.to_owned();
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Configuration(_) => BackendError::Unavailable {
+            addr,
+            reason: e.to_string(),
+        },
+        sqlx::Error::Database(db) => BackendError::Query {
+            addr,
+            reason: db.to_string(),
+        },
+        other => BackendError::Protocol {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A DSN fit for logs, metrics labels and error messages: the password (in
+/// the user info or a `password=` parameter) is dropped.
+pub fn redact_dsn(dsn: &str) -> String {
+    let Some((scheme, rest)) = dsn.split_once("://") else {
+        return dsn.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+                .collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Connects to a primary and applies the migrations (each at most once;
+/// sqlx serialises concurrent migrators with an advisory lock). Bounded by
+/// the connect timeout plus time for the DDL.
+pub async fn prepare_primary(state: &EndpointState, pool: &PgPool) -> Result<(), String> {
+    let limit = state.options.connect_timeout + Duration::from_secs(30);
+    match tokio::time::timeout(limit, MIGRATOR.run(pool)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(migrate_error(e)),
+        Err(_) => Err(format!(
+            "migrations did not finish within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> String {
+    match e {
+        sqlx::migrate::MigrateError::Execute(inner) => match inner {
+            sqlx::Error::PoolTimedOut => "cannot connect (timed out)".to_owned(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// One health check: a primary answers `SELECT 1`; a replica must be in
+/// recovery with its WAL receiver streaming and replay within `max_lag`.
+pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), String> {
+    let primary = state.role == crate::backend::Role::Primary;
+    let sql = if primary {
+        "SELECT true, 'streaming'::text, 0::bigint"
+    } else {
+        "SELECT pg_is_in_recovery(), \
+                (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+                CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                     ELSE COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END"
+    };
+    let row: (bool, Option<String>, i64) = sqlx::query_as(sql)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("health check failed: {e}"))?;
+    if primary {
+        return Ok(());
+    }
+    match row {
+        (false, _, _) => Err("not a standby (pg_is_in_recovery() is false)".to_owned()),
+        (true, status, _) if status.as_deref() != Some("streaming") => Err(format!(
+            "WAL receiver is not streaming (status {})",
+            status.as_deref().unwrap_or("none")
+        )),
+        (true, _, lag)
+            if u128::try_from(lag).unwrap_or(0) > state.options.max_replica_lag.as_millis() =>
+        {
+            Err(format!("replica lags: replay {lag} ms behind"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Deletes expired rows of one primary in batches, every `interval`, until
+/// `shutdown` fires. The `expires_at <= now` test is repeated on the row
+/// itself, so a key rewritten since the batch was chosen is never deleted.
+pub async fn reaper(
+    addr: String,
+    pool: PgPool,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let sql = "DELETE FROM kv WHERE key IN \
+               (SELECT key FROM kv WHERE expires_at <= sg_now_ms() LIMIT $1) \
+               AND expires_at <= sg_now_ms()";
+    loop {
+        loop {
+            match sqlx::query(sql).bind(REAP_BATCH).execute(&pool).await {
+                Ok(done) if done.rows_affected() >= REAP_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(endpoint = %addr, error = %e, "reaper pass failed; retrying later");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_dsn("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact_dsn("postgres://h/db?password=x&sslmode=disable"),
+            "postgres://h/db?sslmode=disable"
+        );
+        assert_eq!(redact_dsn("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_dsn("nonsense"), "nonsense");
+    }
+}

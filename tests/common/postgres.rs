@@ -1,0 +1,249 @@
+//! Real PostgreSQL servers for the tests: `initdb` into a temporary
+//! directory, `postgres` in the foreground on a free loopback port (trust
+//! auth, fsync off), and physical replicas made with `pg_basebackup -R`.
+//!
+//! PostgreSQL refuses to run as root: when the tests run as root, every
+//! server program runs as the `postgres` system user (the directory is
+//! handed to it first).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{TempDir, free_port};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Directory of initdb, postgres, pg_basebackup, psql.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL not found: install `postgresql` (scripts/setup.sh does)")
+}
+
+/// `(uid, gid)` of the `postgres` user when we are root, else `None`.
+fn run_as() -> Option<(u32, u32)> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((
+        id("-u").expect("running as root needs a `postgres` user"),
+        id("-g")?,
+    ))
+}
+
+fn command(program: &str) -> Command {
+    let mut c = Command::new(bin_dir().join(program));
+    if let Some((uid, gid)) = run_as() {
+        c.uid(uid).gid(gid);
+    }
+    c.env_remove("PGDATA").env("LC_ALL", "C");
+    c
+}
+
+fn give_away(path: &Path) {
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+    }
+}
+
+fn run(c: &mut Command, what: &str) {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL server child process; dropping it stops the server.
+pub struct PgServer {
+    /// Loopback port.
+    pub port: u16,
+    child: Option<Child>,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+impl PgServer {
+    /// initdb + start a primary; waits until it accepts connections.
+    pub fn start() -> PgServer {
+        let dir = TempDir::new("pg");
+        give_away(dir.path());
+        let data = dir.path().join("data");
+        run(
+            command("initdb")
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+            "initdb",
+        );
+        Self::launch(dir, data)
+    }
+
+    /// A hot standby streaming from `primary` (pg_basebackup -R).
+    pub fn start_replica_of(primary: &PgServer) -> PgServer {
+        let dir = TempDir::new("pg-replica");
+        give_away(dir.path());
+        let data = dir.path().join("data");
+        run(
+            command("pg_basebackup")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-p",
+                ])
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(&data),
+            "pg_basebackup",
+        );
+        let server = Self::launch(dir, data);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while server.query("SELECT status FROM pg_stat_wal_receiver") != "streaming" {
+            assert!(Instant::now() < deadline, "replica never streamed");
+            thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn launch(dir: TempDir, data: PathBuf) -> PgServer {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = spawn(&data, port, dir.path());
+            match wait_ready(&mut child, port) {
+                Ok(()) => {
+                    return PgServer {
+                        port,
+                        child: Some(child),
+                        data,
+                        _dir: dir,
+                    };
+                }
+                Err(why) => {
+                    last = why;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("postgres did not start: {last}");
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn dsn(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL with psql and returns the unaligned, tuples-only output.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server (fast shutdown, then kill) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = spawn(&self.data, self.port, self._dir.path());
+        wait_ready(&mut child, self.port).expect("postgres restart");
+        self.child = Some(child);
+    }
+}
+
+fn spawn(data: &Path, port: u16, socket_dir: &Path) -> Child {
+    command("postgres")
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", socket_dir.display()))
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn postgres")
+}
+
+fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("postgres exited with {status}"));
+        }
+        let ok = Command::new(bin_dir().join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("not ready in time".to_owned());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

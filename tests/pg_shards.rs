@@ -1,0 +1,698 @@
+//! PostgreSQL shards against real servers: the same command sequences sent
+//! to a real redis-server and through the proxy to a postgres shard must get
+//! byte-identical replies (RESP2 and RESP3); plus expiry, concurrency,
+//! replica reads, migrations, failures and mixed maps.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::RedisServer;
+use common::cluster::{Cluster, Spec};
+use common::postgres::PgServer;
+use redis::Commands;
+use shardgate::protocol::request::encode_command;
+use shardgate::protocol::scan::frame_len;
+
+/// A raw RESP connection that reads whole reply frames.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw { s, buf: Vec::new() }
+    }
+
+    fn call(&mut self, args: &[&str]) -> Vec<u8> {
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let mut out = BytesMut::new();
+        encode_command(&refs, &mut out);
+        self.s.write_all(&out).expect("write");
+        loop {
+            if let Ok(Some(n)) = frame_len(&self.buf) {
+                return self.buf.drain(..n).collect();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.s.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed during {args:?}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Splits a command line at spaces; `"..."` quotes an argument.
+fn split(cmd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut started = false;
+    for ch in cmd.chars() {
+        match ch {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            ' ' if !quoted => {
+                if started {
+                    out.push(std::mem::take(&mut cur));
+                }
+                started = false;
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(cur);
+    }
+    out
+}
+
+/// Sends every command to Redis and to the proxy; replies must be equal.
+fn same_replies(proxy_port: u16, redis: &RedisServer, resp3: bool, cmds: &[&str]) {
+    let mut p = Raw::connect(proxy_port);
+    let mut r = Raw::connect(redis.port);
+    if resp3 {
+        p.call(&["HELLO", "3"]);
+        r.call(&["HELLO", "3"]);
+    }
+    for cmd in cmds {
+        let owned = split(cmd);
+        let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let want = r.call(&args);
+        let got = p.call(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want),
+            "`{cmd}` (resp3: {resp3})"
+        );
+    }
+}
+
+/// One postgres shard, nothing else: every key lands on it.
+fn pg_only() -> Cluster {
+    Cluster::start(Spec {
+        shards: 0,
+        pg_shards: 1,
+        ..Spec::default()
+    })
+}
+
+const STRINGS: &[&str] = &[
+    "FLUSHALL",
+    "GET s",
+    "SET s hello",
+    "GET s",
+    "SET s world XX",
+    "SET s again NX",
+    "SET s2 v NX",
+    "SET s3 v XX",
+    "GET s3",
+    "SET s v GET",
+    "SET nothere v GET",
+    "SET s v EX 100",
+    "TTL s",
+    "SET s v KEEPTTL",
+    "TTL s",
+    "SET s v",
+    "TTL s",
+    "SET s v PX 100000",
+    "TTL s",
+    "SET s v EXAT 99999999999",
+    "EXPIRETIME s",
+    "SET s v PXAT 99999999999000",
+    "PEXPIRETIME s",
+    "SET s v EX 0",
+    "SET s v EX -5",
+    "SET s v EX abc",
+    "SET s v EX 10 PX 100",
+    "SET s v NX XX",
+    "SET s v KEEPTTL EX 10",
+    "SET s v EX",
+    "SET s v BOGUS",
+    "SET s v EX 9223372036854775807",
+    "SET past v EXAT 1",
+    "GET past",
+    "EXISTS past",
+    "SETNX n1 a",
+    "SETNX n1 b",
+    "GET n1",
+    "SETEX e 100 v",
+    "TTL e",
+    "SETEX e 0 v",
+    "SETEX e x v",
+    "PSETEX e 100000 v",
+    "TTL e",
+    "PSETEX e -1 v",
+    "GETSET e new",
+    "TTL e",
+    "GETSET missing x",
+    "GETDEL e",
+    "GETDEL e",
+    "SET g v",
+    "GETEX g EX 100",
+    "TTL g",
+    "GETEX g PERSIST",
+    "TTL g",
+    "GETEX g",
+    "GETEX g PX 0",
+    "GETEX g EX 1 PERSIST",
+    "GETEX g NX",
+    "GETEX nope EX 10",
+    "GETEX g EXAT 1",
+    "EXISTS g",
+    "MSET a 1 b 2 c 3",
+    "MGET a b c d",
+    "MSET a 1 b",
+    "MSETNX a 9 z 9",
+    "MSETNX y 1 z 2",
+    "MSETNX y",
+    "MGET y z",
+    "DEL a b nope",
+    "UNLINK c",
+    "EXISTS a y y z nope",
+    "TOUCH y z nope",
+    "TYPE y",
+    "TYPE nope",
+    "SET i 10",
+    "INCR i",
+    "INCRBY i 5",
+    "DECR i",
+    "DECRBY i 20",
+    "INCRBY i abc",
+    "DECRBY i -9223372036854775808",
+    "INCR newi",
+    "SET big 9223372036854775807",
+    "INCR big",
+    "SET nan hello",
+    "INCR nan",
+    "SET sp \" 1\"",
+    "INCR sp",
+    "SET f 10.50",
+    "INCRBYFLOAT f 0.1",
+    "INCRBYFLOAT f -5",
+    "INCRBYFLOAT f 2.0e2",
+    "INCRBYFLOAT f 1e400",
+    "INCRBYFLOAT f -1e400",
+    "SET f3 5.6",
+    "INCRBYFLOAT f3 200",
+    "INCRBYFLOAT f3 1.0000000000000001",
+    "INCRBYFLOAT f abc",
+    "INCRBYFLOAT nan 1",
+    "INCRBYFLOAT newf 3",
+    "INCRBYFLOAT f inf",
+    "SET f2 0.1",
+    "INCRBYFLOAT f2 0.2",
+    "APPEND ap hello",
+    "APPEND ap \" world\"",
+    "GET ap",
+    "STRLEN ap",
+    "STRLEN nope",
+    "GETRANGE ap 0 4",
+    "GETRANGE ap -5 -1",
+    "GETRANGE ap 5 1",
+    "GETRANGE ap -1 -5",
+    "GETRANGE ap 0 100",
+    "GETRANGE ap x 1",
+    "GETRANGE nope 0 -1",
+    "SETRANGE ap 6 WORLD",
+    "GET ap",
+    "SETRANGE pad 3 x",
+    "GET pad",
+    "SETRANGE ap -1 x",
+    "SETRANGE emptyk 0 \"\"",
+    "SETRANGE ap 0 \"\"",
+    "SETRANGE ap 536870912 x",
+    "SET t v",
+    "EXPIRE t 100",
+    "TTL t",
+    "EXPIRE t 200 NX",
+    "EXPIRE t 200 XX",
+    "TTL t",
+    "EXPIRE t 50 GT",
+    "EXPIRE t 500 GT",
+    "TTL t",
+    "EXPIRE t 1000 LT",
+    "EXPIRE t 10 LT",
+    "TTL t",
+    "EXPIRE t 10 NX XX",
+    "EXPIRE t 10 GT LT",
+    "EXPIRE t 10 FOO",
+    "EXPIRE t abc",
+    "EXPIRE nope 10",
+    "PERSIST t",
+    "PERSIST t",
+    "TTL t",
+    "EXPIRE t 10 GT",
+    "EXPIRE t 10 LT",
+    "TTL t",
+    "PEXPIRE t 100000",
+    "TTL t",
+    "EXPIREAT t 99999999999",
+    "EXPIRETIME t",
+    "PEXPIREAT t 99999999999000",
+    "PEXPIRETIME t",
+    "EXPIRE t 9223372036854775807",
+    "EXPIRE t -1",
+    "EXISTS t",
+    "TTL t",
+    "PTTL t",
+    "EXPIRETIME nope",
+    "PERSIST nope",
+    "DBSIZE",
+    "DEL s s2 s3 nothere n1 ap pad y z i newi big nan sp f f2 newf",
+    "DBSIZE",
+];
+
+const HASHES: &[&str] = &[
+    "FLUSHALL",
+    "HSET h f1 v1 f2 v2",
+    "HSET h f1 x f3 v3",
+    "HGET h f1",
+    "HGET h nope",
+    "HGET nope f",
+    "HMGET h f1 nope f3",
+    "HMGET nope a b",
+    "HGETALL h",
+    "HKEYS h",
+    "HVALS h",
+    "HLEN h",
+    "HLEN nope",
+    "HEXISTS h f2",
+    "HEXISTS h nope",
+    "HSTRLEN h f3",
+    "HSTRLEN h nope",
+    "HSETNX h f1 y",
+    "HSETNX h f4 y",
+    "HSET h f1",
+    "HMSET h a 1 b 2",
+    "HMSET h a",
+    "HGETALL h",
+    "HDEL h a b nope",
+    "HDEL h f1 f2 f3 f4",
+    "EXISTS h",
+    "HGETALL nope",
+    "HINCRBY hi n 5",
+    "HINCRBY hi n -2",
+    "HINCRBY hi n x",
+    "HSET hi s str",
+    "HINCRBY hi s 1",
+    "HSET hi m 9223372036854775807",
+    "HINCRBY hi m 1",
+    "HINCRBYFLOAT hi fl 1.5",
+    "HINCRBYFLOAT hi fl 0.1",
+    "HINCRBYFLOAT hi s 1",
+    "HINCRBYFLOAT hi fl x",
+    "HINCRBYFLOAT hi fl inf",
+    "TYPE hi",
+    "SET str v",
+    "HSET str f v",
+    "HGET str f",
+    "HGETALL str",
+    "HLEN str",
+    "HDEL str f",
+    "HINCRBY str f 1",
+    "GET hi",
+    "INCR hi",
+    "APPEND hi x",
+    "GETRANGE hi 0 1",
+    "STRLEN hi",
+    "GETSET hi x",
+    "SET hi v GET",
+    "MGET hi str",
+    "SET hi plain",
+    "TYPE hi",
+    "HGETALL hi",
+    "HSET hi a b",
+    "DEL hi",
+    "HSET hi a b",
+    "HGETALL hi",
+    "EXPIRE hi 100",
+    "TTL hi",
+    "DBSIZE",
+    "DEL str hi",
+];
+
+fn run_both_protocols(cmds: &[&str]) {
+    let c = pg_only();
+    let redis = RedisServer::start();
+    same_replies(c.proxy_port, &redis, false, cmds);
+    same_replies(c.proxy_port, &redis, true, cmds);
+}
+
+#[test]
+fn strings_match_redis() {
+    run_both_protocols(STRINGS);
+}
+
+#[test]
+fn hashes_and_wrongtype_match_redis() {
+    run_both_protocols(HASHES);
+}
+
+#[test]
+fn unsupported_commands_get_a_clear_error() {
+    let c = pg_only();
+    let mut p = Raw::connect(c.proxy_port);
+    let r = p.call(&["LPUSH", "l", "a"]);
+    let text = String::from_utf8_lossy(&r);
+    assert!(
+        text.starts_with("-ERR command 'lpush' is not supported by postgres shards"),
+        "{text}"
+    );
+    let r = String::from_utf8_lossy(&p.call(&["BLPOP", "l", "1"])).into_owned();
+    assert!(r.contains("not supported by postgres shards"), "{r}");
+    let r = String::from_utf8_lossy(&p.call(&["EVAL", "return 1", "1", "k"])).into_owned();
+    assert!(r.contains("not supported by postgres shards"), "{r}");
+    assert_eq!(p.call(&["MULTI"]), b"+OK\r\n");
+    let r = String::from_utf8_lossy(&p.call(&["SET", "k", "v"])).into_owned();
+    assert!(r.contains("not supported by postgres shards"), "{r}");
+    let r = String::from_utf8_lossy(&p.call(&["EXEC"])).into_owned();
+    assert!(r.starts_with("-EXECABORT"), "{r}");
+    // The connection lives on.
+    assert_eq!(p.call(&["SET", "k", "v"]), b"+OK\r\n");
+}
+
+#[test]
+fn expired_keys_are_invisible_at_once_and_reaped() {
+    let c = pg_only();
+    let mut con = c.conn();
+    let _: () = redis::cmd("SET")
+        .arg("gone")
+        .arg("v")
+        .arg("PX")
+        .arg(1500)
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("hgone")
+        .arg("f")
+        .arg("v")
+        .query(&mut con)
+        .unwrap();
+    let _: bool = con.pexpire("hgone", 1500).unwrap();
+    let _: () = con.set("stays", "v").unwrap();
+    assert_eq!(
+        con.get::<_, Option<String>>("gone").unwrap().as_deref(),
+        Some("v")
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(con.get::<_, Option<String>>("gone").unwrap(), None);
+    assert_eq!(con.exists::<_, i64>("gone").unwrap(), 0);
+    assert_eq!(
+        con.hget::<_, _, Option<String>>("hgone", "f").unwrap(),
+        None
+    );
+    assert_eq!(con.ttl::<_, i64>("gone").unwrap(), -2);
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 1);
+    // The reaper (every health_check_interval, 100 ms here) deletes the rows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = c.pg[0].query("SELECT count(*) FROM kv");
+        let fields = c.pg[0].query("SELECT count(*) FROM kv_hash");
+        if rows == "1" && fields == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reaped: {rows} rows, {fields} fields"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn concurrent_incrs_are_atomic() {
+    let c = pg_only();
+    let clients = 50;
+    let per_client = 20;
+    std::thread::scope(|s| {
+        for i in 0..clients {
+            let client = c.client();
+            s.spawn(move || {
+                let mut con = client.get_connection().expect("connect");
+                for j in 0..per_client {
+                    let _: i64 = con.incr("counter", 1).unwrap();
+                    let _: i64 = redis::cmd("HINCRBY")
+                        .arg("hcounter")
+                        .arg("f")
+                        .arg(1)
+                        .query(&mut con)
+                        .unwrap();
+                    if (i + j) % 5 == 0 {
+                        let _: f64 = redis::cmd("INCRBYFLOAT")
+                            .arg("fcounter")
+                            .arg("0.5")
+                            .query(&mut con)
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let mut con = c.conn();
+    let total: i64 = con.get("counter").unwrap();
+    assert_eq!(total, clients * per_client);
+    let h: i64 = con.hget("hcounter", "f").unwrap();
+    assert_eq!(h, clients * per_client);
+    let f: f64 = con.get("fcounter").unwrap();
+    assert_eq!(f, 0.5 * (clients * per_client / 5) as f64);
+}
+
+#[test]
+fn pipelined_requests_of_one_client_stay_in_order() {
+    let c = pg_only();
+    let mut con = c.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.set(format!("k{}", i % 7), i).ignore();
+        pipe.get(format!("k{}", i % 7));
+    }
+    let got: Vec<i64> = pipe.query(&mut con).unwrap();
+    assert_eq!(got, (0..200).collect::<Vec<i64>>());
+}
+
+#[test]
+fn reads_go_to_the_postgres_replica() {
+    let c = Cluster::start(Spec {
+        shards: 0,
+        pg_shards: 1,
+        pg_replicas: true,
+        read_policy: "prefer-replica",
+        ..Spec::default()
+    });
+    let replica = &c.pg_replicas[0];
+    // Wait until the health checker lets the replica serve reads.
+    let mut con = c.conn();
+    for i in 0..20 {
+        let _: () = con.set(format!("r{i}"), i).unwrap();
+    }
+    // Let the standby replay the writes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.query("SELECT count(*) FROM kv") != "20" {
+        assert!(Instant::now() < deadline, "standby never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let scans = |s: &PgServer| -> i64 {
+        s.query("SELECT coalesce(sum(idx_scan + seq_scan), 0) FROM pg_stat_user_tables WHERE relname = 'kv'")
+            .parse()
+            .unwrap_or(-1)
+    };
+    let before = scans(replica);
+    for _ in 0..5 {
+        for i in 0..20 {
+            let v: i64 = con.get(format!("r{i}")).unwrap();
+            assert_eq!(v, i);
+        }
+    }
+    // Backends flush their statistics about once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = scans(replica);
+    while after - before < 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = scans(replica);
+    }
+    assert!(
+        after - before >= 100,
+        "reads ran on the standby: kv scans went {before} -> {after}"
+    );
+    // Writes still go to the primary (a standby would refuse them).
+    let _: () = con.set("w", 1).unwrap();
+}
+
+#[test]
+fn migrations_apply_once_and_restarts_are_idempotent() {
+    let c = pg_only();
+    let versions = c.pg[0].query("SELECT count(*) FROM _sqlx_migrations");
+    assert_eq!(versions, "1");
+    let mut con = c.conn();
+    let _: () = con.set("survives", "yes").unwrap();
+    // A second proxy on the same map: migrations already applied, data kept.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let running = rt
+        .block_on(shardgate::app::start(shardgate::app::ServeConfig {
+            map_path: c.map_path.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            client: Default::default(),
+        }))
+        .expect("second proxy starts");
+    assert_eq!(c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"), "1");
+    let client = redis::Client::open(format!("redis://{}/", running.addr)).unwrap();
+    let mut con2 = client.get_connection().unwrap();
+    let v: String = con2.get("survives").unwrap();
+    assert_eq!(v, "yes");
+    rt.block_on(running.shutdown());
+}
+
+fn map_with_primary(dsn: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let yaml = format!(
+        "regions:\n  - name: us\noptions:\n  connect_timeout_ms: 500\n  command_timeout_ms: 2000\nshards:\n  - name: pgs\n    kind: postgres\n    region: us\n    primary: {dsn}\n"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "shardgate-pgmap-{}-{}.yaml",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn start_error(dsn: &str) -> String {
+    let path = map_with_primary(dsn);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let result = rt.block_on(shardgate::app::start(shardgate::app::ServeConfig {
+        map_path: path.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client: Default::default(),
+    }));
+    let _ = std::fs::remove_file(&path);
+    assert!(started.elapsed() < Duration::from_secs(20), "startup hung");
+    match result {
+        Ok(_) => panic!("proxy started with {dsn}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_dsn_and_unreachable_database_fail_at_startup() {
+    let e = start_error("mysql://127.0.0.1/db");
+    assert!(e.contains("shards[0].primary"), "{e}");
+    assert!(e.contains("not a PostgreSQL DSN"), "{e}");
+    let e = start_error("postgres://u:secret@127.0.0.1:notaport/db");
+    assert!(e.contains("shards[0].primary"), "{e}");
+    assert!(!e.contains("secret"), "password leaked: {e}");
+    let port = common::free_port();
+    let e = start_error(&format!("postgres://postgres:pw@127.0.0.1:{port}/postgres"));
+    assert!(e.contains("shard pgs"), "{e}");
+    assert!(
+        e.contains(&format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+        "{e}"
+    );
+    assert!(!e.contains(":pw@"), "password leaked: {e}");
+}
+
+#[test]
+fn a_database_that_goes_away_gets_resp_errors_then_recovers() {
+    let mut c = pg_only();
+    let mut p = Raw::connect(c.proxy_port);
+    assert_eq!(p.call(&["SET", "k", "v"]), b"+OK\r\n");
+    c.pg[0].stop();
+    let started = Instant::now();
+    let r = String::from_utf8_lossy(&p.call(&["GET", "k"])).into_owned();
+    assert!(
+        r.starts_with("-ERR backend postgres://postgres@127.0.0.1:"),
+        "{r}"
+    );
+    assert!(r.contains("unavailable") || r.contains("lost"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    c.pg[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = p.call(&["GET", "k"]);
+        if r == b"$1\r\nv\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&r));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mixed_map_merges_across_kinds() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        pg_shards: 1,
+        ..Spec::default()
+    });
+    let mut con = c.conn();
+    let keys: Vec<String> = (0..300).map(|i| format!("mk{i}")).collect();
+    let kinds: HashSet<usize> = keys.iter().map(|k| c.shard_of(k)).collect();
+    assert_eq!(kinds.len(), 3, "keys cover all three shards");
+    let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+    let _: () = con.mset(&pairs).unwrap();
+    let got: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut con).unwrap();
+    for (k, v) in keys.iter().zip(&got) {
+        assert_eq!(v.as_deref(), Some(format!("v-{k}").as_str()));
+    }
+    let on_pg = c.pg[0].query("SELECT count(*) FROM kv");
+    let expect_pg = keys.iter().filter(|k| c.shard_of(k) == 2).count();
+    assert_eq!(on_pg, expect_pg.to_string());
+    // SCAN to cursor 0 returns every key once.
+    let mut seen = HashSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(25)
+            .query(&mut con)
+            .unwrap();
+        for k in batch {
+            assert!(seen.insert(k.clone()), "{k} returned twice");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen, keys.iter().cloned().collect::<HashSet<_>>());
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 300);
+    let mut found: Vec<String> = con.keys("mk1*").unwrap();
+    found.sort();
+    let mut want: Vec<String> = keys
+        .iter()
+        .filter(|k| k.starts_with("mk1"))
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(found, want);
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut con).unwrap();
+    assert!(info.contains("db0:keys=300,"), "{info}");
+    let deleted: i64 = con.del(&keys[..100]).unwrap();
+    assert_eq!(deleted, 100);
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 200);
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 0);
+}
