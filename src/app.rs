@@ -93,8 +93,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     health::spawn_all(backends.endpoints(), shutdown_rx.clone());
+    let users = config.client.auth.as_ref().map_or(0, |a| a.len());
     let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
-    tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), "shardgate listening");
+    tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
     let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx));
     Ok(Running {
         addr,

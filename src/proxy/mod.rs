@@ -1,6 +1,7 @@
 //! The client side: listener, per-client connection loop, dispatch of each
 //! command to its shard(s), and the session state a client carries.
 
+mod access;
 mod conn;
 mod dispatch;
 mod inline;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::backend::Backends;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
@@ -43,6 +45,9 @@ pub struct ClientConfig {
     /// This proxy's region and zone (reported by INFO).
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// Users and their permissions; `None`: every client is let in (Redis
+    /// without `requirepass`).
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +61,7 @@ impl Default for ClientConfig {
             write_stall_timeout: Duration::from_secs(60),
             region: None,
             zone: None,
+            auth: None,
         }
     }
 }
