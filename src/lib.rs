@@ -34,3 +34,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod shardmap;
+pub mod tls;

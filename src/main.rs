@@ -84,6 +84,16 @@ struct ServeArgs {
     /// (Redis' requirepass), for setups without users.
     #[arg(long)]
     requirepass_env: Option<String>,
+    /// PEM certificate chain for TLS to clients (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS on this address beside the plain --listen; without it,
+    /// --listen itself speaks TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_listen: Option<SocketAddr>,
 }
 
 /// The client auth configured by `--auth-file` or `--requirepass-env`.
@@ -164,6 +174,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let config = ServeConfig {
             map_path: args.map,
             listen: args.listen,
+            tls: args.tls_cert.map(|cert| app::TlsListen {
+                cert,
+                key: args.tls_key.unwrap_or_default(),
+                listen: args.tls_listen,
+            }),
             client: ClientConfig {
                 limits: Limits {
                     max_bulk_len: args.max_bulk_len,

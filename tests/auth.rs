@@ -288,3 +288,72 @@ fn users_get_noperm_outside_their_categories() {
     raw.send(&resp(&["INFO", "server"]));
     assert!(raw.read_until(b"\r\n").starts_with(b"$"));
 }
+
+#[test]
+fn backend_password_from_the_environment() {
+    // SAFETY: set before the proxy (or any thread reading it) starts; each
+    // test runs in its own process under nextest.
+    unsafe { std::env::set_var("SHARDGATE_TEST_BACKEND_PW", "backend-secret") };
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: vec!["--requirepass".into(), "backend-secret".into()],
+        shard_extra: "    password_env: SHARDGATE_TEST_BACKEND_PW\n".into(),
+        ..Spec::default()
+    });
+    let mut con = c.conn();
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut con)
+            .expect("set");
+    }
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let values: Vec<i64> = redis::cmd("MGET").arg(&keys).query(&mut con).expect("mget");
+    assert_eq!(values, (0..20).collect::<Vec<i64>>());
+    // Dedicated connections (blocking) and RESP3 connections log in too.
+    let popped: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg("nolist")
+        .arg(0.05)
+        .query(&mut con)
+        .expect("blpop");
+    assert_eq!(popped, None);
+    let mut resp3 = c.client_resp3().get_connection().expect("resp3");
+    let v: i64 = redis::cmd("GET").arg("k3").query(&mut resp3).expect("get");
+    assert_eq!(v, 3);
+}
+
+#[test]
+fn backend_user_and_password_inline() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: ["--user", "proxy", "on", ">pw", "~*", "&*", "+@all"]
+            .into_iter()
+            .chain(["--user", "default", "off"])
+            .map(String::from)
+            .collect(),
+        shard_extra: "    username: proxy\n    password: pw\n".into(),
+        ..Spec::default()
+    });
+    let mut raw = c.raw();
+    cmd(&mut raw, &["SET", "a", "1"], b"+OK\r\n");
+    cmd(&mut raw, &["GET", "a"], b"$1\r\n1\r\n");
+}
+
+#[test]
+fn wrong_backend_password_is_a_clear_error_naming_the_endpoint() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: vec!["--requirepass".into(), "right".into()],
+        shard_extra: "    password: wrong\n".into(),
+        ..Spec::default()
+    });
+    let mut raw = c.raw();
+    let expected = format!(
+        "-ERR backend {} unavailable: authentication failed: WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        c.primaries[c.shard_of("k")].addr()
+    );
+    cmd(&mut raw, &["GET", "k"], expected.as_bytes());
+    // The client connection stays open; local commands still work.
+    cmd(&mut raw, &["PING"], b"+PONG\r\n");
+}

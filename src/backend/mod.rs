@@ -51,6 +51,8 @@ pub struct EndpointState {
     pub region: String,
     pub zone: Option<String>,
     pub options: Options,
+    /// Credentials and TLS of the endpoint's shard.
+    pub link: Arc<crate::shardmap::Link>,
     pub metrics: EndpointMetrics,
     /// Set by the health checker; cleared at once when a connection fails.
     healthy: AtomicBool,
@@ -199,6 +201,7 @@ impl Backends {
                         region: ep.region.clone(),
                         zone: ep.zone.clone(),
                         options: map.options.clone(),
+                        link: ep.link.clone(),
                         metrics: EndpointMetrics::new(shard, &ep.addr, role.as_str()),
                         // Primaries serve until proven otherwise; replicas only
                         // once a health check has seen them in sync.

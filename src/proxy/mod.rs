@@ -21,6 +21,8 @@ use crate::backend::Backends;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::router::Router;
+use crate::tls::{ClientStream, MaybeTls};
+pub use tokio_rustls::TlsAcceptor;
 
 /// Limits and knobs of the client side.
 #[derive(Debug, Clone)]
@@ -62,6 +64,32 @@ impl Default for ClientConfig {
             region: None,
             zone: None,
             auth: None,
+        }
+    }
+}
+
+/// Time a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's stream: the TLS session when `tls` is set (None when the
+/// handshake fails; logged at debug, like any client hanging up).
+async fn accept_tls(
+    tls: Option<TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<ClientStream> {
+    let Some(acceptor) = tls else {
+        return Some(MaybeTls::Plain(stream));
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(MaybeTls::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
@@ -119,10 +147,12 @@ impl Proxy {
     }
 
     /// Accepts clients until `shutdown` turns true, then waits (up to the
-    /// grace period) for connections to finish the command in flight.
+    /// grace period) for connections to finish the command in flight. With
+    /// `tls`, every client must complete a TLS handshake first.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -132,16 +162,25 @@ impl Proxy {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         if self.connected.load(Ordering::Relaxed) >= self.config.max_clients {
-                            self.refuse(stream, peer);
+                            if tls.is_some() {
+                                // Plain bytes would be garbage to a TLS client: just close.
+                                self.metrics.client_limit_close("max_clients");
+                                drop(stream);
+                            } else {
+                                self.refuse(stream, peer);
+                            }
                             continue;
                         }
+                        let tls = tls.clone();
                         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
                         let proxy = self.clone();
                         let shutdown = shutdown.clone();
                         self.connected.fetch_add(1, Ordering::Relaxed);
                         self.metrics.client_connected();
                         tasks.spawn(async move {
-                            conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                            if let Some(stream) = accept_tls(tls, stream, peer).await {
+                                conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                            }
                             proxy.connected.fetch_sub(1, Ordering::Relaxed);
                             proxy.metrics.client_disconnected();
                         });
