@@ -249,6 +249,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../config/auth.example.yaml");
+        let auth = from_yaml(text, &|_| Some("pw".to_owned())).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auth.len(), 3);
+        assert!(auth.authenticate(b"reader", b"change-me-too").is_some());
+    }
+
+    #[test]
     fn accepts_requirepass_and_users() {
         let auth = from_yaml(
             "requirepass_env: PW\nusers:\n  - name: ro\n    password: x\n    commands: \"+@read +@connection\"\n  - name: app\n    password_env: PW\n",

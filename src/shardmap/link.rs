@@ -129,3 +129,58 @@ pub fn shard_link(p: &str, s: &RawShard) -> Result<Arc<Link>, MapError> {
     };
     Ok(Arc::new(Link { auth, tls }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ShardMap;
+
+    const BASE: &str = "regions:\n  - name: us\nshards:\n  - name: s0\n    region: us\n    primary: 127.0.0.1:7001\n    replicas: [127.0.0.1:7011]\n";
+
+    fn refused(extra: &str) -> String {
+        match ShardMap::from_yaml(&format!("{BASE}{extra}")) {
+            Ok(_) => panic!("accepted: {extra}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn link_applies_to_primary_and_replicas_and_hides_the_password() {
+        let m = ShardMap::from_yaml(&format!("{BASE}    username: u\n    password: sekrit\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = &m.shards[0];
+        let auth = s
+            .primary
+            .link
+            .auth
+            .as_ref()
+            .map(|a| (a.username.clone(), a.password.clone()));
+        assert_eq!(auth, Some((Some("u".to_owned()), "sekrit".to_owned())));
+        assert!(std::sync::Arc::ptr_eq(&s.primary.link, &s.replicas[0].link));
+        assert!(!format!("{m:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(
+            refused("    tls_ca: /x.pem\n"),
+            "shards[0].tls_ca: needs `tls: true`"
+        );
+        assert_eq!(
+            refused("    password: a\n    password_env: B\n"),
+            "shards[0].password: give either password or password_env, not both"
+        );
+        assert_eq!(
+            refused("    password_env: SHARDGATE_SURELY_UNSET_VAR\n"),
+            "shards[0].password_env: environment variable `SHARDGATE_SURELY_UNSET_VAR` is not set"
+        );
+        assert_eq!(
+            refused("    username: u\n"),
+            "shards[0].username: needs password or password_env"
+        );
+        assert!(
+            refused("    tls: true\n    tls_ca: /nonexistent/ca.pem\n")
+                .starts_with("shards[0].tls_ca: /nonexistent/ca.pem: cannot read certificates")
+        );
+        assert!(refused("    tls: yes please\n").starts_with("shards[0].tls"));
+    }
+}
