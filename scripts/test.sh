@@ -20,3 +20,6 @@ fi
 
 echo "== python end-to-end tests"
 SHARDGATE_BIN="$PWD/target/debug/shardgate" python3 -m pytest -q -n 2 integration
+
+echo "== fuzz (short; scripts/fuzz.sh SECONDS for longer)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

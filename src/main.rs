@@ -64,6 +64,13 @@ struct ServeArgs {
     /// Largest bulk string a client may send, in bytes (like proto-max-bulk-len).
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     max_bulk_len: usize,
+    /// Most arguments in one request (more: `-ERR Protocol error: invalid multibulk length`).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_args: usize,
+    /// Largest incomplete request buffered for one client, in bytes (like
+    /// Redis' client-query-buffer-limit); beyond it the client is closed.
+    #[arg(long, default_value_t = 1 << 30)]
+    max_query_buffer: usize,
     /// Open client connections allowed; more get `-ERR max number of clients reached`.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
@@ -182,11 +189,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             client: ClientConfig {
                 limits: Limits {
                     max_bulk_len: args.max_bulk_len,
+                    max_args: args.max_args.max(1),
                     ..Limits::default()
                 },
                 max_pipeline: args.max_pipeline.max(1),
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
                 max_clients: args.max_clients.max(1),
+                max_query_buffer: args.max_query_buffer.max(1024),
                 idle_timeout: (args.idle_timeout_secs > 0)
                     .then(|| Duration::from_secs(args.idle_timeout_secs)),
                 write_stall_timeout: Duration::from_secs(args.write_stall_timeout_secs.max(1)),

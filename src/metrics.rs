@@ -27,7 +27,7 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total
 /// Client connections the proxy closed or refused because of a limit, by reason.
 pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
 /// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
-pub const LIMIT_REASONS: [&str; 3] = ["max_clients", "idle_timeout", "slow_reader"];
+pub const LIMIT_REASONS: [&str; 4] = ["max_clients", "idle_timeout", "slow_reader", "query_buffer"];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
 /// Backend failures, by shard, endpoint, role and error kind.
@@ -40,6 +40,10 @@ pub const BACKEND_CONNECTS: &str = "shardgate_backend_connects_total";
 pub const DEDICATED_IN_USE: &str = "shardgate_dedicated_connections_in_use";
 /// 1 when the health check passes for the endpoint, else 0.
 pub const ENDPOINT_HEALTHY: &str = "shardgate_endpoint_healthy";
+/// 1 while the endpoint's circuit breaker is open (requests fail fast).
+pub const CIRCUIT_OPEN: &str = "shardgate_circuit_open";
+/// Times the endpoint's circuit breaker opened.
+pub const CIRCUIT_TRIPS: &str = "shardgate_circuit_trips_total";
 /// Reads served, by shard and the role of the endpoint that served them.
 pub const READS_TOTAL: &str = "shardgate_reads_total";
 /// Refused logins and commands, by reason.
@@ -75,7 +79,17 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         CLIENT_LIMIT_CLOSES,
         "counter",
-        "Client connections refused or closed by a limit (max_clients, idle_timeout, slow_reader)",
+        "Client connections refused or closed by a limit (max_clients, idle_timeout, slow_reader, query_buffer)",
+    ),
+    (
+        CIRCUIT_OPEN,
+        "gauge",
+        "1 while the endpoint's circuit breaker is open and its requests fail fast",
+    ),
+    (
+        CIRCUIT_TRIPS,
+        "counter",
+        "Times the endpoint's circuit breaker opened (connect failure, timeout, repeated lost connections)",
     ),
     (
         BACKEND_DURATION,
@@ -159,7 +173,7 @@ pub struct Metrics {
     client_connections: Gauge,
     client_connections_total: Counter,
     protocol_errors: Counter,
-    limit_closes: [Counter; 3],
+    limit_closes: [Counter; 4],
     auth_failures: [Counter; 3],
 }
 
@@ -255,6 +269,8 @@ pub struct EndpointMetrics {
     connections: Gauge,
     dedicated_in_use: Gauge,
     healthy: Gauge,
+    circuit_open: Gauge,
+    circuit_trips: Counter,
 }
 
 impl EndpointMetrics {
@@ -267,6 +283,8 @@ impl EndpointMetrics {
             connections: gauge!(BACKEND_CONNECTIONS, "shard" => s.clone(), "endpoint" => e.clone()),
             dedicated_in_use: gauge!(DEDICATED_IN_USE, "shard" => s.clone(), "endpoint" => e.clone()),
             healthy: gauge!(ENDPOINT_HEALTHY, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
+            circuit_open: gauge!(CIRCUIT_OPEN, "shard" => s.clone(), "endpoint" => e.clone()),
+            circuit_trips: counter!(CIRCUIT_TRIPS, "shard" => s.clone(), "endpoint" => e.clone()),
             shard: s,
             endpoint: e,
             role,
@@ -306,6 +324,16 @@ impl EndpointMetrics {
     /// A dedicated connection was lent (+1) or returned (-1).
     pub fn dedicated_delta(&self, delta: f64) {
         self.dedicated_in_use.increment(delta);
+    }
+
+    /// The circuit breaker opened (true) or closed (false).
+    pub fn set_breaker_open(&self, open: bool) {
+        self.circuit_open.set(if open { 1.0 } else { 0.0 });
+    }
+
+    /// The circuit breaker opened once more.
+    pub fn breaker_tripped(&self) {
+        self.circuit_trips.increment(1);
     }
 
     /// Health check result.

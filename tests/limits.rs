@@ -121,3 +121,36 @@ fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
         "all {read} bytes were delivered: nothing was limited"
     );
 }
+
+#[test]
+fn argument_count_and_query_buffer_limits_close_the_offender_only() {
+    let c = Cluster::start(Spec {
+        client: ClientConfig {
+            limits: shardgate::protocol::Limits {
+                max_args: 3,
+                ..Default::default()
+            },
+            max_query_buffer: 1 << 20,
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    });
+    let mut many = c.raw();
+    many.send(b"*4\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+    assert_eq!(
+        many.read_until(b"\r\n"),
+        b"-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    assert!(many.is_closed());
+
+    // 8 MiB declared (under max_bulk_len), 2 MiB sent: over the 1 MiB buffer.
+    let mut big = c.raw();
+    big.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n");
+    let _ = std::io::Write::write_all(&mut big.s, &vec![b'x'; 2 << 20]);
+    let (_, closed) = read_to_close(&mut big.s, Duration::from_secs(5));
+    assert!(closed, "client over the query buffer limit still open");
+
+    let mut ok = c.raw();
+    ok.send(PING);
+    assert_eq!(ok.read_exactly(7), b"+PONG\r\n");
+}

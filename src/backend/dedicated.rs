@@ -15,6 +15,7 @@ use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, Rec
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::EndpointState;
+use super::breaker::Admit;
 use super::connect::connect;
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
@@ -106,9 +107,19 @@ impl Manager for DedicatedManager {
 
     async fn create(&self) -> Result<DedicatedConn, BackendError> {
         let ep = &self.endpoint;
+        if ep.breaker.admit() == Admit::No {
+            return Err(ep.breaker.refusal(&ep.addr));
+        }
         let result = connect(&ep.addr, &ep.link, self.proto, ep.options.connect_timeout).await;
         ep.metrics.connect_attempt(result.is_ok());
-        let stream = result?;
+        let stream = match result {
+            Ok(s) => s,
+            Err(e) => {
+                ep.breaker.failure(&e, &ep.addr, &ep.metrics);
+                return Err(e);
+            }
+        };
+        ep.breaker.success(&ep.addr, &ep.metrics);
         ep.metrics.connections_delta(1.0);
         Ok(DedicatedConn {
             stream,

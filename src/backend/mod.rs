@@ -7,6 +7,7 @@
 //! estimate current. [`Backends`] maps every shard of the map to its
 //! endpoints and picks the endpoint for a read by the map's read policy.
 
+pub mod breaker;
 pub mod connect;
 pub mod dedicated;
 pub mod health;
@@ -58,6 +59,8 @@ pub struct EndpointState {
     healthy: AtomicBool,
     /// Smoothed health-check round trip, microseconds.
     latency_us: AtomicU64,
+    /// Fails requests fast while the endpoint is not serving.
+    pub breaker: breaker::Breaker,
 }
 
 impl EndpointState {
@@ -195,6 +198,7 @@ impl Backends {
                 .entry(ep.addr.clone())
                 .or_insert_with(|| {
                     let state = Arc::new(EndpointState {
+                        breaker: breaker::Breaker::new(),
                         addr: ep.addr.clone(),
                         shard: shard.to_owned(),
                         role,

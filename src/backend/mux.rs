@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::breaker::Admit;
 use super::{EndpointState, connect::connect};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
@@ -40,6 +41,7 @@ struct InFlight {
 #[derive(Clone)]
 pub struct MuxConn {
     tx: mpsc::UnboundedSender<Job>,
+    ep: Arc<EndpointState>,
 }
 
 /// Bytes gathered into one write before it is sent.
@@ -51,14 +53,18 @@ impl MuxConn {
     /// Starts the connection task; it connects lazily on the first request.
     pub fn spawn(endpoint: Arc<EndpointState>, proto: Protocol) -> MuxConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(supervise(endpoint, proto, rx));
-        MuxConn { tx }
+        tokio::spawn(supervise(endpoint.clone(), proto, rx));
+        MuxConn { tx, ep: endpoint }
     }
 
     /// Queues `frame` (one complete RESP request) and returns where its reply
     /// will arrive.
     pub fn send(&self, frame: Bytes) -> ReplyRx {
         let (reply, rx) = oneshot::channel();
+        if self.ep.breaker.admit() == Admit::No {
+            fail(reply, &self.ep, self.ep.breaker.refusal(&self.ep.addr));
+            return rx;
+        }
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { frame, reply }) {
             // The task only ends when every handle is gone; answer anyway.
             let _ = job.reply.send(Err(BackendError::ConnectionLost {
@@ -88,6 +94,7 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
             Err(err) => {
                 ep.metrics.connect_attempt(false);
                 ep.connection_failed(&err);
+                ep.breaker.failure(&err, &ep.addr, &ep.metrics);
                 fail(first.reply, &ep, err.clone());
                 // Fail fast during the back-off instead of queueing without bound.
                 let until = tokio::time::Instant::now() + backoff;
@@ -204,6 +211,7 @@ async fn read_loop(
                         return reason;
                     };
                     ep.metrics.request_done(w.sent.elapsed());
+                    ep.breaker.success(&ep.addr, &ep.metrics);
                     let _ = w.reply.send(Ok(frame));
                 }
                 Ok(None) => break,
@@ -266,6 +274,9 @@ fn fail_all(
 ) {
     while let Ok(w) = fifo.try_recv() {
         waiting.push_back(w);
+    }
+    if !waiting.is_empty() {
+        ep.breaker.failure(&err, &ep.addr, &ep.metrics);
     }
     for w in waiting.drain(..) {
         fail(w.reply, ep, err.clone());

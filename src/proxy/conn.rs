@@ -34,8 +34,13 @@ struct Client<'a> {
     wbuf: BytesMut,
     pending: VecDeque<Pending>,
     session: Session,
-    /// The client closed its side: serve what was read, then stop.
+    /// No more input will be read (the client closed its side, or the proxy
+    /// is shutting down): serve what was read, then stop.
     eof: bool,
+    /// Turns true when the proxy shuts down. Observed only while waiting for
+    /// input, so a command already sent to a backend (even inside a
+    /// transaction or a blocking op) always gets its reply written.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Why the connection ends.
@@ -57,7 +62,7 @@ pub async fn serve_client(
     stream: ClientStream,
     peer: SocketAddr,
     id: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (rd, wr) = stream.split();
     let mut client = Client {
@@ -69,17 +74,9 @@ pub async fn serve_client(
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
         eof: false,
+        shutdown,
     };
-    let end = tokio::select! {
-        end = client.run() => end,
-        _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-            // Finish what was already dispatched, then close.
-            match client.drain().await {
-                Ok(()) => End::Normal,
-                Err(e) => End::from(e),
-            }
-        }
-    };
+    let end = client.run().await;
     match end {
         End::Normal => tracing::debug!(client = id, %peer, "client disconnected"),
         End::Protocol => {
@@ -131,7 +128,13 @@ impl Client<'_> {
                         self.wr.flush().await.map_err(End::from)?;
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    if self.rbuf.len() > self.proxy.config.max_query_buffer {
+                        // Redis' client-query-buffer-limit: close, no reply.
+                        return Err(End::Limit("query_buffer"));
+                    }
+                    break;
+                }
                 Err(e) => {
                     self.drain().await.map_err(End::from)?;
                     let mut out = BytesMut::new();
@@ -165,19 +168,31 @@ impl Client<'_> {
                 }
                 Ok(true)
             }
+            _ = stopping(&mut self.shutdown), if !self.eof => {
+                self.eof = true;
+                Ok(true)
+            }
         }
     }
 
     async fn read_more(&mut self) -> Result<bool, End> {
-        let read = read_some(&mut self.rd, &mut self.rbuf);
-        let r = match self.proxy.config.idle_timeout {
-            // Idle: nothing in flight and waiting for the client to speak. A
-            // client holding a WATCH or inside MULTI is idle too, as in Redis.
-            Some(limit) => match tokio::time::timeout(limit, read).await {
-                Ok(r) => r,
-                Err(_) => return Err(End::Limit("idle_timeout")),
-            },
-            None => read.await,
+        let idle = self.proxy.config.idle_timeout;
+        let read = async {
+            match idle {
+                // Idle: nothing in flight and waiting for the client to speak. A
+                // client holding a WATCH or inside MULTI is idle too, as in Redis.
+                Some(limit) => tokio::time::timeout(limit, read_some(&mut self.rd, &mut self.rbuf))
+                    .await
+                    .map_err(|_| End::Limit("idle_timeout")),
+                None => Ok(read_some(&mut self.rd, &mut self.rbuf).await),
+            }
+        };
+        let r = tokio::select! {
+            r = read => r?,
+            _ = stopping(&mut self.shutdown) => {
+                self.eof = true;
+                return Ok(!self.rbuf.is_empty());
+            }
         };
         match r {
             Ok(0) => {
@@ -285,6 +300,11 @@ impl Client<'_> {
             }
         }
     }
+}
+
+/// Resolves once the proxy shuts down (or is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<usize> {

@@ -34,6 +34,10 @@ pub struct ClientConfig {
     pub max_pipeline: usize,
     /// Time to finish in-flight commands at shutdown.
     pub shutdown_grace: Duration,
+    /// Largest unparsed input buffered for one client (an incomplete request
+    /// bigger than this closes the connection, like Redis'
+    /// `client-query-buffer-limit`).
+    pub max_query_buffer: usize,
     /// Open client connections allowed; more are answered
     /// `-ERR max number of clients reached` and closed (as Redis does).
     pub max_clients: usize,
@@ -59,6 +63,7 @@ impl Default for ClientConfig {
             max_pipeline: 1024,
             shutdown_grace: Duration::from_secs(5),
             max_clients: 10_000,
+            max_query_buffer: 1 << 30,
             idle_timeout: None,
             write_stall_timeout: Duration::from_secs(60),
             region: None,

@@ -90,10 +90,34 @@ impl RedisServer {
     }
 
     /// Starts a replica of `primary` and waits until its link to the primary
-    /// is up (`master_link_status:up`).
+    /// is up (`master_link_status:up`) and the primary streams writes to it:
+    /// after a diskless sync the primary holds writes back until the
+    /// replica's first REPLCONF ACK (up to a second later), so a marker write
+    /// is confirmed with `WAIT`.
     pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
         let replica = Self::start_with(Some(primary.port), Vec::new());
         replica.wait_for_link_up();
+        let mut p = primary.connection();
+        let marker = format!("__replica_sync_{}", replica.port);
+        let _: () = redis::cmd("SET")
+            .arg(&marker)
+            .arg(1)
+            .query(&mut p)
+            .expect("marker");
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(START_TIMEOUT.as_millis() as u64)
+            .query(&mut p)
+            .expect("WAIT");
+        assert!(
+            acked >= 1,
+            "replica on {} never acknowledged",
+            replica.addr()
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&marker)
+            .query(&mut p)
+            .expect("DEL marker");
         replica
     }
 
@@ -112,6 +136,18 @@ impl RedisServer {
         self.client()
             .get_connection_with_timeout(START_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.addr()))
+    }
+
+    /// Sends a signal to the server process (e.g. `STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("server is running").id();
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
     }
 
     /// Kills the server (SIGKILL, no shutdown save) and reaps it. The port and
