@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{Backends, health};
 use crate::metrics::{self, Metrics};
-use crate::proxy::{ClientConfig, Proxy};
+use crate::proxy::{ClientConfig, Proxy, TlsAcceptor};
 use crate::router::{Epoch, Router, RoutingTable};
 use crate::shardmap::{MapError, ShardMap};
 
@@ -34,6 +34,20 @@ pub enum StartError {
         endpoint: String,
         reason: String,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// TLS for clients: certificate files and where TLS is spoken.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// A TLS listener beside the plain one; `None`: the main listener
+    /// speaks TLS instead of plain RESP.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Everything `serve` needs.
@@ -42,11 +56,16 @@ pub struct ServeConfig {
     pub map_path: PathBuf,
     pub listen: SocketAddr,
     pub client: ClientConfig,
+    /// TLS on the client side (off when `None`).
+    pub tls: Option<TlsListen>,
 }
 
 /// A running proxy: its bound address and the means to stop it.
 pub struct Running {
+    /// The main listener (`listen`): TLS when TLS replaces plain RESP.
     pub addr: SocketAddr,
+    /// Where clients speak TLS, if anywhere.
+    pub tls_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -89,16 +108,17 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.zone.as_deref(),
     ));
     prepare_postgres(&backends).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let acceptor = match &config.tls {
+        Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+            &t.cert, &t.key,
+        )?)),
+        None => None,
+    };
+    let (listener, addr) = bind(config.listen).await?;
+    let tls_listener = match config.tls.as_ref().and_then(|t| t.listen) {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     health::spawn_all(backends.endpoints(), shutdown_rx.clone());
     for shard in backends.shards() {
@@ -112,11 +132,36 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             ));
         }
     }
+    let users = config.client.auth.as_ref().map_or(0, |a| a.len());
     let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
-    tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), "shardgate listening");
-    let task = tokio::spawn(proxy.clone().serve(listener, shutdown_rx));
+    tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
+    // TLS beside the plain listener (--tls-listen), or instead of it.
+    let (mut main_acceptor, mut tls_addr, mut tls_task) = (None, None, None);
+    match (acceptor, tls_listener) {
+        (Some(acceptor), Some((l, a))) => {
+            tls_addr = Some(a);
+            let serve = proxy.clone().serve(l, Some(acceptor), shutdown_rx.clone());
+            tls_task = Some(tokio::spawn(serve));
+        }
+        (Some(acceptor), None) => {
+            tls_addr = Some(addr);
+            main_acceptor = Some(acceptor);
+        }
+        (None, _) => {}
+    }
+    if let Some(a) = tls_addr {
+        tracing::info!(addr = %a, "clients speak TLS here");
+    }
+    let main = proxy.clone().serve(listener, main_acceptor, shutdown_rx);
+    let task = tokio::spawn(async move {
+        main.await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
+    });
     Ok(Running {
         addr,
+        tls_addr,
         proxy,
         shutdown,
         task,
@@ -158,6 +203,16 @@ async fn prepare_postgres(backends: &Backends) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok((listener, local))
 }
 
 /// Installs the process-wide Prometheus recorder and its HTTP listener.

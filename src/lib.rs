@@ -19,9 +19,13 @@
 //! -> `router::RoutingTable::compile` -> published through [`router::Router`]
 //! (`arc-swap`; readers never lock). [`app`] is the one place that wires the
 //! pieces together; [`metrics`] is the facade every module records through.
+//!
+//! Beside the flow, on the client side: [`auth`] (who may run which command,
+//! from the auth file).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod command;
 pub mod error;
@@ -31,3 +35,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod shardmap;
+pub mod tls;

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use shardgate::app::{self, ServeConfig};
+use shardgate::auth::{self, Auth};
 use shardgate::protocol::Limits;
 use shardgate::proxy::ClientConfig;
 use shardgate::shardmap::ShardMap;
@@ -27,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Parse and validate a shard map, print a summary, and exit.
     CheckMap {
         /// Path of the shard-map YAML file.
@@ -80,6 +83,41 @@ struct ServeArgs {
     /// Seconds to let in-flight commands finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
+    /// YAML file with the `default` user's password and named users with
+    /// their command rules; clients must then AUTH.
+    #[arg(long, conflicts_with = "requirepass_env")]
+    auth_file: Option<PathBuf>,
+    /// Environment variable holding the password of the `default` user
+    /// (Redis' requirepass), for setups without users.
+    #[arg(long)]
+    requirepass_env: Option<String>,
+    /// PEM certificate chain for TLS to clients (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS on this address beside the plain --listen; without it,
+    /// --listen itself speaks TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_listen: Option<SocketAddr>,
+}
+
+/// The client auth configured by `--auth-file` or `--requirepass-env`.
+fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, String> {
+    if let Some(path) = &args.auth_file {
+        let auth = auth::file::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(Some(Arc::new(auth)));
+    }
+    if let Some(var) = &args.requirepass_env {
+        return match std::env::var(var) {
+            Ok(pw) if !pw.is_empty() => Ok(Some(Arc::new(Auth::requirepass(pw.as_bytes())))),
+            _ => Err(format!(
+                "--requirepass-env: environment variable `{var}` is not set or empty"
+            )),
+        };
+    }
+    Ok(None)
 }
 
 fn main() -> ExitCode {
@@ -109,11 +147,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    let auth = match load_auth(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));
@@ -136,6 +181,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let config = ServeConfig {
             map_path: args.map,
             listen: args.listen,
+            tls: args.tls_cert.map(|cert| app::TlsListen {
+                cert,
+                key: args.tls_key.unwrap_or_default(),
+                listen: args.tls_listen,
+            }),
             client: ClientConfig {
                 limits: Limits {
                     max_bulk_len: args.max_bulk_len,
@@ -151,6 +201,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 write_stall_timeout: Duration::from_secs(args.write_stall_timeout_secs.max(1)),
                 region: args.region,
                 zone: args.zone,
+                auth,
             },
         };
         let running = match app::start(config).await {

@@ -46,6 +46,10 @@ pub const CIRCUIT_OPEN: &str = "shardgate_circuit_open";
 pub const CIRCUIT_TRIPS: &str = "shardgate_circuit_trips_total";
 /// Reads served, by shard and the role of the endpoint that served them.
 pub const READS_TOTAL: &str = "shardgate_reads_total";
+/// Refused logins and commands, by reason.
+pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
+/// Values of the `reason` label of [`AUTH_FAILURES`].
+pub const AUTH_FAILURE_REASONS: [&str; 3] = ["wrongpass", "noauth", "noperm"];
 /// Epoch of the routing table in use.
 pub const MAP_EPOCH: &str = "shardgate_map_epoch";
 
@@ -122,6 +126,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "counter",
         "Reads by shard and serving role (primary, replica)",
     ),
+    (
+        AUTH_FAILURES,
+        "counter",
+        "Refused logins (wrongpass) and commands (noauth: before login, noperm: outside the user's rules)",
+    ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
 ];
 
@@ -165,6 +174,7 @@ pub struct Metrics {
     client_connections_total: Counter,
     protocol_errors: Counter,
     limit_closes: [Counter; 4],
+    auth_failures: [Counter; 3],
 }
 
 impl Default for Metrics {
@@ -187,6 +197,7 @@ impl Metrics {
             client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
             protocol_errors: counter!(CLIENT_PROTOCOL_ERRORS),
             limit_closes: LIMIT_REASONS.map(|r| counter!(CLIENT_LIMIT_CLOSES, "reason" => r)),
+            auth_failures: AUTH_FAILURE_REASONS.map(|r| counter!(AUTH_FAILURES, "reason" => r)),
         }
     }
 
@@ -221,6 +232,13 @@ impl Metrics {
     pub fn client_limit_close(&self, reason: &'static str) {
         if let Some(i) = LIMIT_REASONS.iter().position(|r| *r == reason) {
             self.limit_closes[i].increment(1);
+        }
+    }
+
+    /// A login or a command was refused (`wrongpass`, `noauth`, `noperm`).
+    pub fn auth_failure(&self, reason: &'static str) {
+        if let Some(i) = AUTH_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.auth_failures[i].increment(1);
         }
     }
 

@@ -148,3 +148,78 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Kills the child on drop, so a failing assertion does not leak the proxy.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_with_an_auth_file_requires_login_and_refuses_a_bad_file() {
+    let a = RedisServer::start();
+    let dir = TempDir::new("authfile");
+    let map = write_map(&dir, &[&a]);
+    let bad = dir.path().join("bad-auth.yaml");
+    std::fs::write(
+        &bad,
+        "users:\n  - name: ro\n    password: x\n    commands: \"+@reed\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--map")
+        .arg(&map)
+        .arg("--auth-file")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("users[0].commands: unknown category `@reed`"),
+        "{err}"
+    );
+
+    let good = dir.path().join("auth.yaml");
+    std::fs::write(
+        &good,
+        "requirepass_env: SHARDGATE_TEST_PW\nusers:\n  - name: ro\n    password: ro-pw\n    commands: \"+@read +@connection\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--map")
+        .arg(&map)
+        .arg("--auth-file")
+        .arg(&good)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("SHARDGATE_TEST_PW", "top-secret")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reap = Reap(child);
+    wait_for_port(port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ask = |req: &str, expected: &str| {
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = vec![0u8; expected.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), expected, "reply to {req:?}");
+    };
+    ask("GET k\r\n", "-NOAUTH Authentication required.\r\n");
+    ask("AUTH top-secret\r\n", "+OK\r\n");
+    ask("SET k v\r\n", "+OK\r\n");
+    ask("AUTH ro ro-pw\r\n", "+OK\r\n");
+    ask("GET k\r\n", "$1\r\nv\r\n");
+    ask(
+        "SET k w\r\n",
+        "-NOPERM this user has no permissions to run the 'set' command\r\n",
+    );
+}

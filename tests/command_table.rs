@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::RedisServer;
 use redis::Value;
 use shardgate::command::keys::{KeyError, key_indices};
-use shardgate::command::table::COMMANDS;
+use shardgate::command::table::{COMMANDS, SUBCOMMANDS};
 use shardgate::command::{CommandSpec, KeySpec, lookup};
 
 fn text(value: &Value) -> String {
@@ -85,6 +85,43 @@ fn every_row_matches_command_info() {
         );
         assert_eq!(Info::of_row(spec), Info::from_reply(entry));
     }
+}
+
+/// `(name, ACL categories)` of an entry and of each of its subcommands.
+fn categories_of(entry: &Value, out: &mut Vec<(String, Vec<String>)>) {
+    let fields = items(entry);
+    let mut cats: Vec<String> = items(&fields[6]).iter().map(text).collect();
+    cats.sort();
+    out.push((text(&fields[0]), cats));
+    if let Some(subs) = fields.get(9) {
+        for sub in items(subs) {
+            categories_of(sub, out);
+        }
+    }
+}
+
+#[test]
+fn categories_of_commands_and_subcommands_match_the_server() {
+    let server = RedisServer::start();
+    let mut con = server.connection();
+    let reply: Value = redis::cmd("COMMAND").query(&mut con).unwrap();
+    let mut server_rows = Vec::new();
+    for entry in items(&reply) {
+        categories_of(entry, &mut server_rows);
+    }
+    let mut table_rows: Vec<(String, Vec<String>)> = COMMANDS
+        .iter()
+        .map(|c| (c.name, c.categories))
+        .chain(SUBCOMMANDS.iter().map(|s| (s.name, s.categories)))
+        .map(|(name, cats)| {
+            let mut cats: Vec<String> = cats.redis_names().map(|n| format!("@{n}")).collect();
+            cats.sort();
+            (name.to_owned(), cats)
+        })
+        .collect();
+    server_rows.sort();
+    table_rows.sort();
+    assert_eq!(table_rows, server_rows);
 }
 
 #[test]

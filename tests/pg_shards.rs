@@ -547,6 +547,7 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             map_path: c.map_path.clone(),
             listen: "127.0.0.1:0".parse().unwrap(),
             client: Default::default(),
+            tls: None,
         }))
         .expect("second proxy starts");
     assert_eq!(c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"), "1");
@@ -579,6 +580,7 @@ fn start_error(dsn: &str) -> String {
         map_path: path.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         client: Default::default(),
+        tls: None,
     }));
     let _ = std::fs::remove_file(&path);
     assert!(started.elapsed() < Duration::from_secs(20), "startup hung");

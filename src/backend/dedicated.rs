@@ -13,17 +13,17 @@ use bytes::{Bytes, BytesMut};
 use deadpool::Runtime;
 use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::EndpointState;
 use super::breaker::Admit;
 use super::connect::connect;
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
+use crate::tls::BackendStream;
 
 /// One dedicated connection.
 pub struct DedicatedConn {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: BytesMut,
     addr: String,
     /// Replies still expected; non-zero means the connection is mid-request.
@@ -36,13 +36,14 @@ impl DedicatedConn {
     /// Writes one or more complete request frames.
     pub async fn send(&mut self, frames: &[u8], replies: usize) -> Result<(), BackendError> {
         self.unread += replies;
-        self.stream
-            .write_all(frames)
-            .await
-            .map_err(|e| BackendError::ConnectionLost {
-                addr: self.addr.clone(),
-                reason: format!("write failed: {e}"),
-            })
+        let write = async {
+            self.stream.write_all(frames).await?;
+            self.stream.flush().await
+        };
+        write.await.map_err(|e| BackendError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason: format!("write failed: {e}"),
+        })
     }
 
     /// Reads the next reply frame.
@@ -109,7 +110,7 @@ impl Manager for DedicatedManager {
         if ep.breaker.admit() == Admit::No {
             return Err(ep.breaker.refusal(&ep.addr));
         }
-        let result = connect(&ep.addr, self.proto, ep.options.connect_timeout).await;
+        let result = connect(&ep.addr, &ep.link, self.proto, ep.options.connect_timeout).await;
         ep.metrics.connect_attempt(result.is_ok());
         let stream = match result {
             Ok(s) => s,

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::connect::{connect, read_one_frame};
 use super::{Endpoint, EndpointState, Role};
 use crate::protocol::{Protocol, reply};
+use crate::tls::BackendStream;
 
 /// Starts one checker task per endpoint; they stop when `shutdown` fires.
 pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -23,7 +23,7 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
         let state = ep.state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let mut conn: Option<TcpStream> = None;
+            let mut conn: Option<BackendStream> = None;
             loop {
                 check_once(&state, &mut conn).await;
                 tokio::select! {
@@ -71,13 +71,13 @@ fn spawn_postgres(
     });
 }
 
-async fn check_once(state: &EndpointState, conn: &mut Option<TcpStream>) {
+async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
     let timeout = state
         .options
         .connect_timeout
         .max(Duration::from_millis(100));
     if conn.is_none() {
-        match connect(&state.addr, Protocol::Resp2, timeout).await {
+        match connect(&state.addr, &state.link, Protocol::Resp2, timeout).await {
             Ok(c) => *conn = Some(c),
             Err(e) => {
                 state.set_healthy(false, &e.to_string());
@@ -109,11 +109,12 @@ async fn check_once(state: &EndpointState, conn: &mut Option<TcpStream>) {
 
 /// PING (primaries) or INFO replication (replicas).
 async fn probe(
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     state: &EndpointState,
 ) -> std::io::Result<Result<(), String>> {
     if state.role == Role::Primary {
         stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        stream.flush().await?;
         let frame = read_one_frame(stream).await?;
         if reply::is_error(&frame) {
             return Ok(Err(reply::error_text(&frame).unwrap_or_default()));
@@ -123,6 +124,7 @@ async fn probe(
     stream
         .write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n")
         .await?;
+    stream.flush().await?;
     let frame = read_one_frame(stream).await?.freeze();
     let Some(text) = reply::bulk(&frame) else {
         return Ok(Err(

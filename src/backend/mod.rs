@@ -53,6 +53,8 @@ pub struct EndpointState {
     pub region: String,
     pub zone: Option<String>,
     pub options: Options,
+    /// Credentials and TLS of the endpoint's shard.
+    pub link: Arc<crate::shardmap::Link>,
     pub metrics: EndpointMetrics,
     /// Set by the health checker; cleared at once when a connection fails.
     healthy: AtomicBool,
@@ -246,6 +248,7 @@ impl Backends {
                         region: ep.region.clone(),
                         zone: ep.zone.clone(),
                         options: map.options.clone(),
+                        link: ep.link.clone(),
                         // Primaries serve until proven otherwise; replicas only
                         // once a health check has seen them in sync.
                         healthy: AtomicBool::new(role == Role::Primary),

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::breaker::Admit;
 use super::{EndpointState, connect::connect};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
+use crate::tls::{BackendRead, BackendWrite};
 
 /// The answer to one request: the reply frame exactly as the backend sent it.
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -80,13 +80,13 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(first) = rx.recv().await else { return };
-        match connect(&ep.addr, proto, ep.options.connect_timeout).await {
+        match connect(&ep.addr, &ep.link, proto, ep.options.connect_timeout).await {
             Ok(stream) => {
                 backoff = Duration::from_millis(50);
                 ep.metrics.connect_attempt(true);
                 ep.metrics.connections_delta(1.0);
                 ep.connection_up();
-                let (rd, wr) = stream.into_split();
+                let (rd, wr) = stream.split();
                 let reason = run(&ep, rd, wr, first, &mut rx).await;
                 ep.metrics.connections_delta(-1.0);
                 tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
@@ -115,8 +115,8 @@ fn fail(reply: oneshot::Sender<ReplyResult>, ep: &EndpointState, err: BackendErr
 /// Drives one live connection until it fails; returns why it ended.
 async fn run(
     ep: &Arc<EndpointState>,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: BackendRead,
+    wr: BackendWrite,
     first: Job,
     rx: &mut mpsc::UnboundedReceiver<Job>,
 ) -> String {
@@ -130,7 +130,7 @@ async fn run(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: BackendWrite,
     first: Job,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     fifo: mpsc::UnboundedSender<InFlight>,
@@ -176,13 +176,17 @@ async fn write_loop(
         if let Err(e) = wr.write_all(&buf).await {
             return format!("write failed: {e}");
         }
+        // TLS holds records until flushed (a no-op on plain sockets).
+        if let Err(e) = wr.flush().await {
+            return format!("write failed: {e}");
+        }
         buf.clear();
     }
 }
 
 async fn read_loop(
     ep: &Arc<EndpointState>,
-    mut rd: OwnedReadHalf,
+    mut rd: BackendRead,
     mut fifo: mpsc::UnboundedReceiver<InFlight>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);

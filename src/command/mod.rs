@@ -95,6 +95,100 @@ impl Flags {
     }
 }
 
+/// Bit set of Redis ACL command categories (`@read`, `@admin` ...), as Redis
+/// 7.0 assigns them; what users' command rules (`+@read -@dangerous`) select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Categories(pub u32);
+
+impl Categories {
+    pub const KEYSPACE: Categories = Categories(1 << 0);
+    pub const READ: Categories = Categories(1 << 1);
+    pub const WRITE: Categories = Categories(1 << 2);
+    pub const SET: Categories = Categories(1 << 3);
+    pub const SORTEDSET: Categories = Categories(1 << 4);
+    pub const LIST: Categories = Categories(1 << 5);
+    pub const HASH: Categories = Categories(1 << 6);
+    pub const STRING: Categories = Categories(1 << 7);
+    pub const BITMAP: Categories = Categories(1 << 8);
+    pub const HYPERLOGLOG: Categories = Categories(1 << 9);
+    pub const GEO: Categories = Categories(1 << 10);
+    pub const STREAM: Categories = Categories(1 << 11);
+    pub const PUBSUB: Categories = Categories(1 << 12);
+    pub const ADMIN: Categories = Categories(1 << 13);
+    pub const FAST: Categories = Categories(1 << 14);
+    pub const SLOW: Categories = Categories(1 << 15);
+    pub const BLOCKING: Categories = Categories(1 << 16);
+    pub const DANGEROUS: Categories = Categories(1 << 17);
+    pub const CONNECTION: Categories = Categories(1 << 18);
+    pub const TRANSACTION: Categories = Categories(1 << 19);
+    pub const SCRIPTING: Categories = Categories(1 << 20);
+    /// `@all`: every category (and so every command).
+    pub const ALL: Categories = Categories((1 << 21) - 1);
+
+    /// Every category with its Redis name (without the `@`), in Redis' order.
+    pub const NAMES: [(Categories, &'static str); 21] = [
+        (Categories::KEYSPACE, "keyspace"),
+        (Categories::READ, "read"),
+        (Categories::WRITE, "write"),
+        (Categories::SET, "set"),
+        (Categories::SORTEDSET, "sortedset"),
+        (Categories::LIST, "list"),
+        (Categories::HASH, "hash"),
+        (Categories::STRING, "string"),
+        (Categories::BITMAP, "bitmap"),
+        (Categories::HYPERLOGLOG, "hyperloglog"),
+        (Categories::GEO, "geo"),
+        (Categories::STREAM, "stream"),
+        (Categories::PUBSUB, "pubsub"),
+        (Categories::ADMIN, "admin"),
+        (Categories::FAST, "fast"),
+        (Categories::SLOW, "slow"),
+        (Categories::BLOCKING, "blocking"),
+        (Categories::DANGEROUS, "dangerous"),
+        (Categories::CONNECTION, "connection"),
+        (Categories::TRANSACTION, "transaction"),
+        (Categories::SCRIPTING, "scripting"),
+    ];
+
+    /// The category called `name` (`read`, case-insensitive; `all` is every one).
+    pub fn from_name(name: &str) -> Option<Categories> {
+        if name.eq_ignore_ascii_case("all") {
+            return Some(Categories::ALL);
+        }
+        Categories::NAMES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(c, _)| *c)
+    }
+
+    /// Whether any category of `other` is set.
+    pub const fn intersects(self, other: Categories) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// Whether every category of `other` is set.
+    pub const fn contains(self, other: Categories) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The Redis names (`@read` ...) of the set categories, in Redis' order.
+    pub fn redis_names(self) -> impl Iterator<Item = &'static str> {
+        Categories::NAMES
+            .iter()
+            .filter(move |(c, _)| self.intersects(*c))
+            .map(|(_, n)| *n)
+    }
+}
+
+/// A subcommand of a container command (`config|set`): what ACL rules need
+/// to know about it. Handling and keys stay with the container's row.
+#[derive(Clone, Copy, Debug)]
+pub struct SubcommandSpec {
+    /// `container|subcommand`, lower case, as Redis names it in ACL errors.
+    pub name: &'static str,
+    pub categories: Categories,
+}
+
 /// Where a command's keys are, in the argument vector (`args[0]` is the name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySpec {
@@ -209,6 +303,8 @@ pub struct CommandSpec {
     /// at least `-arity`.
     pub arity: i32,
     pub flags: Flags,
+    /// ACL categories Redis 7.0 puts the command in (for users' command rules).
+    pub categories: Categories,
     pub keys: KeySpec,
     pub handling: Handling,
 }
@@ -248,6 +344,11 @@ impl CommandSpec {
             | KeySpec::SubcommandKey => (0, 0, 0),
         }
     }
+}
+
+/// The subcommand `arg` of a container command (`config|set`), if it is one.
+pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static SubcommandSpec> {
+    table::subcommand(container, arg)
 }
 
 /// Looks a command up by name, case-insensitively, without allocating.

@@ -12,8 +12,6 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::Proxy;
@@ -21,6 +19,7 @@ use super::dispatch::Action;
 use super::pending::Pending;
 use super::session::Session;
 use crate::protocol::{Reply, parse_request};
+use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -29,8 +28,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 struct Client<'a> {
     proxy: &'a Proxy,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ClientRead,
+    wr: ClientWrite,
     rbuf: BytesMut,
     wbuf: BytesMut,
     pending: VecDeque<Pending>,
@@ -60,12 +59,12 @@ enum End {
 /// or the proxy shuts down.
 pub async fn serve_client(
     proxy: &Proxy,
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     id: u64,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let mut client = Client {
         proxy,
         rd,
@@ -126,6 +125,7 @@ impl Client<'_> {
                             .metrics
                             .command_done(Some(spec), ok, started.elapsed());
                         self.wr.write_all(&reply).await.map_err(End::from)?;
+                        self.wr.flush().await.map_err(End::from)?;
                     }
                 },
                 Ok(None) => {
@@ -140,6 +140,7 @@ impl Client<'_> {
                     let mut out = BytesMut::new();
                     Reply::error(format!("ERR {e}")).encode(self.session.proto, &mut out);
                     let _ = self.wr.write_all(&out).await;
+                    let _ = self.wr.flush().await;
                     return Err(End::Protocol);
                 }
             }
@@ -231,6 +232,16 @@ impl Client<'_> {
                     }
                 }
             }
+            // TLS holds records until flushed (a no-op on plain sockets).
+            match tokio::time::timeout(stall, self.wr.flush()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        SlowReader,
+                    ));
+                }
+            }
             self.wbuf.clear();
             if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
                 // Do not keep a burst's buffer for the life of an idle client.
@@ -296,7 +307,7 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }

@@ -61,6 +61,16 @@ impl Session {
             }
             return self.fail(Some(spec), e);
         }
+        // Redis' order: unknown command and arity first, then NOAUTH, then
+        // permissions (a refused command inside MULTI aborts the transaction).
+        if proxy.config.auth.is_some()
+            && let Err(e) = self.check_access(proxy, spec, &req)
+        {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.aborted = true;
+            }
+            return self.fail(Some(spec), e);
+        }
         if self.tx.is_some()
             && !matches!(
                 spec.handling,

@@ -9,6 +9,7 @@ use super::Proxy;
 use super::dispatch::{Action, InlineOp};
 use super::pending::Pending;
 use super::session::Session;
+use crate::auth;
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, LocalKind, table::COMMANDS};
 use crate::error::ProxyError;
@@ -50,7 +51,7 @@ impl Session {
                 return Action::Close(Pending::ready(&Reply::Ok, Some(spec), self.proto));
             }
             LocalKind::Hello => self.hello(proxy, args),
-            LocalKind::Auth => auth(args),
+            LocalKind::Auth => self.auth(proxy, args),
             LocalKind::Client => self.client(args),
             LocalKind::Command => command(args),
             LocalKind::Info => return Action::Inline(InlineOp::Info(req), spec),
@@ -64,6 +65,8 @@ impl Session {
                 ]))
             }
             LocalKind::Reset => {
+                // Back to the default user, which (when auth is on) needs a password.
+                self.user = None;
                 if self.tx.is_some() || self.watch.is_some() {
                     return Action::Inline(InlineOp::Discard, spec);
                 }
@@ -103,13 +106,15 @@ impl Session {
             };
         }
         let mut name = None;
+        let mut credentials = None;
         let mut i = 2;
         while i < args.len() {
             let opt = args[i].to_ascii_uppercase();
             let more = args.len() - i - 1;
             if opt == b"AUTH" && more >= 2 {
-                // Auth is not configured: like Redis' default user with nopass,
-                // any credentials are accepted.
+                // With auth off, like Redis' default user with nopass, any
+                // credentials are accepted.
+                credentials = Some((&args[i + 1], &args[i + 2]));
                 i += 3;
             } else if opt == b"SETNAME" && more >= 1 {
                 check_client_name(&args[i + 1])?;
@@ -122,12 +127,20 @@ impl Session {
                 )));
             }
         }
+        // Redis' order: options parsed, then AUTH, then the login check.
+        if let Some(auth) = proxy.config.auth.as_deref() {
+            if let Some((user, password)) = credentials {
+                self.log_in(proxy, auth, user, password)?;
+            }
+            if self.user.is_none() {
+                return Err(ProxyError::Client(auth::NOAUTH_HELLO.into()));
+            }
+        }
         self.proto = proto;
         if let Some(n) = name {
             self.name = Some(n);
         }
         let s = |v: &str| Reply::Bulk(Bytes::from(v.to_owned()));
-        let _ = proxy;
         Ok(Reply::Map(vec![
             (s("server"), s("redis")),
             (s("version"), s(REDIS_VERSION)),
@@ -242,14 +255,30 @@ fn check_client_name(name: &[u8]) -> Result<(), ProxyError> {
     Ok(())
 }
 
-fn auth(args: &[Bytes]) -> Result<Reply, ProxyError> {
-    if args.len() == 2 {
-        return Err(ProxyError::err(
-            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ));
+impl Session {
+    /// `AUTH <password>` (the default user) or `AUTH <user> <password>`.
+    fn auth(&mut self, proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
+        if args.len() > 3 {
+            return Err(ProxyError::err("syntax error"));
+        }
+        let Some(auth) = proxy.config.auth.as_deref() else {
+            if args.len() == 2 {
+                return Err(ProxyError::err(
+                    "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                ));
+            }
+            // AUTH user pass with auth off: the default user has nopass.
+            return Ok(Reply::Ok);
+        };
+        let default_user = Bytes::from_static(auth::DEFAULT_USER.as_bytes());
+        let (user, password) = match args {
+            [_, password] => (&default_user, password),
+            [_, user, password] => (user, password),
+            _ => return Err(ProxyError::err("syntax error")),
+        };
+        self.log_in(proxy, auth, user, password)?;
+        Ok(Reply::Ok)
     }
-    // AUTH user pass with auth off: the default user has nopass.
-    Ok(Reply::Ok)
 }
 
 /// COMMAND, COMMAND COUNT/INFO/DOCS/LIST/GETKEYS from the command table.

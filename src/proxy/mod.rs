@@ -1,6 +1,7 @@
 //! The client side: listener, per-client connection loop, dispatch of each
 //! command to its shard(s), and the session state a client carries.
 
+mod access;
 mod conn;
 mod dispatch;
 mod inline;
@@ -15,10 +16,13 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::backend::Backends;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::router::Router;
+use crate::tls::{ClientStream, MaybeTls};
+pub use tokio_rustls::TlsAcceptor;
 
 /// Limits and knobs of the client side.
 #[derive(Debug, Clone)]
@@ -47,6 +51,9 @@ pub struct ClientConfig {
     /// This proxy's region and zone (reported by INFO).
     pub region: Option<String>,
     pub zone: Option<String>,
+    /// Users and their permissions; `None`: every client is let in (Redis
+    /// without `requirepass`).
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +68,33 @@ impl Default for ClientConfig {
             write_stall_timeout: Duration::from_secs(60),
             region: None,
             zone: None,
+            auth: None,
+        }
+    }
+}
+
+/// Time a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's stream: the TLS session when `tls` is set (None when the
+/// handshake fails; logged at debug, like any client hanging up).
+async fn accept_tls(
+    tls: Option<TlsAcceptor>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<ClientStream> {
+    let Some(acceptor) = tls else {
+        return Some(MaybeTls::Plain(stream));
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(MaybeTls::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
@@ -118,10 +152,12 @@ impl Proxy {
     }
 
     /// Accepts clients until `shutdown` turns true, then waits (up to the
-    /// grace period) for connections to finish the command in flight.
+    /// grace period) for connections to finish the command in flight. With
+    /// `tls`, every client must complete a TLS handshake first.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -131,16 +167,25 @@ impl Proxy {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         if self.connected.load(Ordering::Relaxed) >= self.config.max_clients {
-                            self.refuse(stream, peer);
+                            if tls.is_some() {
+                                // Plain bytes would be garbage to a TLS client: just close.
+                                self.metrics.client_limit_close("max_clients");
+                                drop(stream);
+                            } else {
+                                self.refuse(stream, peer);
+                            }
                             continue;
                         }
+                        let tls = tls.clone();
                         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
                         let proxy = self.clone();
                         let shutdown = shutdown.clone();
                         self.connected.fetch_add(1, Ordering::Relaxed);
                         self.metrics.client_connected();
                         tasks.spawn(async move {
-                            conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                            if let Some(stream) = accept_tls(tls, stream, peer).await {
+                                conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                            }
                             proxy.connected.fetch_sub(1, Ordering::Relaxed);
                             proxy.metrics.client_disconnected();
                         });

@@ -1,7 +1,10 @@
 //! Per-client session state.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
 use crate::protocol::{Protocol, Request};
 use crate::router::ShardId;
@@ -30,6 +33,9 @@ pub struct Session {
     /// Scratch space for key positions (reused, so classifying does not allocate).
     pub key_scratch: Vec<usize>,
     pub addr: String,
+    /// The user this connection is logged in as; `None` before AUTH (only
+    /// consulted when auth is configured).
+    pub user: Option<Arc<User>>,
 }
 
 impl Session {
@@ -45,6 +51,7 @@ impl Session {
             watch: None,
             key_scratch: Vec::with_capacity(8),
             addr,
+            user: None,
         }
     }
 }

@@ -10,8 +10,11 @@
 //!
 //! The field reference is `docs-shardmap.md` and `shard-maps/example.yaml`.
 
+pub mod link;
 pub mod raw;
 pub mod validate;
+
+pub use link::{BackendAuth, BackendTls, Link};
 
 use std::time::Duration;
 
@@ -83,6 +86,8 @@ pub struct Endpoint {
     pub region: String,
     /// Zone it runs in, if known.
     pub zone: Option<String>,
+    /// Credentials and TLS (the shard's, shared by its primary and replicas).
+    pub link: std::sync::Arc<Link>,
 }
 
 /// Where reads go.

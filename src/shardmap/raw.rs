@@ -76,6 +76,26 @@ pub struct RawShard {
     /// Read replicas.
     #[serde(default)]
     pub replicas: Option<Vec<RawReplica>>,
+
+    // How the proxy reaches the shard's servers (see `super::link`).
+    /// Backend ACL user (default: Redis' `default`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Backend password, inline.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Environment variable holding the backend password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Connect to the shard's servers over TLS.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// PEM file of the CAs to trust (default: the system roots).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// Name the servers' certificates carry (default: the address' host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// A replica: either a bare `host:port` or a mapping with its location.

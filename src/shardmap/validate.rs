@@ -181,6 +181,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
     let mut out = Vec::with_capacity(raw.len());
     for (i, s) in raw.into_iter().enumerate() {
         let p = format!("shards[{i}]");
+        let link = super::link::shard_link(&p, &s)?;
         let name = s
             .name
             .ok_or_else(|| err(format!("{p}.name"), "is required"))?;
@@ -226,6 +227,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
             addr: primary_addr,
             region: region_name.clone(),
             zone: s.zone.clone(),
+            link: link.clone(),
         };
         let mut replicas = Vec::new();
         for (j, r) in s.replicas.unwrap_or_default().into_iter().enumerate() {
@@ -237,6 +239,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
                         addr,
                         region: region_name.clone(),
                         zone: None,
+                        link: link.clone(),
                     }
                 }
                 RawReplica::Detailed(d) => {
@@ -253,6 +256,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
                         addr,
                         region: rname,
                         zone: d.zone,
+                        link: link.clone(),
                     }
                 }
             };

@@ -28,6 +28,15 @@ pub struct Spec {
     pub pg_shards: usize,
     /// Whether each PostgreSQL shard gets a streaming replica.
     pub pg_replicas: bool,
+    /// TLS for clients.
+    pub tls: Option<app::TlsListen>,
+    /// Lines added to every shard of the map (backend auth and TLS), e.g.
+    /// `"    password_env: PW\n"`.
+    pub shard_extra: String,
+    /// Extra arguments of every primary's `redis-server`.
+    pub server_args: Vec<String>,
+    /// The primaries' ports speak TLS (`server_args` carry the TLS files).
+    pub server_tls: bool,
 }
 
 impl Default for Spec {
@@ -40,6 +49,10 @@ impl Default for Spec {
             client: ClientConfig::default(),
             pg_shards: 0,
             pg_replicas: false,
+            tls: None,
+            shard_extra: String::new(),
+            server_args: Vec::new(),
+            server_tls: false,
         }
     }
 }
@@ -53,6 +66,8 @@ pub struct Cluster {
     pub map_path: PathBuf,
     pub table: RoutingTable,
     pub proxy_port: u16,
+    /// Where clients speak TLS, when the spec asked for it.
+    pub tls_port: Option<u16>,
     running: Option<Running>,
     rt: tokio::runtime::Runtime,
 }
@@ -60,7 +75,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `spec.shards` shards (half in region us, half in eu) and the proxy.
     pub fn start(spec: Spec) -> Cluster {
-        let primaries: Vec<RedisServer> = (0..spec.shards).map(|_| RedisServer::start()).collect();
+        let args: Vec<&str> = spec.server_args.iter().map(String::as_str).collect();
+        let primaries: Vec<RedisServer> = (0..spec.shards)
+            .map(|_| RedisServer::start_args(&args, spec.server_tls))
+            .collect();
         let replicas: Vec<RedisServer> = if spec.replicas {
             primaries
                 .iter()
@@ -90,8 +108,9 @@ impl Cluster {
         for (i, p) in primaries.iter().enumerate() {
             let region = region_of(i);
             yaml.push_str(&format!(
-                "  - name: s{i}\n    region: {region}\n    zone: {region}-a\n    primary: {}\n",
-                p.addr()
+                "  - name: s{i}\n    region: {region}\n    zone: {region}-a\n    primary: {}\n{}",
+                p.addr(),
+                spec.shard_extra
             ));
             if let Some(r) = replicas.get(i) {
                 yaml.push_str(&format!(
@@ -136,11 +155,13 @@ impl Cluster {
                 zone: Some("us-a".into()),
                 ..spec.client.clone()
             },
+            tls: spec.tls.clone(),
         };
         let running = rt
             .block_on(app::start(config))
             .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
         let proxy_port = running.addr.port();
+        let tls_port = running.tls_addr.map(|a| a.port());
         let cluster = Cluster {
             primaries,
             replicas,
@@ -149,6 +170,7 @@ impl Cluster {
             map_path,
             table,
             proxy_port,
+            tls_port,
             running: Some(running),
             rt,
         };

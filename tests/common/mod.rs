@@ -67,13 +67,27 @@ pub struct RedisServer {
     child: Option<Child>,
     /// `--replicaof` target, kept so that `restart` restores the role.
     primary_port: Option<u16>,
+    /// Extra `redis-server` arguments (`--requirepass`, TLS files ...).
+    extra: Vec<String>,
     dir: TempDir,
 }
 
 impl RedisServer {
     /// Starts a standalone server and waits until it answers PING.
     pub fn start() -> RedisServer {
-        Self::start_with(None)
+        Self::start_with(None, Vec::new())
+    }
+
+    /// Starts a standalone server with extra arguments and waits until it
+    /// answers (an error such as NOAUTH counts). With `tls: true` the port
+    /// is a TLS port (`--port 0 --tls-port P`; pass the TLS file arguments)
+    /// and readiness is the port accepting connections.
+    pub fn start_args(args: &[&str], tls: bool) -> RedisServer {
+        let mut extra: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if tls {
+            extra.insert(0, TLS_MARK.to_owned());
+        }
+        Self::start_with(None, extra)
     }
 
     /// Starts a replica of `primary` and waits until its link to the primary
@@ -82,7 +96,7 @@ impl RedisServer {
     /// replica's first REPLCONF ACK (up to a second later), so a marker write
     /// is confirmed with `WAIT`.
     pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
-        let replica = Self::start_with(Some(primary.port));
+        let replica = Self::start_with(Some(primary.port), Vec::new());
         replica.wait_for_link_up();
         let mut p = primary.connection();
         let marker = format!("__replica_sync_{}", replica.port);
@@ -152,7 +166,12 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            self.child = Some(spawn(self.port, self.primary_port, self.dir.path()));
+            self.child = Some(spawn(
+                self.port,
+                self.primary_port,
+                self.dir.path(),
+                &self.extra,
+            ));
             match self.wait_for_ping() {
                 Ok(()) => break,
                 // The old socket may linger for a moment after SIGKILL.
@@ -179,16 +198,17 @@ impl RedisServer {
 
     /// Spawns on a free port; retries on another port if the chosen one was
     /// taken between `free_port` and the server's bind.
-    fn start_with(primary_port: Option<u16>) -> RedisServer {
+    fn start_with(primary_port: Option<u16>, extra: Vec<String>) -> RedisServer {
         let mut last_failure = String::new();
         for _ in 0..3 {
             let port = free_port();
             let dir = TempDir::new("redis");
-            let child = Some(spawn(port, primary_port, dir.path()));
+            let child = Some(spawn(port, primary_port, dir.path(), &extra));
             let mut server = RedisServer {
                 port,
                 child,
                 primary_port,
+                extra: extra.clone(),
                 dir,
             };
             match server.wait_for_ping() {
@@ -215,11 +235,18 @@ impl RedisServer {
                     self.port
                 ));
             }
+            if self.extra.first().is_some_and(|a| a == TLS_MARK)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
             let pong = client
                 .get_connection_with_timeout(Duration::from_millis(500))
                 .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
             match pong {
                 Ok(reply) if reply == "PONG" => return Ok(()),
+                // Alive, but wants a password.
+                Err(e) if e.to_string().contains("NOAUTH") => return Ok(()),
                 _ if Instant::now() >= deadline => {
                     return Err(format!(
                         "redis-server on port {} did not answer PING within {START_TIMEOUT:?}",
@@ -261,18 +288,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// First extra argument of a server whose port speaks TLS (not passed on).
+const TLS_MARK: &str = "<tls>";
+
 /// `redis-server` in the foreground, persistence off, logging to `dir`.
-fn spawn(port: u16, primary_port: Option<u16>, dir: &Path) -> Child {
+fn spawn(port: u16, primary_port: Option<u16>, dir: &Path, extra: &[String]) -> Child {
     let mut command = Command::new("redis-server");
+    let tls = extra.first().is_some_and(|a| a == TLS_MARK);
+    if tls {
+        command.args(["--port", "0", "--tls-port", &port.to_string()]);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
+    command.args(extra.iter().filter(|a| *a != TLS_MARK));
     command
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--daemonize",
-            "no",
-        ])
+        .args(["--bind", "127.0.0.1", "--daemonize", "no"])
         .args([
             "--save",
             "",

@@ -1,0 +1,359 @@
+//! Client authentication against a real deployment: NOAUTH before login for
+//! every kind of command, AUTH and HELLO ... AUTH, users with command
+//! categories, Redis' exact wording checked byte for byte on raw sockets, and
+//! the connection staying open after each error.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::cluster::{Cluster, RawConn, Spec};
+use shardgate::auth::{Auth, User, file::parse_rules};
+use shardgate::proxy::ClientConfig;
+
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+fn user(name: &str, password: &str, rules: &str) -> User {
+    User::new(
+        name,
+        password.as_bytes(),
+        parse_rules(rules).unwrap_or_else(|e| panic!("{rules}: {e}")),
+    )
+}
+
+fn start() -> Cluster {
+    let auth = Auth::new([
+        user("default", "secret", "+@all"),
+        user("ro", "ro-pw", "+@read +@connection"),
+        user("noadmin", "na-pw", "+@all -@admin -@dangerous"),
+    ]);
+    Cluster::start(Spec {
+        shards: 2,
+        client: ClientConfig {
+            auth: Some(Arc::new(auth)),
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    })
+}
+
+/// RESP encoding of a command.
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+/// Sends `request` and checks the reply is exactly `expected`.
+fn exchange(raw: &mut RawConn, request: &[u8], expected: &[u8]) {
+    raw.send(request);
+    let got = raw.read_exactly(expected.len());
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected),
+        "reply to {:?}",
+        String::from_utf8_lossy(request)
+    );
+}
+
+fn cmd(raw: &mut RawConn, args: &[&str], expected: &[u8]) {
+    exchange(raw, &resp(args), expected);
+}
+
+#[test]
+fn every_kind_of_command_needs_auth_first() {
+    let c = start();
+    let mut raw = c.raw();
+    let refused: &[&[&str]] = &[
+        &["GET", "k"],                 // forwarded
+        &["SET", "k", "v"],            // forwarded write
+        &["MGET", "a", "b", "c", "d"], // split
+        &["DEL", "a", "b"],            // split
+        &["PING"],                     // local
+        &["ECHO", "x"],                // local
+        &["CLIENT", "SETNAME", "x"],   // local container
+        &["INFO"],                     // inline (local)
+        &["KEYS", "*"],                // fan-out
+        &["SCAN", "0"],                // fan-out, inline
+        &["BLPOP", "k", "1"],          // blocking, inline
+        &["EVAL", "return 1", "0"],    // script
+        &["MULTI"],                    // transaction
+        &["WATCH", "k"],               // transaction, inline
+        &["CONFIG", "SET", "a", "b"],  // unsupported
+        &["SELECT", "0"],
+    ];
+    for args in refused {
+        cmd(&mut raw, args, NOAUTH);
+    }
+    // Inline commands (telnet style) too.
+    exchange(&mut raw, b"GET k\r\n", NOAUTH);
+    exchange(&mut raw, b"PING\r\n", NOAUTH);
+    // Pipelined: one NOAUTH per command, in order.
+    let mut pipeline = resp(&["GET", "a"]);
+    pipeline.extend(resp(&["MGET", "a", "b"]));
+    pipeline.extend(resp(&["PING"]));
+    exchange(&mut raw, &pipeline, &[NOAUTH, NOAUTH, NOAUTH].concat());
+    // As in Redis, unknown commands and wrong arity are reported first.
+    cmd(
+        &mut raw,
+        &["NOSUCH", "x"],
+        b"-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n",
+    );
+    cmd(
+        &mut raw,
+        &["GET"],
+        b"-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    cmd(
+        &mut raw,
+        &["HELLO", "3"],
+        b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n",
+    );
+    // RESET is allowed and keeps the client logged out.
+    cmd(&mut raw, &["RESET"], b"+RESET\r\n");
+    // The connection stayed open through all of it.
+    cmd(&mut raw, &["AUTH", "secret"], b"+OK\r\n");
+    cmd(&mut raw, &["SET", "k", "v"], b"+OK\r\n");
+    cmd(&mut raw, &["MGET", "k", "x"], b"*2\r\n$1\r\nv\r\n$-1\r\n");
+    cmd(&mut raw, &["BLPOP", "nolist", "0.01"], b"*-1\r\n");
+    cmd(&mut raw, &["QUIT"], b"+OK\r\n");
+    assert!(raw.is_closed());
+    // QUIT works before AUTH, too.
+    let mut raw = c.raw();
+    cmd(&mut raw, &["QUIT"], b"+OK\r\n");
+    assert!(raw.is_closed());
+}
+
+#[test]
+fn auth_wrong_and_right() {
+    let c = start();
+    let mut raw = c.raw();
+    cmd(&mut raw, &["AUTH", "wrong"], WRONGPASS);
+    cmd(&mut raw, &["AUTH", "default", "wrong"], WRONGPASS);
+    cmd(&mut raw, &["AUTH", "nobody", "secret"], WRONGPASS);
+    cmd(&mut raw, &["AUTH", "ro", "secret"], WRONGPASS);
+    cmd(&mut raw, &["AUTH", "a", "b", "c"], b"-ERR syntax error\r\n");
+    cmd(&mut raw, &["GET", "k"], NOAUTH);
+    cmd(&mut raw, &["AUTH", "default", "secret"], b"+OK\r\n");
+    cmd(&mut raw, &["PING"], b"+PONG\r\n");
+    // A failed AUTH keeps the current login (as in Redis).
+    cmd(&mut raw, &["AUTH", "wrong"], WRONGPASS);
+    cmd(&mut raw, &["PING"], b"+PONG\r\n");
+    // RESET logs out.
+    cmd(&mut raw, &["RESET"], b"+RESET\r\n");
+    cmd(&mut raw, &["PING"], NOAUTH);
+    // Clients that authenticate by URL work.
+    let client = redis::Client::open(format!(
+        "redis://default:secret@127.0.0.1:{}/",
+        c.proxy_port
+    ))
+    .expect("client");
+    let mut con = client.get_connection().expect("connect with password");
+    let _: () = redis::cmd("SET")
+        .arg("u")
+        .arg(1)
+        .query(&mut con)
+        .expect("set");
+    let v: i64 = redis::cmd("GET").arg("u").query(&mut con).expect("get");
+    assert_eq!(v, 1);
+    let bad = redis::Client::open(format!("redis://default:nope@127.0.0.1:{}/", c.proxy_port))
+        .expect("client");
+    // redis-rs reports WRONGPASS as "Password authentication failed".
+    assert!(bad.get_connection().is_err());
+}
+
+#[test]
+fn hello_auth_logs_in_and_switches_protocol() {
+    let c = start();
+    let mut raw = c.raw();
+    cmd(
+        &mut raw,
+        &["HELLO", "3", "AUTH", "default", "wrong"],
+        WRONGPASS,
+    );
+    cmd(&mut raw, &["GET", "k"], NOAUTH);
+    cmd(
+        &mut raw,
+        &["HELLO", "2", "AUTH", "ro"],
+        b"-ERR Syntax error in HELLO option 'AUTH'\r\n",
+    );
+    raw.send(&resp(&[
+        "HELLO", "3", "AUTH", "ro", "ro-pw", "SETNAME", "me",
+    ]));
+    let reply = raw.read_until(b"*0\r\n");
+    assert!(
+        reply.starts_with(b"%"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // RESP3 now: a missing key is `_`.
+    cmd(&mut raw, &["GET", "nokey"], b"_\r\n");
+    cmd(&mut raw, &["CLIENT", "GETNAME"], b"$2\r\nme\r\n");
+    // redis-rs with RESP3 and credentials sends HELLO 3 AUTH.
+    let client = redis::Client::open(format!(
+        "redis://noadmin:na-pw@127.0.0.1:{}/?protocol=resp3",
+        c.proxy_port
+    ))
+    .expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let _: () = redis::cmd("SET")
+        .arg("h")
+        .arg(2)
+        .query(&mut con)
+        .expect("set");
+}
+
+#[test]
+fn users_get_noperm_outside_their_categories() {
+    let c = start();
+    let mut raw = c.raw();
+    cmd(&mut raw, &["AUTH", "ro", "ro-pw"], b"+OK\r\n");
+    cmd(
+        &mut raw,
+        &["SET", "k", "v"],
+        b"-NOPERM this user has no permissions to run the 'set' command\r\n",
+    );
+    cmd(&mut raw, &["GET", "k"], b"$-1\r\n");
+    cmd(
+        &mut raw,
+        &["MGET", "a", "b", "c"],
+        b"*3\r\n$-1\r\n$-1\r\n$-1\r\n",
+    );
+    cmd(&mut raw, &["PING"], b"+PONG\r\n");
+    cmd(
+        &mut raw,
+        &["DEL", "a", "b"],
+        b"-NOPERM this user has no permissions to run the 'del' command\r\n",
+    );
+    cmd(
+        &mut raw,
+        &["MULTI"],
+        b"-NOPERM this user has no permissions to run the 'multi' command\r\n",
+    );
+    cmd(
+        &mut raw,
+        &["BLPOP", "l", "1"],
+        b"-NOPERM this user has no permissions to run the 'blpop' command\r\n",
+    );
+    cmd(&mut raw, &["OBJECT", "ENCODING", "nokey"], b"$-1\r\n");
+    cmd(&mut raw, &["CLIENT", "SETNAME", "x"], b"+OK\r\n");
+
+    let mut raw = c.raw();
+    cmd(&mut raw, &["AUTH", "noadmin", "na-pw"], b"+OK\r\n");
+    cmd(&mut raw, &["SET", "k", "v"], b"+OK\r\n");
+    cmd(
+        &mut raw,
+        &["CONFIG", "SET", "a", "b"],
+        b"-NOPERM this user has no permissions to run the 'config|set' command\r\n",
+    );
+    cmd(
+        &mut raw,
+        &["config", "get", "a"],
+        b"-NOPERM this user has no permissions to run the 'config|get' command\r\n",
+    );
+    for name in ["keys", "flushall", "info"] {
+        let args: &[&str] = if name == "keys" {
+            &[name, "*"]
+        } else {
+            &[name]
+        };
+        cmd(
+            &mut raw,
+            args,
+            format!("-NOPERM this user has no permissions to run the '{name}' command\r\n")
+                .as_bytes(),
+        );
+    }
+    // A refused command inside MULTI aborts the transaction, as in Redis.
+    cmd(&mut raw, &["MULTI"], b"+OK\r\n");
+    cmd(&mut raw, &["SET", "k", "w"], b"+QUEUED\r\n");
+    cmd(
+        &mut raw,
+        &["KEYS", "*"],
+        b"-NOPERM this user has no permissions to run the 'keys' command\r\n",
+    );
+    raw.send(&resp(&["EXEC"]));
+    let reply = raw.read_until(b"\r\n");
+    assert!(
+        reply.starts_with(b"-EXECABORT"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    cmd(&mut raw, &["GET", "k"], b"$1\r\nv\r\n");
+    // The default user may do everything the proxy supports.
+    cmd(&mut raw, &["AUTH", "secret"], b"+OK\r\n");
+    raw.send(&resp(&["INFO", "server"]));
+    assert!(raw.read_until(b"\r\n").starts_with(b"$"));
+}
+
+#[test]
+fn backend_password_from_the_environment() {
+    // SAFETY: set before the proxy (or any thread reading it) starts; each
+    // test runs in its own process under nextest.
+    unsafe { std::env::set_var("SHARDGATE_TEST_BACKEND_PW", "backend-secret") };
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: vec!["--requirepass".into(), "backend-secret".into()],
+        shard_extra: "    password_env: SHARDGATE_TEST_BACKEND_PW\n".into(),
+        ..Spec::default()
+    });
+    let mut con = c.conn();
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut con)
+            .expect("set");
+    }
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let values: Vec<i64> = redis::cmd("MGET").arg(&keys).query(&mut con).expect("mget");
+    assert_eq!(values, (0..20).collect::<Vec<i64>>());
+    // Dedicated connections (blocking) and RESP3 connections log in too.
+    let popped: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg("nolist")
+        .arg(0.05)
+        .query(&mut con)
+        .expect("blpop");
+    assert_eq!(popped, None);
+    let mut resp3 = c.client_resp3().get_connection().expect("resp3");
+    let v: i64 = redis::cmd("GET").arg("k3").query(&mut resp3).expect("get");
+    assert_eq!(v, 3);
+}
+
+#[test]
+fn backend_user_and_password_inline() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: ["--user", "proxy", "on", ">pw", "~*", "&*", "+@all"]
+            .into_iter()
+            .chain(["--user", "default", "off"])
+            .map(String::from)
+            .collect(),
+        shard_extra: "    username: proxy\n    password: pw\n".into(),
+        ..Spec::default()
+    });
+    let mut raw = c.raw();
+    cmd(&mut raw, &["SET", "a", "1"], b"+OK\r\n");
+    cmd(&mut raw, &["GET", "a"], b"$1\r\n1\r\n");
+}
+
+#[test]
+fn wrong_backend_password_is_a_clear_error_naming_the_endpoint() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: vec!["--requirepass".into(), "right".into()],
+        shard_extra: "    password: wrong\n".into(),
+        ..Spec::default()
+    });
+    let mut raw = c.raw();
+    let expected = format!(
+        "-ERR backend {} unavailable: authentication failed: WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        c.primaries[c.shard_of("k")].addr()
+    );
+    cmd(&mut raw, &["GET", "k"], expected.as_bytes());
+    // The client connection stays open; local commands still work.
+    cmd(&mut raw, &["PING"], b"+PONG\r\n");
+}
