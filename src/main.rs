@@ -13,7 +13,7 @@ use shardgate::app::{self, ServeConfig};
 use shardgate::auth::{self, Auth};
 use shardgate::protocol::Limits;
 use shardgate::proxy::ClientConfig;
-use shardgate::shardmap::ShardMap;
+use shardgate::shardmap::{ShardKind, ShardMap};
 use std::io::IsTerminal;
 
 #[derive(Parser)]
@@ -34,6 +34,21 @@ enum Command {
     /// Parse and validate a shard map, print a summary, and exit.
     CheckMap {
         /// Path of the shard-map YAML file.
+        map: PathBuf,
+    },
+    /// Operator commands.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Apply the schema migrations of `migrations/` to every PostgreSQL
+    /// primary of a map now (the proxy also does it at startup; replicas are
+    /// never touched). Idempotent.
+    Migrate {
+        /// Path of the shard-map YAML file.
+        #[arg(long)]
         map: PathBuf,
     },
 }
@@ -148,6 +163,59 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(*args),
+        Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
+    }
+}
+
+/// `shardgate admin migrate`: one line per PostgreSQL primary; fails if any
+/// primary could not be migrated.
+fn admin_migrate(path: &std::path::Path) -> ExitCode {
+    let map = match ShardMap::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let mut primaries = 0;
+    for shard in map.shards.iter().filter(|s| s.kind == ShardKind::Postgres) {
+        primaries += 1;
+        let endpoint = shardgate::pg::redact_dsn(&shard.primary.addr);
+        match rt.block_on(shardgate::pg::migrate_primary(
+            &shard.primary.addr,
+            map.options.connect_timeout,
+        )) {
+            Ok((0, total)) => {
+                println!("{} {endpoint}: up to date ({total} migrations)", shard.name)
+            }
+            Ok((now, total)) => println!(
+                "{} {endpoint}: applied {now} migration(s) ({total} in all)",
+                shard.name
+            ),
+            Err(e) => {
+                failed = true;
+                eprintln!("{} {endpoint}: {e}", shard.name);
+            }
+        }
+    }
+    if primaries == 0 {
+        println!("{}: no postgres shards", path.display());
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -698,3 +698,48 @@ fn mixed_map_merges_across_kinds() {
     let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
     assert_eq!(n, 0);
 }
+
+#[test]
+fn admin_migrate_applies_once_and_reports_unreachable_primaries() {
+    let pg = PgServer::start();
+    let path = map_with_primary(&pg.dsn());
+    let run = |map: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["admin", "migrate", "--map"])
+            .arg(map)
+            .output()
+            .expect("run shardgate admin migrate")
+    };
+    let first = run(&path);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("pgs ") && out.contains("applied 1 migration(s) (1 in all)"),
+        "{out}"
+    );
+    let second = run(&path);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success());
+    assert!(out.contains("up to date (1 migrations)"), "{out}");
+    assert_eq!(pg.query("SELECT count(*) FROM _sqlx_migrations"), "1");
+    let _ = std::fs::remove_file(&path);
+
+    // An unreachable primary fails the command, named, without its password.
+    let port = common::free_port();
+    let bad = map_with_primary(&format!(
+        "postgres://postgres:sekrit@127.0.0.1:{port}/postgres"
+    ));
+    let failed = run(&bad);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        err.contains("pgs ") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(!err.contains("sekrit"), "password leaked: {err}");
+    let _ = std::fs::remove_file(&bad);
+}

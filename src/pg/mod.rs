@@ -242,6 +242,45 @@ pub async fn prepare_primary(state: &EndpointState, pool: &PgPool) -> Result<(),
     }
 }
 
+/// Applies the migrations to one PostgreSQL primary outside a running proxy
+/// (`shardgate admin migrate`). Returns how many were applied now and how
+/// many the database has in all. Errors never contain the DSN's password.
+pub async fn migrate_primary(dsn: &str, connect_timeout: Duration) -> Result<(i64, i64), String> {
+    let options = PgConnectOptions::from_str(dsn)
+        .map_err(|e| format!("invalid DSN: {e}"))?
+        .application_name("shardgate-migrate");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(connect_timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => "cannot connect (timed out)".to_owned(),
+            other => format!("cannot connect: {other}"),
+        })?;
+    let before = applied_migrations(&pool).await;
+    let result = tokio::time::timeout(
+        connect_timeout + Duration::from_secs(60),
+        MIGRATOR.run(&pool),
+    )
+    .await;
+    let after = applied_migrations(&pool).await;
+    pool.close().await;
+    match result {
+        Ok(Ok(())) => Ok((after - before, after)),
+        Ok(Err(e)) => Err(migrate_error(e)),
+        Err(_) => Err("migrations did not finish within 60 s".to_owned()),
+    }
+}
+
+/// Rows of sqlx's bookkeeping table (0 before the first migration).
+async fn applied_migrations(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
 fn migrate_error(e: sqlx::migrate::MigrateError) -> String {
     match e {
         sqlx::migrate::MigrateError::Execute(inner) => match inner {
