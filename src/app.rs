@@ -61,14 +61,42 @@ pub struct ServeConfig {
 }
 
 /// A running proxy: its bound address and the means to stop it.
+/// Why a map reload was refused (the running map stays in use).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("shard map {path}: {source}")]
+    Map { path: String, source: MapError },
+    /// The new map changes placement: that is a rebalance, not a reload.
+    #[error("{path}: {reason}")]
+    Placement { path: String, reason: String },
+    #[error("routing table: {0}")]
+    Router(#[from] crate::router::RouterError),
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Epoch of the routing table now in use.
+    pub epoch: u64,
+    /// Endpoints kept with their connections and pools.
+    pub kept: usize,
+    /// Endpoints built anew (new replicas, or changed options/credentials).
+    pub added: usize,
+    /// Endpoints dropped (their connections close when idle).
+    pub removed: usize,
+}
+
 pub struct Running {
     /// The main listener (`listen`): TLS when TLS replaces plain RESP.
     pub addr: SocketAddr,
     /// Where clients speak TLS, if anywhere.
     pub tls_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
+    /// The map file, read again by [`Running::reload`].
+    pub map_path: PathBuf,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    reloader: Reloader,
 }
 
 impl Running {
@@ -84,9 +112,107 @@ impl Running {
         let _ = self.task.await;
     }
 
+    /// See [`Reloader::reload`].
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        self.reloader.reload().await
+    }
+
+    /// A handle that reloads the map (for a SIGHUP handler).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Handle to trigger shutdown from elsewhere (signals).
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+}
+
+/// Re-reads the map file of a running proxy and applies it.
+#[derive(Clone)]
+pub struct Reloader {
+    proxy: Arc<Proxy>,
+    map_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    /// One reload at a time.
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Reloader {
+    /// Reads the map file again and applies what can change without moving
+    /// keys: replicas (added, removed, moved), read policy, options
+    /// (timeouts, pool sizes, health checks, allow_flush), credentials and
+    /// TLS of shards, a primary's address (after a failover). Endpoints
+    /// whose settings did not change keep their connections and pools. A map
+    /// that is invalid or changes placement (slots, shards, their names,
+    /// kinds, regions or weights, placement rules) is refused, naming the
+    /// field, and the running map stays.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let _one = self.lock.lock().await;
+        let result = self.try_reload().await;
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        self.proxy.metrics.map_reload(outcome);
+        match &result {
+            Ok(s) => tracing::info!(
+                epoch = s.epoch,
+                kept = s.kept,
+                added = s.added,
+                removed = s.removed,
+                map = %self.map_path.display(),
+                "shard map reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, map = %self.map_path.display(), "shard map reload refused; the running map stays")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let map = ShardMap::load(&self.map_path).map_err(|source| ReloadError::Map {
+            path: self.map_path.display().to_string(),
+            source,
+        })?;
+        let current = self.proxy.router.load_full();
+        if let Some((path, reason)) = placement_change(current.map(), &map) {
+            return Err(ReloadError::Placement { path, reason });
+        }
+        let map = Arc::new(map);
+        let epoch = Epoch(current.epoch().0 + 1);
+        let config = &self.proxy.config;
+        let old = self.proxy.backends();
+        let next = Arc::new(Backends::rebuild(
+            &old,
+            &map,
+            config.region.as_deref(),
+            config.zone.as_deref(),
+        ));
+        // Publish the table first: it can still be refused (a concurrent
+        // publisher), and then nothing has changed.
+        self.proxy
+            .router
+            .publish(RoutingTable::compile(map.clone(), epoch))?;
+        let added = next.added_since(&old);
+        health::spawn_all(&added, self.shutdown.subscribe());
+        for e in &added {
+            if let (Some(pg), crate::backend::Role::Primary) = (e.postgres(), e.state.role) {
+                tokio::spawn(crate::pg::reaper(
+                    e.state.addr.clone(),
+                    pg.pool().clone(),
+                    e.state.options.health_check_interval,
+                    self.shutdown.subscribe(),
+                ));
+            }
+        }
+        let previous = self.proxy.swap_backends(next.clone());
+        let removed = previous.retire_missing(&next);
+        self.proxy.metrics.map_epoch(epoch.0);
+        Ok(ReloadSummary {
+            epoch: epoch.0,
+            kept: next.endpoints().len() - added.len(),
+            added: added.len(),
+            removed,
+        })
     }
 }
 
@@ -159,13 +285,73 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             let _ = t.await;
         }
     });
+    let reloader = Reloader {
+        proxy: proxy.clone(),
+        map_path: config.map_path.clone(),
+        shutdown: shutdown.clone(),
+        lock: Arc::new(tokio::sync::Mutex::new(())),
+    };
     Ok(Running {
         addr,
         tls_addr,
         proxy,
+        map_path: config.map_path,
         shutdown,
         task,
+        reloader,
     })
+}
+
+/// The first difference between two maps that would move keys (so needs a
+/// rebalance, not a reload), as (field path, reason).
+fn placement_change(old: &ShardMap, new: &ShardMap) -> Option<(String, String)> {
+    const WHY: &str = "placement changes only through a rebalance, not a reload";
+    if old.slots != new.slots {
+        return Some((
+            "slots".into(),
+            format!(
+                "changed from {} to {}; slots never change for a keyspace",
+                old.slots, new.slots
+            ),
+        ));
+    }
+    if old.shards.len() != new.shards.len() {
+        return Some((
+            "shards".into(),
+            format!(
+                "{} shards instead of {}: adding or removing shards is a rebalance",
+                new.shards.len(),
+                old.shards.len()
+            ),
+        ));
+    }
+    for (i, (a, b)) in old.shards.iter().zip(&new.shards).enumerate() {
+        let fields = [
+            ("name", a.name.clone(), b.name.clone()),
+            (
+                "kind",
+                format!("{:?}", a.kind).to_lowercase(),
+                format!("{:?}", b.kind).to_lowercase(),
+            ),
+            ("region", a.region.clone(), b.region.clone()),
+            ("weight", a.weight.to_string(), b.weight.to_string()),
+        ];
+        for (field, was, now) in fields {
+            if was != now {
+                return Some((
+                    format!("shards[{i}].{field}"),
+                    format!("changed from {was} to {now}; {WHY}"),
+                ));
+            }
+        }
+    }
+    if format!("{:?}", old.placement) != format!("{:?}", new.placement) {
+        return Some(("placement".into(), format!("rules changed; {WHY}")));
+    }
+    if format!("{:?}", old.default_placement) != format!("{:?}", new.default_placement) {
+        return Some(("default_placement".into(), format!("changed; {WHY}")));
+    }
+    None
 }
 
 /// Applies the schema migrations on every PostgreSQL primary, all at once;

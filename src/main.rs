@@ -272,6 +272,16 @@ fn serve(args: ServeArgs) -> ExitCode {
                 auth,
             },
         };
+        // Installed before the listener opens, so an early SIGHUP never
+        // takes the default action (terminating the process).
+        #[cfg(unix)]
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; map reload by signal is off");
+                None
+            }
+        };
         let running = match app::start(config).await {
             Ok(r) => r,
             Err(e) => {
@@ -279,6 +289,18 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let reloader = running.reloader();
+        tokio::spawn(async move {
+            // SIGHUP: re-read the map; the outcome is logged by reload().
+            #[cfg(unix)]
+            if let Some(mut hup) = hup {
+                while hup.recv().await.is_some() {
+                    let _ = reloader.reload().await;
+                }
+            }
+            #[cfg(not(unix))]
+            drop(reloader);
+        });
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -50,6 +50,8 @@ pub const READS_TOTAL: &str = "shardgate_reads_total";
 pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
 /// Values of the `reason` label of [`AUTH_FAILURES`].
 pub const AUTH_FAILURE_REASONS: [&str; 3] = ["wrongpass", "noauth", "noperm"];
+/// Map reloads, by outcome (ok, refused).
+pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
 /// Epoch of the routing table in use.
 pub const MAP_EPOCH: &str = "shardgate_map_epoch";
 
@@ -132,6 +134,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Refused logins (wrongpass) and commands (noauth: before login, noperm: outside the user's rules)",
     ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
+    (
+        MAP_RELOADS,
+        "counter",
+        "Shard-map reloads (SIGHUP) by outcome: ok, refused",
+    ),
 ];
 
 /// Histogram buckets (seconds): 50 µs to 10 s.
@@ -174,6 +181,7 @@ pub struct Metrics {
     client_connections_total: Counter,
     protocol_errors: Counter,
     limit_closes: [Counter; 4],
+    _map_reloads: [Counter; 2],
     auth_failures: [Counter; 3],
 }
 
@@ -197,6 +205,8 @@ impl Metrics {
             client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
             protocol_errors: counter!(CLIENT_PROTOCOL_ERRORS),
             limit_closes: LIMIT_REASONS.map(|r| counter!(CLIENT_LIMIT_CLOSES, "reason" => r)),
+            // Registered up front so that both series exist (at 0) from the start.
+            _map_reloads: ["ok", "refused"].map(|o| counter!(MAP_RELOADS, "outcome" => o)),
             auth_failures: AUTH_FAILURE_REASONS.map(|r| counter!(AUTH_FAILURES, "reason" => r)),
         }
     }
@@ -240,6 +250,11 @@ impl Metrics {
         if let Some(i) = AUTH_FAILURE_REASONS.iter().position(|r| *r == reason) {
             self.auth_failures[i].increment(1);
         }
+    }
+
+    /// A map reload finished (`ok` or `refused`).
+    pub fn map_reload(&self, outcome: &'static str) {
+        counter!(MAP_RELOADS, "outcome" => outcome).increment(1);
     }
 
     /// The routing table with this epoch is now in use.

@@ -223,3 +223,54 @@ fn serve_with_an_auth_file_requires_login_and_refuses_a_bad_file() {
         "-NOPERM this user has no permissions to run the 'set' command\r\n",
     );
 }
+
+#[test]
+fn sighup_reloads_the_map_and_a_bad_map_is_refused() {
+    let a = RedisServer::start();
+    let dir = TempDir::new("sighup");
+    let map = write_map(&dir, &[&a]);
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--map"])
+        .arg(&map)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let flush = |con: &mut redis::Connection| redis::cmd("FLUSHALL").query::<()>(con);
+    let err = flush(&mut con).unwrap_err().to_string();
+    assert!(err.contains("allow_flush"), "{err}");
+    let hup = || {
+        Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+    };
+
+    // A broken map: refused, FLUSHALL still refused, the proxy still serves.
+    let good = std::fs::read_to_string(&map).unwrap();
+    std::fs::write(&map, "shards: [").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(flush(&mut con).is_err());
+    let _: () = redis::cmd("SET").arg("k").arg(1).query(&mut con).unwrap();
+
+    std::fs::write(&map, format!("{good}options:\n  allow_flush: true\n")).unwrap();
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flush(&mut con).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply the new map"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info: String = redis::cmd("INFO").arg("proxy").query(&mut con).unwrap();
+    assert!(info.contains("map_epoch:2"), "{info}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -74,14 +74,14 @@ fn clients_over_max_clients_get_redis_error_and_others_keep_working() {
 fn idle_clients_are_closed_and_active_ones_are_not() {
     let c = Cluster::start(Spec {
         client: ClientConfig {
-            idle_timeout: Some(Duration::from_millis(300)),
+            idle_timeout: Some(Duration::from_millis(1500)),
             ..ClientConfig::default()
         },
         ..Spec::default()
     });
     let mut idle = c.raw();
     let mut busy = c.raw();
-    for _ in 0..8 {
+    for _ in 0..25 {
         busy.send(PING);
         assert_eq!(busy.read_exactly(7), b"+PONG\r\n", "active client closed");
         std::thread::sleep(Duration::from_millis(100));
@@ -103,15 +103,34 @@ fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
     let value = vec![b'x'; 1 << 20];
     let _: () = con.set("big", &value).unwrap();
 
+    let clients = |con: &mut redis::Connection| -> usize {
+        let info: String = redis::cmd("INFO").arg("clients").query(con).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("connected_clients")
+    };
+    let before = clients(&mut con);
+
     // 300 pipelined GETs of 1 MiB = 300 MiB of replies, never read.
     let mut slow = c.raw();
     let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(300);
     slow.send(&get);
-    std::thread::sleep(Duration::from_secs(2));
 
     // Everyone else is served meanwhile.
     let v: Vec<u8> = con.get("big").unwrap();
     assert_eq!(v.len(), 1 << 20);
+
+    // Not reading a byte, wait until the proxy has dropped the client (a
+    // read now would let the proxy's writes make progress).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clients(&mut con) > before {
+        assert!(
+            Instant::now() < deadline,
+            "slow reader was not disconnected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The slow client got only what fit in socket buffers, then the close.
     let (read, closed) = read_to_close(&mut slow.s, Duration::from_secs(10));

@@ -24,7 +24,7 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut conn: Option<BackendStream> = None;
-            loop {
+            while !state.is_retired() {
                 check_once(&state, &mut conn).await;
                 tokio::select! {
                     _ = tokio::time::sleep(state.options.health_check_interval) => {}
@@ -42,7 +42,7 @@ fn spawn_postgres(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        loop {
+        while !state.is_retired() {
             let started = Instant::now();
             let limit = state
                 .options

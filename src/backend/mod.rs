@@ -60,11 +60,21 @@ pub struct EndpointState {
     healthy: AtomicBool,
     /// Smoothed health-check round trip, microseconds.
     latency_us: AtomicU64,
+    /// Set when a map reload removed the endpoint: its health checker stops.
+    retired: AtomicBool,
+    /// What the endpoint was built from, to tell on reload whether it can
+    /// be kept (with its connections and pools) or must be rebuilt.
+    identity: String,
     /// Fails requests fast while the endpoint is not serving.
     pub breaker: breaker::Breaker,
 }
 
 impl EndpointState {
+    /// Whether a map reload removed this endpoint.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     /// Whether reads may be sent here.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -224,6 +234,51 @@ impl Backends {
     /// Builds endpoints (connections open lazily) for every shard of `map`.
     /// `region`/`zone` locate this proxy, for the `nearest` read policy.
     pub fn new(map: &ShardMap, region: Option<&str>, zone: Option<&str>) -> Backends {
+        Backends::build(map, region, zone, None)
+    }
+
+    /// Like [`Backends::new`], but every endpoint of `previous` whose
+    /// identity (kind, address, shard, role, location, options, credentials,
+    /// TLS) is unchanged is kept as it is, with its connections, pools,
+    /// health and circuit breaker. Used by a map reload.
+    pub fn rebuild(
+        previous: &Backends,
+        map: &ShardMap,
+        region: Option<&str>,
+        zone: Option<&str>,
+    ) -> Backends {
+        Backends::build(map, region, zone, Some(previous))
+    }
+
+    /// Endpoints of `self` that `previous` did not have (new health checks).
+    pub fn added_since(&self, previous: &Backends) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .iter()
+            .filter(|e| !previous.endpoints.iter().any(|p| Arc::ptr_eq(p, e)))
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the endpoints of `self` that `next` no longer has as retired
+    /// (their health checks stop; connections close when the last request
+    /// holding them is done). Returns how many.
+    pub fn retire_missing(&self, next: &Backends) -> usize {
+        let mut n = 0;
+        for e in &self.endpoints {
+            if !next.endpoints.iter().any(|x| Arc::ptr_eq(x, e)) {
+                e.state.retired.store(true, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn build(
+        map: &ShardMap,
+        region: Option<&str>,
+        zone: Option<&str>,
+        previous: Option<&Backends>,
+    ) -> Backends {
         let mut by_addr: HashMap<String, Arc<Endpoint>> = HashMap::new();
         let mut endpoints = Vec::new();
         let mut make = |shard: &str,
@@ -234,6 +289,13 @@ impl Backends {
             by_addr
                 .entry(ep.addr.clone())
                 .or_insert_with(|| {
+                    let identity = endpoint_identity(shard, kind, ep, role, &map.options);
+                    if let Some(kept) = previous
+                        .and_then(|p| p.endpoints.iter().find(|e| e.state.identity == identity))
+                    {
+                        endpoints.push(kept.clone());
+                        return kept.clone();
+                    }
                     // A DSN may carry a password: never log or label it.
                     let addr = match kind {
                         ShardKind::Redis => ep.addr.clone(),
@@ -253,6 +315,8 @@ impl Backends {
                         // once a health check has seen them in sync.
                         healthy: AtomicBool::new(role == Role::Primary),
                         latency_us: AtomicU64::new(0),
+                        retired: AtomicBool::new(false),
+                        identity,
                     });
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
@@ -297,6 +361,32 @@ impl Backends {
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
+}
+
+/// Everything an endpoint is built from, as one comparable string. TLS
+/// settings are compared by identity of the loaded configuration, so a
+/// reload always rebuilds TLS endpoints (picking up new CA files).
+fn endpoint_identity(
+    shard: &str,
+    kind: ShardKind,
+    ep: &crate::shardmap::Endpoint,
+    role: Role,
+    options: &Options,
+) -> String {
+    let auth = ep
+        .link
+        .auth
+        .as_ref()
+        .map(|a| format!("{:?}\0{}", a.username, a.password));
+    let tls = ep
+        .link
+        .tls
+        .as_ref()
+        .map(|t| format!("{:p}\0{:?}", Arc::as_ptr(&t.config), t.server_name));
+    format!(
+        "{kind:?}\0{}\0{shard}\0{role:?}\0{}\0{:?}\0{options:?}\0{auth:?}\0{tls:?}",
+        ep.addr, ep.region, ep.zone
+    )
 }
 
 /// Orders a shard's endpoints for reads.

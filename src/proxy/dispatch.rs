@@ -171,7 +171,8 @@ impl Session {
         shard: ShardId,
         frame: Bytes,
     ) -> Pending {
-        let backends = proxy.backends.shard(shard);
+        let all = proxy.backends_now();
+        let backends = all.shard(shard);
         let kind = if spec.is_read() {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
@@ -205,7 +206,8 @@ impl Session {
         shard: ShardId,
         frame: Bytes,
     ) -> Part {
-        let backends = proxy.backends.shard(shard);
+        let all = proxy.backends_now();
+        let backends = all.shard(shard);
         let ep = if spec.is_read() {
             backends.read_endpoint(self.id)
         } else {
@@ -397,7 +399,7 @@ impl Session {
         req: Request,
         kind: FanoutKind,
     ) -> Result<Action, ProxyError> {
-        let n = proxy.backends.shards().len();
+        let n = proxy.backends_now().shards().len();
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
             (0..n)
                 .map(|i| s.part(proxy, spec, ShardId(i as u32), frame.clone()))
@@ -461,7 +463,7 @@ fn stateless_only(
     shard: ShardId,
     what: &str,
 ) -> Result<(), ProxyError> {
-    if proxy.backends.shard(shard).kind == ShardKind::Postgres {
+    if proxy.backends_now().shard(shard).kind == ShardKind::Postgres {
         return Err(ProxyError::err(format!(
             "command '{}' is not supported by postgres shards: {what} need a Redis shard",
             spec.name

@@ -34,7 +34,8 @@ impl Session {
     }
 
     async fn dedicated(&self, proxy: &Proxy, shard: ShardId) -> Result<PooledConn, ProxyError> {
-        let ep = &proxy.backends.shard(shard).primary;
+        let all = proxy.backends();
+        let ep = &all.shard(shard).primary;
         let conn = ep.dedicated(self.proto).await?;
         Ok(conn)
     }
@@ -48,7 +49,7 @@ impl Session {
         shard: ShardId,
         timed: bool,
     ) -> Result<Reply, ProxyError> {
-        let ep = proxy.backends.shard(shard).primary.clone();
+        let ep = proxy.backends().shard(shard).primary.clone();
         let mut conn = self.dedicated(proxy, shard).await?;
         let _lent = Lent::new(&ep.state.metrics);
         let run = conn.request(req.raw());
@@ -139,7 +140,7 @@ impl Session {
         frames.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let n = tx.queued.len() + 2;
         let timeout = proxy
-            .backends
+            .backends()
             .shard(shard)
             .primary
             .state
@@ -156,7 +157,7 @@ impl Session {
         let exec_reply = match tokio::time::timeout(timeout, run).await {
             Ok(r) => r?,
             Err(_) => {
-                let addr = proxy.backends.shard(shard).primary.state.addr.clone();
+                let addr = proxy.backends().shard(shard).primary.state.addr.clone();
                 return Err(BackendError::Timeout {
                     addr,
                     millis: timeout.as_millis() as u64,
@@ -206,10 +207,10 @@ impl Session {
                 proxy.config.region.as_deref().unwrap_or(""),
                 proxy.config.zone.as_deref().unwrap_or(""),
             ));
-            for (i, s) in proxy.backends.shards().iter().enumerate() {
+            for (i, s) in proxy.backends().shards().iter().enumerate() {
                 let p = &s.primary.state;
                 let replicas: Vec<String> = proxy
-                    .backends
+                    .backends()
                     .endpoints()
                     .iter()
                     .map(|e| &e.state)
@@ -241,7 +242,7 @@ impl Session {
     async fn keyspace(&self, proxy: &Proxy) -> Result<(u64, u64), ProxyError> {
         let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
         let waits: Vec<_> = proxy
-            .backends
+            .backends()
             .shards()
             .iter()
             .map(|s| s.primary.send(self.proto, self.id, frame.clone()))
@@ -267,7 +268,8 @@ impl Session {
 
     /// RANDOMKEY: asks shards, starting at a random one, until one has a key.
     async fn randomkey(&self, proxy: &Proxy) -> Result<Reply, ProxyError> {
-        let shards = proxy.backends.shards();
+        let all = proxy.backends();
+        let shards = all.shards();
         let start = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -325,7 +327,8 @@ impl Session {
         mut shard: ShardId,
         mut cursor: u64,
     ) -> Result<Reply, ProxyError> {
-        let shards = proxy.backends.shards();
+        let all = proxy.backends();
+        let shards = all.shards();
         let n = shards.len() as u64;
         let bad = || ProxyError::err("unexpected SCAN reply from a shard");
         loop {
@@ -334,7 +337,8 @@ impl Session {
             args[1] = c.as_bytes();
             let mut frame = BytesMut::new();
             encode_command(&args, &mut frame);
-            let backends = proxy.backends.shard(shard);
+            let all = proxy.backends();
+            let backends = all.shard(shard);
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
             let reply = ep.send(self.proto, self.id, frame.freeze()).await;

@@ -102,7 +102,8 @@ async fn accept_tls(
 /// What every client connection shares.
 pub struct Proxy {
     pub router: Arc<Router>,
-    pub backends: Arc<Backends>,
+    /// Swapped as a whole by a map reload; see [`Proxy::backends`].
+    backends: arc_swap::ArcSwap<Backends>,
     pub metrics: Arc<Metrics>,
     pub config: ClientConfig,
     next_client_id: AtomicU64,
@@ -121,7 +122,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             router,
-            backends,
+            backends: arc_swap::ArcSwap::new(backends),
             metrics,
             config,
             next_client_id: AtomicU64::new(1),
@@ -129,6 +130,22 @@ impl Proxy {
             started: Instant::now(),
             last_refusal_warning: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The current backends, to keep across awaits.
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.load_full()
+    }
+
+    /// The current backends for a synchronous step of the hot path (no
+    /// shared reference count touched).
+    pub fn backends_now(&self) -> arc_swap::Guard<Arc<Backends>> {
+        self.backends.load()
+    }
+
+    /// Installs rebuilt backends (map reload); returns the previous ones.
+    pub fn swap_backends(&self, next: Arc<Backends>) -> Arc<Backends> {
+        self.backends.swap(next)
     }
 
     /// Open client connections.

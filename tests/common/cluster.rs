@@ -213,6 +213,18 @@ impl Cluster {
         RawConn { s }
     }
 
+    /// Re-reads the map file (as SIGHUP does).
+    pub fn reload(&self) -> Result<shardgate::app::ReloadSummary, shardgate::app::ReloadError> {
+        let running = self.running.as_ref().expect("proxy is running");
+        self.rt.block_on(running.reload())
+    }
+
+    /// Rewrites the map file with `edit` applied to its text.
+    pub fn edit_map(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.map_path).expect("read map");
+        std::fs::write(&self.map_path, edit(text)).expect("write map");
+    }
+
     /// Runs `f` inside the proxy's runtime (for async checks).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
