@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, TempDir, free_port};
+use common::{KillOnDrop, RedisServer, TempDir, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
@@ -73,19 +73,21 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
     let dir = TempDir::new("serve");
     let map = write_map(&dir, &[&a, &b]);
     let (port, mport) = (free_port(), free_port());
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--map")
-        .arg(&map)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{mport}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--map")
+            .arg(&map)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{mport}"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_port(port);
     wait_for_port(mport);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
@@ -230,13 +232,15 @@ fn sighup_reloads_the_map_and_a_bad_map_is_refused() {
     let dir = TempDir::new("sighup");
     let map = write_map(&dir, &[&a]);
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--map"])
-        .arg(&map)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--map"])
+            .arg(&map)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_port(port);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut con = client.get_connection().unwrap();

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, TempDir, free_port};
+use common::{KillOnDrop, RedisServer, TempDir, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 const CLIENTS: usize = 6;
@@ -75,18 +75,20 @@ fn sigterm_under_load_loses_no_reply_of_an_executed_command() {
     )
     .unwrap();
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--map"])
-        .arg(&map)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shutdown-grace-secs",
-            "5",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--map"])
+            .arg(&map)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shutdown-grace-secs",
+                "5",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "proxy never listened");

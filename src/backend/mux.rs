@@ -46,6 +46,8 @@ pub struct MuxConn {
 
 /// Bytes gathered into one write before it is sent.
 const MAX_BATCH: usize = 256 * 1024;
+/// Why a connection ended when no handle to it is left (not a failure).
+const UNUSED: &str = "connection no longer used";
 /// Longest reconnect back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -89,6 +91,12 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
                 let (rd, wr) = stream.split();
                 let reason = run(&ep, rd, wr, first, &mut rx).await;
                 ep.metrics.connections_delta(-1.0);
+                if reason == UNUSED {
+                    // Every handle is gone: the proxy stops or a reload
+                    // removed the endpoint. Nothing to reconnect for.
+                    tracing::debug!(endpoint = %ep.addr, shard = %ep.shard, "backend connection closed: no longer used");
+                    return;
+                }
                 tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
             }
             Err(err) => {
@@ -142,7 +150,7 @@ async fn write_loop(
             Some(j) => j,
             None => match rx.recv().await {
                 Some(j) => j,
-                None => return "proxy shutting down".to_owned(),
+                None => return UNUSED.to_owned(),
             },
         };
         let now = Instant::now();

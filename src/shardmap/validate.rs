@@ -33,7 +33,7 @@ const COMMAND_TIMEOUT: Bound = ("command_timeout_ms", 1, 600_000, 5_000);
 const CONNECTIONS: Bound = ("connections_per_endpoint", 1, 64, 2);
 const DEDICATED: Bound = ("dedicated_pool_size", 1, 4_096, 64);
 const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
-const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 10_000);
+const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 30_000);
 const PG_POOL: Bound = ("pg_pool_size", 1, 1_024, 16);
 
 /// Every integer option with its bounds and default, in file order (for docs and tests).
@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(m.options.connections_per_endpoint, 2);
         assert_eq!(m.options.dedicated_pool_size, 64);
         assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
-        assert_eq!(m.options.max_replica_lag, Duration::from_millis(10000));
+        assert_eq!(m.options.max_replica_lag, Duration::from_millis(30000));
         assert!(!m.options.allow_flush);
     }
 

@@ -325,3 +325,27 @@ fn spawn(port: u16, primary_port: Option<u16>, dir: &Path, extra: &[String]) -> 
         .spawn()
         .unwrap_or_else(|e| panic!("spawn redis-server (is it installed and on PATH?): {e}"))
 }
+
+/// A child process (the `shardgate` binary under test) killed and reaped when
+/// dropped, so a failing test leaves no proxy running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
