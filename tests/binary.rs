@@ -8,22 +8,9 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, RedisServer, TempDir, free_port};
+use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port, write_map};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
-
-fn write_map(dir: &TempDir, primaries: &[&RedisServer]) -> std::path::PathBuf {
-    let mut yaml = String::from("regions:\n  - name: us\nshards:\n");
-    for (i, p) in primaries.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  - name: s{i}\n    region: us\n    primary: {}\n",
-            p.addr()
-        ));
-    }
-    let path = dir.path().join("map.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -32,14 +19,6 @@ fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -7,15 +7,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{RedisServer, TempDir, free_port};
+use common::{KillOnDrop, RedisServer, TempDir, spawn_proxy, write_map};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
 struct Proxy {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
     _dir: TempDir,
     _shard: RedisServer,
@@ -25,28 +24,8 @@ impl Proxy {
     fn start() -> Proxy {
         let shard = RedisServer::start();
         let dir = TempDir::new("hostile");
-        let map = dir.path().join("map.yaml");
-        std::fs::write(
-            &map,
-            format!(
-                "regions:\n  - name: us\nshards:\n  - name: s0\n    region: us\n    primary: {}\n",
-                shard.addr()
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["serve", "--map"])
-            .arg(&map)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "proxy never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let map = write_map(&dir, &[&shard]);
+        let (child, port) = spawn_proxy(BIN, &map, &[]);
         Proxy {
             child,
             port,
@@ -78,13 +57,6 @@ impl Proxy {
         s.write_all(b"*3\r\n$3\r\nSET\r\n$2\r\nok\r\n$3\r\nyes\r\n*2\r\n$3\r\nGET\r\n$2\r\nok\r\n")
             .unwrap();
         assert_eq!(read_n(&mut s, 14), b"+OK\r\n$3\r\nyes\r\n");
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

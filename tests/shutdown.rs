@@ -6,11 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, RedisServer, TempDir, free_port};
+use common::{RedisServer, TempDir, spawn_proxy, write_map};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 const CLIENTS: usize = 6;
@@ -65,35 +65,8 @@ fn count(buf: &[u8]) -> u64 {
 fn sigterm_under_load_loses_no_reply_of_an_executed_command() {
     let shard = RedisServer::start();
     let dir = TempDir::new("shutdown");
-    let map = dir.path().join("map.yaml");
-    std::fs::write(
-        &map,
-        format!(
-            "regions:\n  - name: us\nshards:\n  - name: s0\n    region: us\n    primary: {}\n",
-            shard.addr()
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["serve", "--map"])
-            .arg(&map)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shutdown-grace-secs",
-                "5",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let map = write_map(&dir, &[&shard]);
+    let (mut child, port) = spawn_proxy(BIN, &map, &["--shutdown-grace-secs", "5"]);
 
     let start = Arc::new(Barrier::new(CLIENTS + 1));
     let workers: Vec<_> = (0..CLIENTS)

@@ -212,27 +212,8 @@ fn backends_over_tls() {
         shard_extra: format!("    tls: true\n    tls_ca: {}\n", certs.ca()),
         ..Spec::default()
     });
-    let mut con = c.conn();
-    for i in 0..20 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(i)
-            .query(&mut con)
-            .expect("set");
-    }
-    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
-    let values: Vec<i64> = redis::cmd("MGET").arg(&keys).query(&mut con).expect("mget");
-    assert_eq!(values, (0..20).collect::<Vec<i64>>());
-    // Dedicated connections (blocking) and RESP3 connections use TLS too.
-    let popped: Option<(String, String)> = redis::cmd("BLPOP")
-        .arg("nolist")
-        .arg(0.05)
-        .query(&mut con)
-        .expect("blpop");
-    assert_eq!(popped, None);
-    let mut resp3 = c.client_resp3().get_connection().expect("resp3");
-    let v: i64 = redis::cmd("GET").arg("k3").query(&mut resp3).expect("get");
-    assert_eq!(v, 3);
+    // Multiplexed, dedicated (blocking) and RESP3 connections all use TLS.
+    c.use_every_connection_kind();
     // The keys really are on the TLS servers.
     let on_servers: usize = c
         .primaries

@@ -213,6 +213,33 @@ impl Cluster {
         RawConn { s }
     }
 
+    /// SETs `k0`..`k19` and reads them back with MGET (multiplexed
+    /// connections to every shard), runs a BLPOP (a dedicated connection)
+    /// and a GET over RESP3 (the RESP3 connections): each kind of backend
+    /// connection is opened and used once.
+    pub fn use_every_connection_kind(&self) {
+        let mut con = self.conn();
+        for i in 0..20 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(i)
+                .query(&mut con)
+                .expect("set");
+        }
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let values: Vec<i64> = redis::cmd("MGET").arg(&keys).query(&mut con).expect("mget");
+        assert_eq!(values, (0..20).collect::<Vec<i64>>());
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("nolist")
+            .arg(0.05)
+            .query(&mut con)
+            .expect("blpop");
+        assert_eq!(popped, None);
+        let mut resp3 = self.client_resp3().get_connection().expect("resp3");
+        let v: i64 = redis::cmd("GET").arg("k3").query(&mut resp3).expect("get");
+        assert_eq!(v, 3);
+    }
+
     /// Re-reads the map file (as SIGHUP does).
     pub fn reload(&self) -> Result<shardgate::app::ReloadSummary, shardgate::app::ReloadError> {
         let running = self.running.as_ref().expect("proxy is running");

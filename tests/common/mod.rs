@@ -349,3 +349,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Writes a map of one region `us` with one shard per primary (`s0`, `s1`,
+/// ...) into `dir`; returns its path.
+pub fn write_map(dir: &TempDir, primaries: &[&RedisServer]) -> PathBuf {
+    let mut yaml = String::from("regions:\n  - name: us\nshards:\n");
+    for (i, p) in primaries.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - name: s{i}\n    region: us\n    primary: {}\n",
+            p.addr()
+        ));
+    }
+    let path = dir.path().join("map.yaml");
+    std::fs::write(&path, yaml).expect("write map");
+    path
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (10 s at most).
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts the `shardgate` binary (`bin`: `env!("CARGO_BIN_EXE_shardgate")`)
+/// with `serve --map MAP --listen 127.0.0.1:PORT` and `extra` arguments, and
+/// waits until it listens. Returns the process (killed on drop) and the port.
+pub fn spawn_proxy(bin: &str, map: &Path, extra: &[&str]) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["serve", "--map"])
+        .arg(map)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn shardgate");
+    let child = KillOnDrop(child);
+    wait_for_port(port);
+    (child, port)
+}
