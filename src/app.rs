@@ -58,6 +58,24 @@ pub struct ServeConfig {
     pub client: ClientConfig,
     /// TLS on the client side (off when `None`).
     pub tls: Option<TlsListen>,
+    /// The admin listener (off when `None`).
+    pub admin: Option<AdminListen>,
+}
+
+/// Where the admin listener runs and who may use it.
+#[derive(Clone)]
+pub struct AdminListen {
+    pub addr: SocketAddr,
+    /// The admin credentials (separate from any client user).
+    pub auth: Arc<crate::auth::Auth>,
+}
+
+impl std::fmt::Debug for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminListen")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running proxy: its bound address and the means to stop it.
@@ -91,6 +109,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where clients speak TLS, if anywhere.
     pub tls_addr: Option<SocketAddr>,
+    /// The admin listener's address, if it runs.
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     /// The map file, read again by [`Running::reload`].
     pub map_path: PathBuf,
@@ -139,6 +159,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// The proxy's metrics (admin commands are counted there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.proxy.metrics
+    }
+
+    /// What the admin STATUS command shows.
+    pub fn status_text(&self) -> String {
+        format!(
+            "{}map_file:{}\r\nconnected_clients:{}\r\n",
+            self.proxy.describe(),
+            self.map_path.display(),
+            self.proxy.connected_clients()
+        )
+    }
+
     /// Reads the map file again and applies what can change without moving
     /// keys: replicas (added, removed, moved), read policy, options
     /// (timeouts, pool sizes, health checks, allow_flush), credentials and
@@ -245,6 +280,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let admin_listener = match &config.admin {
+        Some(admin) => {
+            let (l, a) = bind(admin.addr).await?;
+            Some((l, a, admin.auth.clone()))
+        }
+        None => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     health::spawn_all(backends.endpoints(), shutdown_rx.clone());
     for shard in backends.shards() {
@@ -291,9 +333,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
         lock: Arc::new(tokio::sync::Mutex::new(())),
     };
+    let admin_addr = match admin_listener {
+        Some((listener, admin_addr, auth)) => {
+            tracing::info!(addr = %admin_addr, "admin listener (RESP; its own password)");
+            tokio::spawn(crate::admin::serve(
+                listener,
+                reloader.clone(),
+                auth,
+                shutdown.subscribe(),
+            ));
+            Some(admin_addr)
+        }
+        None => None,
+    };
     Ok(Running {
         addr,
         tls_addr,
+        admin_addr,
         proxy,
         map_path: config.map_path,
         shutdown,

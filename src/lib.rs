@@ -24,6 +24,7 @@
 //! from the auth file).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;

@@ -106,6 +106,14 @@ struct ServeArgs {
     /// (Redis' requirepass), for setups without users.
     #[arg(long)]
     requirepass_env: Option<String>,
+    /// Address of the admin listener (RESP: `redis-cli -p PORT -a PASSWORD
+    /// reload`); needs --admin-password-env.
+    #[arg(long, requires = "admin_password_env")]
+    admin_listen: Option<SocketAddr>,
+    /// Environment variable holding the admin listener's password (its own,
+    /// not a client user's).
+    #[arg(long, requires = "admin_listen")]
+    admin_password_env: Option<String>,
     /// PEM certificate chain for TLS to clients (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -227,6 +235,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match (&args.admin_listen, &args.admin_password_env) {
+        (Some(addr), Some(var)) => match std::env::var(var) {
+            Ok(pw) if !pw.is_empty() => Some((*addr, Arc::new(Auth::requirepass(pw.as_bytes())))),
+            _ => {
+                eprintln!("--admin-password-env: environment variable `{var}` is not set or empty");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         rt.worker_threads(n.max(1));
@@ -247,6 +265,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
         }
         let config = ServeConfig {
+            admin: admin.map(|(addr, auth)| app::AdminListen { addr, auth }),
             map_path: args.map,
             listen: args.listen,
             tls: args.tls_cert.map(|cert| app::TlsListen {

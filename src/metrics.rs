@@ -52,6 +52,8 @@ pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
 pub const AUTH_FAILURE_REASONS: [&str; 3] = ["wrongpass", "noauth", "noperm"];
 /// Map reloads, by outcome (ok, refused).
 pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
+/// Commands on the admin listener, by command and outcome.
+pub const ADMIN_COMMANDS: &str = "shardgate_admin_commands_total";
 /// Epoch of the routing table in use.
 pub const MAP_EPOCH: &str = "shardgate_map_epoch";
 
@@ -135,6 +137,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
     (
+        ADMIN_COMMANDS,
+        "counter",
+        "Commands on the admin listener by command and outcome (ok, error)",
+    ),
+    (
         MAP_RELOADS,
         "counter",
         "Shard-map reloads (SIGHUP) by outcome: ok, refused",
@@ -182,6 +189,7 @@ pub struct Metrics {
     protocol_errors: Counter,
     limit_closes: [Counter; 4],
     _map_reloads: [Counter; 2],
+    _admin_reloads: [Counter; 2],
     auth_failures: [Counter; 3],
 }
 
@@ -207,6 +215,8 @@ impl Metrics {
             limit_closes: LIMIT_REASONS.map(|r| counter!(CLIENT_LIMIT_CLOSES, "reason" => r)),
             // Registered up front so that both series exist (at 0) from the start.
             _map_reloads: ["ok", "refused"].map(|o| counter!(MAP_RELOADS, "outcome" => o)),
+            _admin_reloads: ["ok", "error"]
+                .map(|o| counter!(ADMIN_COMMANDS, "command" => "reload", "outcome" => o)),
             auth_failures: AUTH_FAILURE_REASONS.map(|r| counter!(AUTH_FAILURES, "reason" => r)),
         }
     }
@@ -250,6 +260,18 @@ impl Metrics {
         if let Some(i) = AUTH_FAILURE_REASONS.iter().position(|r| *r == reason) {
             self.auth_failures[i].increment(1);
         }
+    }
+
+    /// A command on the admin listener (names outside the admin set are
+    /// counted as `unknown`, so labels stay bounded).
+    pub fn admin_command(&self, name: &str, ok: bool) {
+        const KNOWN: [&str; 7] = [
+            "AUTH", "PING", "HELP", "STATUS", "RELOAD", "QUIT", "COMMAND",
+        ];
+        let command = KNOWN.iter().find(|k| **k == name).map_or("unknown", |k| k);
+        let outcome = if ok { "ok" } else { "error" };
+        counter!(ADMIN_COMMANDS, "command" => command.to_ascii_lowercase(), "outcome" => outcome)
+            .increment(1);
     }
 
     /// A map reload finished (`ok` or `refused`).

@@ -548,6 +548,7 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             listen: "127.0.0.1:0".parse().unwrap(),
             client: Default::default(),
             tls: None,
+            admin: None,
         }))
         .expect("second proxy starts");
     assert_eq!(c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"), "1");
@@ -581,6 +582,7 @@ fn start_error(dsn: &str) -> String {
         listen: "127.0.0.1:0".parse().unwrap(),
         client: Default::default(),
         tls: None,
+        admin: None,
     }));
     let _ = std::fs::remove_file(&path);
     assert!(started.elapsed() < Duration::from_secs(20), "startup hung");

@@ -196,36 +196,7 @@ impl Session {
             ));
         }
         if wants("proxy") {
-            let table = proxy.router.load_full();
-            let map = table.map();
-            text.push_str(&format!(
-                "# Proxy\r\nmap_epoch:{}\r\nslots:{}\r\nshards:{}\r\nread_policy:{}\r\nregion:{}\r\nzone:{}\r\n",
-                table.epoch().0,
-                map.slots,
-                map.shards.len(),
-                map.read_policy.as_str(),
-                proxy.config.region.as_deref().unwrap_or(""),
-                proxy.config.zone.as_deref().unwrap_or(""),
-            ));
-            for (i, s) in proxy.backends().shards().iter().enumerate() {
-                let p = &s.primary.state;
-                let replicas: Vec<String> = proxy
-                    .backends()
-                    .endpoints()
-                    .iter()
-                    .map(|e| &e.state)
-                    .filter(|e| e.shard == s.name && e.role == crate::backend::Role::Replica)
-                    .map(|e| format!("{}|{}|{}", e.addr, e.is_healthy() as u8, e.latency_us()))
-                    .collect();
-                text.push_str(&format!(
-                    "shard{i}:name={},primary={},healthy={},latency_us={},replicas={}\r\n",
-                    s.name,
-                    p.addr,
-                    p.is_healthy() as u8,
-                    p.latency_us(),
-                    replicas.join(";"),
-                ));
-            }
+            text.push_str(&proxy.describe());
             text.push_str("\r\n");
         }
         if wants("keyspace") {

@@ -148,6 +148,43 @@ impl Proxy {
         self.backends.swap(next)
     }
 
+    /// The `# Proxy` section of INFO (also the admin STATUS): map epoch,
+    /// policy, this proxy's location, and every shard's endpoints with their
+    /// health and latency (`replicas=addr|healthy|latency_us;...`).
+    pub fn describe(&self) -> String {
+        let table = self.router.load_full();
+        let map = table.map();
+        let mut text = format!(
+            "# Proxy\r\nmap_epoch:{}\r\nslots:{}\r\nshards:{}\r\nread_policy:{}\r\nregion:{}\r\nzone:{}\r\n",
+            table.epoch().0,
+            map.slots,
+            map.shards.len(),
+            map.read_policy.as_str(),
+            self.config.region.as_deref().unwrap_or(""),
+            self.config.zone.as_deref().unwrap_or(""),
+        );
+        let backends = self.backends();
+        for (i, s) in backends.shards().iter().enumerate() {
+            let p = &s.primary.state;
+            let replicas: Vec<String> = backends
+                .endpoints()
+                .iter()
+                .map(|e| &e.state)
+                .filter(|e| e.shard == s.name && e.role == crate::backend::Role::Replica)
+                .map(|e| format!("{}|{}|{}", e.addr, e.is_healthy() as u8, e.latency_us()))
+                .collect();
+            text.push_str(&format!(
+                "shard{i}:name={},primary={},healthy={},latency_us={},replicas={}\r\n",
+                s.name,
+                p.addr,
+                p.is_healthy() as u8,
+                p.latency_us(),
+                replicas.join(";"),
+            ));
+        }
+        text
+    }
+
     /// Open client connections.
     pub fn connected_clients(&self) -> usize {
         self.connected.load(Ordering::Relaxed)

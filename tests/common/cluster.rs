@@ -156,6 +156,7 @@ impl Cluster {
                 ..spec.client.clone()
             },
             tls: spec.tls.clone(),
+            admin: None,
         };
         let running = rt
             .block_on(app::start(config))

@@ -378,12 +378,23 @@ pub fn wait_for_port(port: u16) {
 /// with `serve --map MAP --listen 127.0.0.1:PORT` and `extra` arguments, and
 /// waits until it listens. Returns the process (killed on drop) and the port.
 pub fn spawn_proxy(bin: &str, map: &Path, extra: &[&str]) -> (KillOnDrop, u16) {
+    spawn_proxy_env(bin, map, extra, &[])
+}
+
+/// [`spawn_proxy`] with environment variables for the child.
+pub fn spawn_proxy_env(
+    bin: &str,
+    map: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (KillOnDrop, u16) {
     let port = free_port();
     let child = Command::new(bin)
         .args(["serve", "--map"])
         .arg(map)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        .envs(env.iter().copied())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn shardgate");
