@@ -8,6 +8,7 @@ bash scripts/setup.sh
 
 PROXY_PORT=${PROXY_PORT:-6380}
 METRICS_PORT=${METRICS_PORT:-9121}
+ADMIN_PORT=${ADMIN_PORT:-6390}
 echo "== building shardgate (release)"
 cargo build --release --locked --bin shardgate
 
@@ -51,8 +52,10 @@ pids+=($!)
 until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 7101; do sleep 0.1; done
 
 echo "== starting shardgate on 127.0.0.1:$PROXY_PORT"
+export SHARDGATE_ADMIN_PW=${SHARDGATE_ADMIN_PW:-demo-admin}
 RUST_LOG=${RUST_LOG:-info} ./target/release/shardgate serve --map shard-maps/demo.yaml \
-  --listen "127.0.0.1:$PROXY_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --region us --zone us-a &
+  --listen "127.0.0.1:$PROXY_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --region us --zone us-a \
+  --admin-listen "127.0.0.1:$ADMIN_PORT" --admin-password-env SHARDGATE_ADMIN_PW &
 pids+=($!)
 until redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
@@ -67,6 +70,7 @@ replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable).
   redis-cli -p $PROXY_PORT set {pg}k v          # lands wherever {pg} hashes; 'info proxy' lists pg-1
   psql -h 127.0.0.1 -p 7101 -U postgres -c 'table kv'   # keys of the PostgreSQL shard
   curl -s 127.0.0.1:$METRICS_PORT/metrics       # Prometheus metrics
+  redis-cli -p $ADMIN_PORT -a $SHARDGATE_ADMIN_PW status   # admin port (RELOAD re-reads shard-maps/demo.yaml)
 
 Press Ctrl-C to stop everything.
 MSG
