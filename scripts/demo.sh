@@ -51,6 +51,14 @@ if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); chmod 755 "$work";
 pids+=($!)
 until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 7101; do sleep 0.1; done
 
+# A key that the demo map places on the PostgreSQL shard, for the hint below.
+pg_key=""
+for i in $(seq 1 200); do
+  if ./target/release/shardgate check-map shard-maps/demo.yaml --key "{pg$i}k" | grep -q "shard pg-1 "; then
+    pg_key="{pg$i}k"; break
+  fi
+done
+
 echo "== starting shardgate on 127.0.0.1:$PROXY_PORT"
 export SHARDGATE_ADMIN_PW=${SHARDGATE_ADMIN_PW:-demo-admin}
 RUST_LOG=${RUST_LOG:-info} ./target/release/shardgate serve --map shard-maps/demo.yaml \
@@ -67,7 +75,8 @@ replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable).
   redis-cli -p $PROXY_PORT                      # talk to the proxy
   redis-cli -p $PROXY_PORT set eu/user:1 anna   # 'eu/' keys live only in region eu
   redis-cli -p $PROXY_PORT info proxy           # shards and their health
-  redis-cli -p $PROXY_PORT set {pg}k v          # lands wherever {pg} hashes; 'info proxy' lists pg-1
+  redis-cli -p $PROXY_PORT set $pg_key v   # this key lives on pg-1
+  ./target/release/shardgate check-map shard-maps/demo.yaml --key $pg_key   # where a key lives
   psql -h 127.0.0.1 -p 7101 -U postgres -c 'table kv'   # keys of the PostgreSQL shard
   curl -s 127.0.0.1:$METRICS_PORT/metrics       # Prometheus metrics
   redis-cli -p $ADMIN_PORT -a $SHARDGATE_ADMIN_PW status   # admin port (RELOAD re-reads shard-maps/demo.yaml)

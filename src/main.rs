@@ -13,6 +13,7 @@ use shardgate::app::{self, ServeConfig};
 use shardgate::auth::{self, Auth};
 use shardgate::protocol::Limits;
 use shardgate::proxy::ClientConfig;
+use shardgate::router::{Epoch, RoutingTable};
 use shardgate::shardmap::{ShardKind, ShardMap};
 use std::io::IsTerminal;
 
@@ -35,6 +36,9 @@ enum Command {
     CheckMap {
         /// Path of the shard-map YAML file.
         map: PathBuf,
+        /// Also print where this key lives (slot and owner shard); repeatable.
+        #[arg(long = "key")]
+        keys: Vec<String>,
     },
     /// Operator commands.
     #[command(subcommand)]
@@ -154,15 +158,26 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckMap { map } => match ShardMap::load(&map) {
+        Command::CheckMap { map, keys } => match ShardMap::load(&map) {
             Ok(m) => {
                 println!(
-                    "{}: ok ({} shards, {} slots, read policy {:?})",
+                    "{}: ok ({} shards, {} slots, read policy {})",
                     map.display(),
                     m.shards.len(),
                     m.slots,
-                    m.read_policy
+                    m.read_policy.as_str()
                 );
+                let table = RoutingTable::compile(Arc::new(m), Epoch(1));
+                for key in keys {
+                    let shard = &table.map().shards[table.shard_for_key(key.as_bytes()).0 as usize];
+                    println!(
+                        "{key}: slot {}, shard {} (region {}, primary {})",
+                        table.slot_of(key.as_bytes()).0,
+                        shard.name,
+                        shard.region,
+                        shardgate::pg::redact_dsn(&shard.primary.addr)
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

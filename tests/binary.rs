@@ -24,7 +24,7 @@ fn http_get(port: u16, path: &str) -> String {
 #[test]
 fn check_map_accepts_good_maps_and_names_the_field_of_bad_ones() {
     let out = Command::new(BIN)
-        .args(["check-map", "shard-maps/example.yaml"])
+        .args(["check-map", "shard-maps/example.yaml", "--key", "foo"])
         .output()
         .unwrap();
     assert!(
@@ -32,6 +32,9 @@ fn check_map_accepts_good_maps_and_names_the_field_of_bad_ones() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The golden placement of tests/placement.rs, as an operator sees it.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("foo: slot 15754, shard eu-2 "), "{text}");
     let dir = TempDir::new("badmap");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "regions:\n  - name: us\nshards:\n  - name: a\n    region: us\n    weight: 0\n    primary: 127.0.0.1:1\n").unwrap();
