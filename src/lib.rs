@@ -1,5 +1,5 @@
 //! shardgate: a wire-compatible Redis proxy that spreads one keyspace over many
-//! shards (Redis servers, later PostgreSQL databases) with geo-aware consistent
+//! shards (Redis servers and PostgreSQL databases) with geo-aware consistent
 //! hashing.
 //!
 //! # Layout
@@ -11,14 +11,17 @@
 //! client socket -> protocol (bytes -> Request frames, reply frames -> bytes)
 //!   -> command   (Request -> classified command via the declarative table)
 //!   -> router    (key -> hash tag -> slot -> placement -> owner shard)
-//!   -> backend   (multiplexed pipelined connection | dedicated pooled connection)
+//!   -> backend   (multiplexed pipelined connection | dedicated pooled connection
+//!                 | `pg` lanes over an sqlx pool, behind the same interface)
 //!   -> proxy     (per-client session: dispatch, split/merge, in-order replies)
 //! ```
 //!
 //! Beside it, the control path: `shardmap` (YAML -> validated [`shardmap::ShardMap`])
 //! -> `router::RoutingTable::compile` -> published through [`router::Router`]
-//! (`arc-swap`; readers never lock). [`app`] is the one place that wires the
-//! pieces together; [`metrics`] is the facade every module records through.
+//! (`arc-swap`; readers never lock). The writers of the map are a reload
+//! ([`app::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and,
+//! later, the rebalancer. [`app`] is the one place that wires the pieces
+//! together; [`metrics`] is the facade every module records through.
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file).
