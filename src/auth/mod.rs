@@ -7,7 +7,7 @@
 //! configured; `AUTH [user] pass` or `HELLO proto AUTH user pass` log it in.
 //!
 //! Credentials come from a YAML file of their own (never the shard map, which
-//! is routing data that gets copied around) parsed by [`file`]. Only the
+//! is routing data that gets copied around) parsed by [`mod@file`]. Only the
 //! SHA-256 of each password is kept in memory, and digests are compared in
 //! constant time.
 //!

@@ -23,7 +23,7 @@ pub enum KeyError {
     Malformed,
 }
 
-/// Pushes the indices (into args) of every key of the command; args[0] is the command name.
+/// Pushes the indices (into args) of every key of the command; `args[0]` is the command name.
 ///
 /// Indices are pushed in the order Redis reports keys (destination first for
 /// `ZUNIONSTORE`-style commands) and are always `< args.len()`. `out` is not
