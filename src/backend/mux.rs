@@ -201,7 +201,9 @@ async fn read_loop(
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
     let timeout = ep.options.command_timeout;
     let reason = loop {
-        // Hand out every complete reply frame.
+        // Hand out every complete reply frame. One clock read per socket
+        // read, not per reply: a read often carries many replies.
+        let arrived = Instant::now();
         loop {
             match scan::frame_len(&buf) {
                 Ok(Some(n)) => {
@@ -218,7 +220,8 @@ async fn read_loop(
                         fail_all(ep, &mut waiting, &mut fifo, err);
                         return reason;
                     };
-                    ep.metrics.request_done(w.sent.elapsed());
+                    ep.metrics
+                        .request_done(arrived.saturating_duration_since(w.sent));
                     ep.breaker.success(&ep.addr, &ep.metrics);
                     let _ = w.reply.send(Ok(frame));
                 }

@@ -352,13 +352,89 @@ pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static Subcom
 }
 
 /// Looks a command up by name, case-insensitively, without allocating.
+///
+/// This runs for every request, so it does not binary-search the table: one
+/// pass lower-cases and hashes the name, then an open-addressing index
+/// (built once, about four slots per command) usually needs one probe and
+/// one comparison. Same answers as [`table::lookup`] (a test checks every
+/// name).
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
-    table::lookup(name)
+    let mut buf = [0u8; table::MAX_NAME_LEN];
+    let lower = buf.get_mut(..name.len())?;
+    let mut hash = FNV_OFFSET;
+    for (dst, src) in lower.iter_mut().zip(name) {
+        *dst = src.to_ascii_lowercase();
+        hash = (hash ^ u64::from(*dst)).wrapping_mul(FNV_PRIME);
+    }
+    let lower: &[u8] = lower;
+    let index = NAME_INDEX.get_or_init(NameIndex::build);
+    let mut slot = (hash as usize) & index.mask;
+    loop {
+        let row = *index.slots.get(slot)?;
+        let spec = table::COMMANDS.get(usize::from(row))?;
+        if spec.name.as_bytes() == lower {
+            return Some(spec);
+        }
+        slot = (slot + 1) & index.mask;
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Open-addressing index from a name's FNV-1a hash to its table row;
+/// `u16::MAX` marks an empty slot (and is never a row: the table is small).
+struct NameIndex {
+    slots: Box<[u16]>,
+    mask: usize,
+}
+
+static NAME_INDEX: std::sync::OnceLock<NameIndex> = std::sync::OnceLock::new();
+
+impl NameIndex {
+    fn build() -> NameIndex {
+        let size = (table::COMMANDS.len() * 4).next_power_of_two();
+        let mask = size - 1;
+        let mut slots = vec![u16::MAX; size].into_boxed_slice();
+        for (row, spec) in table::COMMANDS.iter().enumerate() {
+            let hash = spec.name.bytes().fold(FNV_OFFSET, |h, b| {
+                (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME)
+            });
+            let mut slot = (hash as usize) & mask;
+            while slots[slot] != u16::MAX {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = u16::try_from(row).unwrap_or(u16::MAX - 1);
+        }
+        NameIndex { slots, mask }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashed_lookup_agrees_with_the_table_for_every_name() {
+        for spec in table::COMMANDS {
+            let upper = spec.name.to_ascii_uppercase();
+            for name in [spec.name.as_bytes(), upper.as_bytes()] {
+                let found = lookup(name).map(|s| s.name);
+                assert_eq!(found, Some(spec.name));
+                assert_eq!(found, table::lookup(name).map(|s| s.name));
+            }
+        }
+        for unknown in [
+            &b""[..],
+            b"x",
+            b"gett",
+            b"nosuchcommand",
+            b"get\0",
+            &[b'a'; 64],
+        ] {
+            assert!(lookup(unknown).is_none(), "{unknown:?}");
+        }
+    }
 
     #[test]
     fn redis_names_follow_redis_order() {

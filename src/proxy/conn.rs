@@ -155,7 +155,7 @@ impl Client<'_> {
         let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
                 self.take_ready();
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -207,8 +207,17 @@ impl Client<'_> {
     /// Moves every reply that is already complete into the write buffer.
     fn take_ready(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
+        let mut now = None;
         while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
-            if poll_front(self.proxy, &mut self.pending, &mut self.wbuf, &mut cx).is_pending() {
+            if poll_front(
+                self.proxy,
+                &mut self.pending,
+                &mut self.wbuf,
+                &mut cx,
+                &mut now,
+            )
+            .is_pending()
+            {
                 break;
             }
         }
@@ -255,7 +264,7 @@ impl Client<'_> {
     async fn drain(&mut self) -> std::io::Result<()> {
         while !self.pending.is_empty() {
             std::future::poll_fn(|cx| {
-                poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx)
+                poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx, &mut None)
             })
             .await;
             self.take_ready();
@@ -316,20 +325,26 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
 
 /// Polls the oldest pending reply; when it is ready, appends it to the write
 /// buffer, counts it and removes it.
+/// `now` is read from the clock at most once per batch of replies (lazily,
+/// when the first one is ready) and shared by the rest of the batch.
 fn poll_front(
     proxy: &Proxy,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
     cx: &mut Context<'_>,
+    now: &mut Option<std::time::Instant>,
 ) -> Poll<()> {
     let Some(front) = pending.front_mut() else {
         return Poll::Ready(());
     };
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
-            proxy
-                .metrics
-                .command_done(front.spec, ok, front.started.elapsed());
+            let now = *now.get_or_insert_with(std::time::Instant::now);
+            proxy.metrics.command_done(
+                front.spec,
+                ok,
+                now.saturating_duration_since(front.started),
+            );
             pending.pop_front();
             Poll::Ready(())
         }

@@ -44,7 +44,7 @@ pub enum Action {
 impl Session {
     /// Classifies and routes one request.
     pub fn dispatch(&mut self, proxy: &Proxy, req: Request) -> Action {
-        let started = Instant::now();
+        self.request_started = Instant::now();
         let Some(spec) = lookup(req.name()) else {
             if let Some(tx) = self.tx.as_mut() {
                 tx.aborted = true;
@@ -100,10 +100,6 @@ impl Session {
             ))),
         };
         match result {
-            Ok(Action::Queue(mut p)) => {
-                p.started = started;
-                Action::Queue(p)
-            }
             Ok(action) => action,
             Err(e) => self.fail(Some(spec), e),
         }
@@ -111,12 +107,22 @@ impl Session {
 
     /// An error reply, queued in order.
     pub fn fail(&self, spec: Option<&'static CommandSpec>, e: ProxyError) -> Action {
-        Action::Queue(Pending::ready(&e.to_reply(), spec, self.proto))
+        Action::Queue(Pending::ready(
+            &e.to_reply(),
+            spec,
+            self.proto,
+            self.request_started,
+        ))
     }
 
     /// A local reply, queued in order.
     pub fn reply(&self, spec: &'static CommandSpec, r: Reply) -> Action {
-        Action::Queue(Pending::ready(&r, Some(spec), self.proto))
+        Action::Queue(Pending::ready(
+            &r,
+            Some(spec),
+            self.proto,
+            self.request_started,
+        ))
     }
 
     /// The one shard all keys of the command live on; `None` for a command
@@ -195,7 +201,7 @@ impl Session {
             kind,
             spec: Some(spec),
             proto: self.proto,
-            started: Instant::now(),
+            started: self.request_started,
         }
     }
 
@@ -224,7 +230,7 @@ impl Session {
             kind: PendingKind::Gather { parts, merge },
             spec: Some(spec),
             proto: self.proto,
-            started: Instant::now(),
+            started: self.request_started,
         })
     }
 

@@ -48,7 +48,12 @@ impl Session {
                 None => Err(ProxyError::err("value is not an integer or out of range")),
             },
             LocalKind::Quit => {
-                return Action::Close(Pending::ready(&Reply::Ok, Some(spec), self.proto));
+                return Action::Close(Pending::ready(
+                    &Reply::Ok,
+                    Some(spec),
+                    self.proto,
+                    self.request_started,
+                ));
             }
             LocalKind::Hello => self.hello(proxy, args),
             LocalKind::Auth => self.auth(proxy, args),

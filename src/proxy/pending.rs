@@ -80,14 +80,19 @@ pub enum Merge {
 
 impl Pending {
     /// A reply already known.
-    pub fn ready(reply: &Reply, spec: Option<&'static CommandSpec>, proto: Protocol) -> Pending {
+    pub fn ready(
+        reply: &Reply,
+        spec: Option<&'static CommandSpec>,
+        proto: Protocol,
+        started: Instant,
+    ) -> Pending {
         let mut out = BytesMut::new();
         reply.encode(proto, &mut out);
         Pending {
             kind: PendingKind::Ready(out.freeze()),
             spec,
             proto,
-            started: Instant::now(),
+            started,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Session {
     pub watch: Option<(ShardId, PooledConn)>,
     /// Scratch space for key positions (reused, so classifying does not allocate).
     pub key_scratch: Vec<usize>,
+    /// When the request being dispatched was parsed (one clock read per
+    /// request; every reply of it is timed from here).
+    pub request_started: std::time::Instant,
     pub addr: String,
     /// The user this connection is logged in as; `None` before AUTH (only
     /// consulted when auth is configured).
@@ -50,6 +53,7 @@ impl Session {
             tx: None,
             watch: None,
             key_scratch: Vec::with_capacity(8),
+            request_started: std::time::Instant::now(),
             addr,
             user: None,
         }
