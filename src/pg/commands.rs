@@ -1,5 +1,6 @@
-//! Redis commands on the PostgreSQL schema: strings, key and keyspace
-//! commands here, hashes in `hashes.rs`.
+//! Redis commands on the PostgreSQL schema: the dispatcher and strings and
+//! key commands here, hashes in `hashes.rs`, expiry and whole-keyspace
+//! commands in `keyspace.rs`.
 //!
 //! Every command answers with Redis' exact reply and error text. Reads are
 //! one statement each, filtering out expired rows (`expires_at >
@@ -15,7 +16,8 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row as _, Transaction};
 
 use super::hashes;
-use super::values::{add_floats, glob_match, parse_float, parse_int};
+use super::keyspace;
+use super::values::{add_floats, parse_float, parse_int};
 use crate::protocol::Reply;
 use crate::router::placement::key_hash;
 
@@ -64,7 +66,7 @@ pub fn wrong_args(name: &str) -> Reply {
     ))
 }
 
-fn invalid_expire(name: &str) -> Reply {
+pub(super) fn invalid_expire(name: &str) -> Reply {
     Reply::error(format!("ERR invalid expire time in '{name}' command"))
 }
 
@@ -101,15 +103,15 @@ pub async fn execute(ctx: &Ctx<'_>, args: &[Bytes]) -> Res {
         "strlen" => strlen(ctx, a).await,
         "getrange" | "substr" => getrange(ctx, a).await,
         "setrange" => setrange(ctx, a).await,
-        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(ctx, name, a).await,
-        "ttl" | "pttl" | "expiretime" | "pexpiretime" => ttl(ctx, name, a).await,
-        "persist" => persist(ctx, a).await,
-        "scan" => scan(ctx, a).await,
-        "keys" => keys(ctx, a).await,
-        "dbsize" => dbsize(ctx).await,
-        "randomkey" => randomkey(ctx).await,
-        "flushall" | "flushdb" => flush(ctx, a).await,
-        "info" => info(ctx).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => keyspace::expire(ctx, name, a).await,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => keyspace::ttl(ctx, name, a).await,
+        "persist" => keyspace::persist(ctx, a).await,
+        "scan" => keyspace::scan(ctx, a).await,
+        "keys" => keyspace::keys(ctx, a).await,
+        "dbsize" => keyspace::dbsize(ctx).await,
+        "randomkey" => keyspace::randomkey(ctx).await,
+        "flushall" | "flushdb" => keyspace::flush(ctx, a).await,
+        "info" => keyspace::info(ctx).await,
         _ => match hashes::execute(ctx, name, a).await {
             Some(r) => r,
             None => Ok(Reply::error(format!(
@@ -154,7 +156,7 @@ impl Row {
 }
 
 /// Reads a live row and the statement's time (no lock).
-async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64), sqlx::Error> {
+pub(super) async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64), sqlx::Error> {
     let sql = concat!(
         "SELECT sg_now_ms() AS now, k.type, k.value, k.expires_at \
          FROM (SELECT 1) AS one LEFT JOIN kv k ON k.key = $1 AND ",
@@ -614,7 +616,7 @@ async fn exists(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     Ok(Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)))
 }
 
-fn type_name(kind: i16) -> &'static str {
+pub(super) fn type_name(kind: i16) -> &'static str {
     match kind {
         STRING => "string",
         HASH => "hash",
@@ -795,280 +797,4 @@ async fn setrange(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     l.put(slot(ctx, key), key, &current, expires_at).await?;
     l.commit(Reply::Int(i64::try_from(current.len()).unwrap_or(i64::MAX)))
         .await
-}
-
-// ---- expiry ----------------------------------------------------------------
-
-async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
-    let [key, when, opts @ ..] = a else {
-        return Ok(wrong_args(name));
-    };
-    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
-    for opt in opts {
-        match opt.to_ascii_lowercase().as_slice() {
-            b"nx" => nx = true,
-            b"xx" => xx = true,
-            b"gt" => gt = true,
-            b"lt" => lt = true,
-            _ => {
-                return Ok(Reply::error(format!(
-                    "ERR Unsupported option {}",
-                    String::from_utf8_lossy(opt)
-                )));
-            }
-        }
-    }
-    if nx && (xx || gt || lt) {
-        return Ok(error(
-            "ERR NX and XX, GT or LT options at the same time are not compatible",
-        ));
-    }
-    if gt && lt {
-        return Ok(error(
-            "ERR GT and LT options at the same time are not compatible",
-        ));
-    }
-    let Some(mut when) = parse_int(when) else {
-        return Ok(error(msg::NOT_INT));
-    };
-    let seconds = matches!(name, "expire" | "expireat");
-    if seconds {
-        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
-            return Ok(invalid_expire(name));
-        }
-        when *= 1000;
-    }
-    let mut l = lock(ctx, &[key]).await?;
-    let base = if matches!(name, "expire" | "pexpire") {
-        l.now
-    } else {
-        0
-    };
-    let Some(when) = when.checked_add(base) else {
-        return Ok(invalid_expire(name));
-    };
-    let Some(row) = l.row(key).await? else {
-        return Ok(Reply::Int(0));
-    };
-    let current = row.expires_at;
-    let refused = (nx && current.is_some())
-        || (xx && current.is_none())
-        || (gt && current.is_none_or(|c| when <= c))
-        || (lt && current.is_some_and(|c| when >= c));
-    if refused {
-        return Ok(Reply::Int(0));
-    }
-    if when <= l.now {
-        l.delete(key).await?;
-    } else {
-        l.set_expiry(key, Some(when)).await?;
-    }
-    l.commit(Reply::Int(1)).await
-}
-
-async fn ttl(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
-    let [key] = a else {
-        return Ok(wrong_args(name));
-    };
-    let (row, now) = read(ctx, key).await?;
-    let Some(row) = row else {
-        return Ok(Reply::Int(-2));
-    };
-    let Some(at) = row.expires_at else {
-        return Ok(Reply::Int(-1));
-    };
-    let ms = match name {
-        "ttl" | "pttl" => (at - now).max(0),
-        _ => at,
-    };
-    Ok(Reply::Int(match name {
-        "pttl" | "pexpiretime" => ms,
-        _ => (ms + 500) / 1000,
-    }))
-}
-
-async fn persist(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
-    let [key] = a else {
-        return Ok(wrong_args("persist"));
-    };
-    let mut l = lock(ctx, &[key]).await?;
-    match l.row(key).await? {
-        Some(Row {
-            expires_at: Some(_),
-            ..
-        }) => {
-            l.set_expiry(key, None).await?;
-            l.commit(Reply::Int(1)).await
-        }
-        _ => Ok(Reply::Int(0)),
-    }
-}
-
-// ---- keyspace --------------------------------------------------------------
-
-/// SCAN with a slot cursor: cursor `c` means "continue at slot `c`". A call
-/// reads up to COUNT keys in (slot, key) order and then finishes the last
-/// slot it touched, so the next cursor is always a slot boundary: every key
-/// that exists for the whole scan is returned exactly once, and a slot with
-/// more than COUNT keys comes back in one reply (as Redis returns a whole
-/// hash-table bucket).
-async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
-    let [cursor, opts @ ..] = a else {
-        return Ok(wrong_args("scan"));
-    };
-    let cursor = std::str::from_utf8(cursor)
-        .ok()
-        .and_then(|c| c.parse::<u64>().ok());
-    let Some(cursor) = cursor else {
-        return Ok(error("ERR invalid cursor"));
-    };
-    let (mut count, mut pattern, mut type_filter) = (10i64, None, None);
-    let mut i = 0;
-    while i < opts.len() {
-        let has_value = i + 1 < opts.len();
-        match opts[i].to_ascii_lowercase().as_slice() {
-            b"count" if has_value => match parse_int(&opts[i + 1]) {
-                None => return Ok(error(msg::NOT_INT)),
-                Some(n) if n < 1 => return Ok(error(msg::SYNTAX)),
-                Some(n) => count = n,
-            },
-            b"match" if has_value => {
-                let p = &opts[i + 1];
-                pattern = (&p[..] != b"*").then(|| p.clone());
-            }
-            b"type" if has_value => type_filter = Some(opts[i + 1].to_ascii_lowercase()),
-            _ => return Ok(error(msg::SYNTAX)),
-        }
-        i += 2;
-    }
-    let reply = |next: u64, keys: Vec<Reply>| {
-        Reply::Array(vec![
-            Reply::Bulk(Bytes::from(next.to_string())),
-            Reply::Array(keys),
-        ])
-    };
-    if cursor >= u64::from(ctx.slots) {
-        return Ok(reply(0, Vec::new()));
-    }
-    let start = i32::try_from(cursor).unwrap_or(i32::MAX);
-    let sql = concat!(
-        "SELECT key, slot, type FROM kv WHERE slot >= $1 AND ",
-        live!(),
-        " ORDER BY slot, key LIMIT $2"
-    );
-    let rows = sqlx::query(sql)
-        .bind(start)
-        .bind(count)
-        .fetch_all(ctx.pool)
-        .await?;
-    let mut found: Vec<(Vec<u8>, i16)> = Vec::with_capacity(rows.len());
-    let mut last_slot = None;
-    for r in &rows {
-        found.push((r.try_get("key")?, r.try_get("type")?));
-        last_slot = Some(r.try_get::<i32, _>("slot")?);
-    }
-    let full = i64::try_from(rows.len()).unwrap_or(0) >= count;
-    let next = match (full, last_slot, found.last()) {
-        (true, Some(slot), Some((last_key, _))) => {
-            let sql = concat!(
-                "SELECT key, type FROM kv WHERE slot = $1 AND key > $2 AND ",
-                live!(),
-                " ORDER BY key"
-            );
-            let rest = sqlx::query(sql)
-                .bind(slot)
-                .bind(last_key.clone())
-                .fetch_all(ctx.pool)
-                .await?;
-            for r in &rest {
-                found.push((r.try_get("key")?, r.try_get("type")?));
-            }
-            let next = u64::try_from(slot).unwrap_or(0) + 1;
-            if next >= u64::from(ctx.slots) {
-                0
-            } else {
-                next
-            }
-        }
-        _ => 0,
-    };
-    let keys = found
-        .into_iter()
-        .filter(|(_, kind)| {
-            type_filter
-                .as_ref()
-                .is_none_or(|t| t.as_slice() == type_name(*kind).as_bytes())
-        })
-        .filter(|(k, _)| pattern.as_ref().is_none_or(|p| glob_match(p, k)))
-        .map(|(k, _)| Reply::Bulk(k.into()))
-        .collect();
-    Ok(reply(next, keys))
-}
-
-async fn keys(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
-    let [pattern] = a else {
-        return Ok(wrong_args("keys"));
-    };
-    let sql = concat!("SELECT key FROM kv WHERE ", live!(), "");
-    let all: Vec<Vec<u8>> = sqlx::query_scalar(sql).fetch_all(ctx.pool).await?;
-    Ok(Reply::Array(
-        all.into_iter()
-            .filter(|k| glob_match(pattern, k))
-            .map(|k| Reply::Bulk(k.into()))
-            .collect(),
-    ))
-}
-
-async fn dbsize(ctx: &Ctx<'_>) -> Res {
-    let sql = concat!("SELECT count(*) FROM kv WHERE ", live!(), "");
-    let n: i64 = sqlx::query_scalar(sql).fetch_one(ctx.pool).await?;
-    Ok(Reply::Int(n))
-}
-
-async fn randomkey(ctx: &Ctx<'_>) -> Res {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let probe = twox_hash::XxHash3_64::oneshot(&seed.to_le_bytes()).to_be_bytes();
-    let sql = concat!(
-        "(SELECT key FROM kv WHERE key >= $1 AND ",
-        live!(),
-        " ORDER BY key LIMIT 1) \
-         UNION ALL (SELECT key FROM kv WHERE ",
-        live!(),
-        " ORDER BY key LIMIT 1) LIMIT 1"
-    );
-    let key: Option<Vec<u8>> = sqlx::query_scalar(sql)
-        .bind(&probe[..])
-        .fetch_optional(ctx.pool)
-        .await?;
-    Ok(key.map_or(Reply::Nil, |k| Reply::Bulk(k.into())))
-}
-
-async fn flush(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
-    match a {
-        [] => {}
-        [mode] if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {}
-        _ => return Ok(error(msg::SYNTAX)),
-    }
-    sqlx::query("TRUNCATE kv_hash, kv")
-        .execute(ctx.pool)
-        .await?;
-    Ok(Reply::Ok)
-}
-
-/// INFO: only the keyspace section (the proxy sums it over shards).
-async fn info(ctx: &Ctx<'_>) -> Res {
-    let sql = concat!(
-        "SELECT count(*), count(expires_at) FROM kv WHERE ",
-        live!(),
-        ""
-    );
-    let (keys, expires): (i64, i64) = sqlx::query_as(sql).fetch_one(ctx.pool).await?;
-    let mut text = String::from("# Keyspace\r\n");
-    if keys > 0 {
-        text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
-    }
-    Ok(Reply::Verbatim(Bytes::from(text)))
 }

@@ -26,6 +26,7 @@ macro_rules! live {
 
 pub mod commands;
 mod hashes;
+mod keyspace;
 pub mod values;
 
 use std::str::FromStr;
