@@ -1,10 +1,13 @@
 //! The admin listener: a separate port speaking RESP, so `redis-cli -p
 //! ADMIN_PORT -a PASSWORD` works, with its own password (never a client
-//! user's). Commands: `AUTH`, `PING`, `HELP`, `STATUS`, `RELOAD`, `QUIT`.
+//! user's). Commands: `AUTH`, `PING`, `HELP`, `STATUS`, `RELOAD`, `QUIT`,
+//! and online rebalancing: `PLAN`, `REBALANCE`, `PROGRESS`, `PAUSE`,
+//! `RESUME`, `THROTTLE`.
 //!
 //! It is the control path beside the data path: it reads the routing table
-//! and backends the clients use and, through [`Reloader`], is (with SIGHUP)
-//! the only writer of the map. Online rebalancing will add its commands here.
+//! and backends the clients use and, through [`Reloader`] and
+//! [`Rebalancer`](crate::rebalance::Rebalancer), is (with SIGHUP) the only
+//! writer of the map.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +21,10 @@ use crate::app::Reloader;
 use crate::auth::Auth;
 use crate::protocol::{Limits, Protocol, Reply, parse_request};
 
-/// Requests on the admin port are small: tight limits.
+/// Requests on the admin port are small (a shard map is the biggest):
+/// tight limits.
 const LIMITS: Limits = Limits {
-    max_bulk_len: 64 * 1024,
+    max_bulk_len: 4 * 1024 * 1024,
     max_args: 64,
     max_inline_len: 64 * 1024,
 };
@@ -30,6 +34,11 @@ const HELP: &[&str] = &[
     "PING -- PONG",
     "STATUS -- map epoch, shards and the health of every endpoint",
     "RELOAD -- re-read the map file and apply what changes without moving keys (as SIGHUP)",
+    "PLAN <map-yaml> | PLAN FILE <path> -- dry run: slots, keys and bytes a new map would move",
+    "REBALANCE <map-yaml> | REBALANCE FILE <path> -- start moving to a new map, online",
+    "PROGRESS -- the rebalance's progress as field/value pairs (STATUS shows it too)",
+    "PAUSE | RESUME -- pause or resume the rebalance's background mover",
+    "THROTTLE <keys-per-second> -- limit the mover (0: no limit)",
     "QUIT -- close the connection",
 ];
 
@@ -98,6 +107,12 @@ async fn session(
             _ if !authed => (Reply::error("NOAUTH Authentication required."), false),
             "STATUS" => (status(reloader), false),
             "RELOAD" => (reload(reloader, peer).await, false),
+            "PLAN" => (plan(reloader, args).await, false),
+            "REBALANCE" => (rebalance(reloader, args, peer).await, false),
+            "PROGRESS" => (progress(reloader), false),
+            "PAUSE" => (done(reloader.rebalancer().pause()), false),
+            "RESUME" => (done(reloader.rebalancer().resume_mover()), false),
+            "THROTTLE" => (throttle(reloader, args), false),
             _ => (
                 Reply::error(format!(
                     "ERR unknown admin command '{}'. Try HELP.",
@@ -152,5 +167,90 @@ async fn reload(reloader: &Reloader, peer: SocketAddr) -> Reply {
             .into(),
         ),
         Err(e) => Reply::error(format!("ERR map reload refused: {e}")),
+    }
+}
+
+/// The map text of `PLAN`/`REBALANCE`: inline, or `FILE <path>` read by
+/// the proxy.
+fn map_text(args: &[Bytes]) -> Result<String, Reply> {
+    match args {
+        [_, file, path] if file.eq_ignore_ascii_case(b"FILE") => {
+            let path = String::from_utf8_lossy(path).into_owned();
+            std::fs::read_to_string(&path)
+                .map_err(|e| Reply::error(format!("ERR cannot read {path}: {e}")))
+        }
+        [_, yaml] => String::from_utf8(yaml.to_vec())
+            .map_err(|_| Reply::error("ERR the map is not valid UTF-8")),
+        [name, ..] => Err(Reply::error(format!(
+            "ERR wrong number of arguments for '{}': give the map YAML, or FILE <path>",
+            String::from_utf8_lossy(name).to_lowercase()
+        ))),
+        [] => Err(Reply::error("ERR empty command")),
+    }
+}
+
+async fn plan(reloader: &Reloader, args: &[Bytes]) -> Reply {
+    let text = match map_text(args) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    match reloader.rebalancer().plan(&text).await {
+        Ok(lines) => Reply::Array(lines.into_iter().map(|l| Reply::Simple(l.into())).collect()),
+        Err(e) => Reply::error(format!("ERR plan refused: {}", one_line(&e))),
+    }
+}
+
+async fn rebalance(reloader: &Reloader, args: &[Bytes], peer: SocketAddr) -> Reply {
+    let text = match map_text(args) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    tracing::info!(%peer, "rebalance requested on the admin port");
+    match reloader.rebalancer().start(&text).await {
+        Ok(summary) => Reply::Simple(summary.into()),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "rebalance refused");
+            Reply::error(format!("ERR rebalance refused: {}", one_line(&e)))
+        }
+    }
+}
+
+/// Error replies are one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+fn progress(reloader: &Reloader) -> Reply {
+    match reloader.rebalancer().progress() {
+        None => Reply::Array(vec![
+            Reply::Bulk(Bytes::from_static(b"state")),
+            Reply::Bulk(Bytes::from_static(b"none")),
+        ]),
+        Some(p) => Reply::Array(
+            p.fields()
+                .into_iter()
+                .flat_map(|(k, v)| [Reply::Bulk(Bytes::from(k)), Reply::Bulk(Bytes::from(v))])
+                .collect(),
+        ),
+    }
+}
+
+fn done(r: Result<(), String>) -> Reply {
+    match r {
+        Ok(()) => Reply::Ok,
+        Err(e) => Reply::error(format!("ERR {e}")),
+    }
+}
+
+fn throttle(reloader: &Reloader, args: &[Bytes]) -> Reply {
+    let n = match args {
+        [_, n] => std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok()),
+        _ => None,
+    };
+    match n {
+        Some(n) => done(reloader.rebalancer().throttle(n)),
+        None => Reply::error("ERR THROTTLE takes one argument: keys per second (0: no limit)"),
     }
 }

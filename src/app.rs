@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backends, health};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{ClientConfig, Proxy, TlsAcceptor};
+use crate::rebalance::{self, Rebalancer, state::StateDir};
 use crate::router::{Epoch, Router, RoutingTable};
 use crate::shardmap::{MapError, ShardMap};
 
@@ -36,6 +37,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    State(String),
 }
 
 /// TLS for clients: certificate files and where TLS is spoken.
@@ -60,6 +63,9 @@ pub struct ServeConfig {
     pub tls: Option<TlsListen>,
     /// The admin listener (off when `None`).
     pub admin: Option<AdminListen>,
+    /// Where rebalancing state survives restarts (`--state-dir`); a
+    /// rebalance is refused without it.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where the admin listener runs and who may use it.
@@ -117,6 +123,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     reloader: Reloader,
+    /// Online rebalancing (driven by the admin listener).
+    pub rebalancer: Arc<Rebalancer>,
 }
 
 impl Running {
@@ -154,8 +162,8 @@ pub struct Reloader {
     proxy: Arc<Proxy>,
     map_path: PathBuf,
     shutdown: watch::Sender<bool>,
-    /// One reload at a time.
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Shares its writer lock: one reload or rebalance start at a time.
+    rebalancer: Arc<Rebalancer>,
 }
 
 impl Reloader {
@@ -164,13 +172,19 @@ impl Reloader {
         &self.proxy.metrics
     }
 
+    /// The rebalancer of this proxy.
+    pub fn rebalancer(&self) -> &Arc<Rebalancer> {
+        &self.rebalancer
+    }
+
     /// What the admin STATUS command shows.
     pub fn status_text(&self) -> String {
         format!(
-            "{}map_file:{}\r\nconnected_clients:{}\r\n",
+            "{}map_file:{}\r\nconnected_clients:{}\r\n\r\n{}",
             self.proxy.describe(),
             self.map_path.display(),
-            self.proxy.connected_clients()
+            self.proxy.connected_clients(),
+            self.rebalancer.status_text()
         )
     }
 
@@ -183,7 +197,7 @@ impl Reloader {
     /// kinds, regions or weights, placement rules) is refused, naming the
     /// field, and the running map stays.
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let _one = self.lock.lock().await;
+        let _one = self.rebalancer.writer.lock().await;
         let result = self.try_reload().await;
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         self.proxy.metrics.map_reload(outcome);
@@ -204,11 +218,29 @@ impl Reloader {
     }
 
     async fn try_reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let map = ShardMap::load(&self.map_path).map_err(|source| ReloadError::Map {
-            path: self.map_path.display().to_string(),
+        let path = self.map_path.display().to_string();
+        let text = std::fs::read_to_string(&self.map_path).map_err(|e| ReloadError::Map {
+            path: path.clone(),
+            source: MapError {
+                path: path.clone(),
+                reason: format!("cannot read the map file: {e}"),
+            },
+        })?;
+        let map = ShardMap::from_yaml(&text).map_err(|source| ReloadError::Map {
+            path: path.clone(),
             source,
         })?;
         let current = self.proxy.router.load_full();
+        if self.rebalancer.is_running() || current.has_overlay() {
+            return Err(ReloadError::Placement {
+                path,
+                reason:
+                    "a rebalance is moving slots; reload the map once it has finished (see STATUS)"
+                        .to_owned(),
+            });
+        }
+        let map = align(current.map(), map)
+            .map_err(|(path, reason)| ReloadError::Placement { path, reason })?;
         if let Some((path, reason)) = placement_change(current.map(), &map) {
             return Err(ReloadError::Placement { path, reason });
         }
@@ -241,7 +273,9 @@ impl Reloader {
         }
         let previous = self.proxy.swap_backends(next.clone());
         let removed = previous.retire_missing(&next);
+        next.retire_removed();
         self.proxy.metrics.map_epoch(epoch.0);
+        self.rebalancer.map_reloaded(text);
         Ok(ReloadSummary {
             epoch: epoch.0,
             kept: next.endpoints().len() - added.len(),
@@ -254,13 +288,28 @@ impl Reloader {
 /// Loads and validates the map, builds routing and backends, binds the
 /// client listener and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
-    let map = ShardMap::load(&config.map_path).map_err(|source| StartError::Map {
-        path: config.map_path.display().to_string(),
-        source,
-    })?;
-    let map = Arc::new(map);
+    let state =
+        match &config.state_dir {
+            Some(dir) => Some(StateDir::open(dir).map_err(|e| {
+                StartError::State(format!("state directory {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+    let initial =
+        rebalance::initial(&config.map_path, state.as_ref()).map_err(StartError::State)?;
+    if initial.source != config.map_path.display().to_string() {
+        tracing::warn!(
+            map = %initial.source,
+            map_file = %config.map_path.display(),
+            "serving the map of the state directory (the last rebalance's), not --map; update the map file to match"
+        );
+    }
+    let map = initial.map.clone();
     let metrics = Arc::new(Metrics::new());
-    let table = RoutingTable::compile(map.clone(), Epoch(1));
+    let table = match &initial.resume {
+        Some(r) => r.table(Epoch(1)),
+        None => RoutingTable::compile(map.clone(), Epoch(1)),
+    };
     metrics.map_epoch(table.epoch().0);
     let router = Arc::new(Router::new(table));
     let backends = Arc::new(Backends::new(
@@ -327,11 +376,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             let _ = t.await;
         }
     });
+    let rebalancer = Rebalancer::new(proxy.clone(), state, initial.yaml, shutdown.clone());
+    if let Some(resume) = initial.resume {
+        rebalancer.resume(resume);
+    }
     let reloader = Reloader {
         proxy: proxy.clone(),
         map_path: config.map_path.clone(),
         shutdown: shutdown.clone(),
-        lock: Arc::new(tokio::sync::Mutex::new(())),
+        rebalancer: rebalancer.clone(),
     };
     let admin_addr = match admin_listener {
         Some((listener, admin_addr, auth)) => {
@@ -355,7 +408,48 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         shutdown,
         task,
         reloader,
+        rebalancer,
     })
+}
+
+/// `next` (a map file) with its shards in the running map's order, so
+/// shard ids stay valid; shards a finished rebalance removed stay as
+/// placeholders. A shard only in one of them is a placement change.
+fn align(current: &ShardMap, mut next: ShardMap) -> Result<ShardMap, (String, String)> {
+    use crate::shardmap::ShardPhase;
+    if current.shards.iter().all(|s| s.phase == ShardPhase::Active) {
+        return Ok(next);
+    }
+    let mut shards = Vec::with_capacity(current.shards.len());
+    for s in &current.shards {
+        if s.phase == ShardPhase::Removed && !next.shards.iter().any(|n| n.name == s.name) {
+            shards.push(s.clone());
+            continue;
+        }
+        match next.shards.iter().position(|n| n.name == s.name) {
+            Some(i) => shards.push(next.shards.remove(i)),
+            None => {
+                return Err((
+                    "shards".into(),
+                    format!(
+                        "shard `{}` is missing: removing shards is a rebalance",
+                        s.name
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(extra) = next.shards.first() {
+        return Err((
+            "shards".into(),
+            format!(
+                "shard `{}` is new: adding shards is a rebalance",
+                extra.name
+            ),
+        ));
+    }
+    next.shards = shards;
+    Ok(next)
 }
 
 /// The first difference between two maps that would move keys (so needs a

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod pg;
 pub mod protocol;
 pub mod proxy;
+pub mod rebalance;
 pub mod router;
 pub mod shardmap;
 pub mod tls;

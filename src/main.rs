@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod admin_cli;
+
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
@@ -54,6 +56,46 @@ enum AdminCommand {
         /// Path of the shard-map YAML file.
         #[arg(long)]
         map: PathBuf,
+    },
+    /// Dry run against the running proxy: per (from, to) shard pair, the
+    /// slots, keys and bytes a new map would move; refusals say why.
+    Plan {
+        #[arg(long)]
+        map: PathBuf,
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
+    /// Submit a new map and follow the move with a progress bar (Ctrl-C
+    /// detaches; the move goes on).
+    Rebalance {
+        #[arg(long)]
+        map: PathBuf,
+        /// Return once the move started instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
+    /// The proxy's status: map epoch, shards, endpoints and the rebalance.
+    Status {
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
+    /// Pause the rebalance's background mover.
+    Pause {
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
+    /// Resume the rebalance's background mover.
+    Resume {
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
+    /// Limit the mover to this many keys per second (0: no limit).
+    Throttle {
+        keys_per_sec: u64,
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
     },
 }
 
@@ -118,6 +160,11 @@ struct ServeArgs {
     /// not a client user's).
     #[arg(long, requires = "admin_listen")]
     admin_password_env: Option<String>,
+    /// Directory where rebalancing state is kept (the running move, the
+    /// map in force after the last one). Needed to rebalance; a proxy
+    /// restarted with the same directory resumes an unfinished move.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// PEM certificate chain for TLS to clients (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -187,6 +234,23 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve(*args),
         Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
+        Command::Admin(cmd) => admin_cli::run(match cmd {
+            AdminCommand::Migrate { .. } => unreachable!("handled above"),
+            AdminCommand::Plan { map, conn } => (conn, admin_cli::Op::Plan(map)),
+            AdminCommand::Rebalance { map, no_wait, conn } => (
+                conn,
+                admin_cli::Op::Rebalance {
+                    map,
+                    wait: !no_wait,
+                },
+            ),
+            AdminCommand::Status { conn } => (conn, admin_cli::Op::Status),
+            AdminCommand::Pause { conn } => (conn, admin_cli::Op::Pause),
+            AdminCommand::Resume { conn } => (conn, admin_cli::Op::Resume),
+            AdminCommand::Throttle { keys_per_sec, conn } => {
+                (conn, admin_cli::Op::Throttle(keys_per_sec))
+            }
+        }),
     }
 }
 
@@ -282,6 +346,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let config = ServeConfig {
             admin: admin.map(|(addr, auth)| app::AdminListen { addr, auth }),
             map_path: args.map,
+            state_dir: args.state_dir,
             listen: args.listen,
             tls: args.tls_cert.map(|cert| app::TlsListen {
                 cert,

@@ -56,6 +56,25 @@ pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
 pub const ADMIN_COMMANDS: &str = "shardgate_admin_commands_total";
 /// Epoch of the routing table in use.
 pub const MAP_EPOCH: &str = "shardgate_map_epoch";
+/// Slots of the running (or last) rebalance, by state.
+pub const REBALANCE_SLOTS: &str = "shardgate_rebalance_slots";
+/// Values of the `state` label of [`REBALANCE_SLOTS`].
+pub const SLOT_STATES: [&str; 3] = ["pending", "migrating", "done"];
+/// Keys moved by rebalancing, by how (`mover`: the background mover;
+/// `touch`: a client command moved the key first).
+pub const REBALANCE_KEYS: &str = "shardgate_rebalance_keys_moved_total";
+/// Bytes moved by the background mover (`MEMORY USAGE` before each move).
+pub const REBALANCE_BYTES: &str = "shardgate_rebalance_bytes_moved_total";
+/// Rebalancing failures, by stage.
+pub const REBALANCE_ERRORS: &str = "shardgate_rebalance_errors_total";
+/// Values of the `stage` label of [`REBALANCE_ERRORS`].
+pub const REBALANCE_STAGES: [&str; 4] = ["mover", "touch", "barrier", "verify"];
+/// 1 while a rebalance runs (paused included).
+pub const REBALANCE_RUNNING: &str = "shardgate_rebalance_running";
+/// Keys the last verification found on a shard that does not own them.
+pub const REBALANCE_MISPLACED: &str = "shardgate_rebalance_verify_misplaced_keys";
+/// 1 if the last rebalance's verification passed, 0 if it failed.
+pub const REBALANCE_VERIFIED: &str = "shardgate_rebalance_verify_ok";
 
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
@@ -146,6 +165,37 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "counter",
         "Shard-map reloads (SIGHUP) by outcome: ok, refused",
     ),
+    (
+        REBALANCE_SLOTS,
+        "gauge",
+        "Slots of the running or last rebalance by state: pending, migrating, done",
+    ),
+    (
+        REBALANCE_KEYS,
+        "counter",
+        "Keys moved between shards by rebalancing, by how: mover (background), touch (a command moved it first)",
+    ),
+    (
+        REBALANCE_BYTES,
+        "counter",
+        "Bytes moved by the rebalance mover (MEMORY USAGE of each key before its move)",
+    ),
+    (
+        REBALANCE_ERRORS,
+        "counter",
+        "Rebalancing failures by stage: mover, touch, barrier, verify (each retried or reported)",
+    ),
+    (REBALANCE_RUNNING, "gauge", "1 while a rebalance runs"),
+    (
+        REBALANCE_MISPLACED,
+        "gauge",
+        "Keys the last rebalance verification found on a shard that does not own them",
+    ),
+    (
+        REBALANCE_VERIFIED,
+        "gauge",
+        "1 if the last rebalance verification passed, 0 if it failed",
+    ),
 ];
 
 /// Histogram buckets (seconds): 50 µs to 10 s.
@@ -191,6 +241,15 @@ pub struct Metrics {
     _map_reloads: [Counter; 2],
     _admin_reloads: [Counter; 2],
     auth_failures: [Counter; 3],
+    rebalance_slots: [Gauge; 3],
+    rebalance_keys: [Counter; 2],
+    rebalance_bytes: Counter,
+    rebalance_errors: [Counter; 4],
+    rebalance_running: Gauge,
+    rebalance_misplaced: Gauge,
+    rebalance_verified: Gauge,
+    /// Keys moved on touch since start (also shown by the admin STATUS).
+    touch_moves: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -218,7 +277,54 @@ impl Metrics {
             _admin_reloads: ["ok", "error"]
                 .map(|o| counter!(ADMIN_COMMANDS, "command" => "reload", "outcome" => o)),
             auth_failures: AUTH_FAILURE_REASONS.map(|r| counter!(AUTH_FAILURES, "reason" => r)),
+            rebalance_slots: SLOT_STATES.map(|s| gauge!(REBALANCE_SLOTS, "state" => s)),
+            rebalance_keys: ["mover", "touch"].map(|h| counter!(REBALANCE_KEYS, "how" => h)),
+            rebalance_bytes: counter!(REBALANCE_BYTES),
+            rebalance_errors: REBALANCE_STAGES.map(|s| counter!(REBALANCE_ERRORS, "stage" => s)),
+            rebalance_running: gauge!(REBALANCE_RUNNING),
+            rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
+            rebalance_verified: gauge!(REBALANCE_VERIFIED),
+            touch_moves: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A client command moved `n` keys of migrating slots before running.
+    pub fn rebalance_moved_on_touch(&self, n: u64) {
+        self.rebalance_keys[1].increment(n);
+        self.touch_moves
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keys moved on touch since the proxy started.
+    pub fn moved_on_touch(&self) -> u64 {
+        self.touch_moves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The mover moved `keys` keys of `bytes` bytes.
+    pub fn rebalance_moved(&self, keys: u64, bytes: u64) {
+        self.rebalance_keys[0].increment(keys);
+        self.rebalance_bytes.increment(bytes);
+    }
+
+    /// A rebalancing step failed (`mover`, `touch`, `barrier`, `verify`).
+    pub fn rebalance_mover_error(&self, stage: &'static str) {
+        if let Some(i) = REBALANCE_STAGES.iter().position(|s| *s == stage) {
+            self.rebalance_errors[i].increment(1);
+        }
+    }
+
+    /// Slot counts of the rebalance and whether it runs.
+    pub fn rebalance_slots(&self, pending: usize, migrating: usize, done: usize, running: bool) {
+        for (g, v) in self.rebalance_slots.iter().zip([pending, migrating, done]) {
+            g.set(v as f64);
+        }
+        self.rebalance_running.set(if running { 1.0 } else { 0.0 });
+    }
+
+    /// The outcome of a rebalance verification.
+    pub fn rebalance_verified(&self, ok: bool, misplaced: u64) {
+        self.rebalance_verified.set(if ok { 1.0 } else { 0.0 });
+        self.rebalance_misplaced.set(misplaced as f64);
     }
 
     /// Counts one finished command and its latency.
@@ -265,8 +371,20 @@ impl Metrics {
     /// A command on the admin listener (names outside the admin set are
     /// counted as `unknown`, so labels stay bounded).
     pub fn admin_command(&self, name: &str, ok: bool) {
-        const KNOWN: [&str; 7] = [
-            "AUTH", "PING", "HELP", "STATUS", "RELOAD", "QUIT", "COMMAND",
+        const KNOWN: [&str; 13] = [
+            "AUTH",
+            "PING",
+            "HELP",
+            "STATUS",
+            "RELOAD",
+            "QUIT",
+            "COMMAND",
+            "PLAN",
+            "REBALANCE",
+            "PROGRESS",
+            "PAUSE",
+            "RESUME",
+            "THROTTLE",
         ];
         let command = KNOWN.iter().find(|k| **k == name).map_or("unknown", |k| k);
         let outcome = if ok { "ok" } else { "error" };

@@ -549,6 +549,7 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             client: Default::default(),
             tls: None,
             admin: None,
+            state_dir: None,
         }))
         .expect("second proxy starts");
     assert_eq!(c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"), "1");
@@ -583,6 +584,7 @@ fn start_error(dsn: &str) -> String {
         client: Default::default(),
         tls: None,
         admin: None,
+        state_dir: None,
     }));
     let _ = std::fs::remove_file(&path);
     assert!(started.elapsed() < Duration::from_secs(20), "startup hung");

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod connect;
 pub mod dedicated;
 pub mod health;
+pub mod migrate;
 pub mod mux;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use crate::metrics::EndpointMetrics;
 use crate::pg::PgEndpoint;
 use crate::protocol::Protocol;
 use crate::router::ShardId;
-use crate::shardmap::{Options, ReadPolicy, ShardKind, ShardMap};
+use crate::shardmap::{Options, ReadPolicy, ShardKind, ShardMap, ShardPhase};
 use dedicated::{DedicatedPool, PooledConn};
 use mux::{MuxConn, ReplyRx};
 
@@ -174,6 +175,41 @@ impl Endpoint {
         conns[(client as usize) % conns.len()].send(frame)
     }
 
+    /// Waits until every request queued on this endpoint's multiplexed
+    /// connections before the call has been answered: a `PING` goes down
+    /// each connection behind them (Redis answers a connection in order).
+    /// The rebalancer uses it so that no write routed by an older table can
+    /// land on a source after its keys start moving. Errors if a connection
+    /// could not carry the `PING` (the caller retries).
+    pub async fn barrier(&self) -> Result<(), BackendError> {
+        let Conns::Redis {
+            mux_resp2,
+            mux_resp3,
+            ..
+        } = &self.conns
+        else {
+            return Ok(());
+        };
+        let pings: Vec<ReplyRx> = mux_resp2
+            .iter()
+            .chain(mux_resp3)
+            .map(|m| m.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")))
+            .collect();
+        for rx in pings {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(BackendError::ConnectionLost {
+                        addr: self.state.addr.clone(),
+                        reason: "connection task stopped".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Takes a dedicated connection from this endpoint's pool.
     pub async fn dedicated(&self, proto: Protocol) -> Result<PooledConn, BackendError> {
         let pool = match (&self.conns, proto) {
@@ -199,6 +235,9 @@ impl Endpoint {
 /// The endpoints of one shard and its read order.
 pub struct ShardBackends {
     pub name: String,
+    /// Whether the shard is a placement candidate, draining, or a removed
+    /// placeholder (see [`ShardPhase`]).
+    pub phase: ShardPhase,
     /// Redis or PostgreSQL.
     pub kind: ShardKind,
     pub primary: Arc<Endpoint>,
@@ -338,6 +377,7 @@ impl Backends {
                 let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
                 ShardBackends {
                     name: s.name.clone(),
+                    phase: s.phase,
                     kind: s.kind,
                     primary,
                     read_tiers,
@@ -355,6 +395,32 @@ impl Backends {
     /// Every shard, in map order.
     pub fn shards(&self) -> &[ShardBackends] {
         &self.shards
+    }
+
+    /// Whether a shard holds keys (fan-outs skip shards a finished
+    /// rebalance removed).
+    pub fn holds_keys(&self, id: ShardId) -> bool {
+        self.shards
+            .get(id.0 as usize)
+            .is_some_and(|s| s.phase != ShardPhase::Removed)
+    }
+
+    /// Marks the endpoints of shards in phase `Removed` as retired (health
+    /// checks stop; nothing routes to them). Returns how many.
+    pub fn retire_removed(&self) -> usize {
+        let mut n = 0;
+        for s in self
+            .shards
+            .iter()
+            .filter(|s| s.phase == ShardPhase::Removed)
+        {
+            for e in self.endpoints.iter().filter(|e| e.state.shard == s.name) {
+                if !e.state.retired.swap(true, Ordering::Relaxed) {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Every endpoint (for health checks).

@@ -29,6 +29,9 @@ pub enum InlineOp {
     Randomkey,
     /// SCAN from (shard, that shard's cursor), decoded from the client's cursor.
     Scan(Request, ShardId, u64),
+    /// A key of the request is in a migrating slot: move it to its new
+    /// shard first, then dispatch the request again.
+    MoveFirst(Request),
 }
 
 /// The dispatcher's decision for one request.
@@ -45,6 +48,7 @@ impl Session {
     /// Classifies and routes one request.
     pub fn dispatch(&mut self, proxy: &Proxy, req: Request) -> Action {
         self.request_started = Instant::now();
+        self.move_first = false;
         let Some(spec) = lookup(req.name()) else {
             if let Some(tx) = self.tx.as_mut() {
                 tx.aborted = true;
@@ -88,6 +92,9 @@ impl Session {
                 let table = proxy.router.load();
                 self.single_shard(&table, spec, &req).and_then(|s| {
                     let shard = s.unwrap_or(ShardId(0));
+                    if self.move_first {
+                        return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+                    }
                     stateless_only(proxy, spec, shard, "scripts")?;
                     Ok(Action::Inline(InlineOp::Script(req, shard), spec))
                 })
@@ -142,7 +149,11 @@ impl Session {
         let mut shard = None;
         for &i in &self.key_scratch {
             let Some(key) = args.get(i) else { continue };
-            let s = table.shard_for_key(key);
+            let route = table.route(key);
+            if route.moving_from.is_some() && self.moved_under != Some(table.epoch()) {
+                self.move_first = true;
+            }
+            let s = route.shard;
             match shard {
                 None => shard = Some(s),
                 Some(prev) if prev != s => return Err(ProxyError::crossslot()),
@@ -160,6 +171,9 @@ impl Session {
     ) -> Result<Action, ProxyError> {
         let table = proxy.router.load();
         let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        if self.move_first {
+            return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+        }
         Ok(Action::Queue(self.send_to_shard(
             proxy,
             spec,
@@ -179,7 +193,7 @@ impl Session {
     ) -> Pending {
         let all = proxy.backends_now();
         let backends = all.shard(shard);
-        let kind = if spec.is_read() {
+        let kind = if spec.is_read() && !self.force_primary {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
@@ -214,7 +228,7 @@ impl Session {
     ) -> Part {
         let all = proxy.backends_now();
         let backends = all.shard(shard);
-        let ep = if spec.is_read() {
+        let ep = if spec.is_read() && !self.force_primary {
             backends.read_endpoint(self.id)
         } else {
             &backends.primary
@@ -254,7 +268,11 @@ impl Session {
         // Group argument indices by shard, keeping first-seen shard order.
         let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
         for i in (1..args.len()).step_by(stride) {
-            let shard = table.shard_for_key(&args[i]);
+            let route = table.route(&args[i]);
+            if route.moving_from.is_some() && self.moved_under != Some(table.epoch()) {
+                return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+            }
+            let shard = route.shard;
             match groups.iter_mut().find(|(s, _)| *s == shard) {
                 Some((_, idx)) => idx.push(i),
                 None => groups.push((shard, vec![i])),
@@ -301,6 +319,9 @@ impl Session {
     ) -> Result<Action, ProxyError> {
         let table = proxy.router.load();
         let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        if self.move_first {
+            return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+        }
         let is_stream_read = matches!(spec.name, "xread" | "xreadgroup");
         let blocks = req.args().iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
         if is_stream_read && !blocks {
@@ -345,6 +366,9 @@ impl Session {
             TxKind::Watch => {
                 let table = proxy.router.load();
                 let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+                if self.move_first {
+                    return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+                }
                 if matches!(&self.watch, Some((s, _)) if *s != shard) {
                     return Err(ProxyError::crossslot());
                 }
@@ -405,10 +429,16 @@ impl Session {
         req: Request,
         kind: FanoutKind,
     ) -> Result<Action, ProxyError> {
-        let n = proxy.backends_now().shards().len();
+        let backends = proxy.backends_now();
+        let n = backends.shards().len();
+        let live: Vec<ShardId> = (0..n as u32)
+            .map(ShardId)
+            .filter(|&id| backends.holds_keys(id))
+            .collect();
+        drop(backends);
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
-            (0..n)
-                .map(|i| s.part(proxy, spec, ShardId(i as u32), frame.clone()))
+            live.iter()
+                .map(|&id| s.part(proxy, spec, id, frame.clone()))
                 .collect()
         };
         match kind {

@@ -26,7 +26,9 @@ impl Session {
             InlineOp::Info(req) => self.info(proxy, &req).await,
             InlineOp::Randomkey => self.randomkey(proxy).await,
             InlineOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
+            InlineOp::MoveFirst(req) => return self.move_first(proxy, req).await,
         };
+        self.held_table = None;
         let reply = result.unwrap_or_else(|e| e.to_reply());
         let mut out = BytesMut::new();
         reply.encode(self.proto, &mut out);
@@ -49,10 +51,24 @@ impl Session {
         shard: ShardId,
         timed: bool,
     ) -> Result<Reply, ProxyError> {
+        // Routed again now: a rebalance may have moved the keys since dispatch.
+        let shard = self.reroute(proxy, req).await?.unwrap_or(shard);
         let ep = proxy.backends().shard(shard).primary.clone();
         let mut conn = self.dedicated(proxy, shard).await?;
         let _lent = Lent::new(&ep.state.metrics);
-        let run = conn.request(req.raw());
+        if !timed {
+            // A blocking command may wait for long: once it is sent, the
+            // table is not held any more (a rebalance would wait for it).
+            conn.send(req.raw(), 1).await?;
+            self.held_table = None;
+        }
+        let run = async {
+            if timed {
+                conn.request(req.raw()).await
+            } else {
+                conn.recv().await
+            }
+        };
         let result = if timed {
             let timeout = ep.state.options.command_timeout;
             match tokio::time::timeout(timeout, run).await {
@@ -77,6 +93,10 @@ impl Session {
         req: Request,
         shard: ShardId,
     ) -> Result<Reply, ProxyError> {
+        let shard = self.reroute(proxy, &req).await?.unwrap_or(shard);
+        if matches!(&self.watch, Some((s, _)) if *s != shard) {
+            return Err(ProxyError::crossslot());
+        }
         let mut conn = match self.watch.take() {
             Some((_, c)) => c,
             None => self.dedicated(proxy, shard).await?,
@@ -123,9 +143,41 @@ impl Session {
                 "EXECABORT Transaction discarded because of previous errors.".into(),
             ));
         }
+        // Routed again now: a rebalance may have moved the keys since they
+        // were queued. Their moves happen before the transaction runs.
+        let table = proxy.router.load_full();
+        self.held_table = Some(table.clone());
+        let keys: Vec<Bytes> = tx
+            .queued
+            .iter()
+            .flat_map(super::moves::request_keys)
+            .collect();
+        if let Err(e) = self.move_keys(proxy, &table, &keys).await {
+            self.unwatch().await?;
+            return Err(e);
+        }
+        let now = match super::moves::shard_of(&table, keys.iter().map(|k| k.as_ref())) {
+            Ok(s) => s,
+            Err(_) => {
+                self.unwatch().await?;
+                return Err(ProxyError::Client(
+                    "TRYAGAIN the transaction's keys are being moved between shards; retry it"
+                        .into(),
+                ));
+            }
+        };
         let watched = self.watch.take();
-        let shard = tx
-            .shard
+        if let (Some(s), Some((w, _))) = (now, &watched)
+            && *w != s
+        {
+            // The watched keys moved away from the shard they were watched
+            // on: as with a watched key that changed, EXEC runs nothing.
+            self.watch = watched;
+            self.unwatch().await?;
+            return Ok(Reply::NilArray);
+        }
+        let shard = now
+            .or(tx.shard)
             .or(watched.as_ref().map(|(s, _)| *s))
             .unwrap_or(ShardId(0));
         let mut conn = match watched {
@@ -216,6 +268,7 @@ impl Session {
             .backends()
             .shards()
             .iter()
+            .filter(|s| s.phase != crate::shardmap::ShardPhase::Removed)
             .map(|s| s.primary.send(self.proto, self.id, frame.clone()))
             .collect();
         let (mut keys, mut expires) = (0u64, 0u64);
@@ -249,6 +302,9 @@ impl Session {
         let frame = Bytes::from_static(b"*1\r\n$9\r\nRANDOMKEY\r\n");
         for i in 0..shards.len() {
             let s = &shards[(start + i) % shards.len()];
+            if s.phase == crate::shardmap::ShardPhase::Removed {
+                continue;
+            }
             let reply = s
                 .read_endpoint(self.id)
                 .send(self.proto, self.id, frame.clone())
@@ -303,12 +359,23 @@ impl Session {
         let n = shards.len() as u64;
         let bad = || ProxyError::err("unexpected SCAN reply from a shard");
         loop {
+            if !all.holds_keys(shard) {
+                // A shard a finished rebalance removed: nothing to scan.
+                if u64::from(shard.0) + 1 >= n {
+                    return Ok(Reply::Array(vec![
+                        Reply::Bulk(Bytes::from_static(b"0")),
+                        Reply::Array(Vec::new()),
+                    ]));
+                }
+                shard = ShardId(shard.0 + 1);
+                cursor = 0;
+                continue;
+            }
             let mut args: Vec<&[u8]> = req.args().iter().map(|a| a.as_ref()).collect();
             let c = cursor.to_string();
             args[1] = c.as_bytes();
             let mut frame = BytesMut::new();
             encode_command(&args, &mut frame);
-            let all = proxy.backends();
             let backends = all.shard(shard);
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();

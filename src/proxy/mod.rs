@@ -6,6 +6,7 @@ mod conn;
 mod dispatch;
 mod inline;
 mod local;
+mod moves;
 mod pending;
 mod session;
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
 use crate::protocol::{Protocol, Request};
-use crate::router::ShardId;
+use crate::router::{Epoch, RoutingTable, ShardId};
 
 /// A MULTI block being queued by the proxy. Commands are checked and queued
 /// here, then sent as MULTI ... EXEC in one write to the shard's primary on a
@@ -39,6 +39,19 @@ pub struct Session {
     /// The user this connection is logged in as; `None` before AUTH (only
     /// consulted when auth is configured).
     pub user: Option<Arc<User>>,
+    /// Set by routing when a key of the request is in a migrating slot and
+    /// has not been moved under the current table yet.
+    pub move_first: bool,
+    /// The table epoch under which this session last moved the keys of
+    /// the request it is running (so the re-dispatch does not move again).
+    pub moved_under: Option<Epoch>,
+    /// Reads go to the primary (after a move: a replica may not have the
+    /// moved key yet).
+    pub force_primary: bool,
+    /// The table a running inline operation routed with, held until its
+    /// command has been answered: a rebalance waits for every holder of a
+    /// table before moving keys it routed (see `rebalance`).
+    pub held_table: Option<Arc<RoutingTable>>,
 }
 
 impl Session {
@@ -56,6 +69,10 @@ impl Session {
             request_started: std::time::Instant::now(),
             addr,
             user: None,
+            move_first: false,
+            moved_under: None,
+            force_primary: false,
+            held_table: None,
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod table;
 use std::sync::{Arc, Mutex};
 
 pub use placement::{explicit_hash_tag, hash_tag, key_hash};
-pub use table::{Placement, RoutingTable, SlotMove};
+pub use table::{ClassMove, Overlay, Placement, Route, RoutingTable, SlotMove};
 
 /// A slot: `key_hash(key) % slots`, the unit of placement and migration.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,6 +84,14 @@ impl Router {
     /// Replaces the table if `table` has a greater epoch and the same slot
     /// count; otherwise the running table stays and the reason is returned.
     pub fn publish(&self, table: RoutingTable) -> Result<(), RouterError> {
+        self.publish_swap(table).map(drop)
+    }
+
+    /// Like [`Router::publish`], and returns the table it replaced. Once
+    /// `Arc::strong_count` of that table is 1, no reader is routing with it
+    /// any more (arc-swap turns outstanding guards into counted references
+    /// when a table is replaced): the rebalancer's barrier.
+    pub fn publish_swap(&self, table: RoutingTable) -> Result<Arc<RoutingTable>, RouterError> {
         // A poisoned lock only means another publisher panicked; the guarded
         // state is `()`, so continuing is safe.
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,8 +108,8 @@ impl Router {
                 offered: table.slots(),
             });
         }
-        self.t.store(Arc::new(table));
-        Ok(())
+        drop(current);
+        Ok(self.t.swap(Arc::new(table)))
     }
 }
 
@@ -130,6 +138,30 @@ mod tests {
         assert!(r.publish(table(MAP, 4)).is_err());
         assert_eq!(r.publish(table(MAP, 6)), Ok(()));
         assert_eq!(r.load().epoch(), Epoch(6));
+    }
+
+    #[test]
+    fn replaced_table_counts_its_readers() {
+        // The rebalancer's barrier relies on this: a guard taken before a
+        // publish shows in the replaced table's strong count until dropped.
+        let r = Router::new(table(MAP, 1));
+        let reader = r.load();
+        let old = r.publish_swap(table(MAP, 2)).expect("newer");
+        assert_eq!(old.epoch(), Epoch(1));
+        assert_eq!(Arc::strong_count(&old), 2);
+        drop(reader);
+        assert_eq!(Arc::strong_count(&old), 1);
+        let other = std::thread::spawn({
+            let r = Arc::new(r);
+            move || {
+                let g = r.load();
+                let old = r.publish_swap(table(MAP, 3)).expect("newer");
+                let held = Arc::strong_count(&old);
+                drop(g);
+                (held, Arc::strong_count(&old))
+            }
+        });
+        assert_eq!(other.join().unwrap(), (2, 1));
     }
 
     #[test]

@@ -64,6 +64,23 @@ pub struct Shard {
     pub primary: Endpoint,
     /// Read replicas.
     pub replicas: Vec<Endpoint>,
+    /// Whether the shard takes part in placement. Always `Active` in a map
+    /// read from YAML; the rebalancer keeps shards that a new map removed
+    /// as `Draining` (still reachable, owning only what has not moved yet)
+    /// and then `Removed` (a placeholder, so shard ids stay stable).
+    pub phase: ShardPhase,
+}
+
+/// See [`Shard::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShardPhase {
+    /// A placement candidate.
+    #[default]
+    Active,
+    /// Removed by a rebalance that is still moving its keys away.
+    Draining,
+    /// Removed by a finished rebalance; nothing routes to it.
+    Removed,
 }
 
 /// The kind of server behind a shard; every endpoint of a shard has its kind.

@@ -14,7 +14,7 @@ use super::raw::{
 };
 use super::{
     DefaultPlacement, Endpoint, MapError, Matcher, Options, PlacementRule, ReadPolicy, Region,
-    Shard, ShardKind, ShardMap,
+    Shard, ShardKind, ShardMap, ShardPhase,
 };
 
 /// Default number of slots (Redis Cluster's count).
@@ -270,6 +270,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
             kind,
             primary,
             replicas,
+            phase: ShardPhase::Active,
         });
     }
     Ok(out)

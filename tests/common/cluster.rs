@@ -157,6 +157,7 @@ impl Cluster {
             },
             tls: spec.tls.clone(),
             admin: None,
+            state_dir: None,
         };
         let running = rt
             .block_on(app::start(config))

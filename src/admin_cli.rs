@@ -1,0 +1,240 @@
+//! `shardgate admin plan|rebalance|status|pause|resume|throttle`: a small
+//! RESP client of the admin listener.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use shardgate::protocol::{reply, request::encode_command, scan};
+
+/// Where the admin listener is and its password.
+#[derive(clap::Args)]
+pub struct AdminConn {
+    /// The admin listener (`serve --admin-listen`).
+    #[arg(long, default_value = "127.0.0.1:6390")]
+    admin: SocketAddr,
+    /// Environment variable holding the admin password.
+    #[arg(long, default_value = "SHARDGATE_ADMIN_PASSWORD")]
+    password_env: String,
+}
+
+/// What to ask.
+pub enum Op {
+    Plan(PathBuf),
+    Rebalance { map: PathBuf, wait: bool },
+    Status,
+    Pause,
+    Resume,
+    Throttle(u64),
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Bytes, String> {
+        let mut frame = BytesMut::new();
+        encode_command(args, &mut frame);
+        self.stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| format!("admin connection: {e}"))?;
+        loop {
+            if let Some(n) = scan::frame_len(&self.buf).map_err(|e| e.to_string())? {
+                return Ok(self.buf.split_to(n).freeze());
+            }
+            if self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| format!("admin connection: {e}"))?
+                == 0
+            {
+                return Err("the admin listener closed the connection".to_owned());
+            }
+        }
+    }
+}
+
+/// Runs one admin command; prints its result.
+pub fn run((conn, op): (AdminConn, Op)) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_op(conn, op)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn text(frame: &Bytes) -> Result<String, String> {
+    if reply::is_error(frame) {
+        return Err(reply::error_text(frame).unwrap_or_default());
+    }
+    if let Some(b) = reply::bulk(frame) {
+        return Ok(String::from_utf8_lossy(&b).into_owned());
+    }
+    if let Ok(Some(elems)) = reply::array_elements(frame) {
+        let lines: Vec<String> = elems.iter().filter_map(|e| text(e).ok()).collect();
+        return Ok(lines.join("\n"));
+    }
+    // +simple
+    Ok(String::from_utf8_lossy(frame.get(1..).unwrap_or_default())
+        .trim_end()
+        .to_owned())
+}
+
+async fn run_op(conn: AdminConn, op: Op) -> Result<(), String> {
+    let stream = TcpStream::connect(conn.admin)
+        .await
+        .map_err(|e| format!("cannot reach the admin listener at {}: {e}", conn.admin))?;
+    let mut c = Client {
+        stream,
+        buf: BytesMut::new(),
+    };
+    let password = std::env::var(&conn.password_env).map_err(|_| {
+        format!(
+            "set the admin password in the environment variable {} (or name another with --password-env)",
+            conn.password_env
+        )
+    })?;
+    text(&c.call(&[b"AUTH", password.as_bytes()]).await?)?;
+    let read =
+        |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    match op {
+        Op::Plan(map) => println!(
+            "{}",
+            text(&c.call(&[b"PLAN", read(&map)?.as_bytes()]).await?)?
+        ),
+        Op::Status => println!(
+            "{}",
+            text(&c.call(&[b"STATUS"]).await?)?.replace("\r\n", "\n")
+        ),
+        Op::Pause => println!("{}", text(&c.call(&[b"PAUSE"]).await?)?),
+        Op::Resume => println!("{}", text(&c.call(&[b"RESUME"]).await?)?),
+        Op::Throttle(n) => println!(
+            "{}",
+            text(&c.call(&[b"THROTTLE", n.to_string().as_bytes()]).await?)?
+        ),
+        Op::Rebalance { map, wait } => {
+            println!(
+                "{}",
+                text(&c.call(&[b"REBALANCE", read(&map)?.as_bytes()]).await?)?
+            );
+            if wait {
+                return follow(&mut c).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Field/value pairs of PROGRESS.
+async fn progress(c: &mut Client) -> Result<Vec<(String, String)>, String> {
+    let frame = c.call(&[b"PROGRESS"]).await?;
+    if reply::is_error(&frame) {
+        return Err(reply::error_text(&frame).unwrap_or_default());
+    }
+    let elems = reply::array_elements(&frame)
+        .ok()
+        .flatten()
+        .ok_or("unexpected PROGRESS reply")?;
+    let vals: Vec<String> = elems
+        .iter()
+        .map(|e| reply::bulk(e).map_or(String::new(), |b| String::from_utf8_lossy(&b).into_owned()))
+        .collect();
+    Ok(vals
+        .chunks(2)
+        .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+        .collect())
+}
+
+fn get<'a>(p: &'a [(String, String)], k: &str) -> &'a str {
+    p.iter()
+        .find(|(n, _)| n == k)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+fn human(n: u64) -> String {
+    shardgate::rebalance::human_bytes(n)
+}
+
+/// Shows a progress bar until the rebalance ends; Ctrl-C detaches.
+async fn follow(c: &mut Client) -> Result<(), String> {
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        let p = progress(c).await?;
+        let num = |k: &str| get(&p, k).parse::<u64>().unwrap_or(0);
+        let (done, total) = (num("slots_done"), num("slots_total"));
+        let moved = num("keys_moved") + num("keys_moved_on_touch");
+        let eta = match get(&p, "eta_secs") {
+            "-1" | "" => "?".to_owned(),
+            s => format!("{s}s"),
+        };
+        let width = 30;
+        let filled = (done * width).checked_div(total).unwrap_or(width) as usize;
+        let line = format!(
+            "[{}{}] {done}/{total} slots  {moved} keys  {}  {} keys/s  ETA {eta}{}",
+            "#".repeat(filled),
+            "-".repeat(width as usize - filled),
+            human(num("bytes_moved")),
+            get(&p, "keys_per_sec"),
+            if get(&p, "paused") == "1" {
+                "  (paused)"
+            } else {
+                ""
+            },
+        );
+        let state = get(&p, "state").to_owned();
+        if tty {
+            print!("\r{line}\x1b[K");
+            let _ = std::io::stdout().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(2) || state != "moving" {
+            println!("{line}");
+            last_line = std::time::Instant::now();
+        }
+        match state.as_str() {
+            "done" => {
+                println!(
+                    "\nrebalance done in {}s: verification {} (keys per shard: {})",
+                    get(&p, "elapsed_secs"),
+                    get(&p, "verify"),
+                    get(&p, "verify_keys")
+                );
+                return Ok(());
+            }
+            "failed" => {
+                println!();
+                return Err(format!("rebalance failed: {}", get(&p, "failure")));
+            }
+            "none" => return Err("no rebalance is known to the proxy".to_owned()),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                println!("\ndetached: the rebalance goes on in the proxy; follow it with `shardgate admin status`");
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The client side of an online rebalance: a command on a key of a
+//! migrating slot first moves the key from its old shard to its new one
+//! (`MIGRATE`, atomic on the source), then runs on the new shard.
+//!
+//! The moves run with the session to itself (an inline operation), holding
+//! the routing table they were decided with until the command is answered,
+//! so the rebalancer's barrier (see `rebalance`) also waits for them.
+
+use bytes::{Bytes, BytesMut};
+
+use super::Proxy;
+use super::dispatch::{Action, InlineOp};
+use super::session::Session;
+use crate::backend::migrate::{Migrated, migrate_frame, migrated};
+use crate::command::keys::key_indices;
+use crate::command::{CommandSpec, lookup};
+use crate::error::ProxyError;
+use crate::protocol::{Reply, Request};
+use crate::router::{RoutingTable, ShardId};
+
+/// Re-dispatches after moving at most this many times (each time, the
+/// table changed again between the moves and the command).
+const MAX_ROUNDS: usize = 8;
+
+impl Session {
+    /// Moves the request's keys that are in migrating slots, then runs it
+    /// on their new shard. Returns the encoded reply.
+    pub(super) async fn move_first(&mut self, proxy: &Proxy, mut req: Request) -> Bytes {
+        for _ in 0..MAX_ROUNDS {
+            let table = proxy.router.load_full();
+            self.held_table = Some(table.clone());
+            let keys = request_keys(&req);
+            if let Err(e) = self.move_keys(proxy, &table, &keys).await {
+                self.held_table = None;
+                return self.encode(e.to_reply());
+            }
+            self.moved_under = Some(table.epoch());
+            self.force_primary = true;
+            let action = self.dispatch(proxy, req);
+            self.force_primary = false;
+            let out = match action {
+                Action::Inline(InlineOp::MoveFirst(again), _) => {
+                    req = again;
+                    continue;
+                }
+                Action::Queue(mut p) | Action::Close(mut p) => {
+                    let mut out = BytesMut::new();
+                    std::future::poll_fn(|cx| p.poll_into(cx, &mut out)).await;
+                    out.freeze()
+                }
+                Action::Inline(op, _) => Box::pin(self.run_inline(proxy, op)).await,
+            };
+            self.moved_under = None;
+            self.held_table = None;
+            return out;
+        }
+        self.moved_under = None;
+        self.held_table = None;
+        self.encode(Reply::error(
+            "TRYAGAIN the keys' slots kept changing during a rebalance; retry the command",
+        ))
+    }
+
+    /// Routes `req` again with the current table, right before an inline
+    /// operation runs it: moves its keys in migrating slots and returns the
+    /// one shard they live on now (`None` without keys). The table is held
+    /// in the session until the operation ends.
+    pub(super) async fn reroute(
+        &mut self,
+        proxy: &Proxy,
+        req: &Request,
+    ) -> Result<Option<ShardId>, ProxyError> {
+        let table = proxy.router.load_full();
+        self.held_table = Some(table.clone());
+        let keys = request_keys(req);
+        self.move_keys(proxy, &table, &keys).await?;
+        shard_of(&table, keys.iter().map(|k| k.as_ref()))
+    }
+
+    /// Moves every key of `keys` whose slot is migrating under `table` to
+    /// its new shard: one `MIGRATE` per key, all sent at once to the
+    /// sources' primaries, over this client's connections to them.
+    pub(super) async fn move_keys(
+        &self,
+        proxy: &Proxy,
+        table: &RoutingTable,
+        keys: &[Bytes],
+    ) -> Result<(), ProxyError> {
+        let backends = proxy.backends();
+        let mut waits = Vec::new();
+        for key in keys {
+            let route = table.route(key);
+            let Some(from) = route.moving_from else {
+                continue;
+            };
+            let target = &backends.shard(route.shard).primary;
+            let source = &backends.shard(from).primary;
+            let timeout = source.state.options.command_timeout.as_millis() as u64;
+            let frame = migrate_frame(&target.state, &[key.as_ref()], timeout);
+            waits.push((
+                key,
+                from,
+                route.shard,
+                source.send(self.proto, self.id, frame),
+            ));
+        }
+        let mut first_error = None;
+        for (key, from, to, rx) in waits {
+            let outcome = match rx.await {
+                Ok(Ok(frame)) => migrated(&frame),
+                Ok(Err(e)) => Migrated::Failed(e.to_string()),
+                Err(_) => Migrated::Failed("reply channel closed".to_owned()),
+            };
+            match outcome {
+                Migrated::Moved => proxy.metrics.rebalance_moved_on_touch(1),
+                Migrated::NoKey => {}
+                Migrated::Failed(why) => {
+                    proxy.metrics.rebalance_mover_error("touch");
+                    let name = |id: ShardId| {
+                        backends
+                            .shards()
+                            .get(id.0 as usize)
+                            .map_or(String::new(), |s| s.name.clone())
+                    };
+                    tracing::warn!(key = %String::from_utf8_lossy(key), from = %name(from), to = %name(to), error = %why, "moving a key on touch failed");
+                    first_error.get_or_insert_with(|| {
+                        ProxyError::Client(
+                            format!(
+                                "TRYAGAIN key is moving from shard {} to shard {} and the move failed: {why}",
+                                name(from),
+                                name(to)
+                            )
+                            .into(),
+                        )
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn encode(&self, reply: Reply) -> Bytes {
+        let mut out = BytesMut::new();
+        reply.encode(self.proto, &mut out);
+        out.freeze()
+    }
+}
+
+/// The keys of a request, by the command table (none for an unknown
+/// command or malformed key arguments: Redis then answers with its error).
+pub(super) fn request_keys(req: &Request) -> Vec<Bytes> {
+    let Some(spec) = lookup(req.name()) else {
+        return Vec::new();
+    };
+    keys_of(spec, req)
+}
+
+fn keys_of(spec: &CommandSpec, req: &Request) -> Vec<Bytes> {
+    let mut idx = Vec::new();
+    if key_indices(spec, req.args(), &mut idx).is_err() {
+        return Vec::new();
+    }
+    idx.iter()
+        .filter_map(|&i| req.args().get(i).cloned())
+        .collect()
+}
+
+/// The one shard `keys` live on under `table`; `-CROSSSLOT` if several.
+pub(super) fn shard_of<'a>(
+    table: &RoutingTable,
+    keys: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<ShardId>, ProxyError> {
+    let mut shard = None;
+    for key in keys {
+        let s = table.route(key).shard;
+        match shard {
+            None => shard = Some(s),
+            Some(prev) if prev != s => return Err(ProxyError::crossslot()),
+            Some(_) => {}
+        }
+    }
+    Ok(shard)
+}

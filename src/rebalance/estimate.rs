@@ -1,0 +1,207 @@
+//! The dry run's estimates: keys and bytes per (from, to) pair, from each
+//! source's `DBSIZE` and a sample of its keys (`SCAN` + `MEMORY USAGE`),
+//! and the big keys the sample found.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::Plan;
+use super::mover::BIG_KEY_BYTES;
+use crate::protocol::{Protocol, reply, request::encode_command};
+use crate::proxy::Proxy;
+use crate::router::{ShardId, Slot};
+
+/// Keys sampled per source shard.
+const SAMPLE: usize = 1000;
+
+/// Estimates for a plan.
+#[derive(Debug, Default)]
+pub struct Estimate {
+    /// Per plan pair: (keys, bytes).
+    pub pairs: Vec<(u64, u64)>,
+    /// Keys sampled in all.
+    pub sampled: u64,
+    /// Big keys seen in the samples: (shard, key, bytes).
+    pub big: Vec<(String, String, u64)>,
+    /// Shards that could not be asked, and why.
+    pub errors: Vec<String>,
+}
+
+async fn ask(proxy: &Proxy, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String> {
+    let mut frame = bytes::BytesMut::new();
+    encode_command(args, &mut frame);
+    let backends = proxy.backends();
+    let ep = &backends.shard(id).primary;
+    match ep.send(Protocol::Resp2, 0, frame.freeze()).await {
+        Ok(Ok(f)) if !reply::is_error(&f) => Ok(f),
+        Ok(Ok(f)) => Err(reply::error_text(&f).unwrap_or_default()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connection task stopped".to_owned()),
+    }
+}
+
+/// Per source shard: (keys, average bytes per key, big keys).
+async fn sample_shard(
+    proxy: &Proxy,
+    id: ShardId,
+) -> Result<(u64, f64, Vec<(String, u64)>), String> {
+    let dbsize = ask(proxy, id, &[b"DBSIZE"]).await?;
+    let keys = reply::integer(&dbsize).unwrap_or(0).max(0) as u64;
+    let count = SAMPLE.to_string();
+    let scan = ask(proxy, id, &[b"SCAN", b"0", b"COUNT", count.as_bytes()]).await?;
+    let sample: Vec<Bytes> = reply::array_elements(&scan)
+        .ok()
+        .flatten()
+        .and_then(|e| e.get(1).cloned())
+        .and_then(|k| reply::array_elements(&k).ok().flatten())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(reply::bulk)
+        .collect();
+    // Every MEMORY USAGE is queued at once: one round trip in all.
+    let backends = proxy.backends();
+    let ep = &backends.shard(id).primary;
+    let waits: Vec<_> = sample
+        .iter()
+        .map(|k| {
+            let mut frame = bytes::BytesMut::new();
+            encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
+            (k.clone(), ep.send(Protocol::Resp2, 0, frame.freeze()))
+        })
+        .collect();
+    let mut sizes = Vec::with_capacity(waits.len());
+    for (k, rx) in waits {
+        let n = match rx.await {
+            Ok(Ok(f)) => reply::integer(&f).unwrap_or(0).max(0) as u64,
+            _ => 0,
+        };
+        sizes.push((k, n));
+    }
+    let total: u64 = sizes.iter().map(|(_, n)| n).sum();
+    let avg = if sizes.is_empty() {
+        0.0
+    } else {
+        total as f64 / sizes.len() as f64
+    };
+    let big = sizes
+        .into_iter()
+        .filter(|(_, n)| *n >= BIG_KEY_BYTES)
+        .map(|(k, n)| (String::from_utf8_lossy(&k).into_owned(), n))
+        .collect();
+    Ok((keys, avg, big))
+}
+
+/// Estimates keys and bytes per pair of `plan`.
+pub async fn estimate(proxy: &Proxy, plan: &Plan) -> Estimate {
+    let table = proxy.router.load_full();
+    let name_of = |id: ShardId| plan.merged.shards[id.0 as usize].name.clone();
+    // Units each source owns now, and the ids of the sources.
+    let mut owned: HashMap<String, (ShardId, u64)> = HashMap::new();
+    for m in &plan.moves {
+        owned.entry(name_of(m.from)).or_insert((m.from, 0));
+    }
+    for class in 0..table.classes() as u32 {
+        for slot in 0..table.slots() {
+            let id = table.route_of(class, Slot(slot)).shard;
+            if let Some(name) = table.shard(id).map(|s| s.name.clone())
+                && let Some(e) = owned.get_mut(&name)
+            {
+                e.1 += 1;
+            }
+        }
+    }
+    drop(table);
+    let mut est = Estimate::default();
+    let mut per_source: HashMap<String, (u64, f64)> = HashMap::new();
+    let mut sources: Vec<_> = owned.iter().collect();
+    sources.sort();
+    for (name, (id, _)) in sources {
+        match sample_shard(proxy, *id).await {
+            Ok((keys, avg, big)) => {
+                per_source.insert(name.clone(), (keys, avg));
+                est.sampled += SAMPLE.min(keys as usize) as u64;
+                est.big
+                    .extend(big.into_iter().map(|(k, n)| (name.clone(), k, n)));
+            }
+            Err(e) => est.errors.push(format!("shard {name}: {e}")),
+        }
+    }
+    for (from, _, n) in &plan.pairs {
+        let (keys, avg) = per_source.get(from).copied().unwrap_or((0, 0.0));
+        let own = owned.get(from).map_or(1, |o| o.1.max(1));
+        let k = (keys as f64 * *n as f64 / own as f64).round() as u64;
+        est.pairs.push((k, (k as f64 * avg) as u64));
+    }
+    est
+}
+
+/// Human units for bytes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The dry run's report, one line per element.
+pub fn report(plan: &Plan, est: &Estimate) -> Vec<String> {
+    let mut lines = Vec::new();
+    let moving = plan.moves.len();
+    lines.push(format!(
+        "plan: {moving} of {} (class, slot) pairs change shard ({:.1}%); {} slots, {} key classes",
+        plan.units,
+        100.0 * moving as f64 / plan.units.max(1) as f64,
+        plan.slots,
+        plan.units / plan.slots.max(1) as usize,
+    ));
+    for s in &plan.added {
+        lines.push(format!("add shard {s}"));
+    }
+    for s in &plan.drained {
+        lines.push(format!("drain and remove shard {s}"));
+    }
+    if plan.pairs.is_empty() {
+        lines.push("nothing moves".to_owned());
+    }
+    let (mut tk, mut tb) = (0, 0);
+    for ((from, to, n), (k, b)) in plan.pairs.iter().zip(&est.pairs) {
+        tk += k;
+        tb += b;
+        lines.push(format!(
+            "move {from} -> {to}: {n} slots, ~{k} keys, ~{}",
+            human_bytes(*b)
+        ));
+    }
+    if !plan.pairs.is_empty() {
+        lines.push(format!(
+            "total: {moving} slots, ~{tk} keys, ~{} (estimated from DBSIZE and a sample of {} keys)",
+            human_bytes(tb),
+            est.sampled
+        ));
+    }
+    if est.big.is_empty() {
+        lines.push(format!(
+            "big keys: none of {} or more in the sample",
+            human_bytes(BIG_KEY_BYTES)
+        ));
+    }
+    for (shard, key, n) in &est.big {
+        lines.push(format!(
+            "big key on {shard}: {key} ~{} (moved alone by one MIGRATE, which blocks {shard} while it copies)",
+            human_bytes(*n)
+        ));
+    }
+    for e in &est.errors {
+        lines.push(format!("warning: no estimate for {e}"));
+    }
+    lines
+}

@@ -1,0 +1,589 @@
+//! Online rebalancing: a new map moves slots between live shards while the
+//! proxy serves, losing nothing (the migration invariant of DESIGN.md).
+//!
+//! * [`plan`]: what a new map moves, and every reason to refuse it.
+//! * [`state`]: the state directory, so a killed proxy resumes the move.
+//! * `mover`: the background task that walks the source shards and moves
+//!   keys in batches, and the barrier that makes a slot's `Migrating` state
+//!   effective before any of its keys moves.
+//! * [`Rebalancer`]: the handle the admin listener drives (plan, start,
+//!   progress, pause, resume, throttle).
+//!
+//! The data path's half (a command on a key of a migrating slot moves the
+//! key first) is in `proxy::moves`.
+
+mod estimate;
+pub use estimate::human_bytes;
+mod mover;
+pub mod plan;
+pub mod state;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::proxy::Proxy;
+use crate::router::{ClassMove, Epoch, Overlay, RoutingTable, Slot};
+use crate::shardmap::ShardMap;
+pub use plan::Plan;
+use state::{Saved, StateDir};
+
+/// How the last (or running) rebalance stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Moving,
+    Verifying,
+    Done,
+    Failed(String),
+}
+
+impl Phase {
+    fn as_str(&self) -> &str {
+        match self {
+            Phase::Moving => "moving",
+            Phase::Verifying => "verifying",
+            Phase::Done => "done",
+            Phase::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The verification pass after the last slot moved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verification {
+    /// Keys of moved slots still found on the shard they moved from.
+    pub left_behind: u64,
+    /// Keys found on a shard that does not own them (all shards scanned).
+    pub misplaced: u64,
+    /// Keys per shard after the move (shard name, keys), all owned there.
+    pub keys: Vec<(String, u64)>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.left_behind == 0 && self.misplaced == 0
+    }
+}
+
+/// One rebalance: its progress counters, shared by the mover and readers.
+pub struct Job {
+    started: Instant,
+    /// Epoch of the first table of the move.
+    pub first_epoch: u64,
+    /// (class, slot) pairs to move.
+    pub total: usize,
+    pairs: Vec<(String, String, usize)>,
+    done: AtomicUsize,
+    migrating: AtomicUsize,
+    keys: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    big_keys: AtomicU64,
+    touch_at_start: u64,
+    keys_estimate: AtomicU64,
+    paused: watch::Sender<bool>,
+    throttle: AtomicU64,
+    phase: Mutex<Phase>,
+    last_error: Mutex<Option<String>>,
+    verification: Mutex<Option<Verification>>,
+    finished: Mutex<Option<Duration>>,
+}
+
+/// A snapshot of a job's progress.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub phase: Phase,
+    pub paused: bool,
+    pub slots_total: usize,
+    pub slots_done: usize,
+    pub slots_migrating: usize,
+    pub keys_moved: u64,
+    pub keys_moved_on_touch: u64,
+    pub bytes_moved: u64,
+    pub big_keys: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub keys_estimate: u64,
+    pub throttle: u64,
+    pub elapsed: Duration,
+    pub keys_per_sec: f64,
+    pub eta_secs: Option<u64>,
+    pub verification: Option<Verification>,
+    pub pairs: Vec<(String, String, usize)>,
+}
+
+impl Progress {
+    /// Flat `name value ...` pairs (the admin PROGRESS reply).
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let v = self.verification.as_ref();
+        vec![
+            ("state", self.phase.as_str().to_owned()),
+            ("paused", (self.paused as u8).to_string()),
+            ("slots_total", self.slots_total.to_string()),
+            ("slots_done", self.slots_done.to_string()),
+            ("slots_migrating", self.slots_migrating.to_string()),
+            ("keys_moved", self.keys_moved.to_string()),
+            ("keys_moved_on_touch", self.keys_moved_on_touch.to_string()),
+            ("bytes_moved", self.bytes_moved.to_string()),
+            ("big_keys", self.big_keys.to_string()),
+            ("keys_estimate", self.keys_estimate.to_string()),
+            ("keys_per_sec", format!("{:.0}", self.keys_per_sec)),
+            (
+                "eta_secs",
+                self.eta_secs
+                    .map_or_else(|| "-1".to_owned(), |e| e.to_string()),
+            ),
+            ("elapsed_secs", format!("{:.1}", self.elapsed.as_secs_f64())),
+            ("throttle_keys_per_sec", self.throttle.to_string()),
+            ("errors", self.errors.to_string()),
+            ("last_error", self.last_error.clone().unwrap_or_default()),
+            (
+                "verify",
+                match (v, &self.phase) {
+                    (Some(v), _) if v.ok() => "ok".to_owned(),
+                    (Some(_), _) => "failed".to_owned(),
+                    _ => "pending".to_owned(),
+                },
+            ),
+            (
+                "verify_left_behind",
+                v.map_or(0, |v| v.left_behind).to_string(),
+            ),
+            ("verify_misplaced", v.map_or(0, |v| v.misplaced).to_string()),
+            (
+                "verify_keys",
+                v.map_or_else(String::new, |v| {
+                    v.keys
+                        .iter()
+                        .map(|(s, n)| format!("{s}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            ),
+            (
+                "failure",
+                match &self.phase {
+                    Phase::Failed(why) => why.clone(),
+                    _ => String::new(),
+                },
+            ),
+        ]
+    }
+}
+
+impl Job {
+    fn new(first_epoch: u64, plan: &Plan, touch_at_start: u64, saved: Option<&Saved>) -> Arc<Job> {
+        let (paused, throttle) = saved.map_or((false, 0), |s| (s.paused, s.throttle));
+        Arc::new(Job {
+            started: Instant::now(),
+            first_epoch,
+            total: plan.moves.len(),
+            pairs: plan.pairs.clone(),
+            done: AtomicUsize::new(0),
+            migrating: AtomicUsize::new(0),
+            keys: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            big_keys: AtomicU64::new(0),
+            touch_at_start,
+            keys_estimate: AtomicU64::new(0),
+            paused: watch::Sender::new(paused),
+            throttle: AtomicU64::new(throttle),
+            phase: Mutex::new(Phase::Moving),
+            last_error: Mutex::new(None),
+            verification: Mutex::new(None),
+            finished: Mutex::new(None),
+        })
+    }
+
+    fn set_phase(&self, p: Phase) {
+        *lock(&self.phase) = p;
+    }
+
+    fn error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(e);
+    }
+
+    /// Whether the job still runs (moving or verifying).
+    pub fn running(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Moving | Phase::Verifying)
+    }
+
+    fn progress(&self, touch_now: u64) -> Progress {
+        let elapsed = lock(&self.finished).unwrap_or_else(|| self.started.elapsed());
+        let keys = self.keys.load(Ordering::Relaxed);
+        let touch = touch_now.saturating_sub(self.touch_at_start);
+        let done = self.done.load(Ordering::Relaxed);
+        let moved = keys + touch;
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let rate = moved as f64 / secs;
+        let estimate = self.keys_estimate.load(Ordering::Relaxed);
+        let phase = lock(&self.phase).clone();
+        let eta = if phase != Phase::Moving {
+            Some(0)
+        } else if estimate > moved && rate > 0.0 {
+            Some(((estimate - moved) as f64 / rate) as u64)
+        } else if done > 0 {
+            let per_slot = secs / done as f64;
+            Some((per_slot * (self.total - done) as f64) as u64)
+        } else {
+            None
+        };
+        Progress {
+            phase,
+            paused: *self.paused.borrow(),
+            slots_total: self.total,
+            slots_done: done,
+            slots_migrating: self.migrating.load(Ordering::Relaxed),
+            keys_moved: keys,
+            keys_moved_on_touch: touch,
+            bytes_moved: self.bytes.load(Ordering::Relaxed),
+            big_keys: self.big_keys.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error).clone(),
+            keys_estimate: estimate,
+            throttle: self.throttle.load(Ordering::Relaxed),
+            elapsed,
+            keys_per_sec: rate,
+            eta_secs: eta,
+            verification: lock(&self.verification).clone(),
+            pairs: self.pairs.clone(),
+        }
+    }
+}
+
+/// Locks a mutex, going on after a panic elsewhere (the data is counters).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A rebalance to resume at start (read from the state directory).
+pub struct Resume {
+    saved: Saved,
+    plan: Plan,
+}
+
+impl Resume {
+    /// The map to serve from the start.
+    pub fn merged(&self) -> Arc<ShardMap> {
+        self.plan.merged.clone()
+    }
+
+    /// The first table: moved units done, started ones `Migrating`, the
+    /// rest still on their old shard. Nothing is served yet, so no barrier
+    /// is needed.
+    pub fn table(&self, epoch: Epoch) -> RoutingTable {
+        let states = self.plan.moves.iter().map(|m| {
+            let key = (m.class, m.slot.0);
+            if self.saved.done.contains(&key) {
+                UnitState::Done
+            } else if self.saved.migrating.contains(&key) {
+                UnitState::Migrating
+            } else {
+                UnitState::Pending
+            }
+        });
+        overlay_table(&self.plan.merged, &self.plan.moves, states, epoch)
+    }
+}
+
+/// The state of one (class, slot) move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnitState {
+    Pending,
+    Migrating,
+    Done,
+}
+
+/// `merged` compiled, with the moves' states laid over it.
+fn overlay_table(
+    merged: &Arc<ShardMap>,
+    moves: &[ClassMove],
+    states: impl Iterator<Item = UnitState>,
+    epoch: Epoch,
+) -> RoutingTable {
+    let entries: Vec<(u32, Slot, Overlay)> = moves
+        .iter()
+        .zip(states)
+        .filter_map(|(m, st)| match st {
+            UnitState::Pending => Some((m.class, m.slot, Overlay::Pending(m.from))),
+            UnitState::Migrating => Some((m.class, m.slot, Overlay::Migrating(m.from))),
+            UnitState::Done => None,
+        })
+        .collect();
+    RoutingTable::compile(merged.clone(), epoch).with_overlay(entries)
+}
+
+/// What the proxy serves at start, given `--map` and `--state-dir`.
+pub struct Initial {
+    pub map: Arc<ShardMap>,
+    /// The YAML text of the map in force (what a rebalance starts from).
+    pub yaml: String,
+    /// A rebalance to finish.
+    pub resume: Option<Resume>,
+    /// Where the map came from, for the log.
+    pub source: String,
+}
+
+/// Reads the map to serve: a running rebalance in the state directory,
+/// else the state directory's `current.yaml`, else the `--map` file.
+pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, String> {
+    let parse =
+        |what: &str, text: &str| ShardMap::from_yaml(text).map_err(|e| format!("{what}: {e}"));
+    if let Some(st) = state {
+        let io = |e: std::io::Error| format!("state directory {}: {e}", st.path().display());
+        if let Some(saved) = st.saved().map_err(io)? {
+            let source = parse("state source.yaml", &saved.source_yaml)?;
+            let target = parse("state target.yaml", &saved.target_yaml)?;
+            let base = RoutingTable::compile(Arc::new(source), Epoch(0));
+            let plan = plan::plan(&base, &target)
+                .map_err(|e| format!("state directory: the saved rebalance: {e}"))?;
+            return Ok(Initial {
+                map: plan.merged.clone(),
+                yaml: saved.source_yaml.clone(),
+                source: format!("{} (resuming a rebalance)", st.path().display()),
+                resume: Some(Resume { saved, plan }),
+            });
+        }
+        if let Some(text) = st.current().map_err(io)? {
+            let map = parse("state current.yaml", &text)?;
+            return Ok(Initial {
+                map: Arc::new(map),
+                yaml: text,
+                resume: None,
+                source: st.path().join("current.yaml").display().to_string(),
+            });
+        }
+    }
+    let text = std::fs::read_to_string(map_path)
+        .map_err(|e| format!("{}: cannot read the map file: {e}", map_path.display()))?;
+    let map = parse(&map_path.display().to_string(), &text)?;
+    Ok(Initial {
+        map: Arc::new(map),
+        yaml: text,
+        resume: None,
+        source: map_path.display().to_string(),
+    })
+}
+
+/// Drives rebalances of one proxy. The only writer of the routing table
+/// besides a reload, with which it shares [`Rebalancer::writer`].
+pub struct Rebalancer {
+    proxy: Arc<Proxy>,
+    state: Option<StateDir>,
+    shutdown: watch::Sender<bool>,
+    /// YAML of the map in force.
+    current_yaml: Mutex<String>,
+    job: Mutex<Option<Arc<Job>>>,
+    /// One map writer at a time: a rebalance start or a reload.
+    pub writer: tokio::sync::Mutex<()>,
+}
+
+impl Rebalancer {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        state: Option<StateDir>,
+        current_yaml: String,
+        shutdown: watch::Sender<bool>,
+    ) -> Arc<Rebalancer> {
+        Arc::new(Rebalancer {
+            proxy,
+            state,
+            shutdown,
+            current_yaml: Mutex::new(current_yaml),
+            job: Mutex::new(None),
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether a rebalance is moving keys or verifying.
+    pub fn is_running(&self) -> bool {
+        lock(&self.job).as_ref().is_some_and(|j| j.running())
+    }
+
+    /// A reload applied a new map text (same placement).
+    pub fn map_reloaded(&self, yaml: String) {
+        *lock(&self.current_yaml) = yaml;
+    }
+
+    /// Plans `yaml` against the running map and estimates keys and bytes
+    /// from the shards. Returns the report lines.
+    pub async fn plan(&self, yaml: &str) -> Result<Vec<String>, String> {
+        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+        let current = self.proxy.router.load_full();
+        let plan = plan::plan(&current, &next)?;
+        drop(current);
+        let est = estimate::estimate(&self.proxy, &plan).await;
+        Ok(estimate::report(&plan, &est))
+    }
+
+    /// Starts moving to `yaml`. Refused while another rebalance runs,
+    /// without a state directory, or for any reason [`plan::plan`] gives.
+    pub async fn start(self: &Arc<Self>, yaml: &str) -> Result<String, String> {
+        let _writer = self.writer.lock().await;
+        if let Some(job) = lock(&self.job).as_ref()
+            && job.running()
+        {
+            let p = job.progress(self.proxy.metrics.moved_on_touch());
+            return Err(format!(
+                "a rebalance is already running ({} of {} slots done, {} keys moved); wait for it to finish or follow it with STATUS",
+                p.slots_done,
+                p.slots_total,
+                p.keys_moved + p.keys_moved_on_touch
+            ));
+        }
+        let Some(state) = self.state.clone() else {
+            return Err("the proxy runs without --state-dir; a rebalance needs one so that a restarted proxy can finish the move".to_owned());
+        };
+        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+        let current = self.proxy.router.load_full();
+        let plan = plan::plan(&current, &next)?;
+        let epoch = current.epoch().0 + 1;
+        drop(current);
+        let source_yaml = lock(&self.current_yaml).clone();
+        state
+            .begin(&source_yaml, yaml)
+            .map_err(|e| format!("cannot write the state directory: {e}"))?;
+        let summary = format!(
+            "OK rebalance started: {} of {} (class, slot) pairs move, from map epoch {}",
+            plan.moves.len(),
+            plan.units,
+            epoch - 1
+        );
+        tracing::info!(
+            moves = plan.moves.len(),
+            added = ?plan.added,
+            drained = ?plan.drained,
+            "rebalance started"
+        );
+        self.launch(plan, None, state, yaml.to_owned(), epoch);
+        Ok(summary)
+    }
+
+    /// Resumes the rebalance read at start (see [`initial`]).
+    pub fn resume(self: &Arc<Self>, resume: Resume) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        tracing::info!(
+            moves = resume.plan.moves.len(),
+            done = resume.saved.done.len(),
+            migrating = resume.saved.migrating.len(),
+            "resuming the rebalance found in the state directory"
+        );
+        let target = resume.saved.target_yaml.clone();
+        let epoch = self.proxy.router.load().epoch().0;
+        self.launch(resume.plan, Some(resume.saved), state, target, epoch);
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        plan: Plan,
+        saved: Option<Saved>,
+        state: StateDir,
+        target_yaml: String,
+        epoch: u64,
+    ) {
+        let job = Job::new(
+            epoch,
+            &plan,
+            self.proxy.metrics.moved_on_touch(),
+            saved.as_ref(),
+        );
+        *lock(&self.job) = Some(job.clone());
+        let work = mover::Work::new(plan, saved.as_ref(), state, target_yaml);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let outcome = mover::run(&me, &job, work).await;
+            *lock(&job.finished) = Some(job.started.elapsed());
+            match outcome {
+                Ok(yaml) => {
+                    *lock(&me.current_yaml) = yaml;
+                    job.set_phase(Phase::Done);
+                    tracing::info!(
+                        secs = job.started.elapsed().as_secs_f64(),
+                        "rebalance finished"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rebalance failed; the proxy keeps serving the slots where they are");
+                    job.set_phase(Phase::Failed(e));
+                }
+            }
+            let p = job.progress(me.proxy.metrics.moved_on_touch());
+            me.proxy
+                .metrics
+                .rebalance_slots(p.slots_total - p.slots_done, 0, p.slots_done, false);
+        });
+    }
+
+    /// Progress of the running or last rebalance.
+    pub fn progress(&self) -> Option<Progress> {
+        lock(&self.job)
+            .as_ref()
+            .map(|j| j.progress(self.proxy.metrics.moved_on_touch()))
+    }
+
+    fn running_job(&self) -> Result<Arc<Job>, String> {
+        match lock(&self.job).as_ref() {
+            Some(j) if j.running() => Ok(j.clone()),
+            _ => Err("no rebalance is running".to_owned()),
+        }
+    }
+
+    /// Pauses the mover (slots being moved stay `Migrating`: commands still
+    /// move their keys on touch).
+    pub fn pause(&self) -> Result<(), String> {
+        let job = self.running_job()?;
+        job.paused.send_replace(true);
+        self.log_control("pause");
+        tracing::info!("rebalance paused");
+        Ok(())
+    }
+
+    pub fn resume_mover(&self) -> Result<(), String> {
+        let job = self.running_job()?;
+        job.paused.send_replace(false);
+        self.log_control("resume");
+        tracing::info!("rebalance resumed");
+        Ok(())
+    }
+
+    /// Limits the mover to `keys_per_sec` (0: no limit).
+    pub fn throttle(&self, keys_per_sec: u64) -> Result<(), String> {
+        let job = self.running_job()?;
+        job.throttle.store(keys_per_sec, Ordering::Relaxed);
+        self.log_control(&format!("throttle {keys_per_sec}"));
+        tracing::info!(keys_per_sec, "rebalance throttle set");
+        Ok(())
+    }
+
+    fn log_control(&self, line: &str) {
+        if let Some(st) = &self.state
+            && let Err(e) = st.log(line)
+        {
+            tracing::warn!(error = %e, "cannot record a rebalance control in the state directory");
+        }
+    }
+
+    /// The `# Rebalance` section of STATUS.
+    pub fn status_text(&self) -> String {
+        let mut text = String::from("# Rebalance\r\n");
+        match self.progress() {
+            None => text.push_str("state:none\r\n"),
+            Some(p) => {
+                for (k, v) in p.fields() {
+                    text.push_str(&format!("{k}:{v}\r\n"));
+                }
+                for (from, to, n) in &p.pairs {
+                    text.push_str(&format!("move:{from}->{to}={n}\r\n"));
+                }
+            }
+        }
+        text
+    }
+}

@@ -1,0 +1,610 @@
+//! The background mover and the steps around it.
+//!
+//! Slots move in windows, each from one source shard:
+//!
+//! 1. the window is logged to the state directory, then published as
+//!    `Migrating{from, to}`;
+//! 2. the barrier: wait until no reader routes with the previous table,
+//!    then until every request already queued to the source's primary has
+//!    run (a `PING` down each of its connections). From here on, nothing
+//!    writes a key of the window on the source;
+//! 3. the source is scanned (`SCAN`) and the window's keys move in batches
+//!    (`MIGRATE ... REPLACE KEYS`, atomic on the source, TTLs kept),
+//!    throttled, pausable; commands meanwhile move the keys they touch;
+//! 4. the targets' replicas catch up with their primaries, so a read sent
+//!    to a replica once the slot is stable finds the moved keys;
+//! 5. the window is logged done and published as `Stable(to)`.
+//!
+//! After the last window: a verification scan of every shard, the final
+//! table (removed shards become placeholders) and the state directory's
+//! `current.yaml`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::plan::{self, Plan};
+use super::state::{Saved, StateDir};
+use super::{Job, Phase, Rebalancer, UnitState, Verification, overlay_table};
+use crate::backend::dedicated::PooledConn;
+use crate::backend::migrate::{Migrated, migrate_frame, migrated};
+use crate::backend::{Backends, EndpointState, health};
+use crate::error::BackendError;
+use crate::protocol::{Protocol, reply, request::encode_command};
+use crate::router::{Epoch, RoutingTable, ShardId};
+use crate::shardmap::{ShardMap, ShardPhase};
+
+/// A key at least this big (by `MEMORY USAGE`) moves alone, with a long
+/// timeout, and is logged: its `MIGRATE` blocks the source while it copies.
+pub const BIG_KEY_BYTES: u64 = 16 << 20;
+/// Most (class, slot) pairs moved in one window.
+const WINDOW: usize = 4096;
+/// Keys per `MIGRATE`.
+const BATCH: usize = 100;
+/// `MIGRATE` timeout for a big key.
+const BIG_KEY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for the targets' replicas before a window turns stable.
+const REPLICA_WAIT: Duration = Duration::from_secs(10);
+
+/// What the mover works through.
+pub(super) struct Work {
+    plan: Plan,
+    states: Vec<UnitState>,
+    state: StateDir,
+    target_yaml: String,
+}
+
+impl Work {
+    pub(super) fn new(
+        plan: Plan,
+        saved: Option<&Saved>,
+        state: StateDir,
+        target_yaml: String,
+    ) -> Work {
+        let states = plan
+            .moves
+            .iter()
+            .map(|m| {
+                let key = (m.class, m.slot.0);
+                match saved {
+                    Some(s) if s.done.contains(&key) => UnitState::Done,
+                    Some(s) if s.migrating.contains(&key) => UnitState::Migrating,
+                    _ => UnitState::Pending,
+                }
+            })
+            .collect();
+        Work {
+            plan,
+            states,
+            state,
+            target_yaml,
+        }
+    }
+
+    fn table(&self, epoch: Epoch) -> RoutingTable {
+        overlay_table(
+            &self.plan.merged,
+            &self.plan.moves,
+            self.states.iter().copied(),
+            epoch,
+        )
+    }
+
+    /// The next window: units a crash left `Migrating` first (one source at
+    /// a time), then up to [`WINDOW`] pending units of one source.
+    fn next_window(&self) -> Vec<usize> {
+        for wanted in [UnitState::Migrating, UnitState::Pending] {
+            if let Some(first) = self.states.iter().position(|s| *s == wanted) {
+                let from = self.plan.moves[first].from;
+                return (first..self.states.len())
+                    .filter(|&i| self.states[i] == wanted && self.plan.moves[i].from == from)
+                    .take(WINDOW)
+                    .collect();
+            }
+        }
+        Vec::new()
+    }
+
+    fn count(&self, s: UnitState) -> usize {
+        self.states.iter().filter(|x| **x == s).count()
+    }
+
+    fn units(&self, idx: &[usize]) -> Vec<(u32, u32)> {
+        idx.iter()
+            .map(|&i| (self.plan.moves[i].class, self.plan.moves[i].slot.0))
+            .collect()
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("cannot record {what} in the state directory: {e}")
+}
+
+/// Runs a rebalance to its end. Returns the target map's YAML (now in
+/// force) or why it stopped.
+pub(super) async fn run(
+    rb: &Arc<Rebalancer>,
+    job: &Arc<Job>,
+    mut work: Work,
+) -> Result<String, String> {
+    let proxy = &rb.proxy;
+    install_backends(rb, &work.plan.merged);
+    job.done
+        .store(work.count(UnitState::Done), Ordering::Relaxed);
+    report(rb, job, &work, true);
+    let est = super::estimate::estimate(proxy, &work.plan).await;
+    job.keys_estimate
+        .store(est.pairs.iter().map(|p| p.0).sum(), Ordering::Relaxed);
+    loop {
+        let window = work.next_window();
+        if window.is_empty() {
+            break;
+        }
+        wait_unpaused(job).await;
+        let from = work.plan.moves[window[0]].from;
+        let fresh: Vec<usize> = window
+            .iter()
+            .copied()
+            .filter(|&i| work.states[i] == UnitState::Pending)
+            .collect();
+        if !fresh.is_empty() {
+            work.state
+                .log_units("migrating", &work.units(&fresh))
+                .map_err(io("a window"))?;
+            for &i in &fresh {
+                work.states[i] = UnitState::Migrating;
+            }
+            let old = publish(rb, &work)?;
+            barrier(rb, job, old, from).await;
+        }
+        job.migrating.store(window.len(), Ordering::Relaxed);
+        report(rb, job, &work, true);
+        let started = Instant::now();
+        let moved_before = job.keys.load(Ordering::Relaxed);
+        move_window(rb, job, &work, from, &window).await;
+        let targets: HashSet<ShardId> = window.iter().map(|&i| work.plan.moves[i].to).collect();
+        for t in targets {
+            wait_replicas(rb, t).await;
+        }
+        work.state
+            .log_units("done", &work.units(&window))
+            .map_err(io("a finished window"))?;
+        for &i in &window {
+            work.states[i] = UnitState::Done;
+        }
+        publish(rb, &work)?;
+        job.done.fetch_add(window.len(), Ordering::Relaxed);
+        job.migrating.store(0, Ordering::Relaxed);
+        report(rb, job, &work, true);
+        tracing::info!(
+            source = %work.plan.merged.shards[from.0 as usize].name,
+            slots = window.len(),
+            keys = job.keys.load(Ordering::Relaxed) - moved_before,
+            secs = started.elapsed().as_secs_f64(),
+            done = work.count(UnitState::Done),
+            total = work.states.len(),
+            "rebalance window moved"
+        );
+    }
+    job.set_phase(Phase::Verifying);
+    let v = verify(rb, &work).await;
+    proxy.metrics.rebalance_verified(v.ok(), v.misplaced);
+    *super::lock(&job.verification) = Some(v.clone());
+    let finished = Arc::new(plan::finished(&work.plan.merged));
+    let epoch = Epoch(proxy.router.load().epoch().0 + 1);
+    proxy
+        .router
+        .publish(RoutingTable::compile(finished.clone(), epoch))
+        .map_err(|e| e.to_string())?;
+    proxy.metrics.map_epoch(epoch.0);
+    install_backends(rb, &finished);
+    work.state
+        .finish(&work.target_yaml)
+        .map_err(io("the finished rebalance"))?;
+    if !v.ok() {
+        return Err(format!(
+            "verification failed: {} keys left on the shards they moved from, {} keys on a shard that does not own them",
+            v.left_behind, v.misplaced
+        ));
+    }
+    Ok(work.target_yaml)
+}
+
+/// Counts for metrics.
+fn report(rb: &Rebalancer, _job: &Job, work: &Work, running: bool) {
+    rb.proxy.metrics.rebalance_slots(
+        work.count(UnitState::Pending),
+        work.count(UnitState::Migrating),
+        work.count(UnitState::Done),
+        running,
+    );
+}
+
+/// Installs backends for `map` (endpoints that did not change are kept).
+/// Shard ids of the running backends stay valid: `map` keeps their order.
+fn install_backends(rb: &Rebalancer, map: &ShardMap) {
+    let proxy = &rb.proxy;
+    let old = proxy.backends();
+    let next = Arc::new(Backends::rebuild(
+        &old,
+        map,
+        proxy.config.region.as_deref(),
+        proxy.config.zone.as_deref(),
+    ));
+    let added = next.added_since(&old);
+    health::spawn_all(&added, rb.shutdown.subscribe());
+    let previous = proxy.swap_backends(next.clone());
+    previous.retire_missing(&next);
+    next.retire_removed();
+}
+
+/// Publishes the work's current table; returns the one it replaced.
+fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, String> {
+    let router = &rb.proxy.router;
+    let epoch = Epoch(router.load().epoch().0 + 1);
+    let old = router
+        .publish_swap(work.table(epoch))
+        .map_err(|e| format!("cannot publish the routing table: {e}"))?;
+    rb.proxy.metrics.map_epoch(epoch.0);
+    Ok(old)
+}
+
+/// Makes a window's `Migrating` state effective (step 2 of the module doc).
+async fn barrier(rb: &Rebalancer, job: &Job, old: Arc<RoutingTable>, source: ShardId) {
+    let t0 = Instant::now();
+    let mut warned = false;
+    while Arc::strong_count(&old) > 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if !warned && t0.elapsed() > Duration::from_secs(5) {
+            warned = true;
+            tracing::warn!(
+                holders = Arc::strong_count(&old) - 1,
+                "rebalance waits for commands routed by the previous table (a long script or transaction?)"
+            );
+        }
+    }
+    drop(old);
+    loop {
+        let ep = rb.proxy.backends().shard(source).primary.clone();
+        match ep.barrier().await {
+            Ok(()) => return,
+            Err(e) => {
+                rb.proxy.metrics.rebalance_mover_error("barrier");
+                job.error(format!("barrier on {}: {e}", ep.state.addr));
+                tracing::warn!(endpoint = %ep.state.addr, error = %e, "rebalance barrier failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn wait_unpaused(job: &Job) {
+    let mut rx = job.paused.subscribe();
+    let _ = rx.wait_for(|p| !*p).await;
+}
+
+/// Bounded request on a dedicated connection.
+async fn request(
+    conn: &mut PooledConn,
+    frames: &[u8],
+    replies: usize,
+    timeout: Duration,
+) -> Result<Vec<Bytes>, String> {
+    let run = async {
+        conn.send(frames, replies).await?;
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            out.push(conn.recv().await?);
+        }
+        Ok::<_, BackendError>(out)
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
+    }
+}
+
+/// Moves every key of the window from `from` (step 3). Retries until it is
+/// done: a failure leaves keys on the source, where commands still find
+/// and move them.
+async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, window: &[usize]) {
+    let targets: HashMap<(u32, u32), ShardId> = window
+        .iter()
+        .map(|&i| {
+            let m = &work.plan.moves[i];
+            ((m.class, m.slot.0), m.to)
+        })
+        .collect();
+    let classify = RoutingTable::compile(work.plan.merged.clone(), Epoch(0));
+    let mut cursor = Bytes::from_static(b"0");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let backends = rb.proxy.backends();
+        let ep = backends.shard(from).primary.clone();
+        let timeout = ep.state.options.command_timeout;
+        let mut conn = match ep.dedicated(Protocol::Resp2).await {
+            Ok(c) => c,
+            Err(e) => {
+                fail(rb, job, format!("source {}: {e}", ep.state.addr)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let result: Result<(), String> = async {
+            loop {
+                wait_unpaused(job).await;
+                let mut frame = BytesMut::new();
+                encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
+                let r = request(&mut conn, &frame, 1, timeout).await?;
+                let (next, keys) = scan_reply(&r[0])?;
+                let mut groups: HashMap<ShardId, Vec<Bytes>> = HashMap::new();
+                for k in keys {
+                    let unit = (classify.class_of(&k), classify.slot_of(&k).0);
+                    if let Some(to) = targets.get(&unit) {
+                        groups.entry(*to).or_default().push(k);
+                    }
+                }
+                for (to, keys) in groups {
+                    let target = backends.shard(to).primary.state.clone();
+                    for chunk in keys.chunks(BATCH) {
+                        move_batch(rb, job, &mut conn, &target, chunk, timeout).await?;
+                    }
+                }
+                cursor = next;
+                if cursor.as_ref() == b"0" {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                fail(rb, job, format!("moving from {}: {e}", ep.state.addr)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn fail(rb: &Rebalancer, job: &Job, e: String) {
+    rb.proxy.metrics.rebalance_mover_error("mover");
+    tracing::warn!(error = %e, "rebalance mover: step failed; retrying");
+    job.error(e);
+}
+
+fn scan_reply(frame: &Bytes) -> Result<(Bytes, Vec<Bytes>), String> {
+    let bad = || format!("unexpected SCAN reply: {}", String::from_utf8_lossy(frame));
+    if reply::is_error(frame) {
+        return Err(bad());
+    }
+    let elems = reply::array_elements(frame)
+        .ok()
+        .flatten()
+        .ok_or_else(bad)?;
+    let [next, keys] = <[Bytes; 2]>::try_from(elems).map_err(|_| bad())?;
+    let next = reply::bulk(&next).ok_or_else(bad)?;
+    let keys = reply::array_elements(&keys)
+        .ok()
+        .flatten()
+        .ok_or_else(bad)?
+        .iter()
+        .filter_map(reply::bulk)
+        .collect();
+    Ok((next, keys))
+}
+
+/// Moves one batch: sizes first (`MEMORY USAGE`, pipelined), then one
+/// `MIGRATE` for the ordinary keys and one per big key.
+async fn move_batch(
+    rb: &Rebalancer,
+    job: &Job,
+    conn: &mut PooledConn,
+    target: &EndpointState,
+    keys: &[Bytes],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut frames = BytesMut::new();
+    for k in keys {
+        encode_command(&[b"MEMORY", b"USAGE", k], &mut frames);
+    }
+    let sizes = request(conn, &frames, keys.len(), timeout).await?;
+    let mut small: Vec<&[u8]> = Vec::new();
+    let mut small_bytes = 0;
+    let mut big = Vec::new();
+    for (k, s) in keys.iter().zip(&sizes) {
+        // Nil: the key is gone (expired, deleted, or moved by a command).
+        let Some(n) = reply::integer(s) else { continue };
+        let n = n.max(0) as u64;
+        if n >= BIG_KEY_BYTES {
+            big.push((k, n));
+        } else {
+            small.push(k);
+            small_bytes += n;
+        }
+    }
+    if !small.is_empty() {
+        let ms = timeout.as_millis() as u64;
+        let frame = migrate_frame(target, &small, ms);
+        let r = request(conn, &frame, 1, timeout * 2).await?;
+        match migrated(&r[0]) {
+            Migrated::Moved => {
+                job.keys.fetch_add(small.len() as u64, Ordering::Relaxed);
+                job.bytes.fetch_add(small_bytes, Ordering::Relaxed);
+                rb.proxy
+                    .metrics
+                    .rebalance_moved(small.len() as u64, small_bytes);
+            }
+            Migrated::NoKey => {}
+            Migrated::Failed(e) => return Err(format!("MIGRATE to {}: {e}", target.addr)),
+        }
+        throttle(job, small.len()).await;
+    }
+    for (k, n) in big {
+        let t0 = Instant::now();
+        let ms = BIG_KEY_TIMEOUT.as_millis() as u64;
+        let frame = migrate_frame(target, &[k.as_ref()], ms);
+        let r = request(conn, &frame, 1, BIG_KEY_TIMEOUT * 2).await?;
+        match migrated(&r[0]) {
+            Migrated::Moved => {
+                job.keys.fetch_add(1, Ordering::Relaxed);
+                job.bytes.fetch_add(n, Ordering::Relaxed);
+                job.big_keys.fetch_add(1, Ordering::Relaxed);
+                rb.proxy.metrics.rebalance_moved(1, n);
+                tracing::warn!(
+                    key = %String::from_utf8_lossy(k),
+                    bytes = n,
+                    to = %target.addr,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "moved a big key; its source shard was blocked while it copied"
+                );
+            }
+            Migrated::NoKey => {}
+            Migrated::Failed(e) => {
+                return Err(format!("MIGRATE of a big key to {}: {e}", target.addr));
+            }
+        }
+        throttle(job, 1).await;
+    }
+    Ok(())
+}
+
+/// Sleeps so that the mover stays under the throttle (keys per second).
+async fn throttle(job: &Job, keys: usize) {
+    let limit = job.throttle.load(Ordering::Relaxed);
+    if limit > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(keys as f64 / limit as f64)).await;
+    }
+}
+
+/// Waits (bounded) until every online replica of `shard` has the
+/// replication offset its primary has now (step 4).
+async fn wait_replicas(rb: &Rebalancer, shard: ShardId) {
+    let backends = rb.proxy.backends();
+    let s = backends.shard(shard);
+    let has_replicas = backends
+        .endpoints()
+        .iter()
+        .any(|e| e.state.shard == s.name && e.state.role == crate::backend::Role::Replica);
+    if !has_replicas {
+        return;
+    }
+    let primary = s.primary.clone();
+    let info = || async {
+        let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n");
+        match primary.send(Protocol::Resp2, 0, frame).await {
+            Ok(Ok(f)) => reply::bulk(&f).map(|b| String::from_utf8_lossy(&b).into_owned()),
+            _ => None,
+        }
+    };
+    let Some(text) = info().await else { return };
+    let Some(goal) = field(&text, "master_repl_offset") else {
+        return;
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < REPLICA_WAIT {
+        let Some(text) = info().await else { return };
+        let behind = text
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("offset="))
+                    .and_then(|o| o.trim().parse::<u64>().ok())
+            })
+            .any(|o| o < goal);
+        if !behind {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(shard = %s.name, "replicas did not catch up within 10 s after a rebalance window; reads from them may miss moved keys until they do");
+}
+
+fn field(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Scans every shard that may hold keys and checks that each key is on
+/// the shard that owns it once the move is over.
+async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
+    let merged = &work.plan.merged;
+    let finished = RoutingTable::compile(Arc::new(plan::finished(merged)), Epoch(0));
+    let moved: HashMap<(u32, u32), ShardId> = work
+        .plan
+        .moves
+        .iter()
+        .map(|m| ((m.class, m.slot.0), m.from))
+        .collect();
+    let mut v = Verification::default();
+    for (i, shard) in merged.shards.iter().enumerate() {
+        if shard.phase == ShardPhase::Removed {
+            continue;
+        }
+        let id = ShardId(i as u32);
+        let mut found = 0u64;
+        let mut cursor = Bytes::from_static(b"0");
+        let mut attempts = 0;
+        loop {
+            let ep = rb.proxy.backends().shard(id).primary.clone();
+            let timeout = ep.state.options.command_timeout;
+            let step: Result<(), String> = async {
+                let mut conn = ep.dedicated(Protocol::Resp2).await.map_err(|e| e.to_string())?;
+                loop {
+                    let mut frame = BytesMut::new();
+                    encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
+                    let r = request(&mut conn, &frame, 1, timeout).await?;
+                    let (next, keys) = scan_reply(&r[0])?;
+                    for k in keys {
+                        if finished.route(&k).shard == id {
+                            found += 1;
+                            continue;
+                        }
+                        v.misplaced += 1;
+                        let unit = (finished.class_of(&k), finished.slot_of(&k).0);
+                        if moved.get(&unit) == Some(&id) {
+                            v.left_behind += 1;
+                        }
+                        if v.misplaced <= 10 {
+                            tracing::error!(key = %String::from_utf8_lossy(&k), shard = %shard.name, "rebalance verification: key on a shard that does not own it");
+                        }
+                    }
+                    cursor = next;
+                    if cursor.as_ref() == b"0" {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            match step {
+                Ok(()) => break,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    rb.proxy.metrics.rebalance_mover_error("verify");
+                    tracing::warn!(shard = %shard.name, error = %e, "rebalance verification: scan failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    rb.proxy.metrics.rebalance_mover_error("verify");
+                    tracing::error!(shard = %shard.name, error = %e, "rebalance verification could not scan a shard");
+                    v.misplaced += 1;
+                    break;
+                }
+            }
+        }
+        if shard.phase == ShardPhase::Active {
+            v.keys.push((shard.name.clone(), found));
+        }
+    }
+    if v.ok() {
+        tracing::info!(keys = ?v.keys, "rebalance verification passed: every key is on the shard that owns it");
+    }
+    v
+}
