@@ -49,6 +49,10 @@ impl Proxy {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -61,6 +65,7 @@ impl Proxy {
             .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_port)])
             .args(["--admin-password-env", "SG_TEST_ADMIN_PW", "--state-dir"])
             .arg(&self.state)
+            .args(extra)
             .env("SG_TEST_ADMIN_PW", ADMIN_PW)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -1110,4 +1115,148 @@ fn weights_regions_and_rules_change_online() {
         .collect();
     let fixed: HashSet<String> = keys.into_iter().collect();
     check(&proxy, &shared, &model, &paths[3], &live, &fixed);
+}
+
+/// Reads of a migrating slot go to the new owner's primary, never to a
+/// replica that may not have the moved key yet; the move is in the metrics.
+#[test]
+fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
+    let primaries: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let replicas: Vec<RedisServer> = primaries
+        .iter()
+        .map(RedisServer::start_replica_of)
+        .collect();
+    let dir = TempDir::new("rebalance-replicas");
+    let yaml = |n: usize| {
+        let mut y = String::from(
+            "slots: 16384\nread_policy: prefer-replica\nregions:\n  - name: us\noptions:\n  health_check_interval_ms: 100\nshards:\n",
+        );
+        for i in 0..n {
+            y.push_str(&format!(
+                "  - name: s{i}\n    region: us\n    primary: {}\n    replicas:\n      - addr: {}\n",
+                primaries[i].addr(),
+                replicas[i].addr()
+            ));
+        }
+        y
+    };
+    let m1 = write(dir.path(), "m1.yaml", &yaml(2));
+    let m2 = write(dir.path(), "m2.yaml", &yaml(3));
+    let metrics_port = free_port();
+    let mut proxy = Proxy {
+        child: None,
+        port: free_port(),
+        admin_port: free_port(),
+        map: m1.clone(),
+        state: dir.path().join("state"),
+        log: dir.path().join("proxy.log"),
+    };
+    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    std::thread::sleep(Duration::from_millis(500)); // replicas join the read rotation
+    let mut c = proxy.client().get_connection().unwrap();
+    let (t1, t2) = (table_of(&m1), table_of(&m2));
+    let moving: Vec<String> = (0..5000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| owner_name(&t1, k) != owner_name(&t2, k))
+        .take(300)
+        .collect();
+    for k in &moving {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(format!("v-{k}"))
+            .query(&mut c)
+            .unwrap();
+    }
+    // Keep the mover slow, then paused, so the slots stay Migrating and
+    // the reads below are what moves most keys.
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.progress()["slots_migrating"] == "0" {
+        assert!(Instant::now() < deadline, "no window started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    let replica_gets = |r: &RedisServer| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut r.connection())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before: Vec<u64> = replicas.iter().map(replica_gets).collect();
+    let p = admin.progress();
+    let mut touched = 0;
+    for k in &moving {
+        let v: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+        assert_eq!(
+            v.as_deref(),
+            Some(format!("v-{k}").as_str()),
+            "{k} read during its move"
+        );
+        touched += 1;
+    }
+    let p2 = admin.progress();
+    let migrating: usize = p["slots_migrating"].parse().unwrap();
+    assert!(migrating > 0);
+    // Reads of keys in Migrating slots went to s2's primary, not a replica.
+    assert_eq!(
+        replica_gets(&replicas[2]),
+        before[2],
+        "a migrating read went to the new shard's replica"
+    );
+    let on_touch: u64 = p2["keys_moved_on_touch"].parse().unwrap();
+    assert!(on_touch > 0 && on_touch <= touched, "{p2:?}");
+    let body = ureq_get(metrics_port);
+    let metric = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{body}"))
+    };
+    assert_eq!(
+        metric("shardgate_rebalance_keys_moved_total{how=\"touch\"}") as u64,
+        on_touch
+    );
+    assert_eq!(metric("shardgate_rebalance_running"), 1.0);
+    assert!(metric("shardgate_rebalance_slots{state=\"migrating\"}") > 0.0);
+    assert!(metric("shardgate_map_epoch") >= 2.0);
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
+    assert_eq!(admin.text(&[b"RESUME"]), "OK");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    let body = ureq_get(metrics_port);
+    let done = body
+        .lines()
+        .find(|l| l.starts_with("shardgate_rebalance_slots{state=\"done\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    assert_eq!(done as u64, p["slots_total"].parse::<u64>().unwrap());
+    assert!(body.contains("shardgate_rebalance_verify_ok 1"), "{body}");
+    // Once stable, the moved keys are read from the new shard's replica too.
+    std::thread::sleep(Duration::from_millis(300));
+    for k in &moving {
+        let v: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+        assert_eq!(v.as_deref(), Some(format!("v-{k}").as_str()));
+    }
+    assert!(
+        replica_gets(&replicas[2]) > before[2],
+        "stable reads use the replica"
+    );
+}
+
+/// GET /metrics over a plain TCP connection.
+fn ureq_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -474,11 +474,21 @@ async fn move_batch(
     Ok(())
 }
 
-/// Sleeps so that the mover stays under the throttle (keys per second).
+/// Sleeps so that the mover stays under the throttle (keys per second),
+/// in short steps so that a new throttle takes effect at once.
 async fn throttle(job: &Job, keys: usize) {
-    let limit = job.throttle.load(Ordering::Relaxed);
-    if limit > 0 {
-        tokio::time::sleep(Duration::from_secs_f64(keys as f64 / limit as f64)).await;
+    let t0 = Instant::now();
+    loop {
+        let limit = job.throttle.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(keys as f64 / limit as f64);
+        let left = due.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
     }
 }
 
