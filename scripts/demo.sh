@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a local demo: 4 Redis shards in 2 regions, each with one replica,
 # one PostgreSQL shard (port 7101, its own initdb in the demo directory), and
-# shardgate in front with shard-maps/demo.yaml. Ctrl-C stops everything.
+# shardgate in front with shard-maps/demo.yaml. A fifth Redis shard (7005,
+# replica 7015) waits for `shardgate admin rebalance --map
+# shard-maps/demo-grow.yaml`. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,9 +35,9 @@ start_redis() { # port [replicaof-port]
   pids+=($!)
 }
 
-echo "== starting 4 primaries (7001-7004) and 4 replicas (7011-7014)"
-for i in 1 2 3 4; do start_redis "700$i"; done
-for i in 1 2 3 4; do
+echo "== starting 5 primaries (7001-7005) and 5 replicas (7011-7015); 7005 joins by rebalance"
+for i in 1 2 3 4 5; do start_redis "700$i"; done
+for i in 1 2 3 4 5; do
   until redis-cli -p "700$i" ping >/dev/null 2>&1; do sleep 0.1; done
   start_redis "701$i" "700$i"
 done
@@ -51,26 +53,23 @@ if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); chmod 755 "$work";
 pids+=($!)
 until "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 7101; do sleep 0.1; done
 
-# A key that the demo map places on the PostgreSQL shard, for the hint below.
-pg_key=""
-for i in $(seq 1 200); do
-  if ./target/release/shardgate check-map shard-maps/demo.yaml --key "{pg$i}k" | grep -q "shard pg-1 "; then
-    pg_key="{pg$i}k"; break
-  fi
-done
+# `{pg:...}` keys live on the PostgreSQL shard (a placement rule).
+pg_key="{pg:1}k"
 
 echo "== starting shardgate on 127.0.0.1:$PROXY_PORT"
-export SHARDGATE_ADMIN_PW=${SHARDGATE_ADMIN_PW:-demo-admin}
+export SHARDGATE_ADMIN_PASSWORD=${SHARDGATE_ADMIN_PASSWORD:-demo-admin}
 RUST_LOG=${RUST_LOG:-info} ./target/release/shardgate serve --map shard-maps/demo.yaml \
   --listen "127.0.0.1:$PROXY_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --region us --zone us-a \
-  --admin-listen "127.0.0.1:$ADMIN_PORT" --admin-password-env SHARDGATE_ADMIN_PW &
+  --admin-listen "127.0.0.1:$ADMIN_PORT" --admin-password-env SHARDGATE_ADMIN_PASSWORD \
+  --state-dir "$work/state" &
 pids+=($!)
 until redis-cli -p "$PROXY_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
 cat <<MSG
 
 shardgate is running in front of 5 shards: 4 Redis (regions us and eu, one
-replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable).
+replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable) for
+'{pg:...}' keys. A 6th, us-3 (7005), joins with a rebalance.
 
   redis-cli -p $PROXY_PORT                      # talk to the proxy
   redis-cli -p $PROXY_PORT set eu/user:1 anna   # 'eu/' keys live only in region eu
@@ -79,7 +78,11 @@ replica each) and pg-1, a PostgreSQL shard (strings and hashes, durable).
   ./target/release/shardgate check-map shard-maps/demo.yaml --key $pg_key   # where a key lives
   psql -h 127.0.0.1 -p 7101 -U postgres -c 'table kv'   # keys of the PostgreSQL shard
   curl -s 127.0.0.1:$METRICS_PORT/metrics       # Prometheus metrics
-  redis-cli -p $ADMIN_PORT -a $SHARDGATE_ADMIN_PW status   # admin port (RELOAD re-reads shard-maps/demo.yaml)
+  redis-cli -p $ADMIN_PORT -a $SHARDGATE_ADMIN_PASSWORD status   # admin port (RELOAD re-reads shard-maps/demo.yaml)
+  redis-benchmark -p $PROXY_PORT -t set -n 100000 -r 50000 -q   # some keys to move
+  export SHARDGATE_ADMIN_PASSWORD=$SHARDGATE_ADMIN_PASSWORD
+  ./target/release/shardgate admin plan --map shard-maps/demo-grow.yaml --admin 127.0.0.1:$ADMIN_PORT
+  ./target/release/shardgate admin rebalance --map shard-maps/demo-grow.yaml --admin 127.0.0.1:$ADMIN_PORT
 
 Press Ctrl-C to stop everything.
 MSG

@@ -66,15 +66,8 @@ impl Client {
 
 /// Runs one admin command; prints its result.
 pub fn run((conn, op): (AdminConn, Op)) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(run_op(conn, op)) {
         Ok(()) => ExitCode::SUCCESS,

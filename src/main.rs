@@ -256,6 +256,16 @@ fn main() -> ExitCode {
 
 /// `shardgate admin migrate`: one line per PostgreSQL primary; fails if any
 /// primary could not be migrated.
+/// A single-threaded runtime for a CLI command (the reason is printed
+/// when it cannot start).
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn admin_migrate(path: &std::path::Path) -> ExitCode {
     let map = match ShardMap::load(path) {
         Ok(m) => m,
@@ -264,15 +274,8 @@ fn admin_migrate(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = current_thread_runtime() else {
+        return ExitCode::FAILURE;
     };
     let mut failed = false;
     let mut primaries = 0;

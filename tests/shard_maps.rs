@@ -30,8 +30,8 @@ fn every_shipped_map_is_valid() {
         seen += 1;
     }
     assert!(
-        seen >= 2,
-        "expected example.yaml and demo.yaml, found {seen} maps"
+        seen >= 3,
+        "expected example.yaml, demo.yaml and demo-grow.yaml, found {seen} maps"
     );
 }
 
@@ -46,7 +46,7 @@ fn demo_map_is_what_the_demo_script_starts() {
         pg.primary.addr,
         "postgres://postgres@127.0.0.1:7101/postgres"
     );
-    assert_eq!(pg.region, "us");
+    assert_eq!(pg.region, "pg");
     let primaries: Vec<&str> = m.shards[..4]
         .iter()
         .map(|s| s.primary.addr.as_str())
@@ -72,9 +72,25 @@ fn demo_map_is_what_the_demo_script_starts() {
             Some(format!("{region}-b").as_str())
         );
     }
-    assert_eq!(m.placement.len(), 2);
-    assert!(m.placement.iter().all(|r| r.region == "eu"));
-    assert!(matches!(m.default_placement, DefaultPlacement::AllShards));
+    assert_eq!(m.placement.len(), 3);
+    assert!(m.placement[..2].iter().all(|r| r.region == "eu"));
+    assert_eq!(m.placement[2].region, "pg");
+    assert!(matches!(&m.default_placement, DefaultPlacement::Region(r) if r == "us"));
+}
+
+/// The demo's rebalance target adds us-3 and moves slots only from the us
+/// shards onto it: the postgres shard and the eu shards keep theirs.
+#[test]
+fn demo_grow_map_moves_only_us_slots_onto_the_new_shard() {
+    use shardgate::rebalance::plan::plan;
+    let demo = ShardMap::load(Path::new("shard-maps/demo.yaml")).expect("demo map");
+    let grow = ShardMap::load(Path::new("shard-maps/demo-grow.yaml")).expect("grow map");
+    let p = plan(&RoutingTable::compile(Arc::new(demo), Epoch(1)), &grow).expect("plan");
+    assert_eq!(p.added, ["us-3"]);
+    assert!(!p.pairs.is_empty());
+    for (from, to, _) in &p.pairs {
+        assert!(from.starts_with("us-") && to == "us-3", "{from} -> {to}");
+    }
 }
 
 #[test]

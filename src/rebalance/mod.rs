@@ -60,11 +60,13 @@ pub struct Verification {
     pub misplaced: u64,
     /// Keys per shard after the move (shard name, keys), all owned there.
     pub keys: Vec<(String, u64)>,
+    /// Shards that could not be scanned (so nothing is known of them).
+    pub unscanned: Vec<String>,
 }
 
 impl Verification {
     pub fn ok(&self) -> bool {
-        self.left_behind == 0 && self.misplaced == 0
+        self.left_behind == 0 && self.misplaced == 0 && self.unscanned.is_empty()
     }
 }
 
@@ -153,6 +155,10 @@ impl Progress {
                 v.map_or(0, |v| v.left_behind).to_string(),
             ),
             ("verify_misplaced", v.map_or(0, |v| v.misplaced).to_string()),
+            (
+                "verify_unscanned",
+                v.map_or_else(String::new, |v| v.unscanned.join(",")),
+            ),
             (
                 "verify_keys",
                 v.map_or_else(String::new, |v| {

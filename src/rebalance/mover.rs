@@ -206,8 +206,10 @@ pub(super) async fn run(
         .map_err(io("the finished rebalance"))?;
     if !v.ok() {
         return Err(format!(
-            "verification failed: {} keys left on the shards they moved from, {} keys on a shard that does not own them",
-            v.left_behind, v.misplaced
+            "verification failed: {} keys left on the shards they moved from, {} keys on a shard that does not own them, shards not scanned: [{}]",
+            v.left_behind,
+            v.misplaced,
+            v.unscanned.join(", ")
         ));
     }
     Ok(work.target_yaml)
@@ -492,48 +494,54 @@ async fn throttle(job: &Job, keys: usize) {
     }
 }
 
-/// Waits (bounded) until every online replica of `shard` has the
-/// replication offset its primary has now (step 4).
+/// Waits (bounded) until every replica of `shard` has applied what its
+/// primary has now (step 4). Each replica is asked for its own offset
+/// (`slave_repl_offset`), which moves as soon as it applies the stream.
 async fn wait_replicas(rb: &Rebalancer, shard: ShardId) {
     let backends = rb.proxy.backends();
     let s = backends.shard(shard);
-    let has_replicas = backends
+    let replicas: Vec<_> = backends
         .endpoints()
         .iter()
-        .any(|e| e.state.shard == s.name && e.state.role == crate::backend::Role::Replica);
-    if !has_replicas {
+        .filter(|e| e.state.shard == s.name && e.state.role == crate::backend::Role::Replica)
+        .cloned()
+        .collect();
+    if replicas.is_empty() {
         return;
     }
-    let primary = s.primary.clone();
-    let info = || async {
+    let info = |ep: Arc<crate::backend::Endpoint>| async move {
         let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n");
-        match primary.send(Protocol::Resp2, 0, frame).await {
+        match ep.send(Protocol::Resp2, 0, frame).await {
             Ok(Ok(f)) => reply::bulk(&f).map(|b| String::from_utf8_lossy(&b).into_owned()),
             _ => None,
         }
     };
-    let Some(text) = info().await else { return };
-    let Some(goal) = field(&text, "master_repl_offset") else {
+    let Some(goal) = info(s.primary.clone())
+        .await
+        .and_then(|t| field(&t, "master_repl_offset"))
+    else {
         return;
     };
     let t0 = Instant::now();
-    while t0.elapsed() < REPLICA_WAIT {
-        let Some(text) = info().await else { return };
-        let behind = text
-            .lines()
-            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
-            .filter_map(|l| {
-                l.split(',')
-                    .find_map(|kv| kv.strip_prefix("offset="))
-                    .and_then(|o| o.trim().parse::<u64>().ok())
-            })
-            .any(|o| o < goal);
-        if !behind {
-            return;
+    for r in replicas {
+        loop {
+            // An unhealthy replica serves no reads: nothing to wait for.
+            if !r.state.is_healthy() {
+                break;
+            }
+            let at = info(r.clone())
+                .await
+                .and_then(|t| field(&t, "slave_repl_offset"));
+            if at.is_some_and(|o| o >= goal) {
+                break;
+            }
+            if t0.elapsed() >= REPLICA_WAIT {
+                tracing::warn!(shard = %s.name, replica = %r.state.addr, "replica did not catch up within 10 s after a rebalance window; reads from it may miss moved keys until it does");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::warn!(shard = %s.name, "replicas did not catch up within 10 s after a rebalance window; reads from them may miss moved keys until they do");
 }
 
 fn field(info: &str, name: &str) -> Option<u64> {
@@ -542,8 +550,9 @@ fn field(info: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Scans every shard that may hold keys and checks that each key is on
-/// the shard that owns it once the move is over.
+/// Scans every shard that may hold keys (through the proxy's own
+/// connections, so postgres shards are scanned too) and checks that each
+/// key is on the shard that owns it once the move is over.
 async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
     let merged = &work.plan.merged;
     let finished = RoutingTable::compile(Arc::new(plan::finished(merged)), Epoch(0));
@@ -564,49 +573,46 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
         let mut attempts = 0;
         loop {
             let ep = rb.proxy.backends().shard(id).primary.clone();
-            let timeout = ep.state.options.command_timeout;
-            let step: Result<(), String> = async {
-                let mut conn = ep.dedicated(Protocol::Resp2).await.map_err(|e| e.to_string())?;
-                loop {
-                    let mut frame = BytesMut::new();
-                    encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
-                    let r = request(&mut conn, &frame, 1, timeout).await?;
-                    let (next, keys) = scan_reply(&r[0])?;
-                    for k in keys {
-                        if finished.route(&k).shard == id {
-                            found += 1;
-                            continue;
-                        }
-                        v.misplaced += 1;
-                        let unit = (finished.class_of(&k), finished.slot_of(&k).0);
-                        if moved.get(&unit) == Some(&id) {
-                            v.left_behind += 1;
-                        }
-                        if v.misplaced <= 10 {
-                            tracing::error!(key = %String::from_utf8_lossy(&k), shard = %shard.name, "rebalance verification: key on a shard that does not own it");
-                        }
-                    }
-                    cursor = next;
-                    if cursor.as_ref() == b"0" {
-                        return Ok(());
-                    }
-                }
-            }
-            .await;
-            match step {
-                Ok(()) => break,
+            let mut frame = BytesMut::new();
+            encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
+            let step = match ep.send(Protocol::Resp2, 0, frame.freeze()).await {
+                Ok(Ok(f)) => scan_reply(&f),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connection task stopped".to_owned()),
+            };
+            let (next, keys) = match step {
+                Ok(r) => r,
                 Err(e) if attempts < 5 => {
                     attempts += 1;
                     rb.proxy.metrics.rebalance_mover_error("verify");
                     tracing::warn!(shard = %shard.name, error = %e, "rebalance verification: scan failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
                 Err(e) => {
                     rb.proxy.metrics.rebalance_mover_error("verify");
                     tracing::error!(shard = %shard.name, error = %e, "rebalance verification could not scan a shard");
-                    v.misplaced += 1;
+                    v.unscanned.push(shard.name.clone());
                     break;
                 }
+            };
+            for k in keys {
+                if finished.route(&k).shard == id {
+                    found += 1;
+                    continue;
+                }
+                v.misplaced += 1;
+                let unit = (finished.class_of(&k), finished.slot_of(&k).0);
+                if moved.get(&unit) == Some(&id) {
+                    v.left_behind += 1;
+                }
+                if v.misplaced <= 10 {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), shard = %shard.name, "rebalance verification: key on a shard that does not own it");
+                }
+            }
+            cursor = next;
+            if cursor.as_ref() == b"0" {
+                break;
             }
         }
         if shard.phase == ShardPhase::Active {
