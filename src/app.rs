@@ -273,7 +273,6 @@ impl Reloader {
         }
         let previous = self.proxy.swap_backends(next.clone());
         let removed = previous.retire_missing(&next);
-        next.retire_removed();
         self.proxy.metrics.map_epoch(epoch.0);
         self.rebalancer.map_reloaded(text);
         Ok(ReloadSummary {

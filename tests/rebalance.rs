@@ -727,6 +727,28 @@ fn run_add_then_remove(kill: bool) {
         keys_on(&servers[1]).is_empty(),
         "the removed shard still holds keys"
     );
+    // ... and the proxy closed its connections to it (ours is the only one).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut servers[1].connection())
+            .unwrap();
+        let n: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy still has {} connections to the removed shard",
+            n - 1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let filler: HashSet<String> = (0..FILLER).map(|i| format!("filler:{i}")).collect();
     check(&proxy, &shared, &model, &m3, &shards(&[0, 2, 3]), &filler);
     // A restart serves the map of the last rebalance (from the state

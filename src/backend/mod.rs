@@ -135,6 +135,9 @@ enum Conns {
         pool_resp3: DedicatedPool,
     },
     Postgres(PgEndpoint),
+    /// A shard a finished rebalance removed: no connections; nothing routes
+    /// here, and a request that did would fail at once.
+    Removed,
 }
 
 impl Endpoint {
@@ -159,7 +162,7 @@ impl Endpoint {
     pub fn postgres(&self) -> Option<&PgEndpoint> {
         match &self.conns {
             Conns::Postgres(pg) => Some(pg),
-            Conns::Redis { .. } => None,
+            Conns::Redis { .. } | Conns::Removed => None,
         }
     }
 
@@ -171,8 +174,20 @@ impl Endpoint {
             (Conns::Redis { mux_resp2, .. }, Protocol::Resp2) => mux_resp2,
             (Conns::Redis { mux_resp3, .. }, Protocol::Resp3) => mux_resp3,
             (Conns::Postgres(pg), _) => return pg.send(proto, client, frame),
+            (Conns::Removed, _) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(Err(self.removed()));
+                return rx;
+            }
         };
         conns[(client as usize) % conns.len()].send(frame)
+    }
+
+    fn removed(&self) -> BackendError {
+        BackendError::Unavailable {
+            addr: self.state.addr.clone(),
+            reason: format!("shard {} was removed by a rebalance", self.state.shard),
+        }
     }
 
     /// Waits until every request queued on this endpoint's multiplexed
@@ -215,6 +230,7 @@ impl Endpoint {
         let pool = match (&self.conns, proto) {
             (Conns::Redis { pool_resp2, .. }, Protocol::Resp2) => pool_resp2,
             (Conns::Redis { pool_resp3, .. }, Protocol::Resp3) => pool_resp3,
+            (Conns::Removed, _) => return Err(self.removed()),
             (Conns::Postgres(_), _) => {
                 return Err(BackendError::Unsupported {
                     addr: self.state.addr.clone(),
@@ -247,6 +263,41 @@ pub struct ShardBackends {
 }
 
 impl ShardBackends {
+    /// The placeholder of a shard a finished rebalance removed: its old
+    /// endpoints are dropped (their connections close).
+    fn removed(s: &crate::shardmap::Shard, options: &Options) -> ShardBackends {
+        let addr = match s.kind {
+            ShardKind::Redis => s.primary.addr.clone(),
+            ShardKind::Postgres => crate::pg::redact_dsn(&s.primary.addr),
+        };
+        let state = Arc::new(EndpointState {
+            breaker: breaker::Breaker::new(),
+            metrics: EndpointMetrics::new(&s.name, &addr, Role::Primary.as_str()),
+            addr,
+            shard: s.name.clone(),
+            role: Role::Primary,
+            region: s.region.clone(),
+            zone: s.zone.clone(),
+            options: options.clone(),
+            link: s.primary.link.clone(),
+            healthy: AtomicBool::new(false),
+            latency_us: AtomicU64::new(0),
+            retired: AtomicBool::new(true),
+            identity: String::new(),
+        });
+        state.metrics.set_healthy(false);
+        ShardBackends {
+            name: s.name.clone(),
+            phase: s.phase,
+            kind: s.kind,
+            primary: Arc::new(Endpoint {
+                state,
+                conns: Conns::Removed,
+            }),
+            read_tiers: Vec::new(),
+        }
+    }
+
     /// The endpoint a read goes to: the first healthy one by the read policy,
     /// the primary when none is healthy.
     pub fn read_endpoint(&self, client: u64) -> &Arc<Endpoint> {
@@ -329,9 +380,11 @@ impl Backends {
                 .entry(ep.addr.clone())
                 .or_insert_with(|| {
                     let identity = endpoint_identity(shard, kind, ep, role, &map.options);
-                    if let Some(kept) = previous
-                        .and_then(|p| p.endpoints.iter().find(|e| e.state.identity == identity))
-                    {
+                    if let Some(kept) = previous.and_then(|p| {
+                        p.endpoints
+                            .iter()
+                            .find(|e| e.state.identity == identity && !e.state.is_retired())
+                    }) {
                         endpoints.push(kept.clone());
                         return kept.clone();
                     }
@@ -368,6 +421,9 @@ impl Backends {
             .shards
             .iter()
             .map(|s| {
+                if s.phase == ShardPhase::Removed {
+                    return ShardBackends::removed(s, &map.options);
+                }
                 let primary = make(&s.name, s.kind, &s.primary, Role::Primary);
                 let replicas: Vec<_> = s
                     .replicas
@@ -403,24 +459,6 @@ impl Backends {
         self.shards
             .get(id.0 as usize)
             .is_some_and(|s| s.phase != ShardPhase::Removed)
-    }
-
-    /// Marks the endpoints of shards in phase `Removed` as retired (health
-    /// checks stop; nothing routes to them). Returns how many.
-    pub fn retire_removed(&self) -> usize {
-        let mut n = 0;
-        for s in self
-            .shards
-            .iter()
-            .filter(|s| s.phase == ShardPhase::Removed)
-        {
-            for e in self.endpoints.iter().filter(|e| e.state.shard == s.name) {
-                if !e.state.retired.swap(true, Ordering::Relaxed) {
-                    n += 1;
-                }
-            }
-        }
-        n
     }
 
     /// Every endpoint (for health checks).

@@ -240,7 +240,6 @@ fn install_backends(rb: &Rebalancer, map: &ShardMap) {
     health::spawn_all(&added, rb.shutdown.subscribe());
     let previous = proxy.swap_backends(next.clone());
     previous.retire_missing(&next);
-    next.retire_removed();
 }
 
 /// Publishes the work's current table; returns the one it replaced.
