@@ -110,9 +110,9 @@ async fn session(
             "PLAN" => (plan(reloader, args).await, false),
             "REBALANCE" => (rebalance(reloader, args, peer).await, false),
             "PROGRESS" => (progress(reloader), false),
-            "PAUSE" => (done(reloader.rebalancer().pause()), false),
-            "RESUME" => (done(reloader.rebalancer().resume_mover()), false),
-            "THROTTLE" => (throttle(reloader, args), false),
+            "PAUSE" => (done(reloader.rebalancer().pause().await), false),
+            "RESUME" => (done(reloader.rebalancer().resume_mover().await), false),
+            "THROTTLE" => (throttle(reloader, args).await, false),
             _ => (
                 Reply::error(format!(
                     "ERR unknown admin command '{}'. Try HELP.",
@@ -242,7 +242,7 @@ fn done(r: Result<(), String>) -> Reply {
     }
 }
 
-fn throttle(reloader: &Reloader, args: &[Bytes]) -> Reply {
+async fn throttle(reloader: &Reloader, args: &[Bytes]) -> Reply {
     let n = match args {
         [_, n] => std::str::from_utf8(n)
             .ok()
@@ -250,7 +250,7 @@ fn throttle(reloader: &Reloader, args: &[Bytes]) -> Reply {
         _ => None,
     };
     match n {
-        Some(n) => done(reloader.rebalancer().throttle(n)),
+        Some(n) => done(reloader.rebalancer().throttle(n).await),
         None => Reply::error("ERR THROTTLE takes one argument: keys per second (0: no limit)"),
     }
 }

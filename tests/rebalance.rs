@@ -106,7 +106,9 @@ struct Admin {
 impl Admin {
     fn connect(port: u16) -> Admin {
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // Generous: starting a rebalance fsyncs the state directory, which
+        // a busy disk can make slow.
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         Admin {
             s,
             buf: BytesMut::new(),

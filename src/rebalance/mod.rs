@@ -451,8 +451,10 @@ impl Rebalancer {
         let epoch = current.epoch().0 + 1;
         drop(current);
         let source_yaml = lock(&self.current_yaml).clone();
+        let target = yaml.to_owned();
         state
-            .begin(&source_yaml, yaml)
+            .blocking(move |st| st.begin(&source_yaml, &target))
+            .await
             .map_err(|e| format!("cannot write the state directory: {e}"))?;
         let summary = format!(
             "OK rebalance started: {} of {} (class, slot) pairs move, from map epoch {}",
@@ -543,34 +545,34 @@ impl Rebalancer {
 
     /// Pauses the mover (slots being moved stay `Migrating`: commands still
     /// move their keys on touch).
-    pub fn pause(&self) -> Result<(), String> {
+    pub async fn pause(&self) -> Result<(), String> {
         let job = self.running_job()?;
         job.paused.send_replace(true);
-        self.log_control("pause");
+        self.log_control("pause".to_owned()).await;
         tracing::info!("rebalance paused");
         Ok(())
     }
 
-    pub fn resume_mover(&self) -> Result<(), String> {
+    pub async fn resume_mover(&self) -> Result<(), String> {
         let job = self.running_job()?;
         job.paused.send_replace(false);
-        self.log_control("resume");
+        self.log_control("resume".to_owned()).await;
         tracing::info!("rebalance resumed");
         Ok(())
     }
 
     /// Limits the mover to `keys_per_sec` (0: no limit).
-    pub fn throttle(&self, keys_per_sec: u64) -> Result<(), String> {
+    pub async fn throttle(&self, keys_per_sec: u64) -> Result<(), String> {
         let job = self.running_job()?;
         job.throttle.store(keys_per_sec, Ordering::Relaxed);
-        self.log_control(&format!("throttle {keys_per_sec}"));
+        self.log_control(format!("throttle {keys_per_sec}")).await;
         tracing::info!(keys_per_sec, "rebalance throttle set");
         Ok(())
     }
 
-    fn log_control(&self, line: &str) {
+    async fn log_control(&self, line: String) {
         if let Some(st) = &self.state
-            && let Err(e) = st.log(line)
+            && let Err(e) = st.blocking(move |st| st.log(&line)).await
         {
             tracing::warn!(error = %e, "cannot record a rebalance control in the state directory");
         }

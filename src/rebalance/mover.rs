@@ -151,8 +151,10 @@ pub(super) async fn run(
             .filter(|&i| work.states[i] == UnitState::Pending)
             .collect();
         if !fresh.is_empty() {
+            let units = work.units(&fresh);
             work.state
-                .log_units("migrating", &work.units(&fresh))
+                .blocking(move |st| st.log_units("migrating", &units))
+                .await
                 .map_err(io("a window"))?;
             for &i in &fresh {
                 work.states[i] = UnitState::Migrating;
@@ -169,8 +171,10 @@ pub(super) async fn run(
         for t in targets {
             wait_replicas(rb, t).await;
         }
+        let units = work.units(&window);
         work.state
-            .log_units("done", &work.units(&window))
+            .blocking(move |st| st.log_units("done", &units))
+            .await
             .map_err(io("a finished window"))?;
         for &i in &window {
             work.states[i] = UnitState::Done;
@@ -201,8 +205,10 @@ pub(super) async fn run(
         .map_err(|e| e.to_string())?;
     proxy.metrics.map_epoch(epoch.0);
     install_backends(rb, &finished);
+    let target = work.target_yaml.clone();
     work.state
-        .finish(&work.target_yaml)
+        .blocking(move |st| st.finish(&target))
+        .await
         .map_err(io("the finished rebalance"))?;
     if !v.ok() {
         return Err(format!(

@@ -46,6 +46,18 @@ impl StateDir {
         })
     }
 
+    /// Runs `f` (file writes and fsyncs) on tokio's blocking pool, so a
+    /// slow disk never stalls the threads that serve clients.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StateDir) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// Where the state lives.
     pub fn path(&self) -> &Path {
         &self.root
