@@ -19,9 +19,12 @@
 //! Beside it, the control path: `shardmap` (YAML -> validated [`shardmap::ShardMap`])
 //! -> `router::RoutingTable::compile` -> published through [`router::Router`]
 //! (`arc-swap`; readers never lock). The writers of the map are a reload
-//! ([`app::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and,
-//! later, the rebalancer. [`app`] is the one place that wires the pieces
-//! together; [`metrics`] is the facade every module records through.
+//! ([`app::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and
+//! the [`rebalance`] mover (the admin listener's REBALANCE), which publishes
+//! slots as `Migrating` and then `Stable` while it moves keys; the data
+//! path's part of a move (a command moves its key first) is in `proxy`.
+//! [`app`] is the one place that wires the pieces together; [`metrics`] is
+//! the facade every module records through.
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file).
