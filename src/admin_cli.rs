@@ -27,7 +27,12 @@ pub struct AdminConn {
 /// What to ask.
 pub enum Op {
     Plan(PathBuf),
-    Rebalance { map: PathBuf, wait: bool },
+    Rebalance {
+        map: PathBuf,
+        wait: bool,
+    },
+    /// Follow the running rebalance with the progress bar.
+    Follow,
     Status,
     Pause,
     Resume,
@@ -127,6 +132,7 @@ async fn run_op(conn: AdminConn, op: Op) -> Result<(), String> {
             "{}",
             text(&c.call(&[b"THROTTLE", n.to_string().as_bytes()]).await?)?
         ),
+        Op::Follow => return follow(&mut c).await,
         Op::Rebalance { map, wait } => {
             println!(
                 "{}",

@@ -76,6 +76,12 @@ enum AdminCommand {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
     },
+    /// Follow the running rebalance with the progress bar (again, after
+    /// Ctrl-C detached `rebalance`).
+    Follow {
+        #[command(flatten)]
+        conn: admin_cli::AdminConn,
+    },
     /// The proxy's status: map epoch, shards, endpoints and the rebalance.
     Status {
         #[command(flatten)]
@@ -244,6 +250,7 @@ fn main() -> ExitCode {
                     wait: !no_wait,
                 },
             ),
+            AdminCommand::Follow { conn } => (conn, admin_cli::Op::Follow),
             AdminCommand::Status { conn } => (conn, admin_cli::Op::Status),
             AdminCommand::Pause { conn } => (conn, admin_cli::Op::Pause),
             AdminCommand::Resume { conn } => (conn, admin_cli::Op::Resume),

@@ -1284,3 +1284,57 @@ fn ureq_get(port: u16) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// Ctrl-C detaches the CLI's progress bar; the move goes on.
+#[test]
+fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = TempDir::new("rebalance-detach");
+    let names = ["s0", "s1", "s2"];
+    let all: Vec<(&str, &RedisServer)> = names.iter().copied().zip(&servers).collect();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
+    let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
+    let proxy = Proxy::start(dir.path(), &m1);
+    fill(&proxy);
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    assert_eq!(admin.text(&[b"THROTTLE", b"300"]), "OK");
+    let cli = Command::new(BIN)
+        .args([
+            "admin",
+            "follow",
+            "--admin",
+            &format!("127.0.0.1:{}", proxy.admin_port),
+        ])
+        .env("SHARDGATE_ADMIN_PASSWORD", ADMIN_PW)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run shardgate admin follow");
+    let mut cli = KillOnDrop(cli);
+    // The bar is printed (every 2 s without a terminal) while the move runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ok = Command::new("kill")
+        .args(["-INT", &cli.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = cli.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut cli.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    assert!(out.contains(" slots ") && out.contains("keys/s"), "{out}");
+    assert!(
+        out.contains("detached: the rebalance goes on in the proxy"),
+        "{out}"
+    );
+    assert_eq!(
+        admin.progress()["state"],
+        "moving",
+        "Ctrl-C did not stop the move"
+    );
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+}
