@@ -982,6 +982,12 @@ fn plan_reports_moves_big_keys_and_refusals() {
 
     // The big key moved whole, alone, and was reported.
     let p = admin.progress();
+    // No client wrote during the move: the keys now in the moved slots are
+    // exactly the keys moved.
+    let moved: u64 =
+        p["keys_moved"].parse::<u64>().unwrap() + p["keys_moved_on_touch"].parse::<u64>().unwrap();
+    assert_eq!(moved, actual as u64, "{p:?}");
+    assert_eq!(p["verify_keys_in_moved_slots"], actual.to_string(), "{p:?}");
     assert_eq!(p["big_keys"], "1", "{p:?}");
     let len: usize = redis::cmd("STRLEN").arg(&big).query(&mut c).unwrap();
     assert_eq!(len, 17 << 20);

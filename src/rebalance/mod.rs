@@ -62,6 +62,10 @@ pub struct Verification {
     pub keys: Vec<(String, u64)>,
     /// Shards that could not be scanned (so nothing is known of them).
     pub unscanned: Vec<String>,
+    /// Keys found in the moved (class, slot) pairs, on their new shards.
+    /// Without client writes meanwhile, it equals the keys moved (by the
+    /// mover and on touch).
+    pub in_moved_slots: u64,
 }
 
 impl Verification {
@@ -155,6 +159,10 @@ impl Progress {
                 v.map_or(0, |v| v.left_behind).to_string(),
             ),
             ("verify_misplaced", v.map_or(0, |v| v.misplaced).to_string()),
+            (
+                "verify_keys_in_moved_slots",
+                v.map_or(0, |v| v.in_moved_slots).to_string(),
+            ),
             (
                 "verify_unscanned",
                 v.map_or_else(String::new, |v| v.unscanned.join(",")),

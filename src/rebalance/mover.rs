@@ -602,12 +602,13 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
                 }
             };
             for k in keys {
+                let unit = (finished.class_of(&k), finished.slot_of(&k).0);
                 if finished.route(&k).shard == id {
                     found += 1;
+                    v.in_moved_slots += u64::from(moved.contains_key(&unit));
                     continue;
                 }
                 v.misplaced += 1;
-                let unit = (finished.class_of(&k), finished.slot_of(&k).0);
                 if moved.get(&unit) == Some(&id) {
                     v.left_behind += 1;
                 }
@@ -625,7 +626,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
         }
     }
     if v.ok() {
-        tracing::info!(keys = ?v.keys, "rebalance verification passed: every key is on the shard that owns it");
+        tracing::info!(keys = ?v.keys, in_moved_slots = v.in_moved_slots, "rebalance verification passed: every key is on the shard that owns it");
     }
     v
 }
