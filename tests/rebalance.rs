@@ -1344,3 +1344,164 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
 }
+
+/// Big hashes, sets, sorted sets and lists move piece by piece while a
+/// client keeps writing to them: nothing is lost, TTLs stay.
+#[test]
+fn big_collections_move_in_pieces_while_clients_write_to_them() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = TempDir::new("rebalance-big");
+    let names = ["s0", "s1", "s2"];
+    let all: Vec<(&str, &RedisServer)> = names.iter().copied().zip(&servers).collect();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
+    let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
+    let (t1, t2) = (table_of(&m1), table_of(&m2));
+    let moving = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| owner_name(&t1, k) != "s2" && owner_name(&t2, k) == "s2")
+            .unwrap()
+    };
+    let (hash, set, zset, list) = (
+        moving("bighash"),
+        moving("bigset"),
+        moving("bigzset"),
+        moving("biglist"),
+    );
+    let proxy = Proxy::start(dir.path(), &m1);
+    let mut c = proxy.client().get_connection().unwrap();
+    let fill = |script: &str, key: &str| {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(key)
+            .query(&mut proxy.client().get_connection().unwrap())
+            .unwrap();
+    };
+    fill(
+        "for i=1,300000 do redis.call('HSET', KEYS[1], 'field:'..i, 'value:'..i) end return 1",
+        &hash,
+    );
+    fill(
+        "for i=1,350000 do redis.call('SADD', KEYS[1], 'member:'..i) end return 1",
+        &set,
+    );
+    fill(
+        "for i=1,200000 do redis.call('ZADD', KEYS[1], i, 'member:'..i) end return 1",
+        &zset,
+    );
+    fill(
+        "for i=1,1000 do local t={} for j=1,2000 do t[j]='element:'..((i-1)*2000+j) end redis.call('RPUSH', KEYS[1], unpack(t)) end return 1",
+        &list,
+    );
+    let _: i64 = redis::cmd("EXPIRE")
+        .arg(&hash)
+        .arg(TTL)
+        .query(&mut c)
+        .unwrap();
+    for k in [&hash, &set, &zset, &list] {
+        let n: i64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(k)
+            .query(&mut c)
+            .unwrap();
+        assert!(n >= 16 << 20, "{k} is {n} bytes, not a big key");
+    }
+    // A client writes to the big keys all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, client, hash, list) = (stop.clone(), proxy.client(), hash.clone(), list.clone());
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            let (mut incrs, mut pushes) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let _: i64 = redis::cmd("HINCRBY")
+                    .arg(&hash)
+                    .arg(format!("n:{}", incrs % 50))
+                    .arg(1)
+                    .query(&mut c)
+                    .unwrap();
+                incrs += 1;
+                let _: i64 = redis::cmd("RPUSH")
+                    .arg(&list)
+                    .arg(format!("late:{pushes}"))
+                    .query(&mut c)
+                    .unwrap();
+                pushes += 1;
+            }
+            (incrs, pushes)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (incrs, pushes) = writer.join().unwrap();
+    assert!(incrs > 0);
+    // Everything is on s2 now, whole, with the writes made during the move.
+    let mut s2 = servers[2].connection();
+    let sum: i64 = (0..50)
+        .map(|i| -> i64 {
+            redis::cmd("HGET")
+                .arg(&hash)
+                .arg(format!("n:{i}"))
+                .query::<Option<i64>>(&mut s2)
+                .unwrap()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(sum as u64, incrs, "every HINCRBY counted");
+    let hlen: u64 = redis::cmd("HLEN").arg(&hash).query(&mut s2).unwrap();
+    assert_eq!(hlen, 300_000 + incrs.min(50));
+    let v: String = redis::cmd("HGET")
+        .arg(&hash)
+        .arg("field:123456")
+        .query(&mut s2)
+        .unwrap();
+    assert_eq!(v, "value:123456");
+    let ttl: i64 = redis::cmd("TTL").arg(&hash).query(&mut s2).unwrap();
+    assert!(ttl > 0 && ttl <= TTL, "TTL {ttl}");
+    let n: u64 = redis::cmd("SCARD").arg(&set).query(&mut s2).unwrap();
+    assert_eq!(n, 350_000);
+    let n: u64 = redis::cmd("ZCARD").arg(&zset).query(&mut s2).unwrap();
+    assert_eq!(n, 200_000);
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(&zset)
+        .arg("member:4321")
+        .query(&mut s2)
+        .unwrap();
+    assert_eq!(score, 4321.0);
+    let n: u64 = redis::cmd("LLEN").arg(&list).query(&mut s2).unwrap();
+    assert_eq!(n, 2_000_000 + pushes);
+    let first: Vec<String> = redis::cmd("LRANGE")
+        .arg(&list)
+        .arg(0)
+        .arg(1)
+        .query(&mut s2)
+        .unwrap();
+    assert_eq!(first, ["element:1", "element:2"], "list order kept");
+    let last: String = redis::cmd("LINDEX")
+        .arg(&list)
+        .arg(-1)
+        .query(&mut s2)
+        .unwrap();
+    assert_eq!(last, format!("late:{}", pushes - 1), "list order kept");
+    for (i, s) in servers.iter().enumerate().take(2) {
+        for k in [&hash, &set, &zset, &list] {
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(k)
+                .query(&mut s.connection())
+                .unwrap();
+            assert_eq!(n, 0, "{k} left on s{i}");
+        }
+    }
+    // Each was copied piece by piece, by the mover or by the first
+    // command that touched it; none by one blocking MIGRATE.
+    let log = proxy.log_text();
+    assert_eq!(log.matches("moved a big key").count(), 4, "{log}");
+    assert!(!log.contains("in one MIGRATE"), "{log}");
+}

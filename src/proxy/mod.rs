@@ -4,6 +4,7 @@
 mod access;
 mod conn;
 mod dispatch;
+pub mod fence;
 mod inline;
 mod local;
 mod moves;
@@ -103,6 +104,8 @@ async fn accept_tls(
 /// What every client connection shares.
 pub struct Proxy {
     pub router: Arc<Router>,
+    /// Keys the rebalance mover is copying piece by piece.
+    pub fences: fence::KeyFences,
     /// Swapped as a whole by a map reload; see [`Proxy::backends`].
     backends: arc_swap::ArcSwap<Backends>,
     pub metrics: Arc<Metrics>,
@@ -123,6 +126,7 @@ impl Proxy {
     ) -> Proxy {
         Proxy {
             router,
+            fences: fence::KeyFences::default(),
             backends: arc_swap::ArcSwap::new(backends),
             metrics,
             config,

@@ -11,11 +11,13 @@ use bytes::{Bytes, BytesMut};
 use super::Proxy;
 use super::dispatch::{Action, InlineOp};
 use super::session::Session;
-use crate::backend::migrate::{Migrated, migrate_frame, migrated};
+use crate::backend::migrate::{
+    BIG_KEY_BYTES, Copied, Migrated, copy_in_pieces, migrate_frame, migrated, request,
+};
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, lookup};
 use crate::error::ProxyError;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Protocol, Reply, Request, reply, request::encode_command};
 use crate::router::{RoutingTable, ShardId};
 
 /// Re-dispatches after moving at most this many times (each time, the
@@ -78,8 +80,11 @@ impl Session {
     }
 
     /// Moves every key of `keys` whose slot is migrating under `table` to
-    /// its new shard: one `MIGRATE` per key, all sent at once to the
-    /// sources' primaries, over this client's connections to them.
+    /// its new shard. First its size (`MEMORY USAGE`, all keys at once, on
+    /// this client's connections to the sources): a key not on its source
+    /// needs nothing; an ordinary key moves by one `MIGRATE`; a big key
+    /// (see [`BIG_KEY_BYTES`]) is copied piece by piece under a fence, as
+    /// the mover does, so the source is never blocked for long.
     pub(super) async fn move_keys(
         &self,
         proxy: &Proxy,
@@ -87,24 +92,74 @@ impl Session {
         keys: &[Bytes],
     ) -> Result<(), ProxyError> {
         let backends = proxy.backends();
-        let mut waits = Vec::new();
+        let mut sizes = Vec::new();
         for key in keys {
             let route = table.route(key);
             let Some(from) = route.moving_from else {
                 continue;
             };
-            let target = &backends.shard(route.shard).primary;
+            let mut frame = BytesMut::new();
+            encode_command(&[b"MEMORY", b"USAGE", key], &mut frame);
             let source = &backends.shard(from).primary;
-            let timeout = source.state.options.command_timeout.as_millis() as u64;
-            let frame = migrate_frame(&target.state, &[key.as_ref()], timeout);
-            waits.push((
+            sizes.push((
                 key,
                 from,
                 route.shard,
-                source.send(self.proto, self.id, frame),
+                source.send(self.proto, self.id, frame.freeze()),
             ));
         }
         let mut first_error = None;
+        let mut fail = |key: &Bytes, from: ShardId, to: ShardId, why: String| {
+            proxy.metrics.rebalance_mover_error("touch");
+            let name = |id: ShardId| {
+                backends
+                    .shards()
+                    .get(id.0 as usize)
+                    .map_or(String::new(), |s| s.name.clone())
+            };
+            tracing::warn!(key = %String::from_utf8_lossy(key), from = %name(from), to = %name(to), error = %why, "moving a key on touch failed");
+            first_error.get_or_insert_with(|| {
+                ProxyError::Client(
+                    format!(
+                        "TRYAGAIN key is moving from shard {} to shard {} and the move failed: {why}",
+                        name(from),
+                        name(to)
+                    )
+                    .into(),
+                )
+            });
+        };
+        let mut big = Vec::new();
+        let mut waits = Vec::new();
+        let mut touches = Vec::new();
+        for (key, from, to, rx) in sizes {
+            let size = match rx.await {
+                Ok(Ok(f)) if reply::is_error(&f) => Some(0),
+                Ok(Ok(f)) => reply::integer(&f),
+                Ok(Err(e)) => {
+                    fail(key, from, to, e.to_string());
+                    continue;
+                }
+                Err(_) => {
+                    fail(key, from, to, "reply channel closed".to_owned());
+                    continue;
+                }
+            };
+            match size {
+                // Not on the source: moved already, or never there.
+                None => {}
+                Some(n) if n >= BIG_KEY_BYTES as i64 => big.push((key, from, to)),
+                Some(_) => {
+                    // Waits while the mover copies this key piece by piece.
+                    touches.push(proxy.fences.touch(key).await);
+                    let target = &backends.shard(to).primary;
+                    let source = &backends.shard(from).primary;
+                    let timeout = source.state.options.command_timeout.as_millis() as u64;
+                    let frame = migrate_frame(&target.state, &[key.as_ref()], timeout);
+                    waits.push((key, from, to, source.send(self.proto, self.id, frame)));
+                }
+            }
+        }
         for (key, from, to, rx) in waits {
             let outcome = match rx.await {
                 Ok(Ok(frame)) => migrated(&frame),
@@ -114,26 +169,44 @@ impl Session {
             match outcome {
                 Migrated::Moved => proxy.metrics.rebalance_moved_on_touch(1),
                 Migrated::NoKey => {}
-                Migrated::Failed(why) => {
-                    proxy.metrics.rebalance_mover_error("touch");
-                    let name = |id: ShardId| {
-                        backends
-                            .shards()
-                            .get(id.0 as usize)
-                            .map_or(String::new(), |s| s.name.clone())
-                    };
-                    tracing::warn!(key = %String::from_utf8_lossy(key), from = %name(from), to = %name(to), error = %why, "moving a key on touch failed");
-                    first_error.get_or_insert_with(|| {
-                        ProxyError::Client(
-                            format!(
-                                "TRYAGAIN key is moving from shard {} to shard {} and the move failed: {why}",
-                                name(from),
-                                name(to)
-                            )
-                            .into(),
-                        )
-                    });
+                Migrated::Failed(why) => fail(key, from, to, why),
+            }
+        }
+        drop(touches);
+        for (key, from, to) in big {
+            let source = backends.shard(from).primary.clone();
+            let target = backends.shard(to).primary.clone();
+            let timeout = source.state.options.command_timeout;
+            proxy.fences.fence(key).await;
+            let copied = async {
+                let mut conn = source
+                    .dedicated(Protocol::Resp2)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match copy_in_pieces(&mut conn, &target, key, timeout).await? {
+                    Copied::Whole => {
+                        let ms = timeout.as_millis() as u64 * 30;
+                        let frame = migrate_frame(&target.state, &[key.as_ref()], ms);
+                        let r = request(&mut conn, &frame, 1, timeout * 60).await?;
+                        match migrated(&r[0]) {
+                            Migrated::Failed(e) => Err(e),
+                            Migrated::Moved => Ok(true),
+                            Migrated::NoKey => Ok(false),
+                        }
+                    }
+                    Copied::Pieces(_) => Ok(true),
+                    Copied::Gone => Ok(false),
                 }
+            }
+            .await;
+            proxy.fences.lift(key);
+            match copied {
+                Ok(true) => {
+                    proxy.metrics.rebalance_moved_on_touch(1);
+                    tracing::info!(key = %String::from_utf8_lossy(key), to = %target.state.addr, "moved a big key on touch");
+                }
+                Ok(false) => {}
+                Err(why) => fail(key, from, to, why),
             }
         }
         first_error.map_or(Ok(()), Err)

@@ -30,16 +30,15 @@ use super::plan::{self, Plan};
 use super::state::{Saved, StateDir};
 use super::{Job, Phase, Rebalancer, UnitState, Verification, overlay_table};
 use crate::backend::dedicated::PooledConn;
-use crate::backend::migrate::{Migrated, migrate_frame, migrated};
-use crate::backend::{Backends, EndpointState, health};
-use crate::error::BackendError;
+use crate::backend::migrate::{
+    Copied, Migrated, copy_in_pieces, migrate_frame, migrated, request, scan_reply,
+};
+use crate::backend::{Backends, Endpoint, health};
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{Epoch, RoutingTable, ShardId};
 use crate::shardmap::{ShardMap, ShardPhase};
 
-/// A key at least this big (by `MEMORY USAGE`) moves alone, with a long
-/// timeout, and is logged: its `MIGRATE` blocks the source while it copies.
-pub const BIG_KEY_BYTES: u64 = 16 << 20;
+pub use crate::backend::migrate::BIG_KEY_BYTES;
 /// Most (class, slot) pairs moved in one window.
 const WINDOW: usize = 4096;
 /// Keys per `MIGRATE`.
@@ -293,27 +292,6 @@ async fn wait_unpaused(job: &Job) {
     let _ = rx.wait_for(|p| !*p).await;
 }
 
-/// Bounded request on a dedicated connection.
-async fn request(
-    conn: &mut PooledConn,
-    frames: &[u8],
-    replies: usize,
-    timeout: Duration,
-) -> Result<Vec<Bytes>, String> {
-    let run = async {
-        conn.send(frames, replies).await?;
-        let mut out = Vec::with_capacity(replies);
-        for _ in 0..replies {
-            out.push(conn.recv().await?);
-        }
-        Ok::<_, BackendError>(out)
-    };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
-    }
-}
-
 /// Moves every key of the window from `from` (step 3). Retries until it is
 /// done: a failure leaves keys on the source, where commands still find
 /// and move them.
@@ -356,7 +334,7 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
                     }
                 }
                 for (to, keys) in groups {
-                    let target = backends.shard(to).primary.state.clone();
+                    let target = backends.shard(to).primary.clone();
                     for chunk in keys.chunks(BATCH) {
                         move_batch(rb, job, &mut conn, &target, chunk, timeout).await?;
                     }
@@ -385,37 +363,17 @@ async fn fail(rb: &Rebalancer, job: &Job, e: String) {
     job.error(e);
 }
 
-fn scan_reply(frame: &Bytes) -> Result<(Bytes, Vec<Bytes>), String> {
-    let bad = || format!("unexpected SCAN reply: {}", String::from_utf8_lossy(frame));
-    if reply::is_error(frame) {
-        return Err(bad());
-    }
-    let elems = reply::array_elements(frame)
-        .ok()
-        .flatten()
-        .ok_or_else(bad)?;
-    let [next, keys] = <[Bytes; 2]>::try_from(elems).map_err(|_| bad())?;
-    let next = reply::bulk(&next).ok_or_else(bad)?;
-    let keys = reply::array_elements(&keys)
-        .ok()
-        .flatten()
-        .ok_or_else(bad)?
-        .iter()
-        .filter_map(reply::bulk)
-        .collect();
-    Ok((next, keys))
-}
-
 /// Moves one batch: sizes first (`MEMORY USAGE`, pipelined), then one
 /// `MIGRATE` for the ordinary keys and one per big key.
 async fn move_batch(
     rb: &Rebalancer,
     job: &Job,
     conn: &mut PooledConn,
-    target: &EndpointState,
+    target_ep: &Arc<Endpoint>,
     keys: &[Bytes],
     timeout: Duration,
 ) -> Result<(), String> {
+    let target = &*target_ep.state;
     let mut frames = BytesMut::new();
     for k in keys {
         encode_command(&[b"MEMORY", b"USAGE", k], &mut frames);
@@ -454,28 +412,41 @@ async fn move_batch(
     }
     for (k, n) in big {
         let t0 = Instant::now();
-        let ms = BIG_KEY_TIMEOUT.as_millis() as u64;
-        let frame = migrate_frame(target, &[k.as_ref()], ms);
-        let r = request(conn, &frame, 1, BIG_KEY_TIMEOUT * 2).await?;
-        match migrated(&r[0]) {
-            Migrated::Moved => {
-                job.keys.fetch_add(1, Ordering::Relaxed);
-                job.bytes.fetch_add(n, Ordering::Relaxed);
-                job.big_keys.fetch_add(1, Ordering::Relaxed);
-                rb.proxy.metrics.rebalance_moved(1, n);
-                tracing::warn!(
-                    key = %String::from_utf8_lossy(k),
-                    bytes = n,
-                    to = %target.addr,
-                    ms = t0.elapsed().as_millis() as u64,
-                    "moved a big key; its source shard was blocked while it copied"
-                );
+        rb.proxy.fences.fence(k).await;
+        let copied = copy_in_pieces(conn, target_ep, k, timeout).await;
+        rb.proxy.fences.lift(k);
+        let how = match copied? {
+            Copied::Pieces(pieces) => {
+                format!("copied in {pieces} pieces; the source was never blocked for long")
             }
-            Migrated::NoKey => {}
-            Migrated::Failed(e) => {
-                return Err(format!("MIGRATE of a big key to {}: {e}", target.addr));
+            Copied::Gone => continue,
+            Copied::Whole => {
+                // Strings and streams move in one MIGRATE.
+                let ms = BIG_KEY_TIMEOUT.as_millis() as u64;
+                let frame = migrate_frame(target, &[k.as_ref()], ms);
+                let r = request(conn, &frame, 1, BIG_KEY_TIMEOUT * 2).await?;
+                match migrated(&r[0]) {
+                    Migrated::Moved => {
+                        "moved in one MIGRATE; its source was blocked while it copied".to_owned()
+                    }
+                    Migrated::NoKey => continue,
+                    Migrated::Failed(e) => {
+                        return Err(format!("MIGRATE of a big key to {}: {e}", target.addr));
+                    }
+                }
             }
-        }
+        };
+        job.keys.fetch_add(1, Ordering::Relaxed);
+        job.bytes.fetch_add(n, Ordering::Relaxed);
+        job.big_keys.fetch_add(1, Ordering::Relaxed);
+        rb.proxy.metrics.rebalance_moved(1, n);
+        tracing::warn!(
+            key = %String::from_utf8_lossy(k),
+            bytes = n,
+            to = %target.addr,
+            ms = t0.elapsed().as_millis() as u64,
+            "moved a big key: {how}"
+        );
         throttle(job, 1).await;
     }
     Ok(())
