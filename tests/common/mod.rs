@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod postgres;
+pub mod rebalance;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
