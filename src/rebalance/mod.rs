@@ -102,6 +102,8 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub phase: Phase,
+    /// Map epoch the rebalance started from.
+    pub from_epoch: u64,
     pub paused: bool,
     pub slots_total: usize,
     pub slots_done: usize,
@@ -127,6 +129,7 @@ impl Progress {
         let v = self.verification.as_ref();
         vec![
             ("state", self.phase.as_str().to_owned()),
+            ("from_epoch", self.from_epoch.to_string()),
             ("paused", (self.paused as u8).to_string()),
             ("slots_total", self.slots_total.to_string()),
             ("slots_done", self.slots_done.to_string()),
@@ -249,6 +252,7 @@ impl Job {
         };
         Progress {
             phase,
+            from_epoch: self.first_epoch.saturating_sub(1),
             paused: *self.paused.borrow(),
             slots_total: self.total,
             slots_done: done,
@@ -492,7 +496,7 @@ impl Rebalancer {
             "resuming the rebalance found in the state directory"
         );
         let target = resume.saved.target_yaml.clone();
-        let epoch = self.proxy.router.load().epoch().0;
+        let epoch = self.proxy.router.load().epoch().0 + 1;
         self.launch(resume.plan, Some(resume.saved), state, target, epoch);
     }
 

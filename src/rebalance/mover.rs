@@ -133,7 +133,7 @@ pub(super) async fn run(
     install_backends(rb, &work.plan.merged);
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
-    report(rb, job, &work, true);
+    report(rb, &work, true);
     let est = super::estimate::estimate(proxy, &work.plan).await;
     job.keys_estimate
         .store(est.pairs.iter().map(|p| p.0).sum(), Ordering::Relaxed);
@@ -162,7 +162,7 @@ pub(super) async fn run(
             barrier(rb, job, old, from).await;
         }
         job.migrating.store(window.len(), Ordering::Relaxed);
-        report(rb, job, &work, true);
+        report(rb, &work, true);
         let started = Instant::now();
         let moved_before = job.keys.load(Ordering::Relaxed);
         move_window(rb, job, &work, from, &window).await;
@@ -181,7 +181,7 @@ pub(super) async fn run(
         publish(rb, &work)?;
         job.done.fetch_add(window.len(), Ordering::Relaxed);
         job.migrating.store(0, Ordering::Relaxed);
-        report(rb, job, &work, true);
+        report(rb, &work, true);
         tracing::info!(
             source = %work.plan.merged.shards[from.0 as usize].name,
             slots = window.len(),
@@ -221,7 +221,7 @@ pub(super) async fn run(
 }
 
 /// Counts for metrics.
-fn report(rb: &Rebalancer, _job: &Job, work: &Work, running: bool) {
+fn report(rb: &Rebalancer, work: &Work, running: bool) {
     rb.proxy.metrics.rebalance_slots(
         work.count(UnitState::Pending),
         work.count(UnitState::Migrating),
