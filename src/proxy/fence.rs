@@ -49,54 +49,45 @@ impl KeyFences {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts moving `key` on touch, after any copy of it by the mover.
-    pub async fn touch(&self, key: &Bytes) -> Touch<'_> {
+    /// Waits until `take` succeeds on the key's entry (run under the lock,
+    /// again after every change).
+    async fn acquire(&self, key: &Bytes, take: impl Fn(&mut Entry) -> bool) {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut keys = self.lock();
-                let e = keys.entry(key.clone()).or_default();
-                if !e.fenced {
-                    e.touching += 1;
-                    return Touch {
-                        fences: self,
-                        key: key.clone(),
-                    };
-                }
+            if take(self.lock().entry(key.clone()).or_default()) {
+                return;
             }
             notified.await;
         }
     }
 
+    /// Starts moving `key` on touch, after any copy of it by the mover.
+    pub async fn touch(&self, key: &Bytes) -> Touch<'_> {
+        self.acquire(key, |e| {
+            let free = !e.fenced;
+            e.touching += usize::from(free);
+            free
+        })
+        .await;
+        Touch {
+            fences: self,
+            key: key.clone(),
+        }
+    }
+
     /// Fences `key` for a piecewise copy: new touches wait; returns once
-    /// the touches under way have ended.
-    /// Another fence on the key is waited out first: one copier at a time.
+    /// the touches under way have ended. Another fence on the key is
+    /// waited out first: one copier at a time.
     pub async fn fence(&self, key: &Bytes) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut keys = self.lock();
-                let e = keys.entry(key.clone()).or_default();
-                if !e.fenced {
-                    e.fenced = true;
-                    break;
-                }
-            }
-            notified.await;
-        }
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.lock().get(key).is_none_or(|e| e.touching == 0) {
-                return;
-            }
-            notified.await;
-        }
+        self.acquire(key, |e| {
+            let free = !e.fenced;
+            e.fenced = true;
+            free
+        })
+        .await;
+        self.acquire(key, |e| e.touching == 0).await;
     }
 
     /// Lifts the mover's fence on `key`.
