@@ -60,6 +60,7 @@ enum AdminCommand {
     /// Dry run against the running proxy: per (from, to) shard pair, the
     /// slots, keys and bytes a new map would move; refusals say why.
     Plan {
+        /// The new shard map (YAML), read here and sent to the proxy.
         #[arg(long)]
         map: PathBuf,
         #[command(flatten)]
@@ -68,6 +69,7 @@ enum AdminCommand {
     /// Submit a new map and follow the move with a progress bar (Ctrl-C
     /// detaches; the move goes on).
     Rebalance {
+        /// The new shard map (YAML), read here and sent to the proxy.
         #[arg(long)]
         map: PathBuf,
         /// Return once the move started instead of following it.
