@@ -169,11 +169,11 @@ impl Endpoint {
     /// Sends one request frame over the multiplexed connection (Redis) or
     /// lane (PostgreSQL) assigned to `client` (a client always uses the same
     /// one per endpoint, so its requests to one endpoint stay in order).
-    pub fn send(&self, proto: Protocol, client: u64, frame: Bytes) -> ReplyRx {
+    pub fn send(&self, proto: Protocol, client: u64, frame: &Bytes) -> ReplyRx {
         let conns = match (&self.conns, proto) {
             (Conns::Redis { mux_resp2, .. }, Protocol::Resp2) => mux_resp2,
             (Conns::Redis { mux_resp3, .. }, Protocol::Resp3) => mux_resp3,
-            (Conns::Postgres(pg), _) => return pg.send(proto, client, frame),
+            (Conns::Postgres(pg), _) => return pg.send(proto, client, frame.clone()),
             (Conns::Removed, _) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let _ = tx.send(Err(self.removed()));
@@ -208,7 +208,7 @@ impl Endpoint {
         let pings: Vec<ReplyRx> = mux_resp2
             .iter()
             .chain(mux_resp3)
-            .map(|m| m.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n")))
+            .map(|m| m.send(b"*1\r\n$4\r\nPING\r\n"))
             .collect();
         for rx in pings {
             match rx.await {

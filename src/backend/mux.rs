@@ -8,7 +8,8 @@
 //! [`BackendError::ConnectionLost`], because it may or may not have run.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -25,14 +26,93 @@ use crate::tls::{BackendRead, BackendWrite};
 pub type ReplyResult = Result<Bytes, BackendError>;
 /// Where a client waits for its reply.
 pub type ReplyRx = oneshot::Receiver<ReplyResult>;
+type ReplyTx = oneshot::Sender<ReplyResult>;
 
-struct Job {
-    frame: Bytes,
-    reply: oneshot::Sender<ReplyResult>,
+/// Requests queued for the connection and not yet written. Clients append
+/// under the lock (no allocation, no channel per request); the writer takes
+/// everything queued in one swap.
+#[derive(Default)]
+struct Outbox {
+    /// The queued request frames, back to back.
+    frames: BytesMut,
+    /// One reply sender per frame in `frames`, in order.
+    replies: Vec<ReplyTx>,
+    /// Every [`MuxConn`] handle is gone: the task ends.
+    unused: bool,
+    /// The connection task, when it waits for requests.
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct Shared {
+    outbox: Mutex<Outbox>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding the lock leaves plain data behind: keep going.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until a request is queued; `None` once every handle is gone.
+    async fn wait(&self) -> Option<()> {
+        std::future::poll_fn(|cx| {
+            let mut o = self.lock();
+            if !o.replies.is_empty() {
+                Poll::Ready(Some(()))
+            } else if o.unused {
+                Poll::Ready(None)
+            } else {
+                if !o.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    o.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Takes every queued request: their frames are appended to `frames`.
+    fn take(&self, frames: &mut BytesMut) -> Vec<ReplyTx> {
+        let mut o = self.lock();
+        let mut replies = Vec::with_capacity(o.replies.len().max(16));
+        std::mem::swap(&mut replies, &mut o.replies);
+        if frames.is_empty() {
+            std::mem::swap(frames, &mut o.frames);
+        } else {
+            frames.extend_from_slice(&o.frames);
+            o.frames.clear();
+        }
+        replies
+    }
+}
+
+/// Owned by the handles: when the last one is dropped, the task is told.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let waker = {
+            let mut o = self.shared.lock();
+            o.unused = true;
+            o.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Requests written together, handed from the writer to the reader.
+struct Batch {
+    replies: Vec<ReplyTx>,
+    sent: Instant,
 }
 
 struct InFlight {
-    reply: oneshot::Sender<ReplyResult>,
+    reply: ReplyTx,
     sent: Instant,
 }
 
@@ -40,12 +120,10 @@ struct InFlight {
 /// lives as long as any handle).
 #[derive(Clone)]
 pub struct MuxConn {
-    tx: mpsc::UnboundedSender<Job>,
+    owner: Arc<Owner>,
     ep: Arc<EndpointState>,
 }
 
-/// Bytes gathered into one write before it is sent.
-const MAX_BATCH: usize = 256 * 1024;
 /// Why a connection ended when no handle to it is left (not a failure).
 const UNUSED: &str = "connection no longer used";
 /// Longest reconnect back-off.
@@ -54,34 +132,41 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl MuxConn {
     /// Starts the connection task; it connects lazily on the first request.
     pub fn spawn(endpoint: Arc<EndpointState>, proto: Protocol) -> MuxConn {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(supervise(endpoint.clone(), proto, rx));
-        MuxConn { tx, ep: endpoint }
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(supervise(endpoint.clone(), proto, shared.clone()));
+        MuxConn {
+            owner: Arc::new(Owner { shared }),
+            ep: endpoint,
+        }
     }
 
     /// Queues `frame` (one complete RESP request) and returns where its reply
     /// will arrive.
-    pub fn send(&self, frame: Bytes) -> ReplyRx {
+    pub fn send(&self, frame: &[u8]) -> ReplyRx {
         let (reply, rx) = oneshot::channel();
         if self.ep.breaker.admit() == Admit::No {
             fail(reply, &self.ep, self.ep.breaker.refusal(&self.ep.addr));
             return rx;
         }
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { frame, reply }) {
-            // The task only ends when every handle is gone; answer anyway.
-            let _ = job.reply.send(Err(BackendError::ConnectionLost {
-                addr: String::new(),
-                reason: "connection task stopped".to_owned(),
-            }));
+        let waker = {
+            let mut o = self.owner.shared.lock();
+            o.frames.extend_from_slice(frame);
+            o.replies.push(reply);
+            o.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
         rx
     }
 }
 
-async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Some(first) = rx.recv().await else { return };
+        if shared.wait().await.is_none() {
+            return;
+        }
         match connect(&ep.addr, &ep.link, proto, ep.options.connect_timeout).await {
             Ok(stream) => {
                 backoff = Duration::from_millis(50);
@@ -89,7 +174,7 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
                 ep.metrics.connections_delta(1.0);
                 ep.connection_up();
                 let (rd, wr) = stream.split();
-                let reason = run(&ep, rd, wr, first, &mut rx).await;
+                let reason = run(&ep, rd, wr, &shared).await;
                 ep.metrics.connections_delta(-1.0);
                 if reason == UNUSED {
                     // Every handle is gone: the proxy stops or a reload
@@ -103,11 +188,20 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
                 ep.metrics.connect_attempt(false);
                 ep.connection_failed(&err);
                 ep.breaker.failure(&err, &ep.addr, &ep.metrics);
-                fail(first.reply, &ep, err.clone());
-                // Fail fast during the back-off instead of queueing without bound.
+                // Fail what is queued, and fail fast during the back-off
+                // instead of queueing without bound.
                 let until = tokio::time::Instant::now() + backoff;
-                while let Ok(Some(job)) = tokio::time::timeout_at(until, rx.recv()).await {
-                    fail(job.reply, &ep, err.clone());
+                let mut scratch = BytesMut::new();
+                loop {
+                    for reply in shared.take(&mut scratch) {
+                        fail(reply, &ep, err.clone());
+                    }
+                    scratch.clear();
+                    match tokio::time::timeout_at(until, shared.wait()).await {
+                        Ok(Some(())) => {}
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -115,7 +209,7 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, mut rx: mpsc::Unboun
     }
 }
 
-fn fail(reply: oneshot::Sender<ReplyResult>, ep: &EndpointState, err: BackendError) {
+fn fail(reply: ReplyTx, ep: &EndpointState, err: BackendError) {
     ep.metrics.backend_error(err.kind());
     let _ = reply.send(Err(err));
 }
@@ -125,11 +219,10 @@ async fn run(
     ep: &Arc<EndpointState>,
     rd: BackendRead,
     wr: BackendWrite,
-    first: Job,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
+    shared: &Shared,
 ) -> String {
     let (fifo_tx, fifo_rx) = mpsc::unbounded_channel();
-    let writer = write_loop(wr, first, rx, fifo_tx);
+    let writer = write_loop(wr, shared, fifo_tx);
     let reader = read_loop(ep, rd, fifo_rx);
     tokio::select! {
         r = writer => r,
@@ -139,47 +232,24 @@ async fn run(
 
 async fn write_loop(
     mut wr: BackendWrite,
-    first: Job,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    fifo: mpsc::UnboundedSender<InFlight>,
+    shared: &Shared,
+    fifo: mpsc::UnboundedSender<Batch>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut next = Some(first);
     loop {
-        let job = match next.take() {
-            Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return UNUSED.to_owned(),
-            },
-        };
-        let now = Instant::now();
-        buf.extend_from_slice(&job.frame);
-        if fifo
-            .send(InFlight {
-                reply: job.reply,
-                sent: now,
-            })
-            .is_err()
-        {
-            return "reader stopped".to_owned();
+        if shared.wait().await.is_none() {
+            return UNUSED.to_owned();
         }
-        while buf.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    buf.extend_from_slice(&job.frame);
-                    if fifo
-                        .send(InFlight {
-                            reply: job.reply,
-                            sent: now,
-                        })
-                        .is_err()
-                    {
-                        return "reader stopped".to_owned();
-                    }
-                }
-                Err(_) => break,
-            }
+        // Let every task that is ready now (other clients with requests
+        // for this connection) run first, so one write carries all of them.
+        tokio::task::yield_now().await;
+        let replies = shared.take(&mut buf);
+        let batch = Batch {
+            replies,
+            sent: Instant::now(),
+        };
+        if fifo.send(batch).is_err() {
+            return "reader stopped".to_owned();
         }
         if let Err(e) = wr.write_all(&buf).await {
             return format!("write failed: {e}");
@@ -189,17 +259,43 @@ async fn write_loop(
             return format!("write failed: {e}");
         }
         buf.clear();
+        if buf.capacity() > 4 * MAX_KEPT {
+            // Do not keep a burst's buffer for the life of the connection.
+            buf = BytesMut::with_capacity(16 * 1024);
+        }
     }
+}
+
+/// Write buffer capacity kept between bursts.
+const MAX_KEPT: usize = 256 * 1024;
+
+/// Moves every batch the writer handed over into `waiting`.
+fn receive(fifo: &mut mpsc::UnboundedReceiver<Batch>, waiting: &mut VecDeque<InFlight>) {
+    while let Ok(b) = fifo.try_recv() {
+        push_batch(waiting, b);
+    }
+}
+
+fn push_batch(waiting: &mut VecDeque<InFlight>, b: Batch) {
+    let sent = b.sent;
+    waiting.extend(b.replies.into_iter().map(|reply| InFlight { reply, sent }));
 }
 
 async fn read_loop(
     ep: &Arc<EndpointState>,
     mut rd: BackendRead,
-    mut fifo: mpsc::UnboundedReceiver<InFlight>,
+    mut fifo: mpsc::UnboundedReceiver<Batch>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
     let timeout = ep.options.command_timeout;
+    // One timer for the whole connection, armed at the oldest request's
+    // deadline. It is not moved as replies arrive (that would touch the
+    // timer wheel on every read): when it fires early it is re-armed at the
+    // deadline of the request that is oldest by then.
+    let timer = tokio::time::sleep(timeout);
+    tokio::pin!(timer);
+    let mut armed = false;
     let reason = loop {
         // Hand out every complete reply frame. One clock read per socket
         // read, not per reply: a read often carries many replies.
@@ -208,8 +304,8 @@ async fn read_loop(
             match scan::frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n).freeze();
-                    while let Ok(w) = fifo.try_recv() {
-                        waiting.push_back(w);
+                    if waiting.is_empty() {
+                        receive(&mut fifo, &mut waiting);
                     }
                     let Some(w) = waiting.pop_front() else {
                         let reason = "reply without a request (out of sync)".to_owned();
@@ -244,21 +340,28 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let deadline = waiting.front().map(|w| w.sent + timeout);
+        if !armed && let Some(w) = waiting.front() {
+            timer.as_mut().reset((w.sent + timeout).into());
+            armed = true;
+        }
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => break "backend closed the connection".to_owned(),
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             },
-            w = fifo.recv() => match w {
-                Some(w) => waiting.push_back(w),
+            b = fifo.recv() => match b {
+                Some(b) => push_batch(&mut waiting, b),
                 None => break "writer stopped".to_owned(),
             },
-            _ = sleep_until(deadline) => {
-                let millis = timeout.as_millis() as u64;
-                fail_all(ep, &mut waiting, &mut fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
-                return format!("no reply within {millis} ms");
+            _ = &mut timer, if armed => {
+                armed = false;
+                let overdue = waiting.front().is_some_and(|w| w.sent + timeout <= Instant::now());
+                if overdue {
+                    let millis = timeout.as_millis() as u64;
+                    fail_all(ep, &mut waiting, &mut fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
+                    return format!("no reply within {millis} ms");
+                }
             }
         }
     };
@@ -270,22 +373,13 @@ async fn read_loop(
     reason
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn fail_all(
     ep: &EndpointState,
     waiting: &mut VecDeque<InFlight>,
-    fifo: &mut mpsc::UnboundedReceiver<InFlight>,
+    fifo: &mut mpsc::UnboundedReceiver<Batch>,
     err: BackendError,
 ) {
-    while let Ok(w) = fifo.try_recv() {
-        waiting.push_back(w);
-    }
+    receive(fifo, waiting);
     if !waiting.is_empty() {
         ep.breaker.failure(&err, &ep.addr, &ep.metrics);
     }

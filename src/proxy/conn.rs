@@ -105,9 +105,15 @@ impl Client<'_> {
     /// One round: dispatch what was parsed, then wait for input or replies.
     /// Returns Ok(false) when the connection is done.
     async fn step(&mut self) -> Result<bool, End> {
+        // Read the clock once for every request parsed in this round.
+        let mut arrived = None;
         while self.pending.len() < self.proxy.config.max_pipeline {
             match parse_request(&mut self.rbuf, &self.proxy.config.limits) {
-                Ok(Some(req)) => match self.session.dispatch(self.proxy, req) {
+                Ok(Some(req)) => match self.session.dispatch(
+                    self.proxy,
+                    req,
+                    *arrived.get_or_insert_with(std::time::Instant::now),
+                ) {
                     Action::Queue(p) => self.pending.push_back(p),
                     Action::Close(p) => {
                         self.pending.push_back(p);

@@ -45,9 +45,10 @@ pub enum Action {
 }
 
 impl Session {
-    /// Classifies and routes one request.
-    pub fn dispatch(&mut self, proxy: &Proxy, req: Request) -> Action {
-        self.request_started = Instant::now();
+    /// Classifies and routes one request; `started` is when it arrived
+    /// (one clock read serves every request parsed from one socket read).
+    pub fn dispatch(&mut self, proxy: &Proxy, req: Request, started: Instant) -> Action {
+        self.request_started = started;
         self.move_first = false;
         let Some(spec) = lookup(req.name()) else {
             if let Some(tx) = self.tx.as_mut() {
@@ -178,7 +179,7 @@ impl Session {
             proxy,
             spec,
             shard,
-            req.raw().clone(),
+            req.raw(),
         )))
     }
 
@@ -189,7 +190,7 @@ impl Session {
         proxy: &Proxy,
         spec: &'static CommandSpec,
         shard: ShardId,
-        frame: Bytes,
+        frame: &Bytes,
     ) -> Pending {
         let all = proxy.backends_now();
         let backends = all.shard(shard);
@@ -236,7 +237,7 @@ impl Session {
         if spec.is_read() {
             ep.state.metrics.read_served();
         }
-        Part::new(ep.send(self.proto, self.id, frame))
+        Part::new(ep.send(self.proto, self.id, &frame))
     }
 
     fn gather(&self, spec: &'static CommandSpec, parts: Vec<Part>, merge: Merge) -> Action {
@@ -284,7 +285,7 @@ impl Session {
                 proxy,
                 spec,
                 shard,
-                req.raw().clone(),
+                req.raw(),
             )));
         }
         let mut parts = Vec::with_capacity(groups.len());
@@ -329,7 +330,7 @@ impl Session {
                 proxy,
                 spec,
                 shard,
-                req.raw().clone(),
+                req.raw(),
             )));
         }
         stateless_only(proxy, spec, shard, "blocking commands")?;

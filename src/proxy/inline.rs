@@ -269,7 +269,7 @@ impl Session {
             .shards()
             .iter()
             .filter(|s| s.phase != crate::shardmap::ShardPhase::Removed)
-            .map(|s| s.primary.send(self.proto, self.id, frame.clone()))
+            .map(|s| s.primary.send(self.proto, self.id, &frame))
             .collect();
         let (mut keys, mut expires) = (0u64, 0u64);
         for w in waits {
@@ -307,7 +307,7 @@ impl Session {
             }
             let reply = s
                 .read_endpoint(self.id)
-                .send(self.proto, self.id, frame.clone())
+                .send(self.proto, self.id, &frame)
                 .await;
             let reply = reply.unwrap_or_else(|_| Err(lost()))?;
             if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
@@ -379,7 +379,7 @@ impl Session {
             let backends = all.shard(shard);
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
-            let reply = ep.send(self.proto, self.id, frame.freeze()).await;
+            let reply = ep.send(self.proto, self.id, &frame.freeze()).await;
             let reply = reply.unwrap_or_else(|_| Err(lost()))?;
             if reply::is_error(&reply) {
                 return Ok(Reply::Frame(reply));

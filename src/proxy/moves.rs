@@ -38,7 +38,7 @@ impl Session {
             }
             self.moved_under = Some(table.epoch());
             self.force_primary = true;
-            let action = self.dispatch(proxy, req);
+            let action = self.dispatch(proxy, req, std::time::Instant::now());
             self.force_primary = false;
             let out = match action {
                 Action::Inline(InlineOp::MoveFirst(again), _) => {
@@ -105,7 +105,7 @@ impl Session {
                 key,
                 from,
                 route.shard,
-                source.send(self.proto, self.id, frame.freeze()),
+                source.send(self.proto, self.id, &frame.freeze()),
             ));
         }
         let mut first_error = None;
@@ -156,7 +156,7 @@ impl Session {
                     let source = &backends.shard(from).primary;
                     let timeout = source.state.options.command_timeout.as_millis() as u64;
                     let frame = migrate_frame(&target.state, &[key.as_ref()], timeout);
-                    waits.push((key, from, to, source.send(self.proto, self.id, frame)));
+                    waits.push((key, from, to, source.send(self.proto, self.id, &frame)));
                 }
             }
         }

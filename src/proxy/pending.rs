@@ -116,7 +116,7 @@ impl Pending {
                     }
                     Err(e) if e.never_sent() && retry.is_some() => {
                         if let Some(r) = retry.take() {
-                            *rx = r.primary.send(self.proto, r.client, r.frame);
+                            *rx = r.primary.send(self.proto, r.client, &r.frame);
                         }
                         self.poll_into(cx, out)
                     }

@@ -33,7 +33,7 @@ async fn ask(proxy: &Proxy, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String
     encode_command(args, &mut frame);
     let backends = proxy.backends();
     let ep = &backends.shard(id).primary;
-    match ep.send(Protocol::Resp2, 0, frame.freeze()).await {
+    match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
         Ok(Ok(f)) if !reply::is_error(&f) => Ok(f),
         Ok(Ok(f)) => Err(reply::error_text(&f).unwrap_or_default()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -67,7 +67,7 @@ async fn sample_shard(
         .map(|k| {
             let mut frame = bytes::BytesMut::new();
             encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
-            (k.clone(), ep.send(Protocol::Resp2, 0, frame.freeze()))
+            (k.clone(), ep.send(Protocol::Resp2, 0, &frame.freeze()))
         })
         .collect();
     let mut sizes = Vec::with_capacity(waits.len());

@@ -487,7 +487,7 @@ async fn wait_replicas(rb: &Rebalancer, shard: ShardId) {
     }
     let info = |ep: Arc<crate::backend::Endpoint>| async move {
         let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n");
-        match ep.send(Protocol::Resp2, 0, frame).await {
+        match ep.send(Protocol::Resp2, 0, &frame).await {
             Ok(Ok(f)) => reply::bulk(&f).map(|b| String::from_utf8_lossy(&b).into_owned()),
             _ => None,
         }
@@ -551,7 +551,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
             let ep = rb.proxy.backends().shard(id).primary.clone();
             let mut frame = BytesMut::new();
             encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
-            let step = match ep.send(Protocol::Resp2, 0, frame.freeze()).await {
+            let step = match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
                 Ok(Ok(f)) => scan_reply(&f),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("connection task stopped".to_owned()),

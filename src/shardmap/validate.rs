@@ -30,7 +30,7 @@ pub const MAX_WEIGHT: u32 = 10_000;
 type Bound = (&'static str, i64, i64, i64);
 const CONNECT_TIMEOUT: Bound = ("connect_timeout_ms", 1, 600_000, 1_000);
 const COMMAND_TIMEOUT: Bound = ("command_timeout_ms", 1, 600_000, 5_000);
-const CONNECTIONS: Bound = ("connections_per_endpoint", 1, 64, 2);
+const CONNECTIONS: Bound = ("connections_per_endpoint", 1, 64, 1);
 const DEDICATED: Bound = ("dedicated_pool_size", 1, 4_096, 64);
 const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
 const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 30_000);
@@ -589,7 +589,7 @@ mod tests {
         assert!(matches!(m.default_placement, DefaultPlacement::AllShards));
         assert_eq!(m.options.connect_timeout, Duration::from_millis(1000));
         assert_eq!(m.options.command_timeout, Duration::from_millis(5000));
-        assert_eq!(m.options.connections_per_endpoint, 2);
+        assert_eq!(m.options.connections_per_endpoint, 1);
         assert_eq!(m.options.dedicated_pool_size, 64);
         assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
         assert_eq!(m.options.max_replica_lag, Duration::from_millis(30000));
