@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Driver of scripts/bench.sh: runs redis-benchmark against direct Redis,
-twemproxy and shardgate, measures the CPU and memory of the process serving
+twemproxy and shardgate at each thread count of --threads (one process each,
+target "shardgate tN"), measures the CPU and memory of the process serving
 each target, and writes the report into BENCHMARKS.md.
 
 The servers are started (and stopped) by scripts/bench.sh; this file only
@@ -141,8 +142,14 @@ class Resp:
 
 
 class Target:
-    def __init__(self, name, addr, pid, what):
+    def __init__(self, name, addr, pid, what, threads=None):
         self.name, self.addr, self.pid, self.what = name, addr, pid, what
+        self.threads = threads  # shardgate's --threads
+
+
+def shardgate_name(threads):
+    """The name of the shardgate target with `threads` worker threads, in every table."""
+    return f"shardgate t{threads}"
 
 
 class Case:
@@ -209,7 +216,7 @@ def run_benchmark(target, case, n):
     }
 
 
-def run_one(target, case, sizes, seconds):
+def run_one(target, case, sizes, seconds, width=9):
     """One measured run. The machine is shared, so a calibrated -n can come out
     too short: a run under 2/3 of `seconds` is thrown away and repeated with a
     larger -n (at most twice), which also becomes the -n of later rounds."""
@@ -218,7 +225,7 @@ def run_one(target, case, sizes, seconds):
         if "error" in r or r["wall"] >= seconds * 2 / 3:
             return r
         n = int(sizes[target.name] * seconds * 1.2 / r["wall"])
-        print(f"   {target.name:9} run of {r['wall']:.1f} s too short, again with -n {n:,}", flush=True)
+        print(f"   {target.name:{width}} run of {r['wall']:.1f} s too short, again with -n {n:,}", flush=True)
         sizes[target.name] = n
     return r
 
@@ -391,15 +398,19 @@ def machine(args):
         ("redis", version(["redis-server", "--version"])),
         ("redis-benchmark", version(["redis-benchmark", "--version"])),
         ("twemproxy", version([args.nutcracker, "--version"])),
-        ("shardgate", f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, --threads {args.threads}"),
+        ("shardgate", f"commit {commit}{' (with uncommitted changes)' if dirty else ''}, "
+                      f"--threads {', '.join(str(t) for t in args.thread_counts)}"
+                      f"{' (one process each)' if len(args.thread_counts) > 1 else ''}"),
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
 
 
 def build_report(args, cases, targets, results, idle, mget_counts, load_before, load_after, elapsed):
+    sgs = [t for t in targets if t.what == "shardgate"]
+    names = [t.name for t in sgs]
     L = []
     L.append(f"Command: `{args.command}` ({elapsed / 60:.1f} min). "
-             f"{args.rounds} runs per case and target, alternating direct / twemproxy / shardgate "
+             f"{args.rounds} runs per case and target, alternating {' / '.join(t.name for t in targets)} "
              f"(order rotated each round); each run's `-n` calibrated for about {args.seconds:g} s. "
              "Medians of the runs.")
     L.append("")
@@ -409,10 +420,15 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
         L.append(f"| {k} | {v} |")
     L.append(f"| load average (1 min) | {load_before} at start, {load_after} at end |")
     L.append("")
+    flags = [f"`--threads {t.threads}`" for t in sgs]
+    if len(sgs) == 1:
+        sg_what = f"**{names[0]}** = shardgate with {flags[0]}"
+    else:
+        sg_what = (", ".join(f"**{n}**" for n in names) + " = one shardgate process each (same map), with "
+                   + ", ".join(flags[:-1]) + f" and {flags[-1]} worker threads respectively")
     L.append("Targets: **direct** = `redis-benchmark` to one of the 4 shards (all keys on it; "
              "the CPU columns are that redis-server's), **twemproxy** = nutcracker (ketama, fnv1a_64, "
-             "`server_connections: 1`), **shardgate** = `--threads "
-             f"{args.threads}`, default map options (2 shared connections per shard). "
+             f"`server_connections: 1`), {sg_what}, default map options (one shared connection per shard). "
              f"GET/SET keys are random over {KEYSPACE:,} preloaded keys (`-r {KEYSPACE}`); the MGET keys "
              f"are spread over the 4 shards under both proxies (keys per shard: shardgate "
              f"{mget_counts[1]}, twemproxy {mget_counts[0]}). "
@@ -434,17 +450,19 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
             L.append(f"| {case.title} | {t.name} | {fmt_int(m['rps'])} | {m['p50']:.3f} | {m['p99']:.3f} | "
                      f"{fmt_int(m['per_cpu'])} | {m['cpu_util'] * 100:.0f}% | {m['hwm'] / 1024:.1f} | {runs_txt} |")
     L.append("")
-    L.append("Ratios of the medians (throughput and req/CPU-s: higher is better for shardgate; "
-             "p50: lower is better):")
+    L.append("Ratios of the medians, one group of rows per shardgate variant (sg = that variant; "
+             "throughput and req/CPU-s: higher is better for shardgate; p50: lower is better):")
     L.append("")
-    L.append("| case | req/s sg/twem | req/s sg/direct | p50 sg/twem | p50 sg/direct | "
+    L.append("| shardgate | case | req/s sg/twem | req/s sg/direct | p50 sg/twem | p50 sg/direct | "
              "req/CPU-s sg/twem | req/CPU-s sg/direct |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
-    for case in cases:
-        d, tw, sg = (med[(case.name, t)] for t in ("direct", "twemproxy", "shardgate"))
-        L.append(f"| {case.title} | {fmt_ratio(sg['rps'], tw['rps'])} | {fmt_ratio(sg['rps'], d['rps'])} | "
-                 f"{fmt_ratio(sg['p50'], tw['p50'])} | {fmt_ratio(sg['p50'], d['p50'])} | "
-                 f"{fmt_ratio(sg['per_cpu'], tw['per_cpu'])} | {fmt_ratio(sg['per_cpu'], d['per_cpu'])} |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        for case in cases:
+            d, tw, sg = (med[(case.name, t)] for t in ("direct", "twemproxy", name))
+            L.append(f"| {name} | {case.title} | {fmt_ratio(sg['rps'], tw['rps'])} | "
+                     f"{fmt_ratio(sg['rps'], d['rps'])} | "
+                     f"{fmt_ratio(sg['p50'], tw['p50'])} | {fmt_ratio(sg['p50'], d['p50'])} | "
+                     f"{fmt_ratio(sg['per_cpu'], tw['per_cpu'])} | {fmt_ratio(sg['per_cpu'], d['per_cpu'])} |")
     L.append("")
 
     errors = [(c, t, e) for (c, t), rs in results.items() for r in rs
@@ -460,7 +478,8 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
         L.append("")
 
     L.append(f"Idle connections ({IDLE_CONNECTIONS:,} clients, each sent one PING and then stays open; "
-             "VmRSS of a second instance of each proxy, same map, that serves no load):")
+             "VmRSS of a second instance of each proxy, same map, that serves no load; "
+             f"the shardgate one runs with `--threads {sgs[0].threads}`):")
     L.append("")
     L.append("| proxy | RSS before MiB | with the connections MiB | after closing them MiB | KiB per connection |")
     L.append("|---|---:|---:|---:|---:|")
@@ -470,24 +489,34 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
                  f"{r['per_conn']:.1f}{note} |")
     L.append("")
 
-    # Targets of issue 5.
+    # Targets of issue 5, each for every shardgate variant (only for the cases that ran).
+    titles = {c.name: c.title for c in cases}
     checks = []
     for cname in ("get_p1", "set_p1", "get_p16", "set_p16"):
-        title = next(c.title for c in cases if c.name == cname)
-        sg, tw = med[(cname, "shardgate")]["per_cpu"], med[(cname, "twemproxy")]["per_cpu"]
-        ratio = sg / tw if tw else float("nan")
-        checks.append((ratio >= 1.5, f"req/CPU-s >= 1.5x twemproxy, {title}",
-                       f"{ratio:.2f}x ({fmt_int(sg)} vs {fmt_int(tw)})"))
-    d, tw, sg = (med[("get_c1", t)]["p50"] for t in ("direct", "twemproxy", "shardgate"))
-    add_sg, add_tw = (sg - d) * 1000, (tw - d) * 1000
-    checks.append((add_sg <= add_tw, "single-client GET p50 added latency <= twemproxy's",
-                   f"shardgate +{add_sg:.0f} us, twemproxy +{add_tw:.0f} us over direct {d * 1000:.0f} us"))
-    sg, tw = med[("mget_p16", "shardgate")]["rps"], med[("mget_p16", "twemproxy")]["rps"]
-    ratio = sg / tw if tw else float("nan")
-    checks.append((ratio >= 3, "MGET 10 keys at -P 16: throughput >= 3x twemproxy",
-                   f"{ratio:.2f}x ({fmt_int(sg)} vs {fmt_int(tw)} req/s)"))
-    per = idle.get("shardgate", {}).get("per_conn", float("nan"))
-    checks.append((per <= 16, "idle client connection <= 16 KiB of proxy RSS", f"{per:.1f} KiB"))
+        if cname not in titles:
+            continue
+        tw = med[(cname, "twemproxy")]["per_cpu"]
+        for name in names:
+            sg = med[(cname, name)]["per_cpu"]
+            ratio = sg / tw if tw else float("nan")
+            checks.append((ratio >= 1.5, f"req/CPU-s >= 1.5x twemproxy, {titles[cname]}, {name}",
+                           f"{ratio:.2f}x ({fmt_int(sg)} vs {fmt_int(tw)})"))
+    if "get_c1" in titles:
+        d, tw = (med[("get_c1", t)]["p50"] for t in ("direct", "twemproxy"))
+        add_tw = (tw - d) * 1000
+        for name in names:
+            add_sg = (med[("get_c1", name)]["p50"] - d) * 1000
+            checks.append((add_sg <= add_tw, f"single-client GET p50 added latency <= twemproxy's, {name}",
+                           f"{name} {add_sg:+.0f} us, twemproxy {add_tw:+.0f} us over direct {d * 1000:.0f} us"))
+    if "mget_p16" in titles:
+        tw = med[("mget_p16", "twemproxy")]["rps"]
+        for name in names:
+            sg = med[("mget_p16", name)]["rps"]
+            ratio = sg / tw if tw else float("nan")
+            checks.append((ratio >= 3, f"MGET 10 keys at -P 16: throughput >= 3x twemproxy, {name}",
+                           f"{ratio:.2f}x ({fmt_int(sg)} vs {fmt_int(tw)} req/s)"))
+    per = idle.get(names[0], {}).get("per_conn", float("nan"))
+    checks.append((per <= 16, f"idle client connection <= 16 KiB of proxy RSS, {names[0]}", f"{per:.1f} KiB"))
     L.append("Targets of issue 5 (reported, never enforced):")
     L.append("")
     for ok, what, value in checks:
@@ -528,14 +557,22 @@ def run(args):
     shard_ports = [int(p) for p in args.shards.split(",")]
     shard_pids = [int(p) for p in args.shard_pids.split(",")]
     shard_addrs = [("127.0.0.1", p) for p in shard_ports]
+    sg_addrs = args.shardgate.split(",")
+    sg_pids = [int(p) for p in args.shardgate_pid.split(",")]
+    if not len(args.thread_counts) == len(sg_addrs) == len(sg_pids):
+        raise SystemExit("run.py: --threads, --shardgate and --shardgate-pid need one entry per shardgate")
+    sgs = [Target(shardgate_name(n), addr(a), pid, "shardgate", n)
+           for n, a, pid in zip(args.thread_counts, sg_addrs, sg_pids)]
     targets = [
         Target("direct", shard_addrs[0], shard_pids[0], "redis-server"),
         Target("twemproxy", addr(args.twemproxy), args.twemproxy_pid, "nutcracker"),
-        Target("shardgate", addr(args.shardgate), args.shardgate_pid, "shardgate"),
+        *sgs,
     ]
+    width = max(len(t.name) for t in targets)
 
+    # Every shardgate serves the same map, so the first one stands for all.
     print("== choosing MGET keys spread over the shards under both proxies", flush=True)
-    mget_keys, mget_counts = pick_mget_keys([targets[1].addr, targets[2].addr], shard_addrs)
+    mget_keys, mget_counts = pick_mget_keys([targets[1].addr, sgs[0].addr], shard_addrs)
     print(f"   {' '.join(mget_keys)}; per shard: twemproxy {mget_counts[0]}, shardgate {mget_counts[1]}")
     print("== preloading keys through every target", flush=True)
     for t in targets:
@@ -547,7 +584,8 @@ def run(args):
     # stays the peak under load.
     idle = {}
     idle_targets = [Target("twemproxy", addr(args.idle_twemproxy), args.idle_twemproxy_pid, "nutcracker"),
-                    Target("shardgate", addr(args.idle_shardgate), args.idle_shardgate_pid, "shardgate")]
+                    Target(shardgate_name(args.thread_counts[0]), addr(args.idle_shardgate),
+                           args.idle_shardgate_pid, "shardgate", args.thread_counts[0])]
     for t in idle_targets[::-1]:
         print(f"== {IDLE_CONNECTIONS:,} idle connections to {t.name}", flush=True)
         idle[t.name] = idle_connections(t, IDLE_CONNECTIONS)
@@ -567,15 +605,16 @@ def run(args):
                 print(f"   {case.name} {t.name}: probe failed: {probe['error']}", flush=True)
         print(f"== {case.title}: -n " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()), flush=True)
         for rnd in range(args.rounds):
-            order = targets[rnd % 3:] + targets[:rnd % 3]
+            k = rnd % len(targets)
+            order = targets[k:] + targets[:k]
             for t in order:
-                r = run_one(t, case, sizes, args.seconds)
+                r = run_one(t, case, sizes, args.seconds, width)
                 results[(case.name, t.name)].append(r)
                 if "error" in r:
-                    print(f"   {t.name:9} ERROR {r['error']}", flush=True)
+                    print(f"   {t.name:{width}} ERROR {r['error']}", flush=True)
                 else:
                     err = f"  errors: {r['errors'][0]}" if r["errors"] else ""
-                    print(f"   {t.name:9} {r['rps']:>11,.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
+                    print(f"   {t.name:{width}} {r['rps']:>11,.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
                           f"  {r['per_cpu']:>11,.0f} req/CPU-s  {r['wall']:.1f} s{err}", flush=True)
 
     body = build_report(args, cases, targets, results, idle, mget_counts, load_before, loadavg(),
@@ -594,12 +633,13 @@ def main():
     r = sub.add_parser("run")
     r.add_argument("--rounds", type=int, default=5)
     r.add_argument("--seconds", type=float, default=3.0)
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", default="1,2",
+                   help="comma-separated shardgate thread counts, one per --shardgate entry")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--shards", required=True, help="comma-separated ports of the 4 shards")
     r.add_argument("--shard-pids", required=True)
-    r.add_argument("--shardgate", required=True)
-    r.add_argument("--shardgate-pid", type=int, required=True)
+    r.add_argument("--shardgate", required=True, help="comma-separated host:port, one per thread count")
+    r.add_argument("--shardgate-pid", required=True, help="comma-separated pids, one per thread count")
     r.add_argument("--twemproxy", required=True)
     r.add_argument("--twemproxy-pid", type=int, required=True)
     r.add_argument("--idle-shardgate", required=True, help="host:port of the shardgate for the idle test")
@@ -614,6 +654,7 @@ def main():
     if args.cmd == "free-ports":
         print(" ".join(str(p) for p in free_ports(args.n)))
     else:
+        args.thread_counts = [int(t) for t in args.threads.split(",")]
         run(args)
 
 

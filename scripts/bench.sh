@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: redis-benchmark against one Redis shard directly (the
-# physical limit), twemproxy (nutcracker, ketama) and shardgate, both proxies
-# over the same 4 loopback Redis shards. Writes BENCHMARKS.md (the generated
-# section only) and prints the same tables. Everything stops at exit.
+# physical limit), twemproxy (nutcracker, ketama) and shardgate at one or more
+# worker thread counts (one process each, named "shardgate tN" in the report),
+# all proxies over the same 4 loopback Redis shards. Writes BENCHMARKS.md (the
+# generated section only) and prints the same tables. Everything stops at exit.
 #
-#   scripts/bench.sh [--quick] [--threads N] [--rounds N] [--seconds S]
+#   scripts/bench.sh [--quick] [--threads LIST] [--rounds N] [--seconds S]
 #
-#   --quick      2 rounds of ~1 s runs instead of 5 rounds of ~3 s (a smoke run)
-#   --threads N  shardgate worker threads (default 2)
-#   --rounds N   runs per case and target (default 5, --quick 2)
-#   --seconds S  target duration of one run; -n is calibrated per case and target
+#   --quick          2 rounds of ~1 s runs instead of 5 rounds of ~3 s (a smoke run)
+#   --threads LIST   comma-separated shardgate worker thread counts, one shardgate
+#                    per count (default 1,2); the idle-connection test uses the first
+#   --rounds N       runs per case and target (default 5, --quick 2)
+#   --seconds S      target duration of one run; -n is calibrated per case and target
 #
 # Targets in the report are informational: the script never fails on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-threads=2
+threads=1,2
 rounds=""
 seconds=""
 while [ $# -gt 0 ]; do
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --seconds) seconds=$2; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -35,6 +37,19 @@ if [ "$quick" -eq 1 ]; then
 else
   rounds=${rounds:-5}; seconds=${seconds:-3}
 fi
+IFS=, read -r -a thread_counts <<<"$threads"
+if [ ${#thread_counts[@]} -eq 0 ]; then
+  echo "bench: --threads needs at least one thread count (e.g. 1,2)" >&2; exit 2
+fi
+for t in "${thread_counts[@]}"; do
+  if ! [[ "$t" =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: --threads $threads: '$t' is not a positive integer" >&2; exit 2
+  fi
+done
+if [ "$(printf '%s\n' "${thread_counts[@]}" | sort -u | wc -l)" -ne ${#thread_counts[@]} ]; then
+  echo "bench: --threads $threads: a thread count appears twice" >&2; exit 2
+fi
+threads=$(IFS=,; echo "${thread_counts[*]}")
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
@@ -72,16 +87,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports: 4 shards, then shardgate, twemproxy and twemproxy's
-# stats twice: the measured pair, and an idle pair for the idle-connection test.
-read -r -a ports <<<"$(python3 bench/run.py free-ports 10)"
+# Free loopback ports: 4 shards; twemproxy and its stats; the idle shardgate,
+# twemproxy and its stats for the idle-connection test; then one measured
+# shardgate per thread count.
+read -r -a ports <<<"$(python3 bench/run.py free-ports $((9 + ${#thread_counts[@]})))"
 shard_ports=("${ports[@]:0:4}")
-sg_port=${ports[4]}
-tw_port=${ports[5]}
-tw_stats_port=${ports[6]}
-sg_idle_port=${ports[7]}
-tw_idle_port=${ports[8]}
-tw_idle_stats_port=${ports[9]}
+tw_port=${ports[4]}
+tw_stats_port=${ports[5]}
+sg_idle_port=${ports[6]}
+tw_idle_port=${ports[7]}
+tw_idle_stats_port=${ports[8]}
+sg_ports=("${ports[@]:9}")
 
 echo "== starting 4 Redis shards on ${shard_ports[*]}"
 shard_pids=()
@@ -109,15 +125,22 @@ done
   done
 } >"$work/map.yaml"
 
-start_shardgate() { # port log
+start_shardgate() { # port threads log
   RUST_LOG=warn ./target/release/shardgate serve --map "$work/map.yaml" \
-    --listen "127.0.0.1:$1" --threads "$threads" 2>"$2" &
+    --listen "127.0.0.1:$1" --threads "$2" 2>"$3" &
   pids+=($!)
 }
-echo "== starting shardgate on 127.0.0.1:$sg_port (--threads $threads), idle one on $sg_idle_port"
-start_shardgate "$sg_port" "$work/shardgate.log"
-sg_pid=$!
-start_shardgate "$sg_idle_port" "$work/shardgate-idle.log"
+sg_addrs=()
+sg_pids=()
+for i in "${!thread_counts[@]}"; do
+  t=${thread_counts[$i]}
+  echo "== starting shardgate t$t on 127.0.0.1:${sg_ports[$i]} (--threads $t)"
+  start_shardgate "${sg_ports[$i]}" "$t" "$work/shardgate-t$t.log"
+  sg_addrs+=("127.0.0.1:${sg_ports[$i]}")
+  sg_pids+=($!)
+done
+echo "== starting the idle shardgate on 127.0.0.1:$sg_idle_port (--threads ${thread_counts[0]})"
+start_shardgate "$sg_idle_port" "${thread_counts[0]}" "$work/shardgate-idle.log"
 sg_idle_pid=$!
 
 write_nutcracker_conf() { # port
@@ -146,7 +169,7 @@ tw_pid=$!
 start_nutcracker nutcracker-idle "$tw_idle_stats_port"
 tw_idle_pid=$!
 
-for port in "$sg_port" "$tw_port" "$sg_idle_port" "$tw_idle_port"; do
+for port in "${sg_ports[@]}" "$tw_port" "$sg_idle_port" "$tw_idle_port"; do
   tries=0
   until redis-cli -p "$port" ping >/dev/null 2>&1; do
     tries=$((tries + 1))
@@ -168,7 +191,7 @@ python3 bench/run.py run \
   "${quick_flag[@]}" --rounds "$rounds" --seconds "$seconds" --threads "$threads" \
   --shards "$(IFS=,; echo "${shard_ports[*]}")" \
   --shard-pids "$(IFS=,; echo "${shard_pids[*]}")" \
-  --shardgate "127.0.0.1:$sg_port" --shardgate-pid "$sg_pid" \
+  --shardgate "$(IFS=,; echo "${sg_addrs[*]}")" --shardgate-pid "$(IFS=,; echo "${sg_pids[*]}")" \
   --twemproxy "127.0.0.1:$tw_port" --twemproxy-pid "$tw_pid" \
   --idle-shardgate "127.0.0.1:$sg_idle_port" --idle-shardgate-pid "$sg_idle_pid" \
   --idle-twemproxy "127.0.0.1:$tw_idle_port" --idle-twemproxy-pid "$tw_idle_pid" \
