@@ -45,6 +45,7 @@
 //! random pipelines, and that no input makes it panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::ProtocolError;
 use super::reply::put_int;
@@ -86,8 +87,12 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Request {
     raw: Bytes,
-    args: Vec<Bytes>,
+    /// Inline up to 3 arguments (GET/SET-sized requests allocate nothing).
+    args: Args,
 }
+
+/// A request's arguments, slices of its raw bytes.
+type Args = SmallVec<[Bytes; 3]>;
 
 impl Request {
     /// The request as a RESP multibulk, ready to forward to a backend.
@@ -225,8 +230,8 @@ fn scan_multibulk(b: &[u8], limits: &Limits) -> Result<Step, ProtocolError> {
 
 /// Pass two: slices the arguments out of a multibulk that pass one accepted.
 /// Written to stay panic-free even if it were handed something else.
-fn slice_args(raw: &Bytes, argc: usize) -> Vec<Bytes> {
-    let mut args = Vec::with_capacity(argc);
+fn slice_args(raw: &Bytes, argc: usize) -> Args {
+    let mut args = Args::with_capacity(argc);
     let b: &[u8] = raw;
     let mut pos = find_byte(b, b'\n').map_or(b.len(), |i| i + 1);
     for _ in 0..argc {
