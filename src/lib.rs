@@ -27,7 +27,8 @@
 //! the facade every module records through.
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
-//! from the auth file).
+//! from the auth file); underneath it, [`workers`] (the serving threads a
+//! client and its backend connections are pinned to).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -44,3 +45,4 @@ pub mod rebalance;
 pub mod router;
 pub mod shardmap;
 pub mod tls;
+pub mod workers;

@@ -124,7 +124,8 @@ struct ServeArgs {
     /// Zone this proxy runs in (for the `nearest` read policy).
     #[arg(long)]
     zone: Option<String>,
-    /// Worker threads (default: one per core).
+    /// Serving threads: each serves its share of the clients with its own
+    /// backend connections (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Replies a client may have outstanding before the proxy stops reading it.
@@ -336,10 +337,22 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         _ => None,
     };
+    // Clients are served on `--threads` serving threads (see `workers`);
+    // the control runtime (accept loop, admin, health checks, rebalancing,
+    // PostgreSQL lanes) needs one thread.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut workers = match shardgate::workers::start(threads) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start the serving threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
+    rt.worker_threads(1).thread_name("shardgate-control");
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -347,7 +360,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         if let Some(addr) = args.metrics_listen {
             if let Err(e) = app::install_metrics_exporter(addr) {
                 tracing::error!(error = %e, "cannot start the metrics exporter");
@@ -420,7 +433,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         });
         running.wait().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Every client has been served or dropped: the serving threads go.
+    workers.stop_all();
+    code
 }
 
 async fn wait_for_signal() {

@@ -129,8 +129,10 @@ pub struct Endpoint {
 /// How requests reach the endpoint, by shard kind.
 enum Conns {
     Redis {
-        mux_resp2: Vec<MuxConn>,
-        mux_resp3: Vec<MuxConn>,
+        /// Per serving thread (see [`crate::workers`]), the connections
+        /// that thread's clients use.
+        mux_resp2: Vec<Vec<MuxConn>>,
+        mux_resp3: Vec<Vec<MuxConn>>,
         pool_resp2: DedicatedPool,
         pool_resp3: DedicatedPool,
     },
@@ -145,7 +147,19 @@ impl Endpoint {
         let conns = match kind {
             ShardKind::Redis => {
                 let n = state.options.connections_per_endpoint.max(1);
-                let muxes = |p| (0..n).map(|_| MuxConn::spawn(state.clone(), p)).collect();
+                let workers = crate::workers::handles();
+                let group = |p, on| {
+                    (0..n)
+                        .map(|_| MuxConn::spawn(state.clone(), p, on))
+                        .collect()
+                };
+                let muxes = |p| -> Vec<Vec<MuxConn>> {
+                    if workers.is_empty() {
+                        vec![group(p, None)]
+                    } else {
+                        workers.iter().map(|h| group(p, Some(h))).collect()
+                    }
+                };
                 Conns::Redis {
                     mux_resp2: muxes(Protocol::Resp2),
                     mux_resp3: muxes(Protocol::Resp3),
@@ -180,7 +194,8 @@ impl Endpoint {
                 return rx;
             }
         };
-        conns[(client as usize) % conns.len()].send(frame)
+        let group = &conns[crate::workers::current() % conns.len()];
+        group[(client as usize) % group.len()].send(frame)
     }
 
     fn removed(&self) -> BackendError {
@@ -208,6 +223,7 @@ impl Endpoint {
         let pings: Vec<ReplyRx> = mux_resp2
             .iter()
             .chain(mux_resp3)
+            .flatten()
             .map(|m| m.send(b"*1\r\n$4\r\nPING\r\n"))
             .collect();
         for rx in pings {

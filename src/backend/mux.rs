@@ -130,10 +130,19 @@ const UNUSED: &str = "connection no longer used";
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl MuxConn {
-    /// Starts the connection task; it connects lazily on the first request.
-    pub fn spawn(endpoint: Arc<EndpointState>, proto: Protocol) -> MuxConn {
+    /// Starts the connection task on `on` (the caller's runtime when `None`);
+    /// it connects lazily on the first request.
+    pub fn spawn(
+        endpoint: Arc<EndpointState>,
+        proto: Protocol,
+        on: Option<&tokio::runtime::Handle>,
+    ) -> MuxConn {
         let shared = Arc::new(Shared::default());
-        tokio::spawn(supervise(endpoint.clone(), proto, shared.clone()));
+        let task = supervise(endpoint.clone(), proto, shared.clone());
+        match on {
+            Some(h) => drop(h.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         MuxConn {
             owner: Arc::new(Owner { shared }),
             ep: endpoint,

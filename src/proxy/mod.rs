@@ -101,6 +101,14 @@ async fn accept_tls(
     }
 }
 
+/// An accepted client socket on its way to the task that serves it.
+enum Handoff {
+    /// Served on the accepting runtime.
+    Tokio(tokio::net::TcpStream),
+    /// Served on a serving thread, which registers it with its runtime.
+    Std(std::net::TcpStream),
+}
+
 /// What every client connection shares.
 pub struct Proxy {
     pub router: Arc<Router>,
@@ -241,9 +249,33 @@ impl Proxy {
                         let shutdown = shutdown.clone();
                         self.connected.fetch_add(1, Ordering::Relaxed);
                         self.metrics.client_connected();
-                        tasks.spawn(async move {
-                            if let Some(stream) = accept_tls(tls, stream, peer).await {
-                                conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                        // On a serving thread the socket must be registered
+                        // with that thread's runtime: hand it over as a std
+                        // socket (still non-blocking).
+                        let stream = match crate::workers::handles().is_empty() {
+                            true => Handoff::Tokio(stream),
+                            false => match stream.into_std() {
+                                Ok(s) => Handoff::Std(s),
+                                Err(e) => {
+                                    tracing::warn!(%peer, error = %e, "cannot hand the client to a serving thread");
+                                    self.connected.fetch_sub(1, Ordering::Relaxed);
+                                    self.metrics.client_disconnected();
+                                    continue;
+                                }
+                            },
+                        };
+                        crate::workers::spawn_on(&mut tasks, id, async move {
+                            let stream = match stream {
+                                Handoff::Tokio(s) => Ok(s),
+                                Handoff::Std(s) => tokio::net::TcpStream::from_std(s),
+                            };
+                            match stream {
+                                Ok(stream) => {
+                                    if let Some(stream) = accept_tls(tls, stream, peer).await {
+                                        conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                                    }
+                                }
+                                Err(e) => tracing::warn!(%peer, error = %e, "cannot register the client socket"),
                             }
                             proxy.connected.fetch_sub(1, Ordering::Relaxed);
                             proxy.metrics.client_disconnected();
