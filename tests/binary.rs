@@ -260,3 +260,63 @@ fn sighup_reloads_the_map_and_a_bad_map_is_refused() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `--threads N` starts N serving threads; clients are spread over them and
+/// each keeps its own multiplexed connection to every shard.
+#[test]
+fn serving_threads_each_keep_their_own_backend_connections() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let dir = TempDir::new("threads");
+    let map = write_map(&dir, &[&a, &b]);
+    let (child, port) = common::spawn_proxy(BIN, &map, &["--threads", "3"]);
+
+    #[cfg(target_os = "linux")]
+    {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .filter(|n| n.starts_with("shardgate-w"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["shardgate-w0", "shardgate-w1", "shardgate-w2"]);
+    }
+
+    // Nine clients (three per serving thread, handed out round robin), each
+    // writing and reading back keys on both shards, one at a time and
+    // pipelined.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut conns: Vec<redis::Connection> =
+        (0..9).map(|_| client.get_connection().unwrap()).collect();
+    for (c, con) in conns.iter_mut().enumerate() {
+        for i in 0..40 {
+            let key = format!("c{c}:k{i}");
+            let _: () = redis::cmd("SET").arg(&key).arg(i).query(con).unwrap();
+            let v: i64 = redis::cmd("GET").arg(&key).query(con).unwrap();
+            assert_eq!(v, i);
+        }
+        let mut pipe = redis::pipe();
+        for i in 0..40 {
+            pipe.cmd("GET").arg(format!("c{c}:k{i}"));
+        }
+        let got: Vec<i64> = pipe.query(con).unwrap();
+        assert_eq!(got, (0..40).collect::<Vec<i64>>());
+    }
+
+    // Each shard sees one connection per serving thread carrying the
+    // clients' GETs (the health checker's connection runs other commands).
+    for shard in [&a, &b] {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut shard.connection())
+            .unwrap();
+        let carrying = list
+            .lines()
+            .filter(|l| l.contains(" cmd=get ") || l.contains(" cmd=set "))
+            .count();
+        assert_eq!(carrying, 3, "{list}");
+    }
+    drop(conns);
+    drop(child);
+}
