@@ -22,6 +22,8 @@ pub const COMMANDS_TOTAL: &str = "shardgate_commands_total";
 pub const CLIENT_CONNECTIONS: &str = "shardgate_client_connections";
 /// Client connections accepted since start.
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "shardgate_client_connections_total";
+/// Currently open client connections per serving thread.
+pub const SERVING_THREAD_CLIENTS: &str = "shardgate_serving_thread_clients";
 /// Client connections closed for a protocol error.
 pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total";
 /// Client connections the proxy closed or refused because of a limit, by reason.
@@ -89,6 +91,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Client commands by command name and outcome (ok, error)",
     ),
     (CLIENT_CONNECTIONS, "gauge", "Open client connections"),
+    (
+        SERVING_THREAD_CLIENTS,
+        "gauge",
+        "Open client connections per serving thread (--threads)",
+    ),
     (
         CLIENT_CONNECTIONS_TOTAL,
         "counter",
@@ -236,6 +243,8 @@ pub struct Metrics {
     command_duration: Histogram,
     client_connections: Gauge,
     client_connections_total: Counter,
+    /// Per serving thread (one entry when there are none).
+    thread_clients: Vec<Gauge>,
     protocol_errors: Counter,
     limit_closes: [Counter; 4],
     _map_reloads: [Counter; 2],
@@ -270,6 +279,9 @@ impl Metrics {
             command_duration: histogram!(COMMAND_DURATION),
             client_connections: gauge!(CLIENT_CONNECTIONS),
             client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
+            thread_clients: (0..crate::workers::handles().len().max(1))
+                .map(|t| gauge!(SERVING_THREAD_CLIENTS, "thread" => t.to_string()))
+                .collect(),
             protocol_errors: counter!(CLIENT_PROTOCOL_ERRORS),
             limit_closes: LIMIT_REASONS.map(|r| counter!(CLIENT_LIMIT_CLOSES, "reason" => r)),
             // Registered up front so that both series exist (at 0) from the start.
@@ -337,15 +349,21 @@ impl Metrics {
         self.command_duration.record(elapsed.as_secs_f64());
     }
 
-    /// A client connected.
-    pub fn client_connected(&self) {
+    /// A client connected; it is served on serving thread `thread`.
+    pub fn client_connected(&self, thread: usize) {
         self.client_connections.increment(1.0);
         self.client_connections_total.increment(1);
+        if let Some(g) = self.thread_clients.get(thread) {
+            g.increment(1.0);
+        }
     }
 
-    /// A client disconnected.
-    pub fn client_disconnected(&self) {
+    /// A client of serving thread `thread` disconnected.
+    pub fn client_disconnected(&self, thread: usize) {
         self.client_connections.decrement(1.0);
+        if let Some(g) = self.thread_clients.get(thread) {
+            g.decrement(1.0);
+        }
     }
 
     /// A client was disconnected for sending a malformed frame.

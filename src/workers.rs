@@ -94,17 +94,24 @@ pub fn current() -> usize {
     INDEX.with(|c| c.get())
 }
 
-/// Spawns `fut` on serving thread `i % n`, or on the caller's runtime when
+/// The serving thread that client `id` is handed to (round robin; 0 when
+/// there are no serving threads).
+pub fn thread_of(id: u64) -> usize {
+    match handles().len() {
+        0 => 0,
+        n => (id % n as u64) as usize,
+    }
+}
+
+/// Spawns `fut` on serving thread `thread`, or on the caller's runtime when
 /// there are no serving threads.
-pub fn spawn_on<F>(set: &mut tokio::task::JoinSet<F::Output>, i: u64, fut: F)
+pub fn spawn_on<F>(set: &mut tokio::task::JoinSet<F::Output>, thread: usize, fut: F)
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let h = handles();
-    if h.is_empty() {
-        set.spawn(fut);
-    } else {
-        set.spawn_on(fut, &h[(i % h.len() as u64) as usize]);
+    match handles().get(thread) {
+        Some(h) => drop(set.spawn_on(fut, h)),
+        None => drop(set.spawn(fut)),
     }
 }

@@ -269,7 +269,18 @@ fn serving_threads_each_keep_their_own_backend_connections() {
     let b = RedisServer::start();
     let dir = TempDir::new("threads");
     let map = write_map(&dir, &[&a, &b]);
-    let (child, port) = common::spawn_proxy(BIN, &map, &["--threads", "3"]);
+    let mport = free_port();
+    let (child, port) = common::spawn_proxy(
+        BIN,
+        &map,
+        &[
+            "--threads",
+            "3",
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+        ],
+    );
+    wait_for_port(mport);
 
     #[cfg(target_os = "linux")]
     {
@@ -316,6 +327,12 @@ fn serving_threads_each_keep_their_own_backend_connections() {
             .filter(|l| l.contains(" cmd=get ") || l.contains(" cmd=set "))
             .count();
         assert_eq!(carrying, 3, "{list}");
+    }
+    // The gauge shows the clients spread evenly over the threads.
+    let page = http_get(mport, "/metrics");
+    for t in 0..3 {
+        let line = format!("shardgate_serving_thread_clients{{thread=\"{t}\"}} 3");
+        assert!(page.contains(&line), "no `{line}` in:\n{page}");
     }
     drop(conns);
     drop(child);

@@ -247,8 +247,9 @@ impl Proxy {
                         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
                         let proxy = self.clone();
                         let shutdown = shutdown.clone();
+                        let thread = crate::workers::thread_of(id);
                         self.connected.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.client_connected();
+                        self.metrics.client_connected(thread);
                         // On a serving thread the socket must be registered
                         // with that thread's runtime: hand it over as a std
                         // socket (still non-blocking).
@@ -259,12 +260,12 @@ impl Proxy {
                                 Err(e) => {
                                     tracing::warn!(%peer, error = %e, "cannot hand the client to a serving thread");
                                     self.connected.fetch_sub(1, Ordering::Relaxed);
-                                    self.metrics.client_disconnected();
+                                    self.metrics.client_disconnected(thread);
                                     continue;
                                 }
                             },
                         };
-                        crate::workers::spawn_on(&mut tasks, id, async move {
+                        crate::workers::spawn_on(&mut tasks, thread, async move {
                             let stream = match stream {
                                 Handoff::Tokio(s) => Ok(s),
                                 Handoff::Std(s) => tokio::net::TcpStream::from_std(s),
@@ -278,7 +279,7 @@ impl Proxy {
                                 Err(e) => tracing::warn!(%peer, error = %e, "cannot register the client socket"),
                             }
                             proxy.connected.fetch_sub(1, Ordering::Relaxed);
-                            proxy.metrics.client_disconnected();
+                            proxy.metrics.client_disconnected(thread);
                         });
                     }
                     Err(e) => {
