@@ -132,6 +132,9 @@ impl Client<'_> {
                             .command_done(Some(spec), ok, started.elapsed());
                         self.wr.write_all(&reply).await.map_err(End::from)?;
                         self.wr.flush().await.map_err(End::from)?;
+                        // Time passed (a blocking command may have waited):
+                        // what is parsed next takes a fresh reading.
+                        arrived = None;
                     }
                 },
                 Ok(None) => {

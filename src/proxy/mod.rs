@@ -253,9 +253,10 @@ impl Proxy {
                         // On a serving thread the socket must be registered
                         // with that thread's runtime: hand it over as a std
                         // socket (still non-blocking).
-                        let stream = match crate::workers::handles().is_empty() {
-                            true => Handoff::Tokio(stream),
-                            false => match stream.into_std() {
+                        let stream = if crate::workers::handles().is_empty() {
+                            Handoff::Tokio(stream)
+                        } else {
+                            match stream.into_std() {
                                 Ok(s) => Handoff::Std(s),
                                 Err(e) => {
                                     tracing::warn!(%peer, error = %e, "cannot hand the client to a serving thread");
@@ -263,7 +264,7 @@ impl Proxy {
                                     self.metrics.client_disconnected(thread);
                                     continue;
                                 }
-                            },
+                            }
                         };
                         crate::workers::spawn_on(&mut tasks, thread, async move {
                             let stream = match stream {
