@@ -91,7 +91,7 @@ fn golden_owners_of_example_map() {
         &[Placement::All, Placement::Region("eu".into())]
     );
     // example.yaml: 0 = us-1 (w100), 1 = us-2 (w200), 2 = eu-1, 3 = eu-2.
-    let keys: [(&str, u32); 7] = [
+    let keys: [(&str, u16); 7] = [
         ("", 0),
         ("foo", 3),
         ("bar", 1),
@@ -103,7 +103,7 @@ fn golden_owners_of_example_map() {
     for (key, shard) in keys {
         assert_eq!(t.shard_for_key(key.as_bytes()), ShardId(shard), "{key:?}");
     }
-    let first16 = |p: usize| -> Vec<u32> { t.owners(p)[..16].iter().map(|s| s.0).collect() };
+    let first16 = |p: usize| -> Vec<u16> { t.owners(p)[..16].iter().map(|s| s.0).collect() };
     assert_eq!(first16(0), [2, 0, 0, 3, 1, 1, 0, 1, 1, 1, 2, 2, 2, 1, 3, 2]);
     assert_eq!(first16(1), [2, 3, 2, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 3, 3, 2]);
     let counts = |p: usize| {
@@ -118,7 +118,7 @@ fn golden_owners_of_example_map() {
     // The whole table, as one fingerprint.
     let bytes: Vec<u8> = t
         .entries()
-        .flat_map(|(_, _, id)| id.0.to_le_bytes())
+        .flat_map(|(_, _, id)| u32::from(id.0).to_le_bytes())
         .collect();
     assert_eq!(
         twox_hash::XxHash3_64::oneshot(&bytes),

@@ -432,7 +432,7 @@ impl Session {
     ) -> Result<Action, ProxyError> {
         let backends = proxy.backends_now();
         let n = backends.shards().len();
-        let live: Vec<ShardId> = (0..n as u32)
+        let live: Vec<ShardId> = (0..n as u16)
             .map(ShardId)
             .filter(|&id| backends.holds_keys(id))
             .collect();
@@ -482,7 +482,7 @@ impl Session {
                     .and_then(|c| c.parse().ok())
                     .ok_or_else(|| ProxyError::err("invalid cursor"))?;
                 let shards = n as u64;
-                let shard = ShardId((cursor % shards) as u32);
+                let shard = ShardId((cursor % shards) as u16);
                 Ok(Action::Inline(
                     InlineOp::Scan(req, shard, cursor / shards),
                     spec,

@@ -543,7 +543,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
         if shard.phase == ShardPhase::Removed {
             continue;
         }
-        let id = ShardId(i as u32);
+        let id = ShardId(i as u16);
         let mut found = 0u64;
         let mut cursor = Bytes::from_static(b"0");
         let mut attempts = 0;

@@ -96,6 +96,13 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
         }
     }
     let merged = Arc::new(merge(base, next));
+    if merged.shards.len() > crate::shardmap::validate::MAX_SHARDS {
+        return Err(format!(
+            "shards: the running map and this one together hold {} shards (removed ones included); at most {}",
+            merged.shards.len(),
+            crate::shardmap::validate::MAX_SHARDS
+        ));
+    }
     let table = RoutingTable::compile(merged.clone(), Epoch(current.epoch().0 + 1));
     let moves = current.moves_to(&table)?;
     let name = |id: crate::router::ShardId| merged.shards[id.0 as usize].name.clone();

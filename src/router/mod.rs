@@ -21,7 +21,7 @@ pub struct Slot(pub u32);
 
 /// A shard: the index into `ShardMap::shards` of the map a table was compiled from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId(pub u32);
+pub struct ShardId(pub u16);
 
 /// Version of a published routing table; only ever grows.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -77,7 +77,8 @@ const OV_NONE: u32 = u32::MAX;
 const OV_PENDING: u32 = 1 << 31;
 /// Overlay encoding: migrating, the low bits are the source shard.
 const OV_MIGRATING: u32 = 1 << 30;
-const OV_ID: u32 = OV_MIGRATING - 1;
+/// Overlay encoding: the shard id bits.
+const OV_ID: u32 = u16::MAX as u32;
 
 /// An immutable snapshot of routing, compiled from one [`ShardMap`].
 ///
@@ -168,8 +169,8 @@ impl RoutingTable {
                 continue;
             }
             *e = match state {
-                Overlay::Pending(id) => OV_PENDING | (id.0 & OV_ID),
-                Overlay::Migrating(id) => OV_MIGRATING | (id.0 & OV_ID),
+                Overlay::Pending(id) => OV_PENDING | u32::from(id.0),
+                Overlay::Migrating(id) => OV_MIGRATING | u32::from(id.0),
             };
             any = true;
         }
@@ -230,12 +231,12 @@ impl RoutingTable {
         };
         match ov.get(class * self.slots as usize + slot).copied() {
             Some(e) if e != OV_NONE && e & OV_PENDING != 0 => Route {
-                shard: ShardId(e & OV_ID),
+                shard: ShardId((e & OV_ID) as u16),
                 moving_from: None,
             },
             Some(e) if e != OV_NONE && e & OV_MIGRATING != 0 => Route {
                 shard: owner,
-                moving_from: Some(ShardId(e & OV_ID)),
+                moving_from: Some(ShardId((e & OV_ID) as u16)),
             },
             _ => Route {
                 shard: owner,
@@ -448,7 +449,7 @@ fn candidates(shards: &[Shard], target: &Placement) -> Vec<ShardId> {
             Placement::All => true,
             Placement::Region(r) => s.region == *r,
         })
-        .map(|(i, _)| ShardId(i as u32))
+        .map(|(i, _)| ShardId(i as u16))
         .collect()
 }
 

@@ -52,7 +52,7 @@ pub struct RawRegion {
 }
 
 /// One shard.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawShard {
     /// Shard name: its identity for placement (addresses may change).

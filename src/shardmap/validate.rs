@@ -172,9 +172,20 @@ fn check_zone(path: &str, region: &Region, zone: &str) -> Result<(), MapError> {
     check_name(path, zone)
 }
 
+/// Most shards in one map (shard ids are `u16`: the slot owner table stays
+/// small enough to stay in cache). A rebalance's merged map (old and new
+/// shards together) is held to the same bound.
+pub const MAX_SHARDS: usize = u16::MAX as usize;
+
 fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError> {
     if raw.is_empty() {
         return Err(err("shards", "must list at least one shard"));
+    }
+    if raw.len() > MAX_SHARDS {
+        return Err(err(
+            "shards",
+            format!("lists {} shards; at most {MAX_SHARDS}", raw.len()),
+        ));
     }
     let mut seen = HashSet::new();
     let mut addrs = HashMap::new();
@@ -670,6 +681,27 @@ mod tests {
             let y = BASE.replace("zone: us-a\n", &format!("zone: us-a\n    weight: {w}\n"));
             assert_refused(&y, "shards[0].weight", "must be between 1 and 10000");
         }
+    }
+
+    #[test]
+    fn at_most_max_shards() {
+        // Not reachable through YAML today (the parser's node budget stops
+        // a file first), but a map built another way is held to it too.
+        let raw = (0..=MAX_SHARDS)
+            .map(|i| RawShard {
+                name: Some(format!("s{i}")),
+                region: Some("us".to_owned()),
+                primary: Some(format!("10.0.{}.{}:6379", i / 256, i % 256)),
+                ..RawShard::default()
+            })
+            .collect();
+        let regions = [Region {
+            name: "us".to_owned(),
+            zones: Vec::new(),
+        }];
+        let e = shards(raw, &regions).expect_err("too many shards");
+        assert_eq!(e.path, "shards");
+        assert_eq!(e.reason, "lists 65536 shards; at most 65535");
     }
 
     #[test]
