@@ -500,8 +500,8 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
         # What the target asks, next to what redis-server itself achieves
         # serving the same clients directly (same client socket work, no
         # backend): a proxy cannot do less work per request than that.
-        floor = (f"; the target is {fmt_int(1.5 * tw)}, direct redis-server does "
-                 f"{fmt_int(d)} ({1.5 * tw / d:.2f}x of it)") if d else ""
+        floor = (f"; the target, {fmt_int(1.5 * tw)}, is {1.5 * tw / d:.2f}x what redis-server "
+                 f"itself does serving the same clients directly: {fmt_int(d)}") if d else ""
         for name in names:
             sg = med[(cname, name)]["per_cpu"]
             ratio = sg / tw if tw else float("nan")
