@@ -428,7 +428,8 @@ def build_report(args, cases, targets, results, idle, mget_counts, load_before, 
                    + ", ".join(flags[:-1]) + f" and {flags[-1]} worker threads respectively")
     L.append("Targets: **direct** = `redis-benchmark` to one of the 4 shards (all keys on it; "
              "the CPU columns are that redis-server's), **twemproxy** = nutcracker (ketama, fnv1a_64, "
-             f"`server_connections: 1`), {sg_what}, default map options (one shared connection per shard). "
+             f"`server_connections: 1`, stats port on), {sg_what}, default map options (one shared connection "
+             "per shard), Prometheus metrics on (`--metrics-listen`). "
              f"GET/SET keys are random over {KEYSPACE:,} preloaded keys (`-r {KEYSPACE}`); the MGET keys "
              f"are spread over the 4 shards under both proxies (keys per shard: shardgate "
              f"{mget_counts[1]}, twemproxy {mget_counts[0]}). "

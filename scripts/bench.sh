@@ -89,15 +89,19 @@ trap 'exit 130' INT TERM
 
 # Free loopback ports: 4 shards; twemproxy and its stats; the idle shardgate,
 # twemproxy and its stats for the idle-connection test; then one measured
-# shardgate per thread count.
-read -r -a ports <<<"$(python3 bench/run.py free-ports $((9 + ${#thread_counts[@]})))"
+# shardgate per thread count, their metrics ports and the idle one's. Every
+# shardgate serves its Prometheus metrics, as twemproxy serves its stats.
+n_sg=${#thread_counts[@]}
+read -r -a ports <<<"$(python3 bench/run.py free-ports $((10 + 2 * n_sg)))"
 shard_ports=("${ports[@]:0:4}")
 tw_port=${ports[4]}
 tw_stats_port=${ports[5]}
 sg_idle_port=${ports[6]}
 tw_idle_port=${ports[7]}
 tw_idle_stats_port=${ports[8]}
-sg_ports=("${ports[@]:9}")
+sg_ports=("${ports[@]:9:$n_sg}")
+sg_metrics_ports=("${ports[@]:$((9 + n_sg)):$n_sg}")
+sg_idle_metrics_port=${ports[$((9 + 2 * n_sg))]}
 
 echo "== starting 4 Redis shards on ${shard_ports[*]}"
 shard_pids=()
@@ -125,9 +129,9 @@ done
   done
 } >"$work/map.yaml"
 
-start_shardgate() { # port threads log
+start_shardgate() { # port threads log metrics-port
   RUST_LOG=warn ./target/release/shardgate serve --map "$work/map.yaml" \
-    --listen "127.0.0.1:$1" --threads "$2" 2>"$3" &
+    --listen "127.0.0.1:$1" --threads "$2" --metrics-listen "127.0.0.1:$4" 2>"$3" &
   pids+=($!)
 }
 sg_addrs=()
@@ -135,12 +139,12 @@ sg_pids=()
 for i in "${!thread_counts[@]}"; do
   t=${thread_counts[$i]}
   echo "== starting shardgate t$t on 127.0.0.1:${sg_ports[$i]} (--threads $t)"
-  start_shardgate "${sg_ports[$i]}" "$t" "$work/shardgate-t$t.log"
+  start_shardgate "${sg_ports[$i]}" "$t" "$work/shardgate-t$t.log" "${sg_metrics_ports[$i]}"
   sg_addrs+=("127.0.0.1:${sg_ports[$i]}")
   sg_pids+=($!)
 done
 echo "== starting the idle shardgate on 127.0.0.1:$sg_idle_port (--threads ${thread_counts[0]})"
-start_shardgate "$sg_idle_port" "${thread_counts[0]}" "$work/shardgate-idle.log"
+start_shardgate "$sg_idle_port" "${thread_counts[0]}" "$work/shardgate-idle.log" "$sg_idle_metrics_port"
 sg_idle_pid=$!
 
 write_nutcracker_conf() { # port

@@ -553,12 +553,16 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 /// Installs the process-wide Prometheus recorder and its HTTP listener.
 /// Call once per process, before [`start`], inside the runtime.
 pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), StartError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(metrics::LATENCY_BUCKETS)
         .map_err(|e| StartError::Metrics(e.to_string()))?
-        .install()
+        .install_recorder()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     metrics::describe();
+    tokio::spawn(metrics::http::serve(listener, handle));
     Ok(())
 }

@@ -334,6 +334,19 @@ fn serving_threads_each_keep_their_own_backend_connections() {
         let line = format!("shardgate_serving_thread_clients{{thread=\"{t}\"}} 3");
         assert!(page.contains(&line), "no `{line}` in:\n{page}");
     }
+    // The per-request metrics are kept per thread and added up on scrape.
+    for line in [
+        r#"shardgate_commands_total{command="set",outcome="ok"} 360"#,
+        r#"shardgate_commands_total{command="get",outcome="ok"} 720"#,
+    ] {
+        assert!(page.contains(line), "no `{line}` in:\n{page}");
+    }
+    let backend: u64 = page
+        .lines()
+        .filter(|l| l.starts_with("shardgate_backend_request_duration_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(backend >= 1080, "{backend} backend round trips:\n{page}");
     drop(conns);
     drop(child);
 }

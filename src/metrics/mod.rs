@@ -2,15 +2,22 @@
 //!
 //! Every metric name, its help text and its labels are in [`DESCRIPTIONS`];
 //! labels are bounded (command names come from the command table, shard and
-//! endpoint names from the shard map). Hot-path handles are registered once
-//! and kept in [`Metrics`] / [`EndpointMetrics`], so recording a command is an
-//! atomic add, not a registry lookup. The exporter (Prometheus text over HTTP)
-//! is installed by `app` only; without it every handle is a no-op, so tests can
-//! build as many proxies as they like in one process.
+//! endpoint names from the shard map). Handles are registered once and kept
+//! in [`Metrics`] / [`EndpointMetrics`], so recording is never a registry
+//! lookup. The metrics every request updates live in [`hot`] (per-thread
+//! rows, no shared cache line); the rest go through the `metrics` facade to
+//! the Prometheus exporter. [`http`] serves both at `/metrics`; it and the
+//! exporter are installed by `app` only (without the exporter its handles
+//! are no-ops, so tests can build as many proxies as they like in one
+//! process).
 
+pub mod hot;
+pub mod http;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, counter, gauge};
 
 use crate::command::{CommandSpec, table::COMMANDS};
 
@@ -211,9 +218,28 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// The metrics kept in [`hot`] rather than by the exporter.
+pub const HOT: [&str; 4] = [
+    COMMANDS_TOTAL,
+    COMMAND_DURATION,
+    BACKEND_DURATION,
+    READS_TOTAL,
+];
+
+/// Help text of metric `name`.
+pub fn help(name: &str) -> &'static str {
+    DESCRIPTIONS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map_or("", |(_, _, h)| *h)
+}
+
 /// Registers help texts with the installed recorder.
 pub fn describe() {
     for (name, kind, help) in DESCRIPTIONS {
+        if HOT.contains(name) {
+            continue;
+        }
         match *kind {
             "counter" => metrics::describe_counter!(*name, *help),
             "gauge" => metrics::describe_gauge!(*name, *help),
@@ -222,25 +248,9 @@ pub fn describe() {
     }
 }
 
-struct CommandCounters {
-    ok: Counter,
-    error: Counter,
-}
-
-impl CommandCounters {
-    fn new(name: &'static str) -> Self {
-        CommandCounters {
-            ok: counter!(COMMANDS_TOTAL, "command" => name, "outcome" => "ok"),
-            error: counter!(COMMANDS_TOTAL, "command" => name, "outcome" => "error"),
-        }
-    }
-}
-
 /// Proxy-wide handles, built once and shared by every client connection.
 pub struct Metrics {
-    commands: Vec<CommandCounters>,
-    unknown: CommandCounters,
-    command_duration: Histogram,
+    hot: Arc<hot::Proxy>,
     client_connections: Gauge,
     client_connections_total: Counter,
     /// Per serving thread (one entry when there are none).
@@ -271,12 +281,7 @@ impl Metrics {
     /// Registers every hot-path handle with the current recorder.
     pub fn new() -> Metrics {
         Metrics {
-            commands: COMMANDS
-                .iter()
-                .map(|c| CommandCounters::new(c.name))
-                .collect(),
-            unknown: CommandCounters::new("unknown"),
-            command_duration: histogram!(COMMAND_DURATION),
+            hot: hot::proxy(),
             client_connections: gauge!(CLIENT_CONNECTIONS),
             client_connections_total: counter!(CLIENT_CONNECTIONS_TOTAL),
             thread_clients: (0..crate::workers::handles().len().max(1))
@@ -341,12 +346,9 @@ impl Metrics {
 
     /// Counts one finished command and its latency.
     pub fn command_done(&self, spec: Option<&'static CommandSpec>, ok: bool, elapsed: Duration) {
-        let counters = spec
-            .and_then(command_index)
-            .and_then(|i| self.commands.get(i));
-        let counters = counters.unwrap_or(&self.unknown);
-        if ok { &counters.ok } else { &counters.error }.increment(1);
-        self.command_duration.record(elapsed.as_secs_f64());
+        let i = spec.and_then(command_index).unwrap_or(hot::UNKNOWN_COMMAND);
+        self.hot.commands.add(2 * i + usize::from(!ok), 1);
+        self.hot.command_duration.record(elapsed);
     }
 
     /// A client connected; it is served on serving thread `thread`.
@@ -437,8 +439,7 @@ pub struct EndpointMetrics {
     shard: String,
     endpoint: String,
     role: &'static str,
-    duration: Histogram,
-    reads: Counter,
+    hot: Arc<hot::Endpoint>,
     connections: Gauge,
     dedicated_in_use: Gauge,
     healthy: Gauge,
@@ -451,8 +452,7 @@ impl EndpointMetrics {
     pub fn new(shard: &str, addr: &str, role: &'static str) -> EndpointMetrics {
         let (s, e) = (shard.to_owned(), addr.to_owned());
         EndpointMetrics {
-            duration: histogram!(BACKEND_DURATION, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
-            reads: counter!(READS_TOTAL, "shard" => s.clone(), "role" => role),
+            hot: hot::endpoint(&s, &e, role),
             connections: gauge!(BACKEND_CONNECTIONS, "shard" => s.clone(), "endpoint" => e.clone()),
             dedicated_in_use: gauge!(DEDICATED_IN_USE, "shard" => s.clone(), "endpoint" => e.clone()),
             healthy: gauge!(ENDPOINT_HEALTHY, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
@@ -466,12 +466,12 @@ impl EndpointMetrics {
 
     /// One request's backend round trip.
     pub fn request_done(&self, elapsed: Duration) {
-        self.duration.record(elapsed.as_secs_f64());
+        self.hot.duration.record(elapsed);
     }
 
     /// A read was sent to this endpoint.
     pub fn read_served(&self) {
-        self.reads.increment(1);
+        self.hot.reads.add(0, 1);
     }
 
     /// A backend failure of the given kind.
