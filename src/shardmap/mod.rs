@@ -1,5 +1,5 @@
 //! The shard map: YAML -> raw serde structs ([`raw`]) -> validated [`ShardMap`]
-//! ([`validate`]).
+//! ([`validate`]); a YAML error becomes a [`MapError`] too ([`yaml_error`]).
 //!
 //! A [`ShardMap`] that exists has passed every check: names are unique,
 //! every reference (region, zone, placement target) resolves, addresses are
@@ -13,6 +13,7 @@
 pub mod link;
 pub mod raw;
 pub mod validate;
+pub mod yaml_error;
 
 pub use link::{BackendAuth, BackendTls, Link};
 
@@ -192,7 +193,7 @@ impl ShardMap {
     /// Parses and validates a map from YAML text.
     pub fn from_yaml(text: &str) -> Result<ShardMap, MapError> {
         let raw: raw::RawMap =
-            serde_saphyr::from_str(text).map_err(|e| validate::from_yaml_error(text, &e))?;
+            serde_saphyr::from_str(text).map_err(|e| yaml_error::from_yaml_error(text, &e))?;
         ShardMap::try_from(raw)
     }
 
