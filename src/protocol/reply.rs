@@ -8,8 +8,10 @@
 //! cursors, errors) as zero-copy slices of the frame.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::ProtocolError;
 use super::scan::{frame_len, line, parse_i64};
@@ -253,6 +255,16 @@ fn header(b: &[u8]) -> Option<(&[u8], usize)> {
 /// `*-1` gives an empty list; a frame of another type gives `Ok(None)`; an
 /// aggregate whose elements are truncated or malformed is an error.
 pub fn array_elements(frame: &Bytes) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    Ok(array_element_ranges(frame)?
+        .map(|ranges| ranges.into_iter().map(|r| frame.slice(r)).collect()))
+}
+
+/// Where each element of an array-like reply lies in `frame` (see
+/// [`array_elements`]); for merging replies by copying, with no slice and
+/// no allocation up to 8 elements.
+pub fn array_element_ranges(
+    frame: &[u8],
+) -> Result<Option<SmallVec<[Range<usize>; 8]>>, ProtocolError> {
     let start = skip_attributes(frame)?;
     let b = frame.get(start..).unwrap_or_default();
     let Some(&kind) = b.first() else {
@@ -264,7 +276,7 @@ pub fn array_elements(frame: &Bytes) -> Result<Option<Vec<Bytes>>, ProtocolError
     let (digits, mut pos) = header(b).ok_or_else(|| malformed("truncated frame"))?;
     let n = parse_i64(digits).ok_or_else(|| malformed("invalid aggregate length"))?;
     if n == -1 && kind == b'*' {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(SmallVec::new()));
     }
     let count = usize::try_from(n)
         .ok()
@@ -277,11 +289,11 @@ pub fn array_elements(frame: &Bytes) -> Result<Option<Vec<Bytes>>, ProtocolError
         })
         .ok_or_else(|| malformed("invalid aggregate length"))?;
     // Every element takes at least three bytes (`_\r\n`).
-    let mut elems = Vec::with_capacity(count.min(b.len() / 3));
+    let mut elems = SmallVec::with_capacity(count.min(b.len() / 3));
     for _ in 0..count {
         let rest = b.get(pos..).unwrap_or_default();
         let len = frame_len(rest)?.ok_or_else(|| malformed("truncated frame"))?;
-        elems.push(frame.slice(start + pos..start + pos + len));
+        elems.push(start + pos..start + pos + len);
         pos += len;
     }
     Ok(Some(elems))

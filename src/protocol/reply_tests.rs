@@ -152,6 +152,9 @@ fn array_elements_of_every_aggregate() {
             b"*1\r\n:1\r\n".to_vec()
         ]
     );
+    // More elements than are kept inline.
+    let many = [&b"*10\r\n"[..], &b":7\r\n".repeat(10)].concat();
+    assert_eq!(el(&many), vec![b":7\r\n".to_vec(); 10]);
     assert!(el(b"*-1\r\n").is_empty());
     assert!(el(b"*0\r\n").is_empty());
     assert_eq!(

@@ -397,10 +397,22 @@ impl Request {
 
 /// Appends `args` to `out` as a RESP multibulk: `*N\r\n$len\r\narg\r\n...`.
 pub fn encode_command(args: &[&[u8]], out: &mut BytesMut) {
-    let payload: usize = args.iter().map(|a| a.len() + 16).sum();
+    encode_command_from(args.iter().copied(), out);
+}
+
+/// [`encode_command`] of arguments taken from an iterator (walked twice:
+/// once to size the buffer, once to write), for sub-commands built from a
+/// request's arguments without collecting them first.
+pub fn encode_command_from<'a, I>(args: I, out: &mut BytesMut)
+where
+    I: Iterator<Item = &'a [u8]> + Clone,
+{
+    let (count, payload) = args
+        .clone()
+        .fold((0usize, 0usize), |(n, len), a| (n + 1, len + a.len() + 16));
     out.reserve(payload + 16);
     out.put_u8(b'*');
-    put_int(out, args.len() as i64);
+    put_int(out, count as i64);
     out.put_slice(b"\r\n");
     for a in args {
         out.put_u8(b'$');

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::Proxy;
 use super::pending::{Merge, Part, Pending, PendingKind, Retry};
@@ -12,7 +13,7 @@ use crate::backend::Role;
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind, lookup};
 use crate::error::ProxyError;
-use crate::protocol::{Reply, Request, request::encode_command};
+use crate::protocol::{Reply, Request, request::encode_command_from};
 use crate::router::{RoutingTable, ShardId};
 use crate::shardmap::ShardKind;
 
@@ -266,46 +267,48 @@ impl Session {
                 spec.name
             )));
         }
-        // Group argument indices by shard, keeping first-seen shard order.
-        let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+        // The shards in first-seen order, and for each key the index of its
+        // shard in that list (its part).
+        let mut shards: SmallVec<[ShardId; 8]> = SmallVec::new();
+        let mut part_of: SmallVec<[u16; 16]> = SmallVec::new();
         for i in (1..args.len()).step_by(stride) {
             let route = table.route(&args[i]);
             if route.moving_from.is_some() && self.moved_under != Some(table.epoch()) {
                 return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
             }
-            let shard = route.shard;
-            match groups.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, idx)) => idx.push(i),
-                None => groups.push((shard, vec![i])),
-            }
+            let part = match shards.iter().position(|s| *s == route.shard) {
+                Some(p) => p,
+                None => {
+                    shards.push(route.shard);
+                    shards.len() - 1
+                }
+            };
+            // A map has at most MAX_SHARDS (u16::MAX) shards.
+            part_of.push(part as u16);
         }
-        if groups.len() == 1 {
-            let shard = groups[0].0;
+        if shards.len() == 1 {
             return Ok(Action::Queue(self.send_to_shard(
                 proxy,
                 spec,
-                shard,
+                shards[0],
                 req.raw(),
             )));
         }
-        let mut parts = Vec::with_capacity(groups.len());
-        let mut positions = Vec::with_capacity(groups.len());
-        for (shard, idx) in &groups {
-            let mut sub: Vec<&[u8]> = Vec::with_capacity(1 + idx.len() * stride);
-            sub.push(&args[0]);
-            for &i in idx {
-                sub.extend(args[i..i + stride].iter().map(|a| a.as_ref()));
-            }
+        let mut parts = Vec::with_capacity(shards.len());
+        for (part, shard) in shards.iter().enumerate() {
+            // The command name, then the arguments of this part's keys.
+            let keys = part_of
+                .iter()
+                .enumerate()
+                .filter(move |&(_, &p)| usize::from(p) == part)
+                .flat_map(|(k, _)| &args[1 + k * stride..1 + (k + 1) * stride]);
+            let sub = std::iter::once(&args[0]).chain(keys).map(|a| &a[..]);
             let mut frame = BytesMut::new();
-            encode_command(&sub, &mut frame);
+            encode_command_from(sub, &mut frame);
             parts.push(self.part(proxy, spec, *shard, frame.freeze()));
-            positions.push(idx.iter().map(|&i| (i - 1) / stride).collect());
         }
         let merge = match kind {
-            SplitKind::Mget => Merge::Mget {
-                positions,
-                total: args.len() - 1,
-            },
+            SplitKind::Mget => Merge::Mget { part_of },
             SplitKind::Mset => Merge::AllOk,
             SplitKind::SumInt => Merge::SumInt,
         };

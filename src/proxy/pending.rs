@@ -6,12 +6,14 @@
 //! each part's result is stored as it arrives.
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use crate::backend::Endpoint;
 use crate::backend::mux::{ReplyResult, ReplyRx};
@@ -60,12 +62,9 @@ impl Part {
 
 /// How gathered parts become one reply.
 pub enum Merge {
-    /// MGET: `positions[i]` lists, for part i, where each of its values goes
-    /// in the reply of `total` values.
-    Mget {
-        positions: Vec<Vec<usize>>,
-        total: usize,
-    },
+    /// MGET: `part_of[k]` is the part that was sent key k; the parts'
+    /// values are copied out in key order.
+    Mget { part_of: SmallVec<[u16; 16]> },
     /// Integer replies summed (DEL, UNLINK, EXISTS, TOUCH, DBSIZE).
     SumInt,
     /// Every part must succeed; the reply is `+OK` (MSET, FLUSHDB, SCRIPT FLUSH).
@@ -139,7 +138,7 @@ impl Pending {
                 if !all {
                     return Poll::Pending;
                 }
-                let frames: Result<Vec<Bytes>, ProxyError> = parts
+                let frames: Result<SmallVec<[Bytes; 4]>, ProxyError> = parts
                     .iter_mut()
                     .map(|p| {
                         p.result
@@ -148,12 +147,8 @@ impl Pending {
                             .map_err(ProxyError::from)
                     })
                     .collect();
-                let reply = frames.and_then(|f| merge_frames(merge, f));
-                match reply {
-                    Ok(r) => {
-                        r.encode(self.proto, out);
-                        Poll::Ready(!matches!(r, Reply::Error(_)))
-                    }
+                match frames.and_then(|f| merge_into(merge, &f, self.proto, out)) {
+                    Ok(success) => Poll::Ready(success),
                     Err(e) => {
                         e.to_reply().encode(self.proto, out);
                         Poll::Ready(false)
@@ -171,51 +166,43 @@ fn lost() -> BackendError {
     }
 }
 
-/// Combines the parts' frames. A backend error reply in any part becomes the
+/// Appends the reply combined from the parts' frames to `out` and returns
+/// whether it is a success. A backend error reply in any part becomes the
 /// reply (the first one, in part order), as a single Redis would have
-/// failed the whole command.
-fn merge_frames(merge: &Merge, frames: Vec<Bytes>) -> Result<Reply, ProxyError> {
+/// failed the whole command. Nothing is appended on `Err`.
+fn merge_into(
+    merge: &Merge,
+    frames: &[Bytes],
+    proto: Protocol,
+    out: &mut BytesMut,
+) -> Result<bool, ProxyError> {
     if let Some(err) = frames.iter().find(|f| reply::is_error(f)) {
-        return Ok(Reply::Frame(err.clone()));
+        out.extend_from_slice(err);
+        return Ok(false);
     }
-    let bad = |what: &str| ProxyError::err(format!("unexpected backend reply to {what}"));
-    match merge {
-        Merge::Mget { positions, total } => {
-            let mut values: Vec<Reply> = vec![Reply::Nil; *total];
-            for (frame, pos) in frames.iter().zip(positions) {
-                let elems = reply::array_elements(frame)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| bad("MGET"))?;
-                if elems.len() != pos.len() {
-                    return Err(bad("MGET"));
-                }
-                for (e, &p) in elems.into_iter().zip(pos) {
-                    if let Some(slot) = values.get_mut(p) {
-                        *slot = Reply::Frame(e);
-                    }
-                }
-            }
-            Ok(Reply::Array(values))
+    let r = match merge {
+        Merge::Mget { part_of } => {
+            mget_into(part_of, frames, out)?;
+            return Ok(true);
         }
         Merge::SumInt => {
             let mut sum = 0i64;
-            for f in &frames {
+            for f in frames {
                 sum += reply::integer(f).ok_or_else(|| bad("an integer command"))?;
             }
-            Ok(Reply::Int(sum))
+            Reply::Int(sum)
         }
-        Merge::AllOk => Ok(Reply::Ok),
+        Merge::AllOk => Reply::Ok,
         Merge::Concat => {
             let mut all = Vec::new();
-            for f in &frames {
+            for f in frames {
                 let elems = reply::array_elements(f)
                     .ok()
                     .flatten()
                     .ok_or_else(|| bad("KEYS"))?;
                 all.extend(elems.into_iter().map(Reply::Frame));
             }
-            Ok(Reply::Array(all))
+            Reply::Array(all)
         }
         Merge::AndArrays => {
             let mut acc: Vec<i64> = Vec::new();
@@ -236,14 +223,128 @@ fn merge_frames(merge: &Merge, frames: Vec<Bytes>) -> Result<Reply, ProxyError> 
                     }
                 }
             }
-            Ok(Reply::Array(acc.into_iter().map(Reply::Int).collect()))
+            Reply::Array(acc.into_iter().map(Reply::Int).collect())
         }
         Merge::Same => {
             let first = frames.first().cloned().ok_or_else(|| bad("SCRIPT LOAD"))?;
             if frames.iter().any(|f| f != &first) {
                 return Err(ProxyError::err("shards disagree on the script SHA1"));
             }
-            Ok(Reply::Frame(first))
+            Reply::Frame(first)
         }
+    };
+    r.encode(proto, out);
+    Ok(true)
+}
+
+fn bad(what: &str) -> ProxyError {
+    ProxyError::err(format!("unexpected backend reply to {what}"))
+}
+
+/// MGET: every part's values, copied verbatim into one array in key order.
+/// Each part must hold exactly as many values as it was sent keys.
+fn mget_into(part_of: &[u16], frames: &[Bytes], out: &mut BytesMut) -> Result<(), ProxyError> {
+    let mut values: SmallVec<[SmallVec<[Range<usize>; 8]>; 4]> = SmallVec::new();
+    let mut bytes = 0;
+    for f in frames {
+        let v = reply::array_element_ranges(f)
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad("MGET"))?;
+        bytes += v.iter().map(|r| r.len()).sum::<usize>();
+        values.push(v);
+    }
+    let mut next: SmallVec<[usize; 4]> = SmallVec::from_elem(0, frames.len());
+    for &p in part_of {
+        *next.get_mut(usize::from(p)).ok_or_else(|| bad("MGET"))? += 1;
+    }
+    if next.iter().zip(&values).any(|(&n, v)| n != v.len()) {
+        return Err(bad("MGET"));
+    }
+    next.fill(0);
+    out.reserve(bytes + 16);
+    out.put_u8(b'*');
+    reply::put_int(out, part_of.len() as i64);
+    out.put_slice(b"\r\n");
+    for &p in part_of {
+        let p = usize::from(p);
+        out.extend_from_slice(&frames[p][values[p][next[p]].clone()]);
+        next[p] += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smallvec::smallvec;
+
+    fn merged(merge: &Merge, frames: &[&[u8]]) -> (Result<bool, ProxyError>, Vec<u8>) {
+        let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        let mut out = BytesMut::from(&b"earlier "[..]);
+        let r = merge_into(merge, &frames, Protocol::Resp2, &mut out);
+        (r, out[b"earlier ".len()..].to_vec())
+    }
+
+    #[test]
+    fn mget_values_come_back_in_key_order() {
+        // Keys 0 and 2 went to part 0, key 1 to part 1, key 3 to part 2.
+        let merge = Merge::Mget {
+            part_of: smallvec![0, 1, 0, 2],
+        };
+        let (r, out) = merged(
+            &merge,
+            &[
+                b"*2\r\n$1\r\na\r\n$-1\r\n",
+                b"*1\r\n$2\r\nbb\r\n",
+                b"*1\r\n_\r\n",
+            ],
+        );
+        assert!(r.unwrap());
+        assert_eq!(out, b"*4\r\n$1\r\na\r\n$2\r\nbb\r\n$-1\r\n_\r\n");
+    }
+
+    #[test]
+    fn the_first_error_in_part_order_is_the_reply() {
+        let merge = Merge::Mget {
+            part_of: smallvec![0, 1, 2],
+        };
+        let (r, out) = merged(
+            &merge,
+            &[b"*1\r\n$1\r\na\r\n", b"-ERR one\r\n", b"-ERR two\r\n"],
+        );
+        assert!(!r.unwrap());
+        assert_eq!(out, b"-ERR one\r\n");
+    }
+
+    #[test]
+    fn a_part_with_the_wrong_number_of_values_appends_nothing() {
+        let merge = Merge::Mget {
+            part_of: smallvec![0, 1, 1],
+        };
+        for frames in [
+            &[&b"*1\r\n$1\r\na\r\n"[..], b"*1\r\n$1\r\nb\r\n"][..],
+            &[b"*1\r\n$1\r\na\r\n", b"*3\r\n:1\r\n:2\r\n:3\r\n"],
+            &[b"*1\r\n$1\r\na\r\n", b"+OK\r\n"],
+            &[b"*1\r\n$1\r\na\r\n"],
+        ] {
+            let (r, out) = merged(&merge, frames);
+            let e = r.unwrap_err();
+            assert!(
+                e.to_string().contains("unexpected backend reply to MGET"),
+                "{e}"
+            );
+            assert!(out.is_empty(), "{frames:?}");
+        }
+    }
+
+    #[test]
+    fn other_merges_encode_their_reply() {
+        let (r, out) = merged(&Merge::SumInt, &[b":2\r\n", b":3\r\n"]);
+        assert!(r.unwrap());
+        assert_eq!(out, b":5\r\n");
+        let (r, out) = merged(&Merge::AllOk, &[b"+OK\r\n", b"+OK\r\n"]);
+        assert!(r.unwrap());
+        assert_eq!(out, b"+OK\r\n");
     }
 }
