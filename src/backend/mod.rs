@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::BackendError;
 use crate::metrics::EndpointMetrics;
@@ -126,6 +126,13 @@ pub struct Endpoint {
     conns: Conns,
 }
 
+/// One request's way to an endpoint (see [`Endpoint::send`]).
+enum Conn<'a> {
+    Mux(&'a MuxConn),
+    Postgres(&'a PgEndpoint),
+    Removed,
+}
+
 /// How requests reach the endpoint, by shard kind.
 enum Conns {
     Redis {
@@ -184,18 +191,51 @@ impl Endpoint {
     /// lane (PostgreSQL) assigned to `client` (a client always uses the same
     /// one per endpoint, so its requests to one endpoint stay in order).
     pub fn send(&self, proto: Protocol, client: u64, frame: &Bytes) -> ReplyRx {
+        match self.conn_for(proto, client) {
+            Conn::Mux(mux) => mux.send(frame),
+            Conn::Postgres(pg) => pg.send(proto, client, frame.clone()),
+            Conn::Removed => self.refuse(),
+        }
+    }
+
+    /// [`Endpoint::send`] of a request that `encode` appends (one complete
+    /// RESP request): on a Redis endpoint straight to the connection's
+    /// outgoing bytes, with no frame of its own.
+    pub fn send_encoded(
+        &self,
+        proto: Protocol,
+        client: u64,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> ReplyRx {
+        match self.conn_for(proto, client) {
+            Conn::Mux(mux) => mux.send_encoded(encode),
+            Conn::Postgres(pg) => {
+                let mut frame = BytesMut::new();
+                encode(&mut frame);
+                pg.send(proto, client, frame.freeze())
+            }
+            Conn::Removed => self.refuse(),
+        }
+    }
+
+    /// Where a request of `client` goes: on a Redis endpoint, the
+    /// multiplexed connection that client uses on this serving thread.
+    fn conn_for(&self, proto: Protocol, client: u64) -> Conn<'_> {
         let conns = match (&self.conns, proto) {
             (Conns::Redis { mux_resp2, .. }, Protocol::Resp2) => mux_resp2,
             (Conns::Redis { mux_resp3, .. }, Protocol::Resp3) => mux_resp3,
-            (Conns::Postgres(pg), _) => return pg.send(proto, client, frame.clone()),
-            (Conns::Removed, _) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let _ = tx.send(Err(self.removed()));
-                return rx;
-            }
+            (Conns::Postgres(pg), _) => return Conn::Postgres(pg),
+            (Conns::Removed, _) => return Conn::Removed,
         };
         let group = &conns[crate::workers::current() % conns.len()];
-        group[(client as usize) % group.len()].send(frame)
+        Conn::Mux(&group[(client as usize) % group.len()])
+    }
+
+    /// The reply of a request sent to a removed shard.
+    fn refuse(&self) -> ReplyRx {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Err(self.removed()));
+        rx
     }
 
     fn removed(&self) -> BackendError {

@@ -152,6 +152,12 @@ impl MuxConn {
     /// Queues `frame` (one complete RESP request) and returns where its reply
     /// will arrive.
     pub fn send(&self, frame: &[u8]) -> ReplyRx {
+        self.send_encoded(|out| out.extend_from_slice(frame))
+    }
+
+    /// [`MuxConn::send`] of a request that `encode` appends (one complete
+    /// RESP request) straight to the connection's outgoing bytes.
+    pub fn send_encoded(&self, encode: impl FnOnce(&mut BytesMut)) -> ReplyRx {
         let (reply, rx) = oneshot::channel();
         if self.ep.breaker.admit() == Admit::No {
             fail(reply, &self.ep, self.ep.breaker.refusal(&self.ep.addr));
@@ -159,7 +165,7 @@ impl MuxConn {
         }
         let waker = {
             let mut o = self.owner.shared.lock();
-            o.frames.extend_from_slice(frame);
+            encode(&mut o.frames);
             o.replies.push(reply);
             o.waker.take()
         };

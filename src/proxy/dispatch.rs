@@ -226,7 +226,7 @@ impl Session {
         proxy: &Proxy,
         spec: &'static CommandSpec,
         shard: ShardId,
-        frame: Bytes,
+        encode: impl FnOnce(&mut BytesMut),
     ) -> Part {
         let all = proxy.backends_now();
         let backends = all.shard(shard);
@@ -238,7 +238,7 @@ impl Session {
         if spec.is_read() {
             ep.state.metrics.read_served();
         }
-        Part::new(ep.send(self.proto, self.id, &frame))
+        Part::new(ep.send_encoded(self.proto, self.id, encode))
     }
 
     fn gather(&self, spec: &'static CommandSpec, parts: Vec<Part>, merge: Merge) -> Action {
@@ -303,9 +303,8 @@ impl Session {
                 .filter(move |&(_, &p)| usize::from(p) == part)
                 .flat_map(|(k, _)| &args[1 + k * stride..1 + (k + 1) * stride]);
             let sub = std::iter::once(&args[0]).chain(keys).map(|a| &a[..]);
-            let mut frame = BytesMut::new();
-            encode_command_from(sub, &mut frame);
-            parts.push(self.part(proxy, spec, *shard, frame.freeze()));
+            let encode = |out: &mut BytesMut| encode_command_from(sub, out);
+            parts.push(self.part(proxy, spec, *shard, encode));
         }
         let merge = match kind {
             SplitKind::Mget => Merge::Mget { part_of },
@@ -442,7 +441,7 @@ impl Session {
         drop(backends);
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
             live.iter()
-                .map(|&id| s.part(proxy, spec, id, frame.clone()))
+                .map(|&id| s.part(proxy, spec, id, |out| out.extend_from_slice(&frame)))
                 .collect()
         };
         match kind {
