@@ -75,8 +75,7 @@ pub fn load(path: &std::path::Path) -> Result<Auth, AuthFileError> {
 
 /// Parses and validates auth YAML; `env` looks up `*_env` variables.
 pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Auth, AuthFileError> {
-    let raw: RawAuthFile = serde_saphyr::from_str(text)
-        .map_err(|e| crate::shardmap::yaml_error::from_yaml_error(text, &e))?;
+    let raw: RawAuthFile = crate::shardmap::yaml::from_str(text)?;
     let mut users = Vec::new();
     if let Some(pw) = secret(
         "requirepass",

@@ -1,5 +1,5 @@
 //! The shard map: YAML -> raw serde structs ([`raw`]) -> validated [`ShardMap`]
-//! ([`validate`]); a YAML error becomes a [`MapError`] too ([`yaml_error`]).
+//! ([`validate`]); a YAML error becomes a [`MapError`] too ([`yaml`]).
 //!
 //! A [`ShardMap`] that exists has passed every check: names are unique,
 //! every reference (region, zone, placement target) resolves, addresses are
@@ -13,7 +13,7 @@
 pub mod link;
 pub mod raw;
 pub mod validate;
-pub mod yaml_error;
+pub mod yaml;
 
 pub use link::{BackendAuth, BackendTls, Link};
 
@@ -192,8 +192,7 @@ pub struct MapError {
 impl ShardMap {
     /// Parses and validates a map from YAML text.
     pub fn from_yaml(text: &str) -> Result<ShardMap, MapError> {
-        let raw: raw::RawMap =
-            serde_saphyr::from_str(text).map_err(|e| yaml_error::from_yaml_error(text, &e))?;
+        let raw: raw::RawMap = yaml::from_str(text)?;
         ShardMap::try_from(raw)
     }
 

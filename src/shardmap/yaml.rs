@@ -1,15 +1,57 @@
-//! YAML text errors -> [`MapError`]: the parser's message, and the field
-//! path (`shards[2].replicas[0].addr`) rebuilt from the error's line, so a
-//! syntax or type error reads like a validation error. Used for every YAML
-//! file shardgate reads (shard maps, the auth file).
+//! Reading the YAML files shardgate takes (shard maps, the auth file): the
+//! parser's size budget, and YAML text errors -> [`MapError`]: the parser's
+//! message, and the field path (`shards[2].replicas[0].addr`) rebuilt from
+//! the error's line, so a syntax or type error reads like a validation error.
+
+use serde::de::DeserializeOwned;
 
 use super::MapError;
+
+/// YAML nodes (mappings, sequences, scalars) one document may hold.
+/// serde-saphyr's default, 250,000, stops a map of about 20,000 shards with
+/// a replica each, well below the 65,535 shards a map may list; a shard with
+/// a zone, a weight and 8 zoned replicas is about 60 nodes, so 65,535 of them
+/// fit with room to spare. The budget still bounds what a runaway or hostile
+/// document (`admin REBALANCE` takes YAML over the network) can make the
+/// parser do.
+pub const MAX_NODES: usize = 8_000_000;
+
+/// Parses YAML `text` into `T` within the budget above; any error becomes a
+/// [`MapError`] naming the field.
+pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, MapError> {
+    from_str_within(text, MAX_NODES)
+}
+
+/// [`from_str`] with `max_nodes` as the node budget; parser events (node
+/// starts and ends, aliases) are held to 4 per node, the ratio of
+/// serde-saphyr's defaults.
+fn from_str_within<T: DeserializeOwned>(text: &str, max_nodes: usize) -> Result<T, MapError> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: max_nodes,
+            max_events: 4 * max_nodes,
+        },
+    };
+    serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| from_yaml_error(text, &e, max_nodes))
+}
 
 /// Turns a serde-saphyr error into a [`MapError`]: the reason is the parser's
 /// message without its position, the path is reconstructed from the
 /// position by [`path_at`] (falling back to `line L column C`).
-pub fn from_yaml_error(text: &str, e: &serde_saphyr::Error) -> MapError {
+/// A breach of the parser's budget (`max_nodes`) is reported for the whole
+/// document: where the parser gave up says nothing about what to fix.
+fn from_yaml_error(text: &str, e: &serde_saphyr::Error, max_nodes: usize) -> MapError {
     let inner = e.without_snippet();
+    if let serde_saphyr::Error::Budget { breach, .. } = inner {
+        return MapError {
+            path: "(document)".to_owned(),
+            reason: format!(
+                "the document is larger than shardgate reads: {breach:?} \
+                 (at most {max_nodes} YAML nodes)"
+            ),
+        };
+    }
     let mut reason = inner.to_string();
     // The plain rendering appends the position; the path replaces it.
     if let Some(i) = reason.find(" at line ") {
@@ -110,6 +152,8 @@ fn key_of(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shardmap::ShardMap;
+    use crate::shardmap::validate::MAX_SHARDS;
 
     #[test]
     fn path_reconstruction() {
@@ -120,5 +164,43 @@ mod tests {
         assert_eq!(path_at(t, 8, 0), "c");
         let compact = "shards:\n- name: s0\n  region: us\n- name: s1\n  rack: 3\n";
         assert_eq!(path_at(compact, 5, 0), "shards[1].rack");
+    }
+
+    /// A map of `n` shards, each with a zoned replica, in block style.
+    fn map_of(n: usize) -> String {
+        let mut t =
+            String::from("slots: 65536\nregions:\n  - name: us\n    zones: [a, b]\nshards:\n");
+        for i in 0..n {
+            let (host, port) = (i / 60_000 + 1, 1024 + i % 60_000);
+            t.push_str(&format!(
+                "  - name: s{i}\n    region: us\n    zone: a\n    weight: 2\n    primary: 127.0.0.{host}:{port}\n    replicas:\n      - addr: 127.1.0.{host}:{port}\n        zone: b\n"
+            ));
+        }
+        t
+    }
+
+    #[test]
+    fn a_map_of_the_most_shards_allowed_parses() {
+        let m = ShardMap::from_yaml(&map_of(MAX_SHARDS)).unwrap();
+        assert_eq!(m.shards.len(), MAX_SHARDS);
+        let e = ShardMap::from_yaml(&map_of(MAX_SHARDS + 1)).unwrap_err();
+        assert_eq!(e.path, "shards");
+        assert_eq!(e.reason, "lists 65536 shards; at most 65535");
+    }
+
+    #[test]
+    fn a_document_over_the_budget_is_refused_as_a_whole() {
+        let e = from_str_within::<Vec<u32>>("[1, 2, 3, 4, 5]", 3).unwrap_err();
+        assert_eq!(e.path, "(document)");
+        assert!(
+            e.reason
+                .starts_with("the document is larger than shardgate reads: Nodes"),
+            "{e}"
+        );
+        assert!(e.reason.ends_with("(at most 3 YAML nodes)"), "{e}");
+        assert_eq!(
+            from_str_within::<Vec<u32>>("[1, 2]", 3).unwrap(),
+            vec![1, 2]
+        );
     }
 }
