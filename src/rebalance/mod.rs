@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::proxy::Proxy;
-use crate::router::{ClassMove, Epoch, Overlay, RoutingTable, Slot};
+use crate::router::{Epoch, Overlay, RoutingTable};
 use crate::shardmap::ShardMap;
 pub use plan::Plan;
 use state::{Saved, StateDir};
@@ -305,7 +305,7 @@ impl Resume {
                 UnitState::Pending
             }
         });
-        overlay_table(&self.plan.merged, &self.plan.moves, states, epoch)
+        overlay_table(&self.plan, states, epoch)
     }
 }
 
@@ -317,23 +317,23 @@ enum UnitState {
     Done,
 }
 
-/// `merged` compiled, with the moves' states laid over it.
+/// The plan's compiled table with the moves' states (one per move, in
+/// order) laid over it.
 fn overlay_table(
-    merged: &Arc<ShardMap>,
-    moves: &[ClassMove],
+    plan: &plan::Plan,
     states: impl Iterator<Item = UnitState>,
     epoch: Epoch,
 ) -> RoutingTable {
-    let entries: Vec<(u32, Slot, Overlay)> = moves
+    let entries = plan
+        .moves
         .iter()
         .zip(states)
         .filter_map(|(m, st)| match st {
             UnitState::Pending => Some((m.class, m.slot, Overlay::Pending(m.from))),
             UnitState::Migrating => Some((m.class, m.slot, Overlay::Migrating(m.from))),
             UnitState::Done => None,
-        })
-        .collect();
-    RoutingTable::compile(merged.clone(), epoch).with_overlay(entries)
+        });
+    plan.table.overlaid(epoch, entries)
 }
 
 /// What the proxy serves at start, given `--map` and `--state-dir`.

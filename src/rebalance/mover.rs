@@ -84,12 +84,7 @@ impl Work {
     }
 
     fn table(&self, epoch: Epoch) -> RoutingTable {
-        overlay_table(
-            &self.plan.merged,
-            &self.plan.moves,
-            self.states.iter().copied(),
-            epoch,
-        )
+        overlay_table(&self.plan, self.states.iter().copied(), epoch)
     }
 
     /// The next window: units a crash left `Migrating` first (one source at
@@ -303,7 +298,7 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
             ((m.class, m.slot.0), m.to)
         })
         .collect();
-    let classify = RoutingTable::compile(work.plan.merged.clone(), Epoch(0));
+    let classify = &work.plan.table;
     let mut cursor = Bytes::from_static(b"0");
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -15,6 +15,10 @@ pub struct Plan {
     /// The map served while keys move: the new map's settings and shards,
     /// plus the shards it drops (phase `Draining`) at their old positions.
     pub merged: Arc<ShardMap>,
+    /// `merged` compiled, without overlay: every table the rebalance
+    /// publishes is this one with the moves' states laid over it
+    /// ([`RoutingTable::overlaid`]), so the map is compiled once per plan.
+    pub table: Arc<RoutingTable>,
     /// Every (class, slot) whose owner changes; ids index `merged.shards`.
     pub moves: Vec<ClassMove>,
     /// Slot moves per (from, to) shard name, in name order.
@@ -142,6 +146,7 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
         slots: current.slots(),
         units: current.slots() as usize * current.classes(),
         merged,
+        table: Arc::new(table),
         moves,
     })
 }
@@ -156,7 +161,7 @@ fn kind_name(k: ShardKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::ShardId;
+    use crate::router::{Overlay, Route, ShardId, Slot};
 
     const MAP: &str = "slots: 256\nregions:\n  - name: us\n  - name: eu\nshards:\n  - name: a\n    region: us\n    primary: 127.0.0.1:7001\n  - name: b\n    region: us\n    primary: 127.0.0.1:7002\n  - name: e\n    region: eu\n    primary: 127.0.0.1:7003\nplacement:\n  - hash_tag_prefix: \"eu:\"\n    region: eu\n";
 
@@ -184,6 +189,49 @@ mod tests {
         assert!(p.pairs.iter().all(|(_, to, _)| to == "c"));
         // The new shard comes after the old ones: old ids stay valid.
         assert_eq!(p.merged.shards[3].name, "c");
+    }
+
+    #[test]
+    fn published_tables_are_the_plans_table_with_the_states_laid_over() {
+        let next = ShardMap::from_yaml(&with_shard(MAP, "c", "us", 7004)).unwrap();
+        let p = plan(&table(MAP), &next).unwrap();
+        // Half the moves pending, the other half migrating.
+        let entries: Vec<_> = p
+            .moves
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let st = if i % 2 == 0 {
+                    Overlay::Pending(m.from)
+                } else {
+                    Overlay::Migrating(m.from)
+                };
+                (m.class, m.slot, st)
+            })
+            .collect();
+        let copied = p.table.overlaid(Epoch(7), entries.iter().copied());
+        let compiled =
+            RoutingTable::compile(p.merged.clone(), Epoch(7)).with_overlay(entries.iter().copied());
+        assert_eq!(copied.epoch(), Epoch(7));
+        assert!(copied.has_overlay());
+        assert!(!p.table.has_overlay());
+        for class in 0..copied.classes() as u32 {
+            for slot in (0..p.slots).map(Slot) {
+                assert_eq!(copied.route_of(class, slot), compiled.route_of(class, slot));
+            }
+        }
+        let m = p.moves[1];
+        assert_eq!(
+            copied.route_of(m.class, m.slot),
+            Route {
+                shard: m.to,
+                moving_from: Some(m.from)
+            }
+        );
+        assert_eq!(
+            copied.route_of(p.moves[0].class, p.moves[0].slot).shard,
+            p.moves[0].from
+        );
     }
 
     #[test]

@@ -178,6 +178,30 @@ impl RoutingTable {
         self
     }
 
+    /// A copy of this table's owners at `epoch`, with `entries` laid over
+    /// them as by [`with_overlay`](Self::with_overlay) (an overlay this
+    /// table has is not copied). What a rebalance publishes at every step of
+    /// every window: compiling costs `slots x candidate shards` rendezvous
+    /// scores (about 0.5 s at 1,000 shards and 16384 slots), a copy only
+    /// `slots` per class.
+    pub fn overlaid(
+        &self,
+        epoch: Epoch,
+        entries: impl IntoIterator<Item = (u32, Slot, Overlay)>,
+    ) -> RoutingTable {
+        RoutingTable {
+            map: self.map.clone(),
+            epoch,
+            slots: self.slots,
+            placements: self.placements.clone(),
+            rules: self.rules.clone(),
+            class_placement: self.class_placement.clone(),
+            owners: self.owners.clone(),
+            overlay: None,
+        }
+        .with_overlay(entries)
+    }
+
     /// Whether a rebalance's slot states are laid over this table.
     pub fn has_overlay(&self) -> bool {
         self.overlay.is_some()
