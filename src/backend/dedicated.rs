@@ -4,15 +4,25 @@
 //!
 //! A connection goes back to the pool only when it is clean: no reply left
 //! unread and no WATCH left active. Anything else (a client that hung up while
-//! blocked in BLPOP, say) is discarded, which closes the socket and lets Redis
-//! drop the blocked client.
+//! blocked in BLPOP, say) is closed the moment its [`PooledConn`] is dropped,
+//! so that Redis drops the blocked client at once: left in the pool, the
+//! backend would still hold a blocked `BLPOP` whose reply nobody reads, and
+//! the next `RPUSH` would hand its element to that ghost (deadpool only
+//! recycles an object on the *next* checkout, which may never come).
+//!
+//! A clean connection taken from the pool is probed without a round trip
+//! (one non-blocking read): if the backend closed it meanwhile (a restart),
+//! it is discarded and another one is made, instead of failing the client's
+//! next transaction with `connection lost`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use deadpool::Runtime;
 use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, RecycleResult};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::EndpointState;
 use super::breaker::Admit;
@@ -26,6 +36,7 @@ pub struct DedicatedConn {
     stream: BackendStream,
     buf: BytesMut,
     addr: String,
+    metrics: crate::metrics::EndpointMetrics,
     /// Replies still expected; non-zero means the connection is mid-request.
     unread: usize,
     /// A WATCH (or other session state) is active on the backend.
@@ -93,6 +104,61 @@ impl DedicatedConn {
     fn is_clean(&self) -> bool {
         self.unread == 0 && !self.stateful && self.buf.is_empty()
     }
+
+    /// Whether an idle connection still looks usable: a single non-blocking
+    /// read must find nothing to read. End of stream (the backend restarted
+    /// or closed an idle client), an error, or bytes nobody asked for all
+    /// mean it must not be handed out.
+    fn is_alive(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+}
+
+/// A dedicated connection on loan from its pool.
+///
+/// Dropping it returns the connection to the pool only when it is clean
+/// ([`DedicatedConn::is_clean`]); otherwise the socket is closed right away
+/// (see the module doc: a blocked command must not outlive its client).
+pub struct PooledConn {
+    inner: Option<managed::Object<DedicatedManager>>,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = DedicatedConn;
+    fn deref(&self) -> &DedicatedConn {
+        // Only `drop` empties `inner`.
+        self.inner
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("lease used after drop"))
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut DedicatedConn {
+        self.inner
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("lease used after drop"))
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.inner.take()
+            && !obj.is_clean()
+        {
+            tracing::debug!(endpoint = %obj.addr, unread = obj.unread, "closing a dedicated connection left mid-request or with session state");
+            let metrics = obj.metrics.clone();
+            // Detached from the pool and dropped: the socket closes now.
+            drop(managed::Object::take(obj));
+            metrics.dedicated_closed("abandoned");
+        }
+    }
 }
 
 /// deadpool manager creating dedicated connections to one endpoint.
@@ -125,6 +191,7 @@ impl Manager for DedicatedManager {
             stream,
             buf: BytesMut::with_capacity(4096),
             addr: ep.addr.clone(),
+            metrics: ep.metrics.clone(),
             unread: 0,
             stateful: false,
         })
@@ -135,12 +202,16 @@ impl Manager for DedicatedManager {
         conn: &mut DedicatedConn,
         _: &PoolMetrics,
     ) -> RecycleResult<BackendError> {
-        if conn.is_clean() {
-            Ok(())
-        } else {
+        if !conn.is_clean() {
             Err(RecycleError::message(
                 "connection left mid-request or with session state",
             ))
+        } else if !conn.is_alive() {
+            self.endpoint.metrics.dedicated_closed("stale");
+            tracing::debug!(endpoint = %conn.addr, "discarded a pooled dedicated connection the backend had closed");
+            Err(RecycleError::message("closed by the backend while idle"))
+        } else {
+            Ok(())
         }
     }
 
@@ -151,8 +222,16 @@ impl Manager for DedicatedManager {
 
 /// The pool type of dedicated connections.
 pub type DedicatedPool = managed::Pool<DedicatedManager>;
-/// A dedicated connection on loan from its pool.
-pub type PooledConn = managed::Object<DedicatedManager>;
+
+/// Takes a connection from `pool` (a new one if every pooled one is busy or
+/// was found closed).
+pub async fn checkout(
+    pool: &DedicatedPool,
+) -> Result<PooledConn, managed::PoolError<BackendError>> {
+    Ok(PooledConn {
+        inner: Some(pool.get().await?),
+    })
+}
 
 /// Builds the pool for one endpoint and protocol version.
 pub fn pool(endpoint: Arc<EndpointState>, proto: Protocol) -> DedicatedPool {

@@ -68,6 +68,13 @@ pub struct EndpointState {
     identity: String,
     /// Fails requests fast while the endpoint is not serving.
     pub breaker: breaker::Breaker,
+    /// Taken (first come, first served: tokio's mutex is fair) from before a
+    /// blocking command's dedicated connection is checked out until the
+    /// command is written, so that blocking commands of different clients
+    /// reach the backend in the order they arrived, and Redis wakes them in
+    /// that order. Without it, a client that got a pooled connection would
+    /// overtake one whose connection was still being made.
+    pub blocking_order: tokio::sync::Mutex<()>,
 }
 
 impl EndpointState {
@@ -294,7 +301,7 @@ impl Endpoint {
                 });
             }
         };
-        pool.get().await.map_err(|e| match e {
+        dedicated::checkout(pool).await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(e) => e,
             other => BackendError::PoolExhausted {
                 addr: self.state.addr.clone(),
@@ -328,6 +335,7 @@ impl ShardBackends {
         };
         let state = Arc::new(EndpointState {
             breaker: breaker::Breaker::new(),
+            blocking_order: tokio::sync::Mutex::new(()),
             metrics: EndpointMetrics::new(&s.name, &addr, Role::Primary.as_str()),
             addr,
             shard: s.name.clone(),
@@ -451,6 +459,7 @@ impl Backends {
                     };
                     let state = Arc::new(EndpointState {
                         breaker: breaker::Breaker::new(),
+                        blocking_order: tokio::sync::Mutex::new(()),
                         metrics: EndpointMetrics::new(shard, &addr, role.as_str()),
                         addr,
                         shard: shard.to_owned(),

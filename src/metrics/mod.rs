@@ -47,6 +47,10 @@ pub const BACKEND_CONNECTIONS: &str = "shardgate_backend_connections";
 pub const BACKEND_CONNECTS: &str = "shardgate_backend_connects_total";
 /// Dedicated connections currently lent out to clients, by endpoint.
 pub const DEDICATED_IN_USE: &str = "shardgate_dedicated_connections_in_use";
+/// Dedicated connections closed instead of pooled, by endpoint and reason
+/// (`abandoned`: its client left mid-request, e.g. while blocked in BLPOP;
+/// `stale`: found closed by the backend when taken from the pool).
+pub const DEDICATED_CLOSED: &str = "shardgate_dedicated_connections_closed_total";
 /// 1 when the health check passes for the endpoint, else 0.
 pub const ENDPOINT_HEALTHY: &str = "shardgate_endpoint_healthy";
 /// 1 while the endpoint's circuit breaker is open (requests fail fast).
@@ -152,6 +156,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         DEDICATED_IN_USE,
         "gauge",
         "Dedicated backend connections lent to clients",
+    ),
+    (
+        DEDICATED_CLOSED,
+        "counter",
+        "Dedicated backend connections closed instead of pooled, by reason: abandoned (client left mid-request, e.g. blocked), stale (closed by the backend while pooled)",
     ),
     (
         ENDPOINT_HEALTHY,
@@ -492,6 +501,14 @@ impl EndpointMetrics {
     /// A backend connection opened (+1) or closed (-1).
     pub fn connections_delta(&self, delta: f64) {
         self.connections.increment(delta);
+    }
+
+    /// A dedicated connection was closed instead of pooled (`abandoned` or
+    /// `stale`, see [`DEDICATED_CLOSED`]).
+    pub fn dedicated_closed(&self, reason: &'static str) {
+        counter!(DEDICATED_CLOSED, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "reason" => reason)
+        .increment(1);
     }
 
     /// A dedicated connection was lent (+1) or returned (-1).

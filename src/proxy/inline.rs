@@ -54,12 +54,20 @@ impl Session {
         // Routed again now: a rebalance may have moved the keys since dispatch.
         let shard = self.reroute(proxy, req).await?.unwrap_or(shard);
         let ep = proxy.backends().shard(shard).primary.clone();
+        // Blocking commands keep their arrival order on the way to the shard
+        // (see `EndpointState::blocking_order`).
+        let turn = if timed {
+            None
+        } else {
+            Some(ep.state.blocking_order.lock().await)
+        };
         let mut conn = self.dedicated(proxy, shard).await?;
         let _lent = Lent::new(&ep.state.metrics);
         if !timed {
             // A blocking command may wait for long: once it is sent, the
             // table is not held any more (a rebalance would wait for it).
             conn.send(req.raw(), 1).await?;
+            drop(turn);
             self.held_table = None;
         }
         let run = async {
