@@ -13,8 +13,9 @@ use crate::backend::{Backends, health};
 use crate::metrics::{self, Metrics};
 use crate::proxy::{ClientConfig, Proxy, TlsAcceptor};
 use crate::rebalance::{self, Rebalancer, state::StateDir};
-use crate::router::{Epoch, Router, RoutingTable};
+use crate::router::{Epoch, RoutingTable};
 use crate::shardmap::{MapError, ShardMap};
+use crate::snapshot::{PublishError, Published, Snapshot};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,10 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     State(String),
+    /// The first snapshot could not be built (the state directory's map
+    /// and its backends disagree).
+    #[error("routing: {0}")]
+    Snapshot(#[from] PublishError),
 }
 
 /// TLS for clients: certificate files and where TLS is spoken.
@@ -94,7 +99,7 @@ pub enum ReloadError {
     #[error("{path}: {reason}")]
     Placement { path: String, reason: String },
     #[error("routing table: {0}")]
-    Router(#[from] crate::router::RouterError),
+    Publish(#[from] PublishError),
 }
 
 /// What a successful reload changed.
@@ -230,7 +235,8 @@ impl Reloader {
             path: path.clone(),
             source,
         })?;
-        let current = self.proxy.router.load_full();
+        let snap = self.proxy.snapshot_full();
+        let current = snap.table();
         if self.rebalancer.is_running() || current.has_overlay() {
             return Err(ReloadError::Placement {
                 path,
@@ -247,18 +253,20 @@ impl Reloader {
         let map = Arc::new(map);
         let epoch = Epoch(current.epoch().0 + 1);
         let config = &self.proxy.config;
-        let old = self.proxy.backends();
+        let old = snap.backends().clone();
+        drop(snap);
         let next = Arc::new(Backends::rebuild(
             &old,
             &map,
             config.region.as_deref(),
             config.zone.as_deref(),
         ));
-        // Publish the table first: it can still be refused (a concurrent
-        // publisher), and then nothing has changed.
-        self.proxy
-            .router
-            .publish(RoutingTable::compile(map.clone(), epoch))?;
+        // Table and backends in one publish: refused (a concurrent
+        // publisher), nothing has changed.
+        self.proxy.snapshot.publish(
+            RoutingTable::compile(map.clone(), epoch),
+            Some(next.clone()),
+        )?;
         let added = next.added_since(&old);
         health::spawn_all(&added, self.shutdown.subscribe());
         for e in &added {
@@ -271,8 +279,7 @@ impl Reloader {
                 ));
             }
         }
-        let previous = self.proxy.swap_backends(next.clone());
-        let removed = previous.retire_missing(&next);
+        let removed = old.retire_missing(&next);
         self.proxy.metrics.map_epoch(epoch.0);
         self.rebalancer.map_reloaded(text);
         Ok(ReloadSummary {
@@ -310,12 +317,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         None => RoutingTable::compile(map.clone(), Epoch(1)),
     };
     metrics.map_epoch(table.epoch().0);
-    let router = Arc::new(Router::new(table));
     let backends = Arc::new(Backends::new(
         &map,
         config.client.region.as_deref(),
         config.client.zone.as_deref(),
     ));
+    let snapshot = Arc::new(Published::new(Snapshot::new(
+        Arc::new(table),
+        backends.clone(),
+    )?));
     prepare_postgres(&backends).await?;
     let acceptor = match &config.tls {
         Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
@@ -349,7 +359,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         }
     }
     let users = config.client.auth.as_ref().map_or(0, |a| a.len());
-    let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
+    let proxy = Arc::new(Proxy::new(snapshot, metrics, config.client));
     tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
     // TLS beside the plain listener (--tls-listen), or instead of it.
     let (mut main_acceptor, mut tls_addr, mut tls_task) = (None, None, None);

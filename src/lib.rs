@@ -44,5 +44,6 @@ pub mod proxy;
 pub mod rebalance;
 pub mod router;
 pub mod shardmap;
+pub mod snapshot;
 pub mod tls;
 pub mod workers;

@@ -86,6 +86,23 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
             .unwrap();
     }
     let _ = redis::cmd("NOSUCH").query::<redis::Value>(&mut con);
+    // A client that hangs up while blocked: its dedicated connection is
+    // closed, and counted.
+    {
+        let mut ghost = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        ghost
+            .write_all(b"*3\r\n$5\r\nBLPOP\r\n$5\r\nghost\r\n$1\r\n0\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let abandoned = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        http_get(mport, "/metrics").lines().any(|l| {
+            l.starts_with("shardgate_dedicated_connections_closed_total{")
+                && l.contains(r#"reason="abandoned""#)
+        })
+    });
+    assert!(abandoned, "the ghost's closed connection was not counted");
     // A dead shard produces backend errors (about half of these keys are on it).
     b.kill();
     let failed = (0..20)

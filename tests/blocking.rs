@@ -255,20 +255,24 @@ fn transactions_after_a_shard_restart_use_fresh_connections() {
 }
 
 /// Clients blocked on one key are served in the order their commands
-/// arrived, as on one Redis server.
+/// arrived, as on one Redis server. (A guard: the reordering it protects
+/// against needs a slow connection checkout for the first client and a
+/// pooled one for the second, which this test does not force.)
 #[test]
 fn blocked_clients_are_served_in_arrival_order() {
     let c = one_shard();
     let shard = &c.primaries[0];
     let mut con = c.conn();
-    for round in 0..20 {
+    for round in 0..10 {
         let key = format!("order{round}");
         // After the first round, the pool holds idle connections: one
         // client gets one at once while the other may have to connect.
         let mut first = TcpStream::connect(("127.0.0.1", c.proxy_port)).unwrap();
         let mut second = TcpStream::connect(("127.0.0.1", c.proxy_port)).unwrap();
         first.write_all(&resp(&["BLPOP", &key, "5"])).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+        // The proxy can only keep the order of what it has read: give it
+        // time to read the first request (generous, for a loaded machine).
+        std::thread::sleep(Duration::from_millis(100));
         second.write_all(&resp(&["BLPOP", &key, "5"])).unwrap();
         wait_blocked(shard, 2);
         let _: () = con.rpush(&key, "a").unwrap();

@@ -392,8 +392,9 @@ mod tests {
     use super::*;
     use crate::backend::Backends;
     use crate::metrics::Metrics;
-    use crate::router::{Epoch, Router, RoutingTable};
+    use crate::router::{Epoch, RoutingTable};
     use crate::shardmap::ShardMap;
+    use crate::snapshot::{Published, Snapshot};
     use crate::tls::MaybeTls;
 
     /// Most of an idle client's memory is its task, and the task is this
@@ -407,11 +408,11 @@ mod tests {
             )
             .unwrap(),
         );
-        let router = Arc::new(Router::new(RoutingTable::compile(map.clone(), Epoch(1))));
+        let table = Arc::new(RoutingTable::compile(map.clone(), Epoch(1)));
         let backends = Arc::new(Backends::new(&map, None, None));
+        let snapshot = Snapshot::new(table, backends).unwrap();
         let proxy = Proxy::new(
-            router,
-            backends,
+            Arc::new(Published::new(snapshot)),
             Arc::new(Metrics::new()),
             super::super::ClientConfig::default(),
         );

@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command_from};
 use crate::router::{RoutingTable, ShardId};
 use crate::shardmap::ShardKind;
+use crate::snapshot::Snapshot;
 
 /// Work that must run with the session to itself, after every earlier reply
 /// has been written (dedicated connections, multi-step commands).
@@ -91,13 +92,13 @@ impl Session {
             Handling::Blocking => self.blocking(proxy, spec, req),
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind),
             Handling::Script => {
-                let table = proxy.router.load();
-                self.single_shard(&table, spec, &req).and_then(|s| {
+                let snap = proxy.snapshot();
+                self.single_shard(snap.table(), spec, &req).and_then(|s| {
                     let shard = s.unwrap_or(ShardId(0));
                     if self.move_first {
                         return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
                     }
-                    stateless_only(proxy, spec, shard, "scripts")?;
+                    stateless_only(&snap, spec, shard, "scripts")?;
                     Ok(Action::Inline(InlineOp::Script(req, shard), spec))
                 })
             }
@@ -171,13 +172,15 @@ impl Session {
         spec: &'static CommandSpec,
         req: Request,
     ) -> Result<Action, ProxyError> {
-        let table = proxy.router.load();
-        let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        let snap = proxy.snapshot();
+        let shard = self
+            .single_shard(snap.table(), spec, &req)?
+            .unwrap_or(ShardId(0));
         if self.move_first {
             return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
         }
         Ok(Action::Queue(self.send_to_shard(
-            proxy,
+            &snap,
             spec,
             shard,
             req.raw(),
@@ -188,13 +191,12 @@ impl Session {
     /// primary.
     pub fn send_to_shard(
         &self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         shard: ShardId,
         frame: &Bytes,
     ) -> Pending {
-        let all = proxy.backends_now();
-        let backends = all.shard(shard);
+        let backends = snap.shard(shard);
         let kind = if spec.is_read() && !self.force_primary {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
@@ -223,13 +225,12 @@ impl Session {
 
     fn part(
         &self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         shard: ShardId,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Part {
-        let all = proxy.backends_now();
-        let backends = all.shard(shard);
+        let backends = snap.shard(shard);
         let ep = if spec.is_read() && !self.force_primary {
             backends.read_endpoint(self.id)
         } else {
@@ -258,7 +259,8 @@ impl Session {
         req: Request,
         kind: SplitKind,
     ) -> Result<Action, ProxyError> {
-        let table = proxy.router.load();
+        let snap = proxy.snapshot();
+        let table = snap.table();
         let args = req.args();
         let stride = if kind == SplitKind::Mset { 2 } else { 1 };
         if kind == SplitKind::Mset && args.len().is_multiple_of(2) {
@@ -288,7 +290,7 @@ impl Session {
         }
         if shards.len() == 1 {
             return Ok(Action::Queue(self.send_to_shard(
-                proxy,
+                &snap,
                 spec,
                 shards[0],
                 req.raw(),
@@ -304,7 +306,7 @@ impl Session {
                 .flat_map(|(k, _)| &args[1 + k * stride..1 + (k + 1) * stride]);
             let sub = std::iter::once(&args[0]).chain(keys).map(|a| &a[..]);
             let encode = |out: &mut BytesMut| encode_command_from(sub, out);
-            parts.push(self.part(proxy, spec, *shard, encode));
+            parts.push(self.part(&snap, spec, *shard, encode));
         }
         let merge = match kind {
             SplitKind::Mget => Merge::Mget { part_of },
@@ -320,8 +322,10 @@ impl Session {
         spec: &'static CommandSpec,
         req: Request,
     ) -> Result<Action, ProxyError> {
-        let table = proxy.router.load();
-        let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+        let snap = proxy.snapshot();
+        let shard = self
+            .single_shard(snap.table(), spec, &req)?
+            .unwrap_or(ShardId(0));
         if self.move_first {
             return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
         }
@@ -329,13 +333,13 @@ impl Session {
         let blocks = req.args().iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
         if is_stream_read && !blocks {
             return Ok(Action::Queue(self.send_to_shard(
-                proxy,
+                &snap,
                 spec,
                 shard,
                 req.raw(),
             )));
         }
-        stateless_only(proxy, spec, shard, "blocking commands")?;
+        stateless_only(&snap, spec, shard, "blocking commands")?;
         Ok(Action::Inline(InlineOp::Blocking(req, shard), spec))
     }
 
@@ -367,15 +371,17 @@ impl Session {
                 Err(ProxyError::err("WATCH inside MULTI is not allowed"))
             }
             TxKind::Watch => {
-                let table = proxy.router.load();
-                let shard = self.single_shard(&table, spec, &req)?.unwrap_or(ShardId(0));
+                let snap = proxy.snapshot();
+                let shard = self
+                    .single_shard(snap.table(), spec, &req)?
+                    .unwrap_or(ShardId(0));
                 if self.move_first {
                     return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
                 }
                 if matches!(&self.watch, Some((s, _)) if *s != shard) {
                     return Err(ProxyError::crossslot());
                 }
-                stateless_only(proxy, spec, shard, "transactions")?;
+                stateless_only(&snap, spec, shard, "transactions")?;
                 Ok(Action::Inline(InlineOp::Watch(req, shard), spec))
             }
             TxKind::Unwatch => Ok(Action::Inline(InlineOp::Unwatch, spec)),
@@ -389,14 +395,15 @@ impl Session {
             Handling::Local(k) => matches!(k, LocalKind::Ping | LocalKind::Echo),
             _ => false,
         };
-        let table = proxy.router.load();
+        let snap = proxy.snapshot();
         let verdict = if queueable {
-            self.single_shard(&table, spec, &req).and_then(|shard| {
-                if let Some(s) = shard {
-                    stateless_only(proxy, spec, s, "transactions")?;
-                }
-                Ok(shard)
-            })
+            self.single_shard(snap.table(), spec, &req)
+                .and_then(|shard| {
+                    if let Some(s) = shard {
+                        stateless_only(&snap, spec, s, "transactions")?;
+                    }
+                    Ok(shard)
+                })
         } else {
             Err(ProxyError::err(format!(
                 "command '{}' cannot be used inside MULTI through shardgate",
@@ -432,16 +439,16 @@ impl Session {
         req: Request,
         kind: FanoutKind,
     ) -> Result<Action, ProxyError> {
-        let backends = proxy.backends_now();
+        let snap = proxy.snapshot();
+        let backends = snap.backends();
         let n = backends.shards().len();
         let live: Vec<ShardId> = (0..n as u16)
             .map(ShardId)
             .filter(|&id| backends.holds_keys(id))
             .collect();
-        drop(backends);
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
             live.iter()
-                .map(|&id| s.part(proxy, spec, id, |out| out.extend_from_slice(&frame)))
+                .map(|&id| s.part(&snap, spec, id, |out| out.extend_from_slice(&frame)))
                 .collect()
         };
         match kind {
@@ -451,7 +458,7 @@ impl Session {
             }
             FanoutKind::Randomkey => Ok(Action::Inline(InlineOp::Randomkey, spec)),
             FanoutKind::Flush => {
-                if !proxy.router.load().map().options.allow_flush {
+                if !snap.map().options.allow_flush {
                     return Err(ProxyError::err(format!(
                         "{} is disabled by the shard map (set options.allow_flush: true to enable it)",
                         spec.name.to_uppercase()
@@ -497,12 +504,12 @@ impl Session {
 /// Refuses a stateful command (it needs a dedicated Redis connection) on a
 /// postgres shard, in the style of the proxy's other refusals.
 fn stateless_only(
-    proxy: &Proxy,
+    snap: &Snapshot,
     spec: &CommandSpec,
     shard: ShardId,
     what: &str,
 ) -> Result<(), ProxyError> {
-    if proxy.backends_now().shard(shard).kind == ShardKind::Postgres {
+    if snap.shard(shard).kind == ShardKind::Postgres {
         return Err(ProxyError::err(format!(
             "command '{}' is not supported by postgres shards: {what} need a Redis shard",
             spec.name

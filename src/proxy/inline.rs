@@ -12,6 +12,7 @@ use crate::backend::dedicated::PooledConn;
 use crate::error::{BackendError, ProxyError};
 use crate::protocol::{Reply, Request, reply, request::encode_command};
 use crate::router::ShardId;
+use crate::snapshot::Snapshot;
 
 impl Session {
     /// Runs one inline operation and returns the encoded reply.
@@ -28,16 +29,21 @@ impl Session {
             InlineOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
             InlineOp::MoveFirst(req) => return self.move_first(proxy, req).await,
         };
-        self.held_table = None;
+        self.held = None;
         let reply = result.unwrap_or_else(|e| e.to_reply());
         let mut out = BytesMut::new();
         reply.encode(self.proto, &mut out);
         out.freeze()
     }
 
+    /// The snapshot the running operation routed with (held since
+    /// [`Session::reroute`]), else the current one.
+    fn routed(&self, proxy: &Proxy) -> std::sync::Arc<Snapshot> {
+        self.held.clone().unwrap_or_else(|| proxy.snapshot_full())
+    }
+
     async fn dedicated(&self, proxy: &Proxy, shard: ShardId) -> Result<PooledConn, ProxyError> {
-        let all = proxy.backends();
-        let ep = &all.shard(shard).primary;
+        let ep = self.routed(proxy).shard(shard).primary.clone();
         let conn = ep.dedicated(self.proto).await?;
         Ok(conn)
     }
@@ -53,7 +59,7 @@ impl Session {
     ) -> Result<Reply, ProxyError> {
         // Routed again now: a rebalance may have moved the keys since dispatch.
         let shard = self.reroute(proxy, req).await?.unwrap_or(shard);
-        let ep = proxy.backends().shard(shard).primary.clone();
+        let ep = self.routed(proxy).shard(shard).primary.clone();
         // Blocking commands keep their arrival order on the way to the shard
         // (see `EndpointState::blocking_order`).
         let turn = if timed {
@@ -68,7 +74,7 @@ impl Session {
             // table is not held any more (a rebalance would wait for it).
             conn.send(req.raw(), 1).await?;
             drop(turn);
-            self.held_table = None;
+            self.held = None;
         }
         let run = async {
             if timed {
@@ -153,18 +159,19 @@ impl Session {
         }
         // Routed again now: a rebalance may have moved the keys since they
         // were queued. Their moves happen before the transaction runs.
-        let table = proxy.router.load_full();
-        self.held_table = Some(table.clone());
+        let snap = proxy.snapshot_full();
+        self.held = Some(snap.clone());
+        let table = snap.table();
         let keys: Vec<Bytes> = tx
             .queued
             .iter()
             .flat_map(super::moves::request_keys)
             .collect();
-        if let Err(e) = self.move_keys(proxy, &table, &keys).await {
+        if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
             self.unwatch().await?;
             return Err(e);
         }
-        let now = match super::moves::shard_of(&table, keys.iter().map(|k| k.as_ref())) {
+        let now = match super::moves::shard_of(table, keys.iter().map(|k| k.as_ref())) {
             Ok(s) => s,
             Err(_) => {
                 self.unwatch().await?;
@@ -199,13 +206,8 @@ impl Session {
         }
         frames.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let n = tx.queued.len() + 2;
-        let timeout = proxy
-            .backends()
-            .shard(shard)
-            .primary
-            .state
-            .options
-            .command_timeout;
+        let primary = snap.shard(shard).primary.clone();
+        let timeout = primary.state.options.command_timeout;
         let run = async {
             conn.send(&frames, n).await?;
             let mut last = Bytes::new();
@@ -217,9 +219,8 @@ impl Session {
         let exec_reply = match tokio::time::timeout(timeout, run).await {
             Ok(r) => r?,
             Err(_) => {
-                let addr = proxy.backends().shard(shard).primary.state.addr.clone();
                 return Err(BackendError::Timeout {
-                    addr,
+                    addr: primary.state.addr.clone(),
                     millis: timeout.as_millis() as u64,
                 }
                 .into());

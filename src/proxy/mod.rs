@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::backend::Backends;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
-use crate::router::Router;
+use crate::snapshot::{Published, Snapshot};
 use crate::tls::{ClientStream, MaybeTls};
 pub use tokio_rustls::TlsAcceptor;
 
@@ -111,11 +111,11 @@ enum Handoff {
 
 /// What every client connection shares.
 pub struct Proxy {
-    pub router: Arc<Router>,
+    /// The routing table and backends in force, loaded once per command.
+    /// Shared with the writers (map reload, rebalance mover).
+    pub snapshot: Arc<Published>,
     /// Keys the rebalance mover is copying piece by piece.
     pub fences: fence::KeyFences,
-    /// Swapped as a whole by a map reload; see [`Proxy::backends`].
-    backends: arc_swap::ArcSwap<Backends>,
     pub metrics: Arc<Metrics>,
     pub config: ClientConfig,
     next_client_id: AtomicU64,
@@ -126,16 +126,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// Bundles the shared parts.
-    pub fn new(
-        router: Arc<Router>,
-        backends: Arc<Backends>,
-        metrics: Arc<Metrics>,
-        config: ClientConfig,
-    ) -> Proxy {
+    pub fn new(snapshot: Arc<Published>, metrics: Arc<Metrics>, config: ClientConfig) -> Proxy {
         Proxy {
-            router,
+            snapshot,
             fences: fence::KeyFences::default(),
-            backends: arc_swap::ArcSwap::new(backends),
             metrics,
             config,
             next_client_id: AtomicU64::new(1),
@@ -145,27 +139,29 @@ impl Proxy {
         }
     }
 
-    /// The current backends, to keep across awaits.
-    pub fn backends(&self) -> Arc<Backends> {
-        self.backends.load_full()
-    }
-
-    /// The current backends for a synchronous step of the hot path (no
+    /// The snapshot in force, for one synchronous step of the hot path (no
     /// shared reference count touched).
-    pub fn backends_now(&self) -> arc_swap::Guard<Arc<Backends>> {
-        self.backends.load()
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
     }
 
-    /// Installs rebuilt backends (map reload); returns the previous ones.
-    pub fn swap_backends(&self, next: Arc<Backends>) -> Arc<Backends> {
-        self.backends.swap(next)
+    /// The snapshot in force, to keep across awaits.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The current backends, to keep across awaits where no routing
+    /// decision depends on them (INFO, fan-outs that name shards by address).
+    pub fn backends(&self) -> Arc<Backends> {
+        self.snapshot.load().backends().clone()
     }
 
     /// The `# Proxy` section of INFO (also the admin STATUS): map epoch,
     /// policy, this proxy's location, and every shard's endpoints with their
     /// health and latency (`replicas=addr|healthy|latency_us;...`).
     pub fn describe(&self) -> String {
-        let table = self.router.load_full();
+        let snap = self.snapshot_full();
+        let table = snap.table();
         let map = table.map();
         let mut text = format!(
             "# Proxy\r\nmap_epoch:{}\r\nslots:{}\r\nshards:{}\r\nread_policy:{}\r\nregion:{}\r\nzone:{}\r\n",
@@ -176,7 +172,7 @@ impl Proxy {
             self.config.region.as_deref().unwrap_or(""),
             self.config.zone.as_deref().unwrap_or(""),
         );
-        let backends = self.backends();
+        let backends = snap.backends();
         for (i, s) in backends.shards().iter().enumerate() {
             let p = &s.primary.state;
             let replicas: Vec<String> = backends

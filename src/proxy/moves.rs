@@ -19,6 +19,7 @@ use crate::command::{CommandSpec, lookup};
 use crate::error::ProxyError;
 use crate::protocol::{Protocol, Reply, Request, reply, request::encode_command};
 use crate::router::{RoutingTable, ShardId};
+use crate::snapshot::Snapshot;
 
 /// Re-dispatches after moving at most this many times (each time, the
 /// table changed again between the moves and the command).
@@ -29,14 +30,14 @@ impl Session {
     /// on their new shard. Returns the encoded reply.
     pub(super) async fn move_first(&mut self, proxy: &Proxy, mut req: Request) -> Bytes {
         for _ in 0..MAX_ROUNDS {
-            let table = proxy.router.load_full();
-            self.held_table = Some(table.clone());
+            let snap = proxy.snapshot_full();
+            self.held = Some(snap.clone());
             let keys = request_keys(&req);
-            if let Err(e) = self.move_keys(proxy, &table, &keys).await {
-                self.held_table = None;
+            if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
+                self.held = None;
                 return self.encode(e.to_reply());
             }
-            self.moved_under = Some(table.epoch());
+            self.moved_under = Some(snap.epoch());
             self.force_primary = true;
             let action = self.dispatch(proxy, req, std::time::Instant::now());
             self.force_primary = false;
@@ -53,11 +54,11 @@ impl Session {
                 Action::Inline(op, _) => Box::pin(self.run_inline(proxy, op)).await,
             };
             self.moved_under = None;
-            self.held_table = None;
+            self.held = None;
             return out;
         }
         self.moved_under = None;
-        self.held_table = None;
+        self.held = None;
         self.encode(Reply::error(
             "TRYAGAIN the keys' slots kept changing during a rebalance; retry the command",
         ))
@@ -72,11 +73,11 @@ impl Session {
         proxy: &Proxy,
         req: &Request,
     ) -> Result<Option<ShardId>, ProxyError> {
-        let table = proxy.router.load_full();
-        self.held_table = Some(table.clone());
+        let snap = proxy.snapshot_full();
+        self.held = Some(snap.clone());
         let keys = request_keys(req);
-        self.move_keys(proxy, &table, &keys).await?;
-        shard_of(&table, keys.iter().map(|k| k.as_ref()))
+        self.move_keys(proxy, &snap, &keys).await?;
+        shard_of(snap.table(), keys.iter().map(|k| k.as_ref()))
     }
 
     /// Moves every key of `keys` whose slot is migrating under `table` to
@@ -88,10 +89,11 @@ impl Session {
     pub(super) async fn move_keys(
         &self,
         proxy: &Proxy,
-        table: &RoutingTable,
+        snap: &Snapshot,
         keys: &[Bytes],
     ) -> Result<(), ProxyError> {
-        let backends = proxy.backends();
+        let table = snap.table();
+        let backends = snap.backends();
         let mut sizes = Vec::new();
         for key in keys {
             let route = table.route(key);

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
 use crate::protocol::{Protocol, Request};
-use crate::router::{Epoch, RoutingTable, ShardId};
+use crate::router::{Epoch, ShardId};
+use crate::snapshot::Snapshot;
 
 /// A MULTI block being queued by the proxy. Commands are checked and queued
 /// here, then sent as MULTI ... EXEC in one write to the shard's primary on a
@@ -48,10 +49,11 @@ pub struct Session {
     /// Reads go to the primary (after a move: a replica may not have the
     /// moved key yet).
     pub force_primary: bool,
-    /// The table a running inline operation routed with, held until its
+    /// The snapshot a running inline operation routed with, held until its
     /// command has been answered: a rebalance waits for every holder of a
-    /// table before moving keys it routed (see `rebalance`).
-    pub held_table: Option<Arc<RoutingTable>>,
+    /// table before moving keys it routed (see `rebalance`), and the
+    /// operation sends to the backends of that same snapshot.
+    pub held: Option<Arc<Snapshot>>,
 }
 
 impl Session {
@@ -72,7 +74,7 @@ impl Session {
             move_first: false,
             moved_under: None,
             force_primary: false,
-            held_table: None,
+            held: None,
         }
     }
 }

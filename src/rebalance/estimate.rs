@@ -94,7 +94,8 @@ async fn sample_shard(
 
 /// Estimates keys and bytes per pair of `plan`.
 pub async fn estimate(proxy: &Proxy, plan: &Plan) -> Estimate {
-    let table = proxy.router.load_full();
+    let snap = proxy.snapshot_full();
+    let table = snap.table();
     let name_of = |id: ShardId| plan.merged.shards[id.0 as usize].name.clone();
     // Units each source owns now, and the ids of the sources.
     let mut owned: HashMap<String, (ShardId, u64)> = HashMap::new();
@@ -111,7 +112,7 @@ pub async fn estimate(proxy: &Proxy, plan: &Plan) -> Estimate {
             }
         }
     }
-    drop(table);
+    drop(snap);
     let mut est = Estimate::default();
     let mut per_source: HashMap<String, (u64, f64)> = HashMap::new();
     let mut sources: Vec<_> = owned.iter().collect();

@@ -432,9 +432,9 @@ impl Rebalancer {
     /// from the shards. Returns the report lines.
     pub async fn plan(&self, yaml: &str) -> Result<Vec<String>, String> {
         let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
-        let current = self.proxy.router.load_full();
-        let plan = plan::plan(&current, &next)?;
-        drop(current);
+        let snap = self.proxy.snapshot_full();
+        let plan = plan::plan(snap.table(), &next)?;
+        drop(snap);
         let est = estimate::estimate(&self.proxy, &plan).await;
         Ok(estimate::report(&plan, &est))
     }
@@ -458,10 +458,10 @@ impl Rebalancer {
             return Err("the proxy runs without --state-dir; a rebalance needs one so that a restarted proxy can finish the move".to_owned());
         };
         let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
-        let current = self.proxy.router.load_full();
-        let plan = plan::plan(&current, &next)?;
-        let epoch = current.epoch().0 + 1;
-        drop(current);
+        let snap = self.proxy.snapshot_full();
+        let plan = plan::plan(snap.table(), &next)?;
+        let epoch = snap.epoch().0 + 1;
+        drop(snap);
         let source_yaml = lock(&self.current_yaml).clone();
         let target = yaml.to_owned();
         state
@@ -496,7 +496,7 @@ impl Rebalancer {
             "resuming the rebalance found in the state directory"
         );
         let target = resume.saved.target_yaml.clone();
-        let epoch = self.proxy.router.load().epoch().0 + 1;
+        let epoch = self.proxy.snapshot().epoch().0 + 1;
         self.launch(resume.plan, Some(resume.saved), state, target, epoch);
     }
 

@@ -125,7 +125,13 @@ pub(super) async fn run(
     mut work: Work,
 ) -> Result<String, String> {
     let proxy = &rb.proxy;
-    install_backends(rb, &work.plan.merged);
+    // The endpoints of added shards, before any table routes to them.
+    let (old, next) = rebuild_backends(rb, &work.plan.merged);
+    proxy
+        .snapshot
+        .publish_backends(next.clone())
+        .map_err(|e| format!("cannot install the merged map's backends: {e}"))?;
+    installed(rb, &old, &next);
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
@@ -192,13 +198,17 @@ pub(super) async fn run(
     proxy.metrics.rebalance_verified(v.ok(), v.misplaced);
     *super::lock(&job.verification) = Some(v.clone());
     let finished = Arc::new(plan::finished(&work.plan.merged));
-    let epoch = Epoch(proxy.router.load().epoch().0 + 1);
+    let epoch = Epoch(proxy.snapshot().epoch().0 + 1);
+    let (old, next) = rebuild_backends(rb, &finished);
     proxy
-        .router
-        .publish(RoutingTable::compile(finished.clone(), epoch))
+        .snapshot
+        .publish(
+            RoutingTable::compile(finished.clone(), epoch),
+            Some(next.clone()),
+        )
         .map_err(|e| e.to_string())?;
+    installed(rb, &old, &next);
     proxy.metrics.map_epoch(epoch.0);
-    install_backends(rb, &finished);
     let target = work.target_yaml.clone();
     work.state
         .blocking(move |st| st.finish(&target))
@@ -225,9 +235,10 @@ fn report(rb: &Rebalancer, work: &Work, running: bool) {
     );
 }
 
-/// Installs backends for `map` (endpoints that did not change are kept).
-/// Shard ids of the running backends stay valid: `map` keeps their order.
-fn install_backends(rb: &Rebalancer, map: &ShardMap) {
+/// The running backends and backends for `map` built from them (endpoints
+/// that did not change are kept). Shard ids of the running backends stay
+/// valid: `map` keeps their order.
+fn rebuild_backends(rb: &Rebalancer, map: &ShardMap) -> (Arc<Backends>, Arc<Backends>) {
     let proxy = &rb.proxy;
     let old = proxy.backends();
     let next = Arc::new(Backends::rebuild(
@@ -236,18 +247,23 @@ fn install_backends(rb: &Rebalancer, map: &ShardMap) {
         proxy.config.region.as_deref(),
         proxy.config.zone.as_deref(),
     ));
-    let added = next.added_since(&old);
+    (old, next)
+}
+
+/// After `next` replaced `old` in a published snapshot: health checks for
+/// the new endpoints, and the dropped ones retire.
+fn installed(rb: &Rebalancer, old: &Backends, next: &Arc<Backends>) {
+    let added = next.added_since(old);
     health::spawn_all(&added, rb.shutdown.subscribe());
-    let previous = proxy.swap_backends(next.clone());
-    previous.retire_missing(&next);
+    old.retire_missing(next);
 }
 
 /// Publishes the work's current table; returns the one it replaced.
 fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, String> {
-    let router = &rb.proxy.router;
-    let epoch = Epoch(router.load().epoch().0 + 1);
-    let old = router
-        .publish_swap(work.table(epoch))
+    let snapshot = &rb.proxy.snapshot;
+    let epoch = Epoch(snapshot.load().epoch().0 + 1);
+    let old = snapshot
+        .publish(work.table(epoch), None)
         .map_err(|e| format!("cannot publish the routing table: {e}"))?;
     rb.proxy.metrics.map_epoch(epoch.0);
     Ok(old)

@@ -4,13 +4,13 @@
 //!   the owner of a slot among candidate shards (weighted rendezvous hashing).
 //! * [`table`]: [`RoutingTable`], the compiled dense `slot -> shard` arrays,
 //!   one per placement target.
-//! * [`Router`]: the current table, published with `arc-swap` so readers
-//!   never lock, guarded by a monotonic [`Epoch`].
+//!
+//! A table is published together with the backends it indexes, as one
+//! [`crate::snapshot::Snapshot`]; [`RoutingTable::check_successor`] is the
+//! epoch and slot-count rule of that publish.
 
 pub mod placement;
 pub mod table;
-
-use std::sync::{Arc, Mutex};
 
 pub use placement::{explicit_hash_tag, hash_tag, key_hash};
 pub use table::{ClassMove, Overlay, Placement, Route, RoutingTable, SlotMove};
@@ -50,66 +50,25 @@ pub enum RouterError {
     },
 }
 
-/// The current routing table. Readers `load()` once per command and never
-/// lock; writers (admin, rebalancer) go through [`Router::publish`], which
-/// checks the epoch under one writer lock.
-pub struct Router {
-    t: arc_swap::ArcSwap<RoutingTable>,
-    /// Serialises check-then-store in `publish`.
-    write: Mutex<()>,
-}
-
-impl Router {
-    /// A router serving `table`.
-    pub fn new(table: RoutingTable) -> Router {
-        Router {
-            t: arc_swap::ArcSwap::from_pointee(table),
-            write: Mutex::new(()),
-        }
-    }
-
-    /// The current table, for the duration of one request. A guard, not an
-    /// `Arc` clone: no shared reference count is touched on the hot path, so
-    /// worker threads do not contend on one cache line. Hold it briefly; use
-    /// [`Router::load_full`] to keep a table.
-    pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
-        self.t.load()
-    }
-
-    /// The current table as an `Arc` to keep.
-    pub fn load_full(&self) -> Arc<RoutingTable> {
-        self.t.load_full()
-    }
-
-    /// Replaces the table if `table` has a greater epoch and the same slot
-    /// count; otherwise the running table stays and the reason is returned.
-    pub fn publish(&self, table: RoutingTable) -> Result<(), RouterError> {
-        self.publish_swap(table).map(drop)
-    }
-
-    /// Like [`Router::publish`], and returns the table it replaced. Once
-    /// `Arc::strong_count` of that table is 1, no reader is routing with it
-    /// any more (arc-swap turns outstanding guards into counted references
-    /// when a table is replaced): the rebalancer's barrier.
-    pub fn publish_swap(&self, table: RoutingTable) -> Result<Arc<RoutingTable>, RouterError> {
-        // A poisoned lock only means another publisher panicked; the guarded
-        // state is `()`, so continuing is safe.
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.t.load();
-        if table.epoch() <= current.epoch() {
+impl RoutingTable {
+    /// Whether `next` may replace this table: a greater epoch (a late or
+    /// duplicated publish would roll routing back) and the same slot count
+    /// (changing it would move almost every key at once). Checked by
+    /// [`crate::snapshot::Published::publish`] under its writer lock.
+    pub fn check_successor(&self, next: &RoutingTable) -> Result<(), RouterError> {
+        if next.epoch() <= self.epoch() {
             return Err(RouterError::StaleEpoch {
-                current: current.epoch(),
-                offered: table.epoch(),
+                current: self.epoch(),
+                offered: next.epoch(),
             });
         }
-        if table.slots() != current.slots() {
+        if next.slots() != self.slots() {
             return Err(RouterError::SlotCountChanged {
-                current: current.slots(),
-                offered: table.slots(),
+                current: self.slots(),
+                offered: next.slots(),
             });
         }
-        drop(current);
-        Ok(self.t.swap(Arc::new(table)))
+        Ok(())
     }
 }
 
@@ -117,6 +76,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::shardmap::ShardMap;
+    use std::sync::Arc;
 
     const MAP: &str = "slots: 64\nregions:\n  - name: us\n  - name: eu\nshards:\n  - name: a\n    region: us\n    primary: 127.0.0.1:7001\n  - name: b\n    region: eu\n    primary: 127.0.0.1:7002\nplacement:\n  - hash_tag_prefix: \"eu:\"\n    region: eu\n  - key_prefix: \"eu/\"\n    region: eu\n";
 
@@ -126,56 +86,25 @@ mod tests {
     }
 
     #[test]
-    fn publish_requires_newer_epoch() {
-        let r = Router::new(table(MAP, 5));
+    fn a_successor_has_a_newer_epoch_and_the_same_slots() {
+        let t = table(MAP, 5);
         assert_eq!(
-            r.publish(table(MAP, 5)),
+            t.check_successor(&table(MAP, 5)),
             Err(RouterError::StaleEpoch {
                 current: Epoch(5),
                 offered: Epoch(5)
             })
         );
-        assert!(r.publish(table(MAP, 4)).is_err());
-        assert_eq!(r.publish(table(MAP, 6)), Ok(()));
-        assert_eq!(r.load().epoch(), Epoch(6));
-    }
-
-    #[test]
-    fn replaced_table_counts_its_readers() {
-        // The rebalancer's barrier relies on this: a guard taken before a
-        // publish shows in the replaced table's strong count until dropped.
-        let r = Router::new(table(MAP, 1));
-        let reader = r.load();
-        let old = r.publish_swap(table(MAP, 2)).expect("newer");
-        assert_eq!(old.epoch(), Epoch(1));
-        assert_eq!(Arc::strong_count(&old), 2);
-        drop(reader);
-        assert_eq!(Arc::strong_count(&old), 1);
-        let other = std::thread::spawn({
-            let r = Arc::new(r);
-            move || {
-                let g = r.load();
-                let old = r.publish_swap(table(MAP, 3)).expect("newer");
-                let held = Arc::strong_count(&old);
-                drop(g);
-                (held, Arc::strong_count(&old))
-            }
-        });
-        assert_eq!(other.join().unwrap(), (2, 1));
-    }
-
-    #[test]
-    fn publish_refuses_slot_count_change() {
-        let r = Router::new(table(MAP, 1));
+        assert!(t.check_successor(&table(MAP, 4)).is_err());
+        assert_eq!(t.check_successor(&table(MAP, 6)), Ok(()));
         let other = MAP.replace("slots: 64", "slots: 128");
         assert_eq!(
-            r.publish(table(&other, 2)),
+            t.check_successor(&table(&other, 6)),
             Err(RouterError::SlotCountChanged {
                 current: 64,
                 offered: 128
             })
         );
-        assert_eq!(r.load().epoch(), Epoch(1));
     }
 
     #[test]

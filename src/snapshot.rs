@@ -1,0 +1,261 @@
+//! The one thing the data path reads per request: a [`Snapshot`] of the
+//! routing table and the backends its shard ids index, published together.
+//!
+//! Before, the table (`Router`) and the backends were published separately
+//! and joined by a bare index, so that safety rested on the order of two
+//! publishes. Now a reader loads one snapshot per request and routes and
+//! sends with the same one: a shard id from its table always names a shard
+//! of its backends ([`Snapshot::new`] checks it, so [`Snapshot::shard`]
+//! cannot be out of range).
+//!
+//! Writers (a map reload, the rebalance mover) go through
+//! [`Published::publish`], which checks the epoch and slot count under one
+//! writer lock, like undermoon's epoch-guarded map updates.
+
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Backends, ShardBackends};
+use crate::router::{Epoch, RouterError, RoutingTable, ShardId};
+use crate::shardmap::ShardMap;
+
+/// A routing table and the backends of its shards.
+pub struct Snapshot {
+    table: Arc<RoutingTable>,
+    backends: Arc<Backends>,
+}
+
+/// Why a snapshot was not published (the running one stays).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The table cannot replace the running one (stale epoch, slot count).
+    #[error(transparent)]
+    Table(#[from] RouterError),
+    /// The backends do not cover the table's shards: a shard id of the
+    /// table would index past them, or name another shard.
+    #[error(
+        "backends do not match the routing table: the table has {table} shards, the backends {backends}{}",
+        first_mismatch.as_ref().map(|n| format!(" (shard {n} differs)")).unwrap_or_default()
+    )]
+    ShardsMismatch {
+        table: usize,
+        backends: usize,
+        first_mismatch: Option<String>,
+    },
+}
+
+impl Snapshot {
+    /// Pairs `table` with `backends`, which must hold every shard of the
+    /// table under the same id (they may hold more: the shards a rebalance
+    /// is adding, before a table routes to them).
+    pub fn new(
+        table: Arc<RoutingTable>,
+        backends: Arc<Backends>,
+    ) -> Result<Snapshot, PublishError> {
+        let shards = backends.shards();
+        let mismatch = |first_mismatch| PublishError::ShardsMismatch {
+            table: table.shard_count(),
+            backends: shards.len(),
+            first_mismatch,
+        };
+        if shards.len() < table.shard_count() {
+            return Err(mismatch(None));
+        }
+        if let Some((m, _)) = table
+            .map()
+            .shards
+            .iter()
+            .zip(shards)
+            .find(|(m, b)| m.name != b.name)
+        {
+            return Err(mismatch(Some(m.name.clone())));
+        }
+        Ok(Snapshot { table, backends })
+    }
+
+    /// The routing table's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.table.epoch()
+    }
+
+    /// The routing table.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The map the table was compiled from.
+    pub fn map(&self) -> &ShardMap {
+        self.table.map()
+    }
+
+    /// The backends (to keep one set across awaits, clone the `Arc`).
+    pub fn backends(&self) -> &Arc<Backends> {
+        &self.backends
+    }
+
+    /// The backends of a shard the table routed to.
+    pub fn shard(&self, id: ShardId) -> &ShardBackends {
+        // In range by construction (see `Snapshot::new`).
+        self.backends.shard(id)
+    }
+}
+
+/// The snapshot in force. Readers `load()` once per command and never lock.
+pub struct Published {
+    current: arc_swap::ArcSwap<Snapshot>,
+    /// Serialises check-then-store in the publish methods.
+    write: Mutex<()>,
+}
+
+impl Published {
+    /// Serves `first`.
+    pub fn new(first: Snapshot) -> Published {
+        Published {
+            current: arc_swap::ArcSwap::from_pointee(first),
+            write: Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot for the duration of one request. A guard, not an
+    /// `Arc` clone: no shared reference count is touched on the hot path.
+    /// Hold it briefly; use [`Published::load_full`] to keep one.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an `Arc` to keep across awaits.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new table, with new backends or the running ones. The
+    /// table must have a greater epoch and the same slot count.
+    ///
+    /// Returns the replaced table: once its `Arc::strong_count` is 1, no
+    /// snapshot routing with it is held by anyone any more (every snapshot
+    /// holds its table; arc-swap turns outstanding guards into counted
+    /// references when a snapshot is replaced). The rebalancer's barrier.
+    pub fn publish(
+        &self,
+        table: RoutingTable,
+        backends: Option<Arc<Backends>>,
+    ) -> Result<Arc<RoutingTable>, PublishError> {
+        // A poisoned lock only means another publisher panicked; the guarded
+        // state is `()`, so continuing is safe.
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        current.table.check_successor(&table)?;
+        let backends = backends.unwrap_or_else(|| current.backends.clone());
+        let next = Snapshot::new(Arc::new(table), backends)?;
+        self.current.store(Arc::new(next));
+        Ok(current.table.clone())
+    }
+
+    /// Replaces the backends and keeps the table (a rebalance adding the
+    /// endpoints of new shards before any slot routes to them). Returns the
+    /// replaced backends.
+    pub fn publish_backends(&self, backends: Arc<Backends>) -> Result<Arc<Backends>, PublishError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        let next = Snapshot::new(current.table.clone(), backends)?;
+        self.current.store(Arc::new(next));
+        Ok(current.backends.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = "slots: 64\nregions:\n  - name: us\nshards:\n  - name: a\n    region: us\n    primary: 127.0.0.1:7001\n  - name: b\n    region: us\n    primary: 127.0.0.1:7002\n";
+
+    fn map(yaml: &str) -> Arc<ShardMap> {
+        Arc::new(ShardMap::from_yaml(yaml).expect("valid map"))
+    }
+
+    fn table(yaml: &str, epoch: u64) -> RoutingTable {
+        RoutingTable::compile(map(yaml), Epoch(epoch))
+    }
+
+    fn backends(yaml: &str) -> Arc<Backends> {
+        Arc::new(Backends::new(&map(yaml), None, None))
+    }
+
+    fn published() -> Published {
+        Published::new(Snapshot::new(Arc::new(table(MAP, 5)), backends(MAP)).expect("matches"))
+    }
+
+    #[tokio::test]
+    async fn publish_requires_a_newer_epoch_and_the_same_slots() {
+        let p = published();
+        assert_eq!(
+            p.publish(table(MAP, 5), None).err(),
+            Some(PublishError::Table(RouterError::StaleEpoch {
+                current: Epoch(5),
+                offered: Epoch(5)
+            }))
+        );
+        assert!(p.publish(table(MAP, 4), None).is_err());
+        let other = MAP.replace("slots: 64", "slots: 128");
+        assert_eq!(
+            p.publish(table(&other, 6), None).err(),
+            Some(PublishError::Table(RouterError::SlotCountChanged {
+                current: 64,
+                offered: 128
+            }))
+        );
+        assert_eq!(p.load().epoch(), Epoch(5));
+        assert!(p.publish(table(MAP, 6), None).is_ok());
+        assert_eq!(p.load().epoch(), Epoch(6));
+    }
+
+    #[tokio::test]
+    async fn backends_must_cover_the_table() {
+        let p = published();
+        let more = MAP.replace(
+            "  - name: b\n",
+            "  - name: b2\n    region: us\n    primary: 127.0.0.1:7003\n  - name: b\n",
+        );
+        // A table with three shards over backends of two: refused.
+        assert!(matches!(
+            p.publish(table(&more, 6), None),
+            Err(PublishError::ShardsMismatch {
+                table: 3,
+                backends: 2,
+                ..
+            })
+        ));
+        // Backends whose second shard is another one: refused.
+        assert!(matches!(
+            p.publish_backends(backends(&more)),
+            Err(PublishError::ShardsMismatch {
+                first_mismatch: Some(_),
+                ..
+            })
+        ));
+        assert_eq!(p.load().epoch(), Epoch(5));
+        // More backends than the table routes to (a rebalance adding a shard).
+        let added = format!("{MAP}  - name: c\n    region: us\n    primary: 127.0.0.1:7004\n");
+        assert!(p.publish_backends(backends(&added)).is_ok());
+        assert_eq!(p.load().backends().shards().len(), 3);
+        assert_eq!(p.load().epoch(), Epoch(5));
+    }
+
+    #[tokio::test]
+    async fn the_replaced_table_counts_the_snapshots_still_held() {
+        // The rebalancer's barrier relies on this: a snapshot taken before a
+        // publish keeps the replaced table's count above 1 until dropped,
+        // also across a backends-only publish in between.
+        let p = published();
+        let reader = p.load();
+        let kept = p.load_full();
+        p.publish_backends(backends(MAP)).expect("same shards");
+        let old = p.publish(table(MAP, 6), None).expect("newer");
+        assert_eq!(old.epoch(), Epoch(5));
+        // The first snapshot (held twice) holds the table, and so does `old`.
+        assert_eq!(Arc::strong_count(&old), 2);
+        drop(reader);
+        assert_eq!(Arc::strong_count(&old), 2);
+        drop(kept);
+        assert_eq!(Arc::strong_count(&old), 1);
+    }
+}
