@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::app::Reloader;
 use crate::auth::Auth;
+use crate::control::Reloader;
 use crate::protocol::{Limits, Protocol, Reply, parse_request};
 
 /// Requests on the admin port are small (a shard map is the biggest):

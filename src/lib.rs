@@ -19,7 +19,7 @@
 //! Beside it, the control path: `shardmap` (YAML -> validated [`shardmap::ShardMap`])
 //! -> `router::RoutingTable::compile` -> published through [`router::Router`]
 //! (`arc-swap`; readers never lock). The writers of the map are a reload
-//! ([`app::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and
+//! ([`control::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and
 //! the [`rebalance`] mover (the admin listener's REBALANCE), which publishes
 //! slots as `Migrating` and then `Stable` while it moves keys; the data
 //! path's part of a move (a command moves its key first) is in `proxy`.
@@ -36,6 +36,8 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod command;
+pub mod context;
+pub mod control;
 pub mod error;
 pub mod metrics;
 pub mod pg;

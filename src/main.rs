@@ -231,7 +231,7 @@ fn main() -> ExitCode {
                         table.slot_of(key.as_bytes()).0,
                         shard.name,
                         shard.region,
-                        shardgate::pg::redact_dsn(&shard.primary.addr)
+                        shardgate::shardmap::redact_dsn(&shard.primary.addr)
                     );
                 }
                 ExitCode::SUCCESS
@@ -291,7 +291,7 @@ fn admin_migrate(path: &std::path::Path) -> ExitCode {
     let mut primaries = 0;
     for shard in map.shards.iter().filter(|s| s.kind == ShardKind::Postgres) {
         primaries += 1;
-        let endpoint = shardgate::pg::redact_dsn(&shard.primary.addr);
+        let endpoint = shardgate::shardmap::redact_dsn(&shard.primary.addr);
         match rt.block_on(shardgate::pg::migrate_primary(
             &shard.primary.addr,
             map.options.connect_timeout,

@@ -10,6 +10,7 @@
 pub mod breaker;
 pub mod connect;
 pub mod dedicated;
+pub mod fence;
 pub mod health;
 pub mod migrate;
 pub mod mux;
@@ -331,7 +332,7 @@ impl ShardBackends {
     fn removed(s: &crate::shardmap::Shard, options: &Options) -> ShardBackends {
         let addr = match s.kind {
             ShardKind::Redis => s.primary.addr.clone(),
-            ShardKind::Postgres => crate::pg::redact_dsn(&s.primary.addr),
+            ShardKind::Postgres => crate::shardmap::redact_dsn(&s.primary.addr),
         };
         let state = Arc::new(EndpointState {
             breaker: breaker::Breaker::new(),
@@ -455,7 +456,7 @@ impl Backends {
                     // A DSN may carry a password: never log or label it.
                     let addr = match kind {
                         ShardKind::Redis => ep.addr.clone(),
-                        ShardKind::Postgres => crate::pg::redact_dsn(&ep.addr),
+                        ShardKind::Postgres => crate::shardmap::redact_dsn(&ep.addr),
                     };
                     let state = Arc::new(EndpointState {
                         breaker: breaker::Breaker::new(),

@@ -196,38 +196,6 @@ pub fn backend_error(addr: &str, e: sqlx::Error) -> BackendError {
     }
 }
 
-/// A DSN fit for logs, metrics labels and error messages: the password (in
-/// the user info or a `password=` parameter) is dropped.
-pub fn redact_dsn(dsn: &str) -> String {
-    let Some((scheme, rest)) = dsn.split_once("://") else {
-        return dsn.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{user}@{host}")
-        }
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
-                .collect();
-            if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            }
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 /// Connects to a primary and applies the migrations (each at most once;
 /// sqlx serialises concurrent migrators with an advisory lock). Bounded by
 /// the connect timeout plus time for the DDL.
@@ -353,24 +321,5 @@ pub async fn reaper(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_dsn("postgres://u:secret@h:5432/db"),
-            "postgres://u@h:5432/db"
-        );
-        assert_eq!(
-            redact_dsn("postgres://h/db?password=x&sslmode=disable"),
-            "postgres://h/db?sslmode=disable"
-        );
-        assert_eq!(redact_dsn("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_dsn("nonsense"), "nonsense");
     }
 }

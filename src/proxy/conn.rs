@@ -411,11 +411,13 @@ mod tests {
         let table = Arc::new(RoutingTable::compile(map.clone(), Epoch(1)));
         let backends = Arc::new(Backends::new(&map, None, None));
         let snapshot = Snapshot::new(table, backends).unwrap();
-        let proxy = Proxy::new(
-            Arc::new(Published::new(snapshot)),
+        let ctx = crate::context::Context::new(
+            Published::new(snapshot),
             Arc::new(Metrics::new()),
-            super::super::ClientConfig::default(),
+            None,
+            None,
         );
+        let proxy = Proxy::new(Arc::new(ctx), super::super::ClientConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -4,7 +4,6 @@
 mod access;
 mod conn;
 mod dispatch;
-pub mod fence;
 mod inline;
 mod local;
 mod moves;
@@ -20,9 +19,10 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::backend::Backends;
+use crate::context::Context;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::tls::{ClientStream, MaybeTls};
 pub use tokio_rustls::TlsAcceptor;
 
@@ -111,11 +111,10 @@ enum Handoff {
 
 /// What every client connection shares.
 pub struct Proxy {
-    /// The routing table and backends in force, loaded once per command.
-    /// Shared with the writers (map reload, rebalance mover).
-    pub snapshot: Arc<Published>,
-    /// Keys the rebalance mover is copying piece by piece.
-    pub fences: fence::KeyFences,
+    /// The snapshot, key fences and metrics, shared with the control path
+    /// (map reload, rebalance mover).
+    pub ctx: Arc<Context>,
+    /// The same metrics as `ctx.metrics` (the hot path's shortcut).
     pub metrics: Arc<Metrics>,
     pub config: ClientConfig,
     next_client_id: AtomicU64,
@@ -126,11 +125,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// Bundles the shared parts.
-    pub fn new(snapshot: Arc<Published>, metrics: Arc<Metrics>, config: ClientConfig) -> Proxy {
+    pub fn new(ctx: Arc<Context>, config: ClientConfig) -> Proxy {
         Proxy {
-            snapshot,
-            fences: fence::KeyFences::default(),
-            metrics,
+            metrics: ctx.metrics.clone(),
+            ctx,
             config,
             next_client_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
@@ -142,18 +140,18 @@ impl Proxy {
     /// The snapshot in force, for one synchronous step of the hot path (no
     /// shared reference count touched).
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.snapshot.load()
+        self.ctx.snapshot()
     }
 
     /// The snapshot in force, to keep across awaits.
     pub fn snapshot_full(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.ctx.snapshot_full()
     }
 
     /// The current backends, to keep across awaits where no routing
     /// decision depends on them (INFO, fan-outs that name shards by address).
     pub fn backends(&self) -> Arc<Backends> {
-        self.snapshot.load().backends().clone()
+        self.ctx.backends()
     }
 
     /// The `# Proxy` section of INFO (also the admin STATUS): map epoch,

@@ -153,7 +153,7 @@ impl Session {
                 Some(n) if n >= BIG_KEY_BYTES as i64 => big.push((key, from, to)),
                 Some(_) => {
                     // Waits while the mover copies this key piece by piece.
-                    touches.push(proxy.fences.touch(key).await);
+                    touches.push(proxy.ctx.fences.touch(key).await);
                     let target = &backends.shard(to).primary;
                     let source = &backends.shard(from).primary;
                     let timeout = source.state.options.command_timeout.as_millis() as u64;
@@ -179,7 +179,7 @@ impl Session {
             let source = backends.shard(from).primary.clone();
             let target = backends.shard(to).primary.clone();
             let timeout = source.state.options.command_timeout;
-            proxy.fences.fence(key).await;
+            proxy.ctx.fences.fence(key).await;
             let copied = async {
                 let mut conn = source
                     .dedicated(Protocol::Resp2)
@@ -201,7 +201,7 @@ impl Session {
                 }
             }
             .await;
-            proxy.fences.lift(key);
+            proxy.ctx.fences.lift(key);
             match copied {
                 Ok(true) => {
                     proxy.metrics.rebalance_moved_on_touch(1);

@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::Plan;
 use super::mover::BIG_KEY_BYTES;
+use crate::context::Context;
 use crate::protocol::{Protocol, reply, request::encode_command};
-use crate::proxy::Proxy;
 use crate::router::{ShardId, Slot};
 
 /// Keys sampled per source shard.
@@ -28,10 +28,10 @@ pub struct Estimate {
     pub errors: Vec<String>,
 }
 
-async fn ask(proxy: &Proxy, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String> {
+async fn ask(ctx: &Context, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String> {
     let mut frame = bytes::BytesMut::new();
     encode_command(args, &mut frame);
-    let backends = proxy.backends();
+    let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
     match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
         Ok(Ok(f)) if !reply::is_error(&f) => Ok(f),
@@ -43,13 +43,13 @@ async fn ask(proxy: &Proxy, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String
 
 /// Per source shard: (keys, average bytes per key, big keys).
 async fn sample_shard(
-    proxy: &Proxy,
+    ctx: &Context,
     id: ShardId,
 ) -> Result<(u64, f64, Vec<(String, u64)>), String> {
-    let dbsize = ask(proxy, id, &[b"DBSIZE"]).await?;
+    let dbsize = ask(ctx, id, &[b"DBSIZE"]).await?;
     let keys = reply::integer(&dbsize).unwrap_or(0).max(0) as u64;
     let count = SAMPLE.to_string();
-    let scan = ask(proxy, id, &[b"SCAN", b"0", b"COUNT", count.as_bytes()]).await?;
+    let scan = ask(ctx, id, &[b"SCAN", b"0", b"COUNT", count.as_bytes()]).await?;
     let sample: Vec<Bytes> = reply::array_elements(&scan)
         .ok()
         .flatten()
@@ -60,7 +60,7 @@ async fn sample_shard(
         .filter_map(reply::bulk)
         .collect();
     // Every MEMORY USAGE is queued at once: one round trip in all.
-    let backends = proxy.backends();
+    let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
     let waits: Vec<_> = sample
         .iter()
@@ -93,8 +93,8 @@ async fn sample_shard(
 }
 
 /// Estimates keys and bytes per pair of `plan`.
-pub async fn estimate(proxy: &Proxy, plan: &Plan) -> Estimate {
-    let snap = proxy.snapshot_full();
+pub async fn estimate(ctx: &Context, plan: &Plan) -> Estimate {
+    let snap = ctx.snapshot_full();
     let table = snap.table();
     let name_of = |id: ShardId| plan.merged.shards[id.0 as usize].name.clone();
     // Units each source owns now, and the ids of the sources.
@@ -118,7 +118,7 @@ pub async fn estimate(proxy: &Proxy, plan: &Plan) -> Estimate {
     let mut sources: Vec<_> = owned.iter().collect();
     sources.sort();
     for (name, (id, _)) in sources {
-        match sample_shard(proxy, *id).await {
+        match sample_shard(ctx, *id).await {
             Ok((keys, avg, big)) => {
                 per_source.insert(name.clone(), (keys, avg));
                 est.sampled += SAMPLE.min(keys as usize) as u64;

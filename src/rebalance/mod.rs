@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::proxy::Proxy;
+use crate::context::Context;
 use crate::router::{Epoch, Overlay, RoutingTable};
 use crate::shardmap::ShardMap;
 pub use plan::Plan;
@@ -391,7 +391,7 @@ pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, Str
 /// Drives rebalances of one proxy. The only writer of the routing table
 /// besides a reload, with which it shares [`Rebalancer::writer`].
 pub struct Rebalancer {
-    proxy: Arc<Proxy>,
+    ctx: Arc<Context>,
     state: Option<StateDir>,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
@@ -403,13 +403,13 @@ pub struct Rebalancer {
 
 impl Rebalancer {
     pub fn new(
-        proxy: Arc<Proxy>,
+        ctx: Arc<Context>,
         state: Option<StateDir>,
         current_yaml: String,
         shutdown: watch::Sender<bool>,
     ) -> Arc<Rebalancer> {
         Arc::new(Rebalancer {
-            proxy,
+            ctx,
             state,
             shutdown,
             current_yaml: Mutex::new(current_yaml),
@@ -432,10 +432,10 @@ impl Rebalancer {
     /// from the shards. Returns the report lines.
     pub async fn plan(&self, yaml: &str) -> Result<Vec<String>, String> {
         let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
-        let snap = self.proxy.snapshot_full();
+        let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
         drop(snap);
-        let est = estimate::estimate(&self.proxy, &plan).await;
+        let est = estimate::estimate(&self.ctx, &plan).await;
         Ok(estimate::report(&plan, &est))
     }
 
@@ -446,7 +446,7 @@ impl Rebalancer {
         if let Some(job) = lock(&self.job).as_ref()
             && job.running()
         {
-            let p = job.progress(self.proxy.metrics.moved_on_touch());
+            let p = job.progress(self.ctx.metrics.moved_on_touch());
             return Err(format!(
                 "a rebalance is already running ({} of {} slots done, {} keys moved); wait for it to finish or follow it with STATUS",
                 p.slots_done,
@@ -458,7 +458,7 @@ impl Rebalancer {
             return Err("the proxy runs without --state-dir; a rebalance needs one so that a restarted proxy can finish the move".to_owned());
         };
         let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
-        let snap = self.proxy.snapshot_full();
+        let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0 + 1;
         drop(snap);
@@ -496,7 +496,7 @@ impl Rebalancer {
             "resuming the rebalance found in the state directory"
         );
         let target = resume.saved.target_yaml.clone();
-        let epoch = self.proxy.snapshot().epoch().0 + 1;
+        let epoch = self.ctx.snapshot().epoch().0 + 1;
         self.launch(resume.plan, Some(resume.saved), state, target, epoch);
     }
 
@@ -511,7 +511,7 @@ impl Rebalancer {
         let job = Job::new(
             epoch,
             &plan,
-            self.proxy.metrics.moved_on_touch(),
+            self.ctx.metrics.moved_on_touch(),
             saved.as_ref(),
         );
         *lock(&self.job) = Some(job.clone());
@@ -534,8 +534,8 @@ impl Rebalancer {
                     job.set_phase(Phase::Failed(e));
                 }
             }
-            let p = job.progress(me.proxy.metrics.moved_on_touch());
-            me.proxy
+            let p = job.progress(me.ctx.metrics.moved_on_touch());
+            me.ctx
                 .metrics
                 .rebalance_slots(p.slots_total - p.slots_done, 0, p.slots_done, false);
         });
@@ -545,7 +545,7 @@ impl Rebalancer {
     pub fn progress(&self) -> Option<Progress> {
         lock(&self.job)
             .as_ref()
-            .map(|j| j.progress(self.proxy.metrics.moved_on_touch()))
+            .map(|j| j.progress(self.ctx.metrics.moved_on_touch()))
     }
 
     fn running_job(&self) -> Result<Arc<Job>, String> {

@@ -124,18 +124,17 @@ pub(super) async fn run(
     job: &Arc<Job>,
     mut work: Work,
 ) -> Result<String, String> {
-    let proxy = &rb.proxy;
+    let ctx = &rb.ctx;
     // The endpoints of added shards, before any table routes to them.
     let (old, next) = rebuild_backends(rb, &work.plan.merged);
-    proxy
-        .snapshot
+    ctx.snapshot
         .publish_backends(next.clone())
         .map_err(|e| format!("cannot install the merged map's backends: {e}"))?;
     installed(rb, &old, &next);
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
-    let est = super::estimate::estimate(proxy, &work.plan).await;
+    let est = super::estimate::estimate(ctx, &work.plan).await;
     job.keys_estimate
         .store(est.pairs.iter().map(|p| p.0).sum(), Ordering::Relaxed);
     loop {
@@ -195,20 +194,19 @@ pub(super) async fn run(
     }
     job.set_phase(Phase::Verifying);
     let v = verify(rb, &work).await;
-    proxy.metrics.rebalance_verified(v.ok(), v.misplaced);
+    ctx.metrics.rebalance_verified(v.ok(), v.misplaced);
     *super::lock(&job.verification) = Some(v.clone());
     let finished = Arc::new(plan::finished(&work.plan.merged));
-    let epoch = Epoch(proxy.snapshot().epoch().0 + 1);
+    let epoch = Epoch(ctx.snapshot().epoch().0 + 1);
     let (old, next) = rebuild_backends(rb, &finished);
-    proxy
-        .snapshot
+    ctx.snapshot
         .publish(
             RoutingTable::compile(finished.clone(), epoch),
             Some(next.clone()),
         )
         .map_err(|e| e.to_string())?;
     installed(rb, &old, &next);
-    proxy.metrics.map_epoch(epoch.0);
+    ctx.metrics.map_epoch(epoch.0);
     let target = work.target_yaml.clone();
     work.state
         .blocking(move |st| st.finish(&target))
@@ -227,7 +225,7 @@ pub(super) async fn run(
 
 /// Counts for metrics.
 fn report(rb: &Rebalancer, work: &Work, running: bool) {
-    rb.proxy.metrics.rebalance_slots(
+    rb.ctx.metrics.rebalance_slots(
         work.count(UnitState::Pending),
         work.count(UnitState::Migrating),
         work.count(UnitState::Done),
@@ -239,15 +237,7 @@ fn report(rb: &Rebalancer, work: &Work, running: bool) {
 /// that did not change are kept). Shard ids of the running backends stay
 /// valid: `map` keeps their order.
 fn rebuild_backends(rb: &Rebalancer, map: &ShardMap) -> (Arc<Backends>, Arc<Backends>) {
-    let proxy = &rb.proxy;
-    let old = proxy.backends();
-    let next = Arc::new(Backends::rebuild(
-        &old,
-        map,
-        proxy.config.region.as_deref(),
-        proxy.config.zone.as_deref(),
-    ));
-    (old, next)
+    rb.ctx.rebuild_backends(map)
 }
 
 /// After `next` replaced `old` in a published snapshot: health checks for
@@ -260,12 +250,12 @@ fn installed(rb: &Rebalancer, old: &Backends, next: &Arc<Backends>) {
 
 /// Publishes the work's current table; returns the one it replaced.
 fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, String> {
-    let snapshot = &rb.proxy.snapshot;
+    let snapshot = &rb.ctx.snapshot;
     let epoch = Epoch(snapshot.load().epoch().0 + 1);
     let old = snapshot
         .publish(work.table(epoch), None)
         .map_err(|e| format!("cannot publish the routing table: {e}"))?;
-    rb.proxy.metrics.map_epoch(epoch.0);
+    rb.ctx.metrics.map_epoch(epoch.0);
     Ok(old)
 }
 
@@ -285,11 +275,11 @@ async fn barrier(rb: &Rebalancer, job: &Job, old: Arc<RoutingTable>, source: Sha
     }
     drop(old);
     loop {
-        let ep = rb.proxy.backends().shard(source).primary.clone();
+        let ep = rb.ctx.backends().shard(source).primary.clone();
         match ep.barrier().await {
             Ok(()) => return,
             Err(e) => {
-                rb.proxy.metrics.rebalance_mover_error("barrier");
+                rb.ctx.metrics.rebalance_mover_error("barrier");
                 job.error(format!("barrier on {}: {e}", ep.state.addr));
                 tracing::warn!(endpoint = %ep.state.addr, error = %e, "rebalance barrier failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -318,7 +308,7 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
     let mut cursor = Bytes::from_static(b"0");
     let mut backoff = Duration::from_millis(100);
     loop {
-        let backends = rb.proxy.backends();
+        let backends = rb.ctx.backends();
         let ep = backends.shard(from).primary.clone();
         let timeout = ep.state.options.command_timeout;
         let mut conn = match ep.dedicated(Protocol::Resp2).await {
@@ -369,7 +359,7 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
 }
 
 async fn fail(rb: &Rebalancer, job: &Job, e: String) {
-    rb.proxy.metrics.rebalance_mover_error("mover");
+    rb.ctx.metrics.rebalance_mover_error("mover");
     tracing::warn!(error = %e, "rebalance mover: step failed; retrying");
     job.error(e);
 }
@@ -412,7 +402,7 @@ async fn move_batch(
             Migrated::Moved => {
                 job.keys.fetch_add(small.len() as u64, Ordering::Relaxed);
                 job.bytes.fetch_add(small_bytes, Ordering::Relaxed);
-                rb.proxy
+                rb.ctx
                     .metrics
                     .rebalance_moved(small.len() as u64, small_bytes);
             }
@@ -423,9 +413,9 @@ async fn move_batch(
     }
     for (k, n) in big {
         let t0 = Instant::now();
-        rb.proxy.fences.fence(k).await;
+        rb.ctx.fences.fence(k).await;
         let copied = copy_in_pieces(conn, target_ep, k, timeout).await;
-        rb.proxy.fences.lift(k);
+        rb.ctx.fences.lift(k);
         let how = match copied? {
             Copied::Pieces(pieces) => {
                 format!("copied in {pieces} pieces; the source was never blocked for long")
@@ -450,7 +440,7 @@ async fn move_batch(
         job.keys.fetch_add(1, Ordering::Relaxed);
         job.bytes.fetch_add(n, Ordering::Relaxed);
         job.big_keys.fetch_add(1, Ordering::Relaxed);
-        rb.proxy.metrics.rebalance_moved(1, n);
+        rb.ctx.metrics.rebalance_moved(1, n);
         tracing::warn!(
             key = %String::from_utf8_lossy(k),
             bytes = n,
@@ -485,7 +475,7 @@ async fn throttle(job: &Job, keys: usize) {
 /// primary has now (step 4). Each replica is asked for its own offset
 /// (`slave_repl_offset`), which moves as soon as it applies the stream.
 async fn wait_replicas(rb: &Rebalancer, shard: ShardId) {
-    let backends = rb.proxy.backends();
+    let backends = rb.ctx.backends();
     let s = backends.shard(shard);
     let replicas: Vec<_> = backends
         .endpoints()
@@ -559,7 +549,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
         let mut cursor = Bytes::from_static(b"0");
         let mut attempts = 0;
         loop {
-            let ep = rb.proxy.backends().shard(id).primary.clone();
+            let ep = rb.ctx.backends().shard(id).primary.clone();
             let mut frame = BytesMut::new();
             encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
             let step = match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
@@ -571,13 +561,13 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
                 Ok(r) => r,
                 Err(e) if attempts < 5 => {
                     attempts += 1;
-                    rb.proxy.metrics.rebalance_mover_error("verify");
+                    rb.ctx.metrics.rebalance_mover_error("verify");
                     tracing::warn!(shard = %shard.name, error = %e, "rebalance verification: scan failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
                 Err(e) => {
-                    rb.proxy.metrics.rebalance_mover_error("verify");
+                    rb.ctx.metrics.rebalance_mover_error("verify");
                     tracing::error!(shard = %shard.name, error = %e, "rebalance verification could not scan a shard");
                     v.unscanned.push(shard.name.clone());
                     break;

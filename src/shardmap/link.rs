@@ -130,9 +130,42 @@ pub fn shard_link(p: &str, s: &RawShard) -> Result<Arc<Link>, MapError> {
     Ok(Arc::new(Link { auth, tls }))
 }
 
+/// A DSN fit for logs, metrics labels and error messages: the password (in
+/// the user info or a `password=` parameter) is dropped.
+pub fn redact_dsn(dsn: &str) -> String {
+    let Some((scheme, rest)) = dsn.split_once("://") else {
+        return dsn.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|p| !p.to_ascii_lowercase().starts_with("password="))
+                .collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::ShardMap;
+    use super::redact_dsn;
 
     const BASE: &str = "regions:\n  - name: us\nshards:\n  - name: s0\n    region: us\n    primary: 127.0.0.1:7001\n    replicas: [127.0.0.1:7011]\n";
 
@@ -182,5 +215,19 @@ mod tests {
                 .starts_with("shards[0].tls_ca: /nonexistent/ca.pem: cannot read certificates")
         );
         assert!(refused("    tls: yes please\n").starts_with("shards[0].tls"));
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_dsn("postgres://u:secret@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            redact_dsn("postgres://h/db?password=x&sslmode=disable"),
+            "postgres://h/db?sslmode=disable"
+        );
+        assert_eq!(redact_dsn("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_dsn("nonsense"), "nonsense");
     }
 }

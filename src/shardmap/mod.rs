@@ -15,7 +15,7 @@ pub mod raw;
 pub mod validate;
 pub mod yaml;
 
-pub use link::{BackendAuth, BackendTls, Link};
+pub use link::{BackendAuth, BackendTls, Link, redact_dsn};
 
 use std::time::Duration;
 

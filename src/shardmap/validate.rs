@@ -326,7 +326,7 @@ pub fn check_dsn(path: &str, dsn: &str) -> Result<(), MapError> {
             path,
             format!(
                 "`{}` is not a PostgreSQL DSN ({why}); expected postgres://user@host:port/db",
-                crate::pg::redact_dsn(dsn)
+                crate::shardmap::redact_dsn(dsn)
             ),
         )
     };
