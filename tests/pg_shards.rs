@@ -6,48 +6,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use common::RedisServer;
 use common::cluster::{Cluster, Spec};
 use common::postgres::PgServer;
+use common::resp::FrameConn as Raw;
 use redis::Commands;
-use shardgate::protocol::request::encode_command;
-use shardgate::protocol::scan::frame_len;
-
-/// A raw RESP connection that reads whole reply frames.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Raw { s, buf: Vec::new() }
-    }
-
-    fn call(&mut self, args: &[&str]) -> Vec<u8> {
-        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let mut out = BytesMut::new();
-        encode_command(&refs, &mut out);
-        self.s.write_all(&out).expect("write");
-        loop {
-            if let Ok(Some(n)) = frame_len(&self.buf) {
-                return self.buf.drain(..n).collect();
-            }
-            let mut chunk = [0u8; 65536];
-            let n = self.s.read(&mut chunk).expect("read reply");
-            assert!(n > 0, "connection closed during {args:?}");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
 
 /// Splits a command line at spaces; `"..."` quotes an argument.
 fn split(cmd: &str) -> Vec<String> {
@@ -537,7 +502,8 @@ fn reads_go_to_the_postgres_replica() {
 fn migrations_apply_once_and_restarts_are_idempotent() {
     let c = pg_only();
     let versions = c.pg[0].query("SELECT count(*) FROM _sqlx_migrations");
-    assert_eq!(versions, "1");
+    let shipped = shardgate::pg::MIGRATOR.iter().count().to_string();
+    assert_eq!(versions, shipped);
     let mut con = c.conn();
     let _: () = con.set("survives", "yes").unwrap();
     // A second proxy on the same map: migrations already applied, data kept.
@@ -552,7 +518,10 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             state_dir: None,
         }))
         .expect("second proxy starts");
-    assert_eq!(c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"), "1");
+    assert_eq!(
+        c.pg[0].query("SELECT count(*) FROM _sqlx_migrations"),
+        shipped
+    );
     let client = redis::Client::open(format!("redis://{}/", running.addr)).unwrap();
     let mut con2 = client.get_connection().unwrap();
     let v: String = con2.get("survives").unwrap();
@@ -706,6 +675,7 @@ fn mixed_map_merges_across_kinds() {
 #[test]
 fn admin_migrate_applies_once_and_reports_unreachable_primaries() {
     let pg = PgServer::start();
+    let shipped = shardgate::pg::MIGRATOR.iter().count();
     let path = map_with_primary(&pg.dsn());
     let run = |map: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
@@ -722,14 +692,23 @@ fn admin_migrate_applies_once_and_reports_unreachable_primaries() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(
-        out.contains("pgs ") && out.contains("applied 1 migration(s) (1 in all)"),
+        out.contains("pgs ")
+            && out.contains(&format!(
+                "applied {shipped} migration(s) ({shipped} in all)"
+            )),
         "{out}"
     );
     let second = run(&path);
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success());
-    assert!(out.contains("up to date (1 migrations)"), "{out}");
-    assert_eq!(pg.query("SELECT count(*) FROM _sqlx_migrations"), "1");
+    assert!(
+        out.contains(&format!("up to date ({shipped} migrations)")),
+        "{out}"
+    );
+    assert_eq!(
+        pg.query("SELECT count(*) FROM _sqlx_migrations"),
+        shipped.to_string()
+    );
     let _ = std::fs::remove_file(&path);
 
     // An unreachable primary fails the command, named, without its password.
@@ -746,4 +725,51 @@ fn admin_migrate_applies_once_and_reports_unreachable_primaries() {
     );
     assert!(!err.contains("sekrit"), "password leaked: {err}");
     let _ = std::fs::remove_file(&bad);
+}
+
+#[test]
+fn a_key_that_stops_being_a_hash_loses_its_fields() {
+    let c = pg_only();
+    let mut p = Raw::connect(c.proxy_port);
+    let fields = |key: &str| {
+        c.pg[0].query(&format!(
+            "SELECT count(*) FROM kv_hash WHERE key = convert_to('{key}', 'UTF8')"
+        ))
+    };
+    // Live hashes overwritten by SET, MSET, SETEX and SET PX.
+    for (key, cmd) in [
+        ("h1", vec!["SET", "h1", "s"]),
+        ("h2", vec!["MSET", "h2", "m"]),
+        ("h3", vec!["SETEX", "h3", "100", "e"]),
+        ("h4", vec!["SET", "h4", "s", "PX", "100000"]),
+    ] {
+        assert_eq!(p.call(&["HSET", key, "f", "1", "g", "2"]), b":2\r\n");
+        assert_eq!(p.call(&cmd)[0], b'+', "{cmd:?}");
+        assert_eq!(fields(key), "0", "{cmd:?} left fields behind");
+        assert_eq!(p.call(&["TYPE", key]), b"+string\r\n");
+    }
+    // Expired hashes (rows not reaped yet) overwritten by string writes.
+    for (key, cmd) in [
+        ("e1", vec!["INCR", "e1"]),
+        ("e2", vec!["MSET", "e2", "m"]),
+        ("e3", vec!["APPEND", "e3", "a"]),
+        ("e4", vec!["SET", "e4", "s"]),
+    ] {
+        assert_eq!(p.call(&["HSET", key, "f", "1"]), b":1\r\n");
+        c.pg[0].query(&format!(
+            "UPDATE kv SET expires_at = 1 WHERE key = convert_to('{key}', 'UTF8')"
+        ));
+        assert_eq!(p.call(&["EXISTS", key]), b":0\r\n");
+        let r = p.call(&cmd);
+        assert!(
+            matches!(r[0], b'+' | b':'),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&r)
+        );
+        assert_eq!(fields(key), "0", "{cmd:?} left fields behind");
+        // A hash made later starts empty.
+        assert_eq!(p.call(&["DEL", key]), b":1\r\n");
+        assert_eq!(p.call(&["HSET", key, "x", "1"]), b":1\r\n");
+        assert_eq!(p.call(&["HLEN", key]), b":1\r\n");
+    }
 }

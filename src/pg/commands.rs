@@ -4,12 +4,38 @@
 //!
 //! Every command answers with Redis' exact reply and error text. Reads are
 //! one statement each, filtering out expired rows (`expires_at >
-//! sg_now_ms()`), so they also run on read-only standbys. Writes that read
-//! first (INCR, SET NX, APPEND, EXPIRE, HSET, ...) run in one transaction
-//! that first takes a transaction-scoped advisory lock per key (sorted, so
-//! multi-key writes cannot deadlock) and then reads the row `FOR UPDATE`:
-//! concurrent read-modify-writes of one key serialise, including on a key
-//! that does not exist yet. Plain SET, MSET and DEL are single statements.
+//! sg_now_ms()`), so they also run on read-only standbys.
+//!
+//! # Writes are serialised per key
+//!
+//! Every write of a key, whatever the command, first takes the key's
+//! transaction-scoped advisory lock (`sg_lock`, migration 0002: one lock per
+//! key, id [`lock_id`], several keys in sorted order so that multi-key writes
+//! cannot deadlock) and holds it until its transaction ends, after the commit
+//! is visible. Only then does it read (a fresh READ COMMITTED snapshot per
+//! statement, so it sees everything the key's previous writers committed) and
+//! write. Writes of one key therefore run one after the other, in the order
+//! they got the lock, on a fresh key, a live one or an expired one, and
+//! whatever type the key has or gets.
+//!
+//! Why an advisory lock and not the row: `SELECT ... FOR UPDATE` locks nothing
+//! when the key has no row yet (fresh or reaped), and an `INSERT ... ON
+//! CONFLICT` upsert only locks a row once it exists, so neither can order a
+//! blind SET against an INCR that found no row. A lock on a hash of the key
+//! exists before the row does. XXH3-64 of the whole key makes collisions
+//! (two keys sharing a lock, so merely waiting for each other) negligible.
+//!
+//! Commands that read first (INCR, SET NX, APPEND, EXPIRE, HSET, ...) run in
+//! a transaction: [`lock`], read, write, commit (five round trips). SET
+//! without options, MSET and DEL/UNLINK stay one round trip: one statement
+//! calling a PL/pgSQL function (`sg_set_strings`, `sg_delete_keys`) that
+//! takes the locks and then writes in its own statements, so they too wait
+//! for the key's other writers and see their commits.
+//!
+//! A key that stops being a hash loses its `kv_hash` fields in the same
+//! transaction (trigger `kv_drop_hash_fields`, migration 0002), whichever
+//! command overwrote it; a key that becomes a hash again starts without
+//! fields ([`super::hashes`]).
 
 use bytes::Bytes;
 use sqlx::postgres::{PgPool, PgRow};
@@ -183,20 +209,40 @@ fn lock_id(key: &[u8]) -> i64 {
     i64::from_ne_bytes(twox_hash::XxHash3_64::oneshot(key).to_ne_bytes())
 }
 
-/// Begins a transaction and locks `keys` (in sorted order).
-pub async fn lock(ctx: &Ctx<'_>, keys: &[&[u8]]) -> Result<Locked, sqlx::Error> {
-    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+/// The lock ids of `keys`, sorted and without duplicates: the order in which
+/// every writer takes them, so two multi-key writers never wait for each
+/// other in a cycle.
+fn lock_ids<K: AsRef<[u8]>>(keys: &[K]) -> Vec<i64> {
+    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k.as_ref())).collect();
     ids.sort_unstable();
     ids.dedup();
+    ids
+}
+
+/// Begins a transaction and locks `keys` (in sorted order). Every statement
+/// run on the returned [`Locked`] sees all writes committed to these keys
+/// before the locks were granted.
+pub async fn lock(ctx: &Ctx<'_>, keys: &[&[u8]]) -> Result<Locked, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    let now: i64 = sqlx::query_scalar(
-        "SELECT sg_clock_ms() FROM \
-         (SELECT count(pg_advisory_xact_lock(id)) FROM unnest($1::bigint[]) AS id) AS locks",
-    )
-    .bind(&ids)
-    .fetch_one(&mut *tx)
-    .await?;
+    let now: i64 = sqlx::query_scalar("SELECT sg_lock($1)")
+        .bind(lock_ids(keys))
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(Locked { tx, now })
+}
+
+/// Writes strings without expiry (SET without options, MSET) in one round
+/// trip, under the keys' locks (`sg_set_strings`). `keys` has no duplicates.
+async fn set_strings(ctx: &Ctx<'_>, keys: &[&[u8]], values: &[&[u8]]) -> Result<(), sqlx::Error> {
+    let slots: Vec<i32> = keys.iter().map(|k| slot(ctx, k)).collect();
+    sqlx::query("SELECT sg_set_strings($1, $2, $3, $4)")
+        .bind(keys)
+        .bind(&slots)
+        .bind(values)
+        .bind(lock_ids(keys))
+        .execute(ctx.pool)
+        .await?;
+    Ok(())
 }
 
 impl Locked {
@@ -210,7 +256,8 @@ impl Locked {
         Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
     }
 
-    /// Writes a string (replacing whatever the key held).
+    /// Writes a string (replacing whatever the key held; a hash's fields go
+    /// with it, see the module doc).
     pub async fn put(
         &mut self,
         slot: i32,
@@ -348,15 +395,7 @@ async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         return Ok(wrong_args("set"));
     };
     if opts.is_empty() {
-        sqlx::query(
-            "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, NULL) \
-             ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = NULL",
-        )
-        .bind(&key[..])
-        .bind(slot(ctx, key))
-        .bind(&value[..])
-        .execute(ctx.pool)
-        .await?;
+        set_strings(ctx, &[&key[..]], &[&value[..]]).await?;
         return Ok(Reply::Ok);
     }
     let f = match parse_flags(opts, true) {
@@ -547,17 +586,7 @@ async fn mset(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let pairs = dedup_pairs(a);
     let keys: Vec<&[u8]> = pairs.iter().map(|p| p.0).collect();
     let values: Vec<&[u8]> = pairs.iter().map(|p| p.1).collect();
-    let slots: Vec<i32> = keys.iter().map(|k| slot(ctx, k)).collect();
-    sqlx::query(
-        "INSERT INTO kv (key, slot, type, value, expires_at) \
-         SELECT k, s, 0, v, NULL FROM unnest($1::bytea[], $2::int[], $3::bytea[]) AS t(k, s, v) \
-         ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = NULL",
-    )
-    .bind(&keys)
-    .bind(&slots)
-    .bind(&values)
-    .execute(ctx.pool)
-    .await?;
+    set_strings(ctx, &keys, &values).await?;
     Ok(Reply::Ok)
 }
 
@@ -584,15 +613,15 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     l.commit(Reply::Int(1)).await
 }
 
+/// DEL and UNLINK: one round trip, under the keys' locks
+/// (`sg_delete_keys`); counts the keys that were live.
 async fn del(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-    let n: i64 = sqlx::query_scalar(
-        "WITH d AS (DELETE FROM kv WHERE key = ANY($1) RETURNING expires_at) \
-         SELECT count(*) FROM d WHERE expires_at IS NULL OR expires_at > sg_now_ms()",
-    )
-    .bind(&list)
-    .fetch_one(ctx.pool)
-    .await?;
+    let n: i64 = sqlx::query_scalar("SELECT sg_delete_keys($1, $2)")
+        .bind(&list)
+        .bind(lock_ids(&list))
+        .fetch_one(ctx.pool)
+        .await?;
     Ok(Reply::Int(n))
 }
 

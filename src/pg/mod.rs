@@ -297,6 +297,10 @@ pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), St
 /// Deletes expired rows of one primary in batches, every `interval`, until
 /// `shutdown` fires. The `expires_at <= now` test is repeated on the row
 /// itself, so a key rewritten since the batch was chosen is never deleted.
+/// The batch skips rows a writer has locked (`SKIP LOCKED`) and takes no key
+/// lock: the reaper never waits for a writer, so a multi-key writer that
+/// waits for one of the reaper's rows cannot deadlock with it; a skipped row
+/// is either rewritten by that writer or reaped on a later pass.
 pub async fn reaper(
     addr: String,
     pool: PgPool,
@@ -304,7 +308,7 @@ pub async fn reaper(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let sql = "DELETE FROM kv WHERE key IN \
-               (SELECT key FROM kv WHERE expires_at <= sg_now_ms() LIMIT $1) \
+               (SELECT key FROM kv WHERE expires_at <= sg_now_ms() LIMIT $1 FOR UPDATE SKIP LOCKED) \
                AND expires_at <= sg_now_ms()";
     loop {
         loop {

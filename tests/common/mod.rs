@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod postgres;
 pub mod rebalance;
+pub mod resp;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

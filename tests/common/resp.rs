@@ -1,0 +1,55 @@
+//! A RESP client that works in whole reply frames and returns their raw
+//! bytes, so tests can compare replies byte for byte (proxy vs redis-server).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardgate::protocol::request::encode_command;
+use shardgate::protocol::scan::frame_len;
+
+/// A raw RESP connection that reads whole reply frames.
+pub struct FrameConn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FrameConn {
+    /// Connects to `127.0.0.1:port` (reads time out after 10 s).
+    pub fn connect(port: u16) -> FrameConn {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        FrameConn { s, buf: Vec::new() }
+    }
+
+    /// Sends one command and returns its reply frame.
+    pub fn call(&mut self, args: &[&str]) -> Vec<u8> {
+        self.pipeline(&[args]).pop().expect("one reply")
+    }
+
+    /// Sends the commands in one write and returns their reply frames.
+    pub fn pipeline<S: AsRef<str>>(&mut self, cmds: &[&[S]]) -> Vec<Vec<u8>> {
+        let mut out = BytesMut::new();
+        for args in cmds {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_ref().as_bytes()).collect();
+            encode_command(&refs, &mut out);
+        }
+        self.s.write_all(&out).expect("write");
+        (0..cmds.len()).map(|_| self.frame()).collect()
+    }
+
+    fn frame(&mut self) -> Vec<u8> {
+        loop {
+            if let Ok(Some(n)) = frame_len(&self.buf) {
+                return self.buf.drain(..n).collect();
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.s.read(&mut chunk).expect("read reply");
+            assert!(n > 0, "connection closed before a whole reply arrived");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
