@@ -194,7 +194,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     for shard in backends.shards() {
         if let Some(pg) = shard.primary.postgres() {
             let state = &shard.primary.state;
-            tokio::spawn(crate::pg::reaper(
+            tokio::spawn(crate::backend::pg::reaper(
                 state.addr.clone(),
                 pg.pool().clone(),
                 state.options.health_check_interval,
@@ -283,7 +283,7 @@ async fn prepare_postgres(backends: &Backends) -> Result<(), StartError> {
             let state = s.primary.state.clone();
             let pool = pg.pool().clone();
             Some(tokio::spawn(async move {
-                crate::pg::prepare_primary(&state, &pool)
+                crate::backend::pg::prepare_primary(&state, &pool)
                     .await
                     .map_err(|reason| StartError::Postgres {
                         shard: state.shard.clone(),

@@ -160,7 +160,7 @@ impl Reloader {
         health::spawn_all(&added, self.shutdown.subscribe());
         for e in &added {
             if let (Some(pg), crate::backend::Role::Primary) = (e.postgres(), e.state.role) {
-                tokio::spawn(crate::pg::reaper(
+                tokio::spawn(crate::backend::pg::reaper(
                     e.state.addr.clone(),
                     pg.pool().clone(),
                     e.state.options.health_check_interval,

@@ -10,21 +10,33 @@
 //! ```text
 //! client socket -> protocol (bytes -> Request frames, reply frames -> bytes)
 //!   -> command   (Request -> classified command via the declarative table)
-//!   -> router    (key -> hash tag -> slot -> placement -> owner shard)
+//!   -> router    (key -> hash tag -> slot -> placement -> owner shard; pure)
+//!   -> snapshot  (one published Snapshot: routing table + the backends it indexes)
 //!   -> backend   (multiplexed pipelined connection | dedicated pooled connection
-//!                 | `pg` lanes over an sqlx pool, behind the same interface)
+//!                 | `backend::pg` lanes over an sqlx pool, behind the same interface)
 //!   -> proxy     (per-client session: dispatch, split/merge, in-order replies)
 //! ```
 //!
 //! Beside it, the control path: `shardmap` (YAML -> validated [`shardmap::ShardMap`])
-//! -> `router::RoutingTable::compile` -> published through [`router::Router`]
-//! (`arc-swap`; readers never lock). The writers of the map are a reload
-//! ([`control::Reloader`], on SIGHUP or the [`admin`] listener's RELOAD) and
-//! the [`rebalance`] mover (the admin listener's REBALANCE), which publishes
-//! slots as `Migrating` and then `Stable` while it moves keys; the data
-//! path's part of a move (a command moves its key first) is in `proxy`.
-//! [`app`] is the one place that wires the pieces together; [`metrics`] is
-//! the facade every module records through.
+//! -> `router::RoutingTable::compile` -> published with its backends as one
+//! [`snapshot::Snapshot`] (`arc-swap`; readers never lock). The writers of
+//! the snapshot are a reload ([`control::Reloader`], on SIGHUP or the
+//! [`admin`] listener's RELOAD) and the [`rebalance`] mover (the admin
+//! listener's REBALANCE), which publishes slots as `Migrating` and then
+//! `Stable` while it moves keys; the data path's part of a move (a command
+//! moves its key first) is in `proxy`. `proxy` and `rebalance` do not know
+//! each other: both work on the [`context::Context`] that [`app`] (the one
+//! place that wires the pieces together) builds. [`metrics`] is the facade
+//! every module records through.
+//!
+//! The module graph, each arrow "uses" (no cycles; a change that adds a
+//! back-edge moves the shared piece down instead):
+//!
+//! ```text
+//! app -> admin -> control -> rebalance -> context -> snapshot -> backend -> router -> shardmap
+//!    \-> proxy --------------------------/                        \-> protocol, metrics, tls
+//!  proxy -> auth, command; metrics -> command; error -> protocol
+//! ```
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file); underneath it, [`workers`] (the serving threads a
@@ -40,7 +52,6 @@ pub mod context;
 pub mod control;
 pub mod error;
 pub mod metrics;
-pub mod pg;
 pub mod protocol;
 pub mod proxy;
 pub mod rebalance;

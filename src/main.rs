@@ -292,7 +292,7 @@ fn admin_migrate(path: &std::path::Path) -> ExitCode {
     for shard in map.shards.iter().filter(|s| s.kind == ShardKind::Postgres) {
         primaries += 1;
         let endpoint = shardgate::shardmap::redact_dsn(&shard.primary.addr);
-        match rt.block_on(shardgate::pg::migrate_primary(
+        match rt.block_on(shardgate::backend::pg::migrate_primary(
             &shard.primary.addr,
             map.options.connect_timeout,
         )) {

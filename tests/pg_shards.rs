@@ -502,7 +502,7 @@ fn reads_go_to_the_postgres_replica() {
 fn migrations_apply_once_and_restarts_are_idempotent() {
     let c = pg_only();
     let versions = c.pg[0].query("SELECT count(*) FROM _sqlx_migrations");
-    let shipped = shardgate::pg::MIGRATOR.iter().count().to_string();
+    let shipped = shardgate::backend::pg::MIGRATOR.iter().count().to_string();
     assert_eq!(versions, shipped);
     let mut con = c.conn();
     let _: () = con.set("survives", "yes").unwrap();
@@ -675,7 +675,7 @@ fn mixed_map_merges_across_kinds() {
 #[test]
 fn admin_migrate_applies_once_and_reports_unreachable_primaries() {
     let pg = PgServer::start();
-    let shipped = shardgate::pg::MIGRATOR.iter().count();
+    let shipped = shardgate::backend::pg::MIGRATOR.iter().count();
     let path = map_with_primary(&pg.dsn());
     let run = |map: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))

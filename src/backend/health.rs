@@ -35,7 +35,7 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
     }
 }
 
-/// A PostgreSQL endpoint's checker: [`crate::pg::check_health`] on its pool.
+/// A PostgreSQL endpoint's checker: [`crate::backend::pg::check_health`] on its pool.
 fn spawn_postgres(
     state: Arc<EndpointState>,
     pool: sqlx::PgPool,
@@ -48,14 +48,15 @@ fn spawn_postgres(
                 .options
                 .connect_timeout
                 .max(Duration::from_millis(100));
-            let verdict = tokio::time::timeout(limit, crate::pg::check_health(&state, &pool))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer to health check within {} ms",
-                        limit.as_millis()
-                    ))
-                });
+            let verdict =
+                tokio::time::timeout(limit, crate::backend::pg::check_health(&state, &pool))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no answer to health check within {} ms",
+                            limit.as_millis()
+                        ))
+                    });
             match verdict {
                 Ok(()) => {
                     state.record_latency(started.elapsed().as_micros() as u64);

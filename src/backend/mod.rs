@@ -14,6 +14,7 @@ pub mod fence;
 pub mod health;
 pub mod migrate;
 pub mod mux;
+pub mod pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::backend::pg::PgEndpoint;
 use crate::error::BackendError;
 use crate::metrics::EndpointMetrics;
-use crate::pg::PgEndpoint;
 use crate::protocol::Protocol;
 use crate::router::ShardId;
 use crate::shardmap::{Options, ReadPolicy, ShardKind, ShardMap, ShardPhase};
