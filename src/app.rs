@@ -273,6 +273,8 @@ impl Reloader {
         }
         let previous = self.proxy.swap_backends(next.clone());
         let removed = previous.retire_missing(&next);
+        // `allow_flush` may have changed, and new endpoints need the users.
+        self.proxy.sync_backend_acl();
         self.proxy.metrics.map_epoch(epoch.0);
         self.rebalancer.map_reloaded(text);
         Ok(ReloadSummary {
@@ -350,6 +352,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     }
     let users = config.client.auth.as_ref().map_or(0, |a| a.len());
     let proxy = Arc::new(Proxy::new(router, backends, metrics, config.client));
+    // The ACL users that run scripts and transactions on the shards: an
+    // endpoint whose credentials may not install them is reported now.
+    proxy.sync_backend_acl();
     tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
     // TLS beside the plain listener (--tls-listen), or instead of it.
     let (mut main_acceptor, mut tls_addr, mut tls_task) = (None, None, None);

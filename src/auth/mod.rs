@@ -124,6 +124,45 @@ impl User {
         }
         if allowed { Ok(()) } else { Err(fullname) }
     }
+
+    /// The rules of the backend ACL user that runs this user's scripts and
+    /// transactions: see [`backend_rules`].
+    pub fn backend_rules(&self, allow_flush: bool) -> Vec<String> {
+        backend_rules(&self.rules, allow_flush)
+    }
+}
+
+/// `rules` in Redis ACL syntax, followed by a `-cmd` for every command the
+/// proxy refuses ([`crate::command::proxy_refusals`]). Both apply the last
+/// matching rule, so the result allows exactly what the user may run *and*
+/// the proxy would forward: what Redis must enforce on the commands of a
+/// script, which the proxy never sees.
+pub fn backend_rules(rules: &[Rule], allow_flush: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let sign = |allow: bool| if allow { '+' } else { '-' };
+        match *rule {
+            Rule::Categories { allow, categories } if categories == Categories::ALL => {
+                out.push(format!("{}@all", sign(allow)));
+            }
+            Rule::Categories { allow, categories } => {
+                out.extend(
+                    categories
+                        .redis_names()
+                        .map(|c| format!("{}@{c}", sign(allow))),
+                );
+            }
+            Rule::Command { allow, name } | Rule::Subcommand { allow, name } => {
+                out.push(format!("{}{name}", sign(allow)));
+            }
+        }
+    }
+    out.extend(
+        crate::command::proxy_refusals(allow_flush)
+            .into_iter()
+            .map(|name| format!("-{name}")),
+    );
+    out
 }
 
 /// The configured users. A proxy without `Auth` lets every client in (as
@@ -172,6 +211,11 @@ impl Auth {
     /// Whether no user is configured (then nobody can log in).
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Every user (to install their backend ACL users).
+    pub fn users(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.users.values()
     }
 
     /// Whether a `default` user exists (so `AUTH <password>` can succeed).
@@ -236,6 +280,21 @@ mod tests {
             may(&container, &["client", "kill", "x"]),
             Err("client|kill")
         );
+    }
+
+    #[test]
+    fn backend_rules_append_the_proxy_refusals() {
+        let u = user("+@all -@admin -@dangerous +config|get -client|kill");
+        let rules = u.backend_rules(false);
+        assert_eq!(
+            rules[..5],
+            ["+@all", "-@admin", "-@dangerous", "+config|get", "-client|kill"]
+        );
+        for refused in ["-select", "-swapdb", "-migrate", "-flushall", "-flushdb", "-config"] {
+            assert!(rules.iter().any(|r| r == refused), "{refused}");
+        }
+        let flush = u.backend_rules(true);
+        assert!(!flush.iter().any(|r| r == "-flushall"));
     }
 
     #[test]
