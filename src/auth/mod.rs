@@ -288,9 +288,22 @@ mod tests {
         let rules = u.backend_rules(false);
         assert_eq!(
             rules[..5],
-            ["+@all", "-@admin", "-@dangerous", "+config|get", "-client|kill"]
+            [
+                "+@all",
+                "-@admin",
+                "-@dangerous",
+                "+config|get",
+                "-client|kill"
+            ]
         );
-        for refused in ["-select", "-swapdb", "-migrate", "-flushall", "-flushdb", "-config"] {
+        for refused in [
+            "-select",
+            "-swapdb",
+            "-migrate",
+            "-flushall",
+            "-flushdb",
+            "-config",
+        ] {
             assert!(rules.iter().any(|r| r == refused), "{refused}");
         }
         let flush = u.backend_rules(true);

@@ -212,10 +212,7 @@ pub(super) async fn log_in(
         reply::is_error(frame).then(|| BackendError::Acl {
             addr: ep.addr.clone(),
             user: user.name.clone(),
-            reason: format!(
-                "{what}: {}",
-                reply::error_text(frame).unwrap_or_default()
-            ),
+            reason: format!("{what}: {}", reply::error_text(frame).unwrap_or_default()),
         })
     };
     let result = match refused(&setuser, "ACL SETUSER refused") {

@@ -353,7 +353,9 @@ pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static Subcom
 
 /// CLIENT subcommands the proxy answers itself (`proxy/local.rs`); every
 /// other CLIENT subcommand is refused.
-pub const CLIENT_LOCAL: &[&str] = &["id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch"];
+pub const CLIENT_LOCAL: &[&str] = &[
+    "id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch",
+];
 
 /// SCRIPT subcommands the proxy fans out to every shard; every other SCRIPT
 /// subcommand is refused.
@@ -375,9 +377,7 @@ pub fn proxy_refusals(allow_flush: bool) -> Vec<&'static str> {
     for spec in table::COMMANDS {
         let refused = match spec.handling {
             Handling::Unsupported(_) => true,
-            Handling::Local(LocalKind::Select | LocalKind::Readonly | LocalKind::Readwrite) => {
-                true
-            }
+            Handling::Local(LocalKind::Select | LocalKind::Readonly | LocalKind::Readwrite) => true,
             Handling::Fanout(FanoutKind::Flush) => !allow_flush,
             _ => false,
         };
@@ -521,13 +521,39 @@ mod tests {
         let with_flush = proxy_refusals(true);
         let without = proxy_refusals(false);
         for name in [
-            "select", "swapdb", "move", "migrate", "config", "shutdown", "debug", "acl", "module",
-            "replicaof", "slaveof", "function", "publish", "client|kill", "client|list",
-            "script|kill", "readonly", "monitor", "failover", "wait",
+            "select",
+            "swapdb",
+            "move",
+            "migrate",
+            "config",
+            "shutdown",
+            "debug",
+            "acl",
+            "module",
+            "replicaof",
+            "slaveof",
+            "function",
+            "publish",
+            "client|kill",
+            "client|list",
+            "script|kill",
+            "readonly",
+            "monitor",
+            "failover",
+            "wait",
         ] {
             assert!(with_flush.contains(&name), "{name}");
         }
-        for name in ["get", "eval", "multi", "keys", "client|id", "script|load", "ping", "info"] {
+        for name in [
+            "get",
+            "eval",
+            "multi",
+            "keys",
+            "client|id",
+            "script|load",
+            "ping",
+            "info",
+        ] {
             assert!(!without.contains(&name), "{name}");
         }
         assert!(!with_flush.contains(&"flushall"));
