@@ -685,3 +685,28 @@ fn a_restarted_backend_gets_its_acl_users_back() {
     let mut s = Resp::connect(c.primaries[0].port);
     assert_eq!(s.call(&["GET", "k"]), Value::Bulk(Some(b"v".to_vec())));
 }
+
+#[test]
+fn a_map_reload_changes_what_scripts_may_flush() {
+    let (c, _target, _) = deployment(None);
+    let mut client = Resp::connect(c.proxy_port);
+    let flush = ["EVAL", "return redis.call('FLUSHDB')", "0"];
+    assert!(client.call(&flush).is_error());
+    // Within the poll, the reload's background sync has updated the user
+    // that the pooled connection is logged in as.
+    let eventually = |client: &mut Resp, ok: bool| {
+        for _ in 0..50 {
+            if client.call(&flush).is_error() != ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("FLUSHDB in a script: expected allowed = {ok}");
+    };
+    c.edit_map(|m| m.replace("allow_flush: false", "allow_flush: true"));
+    c.reload().expect("reload");
+    eventually(&mut client, true);
+    c.edit_map(|m| m.replace("allow_flush: true", "allow_flush: false"));
+    c.reload().expect("reload");
+    eventually(&mut client, false);
+}

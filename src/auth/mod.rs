@@ -125,44 +125,52 @@ impl User {
         if allowed { Ok(()) } else { Err(fullname) }
     }
 
-    /// The rules of the backend ACL user that runs this user's scripts and
-    /// transactions: see [`backend_rules`].
+    /// The command rules of the backend ACL user that runs this user's
+    /// scripts and transactions, in Redis ACL syntax (after `nocommands`):
+    /// an allow-list of every command and subcommand of the command table
+    /// that this user may run *and* the proxy would run for a client (not in
+    /// [`crate::command::proxy_refusals`]). Redis enforces it on the
+    /// commands a script runs, which the proxy never sees.
+    ///
+    /// An allow-list rather than the user's rules with `-cmd` appended: it
+    /// is the proxy's own decision ([`User::may_run`]) command by command,
+    /// so it cannot drift from how Redis reads the rules, and it leaves out
+    /// whatever the proxy does not know and so refuses (module commands,
+    /// commands of a newer Redis). Containers are listed by subcommand
+    /// (`+config|get`) for the same reason.
     pub fn backend_rules(&self, allow_flush: bool) -> Vec<String> {
-        backend_rules(&self.rules, allow_flush)
+        use crate::command::{proxy_refusals, table};
+        let refused = proxy_refusals(allow_flush);
+        let mut out = Vec::new();
+        for spec in table::COMMANDS {
+            if refused.contains(&spec.name) {
+                continue;
+            }
+            let prefix = format!("{}|", spec.name);
+            let mut subs = table::SUBCOMMANDS
+                .iter()
+                .filter(|s| s.name.starts_with(&prefix))
+                .peekable();
+            if subs.peek().is_none() {
+                if self.may_run(spec, None).is_ok() {
+                    out.push(format!("+{}", spec.name));
+                }
+                continue;
+            }
+            for sub in subs {
+                if !refused.contains(&sub.name) && self.may_run(spec, Some(sub)).is_ok() {
+                    out.push(format!("+{}", sub.name));
+                }
+            }
+        }
+        out
     }
 }
 
-/// `rules` in Redis ACL syntax, followed by a `-cmd` for every command the
-/// proxy refuses ([`crate::command::proxy_refusals`]). Both apply the last
-/// matching rule, so the result allows exactly what the user may run *and*
-/// the proxy would forward: what Redis must enforce on the commands of a
-/// script, which the proxy never sees.
+/// [`User::backend_rules`] of a user with `rules` (the `default` user of a
+/// proxy without an auth file has [`all_commands`]).
 pub fn backend_rules(rules: &[Rule], allow_flush: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    for rule in rules {
-        let sign = |allow: bool| if allow { '+' } else { '-' };
-        match *rule {
-            Rule::Categories { allow, categories } if categories == Categories::ALL => {
-                out.push(format!("{}@all", sign(allow)));
-            }
-            Rule::Categories { allow, categories } => {
-                out.extend(
-                    categories
-                        .redis_names()
-                        .map(|c| format!("{}@{c}", sign(allow))),
-                );
-            }
-            Rule::Command { allow, name } | Rule::Subcommand { allow, name } => {
-                out.push(format!("{}{name}", sign(allow)));
-            }
-        }
-    }
-    out.extend(
-        crate::command::proxy_refusals(allow_flush)
-            .into_iter()
-            .map(|name| format!("-{name}")),
-    );
-    out
+    User::new(DEFAULT_USER, b"", rules.to_vec()).backend_rules(allow_flush)
 }
 
 /// The configured users. A proxy without `Auth` lets every client in (as
@@ -283,31 +291,52 @@ mod tests {
     }
 
     #[test]
-    fn backend_rules_append_the_proxy_refusals() {
-        let u = user("+@all -@admin -@dangerous +config|get -client|kill");
+    fn backend_rules_allow_what_the_user_and_the_proxy_allow() {
+        let u = user("+@all -@admin -@dangerous +config|get -client|setname");
         let rules = u.backend_rules(false);
-        assert_eq!(
-            rules[..5],
-            [
-                "+@all",
-                "-@admin",
-                "-@dangerous",
-                "+config|get",
-                "-client|kill"
-            ]
-        );
-        for refused in [
-            "-select",
-            "-swapdb",
-            "-migrate",
-            "-flushall",
-            "-flushdb",
-            "-config",
+        let has = |r: &str| rules.iter().any(|x| x == r);
+        for allowed in [
+            "+get",
+            "+set",
+            "+eval",
+            "+fcall",
+            "+multi",
+            "+exec",
+            "+client|id",
+            "+script|load",
         ] {
-            assert!(rules.iter().any(|r| r == refused), "{refused}");
+            assert!(has(allowed), "{allowed}");
         }
-        let flush = u.backend_rules(true);
-        assert!(!flush.iter().any(|r| r == "-flushall"));
+        // Refused by a rule, by the proxy, or both (config|get: the proxy
+        // refuses every CONFIG even where the rules allow it).
+        for denied in [
+            "+keys",
+            "+info",
+            "+flushall",
+            "+select",
+            "+swapdb",
+            "+migrate",
+            "+config",
+            "+config|get",
+            "+client",
+            "+client|setname",
+            "+client|kill",
+            "+script|kill",
+            "+debug",
+            "+shutdown",
+            "+acl|setuser",
+        ] {
+            assert!(!has(denied), "{denied}");
+        }
+        assert!(rules.iter().all(|r| r.starts_with('+')));
+        let all = backend_rules(&all_commands(), true);
+        assert!(all.iter().any(|r| r == "+flushall") && all.iter().any(|r| r == "+keys"));
+        assert!(!all.iter().any(|r| r == "+select" || r == "+flushall|async"));
+        assert!(
+            !backend_rules(&all_commands(), false)
+                .iter()
+                .any(|r| r == "+flushdb")
+        );
     }
 
     #[test]

@@ -5,16 +5,17 @@
 //! commands a script runs (`redis.call('FLUSHALL')` inside EVAL, EVALSHA,
 //! FCALL and their `_RO` forms, also when queued in MULTI): Redis runs them.
 //! Redis checks its own ACL for every `redis.call`, so the proxy runs each
-//! client's scripts and transactions as a Redis ACL user whose rules are the
-//! client's rules with the proxy's refusals appended (the last rule that
-//! matches wins, in Redis as in the proxy, so appending `-select -migrate
-//! ...` intersects them):
+//! client's scripts and transactions as a Redis ACL user that may run
+//! exactly what the client may run through the proxy: an allow-list, command
+//! by command, of the client's rules minus the proxy's refusals
+//! (`auth::User::backend_rules`):
 //!
 //! - one backend user per proxy user, named [`USER_PREFIX`]`<user>`; without
 //!   an auth file every client is the proxy's `default` user (`+@all`), so
 //!   `shardgate:default` still denies what the proxy refuses
 //!   ([`crate::command::proxy_refusals`]: SELECT, SWAPDB, MIGRATE, CONFIG,
-//!   SHUTDOWN, DEBUG, ACL, MODULE, FLUSHALL/FLUSHDB unless `allow_flush`, ...);
+//!   SHUTDOWN, DEBUG, ACL, MODULE, FLUSHALL/FLUSHDB unless `allow_flush`, ...)
+//!   and every command the proxy does not know (module commands);
 //! - `resetkeys ~*` (the proxy has no key patterns), `resetchannels` (the
 //!   proxy refuses pub/sub), `clearselectors nocommands` before the rules so
 //!   that an earlier definition leaves nothing behind;
@@ -219,7 +220,7 @@ pub(super) async fn log_in(
         Some(e) => Err(e),
         None => refused(&auth, "AUTH as the backend user refused").map_or(Ok(()), Err),
     };
-    record(ep, &user.name, &result);
+    record(ep, &result);
     result
 }
 
@@ -269,25 +270,26 @@ pub async fn sync_endpoint(
             millis: (ep.options.command_timeout * 2).as_millis() as u64,
         }),
     };
-    let first = users.first().map_or("", |u| u.name.as_str());
-    record(ep, first, &result);
+    record(ep, &result);
     result
 }
 
 /// Installs every user on every Redis endpoint of `endpoints` (at startup
 /// and after a map reload); failures are logged and counted per endpoint.
 pub async fn sync_all(endpoints: Vec<Arc<super::Endpoint>>, users: Vec<Arc<BackendUser>>) {
-    let mut ok = 0usize;
+    let (mut ok, mut failed) = (0usize, 0usize);
     for ep in endpoints
         .iter()
         .filter(|e| e.kind() == Some(ShardKind::Redis))
     {
-        if sync_endpoint(&ep.state, &users).await.is_ok() {
-            ok += 1;
+        match sync_endpoint(&ep.state, &users).await {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
         }
     }
     tracing::info!(
         endpoints = ok,
+        failed,
         users = users.len(),
         "backend ACL users installed for scripts and transactions"
     );
@@ -295,7 +297,7 @@ pub async fn sync_all(endpoints: Vec<Arc<super::Endpoint>>, users: Vec<Arc<Backe
 
 /// Counts the outcome and logs a failure once per change of state (the
 /// connection pool retries on every script; the log must not repeat it).
-fn record(ep: &EndpointState, user: &str, result: &Result<(), BackendError>) {
+fn record(ep: &EndpointState, result: &Result<(), BackendError>) {
     ep.metrics.acl_sync(result.is_ok());
     match result {
         Ok(()) => {
@@ -304,7 +306,7 @@ fn record(ep: &EndpointState, user: &str, result: &Result<(), BackendError>) {
             }
         }
         // A backend that is down is reported by the connection code.
-        Err(BackendError::Acl { reason, .. }) => {
+        Err(BackendError::Acl { user, reason, .. }) => {
             if !ep.acl_failing.swap(true, Ordering::Relaxed) {
                 tracing::error!(endpoint = %ep.addr, shard = %ep.shard, user, error = %reason,
                     "cannot install the backend ACL user that runs client scripts and transactions; they are refused on this endpoint until the shard map's credentials may run ACL SETUSER and AUTH");
