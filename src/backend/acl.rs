@@ -213,7 +213,7 @@ pub(super) async fn log_in(
         reply::is_error(frame).then(|| BackendError::Acl {
             addr: ep.addr.clone(),
             user: user.name.clone(),
-            reason: format!("{what}: {}", reply::error_text(frame).unwrap_or_default()),
+            reason: format!("{what}: {}", redacted(frame, password)),
         })
     };
     let result = match refused(&setuser, "ACL SETUSER refused") {
@@ -256,7 +256,7 @@ pub async fn sync_endpoint(
                     user: u.name.clone(),
                     reason: format!(
                         "ACL SETUSER refused: {}",
-                        reply::error_text(&frame).unwrap_or_default()
+                        redacted(&frame, u.password(&ep.addr).unwrap_or_default())
                     ),
                 });
             }
@@ -295,6 +295,17 @@ pub async fn sync_all(endpoints: Vec<Arc<super::Endpoint>>, users: Vec<Arc<Backe
     );
 }
 
+/// The error text of `frame`, with the password cut out should Redis echo
+/// the `>password` rule it refused (errors reach logs and clients).
+fn redacted(frame: &[u8], password: &str) -> String {
+    let text = reply::error_text(frame).unwrap_or_default();
+    if password.is_empty() {
+        text
+    } else {
+        text.replace(password, "<redacted>")
+    }
+}
+
 /// Counts the outcome and logs a failure once per change of state (the
 /// connection pool retries on every script; the log must not repeat it).
 fn record(ep: &EndpointState, result: &Result<(), BackendError>) {
@@ -315,5 +326,51 @@ fn record(ep: &EndpointState, result: &Result<(), BackendError>) {
         Err(e) => {
             tracing::debug!(endpoint = %ep.addr, error = %e, "backend ACL sync did not reach the endpoint");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(rules: &[&str]) -> Vec<(String, Vec<String>)> {
+        vec![(
+            "app".to_owned(),
+            rules.iter().map(|r| r.to_string()).collect(),
+        )]
+    }
+
+    #[test]
+    fn users_keep_their_password_across_updates_and_never_print_it() {
+        let acl = BackendAcl::new(spec(&["+get"]));
+        let before = acl.user("app").expect("user");
+        let password = before.password.clone().expect("random password");
+        assert_eq!(password.len(), 64);
+        assert_eq!(before.name, "shardgate:app");
+        acl.update(spec(&["+get", "+set"]));
+        let after = acl.user("app").expect("user");
+        assert_eq!(after.password.as_deref(), Some(password.as_str()));
+        assert_eq!(after.rules(), ["+get", "+set"]);
+        assert!(!format!("{after:?} {acl:?}").contains(&password));
+        // Another proxy (or a restart) makes another password.
+        let other = BackendAcl::new(spec(&["+get"]));
+        assert_ne!(
+            other.user("app").and_then(|u| u.password.clone()),
+            Some(password)
+        );
+    }
+
+    #[test]
+    fn setuser_resets_everything_but_the_passwords() {
+        let acl = BackendAcl::new(spec(&["+get"]));
+        let user = acl.user("app").expect("user");
+        let mut out = BytesMut::new();
+        user.encode_setuser("pw", &mut out);
+        let text = String::from_utf8_lossy(&out).replace("\r\n", " ");
+        assert!(
+            text.ends_with("$2 on $14 clearselectors $9 resetkeys $2 ~* $13 resetchannels $10 nocommands $4 +get $3 >pw "),
+            "{text}"
+        );
+        assert!(text.contains("$13 shardgate:app"));
     }
 }
