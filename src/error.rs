@@ -100,6 +100,14 @@ impl ProxyError {
         ))
     }
 
+    /// A fleet member that may have lost its etcd lease: the command may
+    /// run on another proxy, or here again once this one caught up.
+    pub fn fenced() -> ProxyError {
+        ProxyError::Client(Cow::Borrowed(
+            "TRYAGAIN this proxy lost contact with the fleet's etcd and is catching up; retry (or use another proxy)",
+        ))
+    }
+
     /// The one place an error becomes a RESP reply.
     pub fn to_reply(&self) -> Reply {
         match self {
