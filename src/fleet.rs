@@ -409,11 +409,12 @@ impl Membership {
         }
     }
 
-    /// Keeps the fleet-size gauge current.
+    /// Keeps the fleet-size gauge and STATUS's list of proxies current.
     async fn count_members(self: Arc<Self>) {
         while !self.stopping() {
             if let Ok(members) = self.coord.members().await {
                 self.ctx.metrics.fleet_proxies(members.len());
+                self.rebalancer.set_fleet_members(members);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

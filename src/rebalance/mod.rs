@@ -482,6 +482,8 @@ pub struct Rebalancer {
     fleet: Option<Coord>,
     /// In a fleet: the running rebalance as last published here.
     fleet_view: Mutex<Option<FleetView>>,
+    /// In a fleet: the live proxies as last listed (STATUS).
+    fleet_members: Mutex<Vec<crate::coord::Member>>,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
     current_yaml: Mutex<String>,
@@ -503,6 +505,7 @@ impl Rebalancer {
             state,
             fleet,
             fleet_view: Mutex::new(None),
+            fleet_members: Mutex::new(Vec::new()),
             shutdown,
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
@@ -826,9 +829,41 @@ impl Rebalancer {
         }
     }
 
+    /// The fleet's live proxies, as the member task last listed them.
+    pub fn set_fleet_members(&self, members: Vec<crate::coord::Member>) {
+        *lock(&self.fleet_members) = members;
+    }
+
+    /// The `# Fleet` section of STATUS (empty without `--etcd`): one line
+    /// per live proxy with its address, the epoch it has published and
+    /// acknowledged, when it last renewed its lease, and its lease.
+    pub fn fleet_text(&self) -> String {
+        if self.fleet.is_none() {
+            return String::new();
+        }
+        let members = lock(&self.fleet_members).clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut text = format!("# Fleet\r\nproxies:{}\r\n", members.len());
+        for m in members {
+            text.push_str(&format!(
+                "proxy:id={},addr={},epoch={},renewed_ms_ago={},lease={:x}\r\n",
+                m.id,
+                m.addr,
+                m.acked,
+                now.saturating_sub(m.renewed_unix_ms),
+                m.lease
+            ));
+        }
+        text.push_str("\r\n");
+        text
+    }
+
     /// The `# Rebalance` section of STATUS.
     pub fn status_text(&self) -> String {
-        let mut text = String::from("# Rebalance\r\n");
+        let mut text = self.fleet_text();
+        text.push_str("# Rebalance\r\n");
         match self.progress() {
             None => text.push_str("state:none\r\n"),
             Some(p) => {
