@@ -484,6 +484,9 @@ pub struct Rebalancer {
     fleet_view: Mutex<Option<FleetView>>,
     /// In a fleet: the live proxies as last listed (STATUS).
     fleet_members: Mutex<Vec<crate::coord::Member>>,
+    /// Held from "no mover runs here" to the mover's launch: the watcher
+    /// and the election both call [`Rebalancer::fleet_state`].
+    fleet_launch: Mutex<()>,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
     current_yaml: Mutex<String>,
@@ -506,6 +509,7 @@ impl Rebalancer {
             fleet,
             fleet_view: Mutex::new(None),
             fleet_members: Mutex::new(Vec::new()),
+            fleet_launch: Mutex::new(()),
             shutdown,
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
@@ -636,6 +640,7 @@ impl Rebalancer {
             revision: state.revision,
             rebalance: r.clone(),
         });
+        let _one = lock(&self.fleet_launch);
         let running = lock(&self.job).as_ref().filter(|j| j.running()).cloned();
         if let Some(job) = &running {
             job.paused.send_replace(r.paused);
