@@ -38,7 +38,7 @@ fn rss_falls_back_after_a_burst_of_big_requests() {
                 std::thread::spawn(move || {
                     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                    let size = (100 << 10) + (i * 13 << 10) % (400 << 10);
+                    let size = (100 << 10) + ((i * 13) << 10) % (400 << 10);
                     let value = vec![b'a' + (i % 26) as u8; size];
                     let mut pipeline = Vec::new();
                     for j in 0..32 {
