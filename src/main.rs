@@ -161,6 +161,10 @@ struct ServeArgs {
     /// Failed logins on one connection before the proxy closes it.
     #[arg(long, default_value_t = 10)]
     max_auth_failures: u32,
+    /// `/readyz` on the metrics listener passes when at least this share
+    /// of the shards' primaries pass their health check (1.0: all).
+    #[arg(long, default_value_t = 1.0)]
+    ready_share: f64,
     /// etcd endpoints of a fleet (repeat or comma-separate): the map and
     /// the rebalance state live there, shared by every proxy of --cluster.
     #[arg(long, value_delimiter = ',')]
@@ -432,16 +436,22 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
+        let mut readiness = None;
         if let Some(addr) = args.metrics_listen {
-            if let Err(e) = app::install_metrics_exporter(addr) {
-                tracing::error!(error = %e, "cannot start the metrics exporter");
-                return ExitCode::FAILURE;
+            match app::install_metrics_exporter(addr) {
+                Ok(r) => readiness = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics exporter");
+                    return ExitCode::FAILURE;
+                }
             }
-            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            tracing::info!(%addr, "metrics on http://{addr}/metrics (also /healthz, /readyz)");
         }
         let config = ServeConfig {
             admin: admin.map(|(addr, auth)| app::AdminListen { addr, auth }),
             map_path: args.map.unwrap_or_default(),
+            readiness,
+            ready_share: args.ready_share,
             fleet: (!args.etcd.is_empty()).then(|| shardgate::fleet::FleetConfig {
                 endpoints: args.etcd.clone(),
                 cluster: args.cluster.clone(),
