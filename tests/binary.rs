@@ -400,3 +400,29 @@ fn serving_threads_each_keep_their_own_backend_connections() {
     drop(conns);
     drop(child);
 }
+
+#[test]
+fn logs_as_json_when_asked() {
+    let out = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--map",
+            "/nonexistent/map.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert!(
+        v["fields"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot read the map file"),
+        "{line}"
+    );
+}
