@@ -6,7 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc with its background threads: memory freed after a burst (a
+/// hostile client's buffers, a pipeline of big MGET replies) goes back to the
+/// operating system within seconds (its decay time, 10 s), where glibc's
+/// malloc kept RSS at the peak (640 MiB after a hostile-bulk test, measured
+/// here). `tests/memory.rs` checks that RSS falls back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod admin_cli;
+mod fleet_cli;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -99,6 +108,23 @@ enum AdminCommand {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
     },
+    /// Store a map in a fleet's etcd (`--etcd`, `--cluster`): the first map
+    /// of a new cluster, or a change that moves no keys (replicas, options,
+    /// credentials), which every proxy of the fleet then applies. A change
+    /// of placement is refused: submit it with `rebalance`.
+    Apply {
+        #[arg(long)]
+        map: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// The fleet as etcd holds it: every live proxy (id, address, the
+    /// epoch it serves, when it last renewed its lease), the map epoch and
+    /// the running rebalance.
+    Fleet {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
     /// Limit the mover to this many keys per second (0: no limit).
     Throttle {
         keys_per_sec: u64,
@@ -107,12 +133,34 @@ enum AdminCommand {
     },
 }
 
+/// Where a fleet's control state lives.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// etcd endpoints (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The fleet's name in etcd.
+    #[arg(long, default_value = "default")]
+    cluster: String,
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Path of the shard-map YAML file (with --etcd: only seeds a cluster
     /// that has no map yet).
     #[arg(long, required_unless_present = "etcd")]
     map: Option<PathBuf>,
+    /// With auth: close a client that has not logged in within this many
+    /// seconds.
+    #[arg(long, default_value_t = 5)]
+    auth_timeout_secs: u64,
+    /// With auth: connections not logged in yet, at most (they do not count
+    /// against --max-clients).
+    #[arg(long, default_value_t = 1000)]
+    max_unauthenticated_clients: usize,
+    /// Failed logins on one connection before the proxy closes it.
+    #[arg(long, default_value_t = 10)]
+    max_auth_failures: u32,
     /// etcd endpoints of a fleet (repeat or comma-separate): the map and
     /// the rebalance state live there, shared by every proxy of --cluster.
     #[arg(long, value_delimiter = ',')]
@@ -258,8 +306,16 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve(*args),
         Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
+        Command::Admin(AdminCommand::Apply { map, fleet }) => {
+            fleet_cli::apply(&map, &fleet.etcd, &fleet.cluster)
+        }
+        Command::Admin(AdminCommand::Fleet { fleet }) => {
+            fleet_cli::status(&fleet.etcd, &fleet.cluster)
+        }
         Command::Admin(cmd) => admin_cli::run(match cmd {
-            AdminCommand::Migrate { .. } => unreachable!("handled above"),
+            AdminCommand::Migrate { .. }
+            | AdminCommand::Apply { .. }
+            | AdminCommand::Fleet { .. } => unreachable!("handled above"),
             AdminCommand::Plan { map, conn } => (conn, admin_cli::Op::Plan(map)),
             AdminCommand::Rebalance { map, no_wait, conn } => (
                 conn,
@@ -415,6 +471,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 region: args.region,
                 zone: args.zone,
                 auth,
+                auth_timeout: Duration::from_secs(args.auth_timeout_secs.max(1)),
+                max_unauthenticated: args.max_unauthenticated_clients.max(1),
+                max_auth_failures: args.max_auth_failures.max(1),
             },
         };
         // Installed before the listener opens, so an early SIGHUP never
