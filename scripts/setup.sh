@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what shardgate's demo and tests need on a fresh Debian/Ubuntu
-# machine: redis-server + redis-cli, PostgreSQL (for postgres shards),
-# Python test packages. Idempotent.
+# machine: redis-server + redis-cli, PostgreSQL (for postgres shards), etcd
+# (a fleet of proxies), protoc (etcd-client's build), Python test packages.
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,13 +14,18 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-pip)
 # PostgreSQL server binaries (initdb, postgres, pg_basebackup) for postgres shards.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# etcd for a fleet of proxies (`serve --etcd`, tests/fleet.rs, the demo).
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# protoc: etcd-client compiles etcd's protobuf API at build time.
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The Debian packages may start a system redis on 6379 and a PostgreSQL
-# cluster on 5432; shardgate's demo and tests never use them.
+# The Debian packages may start a system redis on 6379, a PostgreSQL
+# cluster on 5432 and an etcd on 2379; shardgate's demo and tests never use
+# them.
 
 if ! python3 -c 'import redis, pytest, xdist' >/dev/null 2>&1; then
   echo "setup: installing Python test packages"

@@ -4,6 +4,7 @@
 //! copies, the metrics, and where this proxy runs. Both sides depend on
 //! this module and not on each other.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +27,38 @@ pub struct Context {
     pub zone: Option<String>,
     /// In a fleet: closed while this proxy may have lost its etcd lease.
     pub fence: Fence,
+    /// In a fleet: migrating slots whose keys must not move on touch yet.
+    pub held_moves: HeldMoves,
+}
+
+/// In a fleet, the (class, slot) pairs this proxy publishes as `Migrating`
+/// that the mover has not confirmed yet (see `coord::RebalanceState`):
+/// until every live proxy has published a window, another one may still
+/// write its keys on their old shard, so a key moved on touch meanwhile
+/// would be overwritten (`MIGRATE ... REPLACE`) or left behind. Commands on
+/// those keys wait for the confirmation. Always empty for a single proxy.
+#[derive(Default)]
+pub struct HeldMoves {
+    units: arc_swap::ArcSwap<HashSet<(u32, u32)>>,
+}
+
+impl HeldMoves {
+    /// Replaces the held units; set before the table that shows them
+    /// `Migrating` is published.
+    pub fn set(&self, units: HashSet<(u32, u32)>) {
+        self.units.store(Arc::new(units));
+    }
+
+    /// Whether keys of (class, slot) must not move yet.
+    pub fn holds(&self, class: u32, slot: u32) -> bool {
+        let units = self.units.load();
+        !units.is_empty() && units.contains(&(class, slot))
+    }
+
+    /// Whether nothing is held (the common case: one load, no hashing).
+    pub fn is_empty(&self) -> bool {
+        self.units.load().is_empty()
+    }
 }
 
 /// Stops a fleet member from routing keys once the other proxies may have
@@ -89,6 +122,7 @@ impl Context {
             region,
             zone,
             fence: Fence::default(),
+            held_moves: HeldMoves::default(),
         }
     }
 

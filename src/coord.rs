@@ -25,6 +25,12 @@ pub struct RebalanceState {
     pub target_yaml: String,
     /// (class, slot) pairs that entered `Migrating`.
     pub migrating: Vec<(u32, u32)>,
+    /// (class, slot) pairs of `migrating` whose state every live proxy has
+    /// published (the mover waited for their acknowledgements). Until then
+    /// no proxy moves their keys on touch: another proxy may still route
+    /// them to their old shard (see `context::HeldMoves`).
+    #[serde(default)]
+    pub confirmed: Vec<(u32, u32)>,
     /// (class, slot) pairs whose keys all moved.
     pub done: Vec<(u32, u32)>,
     pub paused: bool,
@@ -236,6 +242,7 @@ mod tests {
                 source_yaml: "a".into(),
                 target_yaml: "b".into(),
                 migrating: vec![(0, 1), (1, 7)],
+                confirmed: vec![(0, 1)],
                 done: vec![(0, 1)],
                 paused: true,
                 throttle: 10,

@@ -23,6 +23,7 @@
 //!   the elected proxy runs the mover (and loses the election with its
 //!   lease, when another proxy takes over from the state in etcd).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,6 +117,8 @@ pub async fn join(
     let ttl = lease_seconds(config.lease_ttl);
     let sent = Instant::now();
     let lease = coord.client().lease_grant(ttl, None).await?.id();
+    // The table published at start may show unconfirmed windows.
+    ctx.held_moves.set(unconfirmed(&state.value));
     ctx.fence
         .open_until(sent + config.lease_ttl - config.margin());
     let me = Arc::new(Membership {
@@ -139,6 +142,20 @@ pub async fn join(
     tokio::spawn(me.clone().campaign());
     tokio::spawn(me.clone().count_members());
     Ok(())
+}
+
+/// The (class, slot) pairs `Migrating` in `state` whose keys may not move
+/// yet: not confirmed by the mover, not done.
+fn unconfirmed(state: &FleetState) -> HashSet<(u32, u32)> {
+    let Some(r) = &state.rebalance else {
+        return HashSet::new();
+    };
+    let settled: HashSet<&(u32, u32)> = r.confirmed.iter().chain(&r.done).collect();
+    r.migrating
+        .iter()
+        .filter(|u| !settled.contains(u))
+        .copied()
+        .collect()
 }
 
 fn lease_seconds(ttl: Duration) -> i64 {
@@ -336,6 +353,8 @@ impl Membership {
             Some(r) => r.table(epoch),
             None => RoutingTable::compile(initial.map.clone(), epoch),
         };
+        // Held before the table showing them `Migrating` is published.
+        self.ctx.held_moves.set(unconfirmed(&state.value));
         let (old_backends, next) = self.ctx.rebuild_backends(&initial.map);
         let old_table = match self.ctx.snapshot.publish(table, Some(next.clone())) {
             Ok(t) => t,

@@ -25,14 +25,24 @@ use crate::snapshot::Snapshot;
 /// table changed again between the moves and the command).
 const MAX_ROUNDS: usize = 8;
 
+/// How long a command waits for the fleet's mover to confirm a window
+/// before `-TRYAGAIN` (see `context::HeldMoves`): the mover waits for every
+/// live proxy, at most until a silent one's lease expires.
+const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 impl Session {
     /// Moves the request's keys that are in migrating slots, then runs it
     /// on their new shard. Returns the encoded reply.
     pub(super) async fn move_first(&mut self, proxy: &Proxy, mut req: Request) -> Bytes {
         for _ in 0..MAX_ROUNDS {
-            let snap = proxy.snapshot_full();
-            self.held = Some(snap.clone());
             let keys = request_keys(&req);
+            // An older round's table must not be held while waiting.
+            self.held = None;
+            let snap = match movable_snapshot(proxy, &keys).await {
+                Ok(s) => s,
+                Err(e) => return self.encode(e.to_reply()),
+            };
+            self.held = Some(snap.clone());
             if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
                 self.held = None;
                 return self.encode(e.to_reply());
@@ -73,9 +83,10 @@ impl Session {
         proxy: &Proxy,
         req: &Request,
     ) -> Result<Option<ShardId>, ProxyError> {
-        let snap = proxy.snapshot_full();
-        self.held = Some(snap.clone());
         let keys = request_keys(req);
+        self.held = None;
+        let snap = movable_snapshot(proxy, &keys).await?;
+        self.held = Some(snap.clone());
         self.move_keys(proxy, &snap, &keys).await?;
         shard_of(snap.table(), keys.iter().map(|k| k.as_ref()))
     }
@@ -223,6 +234,37 @@ impl Session {
 
 /// The keys of a request, by the command table (none for an unknown
 /// command or malformed key arguments: Redis then answers with its error).
+/// The snapshot in force once none of `keys` is in a window the fleet's
+/// mover has not confirmed (see `context::HeldMoves`). Waits without
+/// holding a table: the fleet watcher drains older tables before it
+/// acknowledges, and the confirmation needs every acknowledgement.
+async fn movable_snapshot(
+    proxy: &Proxy,
+    keys: &[Bytes],
+) -> Result<std::sync::Arc<Snapshot>, ProxyError> {
+    let started = std::time::Instant::now();
+    loop {
+        let snap = proxy.snapshot_full();
+        let held = &proxy.ctx.held_moves;
+        let table = snap.table();
+        let waits = !held.is_empty()
+            && keys.iter().any(|k| {
+                table.route(k).moving_from.is_some()
+                    && held.holds(table.class_of(k), table.slot_of(k).0)
+            });
+        if !waits {
+            return Ok(snap);
+        }
+        drop(snap);
+        if started.elapsed() > HELD_LIMIT {
+            return Err(ProxyError::Client(
+                "TRYAGAIN the key's slot is about to move and not every proxy of the fleet has acknowledged it yet; retry".into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 pub(super) fn request_keys(req: &Request) -> Vec<Bytes> {
     let Some(spec) = lookup(req.name()) else {
         return Vec::new();

@@ -156,11 +156,16 @@ pub(super) async fn run(
             .copied()
             .filter(|&i| work.states[i] == UnitState::Pending)
             .collect();
-        if !fresh.is_empty() {
-            let units = work.units(&fresh);
+        // In a fleet, a window a previous mover left `Migrating` may not
+        // have been acknowledged by every proxy yet: wait for it again.
+        let fleet = matches!(work.state, Store::Fleet(_));
+        if !fresh.is_empty() || fleet {
+            // (Recording units already `Migrating` writes nothing and
+            // returns the current revision.)
+            let units = work.units(&window);
             let version = work
                 .state
-                .log_units(UnitsKind::Migrating, units)
+                .log_units(&ctx.fence, UnitsKind::Migrating, units)
                 .await
                 .map_err(io("a window"))?;
             for &i in &fresh {
@@ -173,11 +178,18 @@ pub(super) async fn run(
                 }
                 // Every live proxy publishes the window's `Migrating` state
                 // and drains what it routed before; the mover waits for all
-                // of them (proxies whose lease expired are fenced).
+                // of them (proxies whose lease expired are fenced), then
+                // confirms the window: only now may proxies move its keys
+                // on touch (before, one of them could still write a key on
+                // its old shard after another moved it).
                 Store::Fleet(coord) => {
                     super::store::wait_acks(&rb.ctx, coord, version, || rb.may_move())
                         .await
                         .map_err(io("the window's acknowledgements"))?;
+                    work.state
+                        .log_units(&ctx.fence, UnitsKind::Confirmed, work.units(&window))
+                        .await
+                        .map_err(io("a confirmed window"))?;
                 }
             }
         }
@@ -192,7 +204,7 @@ pub(super) async fn run(
         }
         let units = work.units(&window);
         work.state
-            .log_units(UnitsKind::Done, units)
+            .log_units(&ctx.fence, UnitsKind::Done, units)
             .await
             .map_err(io("a finished window"))?;
         for &i in &window {
@@ -233,7 +245,7 @@ pub(super) async fn run(
     }
     // In a fleet, every proxy publishes the finished map when it sees it.
     work.state
-        .finish(work.target_yaml.clone())
+        .finish(&ctx.fence, work.target_yaml.clone())
         .await
         .map_err(io("the finished rebalance"))?;
     if !v.ok() {

@@ -10,13 +10,17 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::state::StateDir;
-use crate::context::Context;
+use crate::context::{Context, Fence};
 use crate::coord::{Coord, CoordError};
 
-/// The two records of a window.
+/// The records of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitsKind {
     Migrating,
+    /// In a fleet: every live proxy acknowledged the window's `Migrating`
+    /// state, so keys may move on touch (nothing to record for a single
+    /// proxy, whose one table changes at once).
+    Confirmed,
     Done,
 }
 
@@ -44,9 +48,11 @@ pub enum Store {
 
 impl Store {
     /// Records units of a window; returns the fleet revision of the record
-    /// (0 for a state directory).
+    /// (0 for a state directory). In a fleet, `fence` is this proxy's: see
+    /// [`retrying`].
     pub async fn log_units(
         &self,
+        fence: &Fence,
         kind: UnitsKind,
         units: Vec<(u32, u32)>,
     ) -> Result<i64, StoreError> {
@@ -54,49 +60,88 @@ impl Store {
             Store::Dir(dir) => {
                 let verb = match kind {
                     UnitsKind::Migrating => "migrating",
+                    UnitsKind::Confirmed => return Ok(0),
                     UnitsKind::Done => "done",
                 };
                 dir.blocking(move |st| st.log_units(verb, &units)).await?;
                 Ok(0)
             }
-            Store::Fleet(coord) => Ok(coord
-                .update_state(|s| {
-                    let Some(r) = s.rebalance.as_mut() else {
-                        return Err("the rebalance is no longer in the fleet state".to_owned());
-                    };
-                    let list = match kind {
-                        UnitsKind::Migrating => &mut r.migrating,
-                        UnitsKind::Done => &mut r.done,
-                    };
-                    let mut all: BTreeSet<(u32, u32)> = list.iter().copied().collect();
-                    all.extend(units.iter().copied());
-                    *list = all.into_iter().collect();
-                    Ok(())
+            Store::Fleet(coord) => {
+                retrying(fence, || {
+                    coord.update_state(|s| {
+                        let Some(r) = s.rebalance.as_mut() else {
+                            return Err("the rebalance is no longer in the fleet state".to_owned());
+                        };
+                        let list = match kind {
+                            UnitsKind::Migrating => &mut r.migrating,
+                            UnitsKind::Confirmed => &mut r.confirmed,
+                            UnitsKind::Done => &mut r.done,
+                        };
+                        let mut all: BTreeSet<(u32, u32)> = list.iter().copied().collect();
+                        all.extend(units.iter().copied());
+                        *list = all.into_iter().collect();
+                        Ok(())
+                    })
                 })
-                .await?),
+                .await
+            }
         }
     }
 
     /// Records the end of the rebalance: `target_yaml` is the map in force.
-    pub async fn finish(&self, target_yaml: String) -> Result<(), StoreError> {
+    pub async fn finish(&self, fence: &Fence, target_yaml: String) -> Result<(), StoreError> {
         match self {
             Store::Dir(dir) => {
                 dir.blocking(move |st| st.finish(&target_yaml)).await?;
             }
             Store::Fleet(coord) => {
-                coord
-                    .update_state(|s| {
+                retrying(fence, || {
+                    coord.update_state(|s| {
                         if s.rebalance.is_none() {
+                            // A retry after a write whose answer was lost.
+                            if s.map_yaml == target_yaml {
+                                return Ok(());
+                            }
                             return Err("the rebalance is no longer in the fleet state".to_owned());
                         }
                         s.map_yaml = target_yaml.clone();
                         s.rebalance = None;
                         Ok(())
                     })
-                    .await?;
+                })
+                .await?;
             }
         }
         Ok(())
+    }
+}
+
+/// Runs a fleet write again while etcd cannot be reached (a restart, a
+/// leader election), as long as this proxy may still hold its lease: the
+/// mover pauses instead of failing, and nothing else would restart it.
+/// Past the fence's deadline another proxy may run the mover: give up.
+/// Retrying is safe: every record is idempotent (a set union, or the end
+/// of the rebalance, which accepts finding itself already written).
+async fn retrying<F, Fut>(fence: &Fence, mut write: F) -> Result<i64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<i64, CoordError>>,
+{
+    let mut warned = false;
+    loop {
+        match write().await {
+            Err(CoordError::Etcd(e)) => {
+                if fence.blocks(Instant::now()) {
+                    return Err(StoreError::LostLease);
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot record the rebalance's progress in etcd; the mover waits and retries");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod etcd;
+pub mod history;
 pub mod postgres;
 pub mod rebalance;
 pub mod resp;

@@ -1,0 +1,669 @@
+//! A fleet of proxies on a real etcd (`serve --etcd --cluster`) against real
+//! redis-servers: clients spread over three proxies keep running while the
+//! fleet rebalances, while the mover's proxy is SIGKILLed, while a proxy is
+//! frozen past its lease, and while etcd itself is down for a moment. The
+//! history model of `common::history` checks afterwards that nothing
+//! acknowledged was lost, resurrected or rolled back, and that every key is
+//! on its owner under the final map.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::history::{Load, check, connect};
+use common::rebalance::{ADMIN_PW, Admin, BIN, keys_on, map_yaml, owner_name, table_of, write};
+use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
+
+/// Keys written before the clients start, so the mover has work.
+const FILLER: usize = 6_000;
+/// Clients over the three proxies.
+const CLIENTS: usize = 18;
+/// Generous bound for anything the tests wait for (a loaded 2-core box).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One `shardgate serve --etcd` process of the fleet.
+struct Member {
+    id: String,
+    child: Option<KillOnDrop>,
+    port: u16,
+    admin_port: u16,
+    metrics_port: u16,
+    log: PathBuf,
+}
+
+impl Member {
+    /// Starts a member of `cluster` (seeding its map from `seed` if given)
+    /// and waits until it serves keys.
+    fn start(
+        dir: &Path,
+        etcd: &Etcd,
+        cluster: &str,
+        id: &str,
+        seed: Option<&Path>,
+        ttl_secs: u64,
+    ) -> Member {
+        let (port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
+        let log_path = dir.join(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).expect("member log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        if let Some(map) = seed {
+            cmd.arg("--map").arg(map);
+        }
+        let child = cmd
+            .args([
+                "--etcd",
+                &etcd.url(),
+                "--cluster",
+                cluster,
+                "--proxy-id",
+                id,
+            ])
+            .args(["--lease-ttl-secs", &ttl_secs.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--admin-password-env", "SG_TEST_ADMIN_PW"])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .env("SG_TEST_ADMIN_PW", ADMIN_PW)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shardgate");
+        let m = Member {
+            id: id.to_owned(),
+            child: Some(KillOnDrop(child)),
+            port,
+            admin_port,
+            metrics_port,
+            log: log_path,
+        };
+        wait_for_port(m.port);
+        wait_for_port(m.admin_port);
+        m.wait_serving();
+        m
+    }
+
+    /// Polls a write until the member routes keys (it holds a lease).
+    fn wait_serving(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let r: redis::RedisResult<()> = connect(self.port).and_then(|mut c| {
+                redis::cmd("SET")
+                    .arg(format!("probe:{}", self.id))
+                    .arg(1)
+                    .query(&mut c)
+            });
+            match r {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("{} never served keys: {e}\n{}", self.id, self.log_text())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn admin(&self) -> Admin {
+        let mut a = Admin::connect(self.admin_port);
+        assert_eq!(a.text(&[b"AUTH", ADMIN_PW.as_bytes()]), "OK");
+        a
+    }
+
+    /// The member's log, without the admin logins of the tests' polling.
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.contains("admin login"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// A gauge or counter of `/metrics` (the first series of that name).
+    fn metric(&self, name: &str) -> f64 {
+        let text = common::rebalance::ureq_get(self.metrics_port);
+        text.lines()
+            .find_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let bare = series.split('{').next()?;
+                (bare == name).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.metric("shardgate_fleet_mover_leader") == 1.0
+    }
+
+    /// `map_epoch` of `INFO proxy`.
+    fn map_epoch(&self) -> u64 {
+        let mut c = connect(self.port).expect("connect");
+        let info: String = redis::cmd("INFO").arg("proxy").query(&mut c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("map_epoch:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no map_epoch in INFO proxy: {info}"))
+    }
+
+    /// kill(1) with `sig` (STOP, CONT).
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("member runs").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) {
+        self.child.take();
+    }
+
+    fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// The fixture every test starts from: etcd, three Redis shards, three
+/// members over the first two shards, filler keys written.
+/// (Fields drop in order: the members first, the directory last.)
+struct Fleet {
+    members: Vec<Member>,
+    servers: Vec<RedisServer>,
+    etcd: Etcd,
+    dir: TempDir,
+}
+
+const NAMES: [&str; 3] = ["s0", "s1", "s2"];
+
+impl Fleet {
+    /// `ttl_secs`: each member's lease TTL.
+    fn start(label: &str, ttl_secs: [u64; 3]) -> Fleet {
+        let dir = TempDir::new(label);
+        let etcd = Etcd::start();
+        let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+        let mut f = Fleet {
+            dir,
+            etcd,
+            servers,
+            members: Vec::new(),
+        };
+        let m1 = f.map("m1.yaml", &[0, 1]);
+        for (i, ttl) in ttl_secs.into_iter().enumerate() {
+            // The first seeds the cluster's map; the others read it.
+            let seed = (i == 0).then_some(m1.as_path());
+            let id = format!("p{i}");
+            let m = Member::start(f.dir.path(), &f.etcd, label, &id, seed, ttl);
+            f.members.push(m);
+        }
+        fill(f.members[0].port);
+        f
+    }
+
+    /// Writes a map over the shards `idx`.
+    fn map(&self, file: &str, idx: &[usize]) -> PathBuf {
+        let shards: Vec<(&str, &RedisServer)> =
+            idx.iter().map(|&i| (NAMES[i], &self.servers[i])).collect();
+        write(self.dir.path(), file, &map_yaml(&shards))
+    }
+
+    fn shards(&self, idx: &[usize]) -> Vec<(&str, &RedisServer)> {
+        idx.iter().map(|&i| (NAMES[i], &self.servers[i])).collect()
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.port).collect()
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.id, m.log_text()))
+            .collect()
+    }
+
+    /// The one live member holding the mover's election.
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let leaders: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].alive() && self.members[i].is_leader())
+                .collect();
+            if let [one] = leaders[..] {
+                return one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single mover leader: {leaders:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Submits a rebalance to `map` through member `via`; returns the
+    /// fleet revision that recorded it.
+    fn rebalance(&self, via: usize, map: &Path) -> i64 {
+        let text = std::fs::read_to_string(map).unwrap();
+        let reply = self.members[via]
+            .admin()
+            .text(&[b"REBALANCE", text.as_bytes()]);
+        assert!(reply.starts_with("OK rebalance started"), "{reply}");
+        reply
+            .rsplit_once("fleet revision ")
+            .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no fleet revision in {reply:?}"))
+    }
+
+    /// The PROGRESS of the mover's member that runs (or ran) the rebalance
+    /// recorded at `revision`, once it is done. Panics if it failed.
+    fn wait_done(&self, revision: i64) -> HashMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for m in self.members.iter().filter(|m| m.alive()) {
+                let p = m.admin().progress();
+                // A mover reports the epoch before the state it started
+                // from: at least the revision before `revision`.
+                let ours = p
+                    .get("from_epoch")
+                    .and_then(|e| e.parse::<i64>().ok())
+                    .is_some_and(|e| e + 1 >= revision);
+                match p["state"].as_str() {
+                    "done" if ours => return p,
+                    "failed" if ours => {
+                        panic!("rebalance failed on {}: {p:?}\n{}", m.id, self.logs())
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rebalance of revision {revision} did not finish\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every live member publishes the same map epoch, at
+    /// least `min`; returns it.
+    fn same_epoch(&self, min: u64) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let epochs: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|m| m.alive())
+                .map(|m| m.map_epoch())
+                .collect();
+            if epochs.iter().all(|e| *e == epochs[0] && *e >= min) {
+                return epochs[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members disagree on the map epoch: {epochs:?} (want >= {min})\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the mover's PROGRESS satisfies `cond` (while moving).
+    fn wait_progress(
+        &self,
+        mover: usize,
+        what: &str,
+        cond: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> HashMap<String, String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut admin = self.members[mover].admin();
+        loop {
+            let p = admin.progress();
+            if cond(&p) {
+                return p;
+            }
+            assert_ne!(p["state"], "done", "the move ended before {what}: {p:?}");
+            assert_ne!(p["state"], "failed", "{p:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "never {what}: {p:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn num(p: &HashMap<String, String>, field: &str) -> u64 {
+    // (Missing before the mover started: PROGRESS says `state none`.)
+    p.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn fill(port: u16) {
+    let mut c = connect(port).unwrap();
+    for chunk in (0..FILLER).collect::<Vec<_>>().chunks(500) {
+        let mut cmd = redis::cmd("MSET");
+        for i in chunk {
+            cmd.arg(format!("filler:{i}")).arg(format!("f{i}"));
+        }
+        let _: () = cmd.query(&mut c).unwrap();
+    }
+}
+
+fn filler() -> HashSet<String> {
+    (0..FILLER).map(|i| format!("filler:{i}")).collect()
+}
+
+/// Filler keys the first window of the move `from` -> `to` carries: the
+/// mover takes the (class, slot) pairs in slot order, one source shard per
+/// window.
+fn first_window_keys(from: &Path, to: &Path) -> usize {
+    let (a, b) = (table_of(from), table_of(to));
+    let moves = a.moves_to(&b).unwrap();
+    let source = a.shard(moves[0].from).unwrap().name.clone();
+    (0..FILLER)
+        .map(|i| format!("filler:{i}"))
+        .filter(|k| owner_name(&a, k) == source && owner_name(&b, k) != source)
+        .count()
+}
+
+/// Clients over three proxies while a shard is added through one proxy's
+/// admin listener and another drained through a second proxy's.
+#[test]
+fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
+    let fleet = Fleet::start("fleet-a", [6; 3]);
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let m3 = fleet.map("m3.yaml", &[0, 2]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let rev = fleet.rebalance(0, &m2);
+    // One rebalance at a time, fleet-wide: another proxy refuses a second.
+    let text = std::fs::read_to_string(&m3).unwrap();
+    let again = fleet.members[2]
+        .admin()
+        .text(&[b"REBALANCE", text.as_bytes()]);
+    assert!(
+        again.starts_with("ERR rebalance refused: a rebalance is"),
+        "{again}"
+    );
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    let epoch = fleet.same_epoch(rev as u64);
+
+    let rev = fleet.rebalance(1, &m3);
+    assert!(rev as u64 > epoch);
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    let epoch = fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    assert!(
+        model.errors.is_empty(),
+        "error replies during the moves: {:?}",
+        &model.errors[..model.errors.len().min(10)]
+    );
+    assert!(
+        shared.tryagain.lock().unwrap().is_empty(),
+        "no member was fenced"
+    );
+    assert!(keys_on(&fleet.servers[1]).is_empty(), "s1 was drained");
+    // Every member checks the same history against the same placement.
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    for m in &fleet.members {
+        check(m.port, &shared, &model, &m3, &fleet.shards(&[0, 2]), &fixed);
+    }
+    assert_eq!(
+        fleet.same_epoch(epoch),
+        epoch,
+        "no publication after the end"
+    );
+}
+
+/// The mover's proxy is SIGKILLed mid-move: another member is elected,
+/// resumes from the state in etcd and finishes; nothing is lost.
+#[test]
+fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
+    // (A short TTL on a busy machine risks a renewal slower than it.)
+    let mut fleet = Fleet::start("fleet-b", [6; 3]);
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    let mover = fleet.leader();
+    let other = (mover + 1) % 3;
+    let rev = fleet.rebalance(other, &m2);
+    // Slow the mover (through a third member) so the kill lands mid-move.
+    assert_eq!(
+        fleet.members[(mover + 2) % 3]
+            .admin()
+            .text(&[b"THROTTLE", b"500"]),
+        "OK"
+    );
+    fleet.wait_progress(mover, "moved 200 keys", |p| {
+        p["state"] == "moving" && num(p, "keys_moved") >= 200
+    });
+    fleet.members[mover].kill();
+
+    let next = fleet.leader();
+    assert_ne!(next, mover);
+    assert_eq!(
+        fleet.members[other].admin().text(&[b"THROTTLE", b"0"]),
+        "OK"
+    );
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    assert!(
+        fleet.members[next]
+            .log_text()
+            .contains("this proxy runs the fleet's rebalance mover"),
+        "the new leader resumed the move"
+    );
+    fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    assert!(
+        model.errors.is_empty(),
+        "error replies: {:?}",
+        &model.errors[..model.errors.len().min(10)]
+    );
+    assert!(
+        shared.tryagain.lock().unwrap().is_empty(),
+        "no surviving member was fenced"
+    );
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    check(
+        fleet.members[next].port,
+        &shared,
+        &model,
+        &m2,
+        &fleet.shards(&[0, 1, 2]),
+        &fixed,
+    );
+}
+
+/// A member frozen (SIGSTOP) past its lease while the move goes on without
+/// it: once resumed it answers -TRYAGAIN until it has caught up, then
+/// serves with the fleet's routing; nothing acknowledged is lost.
+#[test]
+fn a_member_frozen_past_its_lease_fences_itself_and_rejoins() {
+    // p2's short lease expires soon after the freeze; the others' are
+    // long enough not to expire on a busy machine.
+    let fleet = Fleet::start("fleet-c", [6, 6, 3]);
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    let mover = fleet.leader();
+    let frozen = if mover == 2 { 1 } else { 2 };
+    let rev = fleet.rebalance(mover, &m2);
+    assert_eq!(
+        fleet.members[mover].admin().text(&[b"THROTTLE", b"400"]),
+        "OK"
+    );
+    fleet.wait_progress(mover, "moved 100 keys", |p| num(p, "keys_moved") >= 100);
+    fleet.members[frozen].signal("STOP");
+    // The fleet goes on without it: its lease expires (the mover stops
+    // waiting for it) and a later window enters Migrating, which the frozen
+    // member never published.
+    let goes_on = fleet.wait_progress(mover, "moved a window without the frozen member", |p| {
+        num(p, "slots_done") > 0 && num(p, "slots_migrating") > 0
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.members[mover].metric("shardgate_fleet_proxies") > 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the frozen member's lease never expired: {goes_on:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fleet.members[frozen].signal("CONT");
+    let resumed = Instant::now();
+
+    // It serves again (after catching up), within a few seconds.
+    fleet.members[frozen].wait_serving();
+    assert_eq!(
+        fleet.members[mover].admin().text(&[b"THROTTLE", b"0"]),
+        "OK"
+    );
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+
+    let port = fleet.members[frozen].port;
+    let tryagain = shared.tryagain.lock().unwrap().clone();
+    assert!(
+        tryagain.iter().all(|(p, _)| *p == port),
+        "only the frozen member answered TRYAGAIN"
+    );
+    assert!(
+        !tryagain.is_empty(),
+        "the frozen member refused keys after its lease expired\n{}",
+        fleet.members[frozen].log_text()
+    );
+    let last = tryagain.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(
+        last.saturating_duration_since(resumed) < Duration::from_secs(20),
+        "TRYAGAIN stopped {:?} after the resume ({} replies)",
+        last.saturating_duration_since(resumed),
+        tryagain.len()
+    );
+    assert!(
+        fleet.members[frozen]
+            .log_text()
+            .contains("rejoined the fleet; routing keys again"),
+        "{}",
+        fleet.members[frozen].log_text()
+    );
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    // A command the frozen member had sent to a shard times out there: it
+    // could not read the reply for longer than `command_timeout_ms`. Its
+    // outcome is unknown, which the model allows for.
+    let unexpected: Vec<&String> = model
+        .errors
+        .iter()
+        .filter(|e| !e.contains("timed out after"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "error replies other than TRYAGAIN: {:?}",
+        &unexpected[..unexpected.len().min(10)]
+    );
+    // Writes through the resumed member land on their owners under the
+    // new map, directly on the shards.
+    let table = table_of(&m2);
+    let mut c = connect(port).unwrap();
+    for i in 0..300 {
+        let k = format!("after:{i}");
+        let _: () = redis::cmd("SET").arg(&k).arg(i).query(&mut c).unwrap();
+        let owner = owner_name(&table, &k);
+        for (name, server) in fleet.shards(&[0, 1, 2]) {
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(&k)
+                .query(&mut server.connection())
+                .unwrap();
+            assert_eq!(n, i64::from(name == owner), "{k} on {name} (owner {owner})");
+        }
+    }
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    fixed.extend((0..300).map(|i| format!("after:{i}")));
+    check(
+        port,
+        &shared,
+        &model,
+        &m2,
+        &fleet.shards(&[0, 1, 2]),
+        &fixed,
+    );
+}
+
+/// etcd is down for 1.5 s around the end of a window: clients are served
+/// throughout, the mover waits for etcd and finishes. The lease TTL is 15 s:
+/// what the members see of the outage is longer than 1.5 s (etcd's restart
+/// takes about a second and a request on a connection made while it starts
+/// can hang until the client's 3 s timeout), and a member fences itself at
+/// `last renewal sent + TTL - TTL/5`, renewing every TTL/3.
+#[test]
+fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
+    let mut fleet = Fleet::start("fleet-d", [15; 3]);
+    let m1 = fleet.dir.path().join("m1.yaml");
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    let mover = fleet.leader();
+    let rev = fleet.rebalance(0, &m2);
+    assert_eq!(fleet.members[1].admin().text(&[b"THROTTLE", b"500"]), "OK");
+    // Stop etcd shortly before the first window's end, so the mover has to
+    // record it (and start the next) while etcd is away.
+    let first = first_window_keys(&m1, &m2) as u64;
+    fleet.wait_progress(mover, "reached the end of the first window", |p| {
+        num(p, "keys_moved") + 150 >= first || num(p, "slots_done") > 0
+    });
+    fleet.etcd.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.etcd.restart();
+
+    assert_eq!(fleet.members[2].admin().text(&[b"THROTTLE", b"0"]), "OK");
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    assert!(
+        shared.tryagain.lock().unwrap().is_empty(),
+        "no member fenced itself during an outage shorter than its lease"
+    );
+    assert!(
+        model.errors.is_empty(),
+        "error replies: {:?}",
+        &model.errors[..model.errors.len().min(10)]
+    );
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    check(
+        fleet.members[2].port,
+        &shared,
+        &model,
+        &m2,
+        &fleet.shards(&[0, 1, 2]),
+        &fixed,
+    );
+}
