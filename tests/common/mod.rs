@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod postgres;
 pub mod rebalance;
 pub mod resp;
+pub mod sentinel;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
