@@ -6,6 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc with its background threads: memory freed after a burst (a
+/// hostile client's buffers, a pipeline of big MGET replies) goes back to the
+/// operating system within seconds (its decay time, 10 s), where glibc's
+/// malloc kept RSS at the peak (640 MiB after a hostile-bulk test, measured
+/// here). `tests/memory.rs` checks that RSS falls back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod admin_cli;
 mod fleet_cli;
 
@@ -142,6 +150,17 @@ struct ServeArgs {
     /// that has no map yet).
     #[arg(long, required_unless_present = "etcd")]
     map: Option<PathBuf>,
+    /// With auth: close a client that has not logged in within this many
+    /// seconds.
+    #[arg(long, default_value_t = 5)]
+    auth_timeout_secs: u64,
+    /// With auth: connections not logged in yet, at most (they do not count
+    /// against --max-clients).
+    #[arg(long, default_value_t = 1000)]
+    max_unauthenticated_clients: usize,
+    /// Failed logins on one connection before the proxy closes it.
+    #[arg(long, default_value_t = 10)]
+    max_auth_failures: u32,
     /// etcd endpoints of a fleet (repeat or comma-separate): the map and
     /// the rebalance state live there, shared by every proxy of --cluster.
     #[arg(long, value_delimiter = ',')]
@@ -455,6 +474,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 region: args.region,
                 zone: args.zone,
                 auth,
+                auth_timeout: Duration::from_secs(args.auth_timeout_secs.max(1)),
+                max_unauthenticated: args.max_unauthenticated_clients.max(1),
+                max_auth_failures: args.max_auth_failures.max(1),
             },
         };
         // Installed before the listener opens, so an early SIGHUP never

@@ -40,6 +40,13 @@ pub struct Session {
     /// The user this connection is logged in as; `None` before AUTH (only
     /// consulted when auth is configured).
     pub user: Option<Arc<User>>,
+    /// Whether this connection has logged in at least once (it then counts
+    /// against `max_clients` instead of the unauthenticated limit).
+    pub logged_in_once: bool,
+    /// Failed logins on this connection (closed at `max_auth_failures`).
+    pub auth_failures: u32,
+    /// The client's address, for per-peer login limits.
+    pub peer_ip: Option<std::net::IpAddr>,
     /// Set by routing when a key of the request is in a migrating slot and
     /// has not been moved under the current table yet.
     pub move_first: bool,
@@ -59,6 +66,7 @@ pub struct Session {
 impl Session {
     /// A fresh RESP2 session.
     pub fn new(id: u64, addr: String) -> Session {
+        let peer_ip = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         Session {
             id,
             proto: Protocol::Resp2,
@@ -71,6 +79,9 @@ impl Session {
             request_started: std::time::Instant::now(),
             addr,
             user: None,
+            logged_in_once: false,
+            auth_failures: 0,
+            peer_ip,
             move_first: false,
             moved_under: None,
             force_primary: false,

@@ -487,6 +487,9 @@ pub struct Rebalancer {
     /// Held from "no mover runs here" to the mover's launch: the watcher
     /// and the election both call [`Rebalancer::fleet_state`].
     fleet_launch: Mutex<()>,
+    /// In a fleet: whether this proxy holds the mover's election (a mover
+    /// that finds it lost stops; the next leader resumes).
+    fleet_leader: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
     current_yaml: Mutex<String>,
@@ -510,6 +513,7 @@ impl Rebalancer {
             fleet_view: Mutex::new(None),
             fleet_members: Mutex::new(Vec::new()),
             fleet_launch: Mutex::new(()),
+            fleet_leader: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
@@ -749,10 +753,14 @@ impl Rebalancer {
         let local = lock(&self.job)
             .as_ref()
             .map(|j| j.progress(self.ctx.metrics.moved_on_touch()));
-        match (local, lock(&self.fleet_view).as_ref()) {
-            (Some(p), _) if p.phase != Phase::Done || self.fleet.is_none() => Some(p),
-            (_, Some(view)) => Some(view.progress()),
-            (local, None) => local,
+        let moving_here = local
+            .as_ref()
+            .is_some_and(|p| matches!(p.phase, Phase::Moving | Phase::Verifying));
+        match lock(&self.fleet_view).as_ref() {
+            // A fleet's rebalance that another proxy moves (or that this
+            // one stopped moving when it lost the election).
+            Some(view) if self.fleet.is_some() && !moving_here => Some(view.progress()),
+            _ => local,
         }
     }
 
@@ -832,6 +840,18 @@ impl Rebalancer {
         {
             tracing::warn!(error = %e, "cannot record a rebalance control in the state directory");
         }
+    }
+
+    /// Whether this proxy holds the fleet mover's election.
+    pub fn set_fleet_leader(&self, leader: bool) {
+        self.fleet_leader.store(leader, Ordering::Release);
+    }
+
+    /// Whether the mover may go on here: always outside a fleet; in a
+    /// fleet, while this proxy leads and its lease may not have expired.
+    fn may_move(&self) -> bool {
+        self.fleet.is_none()
+            || (self.fleet_leader.load(Ordering::Acquire) && !self.ctx.fence.blocks(Instant::now()))
     }
 
     /// The fleet's live proxies, as the member task last listed them.
