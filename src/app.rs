@@ -48,6 +48,9 @@ pub enum StartError {
     /// and its backends disagree).
     #[error("routing: {0}")]
     Snapshot(#[from] PublishError),
+    /// A shard follows Sentinel and no sentinel named its primary.
+    #[error("sentinel: {0}")]
+    Sentinel(#[from] crate::sentinel::SentinelError),
 }
 
 /// TLS for clients: certificate files and where TLS is spoken.
@@ -204,8 +207,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         None => RoutingTable::compile(map.clone(), first_epoch),
     };
     metrics.map_epoch(table.epoch().0);
-    let backends = Arc::new(Backends::new(
+    // Shards that follow Sentinel: ask who their primaries are first.
+    let sentinel_view = crate::sentinel::discover(&map).await?;
+    let backends = Arc::new(Backends::with_view(
         &map,
+        &sentinel_view,
         config.client.region.as_deref(),
         config.client.zone.as_deref(),
     ));
@@ -249,6 +255,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.region.clone(),
         config.client.zone.clone(),
     ));
+    ctx.sentinel.store(Arc::new(sentinel_view));
     if fleet.is_some() {
         // No keys are routed before this proxy holds a lease.
         ctx.fence.close();
@@ -257,6 +264,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     // The ACL users that run scripts and transactions on the shards: an
     // endpoint whose credentials may not install them is reported now.
     proxy.sync_backend_acl();
+    // Follows Sentinel (in a fleet too: every proxy on its own).
+    let acl_proxy = proxy.clone();
+    crate::sentinel::spawn(
+        ctx.clone(),
+        Arc::new(move || acl_proxy.sync_backend_acl()),
+        shutdown_rx.clone(),
+    );
     tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
     // TLS beside the plain listener (--tls-listen), or instead of it.
     let (mut main_acceptor, mut tls_addr, mut tls_task) = (None, None, None);

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use crate::backend::Backends;
 use crate::backend::fence::KeyFences;
 use crate::metrics::Metrics;
-use crate::snapshot::{Published, Snapshot};
+use crate::shardmap::SentinelView;
+use crate::snapshot::{PublishError, Published, Snapshot};
+
+/// Backends replaced by a publish: (the replaced ones, the new ones).
+pub type BackendsChange = (Arc<Backends>, Arc<Backends>);
 
 /// The state one proxy process shares between clients and the rebalancer.
 pub struct Context {
@@ -27,6 +31,9 @@ pub struct Context {
     pub zone: Option<String>,
     /// In a fleet: closed while this proxy may have lost its etcd lease.
     pub fence: Fence,
+    /// What Redis Sentinel last said about the masters that sentinel
+    /// shards follow; every map-to-backends path resolves through it.
+    pub sentinel: arc_swap::ArcSwap<SentinelView>,
     /// In a fleet: migrating slots whose keys must not move on touch yet.
     pub held_moves: HeldMoves,
 }
@@ -108,7 +115,8 @@ impl Fence {
 }
 
 impl Context {
-    /// Bundles the shared parts.
+    /// Bundles the shared parts (the Sentinel view starts empty; `app`
+    /// stores what the first backends were resolved with).
     pub fn new(
         snapshot: Published,
         metrics: Arc<Metrics>,
@@ -122,6 +130,7 @@ impl Context {
             region,
             zone,
             fence: Fence::default(),
+            sentinel: arc_swap::ArcSwap::from_pointee(SentinelView::default()),
             held_moves: HeldMoves::default(),
         }
     }
@@ -153,10 +162,37 @@ impl Context {
         let next = Arc::new(Backends::rebuild(
             &old,
             map,
+            &self.sentinel.load(),
             self.region.as_deref(),
             self.zone.as_deref(),
         ));
         (old, next)
+    }
+
+    /// After the Sentinel view changed: the running backends rebuilt from
+    /// the map they were built from, with the view's addresses (unchanged
+    /// endpoints keep their connections), and published under the same
+    /// routing table, unless another publish came first (then nothing
+    /// happens; the caller checks again). Returns the replaced and the new
+    /// backends when it published, `None` when nothing had to change.
+    pub fn follow_sentinel(&self) -> Result<Option<BackendsChange>, PublishError> {
+        let view = self.sentinel.load_full();
+        let old = self.backends();
+        if old.follows(&view) {
+            return Ok(None);
+        }
+        let next = Arc::new(Backends::rebuild(
+            &old,
+            old.source(),
+            &view,
+            self.region.as_deref(),
+            self.zone.as_deref(),
+        ));
+        if self.snapshot.replace_backends(&old, next.clone())? {
+            Ok(Some((old, next)))
+        } else {
+            Ok(None)
+        }
     }
 }
 

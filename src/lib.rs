@@ -35,8 +35,15 @@
 //! ```text
 //! app -> admin -> control -> rebalance -> context -> snapshot -> backend -> router -> shardmap
 //!    \-> proxy --------------------------/                        \-> protocol, metrics, tls
+//!    \-> sentinel -----------------------/
 //!  proxy -> auth, command; metrics -> command; error -> protocol
 //! ```
+//!
+//! Shard failover: a shard may follow a Redis Sentinel group instead of
+//! naming its primary. [`sentinel`] keeps what Sentinel says in the
+//! context's view; every map-to-backends path resolves through it
+//! ([`shardmap::sentinel::resolve`], called by `backend::Backends`), and a
+//! failover publishes new backends under the same routing table.
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file); underneath it, [`workers`] (the serving threads a
@@ -61,6 +68,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod rebalance;
 pub mod router;
+pub mod sentinel;
 pub mod shardmap;
 pub mod snapshot;
 pub mod tls;

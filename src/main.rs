@@ -304,12 +304,15 @@ fn main() -> ExitCode {
                 let table = RoutingTable::compile(Arc::new(m), Epoch(1));
                 for key in keys {
                     let shard = &table.map().shards[table.shard_for_key(key.as_bytes()).0 as usize];
+                    let primary = match &shard.sentinel {
+                        Some(s) => format!("from Sentinel master {}", s.master),
+                        None => shardgate::shardmap::redact_dsn(&shard.primary.addr),
+                    };
                     println!(
-                        "{key}: slot {}, shard {} (region {}, primary {})",
+                        "{key}: slot {}, shard {} (region {}, primary {primary})",
                         table.slot_of(key.as_bytes()).0,
                         shard.name,
                         shard.region,
-                        shardgate::shardmap::redact_dsn(&shard.primary.addr)
                     );
                 }
                 ExitCode::SUCCESS

@@ -160,6 +160,25 @@ impl Published {
         self.current.store(Arc::new(next));
         Ok(current.backends.clone())
     }
+
+    /// Replaces the backends, keeping the table, only if the backends in
+    /// force are still `expected` (the caller built `backends` from them):
+    /// `Ok(false)` if another publish came first. A Sentinel failover goes
+    /// through here, so it never undoes a concurrent reload or rebalance.
+    pub fn replace_backends(
+        &self,
+        expected: &Arc<Backends>,
+        backends: Arc<Backends>,
+    ) -> Result<bool, PublishError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        if !Arc::ptr_eq(&current.backends, expected) {
+            return Ok(false);
+        }
+        let next = Snapshot::new(current.table.clone(), backends)?;
+        self.current.store(Arc::new(next));
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

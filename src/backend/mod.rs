@@ -28,7 +28,7 @@ use crate::error::BackendError;
 use crate::metrics::EndpointMetrics;
 use crate::protocol::Protocol;
 use crate::router::ShardId;
-use crate::shardmap::{Options, ReadPolicy, ShardKind, ShardMap, ShardPhase};
+use crate::shardmap::{Options, ReadPolicy, SentinelView, ShardKind, ShardMap, ShardPhase};
 use dedicated::{DedicatedPool, PooledConn};
 use mux::{MuxConn, ReplyRx};
 
@@ -380,6 +380,8 @@ pub struct ShardBackends {
     /// Redis or PostgreSQL.
     pub kind: ShardKind,
     pub primary: Arc<Endpoint>,
+    /// The shard's replicas (read policy aside).
+    pub replicas: Vec<Arc<Endpoint>>,
     /// Endpoints eligible for reads, in tiers of preference (the first tier
     /// with a healthy endpoint wins; within a tier, clients are spread).
     read_tiers: Vec<Vec<Arc<Endpoint>>>,
@@ -419,6 +421,7 @@ impl ShardBackends {
                 state,
                 conns: Conns::Removed,
             }),
+            replicas: Vec::new(),
             read_tiers: Vec::new(),
         }
     }
@@ -443,26 +446,76 @@ impl ShardBackends {
 pub struct Backends {
     shards: Vec<ShardBackends>,
     endpoints: Vec<Arc<Endpoint>>,
+    /// The map as written (sentinel shards unresolved) the backends were
+    /// built from, so that a Sentinel failover can rebuild them with new
+    /// addresses and nothing else changed.
+    source: Arc<ShardMap>,
 }
 
 impl Backends {
-    /// Builds endpoints (connections open lazily) for every shard of `map`.
+    /// Builds endpoints (connections open lazily) for every shard of `map`
+    /// (sentinel shards keep their placeholder address).
     /// `region`/`zone` locate this proxy, for the `nearest` read policy.
     pub fn new(map: &ShardMap, region: Option<&str>, zone: Option<&str>) -> Backends {
-        Backends::build(map, region, zone, None)
+        Backends::build(map, &SentinelView::default(), region, zone, None)
     }
 
-    /// Like [`Backends::new`], but every endpoint of `previous` whose
-    /// identity (kind, address, shard, role, location, options, credentials,
-    /// TLS) is unchanged is kept as it is, with its connections, pools,
-    /// health and circuit breaker. Used by a map reload.
-    pub fn rebuild(
-        previous: &Backends,
+    /// [`Backends::new`] with the primaries and replicas of sentinel shards
+    /// taken from `view`.
+    pub fn with_view(
         map: &ShardMap,
+        view: &SentinelView,
         region: Option<&str>,
         zone: Option<&str>,
     ) -> Backends {
-        Backends::build(map, region, zone, Some(previous))
+        Backends::build(map, view, region, zone, None)
+    }
+
+    /// Like [`Backends::with_view`], but every endpoint of `previous` whose
+    /// identity (kind, address, shard, role, location, options, credentials,
+    /// TLS) is unchanged is kept as it is, with its connections, pools,
+    /// health and circuit breaker. Used by a map reload, the rebalancer, a
+    /// fleet's publish and a Sentinel failover.
+    pub fn rebuild(
+        previous: &Backends,
+        map: &ShardMap,
+        view: &SentinelView,
+        region: Option<&str>,
+        zone: Option<&str>,
+    ) -> Backends {
+        Backends::build(map, view, region, zone, Some(previous))
+    }
+
+    /// The map (as written) these backends were built from.
+    pub fn source(&self) -> &ShardMap {
+        &self.source
+    }
+
+    /// Whether the sentinel shards' endpoints are the ones `view` names
+    /// (primary address and set of replica addresses): if not, a failover
+    /// (or a publish that raced with one) must be applied.
+    pub fn follows(&self, view: &SentinelView) -> bool {
+        self.source.shards.iter().zip(&self.shards).all(|(s, b)| {
+            let Some(found) = s.sentinel.as_ref().and_then(|src| view.get(src)) else {
+                return true;
+            };
+            if b.phase == ShardPhase::Removed {
+                return true;
+            }
+            if b.primary.state.addr != found.primary {
+                return false;
+            }
+            let mut want: Vec<&str> = found
+                .replicas
+                .iter()
+                .map(String::as_str)
+                .filter(|r| *r != found.primary)
+                .collect();
+            let mut have: Vec<&str> = b.replicas.iter().map(|e| e.state.addr.as_str()).collect();
+            want.sort_unstable();
+            have.sort_unstable();
+            want == have
+        })
     }
 
     /// Endpoints of `self` that `previous` did not have (new health checks).
@@ -489,11 +542,14 @@ impl Backends {
     }
 
     fn build(
-        map: &ShardMap,
+        source: &ShardMap,
+        view: &SentinelView,
         region: Option<&str>,
         zone: Option<&str>,
         previous: Option<&Backends>,
     ) -> Backends {
+        let resolved = crate::shardmap::sentinel::resolve(source, view);
+        let map = &resolved;
         let mut by_addr: HashMap<String, Arc<Endpoint>> = HashMap::new();
         let mut endpoints = Vec::new();
         let mut make = |shard: &str,
@@ -563,11 +619,16 @@ impl Backends {
                     phase: s.phase,
                     kind: s.kind,
                     primary,
+                    replicas,
                     read_tiers,
                 }
             })
             .collect();
-        Backends { shards, endpoints }
+        Backends {
+            shards,
+            endpoints,
+            source: Arc::new(source.clone()),
+        }
     }
 
     /// The backends of one shard.

@@ -116,6 +116,15 @@ pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
 
 /// 1, labelled with the version this binary was built from.
 pub const BUILD_INFO: &str = "shardgate_build_info";
+/// Primary switches of a sentinel shard (Sentinel named a new primary and
+/// the proxy published it), by shard.
+pub const SENTINEL_SWITCHES: &str = "shardgate_sentinel_switches_total";
+/// 1 if the sentinel answered the last check of the shard's master, by
+/// shard and sentinel.
+pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
+/// The metrics whose series exist only for shards that follow Sentinel
+/// (registered at start for each of them).
+pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
 
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
@@ -281,6 +290,16 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         FLEET_ACK_WAIT,
         "histogram",
         "Time the fleet's mover waited for every live proxy to publish a window's Migrating state and drain older routing",
+    ),
+    (
+        SENTINEL_SWITCHES,
+        "counter",
+        "Primary switches of a shard that follows Redis Sentinel (a new primary published), by shard",
+    ),
+    (
+        SENTINEL_UP,
+        "gauge",
+        "1 if the sentinel answered the last check of the shard's master (SENTINEL MASTER), by shard and sentinel",
     ),
 ];
 
@@ -533,6 +552,27 @@ impl Metrics {
     /// The routing table with this epoch is now in use.
     pub fn map_epoch(&self, epoch: u64) {
         gauge!(MAP_EPOCH).set(epoch as f64);
+    }
+
+    /// Registers the series of a shard that follows Sentinel (at 0), so
+    /// they exist before the first switch.
+    pub fn sentinel_shard(&self, shard: &str, sentinels: &[String]) {
+        counter!(SENTINEL_SWITCHES, "shard" => shard.to_owned()).increment(0);
+        for s in sentinels {
+            gauge!(SENTINEL_UP, "shard" => shard.to_owned(), "sentinel" => s.clone())
+                .increment(0.0);
+        }
+    }
+
+    /// Sentinel named a new primary for `shard` and it is in use.
+    pub fn sentinel_switch(&self, shard: &str) {
+        counter!(SENTINEL_SWITCHES, "shard" => shard.to_owned()).increment(1);
+    }
+
+    /// Whether `sentinel` answered the last check of `shard`'s master.
+    pub fn sentinel_up(&self, shard: &str, sentinel: &str, up: bool) {
+        gauge!(SENTINEL_UP, "shard" => shard.to_owned(), "sentinel" => sentinel.to_owned())
+            .set(if up { 1.0 } else { 0.0 });
     }
 }
 

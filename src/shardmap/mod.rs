@@ -12,10 +12,12 @@
 
 pub mod link;
 pub mod raw;
+pub mod sentinel;
 pub mod validate;
 pub mod yaml;
 
 pub use link::{BackendAuth, BackendTls, Link, redact_dsn};
+pub use sentinel::{Discovered, SentinelSource, SentinelView};
 
 use std::time::Duration;
 
@@ -70,6 +72,10 @@ pub struct Shard {
     /// as `Draining` (still reachable, owning only what has not moved yet)
     /// and then `Removed` (a placeholder, so shard ids stay stable).
     pub phase: ShardPhase,
+    /// The Sentinel group that names the primary and replicas, when the
+    /// map says `sentinel:` instead of `primary:`. Then `primary.addr` is a
+    /// placeholder until [`sentinel::resolve`] fills in what Sentinel said.
+    pub sentinel: Option<std::sync::Arc<SentinelSource>>,
 }
 
 /// See [`Shard::phase`].
@@ -177,6 +183,9 @@ pub struct Options {
     /// Connections per PostgreSQL endpoint; each serves one ordered lane of
     /// client requests.
     pub pg_pool_size: usize,
+    /// How often the sentinels of sentinel shards are asked who the primary
+    /// is (a `+switch-master` announcement is acted on at once besides).
+    pub sentinel_check_interval: std::time::Duration,
 }
 
 /// A refused map: which field, and why.

@@ -76,6 +76,10 @@ pub struct RawShard {
     /// Read replicas.
     #[serde(default)]
     pub replicas: Option<Vec<RawReplica>>,
+    /// A Redis Sentinel group that names the primary (and the replicas),
+    /// in place of `primary` and `replicas`.
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
 
     // How the proxy reaches the shard's servers (see `super::link`).
     /// Backend ACL user (default: Redis' `default`).
@@ -96,6 +100,27 @@ pub struct RawShard {
     /// Name the servers' certificates carry (default: the address' host).
     #[serde(default)]
     pub tls_server_name: Option<String>,
+}
+
+/// `sentinel:` of a shard: where to ask who the primary is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    /// `host:port` of each sentinel of the group.
+    #[serde(default)]
+    pub addrs: Option<Vec<String>>,
+    /// The master name the sentinels monitor (`sentinel monitor NAME ...`).
+    #[serde(default)]
+    pub master: Option<String>,
+    /// ACL user on the sentinels (not the shard's own user).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the sentinels' password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Ask an announced primary `ROLE` before switching to it; default true.
+    #[serde(default)]
+    pub verify_role: Option<bool>,
 }
 
 /// A replica: either a bare `host:port` or a mapping with its location.
@@ -223,4 +248,7 @@ pub struct RawOptions {
     /// Connections (and ordered lanes) per PostgreSQL endpoint.
     #[serde(default)]
     pub pg_pool_size: Option<i64>,
+    /// How often the sentinels of sentinel shards are asked for the primary.
+    #[serde(default)]
+    pub sentinel_check_interval_ms: Option<i64>,
 }

@@ -35,9 +35,10 @@ const DEDICATED: Bound = ("dedicated_pool_size", 1, 4_096, 64);
 const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
 const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 30_000);
 const PG_POOL: Bound = ("pg_pool_size", 1, 1_024, 16);
+const SENTINEL_INTERVAL: Bound = ("sentinel_check_interval_ms", 100, 60_000, 1_000);
 
 /// Every integer option with its bounds and default, in file order (for docs and tests).
-pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 7] = [
+pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 8] = [
     CONNECT_TIMEOUT,
     COMMAND_TIMEOUT,
     CONNECTIONS,
@@ -45,6 +46,7 @@ pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 7] = [
     HEALTH_INTERVAL,
     MAX_LAG,
     PG_POOL,
+    SENTINEL_INTERVAL,
 ];
 
 fn err(path: impl Into<String>, reason: impl Into<String>) -> MapError {
@@ -189,6 +191,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
     }
     let mut seen = HashSet::new();
     let mut addrs = HashMap::new();
+    let mut sentinels = Vec::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, s) in raw.into_iter().enumerate() {
         let p = format!("shards[{i}]");
@@ -230,10 +233,33 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
                 ));
             }
         };
-        let primary_addr = s
-            .primary
-            .ok_or_else(|| err(format!("{p}.primary"), "is required"))?;
-        claim_addr(&mut addrs, kind, &format!("{p}.primary"), &primary_addr)?;
+        let sentinel = super::sentinel::shard_sentinel(
+            &p,
+            s.sentinel,
+            s.replicas.is_some(),
+            kind,
+            &link,
+            &mut sentinels,
+        )?;
+        let primary_addr = match (&sentinel, s.primary) {
+            (Some(src), None) => src.placeholder(),
+            (None, Some(addr)) => {
+                claim_addr(&mut addrs, kind, &format!("{p}.primary"), &addr)?;
+                addr
+            }
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    format!("{p}.sentinel"),
+                    "give either `primary` or `sentinel`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    format!("{p}.primary"),
+                    "is required (or `sentinel: {addrs, master}` to follow a Sentinel group)",
+                ));
+            }
+        };
         let primary = Endpoint {
             addr: primary_addr,
             region: region_name.clone(),
@@ -282,6 +308,7 @@ fn shards(raw: Vec<RawShard>, regions: &[Region]) -> Result<Vec<Shard>, MapError
             primary,
             replicas,
             phase: ShardPhase::Active,
+            sentinel,
         });
     }
     Ok(out)
@@ -460,6 +487,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
+        sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod history;
 pub mod postgres;
 pub mod rebalance;
 pub mod resp;
+pub mod sentinel;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
