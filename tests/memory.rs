@@ -62,16 +62,28 @@ fn rss_falls_back_after_a_burst_of_big_requests() {
             })
             .collect()
     };
+    // RSS sampled all along the bursts (the peak may last only moments).
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
     for c in burst(0) {
         c.join().unwrap();
     }
     let clients = burst(1);
-    let mut peak = baseline;
     for c in clients {
-        peak = peak.max(rss_kib(pid));
         c.join().unwrap();
     }
-    peak = peak.max(rss_kib(pid));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap().max(rss_kib(pid)).max(baseline);
     let grew = peak.saturating_sub(baseline);
     assert!(
         grew > 32 << 10,

@@ -419,8 +419,27 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
         .spawn()
         .expect("run shardgate admin follow");
     let mut cli = KillOnDrop(cli);
-    // The bar is printed (every 2 s without a terminal) while the move runs.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The bar is printed (every 2 s without a terminal) while the move
+    // runs: wait for its first line (however loaded the machine), then
+    // Ctrl-C.
+    let stdout = cli.stdout.take().unwrap();
+    let (first_line, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let mut told = false;
+        while let Some(Ok(line)) = lines.next() {
+            out.push_str(&line);
+            out.push('\n');
+            if !told && line.contains(" slots ") {
+                told = true;
+                let _ = first_line.send(());
+            }
+        }
+        out
+    });
+    seen.recv_timeout(Duration::from_secs(60))
+        .expect("the progress bar printed nothing");
     let ok = Command::new("kill")
         .args(["-INT", &cli.id().to_string()])
         .status()
@@ -428,8 +447,7 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
         .success();
     assert!(ok);
     let status = cli.wait().unwrap();
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut cli.stdout.take().unwrap(), &mut out).unwrap();
+    let out = reader.join().unwrap();
     assert!(status.success(), "{out}");
     assert!(out.contains(" slots ") && out.contains("keys/s"), "{out}");
     assert!(
