@@ -44,7 +44,27 @@ pub struct FleetState {
     /// The map in force (before a running rebalance: the map it started from).
     pub map_yaml: String,
     pub rebalance: Option<RebalanceState>,
+    /// The last finished rebalance, as its mover verified it (so that
+    /// PROGRESS on any proxy reports the outcome).
+    #[serde(default)]
+    pub last: Option<FinishedRebalance>,
 }
+
+/// The outcome of a finished rebalance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinishedRebalance {
+    pub slots_total: usize,
+    pub keys_moved: u64,
+    pub elapsed_secs: f64,
+    pub left_behind: u64,
+    pub misplaced: u64,
+    pub in_moved_slots: u64,
+    /// Keys per shard after the move.
+    pub keys: Vec<(String, u64)>,
+    pub unscanned: Vec<String>,
+}
+
+impl Eq for FinishedRebalance {}
 
 /// A value with the etcd revision that last changed it.
 #[derive(Debug, Clone)]
@@ -246,6 +266,11 @@ mod tests {
                 done: vec![(0, 1)],
                 paused: true,
                 throttle: 10,
+            }),
+            last: Some(FinishedRebalance {
+                slots_total: 3,
+                keys: vec![("a".into(), 2)],
+                ..FinishedRebalance::default()
             }),
         };
         let back: FleetState = decode("k", &encode(&s)).unwrap();

@@ -74,6 +74,8 @@ struct Membership {
     /// The lease its member key and election candidacy live under.
     lease: watch::Sender<i64>,
     leader: AtomicBool,
+    /// Serialises [`Membership::apply`].
+    applying: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -93,6 +95,7 @@ pub async fn initial_state(
         .create_state(&FleetState {
             map_yaml: map_yaml.to_owned(),
             rebalance: None,
+            last: None,
         })
         .await
 }
@@ -119,8 +122,6 @@ pub async fn join(
     let lease = coord.client().lease_grant(ttl, None).await?.id();
     // The table published at start may show unconfirmed windows.
     ctx.held_moves.set(unconfirmed(&state.value));
-    ctx.fence
-        .open_until(sent + config.lease_ttl - config.margin());
     let me = Arc::new(Membership {
         coord,
         ctx,
@@ -132,10 +133,18 @@ pub async fn join(
         applied: AtomicI64::new(state.revision),
         lease: watch::Sender::new(lease),
         leader: AtomicBool::new(false),
+        applying: tokio::sync::Mutex::new(()),
         shutdown,
     });
     me.register().await?;
     me.rebalancer.fleet_state(&state, false);
+    // Registered first, then caught up: a window the mover recorded between
+    // our read of the state and our registration did not wait for us, so
+    // we publish it (and acknowledge) before routing any key.
+    me.catch_up().await?;
+    me.ctx
+        .fence
+        .open_until(sent + me.config.lease_ttl - me.config.margin());
     tracing::info!(id = %me.id, lease, revision = state.revision, "joined the fleet");
     tokio::spawn(me.clone().keep_lease());
     tokio::spawn(me.clone().watch_state());
@@ -256,11 +265,9 @@ impl Membership {
                     .await?
                     .id();
                 self.lease.send_replace(lease);
-                let state = self.coord.state().await?.ok_or(CoordError::NoState)?;
-                if state.revision > self.applied.load(Ordering::Acquire) {
-                    self.apply(state).await;
-                }
+                // Registered first, then caught up (see `join`).
                 self.register().await?;
+                self.catch_up().await?;
                 Ok::<_, CoordError>(lease)
             };
             match attempt.await {
@@ -340,7 +347,21 @@ impl Membership {
 
     /// Publishes `state` (table and backends in one snapshot), drains what
     /// older tables routed, and acknowledges it.
+    /// Reads the state and publishes it if it is newer than what this
+    /// proxy published.
+    async fn catch_up(&self) -> Result<(), CoordError> {
+        let state = self.coord.state().await?.ok_or(CoordError::NoState)?;
+        self.apply(state).await;
+        Ok(())
+    }
+
     async fn apply(&self, state: Versioned<FleetState>) {
+        // One at a time (the watcher and a rejoin may both apply), and never
+        // an older state after a newer one.
+        let _one = self.applying.lock().await;
+        if state.revision <= self.applied.load(Ordering::Acquire) {
+            return;
+        }
         let initial = match rebalance::from_fleet(&state.value) {
             Ok(i) => i,
             Err(e) => {

@@ -31,6 +31,7 @@ pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
                 .create_state(&FleetState {
                     map_yaml: text.clone(),
                     rebalance: None,
+                    last: None,
                 })
                 .await
                 .map_err(|e| e.to_string())?;

@@ -405,6 +405,13 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     let epoch = fleet.same_epoch(rev as u64);
+    // Every proxy, mover or not, reports the finished move and its
+    // verification (recorded in etcd by the mover).
+    for m in &fleet.members {
+        let p = m.admin().progress();
+        assert_eq!(p["state"], "done", "{}: {p:?}", m.id);
+        assert_eq!(p["verify"], "ok", "{}: {p:?}", m.id);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let (shared, model) = load.stop();
 

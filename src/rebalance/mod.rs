@@ -282,11 +282,42 @@ impl Job {
 struct FleetView {
     revision: i64,
     rebalance: RebalanceState,
+    /// Set once the rebalance finished (the state holds no rebalance).
+    finished: Option<crate::coord::FinishedRebalance>,
 }
 
 impl FleetView {
     /// The progress STATUS shows on a proxy that does not run the mover.
     fn progress(&self) -> Progress {
+        if let Some(f) = &self.finished {
+            return Progress {
+                phase: Phase::Done,
+                from_epoch: u64::try_from(self.revision).unwrap_or(0),
+                paused: false,
+                slots_total: f.slots_total,
+                slots_done: f.slots_total,
+                slots_migrating: 0,
+                keys_moved: f.keys_moved,
+                keys_moved_on_touch: 0,
+                bytes_moved: 0,
+                big_keys: 0,
+                errors: 0,
+                last_error: None,
+                keys_estimate: f.keys_moved,
+                throttle: 0,
+                elapsed: Duration::from_secs_f64(f.elapsed_secs.max(0.0)),
+                keys_per_sec: f.keys_moved as f64 / f.elapsed_secs.max(1e-3),
+                eta_secs: Some(0),
+                verification: Some(Verification {
+                    left_behind: f.left_behind,
+                    misplaced: f.misplaced,
+                    keys: f.keys.clone(),
+                    unscanned: f.unscanned.clone(),
+                    in_moved_slots: f.in_moved_slots,
+                }),
+                pairs: Vec::new(),
+            };
+        }
         let total = resuming(Saved::from(&self.rebalance), String::new())
             .ok()
             .and_then(|i| i.resume)
@@ -623,6 +654,16 @@ impl Rebalancer {
             revision,
             "rebalance of the fleet recorded in etcd"
         );
+        // PROGRESS answers at once, before this proxy's watch publishes it.
+        *lock(&self.fleet_view) = Some(FleetView {
+            revision,
+            rebalance: RebalanceState {
+                source_yaml: lock(&self.current_yaml).clone(),
+                target_yaml: yaml.to_owned(),
+                ..RebalanceState::default()
+            },
+            finished: None,
+        });
         Ok(format!(
             "OK rebalance started: {} of {} (class, slot) pairs move, from map epoch {epoch} (fleet revision {revision})",
             plan.moves.len(),
@@ -637,12 +678,17 @@ impl Rebalancer {
     pub fn fleet_state(self: &Arc<Self>, state: &Versioned<FleetState>, leader: bool) {
         *lock(&self.current_yaml) = state.value.map_yaml.clone();
         let Some(r) = &state.value.rebalance else {
-            *lock(&self.fleet_view) = None;
+            *lock(&self.fleet_view) = state.value.last.clone().map(|f| FleetView {
+                revision: state.revision,
+                rebalance: RebalanceState::default(),
+                finished: Some(f),
+            });
             return;
         };
         *lock(&self.fleet_view) = Some(FleetView {
             revision: state.revision,
             rebalance: r.clone(),
+            finished: None,
         });
         let _one = lock(&self.fleet_launch);
         let running = lock(&self.job).as_ref().filter(|j| j.running()).cloned();

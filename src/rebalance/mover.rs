@@ -244,8 +244,18 @@ pub(super) async fn run(
         ctx.metrics.map_epoch(epoch.0);
     }
     // In a fleet, every proxy publishes the finished map when it sees it.
+    let outcome = crate::coord::FinishedRebalance {
+        slots_total: work.states.len(),
+        keys_moved: job.keys.load(Ordering::Relaxed),
+        elapsed_secs: job.started.elapsed().as_secs_f64(),
+        left_behind: v.left_behind,
+        misplaced: v.misplaced,
+        in_moved_slots: v.in_moved_slots,
+        keys: v.keys.clone(),
+        unscanned: v.unscanned.clone(),
+    };
     work.state
-        .finish(&ctx.fence, work.target_yaml.clone())
+        .finish(&ctx.fence, work.target_yaml.clone(), outcome)
         .await
         .map_err(io("the finished rebalance"))?;
     if !v.ok() {

@@ -89,7 +89,12 @@ impl Store {
     }
 
     /// Records the end of the rebalance: `target_yaml` is the map in force.
-    pub async fn finish(&self, fence: &Fence, target_yaml: String) -> Result<(), StoreError> {
+    pub async fn finish(
+        &self,
+        fence: &Fence,
+        target_yaml: String,
+        outcome: crate::coord::FinishedRebalance,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Dir(dir) => {
                 dir.blocking(move |st| st.finish(&target_yaml)).await?;
@@ -106,6 +111,7 @@ impl Store {
                         }
                         s.map_yaml = target_yaml.clone();
                         s.rebalance = None;
+                        s.last = Some(outcome.clone());
                         Ok(())
                     })
                 })
