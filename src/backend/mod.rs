@@ -118,8 +118,6 @@ impl EndpointState {
         self.latency_us.store(new, Ordering::Relaxed);
     }
 
-    fn connection_up(&self) {}
-
     /// A connection to the endpoint failed: a replica leaves read rotation at
     /// once (the health checker brings it back).
     pub fn connection_failed(&self, err: &BackendError) {

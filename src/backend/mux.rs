@@ -43,12 +43,40 @@ struct Outbox {
     waker: Option<Waker>,
 }
 
-#[derive(Default)]
 struct Shared {
     outbox: Mutex<Outbox>,
+    /// The endpoint, to name it in errors.
+    addr: String,
+}
+
+/// Every request taken is answered, even the ones still queued when the
+/// connection task is dropped (its runtime shut down): a sender never
+/// vanishes without a reply.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let o = self.outbox.get_mut().unwrap_or_else(|e| e.into_inner());
+        for reply in o.replies.drain(..) {
+            let _ = reply.send(Err(stopped(&self.addr)));
+        }
+    }
+}
+
+/// The error of a request whose connection task stopped before answering.
+fn stopped(addr: &str) -> BackendError {
+    BackendError::ConnectionLost {
+        addr: addr.to_owned(),
+        reason: "connection task stopped".to_owned(),
+    }
 }
 
 impl Shared {
+    fn new(addr: &str) -> Shared {
+        Shared {
+            outbox: Mutex::new(Outbox::default()),
+            addr: addr.to_owned(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Outbox> {
         // A panic while holding the lock leaves plain data behind: keep going.
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
@@ -124,8 +152,15 @@ pub struct MuxConn {
     ep: Arc<EndpointState>,
 }
 
-/// Why a connection ended when no handle to it is left (not a failure).
-const UNUSED: &str = "connection no longer used";
+/// Why a live connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Every handle is gone (the proxy stops, or a reload removed the
+    /// endpoint): not a failure, and nothing to reconnect for.
+    Unused,
+    /// The connection broke (how, for the log); the next request reconnects.
+    Failed(String),
+}
 /// Longest reconnect back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -137,7 +172,7 @@ impl MuxConn {
         proto: Protocol,
         on: Option<&tokio::runtime::Handle>,
     ) -> MuxConn {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(&endpoint.addr));
         let task = supervise(endpoint.clone(), proto, shared.clone());
         match on {
             Some(h) => drop(h.spawn(task)),
@@ -187,17 +222,18 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>)
                 backoff = Duration::from_millis(50);
                 ep.metrics.connect_attempt(true);
                 ep.metrics.connections_delta(1.0);
-                ep.connection_up();
                 let (rd, wr) = stream.split();
-                let reason = run(&ep, rd, wr, &shared).await;
+                let ended = run(&ep, rd, wr, &shared).await;
                 ep.metrics.connections_delta(-1.0);
-                if reason == UNUSED {
-                    // Every handle is gone: the proxy stops or a reload
-                    // removed the endpoint. Nothing to reconnect for.
-                    tracing::debug!(endpoint = %ep.addr, shard = %ep.shard, "backend connection closed: no longer used");
-                    return;
+                match ended {
+                    Ended::Unused => {
+                        tracing::debug!(endpoint = %ep.addr, shard = %ep.shard, "backend connection closed: no longer used");
+                        return;
+                    }
+                    Ended::Failed(reason) => {
+                        tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
+                    }
                 }
-                tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
             }
             Err(err) => {
                 ep.metrics.connect_attempt(false);
@@ -230,18 +266,13 @@ fn fail(reply: ReplyTx, ep: &EndpointState, err: BackendError) {
 }
 
 /// Drives one live connection until it fails; returns why it ended.
-async fn run(
-    ep: &Arc<EndpointState>,
-    rd: BackendRead,
-    wr: BackendWrite,
-    shared: &Shared,
-) -> String {
+async fn run(ep: &Arc<EndpointState>, rd: BackendRead, wr: BackendWrite, shared: &Shared) -> Ended {
     let (fifo_tx, fifo_rx) = mpsc::unbounded_channel();
     let writer = write_loop(wr, shared, fifo_tx);
     let reader = read_loop(ep, rd, fifo_rx);
     tokio::select! {
         r = writer => r,
-        r = reader => r,
+        r = reader => Ended::Failed(r),
     }
 }
 
@@ -249,11 +280,11 @@ async fn write_loop(
     mut wr: BackendWrite,
     shared: &Shared,
     fifo: mpsc::UnboundedSender<Batch>,
-) -> String {
+) -> Ended {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         if shared.wait().await.is_none() {
-            return UNUSED.to_owned();
+            return Ended::Unused;
         }
         // Let every task that is ready now (other clients with requests
         // for this connection) run first, so one write carries all of them.
@@ -264,14 +295,14 @@ async fn write_loop(
             sent: Instant::now(),
         };
         if fifo.send(batch).is_err() {
-            return "reader stopped".to_owned();
+            return Ended::Failed("reader stopped".to_owned());
         }
         if let Err(e) = wr.write_all(&buf).await {
-            return format!("write failed: {e}");
+            return Ended::Failed(format!("write failed: {e}"));
         }
         // TLS holds records until flushed (a no-op on plain sockets).
         if let Err(e) = wr.flush().await {
-            return format!("write failed: {e}");
+            return Ended::Failed(format!("write failed: {e}"));
         }
         buf.clear();
         if buf.capacity() > 4 * MAX_KEPT {
@@ -296,13 +327,36 @@ fn push_batch(waiting: &mut VecDeque<InFlight>, b: Batch) {
     waiting.extend(b.replies.into_iter().map(|reply| InFlight { reply, sent }));
 }
 
+/// The requests a live connection has written and waits for replies to,
+/// and the batches the writer is handing over. Every one is answered even
+/// when the connection task is dropped (its runtime shut down): a sender
+/// never vanishes without a reply.
+struct Waiters<'a> {
+    addr: &'a str,
+    fifo: mpsc::UnboundedReceiver<Batch>,
+    q: VecDeque<InFlight>,
+}
+
+impl Drop for Waiters<'_> {
+    fn drop(&mut self) {
+        receive(&mut self.fifo, &mut self.q);
+        for w in self.q.drain(..) {
+            let _ = w.reply.send(Err(stopped(self.addr)));
+        }
+    }
+}
+
 async fn read_loop(
     ep: &Arc<EndpointState>,
     mut rd: BackendRead,
-    mut fifo: mpsc::UnboundedReceiver<Batch>,
+    fifo: mpsc::UnboundedReceiver<Batch>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut waiting: VecDeque<InFlight> = VecDeque::new();
+    let mut w = Waiters {
+        addr: &ep.addr,
+        fifo,
+        q: VecDeque::new(),
+    };
     let timeout = ep.options.command_timeout;
     // One timer for the whole connection, armed at the oldest request's
     // deadline. It is not moved as replies arrive (that would touch the
@@ -319,30 +373,30 @@ async fn read_loop(
             match scan::frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n).freeze();
-                    if waiting.is_empty() {
-                        receive(&mut fifo, &mut waiting);
+                    if w.q.is_empty() {
+                        receive(&mut w.fifo, &mut w.q);
                     }
-                    let Some(w) = waiting.pop_front() else {
+                    let Some(done) = w.q.pop_front() else {
                         let reason = "reply without a request (out of sync)".to_owned();
                         let err = BackendError::Protocol {
                             addr: ep.addr.clone(),
                             reason: reason.clone(),
                         };
-                        fail_all(ep, &mut waiting, &mut fifo, err);
+                        fail_all(ep, &mut w.q, &mut w.fifo, err);
                         return reason;
                     };
                     ep.metrics
-                        .request_done(arrived.saturating_duration_since(w.sent));
+                        .request_done(arrived.saturating_duration_since(done.sent));
                     ep.breaker.success(&ep.addr, &ep.metrics);
-                    let _ = w.reply.send(Ok(frame));
+                    let _ = done.reply.send(Ok(frame));
                 }
                 Ok(None) => break,
                 Err(e) => {
                     let reason = format!("invalid reply: {e}");
                     fail_all(
                         ep,
-                        &mut waiting,
-                        &mut fifo,
+                        &mut w.q,
+                        &mut w.fifo,
                         BackendError::Protocol {
                             addr: ep.addr.clone(),
                             reason: reason.clone(),
@@ -355,8 +409,8 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        if !armed && let Some(w) = waiting.front() {
-            timer.as_mut().reset((w.sent + timeout).into());
+        if !armed && let Some(oldest) = w.q.front() {
+            timer.as_mut().reset((oldest.sent + timeout).into());
             armed = true;
         }
         tokio::select! {
@@ -365,16 +419,16 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             },
-            b = fifo.recv() => match b {
-                Some(b) => push_batch(&mut waiting, b),
+            b = w.fifo.recv() => match b {
+                Some(b) => push_batch(&mut w.q, b),
                 None => break "writer stopped".to_owned(),
             },
             _ = &mut timer, if armed => {
                 armed = false;
-                let overdue = waiting.front().is_some_and(|w| w.sent + timeout <= Instant::now());
+                let overdue = w.q.front().is_some_and(|f| f.sent + timeout <= Instant::now());
                 if overdue {
                     let millis = timeout.as_millis() as u64;
-                    fail_all(ep, &mut waiting, &mut fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
+                    fail_all(ep, &mut w.q, &mut w.fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
                     return format!("no reply within {millis} ms");
                 }
             }
@@ -384,7 +438,7 @@ async fn read_loop(
         addr: ep.addr.clone(),
         reason: reason.clone(),
     };
-    fail_all(ep, &mut waiting, &mut fifo, err);
+    fail_all(ep, &mut w.q, &mut w.fifo, err);
     reason
 }
 

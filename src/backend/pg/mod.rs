@@ -58,6 +58,8 @@ struct Job {
 pub struct PgEndpoint {
     lanes: Vec<mpsc::UnboundedSender<Job>>,
     pool: PgPool,
+    /// The endpoint (its DSN without the password), to name it in errors.
+    addr: String,
 }
 
 impl PgEndpoint {
@@ -91,6 +93,7 @@ impl PgEndpoint {
         PgEndpoint {
             lanes: senders,
             pool,
+            addr: state.addr.clone(),
         }
     }
 
@@ -104,7 +107,7 @@ impl PgEndpoint {
             reply,
         }) {
             let _ = job.reply.send(Err(BackendError::ConnectionLost {
-                addr: String::new(),
+                addr: self.addr.clone(),
                 reason: "postgres lane stopped".to_owned(),
             }));
         }
