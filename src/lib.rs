@@ -42,6 +42,8 @@
 //! from the auth file); underneath it, [`workers`] (the serving threads a
 //! client and its backend connections are pinned to).
 #![forbid(unsafe_code)]
+// The library logs through `tracing`; only the CLI (`src/main.rs`) prints.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
 pub mod app;

@@ -160,7 +160,7 @@ impl Session {
             first: None,
         };
         let sized = self.sizes(backends, &moving, &mut failures).await;
-        let small: Vec<KeyMove> = sized
+        let small: Vec<KeyMove<'_>> = sized
             .iter()
             .filter(|(_, s)| matches!(s, Size::Small))
             .map(|(m, _)| *m)
@@ -182,7 +182,7 @@ impl Session {
         moving: &[KeyMove<'k>],
         failures: &mut Failures<'_>,
     ) -> Vec<(KeyMove<'k>, Size)> {
-        let asked: Vec<(KeyMove, ReplyRx)> = moving
+        let asked: Vec<(KeyMove<'_>, ReplyRx)> = moving
             .iter()
             .map(|m| {
                 let mut frame = BytesMut::new();
@@ -220,7 +220,7 @@ impl Session {
         small: &[KeyMove<'_>],
         failures: &mut Failures<'_>,
     ) {
-        let mut touches: Vec<Touch> = Vec::with_capacity(small.len());
+        let mut touches: Vec<Touch<'_>> = Vec::with_capacity(small.len());
         let mut waits = Vec::with_capacity(small.len());
         for m in small {
             touches.push(proxy.ctx.fences.touch(m.key).await);
