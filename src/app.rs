@@ -210,6 +210,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.zone.clone(),
     ));
     let proxy = Arc::new(Proxy::new(ctx.clone(), config.client));
+    // The ACL users that run scripts and transactions on the shards: an
+    // endpoint whose credentials may not install them is reported now.
+    proxy.sync_backend_acl();
     tracing::info!(%addr, shards = map.shards.len(), slots = map.slots, map = %config.map_path.display(), auth_users = users, "shardgate listening");
     // TLS beside the plain listener (--tls-listen), or instead of it.
     let (mut main_acceptor, mut tls_addr, mut tls_task) = (None, None, None);

@@ -169,6 +169,8 @@ impl Reloader {
             }
         }
         let removed = old.retire_missing(&next);
+        // `allow_flush` may have changed, and new endpoints need the users.
+        self.proxy.sync_backend_acl();
         self.proxy.metrics.map_epoch(epoch.0);
         self.rebalancer.map_reloaded(text);
         Ok(ReloadSummary {

@@ -37,6 +37,17 @@ pub enum BackendError {
     /// No dedicated connection could be taken from the pool in time.
     #[error("no free dedicated connection to backend {addr}: {reason}")]
     PoolExhausted { addr: String, reason: String },
+    /// The backend ACL user that runs a client's scripts and transactions
+    /// could not be installed or logged in as (see `backend::acl`): they are
+    /// refused rather than run with the shard map's own credentials.
+    #[error(
+        "backend {addr} cannot run scripts or transactions as ACL user '{user}' ({reason}); they are refused until the shard map's credentials may run ACL SETUSER"
+    )]
+    Acl {
+        addr: String,
+        user: String,
+        reason: String,
+    },
 }
 
 impl BackendError {
@@ -50,6 +61,7 @@ impl BackendError {
             BackendError::PoolExhausted { .. } => "pool_exhausted",
             BackendError::Query { .. } => "query",
             BackendError::Unsupported { .. } => "unsupported",
+            BackendError::Acl { .. } => "acl",
         }
     }
 

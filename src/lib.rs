@@ -40,7 +40,10 @@
 //!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file); underneath it, [`workers`] (the serving threads a
-//! client and its backend connections are pinned to).
+//! client and its backend connections are pinned to). What the proxy cannot
+//! see, the commands a script runs, Redis checks: [`backend::acl`] installs
+//! a Redis ACL user per proxy user (its rules plus the proxy's refusals from
+//! [`command::proxy_refusals`]) and scripts and transactions run as it.
 #![forbid(unsafe_code)]
 // The library logs through `tracing`; only the CLI (`src/main.rs`) prints.
 #![warn(clippy::print_stdout, clippy::print_stderr)]

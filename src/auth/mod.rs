@@ -124,6 +124,53 @@ impl User {
         }
         if allowed { Ok(()) } else { Err(fullname) }
     }
+
+    /// The command rules of the backend ACL user that runs this user's
+    /// scripts and transactions, in Redis ACL syntax (after `nocommands`):
+    /// an allow-list of every command and subcommand of the command table
+    /// that this user may run *and* the proxy would run for a client (not in
+    /// [`crate::command::proxy_refusals`]). Redis enforces it on the
+    /// commands a script runs, which the proxy never sees.
+    ///
+    /// An allow-list rather than the user's rules with `-cmd` appended: it
+    /// is the proxy's own decision ([`User::may_run`]) command by command,
+    /// so it cannot drift from how Redis reads the rules, and it leaves out
+    /// whatever the proxy does not know and so refuses (module commands,
+    /// commands of a newer Redis). Containers are listed by subcommand
+    /// (`+config|get`) for the same reason.
+    pub fn backend_rules(&self, allow_flush: bool) -> Vec<String> {
+        use crate::command::{proxy_refusals, table};
+        let refused = proxy_refusals(allow_flush);
+        let mut out = Vec::new();
+        for spec in table::COMMANDS {
+            if refused.contains(&spec.name) {
+                continue;
+            }
+            let prefix = format!("{}|", spec.name);
+            let mut subs = table::SUBCOMMANDS
+                .iter()
+                .filter(|s| s.name.starts_with(&prefix))
+                .peekable();
+            if subs.peek().is_none() {
+                if self.may_run(spec, None).is_ok() {
+                    out.push(format!("+{}", spec.name));
+                }
+                continue;
+            }
+            for sub in subs {
+                if !refused.contains(&sub.name) && self.may_run(spec, Some(sub)).is_ok() {
+                    out.push(format!("+{}", sub.name));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// [`User::backend_rules`] of a user with `rules` (the `default` user of a
+/// proxy without an auth file has [`all_commands`]).
+pub fn backend_rules(rules: &[Rule], allow_flush: bool) -> Vec<String> {
+    User::new(DEFAULT_USER, b"", rules.to_vec()).backend_rules(allow_flush)
 }
 
 /// The configured users. A proxy without `Auth` lets every client in (as
@@ -172,6 +219,11 @@ impl Auth {
     /// Whether no user is configured (then nobody can log in).
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// Every user (to install their backend ACL users).
+    pub fn users(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.users.values()
     }
 
     /// Whether a `default` user exists (so `AUTH <password>` can succeed).
@@ -235,6 +287,55 @@ mod tests {
         assert_eq!(
             may(&container, &["client", "kill", "x"]),
             Err("client|kill")
+        );
+    }
+
+    #[test]
+    fn backend_rules_allow_what_the_user_and_the_proxy_allow() {
+        let u = user("+@all -@admin -@dangerous +config|get -client|setname");
+        let rules = u.backend_rules(false);
+        let has = |r: &str| rules.iter().any(|x| x == r);
+        for allowed in [
+            "+get",
+            "+set",
+            "+eval",
+            "+fcall",
+            "+multi",
+            "+exec",
+            "+client|id",
+            "+script|load",
+        ] {
+            assert!(has(allowed), "{allowed}");
+        }
+        // Refused by a rule, by the proxy, or both (config|get: the proxy
+        // refuses every CONFIG even where the rules allow it).
+        for denied in [
+            "+keys",
+            "+info",
+            "+flushall",
+            "+select",
+            "+swapdb",
+            "+migrate",
+            "+config",
+            "+config|get",
+            "+client",
+            "+client|setname",
+            "+client|kill",
+            "+script|kill",
+            "+debug",
+            "+shutdown",
+            "+acl|setuser",
+        ] {
+            assert!(!has(denied), "{denied}");
+        }
+        assert!(rules.iter().all(|r| r.starts_with('+')));
+        let all = backend_rules(&all_commands(), true);
+        assert!(all.iter().any(|r| r == "+flushall") && all.iter().any(|r| r == "+keys"));
+        assert!(!all.iter().any(|r| r == "+select" || r == "+flushall|async"));
+        assert!(
+            !backend_rules(&all_commands(), false)
+                .iter()
+                .any(|r| r == "+flushdb")
         );
     }
 

@@ -133,7 +133,8 @@ impl Breaker {
             BackendError::Protocol { .. }
             | BackendError::PoolExhausted { .. }
             | BackendError::Query { .. }
-            | BackendError::Unsupported { .. } => false,
+            | BackendError::Unsupported { .. }
+            | BackendError::Acl { .. } => false,
         };
         if !opens {
             return;

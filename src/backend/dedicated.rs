@@ -25,6 +25,7 @@ use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, Rec
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::EndpointState;
+use super::acl::BackendAcl;
 use super::breaker::Admit;
 use super::connect::connect;
 use crate::error::BackendError;
@@ -170,6 +171,10 @@ impl Drop for PooledConn {
 pub struct DedicatedManager {
     endpoint: Arc<EndpointState>,
     proto: Protocol,
+    /// For a pool of a backend ACL user (scripts and transactions): the
+    /// users and the proxy user whose backend user each connection logs in
+    /// as (see [`super::acl`]). `None`: the shard map's credentials.
+    user: Option<(Arc<BackendAcl>, String)>,
 }
 
 impl Manager for DedicatedManager {
@@ -191,15 +196,26 @@ impl Manager for DedicatedManager {
             }
         };
         ep.breaker.success(&ep.addr, &ep.metrics);
-        ep.metrics.connections_delta(1.0);
-        Ok(DedicatedConn {
+        let mut conn = DedicatedConn {
             stream,
             buf: BytesMut::with_capacity(4096),
             addr: ep.addr.clone(),
             metrics: ep.metrics.clone(),
             unread: 0,
             stateful: false,
-        })
+        };
+        if let Some((acl, proxy_user)) = &self.user {
+            let user = acl.user(proxy_user).ok_or_else(|| BackendError::Acl {
+                addr: ep.addr.clone(),
+                user: format!("{}{proxy_user}", super::acl::USER_PREFIX),
+                reason: "no backend user is defined for this proxy user".to_owned(),
+            })?;
+            // Still logged in with the map's credentials on failure: the
+            // connection is dropped here, never handed out.
+            super::acl::log_in(&mut conn, ep, &user).await?;
+        }
+        ep.metrics.connections_delta(1.0);
+        Ok(conn)
     }
 
     async fn recycle(
@@ -240,8 +256,30 @@ pub async fn checkout(
 
 /// Builds the pool for one endpoint and protocol version.
 pub fn pool(endpoint: Arc<EndpointState>, proto: Protocol) -> DedicatedPool {
-    let opts = endpoint.options.clone();
-    let manager = DedicatedManager { endpoint, proto };
+    build(DedicatedManager {
+        endpoint,
+        proto,
+        user: None,
+    })
+}
+
+/// Builds the pool of connections logged in as the backend ACL user of
+/// `proxy_user` (see [`super::acl`]).
+pub fn user_pool(
+    endpoint: Arc<EndpointState>,
+    proto: Protocol,
+    acl: Arc<BackendAcl>,
+    proxy_user: String,
+) -> DedicatedPool {
+    build(DedicatedManager {
+        endpoint,
+        proto,
+        user: Some((acl, proxy_user)),
+    })
+}
+
+fn build(manager: DedicatedManager) -> DedicatedPool {
+    let opts = manager.endpoint.options.clone();
     // deadpool needs the runtime set before any timeout is configured.
     managed::Pool::builder(manager)
         .runtime(Runtime::Tokio1)

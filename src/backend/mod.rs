@@ -7,6 +7,7 @@
 //! estimate current. [`Backends`] maps every shard of the map to its
 //! endpoints and picks the endpoint for a read by the map's read policy.
 
+pub mod acl;
 pub mod breaker;
 pub mod connect;
 pub mod dedicated;
@@ -78,6 +79,9 @@ pub struct EndpointState {
     /// that order. Without it, a client that got a pooled connection would
     /// overtake one whose connection was still being made.
     pub blocking_order: tokio::sync::Mutex<()>,
+    /// The backend ACL users could not be installed here (logged once per
+    /// change; see [`acl`]).
+    acl_failing: AtomicBool,
 }
 
 impl EndpointState {
@@ -150,6 +154,9 @@ enum Conns {
         mux_resp3: Vec<Vec<MuxConn>>,
         pool_resp2: DedicatedPool,
         pool_resp3: DedicatedPool,
+        /// Pools of connections logged in as a backend ACL user (scripts
+        /// and transactions), by proxy user and protocol, made on first use.
+        user_pools: std::sync::Mutex<HashMap<(String, Protocol), DedicatedPool>>,
     },
     Postgres(PgEndpoint),
     /// A shard a finished rebalance removed: no connections; nothing routes
@@ -180,6 +187,7 @@ impl Endpoint {
                     mux_resp3: muxes(Protocol::Resp3),
                     pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
                     pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
+                    user_pools: std::sync::Mutex::new(HashMap::new()),
                 }
             }
             ShardKind::Postgres => Conns::Postgres(PgEndpoint::new(state.clone(), dsn, slots)),
@@ -289,19 +297,69 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Takes a dedicated connection from this endpoint's pool.
+    /// The kind of shard this endpoint serves (`None`: a removed shard).
+    pub fn kind(&self) -> Option<ShardKind> {
+        match self.conns {
+            Conns::Redis { .. } => Some(ShardKind::Redis),
+            Conns::Postgres(_) => Some(ShardKind::Postgres),
+            Conns::Removed => None,
+        }
+    }
+
+    /// Takes a dedicated connection from this endpoint's pool (logged in
+    /// with the shard map's credentials).
     pub async fn dedicated(&self, proto: Protocol) -> Result<PooledConn, BackendError> {
         let pool = match (&self.conns, proto) {
             (Conns::Redis { pool_resp2, .. }, Protocol::Resp2) => pool_resp2,
             (Conns::Redis { pool_resp3, .. }, Protocol::Resp3) => pool_resp3,
-            (Conns::Removed, _) => return Err(self.removed()),
-            (Conns::Postgres(_), _) => {
-                return Err(BackendError::Unsupported {
-                    addr: self.state.addr.clone(),
-                    reason: "postgres shards have no dedicated connections (MULTI/EXEC, WATCH, blocking commands and scripts need a Redis shard)".to_owned(),
-                });
+            _ => return Err(self.no_dedicated()),
+        };
+        self.take(pool).await
+    }
+
+    /// Takes a dedicated connection logged in as the backend ACL user of
+    /// `proxy_user`: what a client's scripts and transactions run on, so
+    /// that Redis enforces the client's rules and the proxy's refusals on
+    /// the commands a script runs (see [`acl`]).
+    pub async fn dedicated_as(
+        &self,
+        proto: Protocol,
+        users: &Arc<acl::BackendAcl>,
+        proxy_user: &str,
+    ) -> Result<PooledConn, BackendError> {
+        let Conns::Redis { user_pools, .. } = &self.conns else {
+            return Err(self.no_dedicated());
+        };
+        let pool = {
+            let mut pools = user_pools.lock().unwrap_or_else(|p| p.into_inner());
+            match pools.get(&(proxy_user.to_owned(), proto)) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = dedicated::user_pool(
+                        self.state.clone(),
+                        proto,
+                        users.clone(),
+                        proxy_user.to_owned(),
+                    );
+                    pools.insert((proxy_user.to_owned(), proto), p.clone());
+                    p
+                }
             }
         };
+        self.take(&pool).await
+    }
+
+    fn no_dedicated(&self) -> BackendError {
+        match self.conns {
+            Conns::Removed => self.removed(),
+            _ => BackendError::Unsupported {
+                addr: self.state.addr.clone(),
+                reason: "postgres shards have no dedicated connections (MULTI/EXEC, WATCH, blocking commands and scripts need a Redis shard)".to_owned(),
+            },
+        }
+    }
+
+    async fn take(&self, pool: &DedicatedPool) -> Result<PooledConn, BackendError> {
         dedicated::checkout(pool).await.map_err(|e| match e {
             deadpool::managed::PoolError::Backend(e) => e,
             other => BackendError::PoolExhausted {
@@ -349,6 +407,7 @@ impl ShardBackends {
             latency_us: AtomicU64::new(0),
             retired: AtomicBool::new(true),
             identity: None,
+            acl_failing: AtomicBool::new(false),
         });
         state.metrics.set_healthy(false);
         ShardBackends {
@@ -475,6 +534,7 @@ impl Backends {
                         latency_us: AtomicU64::new(0),
                         retired: AtomicBool::new(false),
                         identity: Some(identity),
+                        acl_failing: AtomicBool::new(false),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));

@@ -351,6 +351,53 @@ pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static Subcom
     table::subcommand(container, arg)
 }
 
+/// CLIENT subcommands the proxy answers itself (`proxy/local.rs`); every
+/// other CLIENT subcommand is refused.
+pub const CLIENT_LOCAL: &[&str] = &[
+    "id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch",
+];
+
+/// SCRIPT subcommands the proxy fans out to every shard; every other SCRIPT
+/// subcommand is refused.
+pub const SCRIPT_FANOUT: &[&str] = &["load", "exists", "flush"];
+
+/// Every command and subcommand the proxy never runs for a client, in
+/// Redis ACL names (`select`, `client|kill`): the commands it refuses
+/// (`Handling::Unsupported`, SELECT of another database, READONLY /
+/// READWRITE, FLUSHALL / FLUSHDB unless the map's `allow_flush`) and the
+/// CLIENT and SCRIPT subcommands it does not answer.
+///
+/// Why it exists: a script or a transaction runs its commands on the
+/// backend, where the proxy does not see them, so the backend ACL user that
+/// runs them must deny these too (see `backend::acl`). Derived from the
+/// command table, so a command that becomes unsupported is denied inside
+/// scripts without anyone remembering to.
+pub fn proxy_refusals(allow_flush: bool) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for spec in table::COMMANDS {
+        let refused = match spec.handling {
+            Handling::Unsupported(_) => true,
+            Handling::Local(LocalKind::Select | LocalKind::Readonly | LocalKind::Readwrite) => true,
+            Handling::Fanout(FanoutKind::Flush) => !allow_flush,
+            _ => false,
+        };
+        if refused {
+            out.push(spec.name);
+        }
+    }
+    for sub in table::SUBCOMMANDS {
+        let refused = match sub.name.split_once('|') {
+            Some(("client", s)) => !CLIENT_LOCAL.contains(&s),
+            Some(("script", s)) => !SCRIPT_FANOUT.contains(&s),
+            _ => false,
+        };
+        if refused {
+            out.push(sub.name);
+        }
+    }
+    out
+}
+
 /// Looks a command up by name, case-insensitively, without allocating.
 ///
 /// This runs for every request, so it does not binary-search the table: one
@@ -467,6 +514,50 @@ mod tests {
         assert_eq!(range("xread"), Some((0, 0, 0)));
         assert_eq!(range("object"), Some((0, 0, 0)));
         assert_eq!(range("ping"), Some((0, 0, 0)));
+    }
+
+    #[test]
+    fn proxy_refusals_come_from_the_table() {
+        let with_flush = proxy_refusals(true);
+        let without = proxy_refusals(false);
+        for name in [
+            "select",
+            "swapdb",
+            "move",
+            "migrate",
+            "config",
+            "shutdown",
+            "debug",
+            "acl",
+            "module",
+            "replicaof",
+            "slaveof",
+            "function",
+            "publish",
+            "client|kill",
+            "client|list",
+            "script|kill",
+            "readonly",
+            "monitor",
+            "failover",
+            "wait",
+        ] {
+            assert!(with_flush.contains(&name), "{name}");
+        }
+        for name in [
+            "get",
+            "eval",
+            "multi",
+            "keys",
+            "client|id",
+            "script|load",
+            "ping",
+            "info",
+        ] {
+            assert!(!without.contains(&name), "{name}");
+        }
+        assert!(!with_flush.contains(&"flushall"));
+        assert!(without.contains(&"flushall") && without.contains(&"flushdb"));
     }
 
     #[test]

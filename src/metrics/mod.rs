@@ -63,6 +63,9 @@ pub const READS_TOTAL: &str = "shardgate_reads_total";
 pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
 /// Values of the `reason` label of [`AUTH_FAILURES`].
 pub const AUTH_FAILURE_REASONS: [&str; 3] = ["wrongpass", "noauth", "noperm"];
+/// Installs of the backend ACL users that run scripts and transactions
+/// (`ACL SETUSER`), by shard, endpoint and outcome (ok, error).
+pub const BACKEND_ACL_SYNCS: &str = "shardgate_backend_acl_syncs_total";
 /// Map reloads, by outcome (ok, refused).
 pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
 /// Commands on the admin listener, by command and outcome.
@@ -176,6 +179,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         AUTH_FAILURES,
         "counter",
         "Refused logins (wrongpass) and commands (noauth: before login, noperm: outside the user's rules)",
+    ),
+    (
+        BACKEND_ACL_SYNCS,
+        "counter",
+        "Installs of the backend ACL users that run client scripts and transactions, by endpoint and outcome (error: scripts and transactions are refused there)",
     ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
     (
@@ -487,6 +495,14 @@ impl EndpointMetrics {
     pub fn backend_error(&self, kind: &'static str) {
         counter!(BACKEND_ERRORS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
             "role" => self.role, "kind" => kind)
+        .increment(1);
+    }
+
+    /// An install of the backend ACL users finished.
+    pub fn acl_sync(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        counter!(BACKEND_ACL_SYNCS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "outcome" => outcome)
         .increment(1);
     }
 

@@ -17,7 +17,7 @@ use super::ProtocolError;
 use super::scan::{frame_len, line, parse_i64};
 
 /// The RESP version a client negotiated (`HELLO 2` / `HELLO 3`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// RESP2, the default for a new connection.
     Resp2,

@@ -44,9 +44,28 @@ impl Session {
         self.held.clone().unwrap_or_else(|| proxy.snapshot_full())
     }
 
-    async fn dedicated(&self, proxy: &Proxy, shard: ShardId) -> Result<PooledConn, ProxyError> {
+    /// A dedicated connection to the shard's primary. `Scripted` runs as
+    /// the client's backend ACL user: scripts, and WATCH / EXEC (a MULTI
+    /// block may queue scripts), so that Redis holds the client's rules and
+    /// the proxy's refusals on the commands a script runs, which the proxy
+    /// never sees (see `backend::acl`). Blocking commands carry no script
+    /// and use the shard map's credentials.
+    async fn dedicated(
+        &self,
+        proxy: &Proxy,
+        shard: ShardId,
+        runs: Runs,
+    ) -> Result<PooledConn, ProxyError> {
         let ep = self.routed(proxy).shard(shard).primary.clone();
-        let conn = ep.dedicated(self.proto).await?;
+        let conn = match runs {
+            Runs::Scripted => {
+                let user = Proxy::backend_user_of(self.user.as_deref());
+                ep.dedicated_as(self.proto, &proxy.backend_acl, user)
+                    .await
+                    .inspect_err(|e| ep.state.metrics.backend_error(e.kind()))?
+            }
+            Runs::Plain => ep.dedicated(self.proto).await?,
+        };
         Ok(conn)
     }
 
@@ -69,7 +88,8 @@ impl Session {
         } else {
             Some(ep.state.blocking_order.lock().await)
         };
-        let mut conn = self.dedicated(proxy, shard).await?;
+        let runs = if timed { Runs::Scripted } else { Runs::Plain };
+        let mut conn = self.dedicated(proxy, shard, runs).await?;
         let _lent = Lent::new(&ep.state.metrics);
         if !timed {
             // A blocking command may wait for long: once it is sent, the
@@ -115,7 +135,7 @@ impl Session {
         }
         let mut conn = match self.watch.take() {
             Some((_, c)) => c,
-            None => self.dedicated(proxy, shard).await?,
+            None => self.dedicated(proxy, shard, Runs::Scripted).await?,
         };
         let frame = conn.request(req.raw()).await?;
         conn.stateful = !reply::is_error(&frame);
@@ -198,7 +218,7 @@ impl Session {
             .unwrap_or(ShardId(0));
         let mut conn = match watched {
             Some((_, c)) => c,
-            None => self.dedicated(proxy, shard).await?,
+            None => self.dedicated(proxy, shard, Runs::Scripted).await?,
         };
         let mut frames = BytesMut::new();
         frames.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
@@ -326,6 +346,15 @@ impl Session {
         }
         Ok(Reply::Nil)
     }
+}
+
+/// Which credentials a dedicated connection runs with.
+#[derive(Clone, Copy)]
+enum Runs {
+    /// The client's backend ACL user: commands the proxy does not see.
+    Scripted,
+    /// The shard map's credentials: one command the proxy checked.
+    Plain,
 }
 
 /// Counts a dedicated connection as lent for as long as it lives, even when

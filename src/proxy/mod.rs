@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::backend::Backends;
+use crate::backend::acl::BackendAcl;
 use crate::context::Context;
 use crate::metrics::Metrics;
 use crate::protocol::Limits;
@@ -75,6 +76,23 @@ impl Default for ClientConfig {
     }
 }
 
+/// `(proxy user, backend rules)` of every backend ACL user: one per user of
+/// the auth file, or only `default` with every command when there is none
+/// (every client is then `default`, and its scripts still may not run what
+/// the proxy refuses).
+fn backend_users(auth: Option<&Auth>, allow_flush: bool) -> Vec<(String, Vec<String>)> {
+    match auth {
+        Some(auth) => auth
+            .users()
+            .map(|u| (u.name.clone(), u.backend_rules(allow_flush)))
+            .collect(),
+        None => vec![(
+            crate::auth::DEFAULT_USER.to_owned(),
+            crate::auth::backend_rules(&crate::auth::all_commands(), allow_flush),
+        )],
+    }
+}
+
 /// Time a client has to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,6 +135,9 @@ pub struct Proxy {
     /// The same metrics as `ctx.metrics` (the hot path's shortcut).
     pub metrics: Arc<Metrics>,
     pub config: ClientConfig,
+    /// The backend ACL users that run clients' scripts and transactions
+    /// (see [`crate::backend::acl`]).
+    pub backend_acl: Arc<BackendAcl>,
     next_client_id: AtomicU64,
     connected: AtomicUsize,
     started: Instant,
@@ -126,15 +147,42 @@ pub struct Proxy {
 impl Proxy {
     /// Bundles the shared parts.
     pub fn new(ctx: Arc<Context>, config: ClientConfig) -> Proxy {
+        let allow_flush = ctx.snapshot().map().options.allow_flush;
+        let backend_acl = Arc::new(BackendAcl::new(backend_users(
+            config.auth.as_deref(),
+            allow_flush,
+        )));
         Proxy {
             metrics: ctx.metrics.clone(),
             ctx,
             config,
+            backend_acl,
             next_client_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
             started: Instant::now(),
             last_refusal_warning: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Recomputes the backend ACL users from the running map (its
+    /// `allow_flush`) and installs them on every Redis endpoint in the
+    /// background: at startup (an endpoint whose credentials may not run
+    /// `ACL SETUSER` is reported at once) and after a map reload.
+    pub fn sync_backend_acl(&self) {
+        let allow_flush = self.snapshot().map().options.allow_flush;
+        self.backend_acl
+            .update(backend_users(self.config.auth.as_deref(), allow_flush));
+        let endpoints = self.backends().endpoints().to_vec();
+        tokio::spawn(crate::backend::acl::sync_all(
+            endpoints,
+            self.backend_acl.users(),
+        ));
+    }
+
+    /// The proxy user whose backend ACL user runs this client's scripts
+    /// and transactions (`default` before login and without an auth file).
+    pub fn backend_user_of(user: Option<&crate::auth::User>) -> &str {
+        user.map_or(crate::auth::DEFAULT_USER, |u| u.name.as_str())
     }
 
     /// The snapshot in force, for one synchronous step of the hot path (no

@@ -37,6 +37,8 @@ pub struct Spec {
     pub server_args: Vec<String>,
     /// The primaries' ports speak TLS (`server_args` carry the TLS files).
     pub server_tls: bool,
+    /// The map's `options.allow_flush`.
+    pub allow_flush: bool,
 }
 
 impl Default for Spec {
@@ -53,6 +55,7 @@ impl Default for Spec {
             shard_extra: String::new(),
             server_args: Vec::new(),
             server_tls: false,
+            allow_flush: true,
         }
     }
 }
@@ -101,8 +104,8 @@ impl Cluster {
             ""
         };
         let mut yaml = format!(
-            "slots: 16384\nread_policy: {}\nregions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\n    zones: [eu-a, eu-b]\n{placement}options:\n  allow_flush: true\n  health_check_interval_ms: 100\n  command_timeout_ms: 2000\n{}shards:\n",
-            spec.read_policy, spec.extra_options
+            "slots: 16384\nread_policy: {}\nregions:\n  - name: us\n    zones: [us-a, us-b]\n  - name: eu\n    zones: [eu-a, eu-b]\n{placement}options:\n  allow_flush: {}\n  health_check_interval_ms: 100\n  command_timeout_ms: 2000\n{}shards:\n",
+            spec.read_policy, spec.allow_flush, spec.extra_options
         );
         let region_of = |i: usize| if i < total.div_ceil(2) { "us" } else { "eu" };
         for (i, p) in primaries.iter().enumerate() {
