@@ -165,7 +165,7 @@ pub enum BigKeyMove {
 /// dedicated connection to its primary) to `target`. The key is fenced for
 /// the whole move: a command that would move it itself waits, and the
 /// moves on touch already under way finish first. A hash, set, sorted set
-/// or list is copied piece by piece ([`copy_in_pieces`]); any other type
+/// or list is copied piece by piece (`copy_in_pieces`); any other type
 /// moves in one `MIGRATE` bounded by [`BIG_KEY_MIGRATE_TIMEOUT`]. The
 /// mover (`rebalance`) and a command that touches the key (`proxy`) both
 /// move big keys with this.
