@@ -42,6 +42,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     State(String),
+    #[error("fleet: {0}")]
+    Fleet(#[from] crate::coord::CoordError),
     /// The first snapshot could not be built (the state directory's map
     /// and its backends disagree).
     #[error("routing: {0}")]
@@ -73,6 +75,9 @@ pub struct ServeConfig {
     /// Where rebalancing state survives restarts (`--state-dir`); a
     /// rebalance is refused without it.
     pub state_dir: Option<PathBuf>,
+    /// Member of a fleet (`--etcd`, `--cluster`): the map and the
+    /// rebalance live in etcd; `map_path` only seeds an empty cluster.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// Where the admin listener runs and who may use it.
@@ -148,9 +153,39 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             })?),
             None => None,
         };
-    let initial =
-        rebalance::initial(&config.map_path, state.as_ref()).map_err(StartError::State)?;
-    if initial.source != config.map_path.display().to_string() {
+    let fleet = match &config.fleet {
+        Some(f) => {
+            if state.is_some() {
+                return Err(StartError::State(
+                    "--state-dir and --etcd exclude each other: a fleet keeps its rebalance state in etcd".to_owned(),
+                ));
+            }
+            let coord = crate::coord::Coord::connect(&f.endpoints, &f.cluster).await?;
+            let seed = if config.map_path.as_os_str().is_empty() {
+                None
+            } else {
+                Some(std::fs::read_to_string(&config.map_path).map_err(|e| {
+                    StartError::State(format!(
+                        "{}: cannot read the map file: {e}",
+                        config.map_path.display()
+                    ))
+                })?)
+            };
+            let state = crate::fleet::initial_state(&coord, seed.as_deref()).await?;
+            Some((coord, f.clone(), state))
+        }
+        None => None,
+    };
+    let initial = match &fleet {
+        Some((_, _, state)) => rebalance::from_fleet(&state.value),
+        None => rebalance::initial(&config.map_path, state.as_ref()),
+    }
+    .map_err(StartError::State)?;
+    // In a fleet, the epoch is the fleet state's etcd revision.
+    let first_epoch = fleet.as_ref().map_or(Epoch(1), |(_, _, s)| {
+        Epoch(u64::try_from(s.revision).unwrap_or(1))
+    });
+    if fleet.is_none() && initial.source != config.map_path.display().to_string() {
         tracing::warn!(
             map = %initial.source,
             map_file = %config.map_path.display(),
@@ -160,8 +195,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let map = initial.map.clone();
     let metrics = Arc::new(Metrics::new());
     let table = match &initial.resume {
-        Some(r) => r.table(Epoch(1)),
-        None => RoutingTable::compile(map.clone(), Epoch(1)),
+        Some(r) => r.table(first_epoch),
+        None => RoutingTable::compile(map.clone(), first_epoch),
     };
     metrics.map_epoch(table.epoch().0);
     let backends = Arc::new(Backends::new(
@@ -209,6 +244,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.region.clone(),
         config.client.zone.clone(),
     ));
+    if fleet.is_some() {
+        // No keys are routed before this proxy holds a lease.
+        ctx.fence.close();
+    }
     let proxy = Arc::new(Proxy::new(ctx.clone(), config.client));
     // The ACL users that run scripts and transactions on the shards: an
     // endpoint whose credentials may not install them is reported now.
@@ -238,15 +277,40 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             let _ = t.await;
         }
     });
-    let rebalancer = Rebalancer::new(ctx, state, initial.yaml, shutdown.clone());
-    if let Some(resume) = initial.resume {
-        rebalancer.resume(resume);
+    let rebalancer = Rebalancer::new(
+        ctx.clone(),
+        state,
+        fleet.as_ref().map(|(c, _, _)| c.clone()),
+        initial.yaml,
+        shutdown.clone(),
+    );
+    let coord = fleet.as_ref().map(|(c, _, _)| c.clone());
+    match fleet {
+        Some((coord, fleet_config, fleet_state)) => {
+            crate::fleet::join(
+                coord,
+                fleet_config,
+                ctx,
+                proxy.clone(),
+                rebalancer.clone(),
+                addr.to_string(),
+                fleet_state,
+                shutdown.clone(),
+            )
+            .await?;
+        }
+        None => {
+            if let Some(resume) = initial.resume {
+                rebalancer.resume(resume);
+            }
+        }
     }
     let reloader = Reloader::new(
         proxy.clone(),
         config.map_path.clone(),
         shutdown.clone(),
         rebalancer.clone(),
+        coord,
     );
     let admin_addr = match admin_listener {
         Some((listener, admin_addr, auth)) => {

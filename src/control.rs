@@ -49,6 +49,8 @@ pub struct Reloader {
     shutdown: watch::Sender<bool>,
     /// Shares its writer lock: one reload or rebalance start at a time.
     rebalancer: Arc<Rebalancer>,
+    /// In a fleet: a reload is recorded in etcd and every proxy applies it.
+    fleet: Option<crate::coord::Coord>,
 }
 
 impl Reloader {
@@ -59,12 +61,14 @@ impl Reloader {
         map_path: PathBuf,
         shutdown: watch::Sender<bool>,
         rebalancer: Arc<Rebalancer>,
+        fleet: Option<crate::coord::Coord>,
     ) -> Reloader {
         Reloader {
             proxy,
             map_path,
             shutdown,
             rebalancer,
+            fleet,
         }
     }
 
@@ -145,6 +149,29 @@ impl Reloader {
             .map_err(|(path, reason)| ReloadError::Placement { path, reason })?;
         if let Some((path, reason)) = placement_change(current.map(), &map) {
             return Err(ReloadError::Placement { path, reason });
+        }
+        if let Some(coord) = &self.fleet {
+            drop(snap);
+            let revision = coord
+                .update_state(|s| {
+                    if s.rebalance.is_some() {
+                        return Err("a rebalance is moving slots in the fleet; reload the map once it has finished (see STATUS)".to_owned());
+                    }
+                    s.map_yaml = text.clone();
+                    Ok(())
+                })
+                .await
+                .map_err(|e| ReloadError::Placement {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            // Every proxy (this one too) publishes it when its watch sees it.
+            return Ok(ReloadSummary {
+                epoch: u64::try_from(revision).unwrap_or(0),
+                kept: 0,
+                added: 0,
+                removed: 0,
+            });
         }
         let map = Arc::new(map);
         let epoch = Epoch(current.epoch().0 + 1);

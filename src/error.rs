@@ -110,6 +110,14 @@ impl ProxyError {
         ProxyError::Client(Cow::Owned(format!("TRYAGAIN {msg}")))
     }
 
+    /// A fleet member that may have lost its etcd lease: the command may
+    /// run on another proxy, or here again once this one caught up.
+    pub fn fenced() -> ProxyError {
+        ProxyError::tryagain(
+            "this proxy lost contact with the fleet's etcd and is catching up; retry (or use another proxy)",
+        )
+    }
+
     /// An internal error: logged here, at error level, once (it is a bug
     /// an operator should report), and answered `-ERR internal error: ...`.
     pub fn internal(msg: impl Into<Cow<'static, str>>) -> ProxyError {

@@ -109,9 +109,24 @@ enum AdminCommand {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Path of the shard-map YAML file.
-    #[arg(long)]
-    map: PathBuf,
+    /// Path of the shard-map YAML file (with --etcd: only seeds a cluster
+    /// that has no map yet).
+    #[arg(long, required_unless_present = "etcd")]
+    map: Option<PathBuf>,
+    /// etcd endpoints of a fleet (repeat or comma-separate): the map and
+    /// the rebalance state live there, shared by every proxy of --cluster.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The fleet's name in etcd.
+    #[arg(long, default_value = "default", requires = "etcd")]
+    cluster: String,
+    /// This proxy's id in the fleet (default: its listen address and pid).
+    #[arg(long, requires = "etcd")]
+    proxy_id: Option<String>,
+    /// Time to live of this proxy's etcd lease, seconds; renewed every third
+    /// of it. A proxy that cannot renew stops routing keys before it ends.
+    #[arg(long, default_value_t = 6, requires = "etcd")]
+    lease_ttl_secs: u64,
     /// Address for Redis clients.
     #[arg(long, default_value = "127.0.0.1:6380")]
     listen: SocketAddr,
@@ -370,7 +385,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         let config = ServeConfig {
             admin: admin.map(|(addr, auth)| app::AdminListen { addr, auth }),
-            map_path: args.map,
+            map_path: args.map.unwrap_or_default(),
+            fleet: (!args.etcd.is_empty()).then(|| shardgate::fleet::FleetConfig {
+                endpoints: args.etcd.clone(),
+                cluster: args.cluster.clone(),
+                id: args.proxy_id.clone(),
+                lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(2)),
+            }),
             state_dir: args.state_dir,
             listen: args.listen,
             tls: args.tls_cert.map(|cert| app::TlsListen {

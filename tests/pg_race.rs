@@ -427,6 +427,7 @@ fn every_write_pair_is_linearizable_per_key() {
             tls: None,
             admin: None,
             state_dir: None,
+            fleet: None,
         }))
         .expect("proxy starts");
     let pool = rt

@@ -516,6 +516,7 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             tls: None,
             admin: None,
             state_dir: None,
+            fleet: None,
         }))
         .expect("second proxy starts");
     assert_eq!(
@@ -554,6 +555,7 @@ fn start_error(dsn: &str) -> String {
         tls: None,
         admin: None,
         state_dir: None,
+        fleet: None,
     }));
     let _ = std::fs::remove_file(&path);
     assert!(started.elapsed() < Duration::from_secs(20), "startup hung");

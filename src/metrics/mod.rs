@@ -92,6 +92,17 @@ pub const REBALANCE_MISPLACED: &str = "shardgate_rebalance_verify_misplaced_keys
 /// 1 if the last rebalance's verification passed, 0 if it failed.
 pub const REBALANCE_VERIFIED: &str = "shardgate_rebalance_verify_ok";
 
+/// Proxies of the fleet holding a live etcd lease, as this proxy last saw.
+pub const FLEET_PROXIES: &str = "shardgate_fleet_proxies";
+/// 1 while this proxy routes no keys because its lease may have expired.
+pub const FLEET_FENCED: &str = "shardgate_fleet_fenced";
+/// 1 while this proxy holds the mover's election.
+pub const FLEET_LEADER: &str = "shardgate_fleet_mover_leader";
+/// Lease renewals by outcome (ok, error).
+pub const FLEET_LEASE_RENEWALS: &str = "shardgate_fleet_lease_renewals_total";
+/// Time the mover waited for every proxy to publish a window.
+pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
+
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
@@ -227,6 +238,31 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "gauge",
         "1 if the last rebalance verification passed, 0 if it failed",
     ),
+    (
+        FLEET_PROXIES,
+        "gauge",
+        "Proxies of the fleet holding a live etcd lease, as this proxy last listed them (0 without --etcd)",
+    ),
+    (
+        FLEET_FENCED,
+        "gauge",
+        "1 while this proxy answers TRYAGAIN to commands on keys because its etcd lease may have expired",
+    ),
+    (
+        FLEET_LEADER,
+        "gauge",
+        "1 while this proxy holds the election of the fleet's rebalance mover",
+    ),
+    (
+        FLEET_LEASE_RENEWALS,
+        "counter",
+        "Renewals of this proxy's etcd lease by outcome: ok, error",
+    ),
+    (
+        FLEET_ACK_WAIT,
+        "histogram",
+        "Time the fleet's mover waited for every live proxy to publish a window's Migrating state and drain older routing",
+    ),
 ];
 
 /// Histogram buckets (seconds): 50 µs to 10 s.
@@ -284,6 +320,11 @@ pub struct Metrics {
     rebalance_running: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
+    fleet_proxies: Gauge,
+    fleet_fenced: Gauge,
+    fleet_leader: Gauge,
+    fleet_renewals: [Counter; 2],
+    fleet_ack_wait: metrics::Histogram,
     /// Keys moved on touch since start (also shown by the admin STATUS).
     touch_moves: std::sync::atomic::AtomicU64,
 }
@@ -318,6 +359,11 @@ impl Metrics {
             rebalance_running: gauge!(REBALANCE_RUNNING),
             rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
             rebalance_verified: gauge!(REBALANCE_VERIFIED),
+            fleet_proxies: gauge!(FLEET_PROXIES),
+            fleet_fenced: gauge!(FLEET_FENCED),
+            fleet_leader: gauge!(FLEET_LEADER),
+            fleet_renewals: ["ok", "error"].map(|o| counter!(FLEET_LEASE_RENEWALS, "outcome" => o)),
+            fleet_ack_wait: metrics::histogram!(FLEET_ACK_WAIT),
             touch_moves: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -353,6 +399,31 @@ impl Metrics {
             g.set(v as f64);
         }
         self.rebalance_running.set(if running { 1.0 } else { 0.0 });
+    }
+
+    /// Live proxies of the fleet, as last listed.
+    pub fn fleet_proxies(&self, n: usize) {
+        self.fleet_proxies.set(n as f64);
+    }
+
+    /// Whether this proxy is fenced (routes no keys).
+    pub fn fleet_fenced(&self, fenced: bool) {
+        self.fleet_fenced.set(if fenced { 1.0 } else { 0.0 });
+    }
+
+    /// Whether this proxy holds the mover's election.
+    pub fn fleet_leader(&self, leader: bool) {
+        self.fleet_leader.set(if leader { 1.0 } else { 0.0 });
+    }
+
+    /// A lease renewal finished.
+    pub fn fleet_lease_renewal(&self, ok: bool) {
+        self.fleet_renewals[usize::from(!ok)].increment(1);
+    }
+
+    /// The mover waited `waited` for every proxy's acknowledgement.
+    pub fn fleet_ack_wait(&self, waited: Duration) {
+        self.fleet_ack_wait.record(waited.as_secs_f64());
     }
 
     /// The outcome of a rebalance verification.

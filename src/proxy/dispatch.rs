@@ -169,6 +169,14 @@ impl Session {
             }
             return self.fail(Some(spec), e);
         }
+        // A fleet member that may have lost its lease routes no keys: the
+        // fleet may have moved them without it (see `context::Fence`).
+        if !matches!(spec.handling, Handling::Local(_)) && proxy.ctx.fence.blocks(started) {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.aborted = true;
+            }
+            return self.fail(Some(spec), ProxyError::fenced());
+        }
         if self.tx.is_some()
             && !matches!(
                 spec.handling,

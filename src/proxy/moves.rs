@@ -95,6 +95,12 @@ impl Session {
                 self.held = None;
                 return self.encode(e.to_reply());
             }
+            // As at dispatch: a fleet member that may have lost its lease
+            // routes no keys (the move itself ran under the held table).
+            if proxy.ctx.fence.blocks(std::time::Instant::now()) {
+                self.held = None;
+                return self.encode(ProxyError::fenced().to_reply());
+            }
             let out = match self.route(proxy, spec, req, Pass::Moved(snap.epoch())) {
                 Action::Exclusive(ExclusiveOp::MoveFirst(again, _), _) => {
                     // The table changed since the moves: move again.

@@ -17,6 +17,7 @@ pub use estimate::human_bytes;
 mod mover;
 pub mod plan;
 pub mod state;
+pub mod store;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,9 @@ use crate::router::{Epoch, Overlay, RoutingTable};
 use crate::shardmap::ShardMap;
 pub use plan::Plan;
 use state::{Saved, StateDir};
+use store::Store;
+
+use crate::coord::{Coord, FleetState, RebalanceState, Versioned};
 
 /// How the last (or running) rebalance stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,6 +278,44 @@ impl Job {
     }
 }
 
+/// A fleet's running rebalance, as this proxy last published it.
+struct FleetView {
+    revision: i64,
+    rebalance: RebalanceState,
+}
+
+impl FleetView {
+    /// The progress STATUS shows on a proxy that does not run the mover.
+    fn progress(&self) -> Progress {
+        let total = resuming(Saved::from(&self.rebalance), String::new())
+            .ok()
+            .and_then(|i| i.resume)
+            .map_or(0, |r| r.plan.moves.len());
+        let done = self.rebalance.done.len();
+        Progress {
+            phase: Phase::Moving,
+            from_epoch: u64::try_from(self.revision).unwrap_or(0),
+            paused: self.rebalance.paused,
+            slots_total: total,
+            slots_done: done,
+            slots_migrating: self.rebalance.migrating.len().saturating_sub(done),
+            keys_moved: 0,
+            keys_moved_on_touch: 0,
+            bytes_moved: 0,
+            big_keys: 0,
+            errors: 0,
+            last_error: None,
+            keys_estimate: 0,
+            throttle: self.rebalance.throttle,
+            elapsed: Duration::ZERO,
+            keys_per_sec: 0.0,
+            eta_secs: None,
+            verification: None,
+            pairs: Vec::new(),
+        }
+    }
+}
+
 /// Locks a mutex, going on after a panic elsewhere (the data is counters).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -355,17 +397,10 @@ pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, Str
     if let Some(st) = state {
         let io = |e: std::io::Error| format!("state directory {}: {e}", st.path().display());
         if let Some(saved) = st.saved().map_err(io)? {
-            let source = parse("state source.yaml", &saved.source_yaml)?;
-            let target = parse("state target.yaml", &saved.target_yaml)?;
-            let base = RoutingTable::compile(Arc::new(source), Epoch(0));
-            let plan = plan::plan(&base, &target)
-                .map_err(|e| format!("state directory: the saved rebalance: {e}"))?;
-            return Ok(Initial {
-                map: plan.merged.clone(),
-                yaml: saved.source_yaml.clone(),
-                source: format!("{} (resuming a rebalance)", st.path().display()),
-                resume: Some(Resume { saved, plan }),
-            });
+            return resuming(
+                saved,
+                format!("{} (resuming a rebalance)", st.path().display()),
+            );
         }
         if let Some(text) = st.current().map_err(io)? {
             let map = parse("state current.yaml", &text)?;
@@ -388,11 +423,65 @@ pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, Str
     })
 }
 
+/// A rebalance to resume, from its saved state.
+fn resuming(saved: Saved, source: String) -> Result<Initial, String> {
+    let parse =
+        |what: &str, text: &str| ShardMap::from_yaml(text).map_err(|e| format!("{what}: {e}"));
+    let from = parse("rebalance source map", &saved.source_yaml)?;
+    let target = parse("rebalance target map", &saved.target_yaml)?;
+    let base = RoutingTable::compile(Arc::new(from), Epoch(0));
+    let plan =
+        plan::plan(&base, &target).map_err(|e| format!("{source}: the saved rebalance: {e}"))?;
+    Ok(Initial {
+        map: plan.merged.clone(),
+        yaml: saved.source_yaml.clone(),
+        source,
+        resume: Some(Resume { saved, plan }),
+    })
+}
+
+/// What the fleet state in etcd says to serve (see [`crate::coord`]).
+pub fn from_fleet(state: &crate::coord::FleetState) -> Result<Initial, String> {
+    match &state.rebalance {
+        Some(r) => resuming(
+            Saved::from(r),
+            "the fleet state (a rebalance runs)".to_owned(),
+        ),
+        None => {
+            let map = ShardMap::from_yaml(&state.map_yaml)
+                .map_err(|e| format!("the fleet state's map: {e}"))?;
+            Ok(Initial {
+                map: Arc::new(map),
+                yaml: state.map_yaml.clone(),
+                resume: None,
+                source: "the fleet state in etcd".to_owned(),
+            })
+        }
+    }
+}
+
+impl From<&crate::coord::RebalanceState> for Saved {
+    fn from(r: &crate::coord::RebalanceState) -> Saved {
+        Saved {
+            source_yaml: r.source_yaml.clone(),
+            target_yaml: r.target_yaml.clone(),
+            migrating: r.migrating.iter().copied().collect(),
+            done: r.done.iter().copied().collect(),
+            paused: r.paused,
+            throttle: r.throttle,
+        }
+    }
+}
+
 /// Drives rebalances of one proxy. The only writer of the routing table
 /// besides a reload, with which it shares [`Rebalancer::writer`].
 pub struct Rebalancer {
     ctx: Arc<Context>,
     state: Option<StateDir>,
+    /// In a fleet: where the rebalance is recorded (instead of `state`).
+    fleet: Option<Coord>,
+    /// In a fleet: the running rebalance as last published here.
+    fleet_view: Mutex<Option<FleetView>>,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
     current_yaml: Mutex<String>,
@@ -405,12 +494,15 @@ impl Rebalancer {
     pub fn new(
         ctx: Arc<Context>,
         state: Option<StateDir>,
+        fleet: Option<Coord>,
         current_yaml: String,
         shutdown: watch::Sender<bool>,
     ) -> Arc<Rebalancer> {
         Arc::new(Rebalancer {
             ctx,
             state,
+            fleet,
+            fleet_view: Mutex::new(None),
             shutdown,
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
@@ -454,6 +546,9 @@ impl Rebalancer {
                 p.keys_moved + p.keys_moved_on_touch
             ));
         }
+        if let Some(coord) = &self.fleet {
+            return self.start_in_fleet(coord, yaml).await;
+        }
         let Some(state) = self.state.clone() else {
             return Err("the proxy runs without --state-dir; a rebalance needs one so that a restarted proxy can finish the move".to_owned());
         };
@@ -480,8 +575,100 @@ impl Rebalancer {
             drained = ?plan.drained,
             "rebalance started"
         );
-        self.launch(plan, None, state, yaml.to_owned(), epoch);
+        self.launch(plan, None, Store::Dir(state), yaml.to_owned(), epoch);
         Ok(summary)
+    }
+
+    /// A rebalance of the fleet: validated here, recorded in etcd (one
+    /// transaction, so two admins cannot both start one); the proxy that
+    /// holds the mover's election runs it, every proxy publishes it.
+    async fn start_in_fleet(&self, coord: &Coord, yaml: &str) -> Result<String, String> {
+        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+        let snap = self.ctx.snapshot_full();
+        let plan = plan::plan(snap.table(), &next)?;
+        let epoch = snap.epoch().0;
+        drop(snap);
+        let revision = coord
+            .update_state(|s| {
+                if let Some(r) = &s.rebalance {
+                    return Err(format!(
+                        "a rebalance is already running in the fleet ({} of its (class, slot) pairs done); wait for it to finish or follow it with STATUS",
+                        r.done.len()
+                    ));
+                }
+                s.rebalance = Some(RebalanceState {
+                    source_yaml: s.map_yaml.clone(),
+                    target_yaml: yaml.to_owned(),
+                    ..RebalanceState::default()
+                });
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            moves = plan.moves.len(),
+            added = ?plan.added,
+            drained = ?plan.drained,
+            revision,
+            "rebalance of the fleet recorded in etcd"
+        );
+        Ok(format!(
+            "OK rebalance started: {} of {} (class, slot) pairs move, from map epoch {epoch} (fleet revision {revision})",
+            plan.moves.len(),
+            plan.units,
+        ))
+    }
+
+    /// The fleet's state changed (this proxy published it): record what
+    /// STATUS shows, apply pause and throttle to a running mover, and, when
+    /// this proxy holds the mover's election, start the mover for a
+    /// rebalance that has none running here.
+    pub fn fleet_state(self: &Arc<Self>, state: &Versioned<FleetState>, leader: bool) {
+        *lock(&self.current_yaml) = state.value.map_yaml.clone();
+        let Some(r) = &state.value.rebalance else {
+            *lock(&self.fleet_view) = None;
+            return;
+        };
+        *lock(&self.fleet_view) = Some(FleetView {
+            revision: state.revision,
+            rebalance: r.clone(),
+        });
+        let running = lock(&self.job).as_ref().filter(|j| j.running()).cloned();
+        if let Some(job) = &running {
+            job.paused.send_replace(r.paused);
+            job.throttle.store(r.throttle, Ordering::Relaxed);
+            return;
+        }
+        let Some(coord) = self.fleet.clone().filter(|_| leader) else {
+            return;
+        };
+        match resuming(Saved::from(r), "the fleet state".to_owned()) {
+            Ok(Initial {
+                resume: Some(resume),
+                ..
+            }) => {
+                tracing::info!(
+                    moves = resume.plan.moves.len(),
+                    done = resume.saved.done.len(),
+                    migrating = resume.saved.migrating.len(),
+                    revision = state.revision,
+                    "this proxy runs the fleet's rebalance mover"
+                );
+                let target = resume.saved.target_yaml.clone();
+                let epoch = u64::try_from(state.revision).unwrap_or(0);
+                self.launch(
+                    resume.plan,
+                    Some(resume.saved),
+                    Store::Fleet(coord),
+                    target,
+                    epoch,
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the fleet's rebalance cannot be planned; it stays as recorded")
+            }
+        }
     }
 
     /// Resumes the rebalance read at start (see [`initial`]).
@@ -497,14 +684,20 @@ impl Rebalancer {
         );
         let target = resume.saved.target_yaml.clone();
         let epoch = self.ctx.snapshot().epoch().0 + 1;
-        self.launch(resume.plan, Some(resume.saved), state, target, epoch);
+        self.launch(
+            resume.plan,
+            Some(resume.saved),
+            Store::Dir(state),
+            target,
+            epoch,
+        );
     }
 
     fn launch(
         self: &Arc<Self>,
         plan: Plan,
         saved: Option<Saved>,
-        state: StateDir,
+        state: Store,
         target_yaml: String,
         epoch: u64,
     ) {
@@ -541,11 +734,18 @@ impl Rebalancer {
         });
     }
 
-    /// Progress of the running or last rebalance.
+    /// Progress of the running or last rebalance. In a fleet, on a proxy
+    /// that does not run the mover: what the fleet state says (slots; the
+    /// key counts are the mover's).
     pub fn progress(&self) -> Option<Progress> {
-        lock(&self.job)
+        let local = lock(&self.job)
             .as_ref()
-            .map(|j| j.progress(self.ctx.metrics.moved_on_touch()))
+            .map(|j| j.progress(self.ctx.metrics.moved_on_touch()));
+        match (local, lock(&self.fleet_view).as_ref()) {
+            (Some(p), _) if p.phase != Phase::Done || self.fleet.is_none() => Some(p),
+            (_, Some(view)) => Some(view.progress()),
+            (local, None) => local,
+        }
     }
 
     fn running_job(&self) -> Result<Arc<Job>, String> {
@@ -555,9 +755,34 @@ impl Rebalancer {
         }
     }
 
+    /// In a fleet, pause, resume and throttle are recorded in etcd; the
+    /// mover's proxy applies them when it sees the state.
+    async fn fleet_control(
+        &self,
+        coord: &Coord,
+        change: impl Fn(&mut RebalanceState),
+    ) -> Result<(), String> {
+        coord
+            .update_state(|s| match s.rebalance.as_mut() {
+                Some(r) => {
+                    change(r);
+                    Ok(())
+                }
+                None => Err("no rebalance is running".to_owned()),
+            })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Pauses the mover (slots being moved stay `Migrating`: commands still
     /// move their keys on touch).
     pub async fn pause(&self) -> Result<(), String> {
+        if let Some(coord) = &self.fleet {
+            self.fleet_control(coord, |r| r.paused = true).await?;
+            tracing::info!("rebalance paused (fleet)");
+            return Ok(());
+        }
         let job = self.running_job()?;
         job.paused.send_replace(true);
         self.log_control("pause".to_owned()).await;
@@ -566,6 +791,11 @@ impl Rebalancer {
     }
 
     pub async fn resume_mover(&self) -> Result<(), String> {
+        if let Some(coord) = &self.fleet {
+            self.fleet_control(coord, |r| r.paused = false).await?;
+            tracing::info!("rebalance resumed (fleet)");
+            return Ok(());
+        }
         let job = self.running_job()?;
         job.paused.send_replace(false);
         self.log_control("resume".to_owned()).await;
@@ -575,6 +805,12 @@ impl Rebalancer {
 
     /// Limits the mover to `keys_per_sec` (0: no limit).
     pub async fn throttle(&self, keys_per_sec: u64) -> Result<(), String> {
+        if let Some(coord) = &self.fleet {
+            self.fleet_control(coord, |r| r.throttle = keys_per_sec)
+                .await?;
+            tracing::info!(keys_per_sec, "rebalance throttle set (fleet)");
+            return Ok(());
+        }
         let job = self.running_job()?;
         job.throttle.store(keys_per_sec, Ordering::Relaxed);
         self.log_control(format!("throttle {keys_per_sec}")).await;

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::plan::{self, Plan};
-use super::state::{Saved, StateDir};
+use super::state::Saved;
+use super::store::{Store, UnitsKind};
 use super::{Job, Phase, Rebalancer, UnitState, Verification, overlay_table};
 use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
@@ -50,7 +51,7 @@ const REPLICA_WAIT: Duration = Duration::from_secs(10);
 pub(super) struct Work {
     plan: Plan,
     states: Vec<UnitState>,
-    state: StateDir,
+    state: Store,
     target_yaml: String,
 }
 
@@ -58,7 +59,7 @@ impl Work {
     pub(super) fn new(
         plan: Plan,
         saved: Option<&Saved>,
-        state: StateDir,
+        state: Store,
         target_yaml: String,
     ) -> Work {
         let states = plan
@@ -111,8 +112,8 @@ impl Work {
     }
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
-    move |e| format!("cannot record {what} in the state directory: {e}")
+fn io(what: &str) -> impl Fn(super::store::StoreError) -> String + '_ {
+    move |e| format!("cannot record {what}: {e}")
 }
 
 /// Runs a rebalance to its end. Returns the target map's YAML (now in
@@ -123,12 +124,15 @@ pub(super) async fn run(
     mut work: Work,
 ) -> Result<String, String> {
     let ctx = &rb.ctx;
-    // The endpoints of added shards, before any table routes to them.
-    let (old, next) = rebuild_backends(rb, &work.plan.merged);
-    ctx.snapshot
-        .publish_backends(next.clone())
-        .map_err(|e| format!("cannot install the merged map's backends: {e}"))?;
-    installed(rb, &old, &next);
+    if let Store::Dir(_) = &work.state {
+        // The endpoints of added shards, before any table routes to them.
+        // (In a fleet, every proxy installs them when it sees the plan.)
+        let (old, next) = rebuild_backends(rb, &work.plan.merged);
+        ctx.snapshot
+            .publish_backends(next.clone())
+            .map_err(|e| format!("cannot install the merged map's backends: {e}"))?;
+        installed(rb, &old, &next);
+    }
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
@@ -141,6 +145,9 @@ pub(super) async fn run(
             break;
         }
         wait_unpaused(job).await;
+        if matches!(work.state, Store::Fleet(_)) && ctx.fence.blocks(Instant::now()) {
+            return Err(super::store::StoreError::LostLease.to_string());
+        }
         let from = work.plan.moves[window[0]].from;
         let fresh: Vec<usize> = window
             .iter()
@@ -149,15 +156,28 @@ pub(super) async fn run(
             .collect();
         if !fresh.is_empty() {
             let units = work.units(&fresh);
-            work.state
-                .blocking(move |st| st.log_units("migrating", &units))
+            let version = work
+                .state
+                .log_units(UnitsKind::Migrating, units)
                 .await
                 .map_err(io("a window"))?;
             for &i in &fresh {
                 work.states[i] = UnitState::Migrating;
             }
-            let old = publish(rb, &work)?;
-            barrier(rb, job, old, from).await;
+            match &work.state {
+                Store::Dir(_) => {
+                    let old = publish(rb, &work)?;
+                    barrier(rb, job, old, from).await;
+                }
+                // Every live proxy publishes the window's `Migrating` state
+                // and drains what it routed before; the mover waits for all
+                // of them (proxies whose lease expired are fenced).
+                Store::Fleet(coord) => {
+                    super::store::wait_acks(&rb.ctx, coord, version)
+                        .await
+                        .map_err(io("the window's acknowledgements"))?;
+                }
+            }
         }
         job.migrating.store(window.len(), Ordering::Relaxed);
         report(rb, &work, true);
@@ -170,13 +190,15 @@ pub(super) async fn run(
         }
         let units = work.units(&window);
         work.state
-            .blocking(move |st| st.log_units("done", &units))
+            .log_units(UnitsKind::Done, units)
             .await
             .map_err(io("a finished window"))?;
         for &i in &window {
             work.states[i] = UnitState::Done;
         }
-        publish(rb, &work)?;
+        if let Store::Dir(_) = &work.state {
+            publish(rb, &work)?;
+        }
         job.done.fetch_add(window.len(), Ordering::Relaxed);
         job.migrating.store(0, Ordering::Relaxed);
         report(rb, &work, true);
@@ -194,20 +216,22 @@ pub(super) async fn run(
     let v = verify(rb, &work).await;
     ctx.metrics.rebalance_verified(v.ok(), v.misplaced);
     *super::lock(&job.verification) = Some(v.clone());
-    let finished = Arc::new(plan::finished(&work.plan.merged));
-    let epoch = Epoch(ctx.snapshot().epoch().0 + 1);
-    let (old, next) = rebuild_backends(rb, &finished);
-    ctx.snapshot
-        .publish(
-            RoutingTable::compile(finished.clone(), epoch),
-            Some(next.clone()),
-        )
-        .map_err(|e| e.to_string())?;
-    installed(rb, &old, &next);
-    ctx.metrics.map_epoch(epoch.0);
-    let target = work.target_yaml.clone();
+    if let Store::Dir(_) = &work.state {
+        let finished = Arc::new(plan::finished(&work.plan.merged));
+        let epoch = Epoch(ctx.snapshot().epoch().0 + 1);
+        let (old, next) = rebuild_backends(rb, &finished);
+        ctx.snapshot
+            .publish(
+                RoutingTable::compile(finished.clone(), epoch),
+                Some(next.clone()),
+            )
+            .map_err(|e| e.to_string())?;
+        installed(rb, &old, &next);
+        ctx.metrics.map_epoch(epoch.0);
+    }
+    // In a fleet, every proxy publishes the finished map when it sees it.
     work.state
-        .blocking(move |st| st.finish(&target))
+        .finish(work.target_yaml.clone())
         .await
         .map_err(io("the finished rebalance"))?;
     if !v.ok() {

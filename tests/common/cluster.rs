@@ -161,6 +161,7 @@ impl Cluster {
             tls: spec.tls.clone(),
             admin: None,
             state_dir: None,
+            fleet: None,
         };
         let running = rt
             .block_on(app::start(config))

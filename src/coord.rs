@@ -1,0 +1,251 @@
+//! The fleet's control state in etcd: one key holds the map in force and the
+//! running rebalance, one leased key per live proxy holds what it has
+//! published. shardgate adds no consensus of its own: every write that must
+//! not race is an etcd transaction comparing the revision it read.
+//!
+//! ```text
+//! /shardgate/<cluster>/state            FleetState (JSON): map YAML + rebalance
+//! /shardgate/<cluster>/proxies/<id>     Member (JSON), under the proxy's lease
+//! /shardgate/<cluster>/mover            election: the proxy that runs the mover
+//! ```
+//!
+//! The `state` key's `mod_revision` is the fleet's epoch: every proxy
+//! publishes the routing table that state describes with that epoch, so
+//! epochs agree across the fleet and only grow.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+/// A rebalance in progress, as the fleet sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceState {
+    pub source_yaml: String,
+    pub target_yaml: String,
+    /// (class, slot) pairs that entered `Migrating`.
+    pub migrating: Vec<(u32, u32)>,
+    /// (class, slot) pairs whose keys all moved.
+    pub done: Vec<(u32, u32)>,
+    pub paused: bool,
+    /// Keys per second, 0 for no limit.
+    pub throttle: u64,
+}
+
+/// What the `state` key holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetState {
+    /// The map in force (before a running rebalance: the map it started from).
+    pub map_yaml: String,
+    pub rebalance: Option<RebalanceState>,
+}
+
+/// A value with the etcd revision that last changed it.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    /// `mod_revision` of the key: the fleet epoch for [`FleetState`].
+    pub revision: i64,
+}
+
+/// One live proxy, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    /// Where clients reach it.
+    pub addr: String,
+    /// The state revision it has published, and drained the requests
+    /// routed with older tables (0 while it starts).
+    pub acked: i64,
+    /// Wall-clock time of its last lease renewal, Unix milliseconds (for
+    /// operators; no decision uses it).
+    pub renewed_unix_ms: u64,
+    /// The etcd lease its key lives under.
+    pub lease: i64,
+}
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd key {key} holds an unreadable value: {reason}")]
+    Decode { key: String, reason: String },
+    /// The caller's check refused the change (e.g. a rebalance already runs).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the fleet has no map yet: start a proxy with --map or run `shardgate admin apply`")]
+    NoState,
+}
+
+/// A connection to the fleet's etcd, scoped to one cluster name.
+#[derive(Clone)]
+pub struct Coord {
+    /// Boxed behind an `Arc`: the client is several KiB, and a `Coord`
+    /// travels in enums and tasks.
+    client: std::sync::Arc<Client>,
+    prefix: String,
+}
+
+/// How long one etcd request may take before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Coord {
+    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`) for `cluster`.
+    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Coord, CoordError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Coord {
+            client: std::sync::Arc::new(client),
+            prefix: format!("/shardgate/{cluster}/"),
+        })
+    }
+
+    /// A client handle (cheap to clone; requests need `&mut`).
+    pub fn client(&self) -> Client {
+        (*self.client).clone()
+    }
+
+    /// The full etcd key of `suffix` under this cluster.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// The key of the fleet state.
+    pub fn state_key(&self) -> String {
+        self.key("state")
+    }
+
+    /// The prefix of the members' keys.
+    pub fn members_prefix(&self) -> String {
+        self.key("proxies/")
+    }
+
+    /// The election name of the mover.
+    pub fn mover_election(&self) -> String {
+        self.key("mover")
+    }
+
+    /// The fleet state, if one was stored.
+    pub async fn state(&self) -> Result<Option<Versioned<FleetState>>, CoordError> {
+        let key = self.state_key();
+        let resp = self.client().get(key.clone(), None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(Versioned {
+                value: decode(&key, kv.value())?,
+                revision: kv.mod_revision(),
+            })),
+        }
+    }
+
+    /// Stores `state` if the cluster has none yet; returns the state in
+    /// force afterwards (this one or the one another writer stored first).
+    pub async fn create_state(
+        &self,
+        state: &FleetState,
+    ) -> Result<Versioned<FleetState>, CoordError> {
+        let key = self.state_key();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), encode(state), None)]);
+        self.client().txn(txn).await?;
+        self.state().await?.ok_or(CoordError::NoState)
+    }
+
+    /// Read-modify-write of the state: `change` edits a copy of the state
+    /// read; the write only succeeds if nobody wrote in between (compare on
+    /// the revision read), else it starts over. Returns the new revision.
+    pub async fn update_state(
+        &self,
+        mut change: impl FnMut(&mut FleetState) -> Result<(), String>,
+    ) -> Result<i64, CoordError> {
+        let key = self.state_key();
+        loop {
+            let current = self.state().await?.ok_or(CoordError::NoState)?;
+            let mut next = current.value.clone();
+            change(&mut next).map_err(CoordError::Refused)?;
+            if next == current.value {
+                return Ok(current.revision);
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    current.revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), encode(&next), None)]);
+            let resp = self.client().txn(txn).await?;
+            if resp.succeeded() {
+                return Ok(resp.header().map_or(current.revision + 1, |h| h.revision()));
+            }
+        }
+    }
+
+    /// Writes this proxy's member key under `lease`.
+    pub async fn register(&self, member: &Member) -> Result<(), CoordError> {
+        let key = format!("{}{}", self.members_prefix(), member.id);
+        self.client()
+            .put(
+                key,
+                encode(member),
+                Some(PutOptions::new().with_lease(member.lease)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every proxy holding a live lease.
+    pub async fn members(&self) -> Result<Vec<Member>, CoordError> {
+        let prefix = self.members_prefix();
+        let resp = self
+            .client()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, CoordError> {
+    serde_json::from_slice(bytes).map_err(|e| CoordError::Decode {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let s = FleetState {
+            map_yaml: "slots: 8\n".into(),
+            rebalance: Some(RebalanceState {
+                source_yaml: "a".into(),
+                target_yaml: "b".into(),
+                migrating: vec![(0, 1), (1, 7)],
+                done: vec![(0, 1)],
+                paused: true,
+                throttle: 10,
+            }),
+        };
+        let back: FleetState = decode("k", &encode(&s)).unwrap();
+        assert_eq!(back, s);
+        assert!(matches!(
+            decode::<FleetState>("k", b"{"),
+            Err(CoordError::Decode { .. })
+        ));
+    }
+}

@@ -1,0 +1,445 @@
+//! This proxy as a member of a fleet (`--etcd URL --cluster NAME`).
+//!
+//! Three tasks keep it in step with the fleet's state in etcd (see
+//! [`crate::coord`]):
+//!
+//! * the **lease keeper** renews this proxy's lease every third of its TTL.
+//!   After each renewal it moves the [`crate::context::Fence`] deadline to
+//!   `sent + TTL - margin`, where `sent` is when the renewal was *sent*:
+//!   etcd starts the new TTL only when it receives the request, so the
+//!   deadline always comes before the lease can expire (given clocks that
+//!   run at about the same rate; no wall-clock time is compared). Past the
+//!   deadline the proxy routes no keys (`-TRYAGAIN`). If the lease is lost,
+//!   it takes a new one, registers again, and opens the fence only once it
+//!   has published the fleet's current state.
+//! * the **watcher** publishes every new fleet state as one snapshot whose
+//!   epoch is the state's etcd revision, then waits until no request
+//!   routed with an older table is still on its way (the table's readers
+//!   are gone and a `PING` went down every connection to every primary
+//!   behind the requests already queued), and only then acknowledges the
+//!   revision in its member key. The mover waits for every live member's
+//!   acknowledgement before it moves a key of a `Migrating` window.
+//! * the **campaigner** runs for the mover's election under the same lease;
+//!   the elected proxy runs the mover (and loses the election with its
+//!   lease, when another proxy takes over from the state in etcd).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{EventType, WatchOptions};
+use tokio::sync::watch;
+
+use crate::backend::health;
+use crate::context::Context;
+use crate::coord::{Coord, CoordError, FleetState, Member, Versioned};
+use crate::proxy::Proxy;
+use crate::rebalance::{self, Rebalancer};
+use crate::router::{Epoch, RoutingTable};
+
+/// How a proxy joins a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// The fleet's name: its keys live under `/shardgate/<cluster>/`.
+    pub cluster: String,
+    /// This proxy's id in the fleet (default: host:port of its listener
+    /// and the process id).
+    pub id: Option<String>,
+    /// The etcd lease's time to live; renewed every third of it.
+    pub lease_ttl: Duration,
+}
+
+impl FleetConfig {
+    /// The fence closes this long before the lease could expire, for the
+    /// time between the deadline check and a request leaving the proxy.
+    pub fn margin(&self) -> Duration {
+        (self.lease_ttl / 5).max(Duration::from_millis(500))
+    }
+}
+
+/// The member tasks' shared state.
+struct Membership {
+    coord: Coord,
+    ctx: Arc<Context>,
+    proxy: Arc<Proxy>,
+    rebalancer: Arc<Rebalancer>,
+    config: FleetConfig,
+    id: String,
+    addr: String,
+    /// The state revision this proxy has published and drained.
+    applied: AtomicI64,
+    /// The lease its member key and election candidacy live under.
+    lease: watch::Sender<i64>,
+    leader: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Reads the fleet's state, storing `seed` first if the cluster has none
+/// (the first proxy started with `--map`).
+pub async fn initial_state(
+    coord: &Coord,
+    seed: Option<&str>,
+) -> Result<Versioned<FleetState>, CoordError> {
+    if let Some(state) = coord.state().await? {
+        return Ok(state);
+    }
+    let Some(map_yaml) = seed else {
+        return Err(CoordError::NoState);
+    };
+    coord
+        .create_state(&FleetState {
+            map_yaml: map_yaml.to_owned(),
+            rebalance: None,
+        })
+        .await
+}
+
+/// Registers this proxy (it has published `state` already) and starts
+/// the member tasks. Returns once the first lease is held.
+#[allow(clippy::too_many_arguments)]
+pub async fn join(
+    coord: Coord,
+    config: FleetConfig,
+    ctx: Arc<Context>,
+    proxy: Arc<Proxy>,
+    rebalancer: Arc<Rebalancer>,
+    addr: String,
+    state: Versioned<FleetState>,
+    shutdown: watch::Sender<bool>,
+) -> Result<(), CoordError> {
+    let id = config
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{addr}-{}", std::process::id()));
+    let ttl = lease_seconds(config.lease_ttl);
+    let sent = Instant::now();
+    let lease = coord.client().lease_grant(ttl, None).await?.id();
+    ctx.fence
+        .open_until(sent + config.lease_ttl - config.margin());
+    let me = Arc::new(Membership {
+        coord,
+        ctx,
+        proxy,
+        rebalancer,
+        config,
+        id,
+        addr,
+        applied: AtomicI64::new(state.revision),
+        lease: watch::Sender::new(lease),
+        leader: AtomicBool::new(false),
+        shutdown,
+    });
+    me.register().await?;
+    me.rebalancer.fleet_state(&state, false);
+    tracing::info!(id = %me.id, lease, revision = state.revision, "joined the fleet");
+    tokio::spawn(me.clone().keep_lease());
+    tokio::spawn(me.clone().watch_state());
+    tokio::spawn(me.clone().campaign());
+    tokio::spawn(me.clone().count_members());
+    Ok(())
+}
+
+fn lease_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(2)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Membership {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn register(&self) -> Result<(), CoordError> {
+        let member = Member {
+            id: self.id.clone(),
+            addr: self.addr.clone(),
+            acked: self.applied.load(Ordering::Acquire),
+            renewed_unix_ms: unix_ms(),
+            lease: *self.lease.borrow(),
+        };
+        self.coord.register(&member).await
+    }
+
+    /// Renews the lease; on loss, fences, takes a new one and catches up.
+    async fn keep_lease(self: Arc<Self>) {
+        let every = self.config.lease_ttl / 3;
+        let mut keeper = None;
+        while !self.stopping() {
+            let sent = Instant::now();
+            let lease = *self.lease.borrow();
+            let renewed = tokio::time::timeout(crate::coord::REQUEST_TIMEOUT, async {
+                if keeper.is_none() {
+                    keeper = Some(self.coord.client().lease_keep_alive(lease).await?);
+                }
+                let Some((k, stream)) = keeper.as_mut() else {
+                    return Ok(None);
+                };
+                k.keep_alive().await?;
+                Ok::<_, etcd_client::Error>(stream.message().await?.map(|m| m.ttl()))
+            })
+            .await;
+            match renewed {
+                Ok(Ok(Some(ttl))) if ttl > 0 => {
+                    self.ctx
+                        .fence
+                        .open_until(sent + self.config.lease_ttl - self.config.margin());
+                    self.ctx.metrics.fleet_lease_renewal(true);
+                    self.ctx.metrics.fleet_fenced(false);
+                    if let Err(e) = self.register().await {
+                        tracing::debug!(error = %e, "cannot refresh the member key");
+                    }
+                }
+                Ok(Ok(_)) => {
+                    // The lease expired: the fleet may have gone on without us.
+                    self.ctx.fence.close();
+                    self.ctx.metrics.fleet_fenced(true);
+                    self.ctx.metrics.fleet_lease_renewal(false);
+                    tracing::warn!(id = %self.id, lease, "etcd lease expired; routing no keys until this proxy has caught up with the fleet");
+                    keeper = None;
+                    self.rejoin().await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    keeper = None;
+                    self.renewal_failed(&e.to_string());
+                }
+                Err(_) => {
+                    keeper = None;
+                    self.renewal_failed("timed out");
+                }
+            }
+            tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+        }
+    }
+
+    fn renewal_failed(&self, why: &str) {
+        self.ctx.metrics.fleet_lease_renewal(false);
+        let fenced = self.ctx.fence.blocks(Instant::now());
+        self.ctx.metrics.fleet_fenced(fenced);
+        tracing::warn!(id = %self.id, error = why, fenced, "cannot renew the etcd lease");
+    }
+
+    /// After a lost lease: a new lease, the fleet's current state published
+    /// and acknowledged, then the fence opens.
+    async fn rejoin(&self) {
+        while !self.stopping() {
+            let sent = Instant::now();
+            let attempt = async {
+                let lease = self
+                    .coord
+                    .client()
+                    .lease_grant(lease_seconds(self.config.lease_ttl), None)
+                    .await?
+                    .id();
+                self.lease.send_replace(lease);
+                let state = self.coord.state().await?.ok_or(CoordError::NoState)?;
+                if state.revision > self.applied.load(Ordering::Acquire) {
+                    self.apply(state).await;
+                }
+                self.register().await?;
+                Ok::<_, CoordError>(lease)
+            };
+            match attempt.await {
+                Ok(lease) => {
+                    self.ctx
+                        .fence
+                        .open_until(sent + self.config.lease_ttl - self.config.margin());
+                    self.ctx.metrics.fleet_fenced(false);
+                    tracing::info!(id = %self.id, lease, "rejoined the fleet; routing keys again");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot rejoin the fleet yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes every new fleet state (see the module doc).
+    async fn watch_state(self: Arc<Self>) {
+        let key = self.coord.state_key();
+        while !self.stopping() {
+            let from = self.applied.load(Ordering::Acquire) + 1;
+            let options = WatchOptions::new().with_start_revision(from);
+            let mut stream = match self.coord.client().watch(key.clone(), Some(options)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the fleet state; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            // Compacted past our revision: read the state.
+                            if let Ok(Some(state)) = self.coord.state().await
+                                && state.revision > self.applied.load(Ordering::Acquire)
+                            {
+                                self.apply(state).await;
+                            }
+                            break;
+                        }
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            if event.event_type() != EventType::Put
+                                || kv.mod_revision() <= self.applied.load(Ordering::Acquire)
+                            {
+                                continue;
+                            }
+                            match serde_json::from_slice::<FleetState>(kv.value()) {
+                                Ok(value) => {
+                                    self.apply(Versioned {
+                                        value,
+                                        revision: kv.mod_revision(),
+                                    })
+                                    .await
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, revision = kv.mod_revision(), "unreadable fleet state; ignored")
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fleet state watch broke; reconnecting");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Publishes `state` (table and backends in one snapshot), drains what
+    /// older tables routed, and acknowledges it.
+    async fn apply(&self, state: Versioned<FleetState>) {
+        let initial = match rebalance::from_fleet(&state.value) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, revision = state.revision, "the fleet state cannot be served; keeping the running map");
+                return;
+            }
+        };
+        let epoch = Epoch(u64::try_from(state.revision).unwrap_or(0));
+        let table = match &initial.resume {
+            Some(r) => r.table(epoch),
+            None => RoutingTable::compile(initial.map.clone(), epoch),
+        };
+        let (old_backends, next) = self.ctx.rebuild_backends(&initial.map);
+        let old_table = match self.ctx.snapshot.publish(table, Some(next.clone())) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, revision = state.revision, "cannot publish the fleet state");
+                return;
+            }
+        };
+        let added = next.added_since(&old_backends);
+        health::spawn_all(&added, self.shutdown.subscribe());
+        for e in &added {
+            if let (Some(pg), crate::backend::Role::Primary) = (e.postgres(), e.state.role) {
+                tokio::spawn(crate::backend::pg::reaper(
+                    e.state.addr.clone(),
+                    pg.pool().clone(),
+                    e.state.options.health_check_interval,
+                    self.shutdown.subscribe(),
+                ));
+            }
+        }
+        old_backends.retire_missing(&next);
+        if !added.is_empty() {
+            self.proxy.sync_backend_acl();
+        }
+        self.ctx.metrics.map_epoch(epoch.0);
+        drain(&old_table, &next).await;
+        self.applied.store(state.revision, Ordering::Release);
+        if let Err(e) = self.register().await {
+            tracing::warn!(error = %e, "cannot acknowledge the fleet state; the lease keeper retries");
+        }
+        tracing::info!(
+            revision = state.revision,
+            rebalance = state.value.rebalance.is_some(),
+            "published the fleet state"
+        );
+        self.rebalancer
+            .fleet_state(&state, self.leader.load(Ordering::Acquire));
+    }
+
+    /// Runs for the mover's election while this proxy lives; the elected
+    /// proxy starts the mover for a recorded rebalance.
+    async fn campaign(self: Arc<Self>) {
+        let mut leases = self.lease.subscribe();
+        while !self.stopping() {
+            let lease = *leases.borrow_and_update();
+            let won = self
+                .coord
+                .client()
+                .campaign(self.coord.mover_election(), self.id.clone(), lease)
+                .await;
+            match won {
+                Ok(_) if *self.lease.borrow() == lease => {
+                    self.leader.store(true, Ordering::Release);
+                    self.ctx.metrics.fleet_leader(true);
+                    tracing::info!(id = %self.id, "elected to run the fleet's rebalance mover");
+                    if let Ok(Some(state)) = self.coord.state().await {
+                        self.rebalancer.fleet_state(&state, true);
+                    }
+                    // Leadership lasts as long as the lease.
+                    let _ = leases.changed().await;
+                    self.leader.store(false, Ordering::Release);
+                    self.ctx.metrics.fleet_leader(false);
+                    tracing::warn!(id = %self.id, "lost the mover's election with the lease");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "mover election: retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps the fleet-size gauge current.
+    async fn count_members(self: Arc<Self>) {
+        while !self.stopping() {
+            if let Ok(members) = self.coord.members().await {
+                self.ctx.metrics.fleet_proxies(members.len());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Waits until nothing routed with `old` can still reach a backend: no
+/// snapshot holds the table any more, then a `PING` went down every
+/// multiplexed connection to every primary behind what was queued.
+async fn drain(old: &Arc<RoutingTable>, next: &crate::backend::Backends) {
+    let started = Instant::now();
+    while Arc::strong_count(old) > 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if started.elapsed() > Duration::from_secs(30) {
+            tracing::warn!(
+                holders = Arc::strong_count(old) - 1,
+                "still waiting for commands routed by an older table (a long script or transaction?)"
+            );
+        }
+    }
+    for shard in next.shards() {
+        for _ in 0..10 {
+            if shard.primary.barrier().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

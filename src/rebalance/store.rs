@@ -1,0 +1,135 @@
+//! Where a rebalance's progress is recorded: the state directory of a
+//! single proxy, or the fleet's state in etcd (see [`crate::coord`]).
+//!
+//! The mover records the same steps either way: a window's units enter
+//! `Migrating` (before any of their keys move), its units are `Done`, the
+//! rebalance finished (the target map is the map in force). In a fleet each
+//! record is also what the other proxies publish from.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::state::StateDir;
+use crate::context::Context;
+use crate::coord::{Coord, CoordError};
+
+/// The two records of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitsKind {
+    Migrating,
+    Done,
+}
+
+/// Why a record could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory: {0}")]
+    Dir(#[from] std::io::Error),
+    #[error("fleet state: {0}")]
+    Fleet(#[from] CoordError),
+    /// This proxy may have lost its lease: another proxy may run the mover.
+    #[error("this proxy lost its etcd lease; the next elected proxy resumes the rebalance")]
+    LostLease,
+}
+
+/// The record of one rebalance.
+#[derive(Clone)]
+pub enum Store {
+    Dir(StateDir),
+    Fleet(Coord),
+}
+
+impl Store {
+    /// Records units of a window; returns the fleet revision of the record
+    /// (0 for a state directory).
+    pub async fn log_units(
+        &self,
+        kind: UnitsKind,
+        units: Vec<(u32, u32)>,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                let verb = match kind {
+                    UnitsKind::Migrating => "migrating",
+                    UnitsKind::Done => "done",
+                };
+                dir.blocking(move |st| st.log_units(verb, &units)).await?;
+                Ok(0)
+            }
+            Store::Fleet(coord) => Ok(coord
+                .update_state(|s| {
+                    let Some(r) = s.rebalance.as_mut() else {
+                        return Err("the rebalance is no longer in the fleet state".to_owned());
+                    };
+                    let list = match kind {
+                        UnitsKind::Migrating => &mut r.migrating,
+                        UnitsKind::Done => &mut r.done,
+                    };
+                    let mut all: BTreeSet<(u32, u32)> = list.iter().copied().collect();
+                    all.extend(units.iter().copied());
+                    *list = all.into_iter().collect();
+                    Ok(())
+                })
+                .await?),
+        }
+    }
+
+    /// Records the end of the rebalance: `target_yaml` is the map in force.
+    pub async fn finish(&self, target_yaml: String) -> Result<(), StoreError> {
+        match self {
+            Store::Dir(dir) => {
+                dir.blocking(move |st| st.finish(&target_yaml)).await?;
+            }
+            Store::Fleet(coord) => {
+                coord
+                    .update_state(|s| {
+                        if s.rebalance.is_none() {
+                            return Err("the rebalance is no longer in the fleet state".to_owned());
+                        }
+                        s.map_yaml = target_yaml.clone();
+                        s.rebalance = None;
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until every proxy holding a live lease has published fleet
+/// revision `version` and drained what it routed with older tables. A
+/// proxy whose lease expires meanwhile drops out of the wait: it has
+/// fenced itself before its lease could expire (see `context::Fence`).
+/// Fails if this proxy itself may have lost its lease (another may lead).
+pub async fn wait_acks(ctx: &Context, coord: &Coord, version: i64) -> Result<Duration, StoreError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        if ctx.fence.blocks(Instant::now()) {
+            return Err(StoreError::LostLease);
+        }
+        match coord.members().await {
+            Ok(members) => {
+                let behind: Vec<&str> = members
+                    .iter()
+                    .filter(|m| m.acked < version)
+                    .map(|m| m.id.as_str())
+                    .collect();
+                if behind.is_empty() {
+                    let waited = started.elapsed();
+                    ctx.metrics.fleet_ack_wait(waited);
+                    return Ok(waited);
+                }
+                if !warned && started.elapsed() > Duration::from_secs(5) {
+                    warned = true;
+                    tracing::warn!(version, waiting_for = ?behind, "rebalance waits for proxies to publish a window (a proxy whose lease expires stops being waited for)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the fleet's proxies; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
