@@ -209,6 +209,17 @@ impl Reloader {
     }
 }
 
+/// Whether `next` may replace `current` by a reload (same placement):
+/// `next` aligned to `current`'s shard order, or the field path and reason
+/// of the first change that would move keys (a rebalance's job).
+pub fn reload_check(current: &ShardMap, next: ShardMap) -> Result<ShardMap, (String, String)> {
+    let next = align(current, next)?;
+    match placement_change(current, &next) {
+        Some(change) => Err(change),
+        None => Ok(next),
+    }
+}
+
 /// `next` (a map file) with its shards in the running map's order, so
 /// shard ids stay valid; shards a finished rebalance removed stay as
 /// placeholders. A shard only in one of them is a placement change.

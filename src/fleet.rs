@@ -389,6 +389,7 @@ impl Membership {
             match won {
                 Ok(_) if *self.lease.borrow() == lease => {
                     self.leader.store(true, Ordering::Release);
+                    self.rebalancer.set_fleet_leader(true);
                     self.ctx.metrics.fleet_leader(true);
                     tracing::info!(id = %self.id, "elected to run the fleet's rebalance mover");
                     if let Ok(Some(state)) = self.coord.state().await {
@@ -397,6 +398,7 @@ impl Membership {
                     // Leadership lasts as long as the lease.
                     let _ = leases.changed().await;
                     self.leader.store(false, Ordering::Release);
+                    self.rebalancer.set_fleet_leader(false);
                     self.ctx.metrics.fleet_leader(false);
                     tracing::warn!(id = %self.id, "lost the mover's election with the lease");
                 }
@@ -409,11 +411,12 @@ impl Membership {
         }
     }
 
-    /// Keeps the fleet-size gauge current.
+    /// Keeps the fleet-size gauge and STATUS's list of proxies current.
     async fn count_members(self: Arc<Self>) {
         while !self.stopping() {
             if let Ok(members) = self.coord.members().await {
                 self.ctx.metrics.fleet_proxies(members.len());
+                self.rebalancer.set_fleet_members(members);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

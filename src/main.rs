@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod admin_cli;
+mod fleet_cli;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -99,12 +100,40 @@ enum AdminCommand {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
     },
+    /// Store a map in a fleet's etcd (`--etcd`, `--cluster`): the first map
+    /// of a new cluster, or a change that moves no keys (replicas, options,
+    /// credentials), which every proxy of the fleet then applies. A change
+    /// of placement is refused: submit it with `rebalance`.
+    Apply {
+        #[arg(long)]
+        map: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// The fleet as etcd holds it: every live proxy (id, address, the
+    /// epoch it serves, when it last renewed its lease), the map epoch and
+    /// the running rebalance.
+    Fleet {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
     /// Limit the mover to this many keys per second (0: no limit).
     Throttle {
         keys_per_sec: u64,
         #[command(flatten)]
         conn: admin_cli::AdminConn,
     },
+}
+
+/// Where a fleet's control state lives.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// etcd endpoints (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The fleet's name in etcd.
+    #[arg(long, default_value = "default")]
+    cluster: String,
 }
 
 #[derive(clap::Args)]
@@ -258,8 +287,16 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve(*args),
         Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
+        Command::Admin(AdminCommand::Apply { map, fleet }) => {
+            fleet_cli::apply(&map, &fleet.etcd, &fleet.cluster)
+        }
+        Command::Admin(AdminCommand::Fleet { fleet }) => {
+            fleet_cli::status(&fleet.etcd, &fleet.cluster)
+        }
         Command::Admin(cmd) => admin_cli::run(match cmd {
-            AdminCommand::Migrate { .. } => unreachable!("handled above"),
+            AdminCommand::Migrate { .. }
+            | AdminCommand::Apply { .. }
+            | AdminCommand::Fleet { .. } => unreachable!("handled above"),
             AdminCommand::Plan { map, conn } => (conn, admin_cli::Op::Plan(map)),
             AdminCommand::Rebalance { map, no_wait, conn } => (
                 conn,

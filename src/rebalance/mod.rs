@@ -482,6 +482,14 @@ pub struct Rebalancer {
     fleet: Option<Coord>,
     /// In a fleet: the running rebalance as last published here.
     fleet_view: Mutex<Option<FleetView>>,
+    /// In a fleet: the live proxies as last listed (STATUS).
+    fleet_members: Mutex<Vec<crate::coord::Member>>,
+    /// Held from "no mover runs here" to the mover's launch: the watcher
+    /// and the election both call [`Rebalancer::fleet_state`].
+    fleet_launch: Mutex<()>,
+    /// In a fleet: whether this proxy holds the mover's election (a mover
+    /// that finds it lost stops; the next leader resumes).
+    fleet_leader: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
     /// YAML of the map in force.
     current_yaml: Mutex<String>,
@@ -503,6 +511,9 @@ impl Rebalancer {
             state,
             fleet,
             fleet_view: Mutex::new(None),
+            fleet_members: Mutex::new(Vec::new()),
+            fleet_launch: Mutex::new(()),
+            fleet_leader: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
@@ -633,6 +644,7 @@ impl Rebalancer {
             revision: state.revision,
             rebalance: r.clone(),
         });
+        let _one = lock(&self.fleet_launch);
         let running = lock(&self.job).as_ref().filter(|j| j.running()).cloned();
         if let Some(job) = &running {
             job.paused.send_replace(r.paused);
@@ -741,10 +753,14 @@ impl Rebalancer {
         let local = lock(&self.job)
             .as_ref()
             .map(|j| j.progress(self.ctx.metrics.moved_on_touch()));
-        match (local, lock(&self.fleet_view).as_ref()) {
-            (Some(p), _) if p.phase != Phase::Done || self.fleet.is_none() => Some(p),
-            (_, Some(view)) => Some(view.progress()),
-            (local, None) => local,
+        let moving_here = local.as_ref().is_some_and(|p| {
+            matches!(p.phase, Phase::Moving | Phase::Verifying)
+        });
+        match lock(&self.fleet_view).as_ref() {
+            // A fleet's rebalance that another proxy moves (or that this
+            // one stopped moving when it lost the election).
+            Some(view) if self.fleet.is_some() && !moving_here => Some(view.progress()),
+            _ => local,
         }
     }
 
@@ -826,9 +842,54 @@ impl Rebalancer {
         }
     }
 
+    /// Whether this proxy holds the fleet mover's election.
+    pub fn set_fleet_leader(&self, leader: bool) {
+        self.fleet_leader.store(leader, Ordering::Release);
+    }
+
+    /// Whether the mover may go on here: always outside a fleet; in a
+    /// fleet, while this proxy leads and its lease may not have expired.
+    fn may_move(&self) -> bool {
+        self.fleet.is_none()
+            || (self.fleet_leader.load(Ordering::Acquire)
+                && !self.ctx.fence.blocks(Instant::now()))
+    }
+
+    /// The fleet's live proxies, as the member task last listed them.
+    pub fn set_fleet_members(&self, members: Vec<crate::coord::Member>) {
+        *lock(&self.fleet_members) = members;
+    }
+
+    /// The `# Fleet` section of STATUS (empty without `--etcd`): one line
+    /// per live proxy with its address, the epoch it has published and
+    /// acknowledged, when it last renewed its lease, and its lease.
+    pub fn fleet_text(&self) -> String {
+        if self.fleet.is_none() {
+            return String::new();
+        }
+        let members = lock(&self.fleet_members).clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut text = format!("# Fleet\r\nproxies:{}\r\n", members.len());
+        for m in members {
+            text.push_str(&format!(
+                "proxy:id={},addr={},epoch={},renewed_ms_ago={},lease={:x}\r\n",
+                m.id,
+                m.addr,
+                m.acked,
+                now.saturating_sub(m.renewed_unix_ms),
+                m.lease
+            ));
+        }
+        text.push_str("\r\n");
+        text
+    }
+
     /// The `# Rebalance` section of STATUS.
     pub fn status_text(&self) -> String {
-        let mut text = String::from("# Rebalance\r\n");
+        let mut text = self.fleet_text();
+        text.push_str("# Rebalance\r\n");
         match self.progress() {
             None => text.push_str("state:none\r\n"),
             Some(p) => {

@@ -145,7 +145,7 @@ pub(super) async fn run(
             break;
         }
         wait_unpaused(job).await;
-        if matches!(work.state, Store::Fleet(_)) && ctx.fence.blocks(Instant::now()) {
+        if !rb.may_move() {
             return Err(super::store::StoreError::LostLease.to_string());
         }
         let from = work.plan.moves[window[0]].from;
@@ -173,7 +173,7 @@ pub(super) async fn run(
                 // and drains what it routed before; the mover waits for all
                 // of them (proxies whose lease expired are fenced).
                 Store::Fleet(coord) => {
-                    super::store::wait_acks(&rb.ctx, coord, version)
+                    super::store::wait_acks(&rb.ctx, coord, version, || rb.may_move())
                         .await
                         .map_err(io("the window's acknowledgements"))?;
                 }

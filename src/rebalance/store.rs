@@ -27,8 +27,9 @@ pub enum StoreError {
     Dir(#[from] std::io::Error),
     #[error("fleet state: {0}")]
     Fleet(#[from] CoordError),
-    /// This proxy may have lost its lease: another proxy may run the mover.
-    #[error("this proxy lost its etcd lease; the next elected proxy resumes the rebalance")]
+    /// This proxy may have lost its lease or the election: another proxy
+    /// may run the mover.
+    #[error("this proxy lost its etcd lease or the mover's election; the elected proxy resumes the rebalance")]
     LostLease,
 }
 
@@ -101,12 +102,18 @@ impl Store {
 /// revision `version` and drained what it routed with older tables. A
 /// proxy whose lease expires meanwhile drops out of the wait: it has
 /// fenced itself before its lease could expire (see `context::Fence`).
-/// Fails if this proxy itself may have lost its lease (another may lead).
-pub async fn wait_acks(ctx: &Context, coord: &Coord, version: i64) -> Result<Duration, StoreError> {
+/// Fails once `may_move` says this proxy may have lost its lease or the
+/// election (another proxy may lead).
+pub async fn wait_acks(
+    ctx: &Context,
+    coord: &Coord,
+    version: i64,
+    may_move: impl Fn() -> bool,
+) -> Result<Duration, StoreError> {
     let started = Instant::now();
     let mut warned = false;
     loop {
-        if ctx.fence.blocks(Instant::now()) {
+        if !may_move() {
             return Err(StoreError::LostLease);
         }
         match coord.members().await {
