@@ -753,9 +753,9 @@ impl Rebalancer {
         let local = lock(&self.job)
             .as_ref()
             .map(|j| j.progress(self.ctx.metrics.moved_on_touch()));
-        let moving_here = local.as_ref().is_some_and(|p| {
-            matches!(p.phase, Phase::Moving | Phase::Verifying)
-        });
+        let moving_here = local
+            .as_ref()
+            .is_some_and(|p| matches!(p.phase, Phase::Moving | Phase::Verifying));
         match lock(&self.fleet_view).as_ref() {
             // A fleet's rebalance that another proxy moves (or that this
             // one stopped moving when it lost the election).
@@ -851,8 +851,7 @@ impl Rebalancer {
     /// fleet, while this proxy leads and its lease may not have expired.
     fn may_move(&self) -> bool {
         self.fleet.is_none()
-            || (self.fleet_leader.load(Ordering::Acquire)
-                && !self.ctx.fence.blocks(Instant::now()))
+            || (self.fleet_leader.load(Ordering::Acquire) && !self.ctx.fence.blocks(Instant::now()))
     }
 
     /// The fleet's live proxies, as the member task last listed them.

@@ -29,7 +29,9 @@ pub enum StoreError {
     Fleet(#[from] CoordError),
     /// This proxy may have lost its lease or the election: another proxy
     /// may run the mover.
-    #[error("this proxy lost its etcd lease or the mover's election; the elected proxy resumes the rebalance")]
+    #[error(
+        "this proxy lost its etcd lease or the mover's election; the elected proxy resumes the rebalance"
+    )]
     LostLease,
 }
 
