@@ -78,6 +78,7 @@ async fn session(
 ) -> std::io::Result<()> {
     let mut rbuf = BytesMut::with_capacity(1024);
     let mut authed = false;
+    let mut failures = 0u32;
     loop {
         let req = loop {
             match parse_request(&mut rbuf, &LIMITS) {
@@ -98,7 +99,18 @@ async fn session(
         let args = req.args();
         let name = String::from_utf8_lossy(req.name()).to_ascii_uppercase();
         let (reply, quit) = match name.as_str() {
-            "AUTH" => (login(args, auth, peer, &mut authed), false),
+            "AUTH" => {
+                let reply = login(args, auth, peer, &mut authed, &mut failures);
+                if failures > 0 && !authed {
+                    // Guessing is slowed to one attempt per second after
+                    // the first few, and the connection closes after
+                    // ADMIN_MAX_FAILURES.
+                    if failures > 2 {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+                (reply, failures >= ADMIN_MAX_FAILURES)
+            }
             "QUIT" => (Reply::Ok, true),
             "PING" => (Reply::Simple("PONG".into()), false),
             "HELP" => (help(), false),
@@ -132,7 +144,16 @@ async fn session(
     }
 }
 
-fn login(args: &[Bytes], auth: &Auth, peer: SocketAddr, authed: &mut bool) -> Reply {
+/// Failed logins after which an admin connection is closed.
+const ADMIN_MAX_FAILURES: u32 = 5;
+
+fn login(
+    args: &[Bytes],
+    auth: &Auth,
+    peer: SocketAddr,
+    authed: &mut bool,
+    failures: &mut u32,
+) -> Reply {
     let (user, password): (&[u8], &[u8]) = match args {
         [_, pw] => (b"default", pw),
         [_, user, pw] => (user, pw),
@@ -143,7 +164,11 @@ fn login(args: &[Bytes], auth: &Auth, peer: SocketAddr, authed: &mut bool) -> Re
         tracing::info!(%peer, "admin login");
         Reply::Ok
     } else {
-        tracing::warn!(%peer, "admin login refused: wrong password");
+        *failures += 1;
+        // One line per connection, and one when it is closed.
+        if *failures == 1 || *failures == ADMIN_MAX_FAILURES {
+            tracing::warn!(%peer, failures = *failures, closing = *failures >= ADMIN_MAX_FAILURES, "admin login refused: wrong password");
+        }
         Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
     }
 }

@@ -142,6 +142,17 @@ struct ServeArgs {
     /// that has no map yet).
     #[arg(long, required_unless_present = "etcd")]
     map: Option<PathBuf>,
+    /// With auth: close a client that has not logged in within this many
+    /// seconds.
+    #[arg(long, default_value_t = 5)]
+    auth_timeout_secs: u64,
+    /// With auth: connections not logged in yet, at most (they do not count
+    /// against --max-clients).
+    #[arg(long, default_value_t = 1000)]
+    max_unauthenticated_clients: usize,
+    /// Failed logins on one connection before the proxy closes it.
+    #[arg(long, default_value_t = 10)]
+    max_auth_failures: u32,
     /// etcd endpoints of a fleet (repeat or comma-separate): the map and
     /// the rebalance state live there, shared by every proxy of --cluster.
     #[arg(long, value_delimiter = ',')]
@@ -452,6 +463,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 region: args.region,
                 zone: args.zone,
                 auth,
+                auth_timeout: Duration::from_secs(args.auth_timeout_secs.max(1)),
+                max_unauthenticated: args.max_unauthenticated_clients.max(1),
+                max_auth_failures: args.max_auth_failures.max(1),
             },
         };
         // Installed before the listener opens, so an early SIGHUP never

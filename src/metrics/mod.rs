@@ -36,7 +36,16 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total
 /// Client connections the proxy closed or refused because of a limit, by reason.
 pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
 /// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
-pub const LIMIT_REASONS: [&str; 4] = ["max_clients", "idle_timeout", "slow_reader", "query_buffer"];
+pub const LIMIT_REASONS: [&str; 8] = [
+    "max_clients",
+    "idle_timeout",
+    "slow_reader",
+    "query_buffer",
+    "max_unauthenticated",
+    "auth_timeout",
+    "unauthenticated_request",
+    "auth_failures",
+];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
 /// Backend failures, by shard, endpoint, role and error kind.
@@ -309,7 +318,7 @@ pub struct Metrics {
     /// Per serving thread (one entry when there are none).
     thread_clients: Vec<Gauge>,
     protocol_errors: Counter,
-    limit_closes: [Counter; 4],
+    limit_closes: [Counter; 8],
     _map_reloads: [Counter; 2],
     _admin_reloads: [Counter; 2],
     auth_failures: [Counter; 3],

@@ -18,7 +18,7 @@ use super::Proxy;
 use super::dispatch::Action;
 use super::pending::Pending;
 use super::session::Session;
-use crate::protocol::{Reply, parse_request};
+use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
 /// Size of one socket read.
@@ -37,6 +37,8 @@ struct Client<'a> {
     /// No more input will be read (the client closed its side, or the proxy
     /// is shutting down): serve what was read, then stop.
     eof: bool,
+    /// When the connection was accepted (the auth timeout runs from here).
+    connected_at: std::time::Instant,
     /// Turns true when the proxy shuts down. Observed only while waiting for
     /// input, so a command already sent to a backend (even inside a
     /// transaction or a blocking op) always gets its reply written.
@@ -56,14 +58,15 @@ enum End {
 }
 
 /// Serves one client until it disconnects, sends QUIT or a malformed frame,
-/// or the proxy shuts down.
+/// or the proxy shuts down. Returns whether it logged in (see
+/// [`Proxy::client_logged_in`]).
 pub async fn serve_client(
     proxy: &Proxy,
     stream: ClientStream,
     peer: SocketAddr,
     id: u64,
     shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let (rd, wr) = stream.split();
     let mut client = Client {
         proxy,
@@ -74,6 +77,7 @@ pub async fn serve_client(
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
         eof: false,
+        connected_at: std::time::Instant::now(),
         shutdown,
     };
     let end = client.run().await;
@@ -89,9 +93,24 @@ pub async fn serve_client(
             tracing::info!(client = id, %peer, reason, "closed client connection: limit reached");
         }
     }
+    client.session.logged_in_once
 }
 
+/// Redis' limits for a client that has not logged in yet (networking.c):
+/// at most 10 arguments, each at most 16 KiB, so that a stranger cannot
+/// make the proxy buffer a 512 MiB argument.
+const UNAUTHENTICATED: Limits = Limits {
+    max_bulk_len: 16 * 1024,
+    max_args: 10,
+    max_inline_len: 64 * 1024,
+};
+
 impl Client<'_> {
+    /// Whether the client must still log in (auth configured, not yet).
+    fn needs_login(&self) -> bool {
+        self.proxy.config.auth.is_some() && self.session.user.is_none()
+    }
+
     async fn run(&mut self) -> End {
         loop {
             match self.step().await {
@@ -107,8 +126,18 @@ impl Client<'_> {
     async fn step(&mut self) -> Result<bool, End> {
         // Read the clock once for every request parsed in this round.
         let mut arrived = None;
+        if self.needs_login() && self.connected_at.elapsed() >= self.proxy.config.auth_timeout {
+            return Err(End::Limit("auth_timeout"));
+        }
+        let proxy = self.proxy;
         while self.pending.len() < self.proxy.config.max_pipeline {
-            match parse_request(&mut self.rbuf, &self.proxy.config.limits) {
+            // Re-chosen per request: an AUTH earlier in the batch lifts them.
+            let limits = if self.needs_login() {
+                &UNAUTHENTICATED
+            } else {
+                &proxy.config.limits
+            };
+            match parse_request(&mut self.rbuf, limits) {
                 Ok(Some(req)) => match self.session.dispatch(
                     self.proxy,
                     req,
@@ -145,8 +174,24 @@ impl Client<'_> {
                     break;
                 }
                 Err(e) => {
+                    // Before login, a request within the normal limits but
+                    // past Redis' unauthenticated ones gets Redis' wording.
+                    let unauthenticated = self.needs_login()
+                        && parse_request(&mut self.rbuf.clone(), &proxy.config.limits).is_ok();
+                    let message = if !unauthenticated {
+                        format!("ERR {e}")
+                    } else if e.to_string().contains("multibulk") {
+                        "ERR Protocol error: unauthenticated multibulk length".to_owned()
+                    } else {
+                        "ERR Protocol error: unauthenticated bulk length".to_owned()
+                    };
+                    if unauthenticated {
+                        self.proxy
+                            .metrics
+                            .client_limit_close("unauthenticated_request");
+                    }
                     self.drain().await.map_err(End::from)?;
-                    Reply::error(format!("ERR {e}")).encode(self.session.proto, &mut self.wbuf);
+                    Reply::error(message).encode(self.session.proto, &mut self.wbuf);
                     // Best effort, bounded like every write: the connection
                     // closes either way.
                     let _ = self.flush().await;
@@ -185,14 +230,27 @@ impl Client<'_> {
     }
 
     async fn read_more(&mut self) -> Result<bool, End> {
-        let idle = self.proxy.config.idle_timeout;
+        let mut idle = self.proxy.config.idle_timeout;
+        let mut reason = "idle_timeout";
+        if self.needs_login() {
+            // A client that has not logged in is closed at the auth timeout.
+            let left = self
+                .proxy
+                .config
+                .auth_timeout
+                .saturating_sub(self.connected_at.elapsed());
+            if idle.is_none_or(|i| left < i) {
+                idle = Some(left);
+                reason = "auth_timeout";
+            }
+        }
         let read = async {
             match idle {
                 // Idle: nothing in flight and waiting for the client to speak. A
                 // client holding a WATCH or inside MULTI is idle too, as in Redis.
                 Some(limit) => tokio::time::timeout(limit, read_some(&mut self.rd, &mut self.rbuf))
                     .await
-                    .map_err(|_| End::Limit("idle_timeout")),
+                    .map_err(|_| End::Limit(reason)),
                 None => Ok(read_some(&mut self.rd, &mut self.rbuf).await),
             }
         };

@@ -204,7 +204,10 @@ impl Session {
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind, pass),
             Handling::Script => self.script(proxy, spec, req, pass),
             Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
-            Handling::Local(kind) => return self.local(proxy, spec, req, kind),
+            Handling::Local(kind) => {
+                let action = self.local(proxy, spec, req, kind);
+                return self.close_after_failures(proxy, action);
+            }
             Handling::Unsupported(reason) => Err(ProxyError::err(format!(
                 "command '{}' is not supported by shardgate: {reason}",
                 spec.name
@@ -213,6 +216,19 @@ impl Session {
         match result {
             Ok(action) => action,
             Err(e) => self.fail(Some(spec), e),
+        }
+    }
+
+    /// After a failed login: a connection past `max_auth_failures` gets
+    /// its reply and is closed (password guessing is slowed to one
+    /// connection's handshake per few attempts).
+    fn close_after_failures(&self, proxy: &Proxy, action: Action) -> Action {
+        match action {
+            Action::Queue(p) if self.auth_failures >= proxy.config.max_auth_failures => {
+                proxy.metrics.client_limit_close("auth_failures");
+                Action::Close(p)
+            }
+            other => other,
         }
     }
 

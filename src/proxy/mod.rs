@@ -57,6 +57,15 @@ pub struct ClientConfig {
     /// Users and their permissions; `None`: every client is let in (Redis
     /// without `requirepass`).
     pub auth: Option<Arc<Auth>>,
+    /// With auth: a client that has not logged in within this time is
+    /// closed.
+    pub auth_timeout: Duration,
+    /// With auth: connections not logged in yet, at most. They do not
+    /// count against `max_clients` (so that clients that never log in
+    /// cannot lock real users out); one more is refused.
+    pub max_unauthenticated: usize,
+    /// Failed logins on one connection before it is closed.
+    pub max_auth_failures: u32,
 }
 
 impl Default for ClientConfig {
@@ -72,6 +81,9 @@ impl Default for ClientConfig {
             region: None,
             zone: None,
             auth: None,
+            auth_timeout: Duration::from_secs(5),
+            max_unauthenticated: 1000,
+            max_auth_failures: 10,
         }
     }
 }
@@ -119,6 +131,29 @@ async fn accept_tls(
     }
 }
 
+/// Which admission limit refused a connection.
+#[derive(Clone, Copy)]
+enum Admission {
+    MaxClients,
+    MaxUnauthenticated,
+}
+
+/// Failed logins of one peer address within a window.
+struct PeerFailures {
+    since: Instant,
+    count: u32,
+    /// The count at the last log line.
+    logged: u32,
+}
+
+/// Failed logins from one peer address within [`PEER_WINDOW`] after which
+/// its logins are refused until the window ends.
+const PEER_FAILURES: u32 = 100;
+/// The window of [`PEER_FAILURES`].
+const PEER_WINDOW: Duration = Duration::from_secs(60);
+/// Peer addresses whose failures are tracked at most (bounded memory).
+const MAX_TRACKED_PEERS: usize = 10_000;
+
 /// An accepted client socket on its way to the task that serves it.
 enum Handoff {
     /// Served on the accepting runtime.
@@ -139,7 +174,12 @@ pub struct Proxy {
     /// (see [`crate::backend::acl`]).
     pub backend_acl: Arc<BackendAcl>,
     next_client_id: AtomicU64,
+    /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
+    /// With auth: connections that have not logged in yet.
+    unauthenticated: AtomicUsize,
+    /// Failed logins by peer address (see [`Proxy::login_failed`]).
+    failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, PeerFailures>>,
     started: Instant,
     last_refusal_warning: AtomicU64,
 }
@@ -159,6 +199,8 @@ impl Proxy {
             backend_acl,
             next_client_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
+            failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             started: Instant::now(),
             last_refusal_warning: AtomicU64::new(u64::MAX),
         }
@@ -240,22 +282,90 @@ impl Proxy {
         text
     }
 
-    /// Open client connections.
+    /// Open client connections (logged in and not yet).
     pub fn connected_clients(&self) -> usize {
-        self.connected.load(Ordering::Relaxed)
+        self.connected.load(Ordering::Relaxed) + self.unauthenticated.load(Ordering::Relaxed)
+    }
+
+    /// A client logged in: it now counts against `max_clients` instead of
+    /// the unauthenticated limit. Called once per connection.
+    pub(crate) fn client_logged_in(&self) {
+        self.unauthenticated.fetch_sub(1, Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether logins from `peer` are refused for now: more than
+    /// [`PEER_FAILURES`] failed within [`PEER_WINDOW`].
+    pub(crate) fn login_blocked(&self, peer: std::net::IpAddr) -> bool {
+        let now = Instant::now();
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .get(&peer)
+            .is_some_and(|f| now.duration_since(f.since) < PEER_WINDOW && f.count >= PEER_FAILURES)
+    }
+
+    /// Counts a failed login of `peer`; returns whether a log line is due
+    /// (at most one per peer per [`PEER_WINDOW`], with the count since).
+    pub(crate) fn login_failed(&self, peer: std::net::IpAddr) -> Option<u32> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= MAX_TRACKED_PEERS {
+            failures.retain(|_, f| now.duration_since(f.since) < PEER_WINDOW);
+            if failures.len() >= MAX_TRACKED_PEERS {
+                // Under a spread-out attack, forget the oldest half.
+                let mut by_age: Vec<_> = failures.iter().map(|(ip, f)| (f.since, *ip)).collect();
+                by_age.sort();
+                for (_, ip) in by_age.iter().take(by_age.len() / 2) {
+                    failures.remove(ip);
+                }
+            }
+        }
+        let f = failures.entry(peer).or_insert(PeerFailures {
+            since: now,
+            count: 0,
+            logged: 0,
+        });
+        if now.duration_since(f.since) >= PEER_WINDOW {
+            *f = PeerFailures {
+                since: now,
+                count: 0,
+                logged: 0,
+            };
+        }
+        f.count += 1;
+        // The first failure of a window is logged, then one line per
+        // hundredfold more (1, 100, 10000...): a guessing run leaves a
+        // handful of lines, not one per attempt.
+        if f.count == 1 || f.count >= f.logged.saturating_mul(100) {
+            f.logged = f.count;
+            return Some(f.count);
+        }
+        None
     }
 
     /// Answers a client over `max_clients` with Redis' error and closes it.
-    fn refuse(&self, mut stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    fn refuse(
+        &self,
+        mut stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        limit: Admission,
+    ) {
         use tokio::io::AsyncWriteExt;
-        self.metrics.client_limit_close("max_clients");
+        let (reason, reply): (&'static str, &'static [u8]) = match limit {
+            Admission::MaxClients => ("max_clients", b"-ERR max number of clients reached\r\n"),
+            Admission::MaxUnauthenticated => (
+                "max_unauthenticated",
+                b"-ERR max number of unauthenticated clients reached\r\n",
+            ),
+        };
+        self.metrics.client_limit_close(reason);
         let now = self.started.elapsed().as_secs();
         // One warning per 10 s at most: a connection storm must not flood the log.
         if self.last_refusal_warning.swap(now, Ordering::Relaxed) / 10 != now / 10 {
-            tracing::warn!(%peer, max_clients = self.config.max_clients, "refusing client: max number of clients reached");
+            tracing::warn!(%peer, max_clients = self.config.max_clients, max_unauthenticated = self.config.max_unauthenticated, reason, "refusing client: limit reached");
         }
         tokio::spawn(async move {
-            let write = stream.write_all(b"-ERR max number of clients reached\r\n");
+            let write = stream.write_all(reply);
             let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
         });
     }
@@ -275,13 +385,26 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        if self.connected.load(Ordering::Relaxed) >= self.config.max_clients {
+                        let needs_login = self.config.auth.is_some();
+                        let refusal = if self.connected.load(Ordering::Relaxed) >= self.config.max_clients {
+                            Some(Admission::MaxClients)
+                        } else if needs_login
+                            && self.unauthenticated.load(Ordering::Relaxed) >= self.config.max_unauthenticated
+                        {
+                            Some(Admission::MaxUnauthenticated)
+                        } else {
+                            None
+                        };
+                        if let Some(limit) = refusal {
                             if tls.is_some() {
                                 // Plain bytes would be garbage to a TLS client: just close.
-                                self.metrics.client_limit_close("max_clients");
+                                self.metrics.client_limit_close(match limit {
+                                    Admission::MaxClients => "max_clients",
+                                    Admission::MaxUnauthenticated => "max_unauthenticated",
+                                });
                                 drop(stream);
                             } else {
-                                self.refuse(stream, peer);
+                                self.refuse(stream, peer, limit);
                             }
                             continue;
                         }
@@ -290,7 +413,9 @@ impl Proxy {
                         let proxy = self.clone();
                         let shutdown = shutdown.clone();
                         let thread = crate::workers::thread_of(id);
-                        self.connected.fetch_add(1, Ordering::Relaxed);
+                        // Until it logs in, a client counts against its own limit.
+                        let count = if needs_login { &self.unauthenticated } else { &self.connected };
+                        count.fetch_add(1, Ordering::Relaxed);
                         self.metrics.client_connected(thread);
                         // On a serving thread the socket must be registered
                         // with that thread's runtime: hand it over as a std
@@ -302,7 +427,7 @@ impl Proxy {
                                 Ok(s) => Handoff::Std(s),
                                 Err(e) => {
                                     tracing::warn!(%peer, error = %e, "cannot hand the client to a serving thread");
-                                    self.connected.fetch_sub(1, Ordering::Relaxed);
+                                    count.fetch_sub(1, Ordering::Relaxed);
                                     self.metrics.client_disconnected(thread);
                                     continue;
                                 }
@@ -313,15 +438,18 @@ impl Proxy {
                                 Handoff::Tokio(s) => Ok(s),
                                 Handoff::Std(s) => tokio::net::TcpStream::from_std(s),
                             };
+                            let mut logged_in = !needs_login;
                             match stream {
                                 Ok(stream) => {
                                     if let Some(stream) = accept_tls(tls, stream, peer).await {
-                                        conn::serve_client(&proxy, stream, peer, id, shutdown).await;
+                                        logged_in = conn::serve_client(&proxy, stream, peer, id, shutdown).await
+                                            || logged_in;
                                     }
                                 }
                                 Err(e) => tracing::warn!(%peer, error = %e, "cannot register the client socket"),
                             }
-                            proxy.connected.fetch_sub(1, Ordering::Relaxed);
+                            let count = if logged_in { &proxy.connected } else { &proxy.unauthenticated };
+                            count.fetch_sub(1, Ordering::Relaxed);
                             proxy.metrics.client_disconnected(thread);
                         });
                     }

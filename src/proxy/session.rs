@@ -40,6 +40,13 @@ pub struct Session {
     /// The user this connection is logged in as; `None` before AUTH (only
     /// consulted when auth is configured).
     pub(super) user: Option<Arc<User>>,
+    /// Whether this connection has logged in at least once (it then counts
+    /// against `max_clients` instead of the unauthenticated limit).
+    pub(super) logged_in_once: bool,
+    /// Failed logins on this connection (closed at `max_auth_failures`).
+    pub(super) auth_failures: u32,
+    /// The client's address, for per-peer login limits.
+    pub(super) peer_ip: Option<std::net::IpAddr>,
     /// The snapshot a running exclusive operation routed with, held until its
     /// command has been answered: a rebalance waits for every holder of a
     /// table before moving keys it routed (see `rebalance`), and the
@@ -50,6 +57,7 @@ pub struct Session {
 impl Session {
     /// A fresh RESP2 session.
     pub(super) fn new(id: u64, addr: String) -> Session {
+        let peer_ip = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         Session {
             id,
             proto: Protocol::Resp2,
@@ -62,6 +70,9 @@ impl Session {
             request_started: std::time::Instant::now(),
             addr,
             user: None,
+            logged_in_once: false,
+            auth_failures: 0,
+            peer_ip,
             held: None,
         }
     }
