@@ -6,6 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc with its background threads: memory freed after a burst (a
+/// hostile client's buffers, a pipeline of big MGET replies) goes back to the
+/// operating system within seconds (its decay time, 10 s), where glibc's
+/// malloc kept RSS at the peak (640 MiB after a hostile-bulk test, measured
+/// here). `tests/memory.rs` checks that RSS falls back.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod admin_cli;
 mod fleet_cli;
 
