@@ -78,6 +78,11 @@ pub struct ServeConfig {
     /// Member of a fleet (`--etcd`, `--cluster`): the map and the
     /// rebalance live in etcd; `map_path` only seeds an empty cluster.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The metrics listener's `/readyz`, when it runs: set once started.
+    pub readiness: Option<metrics::http::Readiness>,
+    /// `/readyz` passes when at least this share of the shards' primaries
+    /// pass their health check (1.0: all of them).
+    pub ready_share: f64,
 }
 
 /// Where the admin listener runs and who may use it.
@@ -290,7 +295,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             crate::fleet::join(
                 coord,
                 fleet_config,
-                ctx,
+                ctx.clone(),
                 proxy.clone(),
                 rebalancer.clone(),
                 addr.to_string(),
@@ -304,6 +309,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
                 rebalancer.resume(resume);
             }
         }
+    }
+    if let Some(ready) = &config.readiness {
+        let ctx = ctx.clone();
+        let share = config.ready_share;
+        ready.set(Box::new(move || ready_check(&ctx, share)));
     }
     let reloader = Reloader::new(
         proxy.clone(),
@@ -336,6 +346,38 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         reloader,
         rebalancer,
     })
+}
+
+/// `/readyz`: the map is loaded (it is, once this runs) and at least
+/// `share` of the shards' primaries pass their health check.
+fn ready_check(ctx: &Context, share: f64) -> Result<String, String> {
+    let snap = ctx.snapshot();
+    let shards: Vec<_> = snap
+        .backends()
+        .shards()
+        .iter()
+        .filter(|s| s.phase != crate::shardmap::ShardPhase::Removed)
+        .collect();
+    let healthy = shards
+        .iter()
+        .filter(|s| s.primary.state.is_healthy())
+        .count();
+    let needed = ((shards.len() as f64) * share.clamp(0.0, 1.0)).ceil() as usize;
+    let detail = format!(
+        "map epoch {}, {healthy} of {} shard primaries healthy",
+        snap.epoch().0,
+        shards.len()
+    );
+    if ctx.fence.blocks(std::time::Instant::now()) {
+        return Err(format!(
+            "{detail}; fenced: this proxy's etcd lease may have expired"
+        ));
+    }
+    if healthy >= needed {
+        Ok(detail)
+    } else {
+        Err(format!("{detail}, {needed} needed"))
+    }
 }
 
 /// Applies the schema migrations on every PostgreSQL primary, all at once;
@@ -387,7 +429,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 
 /// Installs the process-wide Prometheus recorder and its HTTP listener.
 /// Call once per process, before [`start`], inside the runtime.
-pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), StartError> {
+pub fn install_metrics_exporter(addr: SocketAddr) -> Result<metrics::http::Readiness, StartError> {
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .and_then(tokio::net::TcpListener::from_std)
@@ -398,6 +440,7 @@ pub fn install_metrics_exporter(addr: SocketAddr) -> Result<(), StartError> {
         .install_recorder()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     metrics::describe();
-    tokio::spawn(metrics::http::serve(listener, handle));
-    Ok(())
+    let ready = metrics::http::Readiness::default();
+    tokio::spawn(metrics::http::serve(listener, handle, ready.clone()));
+    Ok(ready)
 }

@@ -35,8 +35,18 @@ use std::io::IsTerminal;
     about = "A Redis-compatible sharding proxy"
 )]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line, for log
+    /// shippers). The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +171,10 @@ struct ServeArgs {
     /// Failed logins on one connection before the proxy closes it.
     #[arg(long, default_value_t = 10)]
     max_auth_failures: u32,
+    /// `/readyz` on the metrics listener passes when at least this share
+    /// of the shards' primaries pass their health check (1.0: all).
+    #[arg(long, default_value_t = 1.0)]
+    ready_share: f64,
     /// etcd endpoints of a fleet (repeat or comma-separate): the map and
     /// the rebalance state live there, shared by every proxy of --cluster.
     #[arg(long, value_delimiter = ',')]
@@ -267,15 +281,16 @@ fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     match cli.command {
         Command::CheckMap { map, keys } => match ShardMap::load(&map) {
             Ok(m) => {
@@ -432,16 +447,22 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
+        let mut readiness = None;
         if let Some(addr) = args.metrics_listen {
-            if let Err(e) = app::install_metrics_exporter(addr) {
-                tracing::error!(error = %e, "cannot start the metrics exporter");
-                return ExitCode::FAILURE;
+            match app::install_metrics_exporter(addr) {
+                Ok(r) => readiness = Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics exporter");
+                    return ExitCode::FAILURE;
+                }
             }
-            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            tracing::info!(%addr, "metrics on http://{addr}/metrics (also /healthz, /readyz)");
         }
         let config = ServeConfig {
             admin: admin.map(|(addr, auth)| app::AdminListen { addr, auth }),
             map_path: args.map.unwrap_or_default(),
+            readiness,
+            ready_share: args.ready_share,
             fleet: (!args.etcd.is_empty()).then(|| shardgate::fleet::FleetConfig {
                 endpoints: args.etcd.clone(),
                 cluster: args.cluster.clone(),

@@ -103,8 +103,25 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         })
     });
     assert!(abandoned, "the ghost's closed connection was not counted");
+    // Liveness and readiness beside /metrics; other paths are 404.
+    assert!(http_get(mport, "/healthz").starts_with("HTTP/1.1 200"));
+    let ready_when = |want: &str| {
+        (0..100).any(|_| {
+            let r = http_get(mport, "/readyz");
+            if r.starts_with(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        })
+    };
+    assert!(ready_when("HTTP/1.1 200"), "{}", http_get(mport, "/readyz"));
+    assert!(http_get(mport, "/nope").starts_with("HTTP/1.1 404"));
     // A dead shard produces backend errors (about half of these keys are on it).
     b.kill();
+    // ... and the proxy is not ready while a primary is down (default
+    // --ready-share 1.0).
+    assert!(ready_when("HTTP/1.1 503"), "{}", http_get(mport, "/readyz"));
     let failed = (0..20)
         .filter(|i| {
             redis::cmd("GET")
@@ -118,6 +135,22 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
     for (name, _, _) in shardgate::metrics::DESCRIPTIONS {
         assert!(body.contains(name), "metric {name} missing from:\n{body}");
     }
+    // Process metrics and the build info.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(body.contains(name), "metric {name} missing from:\n{body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "shardgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
     assert!(
         body.contains(r#"shardgate_commands_total{command="set",outcome="ok"} 20"#),
         "{body}"
@@ -366,4 +399,30 @@ fn serving_threads_each_keep_their_own_backend_connections() {
     assert!(backend >= 1080, "{backend} backend round trips:\n{page}");
     drop(conns);
     drop(child);
+}
+
+#[test]
+fn logs_as_json_when_asked() {
+    let out = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--map",
+            "/nonexistent/map.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "ERROR", "{line}");
+    assert!(
+        v["fields"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot read the map file"),
+        "{line}"
+    );
 }

@@ -428,6 +428,8 @@ fn every_write_pair_is_linearizable_per_key() {
             admin: None,
             state_dir: None,
             fleet: None,
+            readiness: None,
+            ready_share: 1.0,
         }))
         .expect("proxy starts");
     let pool = rt

@@ -517,6 +517,8 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
             admin: None,
             state_dir: None,
             fleet: None,
+            readiness: None,
+            ready_share: 1.0,
         }))
         .expect("second proxy starts");
     assert_eq!(
@@ -556,6 +558,8 @@ fn start_error(dsn: &str) -> String {
         admin: None,
         state_dir: None,
         fleet: None,
+        readiness: None,
+        ready_share: 1.0,
     }));
     let _ = std::fs::remove_file(&path);
     assert!(started.elapsed() < Duration::from_secs(20), "startup hung");

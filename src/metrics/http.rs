@@ -1,10 +1,15 @@
-//! The `/metrics` endpoint: the exporter's metrics and the [`hot`] ones, in
-//! the Prometheus text format, over plain HTTP/1.1 (one request per
-//! connection).
+//! The metrics listener, over plain HTTP/1.1 (one request per connection):
 //!
-//! It answers `GET` on any path with the metrics and anything else with
-//! `405`. A request head larger than 8 KiB or slower than 5 s is dropped.
+//! * `GET /metrics`: the exporter's metrics, the [`hot`] ones and the
+//!   `process_*` ones (CPU, memory, file descriptors, start time), in the
+//!   Prometheus text format;
+//! * `GET /healthz`: 200 while the process runs (liveness);
+//! * `GET /readyz`: 200 once the map is loaded and the proxy's readiness
+//!   check passes (see [`Readiness`]), else 503 with the reason;
+//! * other paths 404, other methods 405. A request head larger than 8 KiB
+//!   or slower than 5 s is dropped.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,8 +26,40 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// (what its own listener would do).
 const UPKEEP: Duration = Duration::from_secs(5);
 
+/// The check behind `/readyz`: `Ok(detail)` when ready, `Err(reason)` when
+/// not. Set once by `app` when the proxy has started (the listener opens
+/// before, and answers 503 until then).
+pub type ReadyCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Where `app` installs the [`ReadyCheck`].
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<OnceLock<ReadyCheck>>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// Installs the check (once; later calls are ignored).
+    pub fn set(&self, check: ReadyCheck) {
+        let _ = self.0.set(check);
+    }
+
+    fn check(&self) -> Result<String, String> {
+        match self.0.get() {
+            Some(check) => check(),
+            None => Err("starting: the map is not loaded yet".to_owned()),
+        }
+    }
+}
+
 /// Everything there is to scrape, as `/metrics` returns it.
-pub fn render(handle: &PrometheusHandle) -> String {
+fn render(handle: &PrometheusHandle, process: &metrics_process::Collector) -> String {
+    process.collect();
     let mut out = handle.render();
     if !out.is_empty() && !out.ends_with("\n\n") {
         out.push('\n');
@@ -31,9 +68,12 @@ pub fn render(handle: &PrometheusHandle) -> String {
     out
 }
 
-/// Serves `/metrics` on `listener` until the runtime stops; also runs the
-/// exporter's upkeep.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+/// Serves the listener's paths (see the module doc) on `listener` until
+/// the runtime stops; also runs the exporter's upkeep.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, ready: Readiness) {
+    // The `process_*` metrics, read from the operating system at each scrape.
+    let process = Arc::new(metrics_process::Collector::default());
+    process.describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP);
@@ -45,9 +85,9 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let handle = handle.clone();
+                let (handle, ready, process) = (handle.clone(), ready.clone(), process.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = respond(stream, &handle).await {
+                    if let Err(e) = respond(stream, &handle, &ready, &process).await {
                         tracing::debug!(%peer, error = %e, "metrics request failed");
                     }
                 });
@@ -61,7 +101,12 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     }
 }
 
-async fn respond(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+async fn respond(
+    mut s: TcpStream,
+    handle: &PrometheusHandle,
+    ready: &Readiness,
+    process: &metrics_process::Collector,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let complete = tokio::time::timeout(HEAD_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -84,13 +129,26 @@ async fn respond(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result
     if !complete {
         return Ok(());
     }
-    let (status, body) = if head.starts_with(b"GET ") {
-        ("200 OK", render(handle))
-    } else {
-        (
+    let path = head
+        .split(|&b| b == b' ')
+        .nth(1)
+        .map(|p| p.split(|&b| b == b'?').next().unwrap_or(p))
+        .unwrap_or_default();
+    let (status, body) = match (head.starts_with(b"GET "), path) {
+        (false, _) => (
             "405 Method Not Allowed",
             "only GET is served here\n".to_owned(),
-        )
+        ),
+        (true, b"/metrics") => ("200 OK", render(handle, process)),
+        (true, b"/healthz") => ("200 OK", "ok\n".to_owned()),
+        (true, b"/readyz") => match ready.check() {
+            Ok(detail) => ("200 OK", format!("ready: {detail}\n")),
+            Err(why) => ("503 Service Unavailable", format!("not ready: {why}\n")),
+        },
+        (true, _) => (
+            "404 Not Found",
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
     };
     let reply = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

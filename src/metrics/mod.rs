@@ -28,7 +28,9 @@ pub const COMMANDS_TOTAL: &str = "shardgate_commands_total";
 /// Currently open client connections.
 pub const CLIENT_CONNECTIONS: &str = "shardgate_client_connections";
 /// Client connections accepted since start.
-pub const CLIENT_CONNECTIONS_TOTAL: &str = "shardgate_client_connections_total";
+/// (Not `shardgate_client_connections_total`: under OpenMetrics a counter
+/// `X_total` is the family `X`, which would clash with the gauge above.)
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "shardgate_client_connections_accepted_total";
 /// Currently open client connections per serving thread.
 pub const SERVING_THREAD_CLIENTS: &str = "shardgate_serving_thread_clients";
 /// Client connections closed for a protocol error.
@@ -112,6 +114,9 @@ pub const FLEET_LEASE_RENEWALS: &str = "shardgate_fleet_lease_renewals_total";
 /// Time the mover waited for every proxy to publish a window.
 pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
 
+/// 1, labelled with the version this binary was built from.
+pub const BUILD_INFO: &str = "shardgate_build_info";
+
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
@@ -168,7 +173,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         BACKEND_CONNECTIONS,
         "gauge",
-        "Open backend connections by endpoint and type",
+        "Open backend connections (multiplexed and dedicated) by shard and endpoint",
     ),
     (
         BACKEND_CONNECTS,
@@ -246,6 +251,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         REBALANCE_VERIFIED,
         "gauge",
         "1 if the last rebalance verification passed, 0 if it failed",
+    ),
+    (
+        BUILD_INFO,
+        "gauge",
+        "Always 1; the version label is the shardgate version of this binary",
     ),
     (
         FLEET_PROXIES,
@@ -329,6 +339,7 @@ pub struct Metrics {
     rebalance_running: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
+    _build_info: Gauge,
     fleet_proxies: Gauge,
     fleet_fenced: Gauge,
     fleet_leader: Gauge,
@@ -368,6 +379,11 @@ impl Metrics {
             rebalance_running: gauge!(REBALANCE_RUNNING),
             rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
             rebalance_verified: gauge!(REBALANCE_VERIFIED),
+            _build_info: {
+                let g = gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"));
+                g.set(1.0);
+                g
+            },
             fleet_proxies: gauge!(FLEET_PROXIES),
             fleet_fenced: gauge!(FLEET_FENCED),
             fleet_leader: gauge!(FLEET_LEADER),

@@ -162,6 +162,8 @@ impl Cluster {
             admin: None,
             state_dir: None,
             fleet: None,
+            readiness: None,
+            ready_share: 1.0,
         };
         let running = rt
             .block_on(app::start(config))
