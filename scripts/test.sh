@@ -10,6 +10,10 @@ bash scripts/setup.sh
 echo "== build"
 cargo build --all-targets --locked
 
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
 echo "== rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

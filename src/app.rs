@@ -411,7 +411,7 @@ async fn prepare_postgres(backends: &Backends) -> Result<(), StartError> {
                     .map_err(|reason| StartError::Postgres {
                         shard: state.shard.clone(),
                         endpoint: state.addr.clone(),
-                        reason,
+                        reason: reason.to_string(),
                     })
             }))
         })

@@ -303,10 +303,10 @@ fn placement_change(old: &ShardMap, new: &ShardMap) -> Option<(String, String)> 
             }
         }
     }
-    if format!("{:?}", old.placement) != format!("{:?}", new.placement) {
+    if old.placement != new.placement {
         return Some(("placement".into(), format!("rules changed; {WHY}")));
     }
-    if format!("{:?}", old.default_placement) != format!("{:?}", new.default_placement) {
+    if old.default_placement != new.default_placement {
         return Some(("default_placement".into(), format!("changed; {WHY}")));
     }
     None

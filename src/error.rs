@@ -85,6 +85,10 @@ pub enum ProxyError {
     /// A backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The proxy itself broke an invariant (a bug, not the client's or a
+    /// backend's fault). Built by [`ProxyError::internal`], which logs it.
+    #[error("internal error: {0}")]
+    Internal(Cow<'static, str>),
 }
 
 impl ProxyError {
@@ -100,12 +104,26 @@ impl ProxyError {
         ))
     }
 
+    /// Redis Cluster's `TRYAGAIN`: the keys are moving between shards
+    /// right now and the command did not run; the client may retry it.
+    pub fn tryagain(msg: impl std::fmt::Display) -> ProxyError {
+        ProxyError::Client(Cow::Owned(format!("TRYAGAIN {msg}")))
+    }
+
     /// A fleet member that may have lost its etcd lease: the command may
     /// run on another proxy, or here again once this one caught up.
     pub fn fenced() -> ProxyError {
-        ProxyError::Client(Cow::Borrowed(
-            "TRYAGAIN this proxy lost contact with the fleet's etcd and is catching up; retry (or use another proxy)",
-        ))
+        ProxyError::tryagain(
+            "this proxy lost contact with the fleet's etcd and is catching up; retry (or use another proxy)",
+        )
+    }
+
+    /// An internal error: logged here, at error level, once (it is a bug
+    /// an operator should report), and answered `-ERR internal error: ...`.
+    pub fn internal(msg: impl Into<Cow<'static, str>>) -> ProxyError {
+        let msg = msg.into();
+        tracing::error!(error = %msg, "internal error");
+        ProxyError::Internal(msg)
     }
 
     /// The one place an error becomes a RESP reply.
@@ -113,6 +131,39 @@ impl ProxyError {
         match self {
             ProxyError::Client(msg) => Reply::Error(msg.clone()),
             ProxyError::Backend(e) => Reply::Error(Cow::Owned(format!("ERR {e}"))),
+            ProxyError::Internal(msg) => {
+                Reply::Error(Cow::Owned(format!("ERR internal error: {msg}")))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: ProxyError) -> String {
+        match e.to_reply() {
+            Reply::Error(t) => t.into_owned(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_side_has_its_reply() {
+        assert_eq!(text(ProxyError::err("bad")), "ERR bad");
+        assert_eq!(text(ProxyError::tryagain("moving")), "TRYAGAIN moving");
+        assert_eq!(
+            text(ProxyError::internal("no transaction")),
+            "ERR internal error: no transaction"
+        );
+        let e = BackendError::Timeout {
+            addr: "10.0.0.1:6379".into(),
+            millis: 5,
+        };
+        assert_eq!(
+            text(e.into()),
+            "ERR backend 10.0.0.1:6379 timed out after 5 ms"
+        );
     }
 }

@@ -52,6 +52,8 @@
 //! a Redis ACL user per proxy user (its rules plus the proxy's refusals from
 //! [`command::proxy_refusals`]) and scripts and transactions run as it.
 #![forbid(unsafe_code)]
+// The library logs through `tracing`; only the CLI (`src/main.rs`) prints.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod admin;
 pub mod app;

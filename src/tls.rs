@@ -102,12 +102,20 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Tls
     Ok(Arc::new(config))
 }
 
+/// A name a server certificate cannot be checked against.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{host}`: {reason}")]
+pub struct InvalidServerName {
+    pub host: String,
+    pub reason: String,
+}
+
 /// The server name to verify a backend's certificate against: `name`, or
 /// the host part of `host:port`.
 pub fn server_name(
     addr: &str,
     name: Option<&str>,
-) -> Result<pki_types::ServerName<'static>, String> {
+) -> Result<pki_types::ServerName<'static>, InvalidServerName> {
     let host = match name {
         Some(n) => n,
         None => {
@@ -115,7 +123,10 @@ pub fn server_name(
             host.trim_start_matches('[').trim_end_matches(']')
         }
     };
-    pki_types::ServerName::try_from(host.to_owned()).map_err(|e| format!("`{host}`: {e}"))
+    pki_types::ServerName::try_from(host.to_owned()).map_err(|e| InvalidServerName {
+        host: host.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// A plain or a TLS stream (or halves of one), read and written alike.

@@ -4,10 +4,18 @@
 //! single-threaded tokio runtime. A client is handed to one of them when it
 //! connects (round robin) and stays there; every Redis endpoint keeps its
 //! multiplexed connections once per serving thread, on that thread. A
-//! client's request, the connection task that writes it and the reply's way
-//! back therefore never cross threads: no work stealing, no cross-thread
-//! wake-ups (measured: about 15% less CPU per request than one work-stealing
-//! runtime with the same number of threads, on 2 cores).
+//! client's request to a Redis shard over a multiplexed connection (the hot
+//! path), the connection task that writes it and the reply's way back
+//! therefore stay on one thread: no work stealing, no cross-thread wake-ups
+//! (measured: about 15% less CPU per request than one work-stealing runtime
+//! with the same number of threads, on 2 cores).
+//!
+//! Other paths do cross threads: requests to PostgreSQL shards go to lanes
+//! on the control runtime; a dedicated connection (MULTI/EXEC, WATCH,
+//! blocking commands, scripts, moves of big keys) comes from a pool shared
+//! by every thread, so its socket may be driven by another thread's
+//! runtime; and requests from the control runtime (the rebalance mover,
+//! barriers) use serving thread 0's multiplexed connections.
 //!
 //! The rest (accept loop, admin port, health checks, rebalancing, PostgreSQL
 //! lanes) runs on a small control runtime. When no serving threads were

@@ -290,6 +290,7 @@ fn users_get_noperm_outside_their_categories() {
 }
 
 #[test]
+#[allow(unsafe_code)] // set_var: see SAFETY below
 fn backend_password_from_the_environment() {
     // SAFETY: set before the proxy (or any thread reading it) starts; each
     // test runs in its own process under nextest.

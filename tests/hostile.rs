@@ -216,6 +216,7 @@ fn half_sent_frames_and_resets_do_not_disturb_others() {
 
 /// Sets SO_LINGER to zero so that closing sends RST (through the libc call
 /// std does not expose).
+#[allow(unsafe_code)]
 fn linger_zero(s: &TcpStream) {
     use std::os::fd::AsRawFd;
     #[repr(C)]

@@ -244,7 +244,7 @@ proptest! {
         prop_assert!((moved as f64 - expected).abs() <= 5.0 * sigma + 1.0,
             "moved {moved}, expected {expected:.0} ± {sigma:.0}");
         // The diff the rebalancer sees is exactly those slots.
-        let diff = t0.diff(&t1).expect("same slot count");
+        let diff = t0.moves_to(&t1).expect("same slot count");
         prop_assert_eq!(diff.len(), moved);
         prop_assert!(diff.iter().all(|m| t1.shard(m.to).map(|s| s.name.as_str()) == Some("newcomer")));
     }

@@ -464,7 +464,12 @@ impl Resp {
 
 /// Runs every case the user must be refused through every route; returns
 /// the failures.
-fn matrix(c: &Cluster, world: &World, login: Option<(&str, &str)>, names: &[&str]) -> Vec<String> {
+fn matrix(
+    c: &Cluster,
+    world: &World<'_>,
+    login: Option<(&str, &str)>,
+    names: &[&str],
+) -> Vec<String> {
     let all = cases(world.target.port, &world.payload);
     let mut failures = Vec::new();
     let connect = || {

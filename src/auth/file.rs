@@ -111,7 +111,9 @@ pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Aut
         .ok_or_else(|| err(&p, "needs password or password_env"))?;
         let rules = match u.commands {
             None => all_commands(),
-            Some(text) => parse_rules(&text).map_err(|why| err(format!("{p}.commands"), why))?,
+            Some(text) => {
+                parse_rules(&text).map_err(|why| err(format!("{p}.commands"), why.to_string()))?
+            }
         };
         users.push(User::new(name, pw.as_bytes(), rules));
     }
@@ -167,10 +169,30 @@ fn check_user_name(path: &str, name: &str) -> Result<(), AuthFileError> {
     Ok(())
 }
 
+/// A refused command rule (see [`parse_rules`]): names the rule and what
+/// is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("rule `{0}` must start with `+` or `-` (or be allcommands / nocommands)")]
+    NoSign(String),
+    #[error("unknown category `@{category}` in `{rule}` (categories: all, {known})")]
+    UnknownCategory {
+        category: String,
+        rule: String,
+        known: String,
+    },
+    #[error("unknown subcommand `{name}` in `{rule}`")]
+    UnknownSubcommand { name: String, rule: String },
+    #[error("unknown command `{name}` in `{rule}`")]
+    UnknownCommand { name: String, rule: String },
+    #[error("no rules (use `+@all` for every command, `nocommands` for none)")]
+    Empty,
+}
+
 /// Parses command rules, Redis ACL style, separated by spaces: `+@cat`,
 /// `-@cat`, `+cmd`, `-cmd`, `+cmd|sub`, `-cmd|sub`, `allcommands`,
-/// `nocommands`. The error names the rule and what is allowed.
-pub fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
+/// `nocommands`.
+pub fn parse_rules(text: &str) -> Result<Vec<Rule>, RuleError> {
     let mut rules = Vec::new();
     for word in text.split_whitespace() {
         let rule = match word.to_ascii_lowercase().as_str() {
@@ -186,33 +208,35 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
                 let (allow, rest) = match lower.split_at_checked(1) {
                     Some(("+", rest)) => (true, rest),
                     Some(("-", rest)) => (false, rest),
-                    _ => {
-                        return Err(format!(
-                            "rule `{word}` must start with `+` or `-` (or be allcommands / nocommands)"
-                        ));
-                    }
+                    _ => return Err(RuleError::NoSign(word.to_owned())),
                 };
                 if let Some(cat) = rest.strip_prefix('@') {
                     let categories = Categories::from_name(cat).ok_or_else(|| {
                         let names: Vec<_> = Categories::NAMES.iter().map(|(_, n)| *n).collect();
-                        format!(
-                            "unknown category `@{cat}` in `{word}` (categories: all, {})",
-                            names.join(", ")
-                        )
+                        RuleError::UnknownCategory {
+                            category: cat.to_owned(),
+                            rule: word.to_owned(),
+                            known: names.join(", "),
+                        }
                     })?;
                     Rule::Categories { allow, categories }
                 } else if rest.contains('|') {
-                    let sub = SUBCOMMANDS
-                        .iter()
-                        .find(|s| s.name == rest)
-                        .ok_or_else(|| format!("unknown subcommand `{rest}` in `{word}`"))?;
+                    let sub = SUBCOMMANDS.iter().find(|s| s.name == rest).ok_or_else(|| {
+                        RuleError::UnknownSubcommand {
+                            name: rest.to_owned(),
+                            rule: word.to_owned(),
+                        }
+                    })?;
                     Rule::Subcommand {
                         allow,
                         name: sub.name,
                     }
                 } else {
-                    let spec = lookup(rest.as_bytes())
-                        .ok_or_else(|| format!("unknown command `{rest}` in `{word}`"))?;
+                    let spec =
+                        lookup(rest.as_bytes()).ok_or_else(|| RuleError::UnknownCommand {
+                            name: rest.to_owned(),
+                            rule: word.to_owned(),
+                        })?;
                     Rule::Command {
                         allow,
                         name: spec.name,
@@ -223,7 +247,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
         rules.push(rule);
     }
     if rules.is_empty() {
-        return Err("no rules (use `+@all` for every command, `nocommands` for none)".to_owned());
+        return Err(RuleError::Empty);
     }
     Ok(rules)
 }

@@ -45,6 +45,11 @@ pub struct DedicatedConn {
 }
 
 impl DedicatedConn {
+    /// The endpoint this connection goes to (for error messages).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Writes one or more complete request frames.
     pub async fn send(&mut self, frames: &[u8], replies: usize) -> Result<(), BackendError> {
         self.unread += replies;

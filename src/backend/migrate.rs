@@ -8,13 +8,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::dedicated::PooledConn;
+use super::fence::KeyFences;
 use super::{Endpoint, EndpointState};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 
-/// A key at least this big (by `MEMORY USAGE`) is a big key: a hash, set,
-/// sorted set or list is copied piece by piece ([`copy_in_pieces`]) instead
-/// of by one `MIGRATE`, which would block its source while it copies.
+/// A key at least this big (by `MEMORY USAGE`) is a big key: it moves by
+/// [`move_big_key`] (a hash, set, sorted set or list piece by piece) instead
+/// of by one `MIGRATE` of many keys, which would block its source while it
+/// copies.
 pub const BIG_KEY_BYTES: u64 = 16 << 20;
 
 /// Outcome of one `MIGRATE`.
@@ -81,13 +83,44 @@ pub fn migrated(frame: &[u8]) -> Migrated {
     }
 }
 
-/// Bounded request on a dedicated connection.
+/// Why a step of a key move failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateError {
+    /// The connection to the source or the target failed or timed out.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A backend answered a step with an error reply; the key stays whole
+    /// on the source.
+    #[error("{step} on {addr}: {reason}")]
+    Refused {
+        step: &'static str,
+        addr: String,
+        reason: String,
+    },
+    /// A reply was not shaped like the reply of the command sent.
+    #[error("unexpected {command} reply: {reply}")]
+    Unexpected {
+        command: &'static str,
+        reply: String,
+    },
+}
+
+/// The rebalancer still reports its errors as text (its own error types
+/// are another change): it turns ours into their message.
+impl From<MigrateError> for String {
+    fn from(e: MigrateError) -> String {
+        e.to_string()
+    }
+}
+
+/// Bounded request on a dedicated connection: `frames` holds `replies`
+/// requests, and every reply must have arrived within `timeout`.
 pub async fn request(
     conn: &mut PooledConn,
     frames: &[u8],
     replies: usize,
     timeout: Duration,
-) -> Result<Vec<Bytes>, String> {
+) -> Result<Vec<Bytes>, MigrateError> {
     let run = async {
         conn.send(frames, replies).await?;
         let mut out = Vec::with_capacity(replies);
@@ -97,13 +130,86 @@ pub async fn request(
         Ok::<_, BackendError>(out)
     };
     match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(BackendError::Timeout {
+            addr: conn.addr().to_owned(),
+            millis: timeout.as_millis() as u64,
+        }
+        .into()),
+    }
+}
+
+/// How long one `MIGRATE` of a big key may run on its source, and (twice
+/// that) how long the proxy waits for its reply. It only happens to a big
+/// key that cannot be copied in pieces (a string or a stream); Redis copies
+/// it in one go and blocks the source meanwhile, so it gets much longer
+/// than a command timeout: 16 MiB or more over a slow link. Both the mover
+/// and a command that touches such a key use it ([`move_big_key`]).
+pub const BIG_KEY_MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a big key was moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BigKeyMove {
+    /// Element by element, in this many pieces; the source was never
+    /// blocked for long.
+    Pieces(usize),
+    /// In one `MIGRATE` (a string or a stream); the source was blocked
+    /// while it copied.
+    Whole,
+    /// It was no longer on the source (a command moved it, or it expired
+    /// or was deleted): nothing to do.
+    Gone,
+}
+
+/// Moves one big key (see [`BIG_KEY_BYTES`]) from the source (`conn`, a
+/// dedicated connection to its primary) to `target`. The key is fenced for
+/// the whole move: a command that would move it itself waits, and the
+/// moves on touch already under way finish first. A hash, set, sorted set
+/// or list is copied piece by piece (`copy_in_pieces`); any other type
+/// moves in one `MIGRATE` bounded by [`BIG_KEY_MIGRATE_TIMEOUT`]. The
+/// mover (`rebalance`) and a command that touches the key (`proxy`) both
+/// move big keys with this.
+pub async fn move_big_key(
+    fences: &KeyFences,
+    conn: &mut PooledConn,
+    target: &Arc<Endpoint>,
+    key: &Bytes,
+    timeout: Duration,
+) -> Result<BigKeyMove, MigrateError> {
+    fences.fence(key).await;
+    let moved = move_fenced(conn, target, key, timeout).await;
+    fences.lift(key);
+    moved
+}
+
+async fn move_fenced(
+    conn: &mut PooledConn,
+    target: &Arc<Endpoint>,
+    key: &Bytes,
+    timeout: Duration,
+) -> Result<BigKeyMove, MigrateError> {
+    match copy_in_pieces(conn, target, key, timeout).await? {
+        Copied::Pieces(n) => Ok(BigKeyMove::Pieces(n)),
+        Copied::Gone => Ok(BigKeyMove::Gone),
+        Copied::Whole => {
+            let ms = BIG_KEY_MIGRATE_TIMEOUT.as_millis() as u64;
+            let frame = migrate_frame(&target.state, &[key.as_ref()], ms);
+            let r = request(conn, &frame, 1, BIG_KEY_MIGRATE_TIMEOUT * 2).await?;
+            match migrated(&r[0]) {
+                Migrated::Moved => Ok(BigKeyMove::Whole),
+                Migrated::NoKey => Ok(BigKeyMove::Gone),
+                Migrated::Failed(reason) => Err(MigrateError::Refused {
+                    step: "MIGRATE of a big key",
+                    addr: target.state.addr.clone(),
+                    reason,
+                }),
+            }
+        }
     }
 }
 
 /// How a big key was copied.
-pub enum Copied {
+enum Copied {
     /// Element by element, in this many pieces.
     Pieces(usize),
     /// Not a hash, set, sorted set or list: left for one `MIGRATE`.
@@ -112,8 +218,79 @@ pub enum Copied {
     Gone,
 }
 
+/// The type of a key on the source, as `TYPE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyType {
+    /// `none`: the key does not exist.
+    Missing,
+    /// A type that can be copied in pieces.
+    Collection(Collection),
+    /// Any other type (string, stream, ...): moves whole.
+    Other,
+}
+
+impl KeyType {
+    /// Reads a `TYPE` reply (`+hash\r\n`).
+    fn parse(frame: &[u8]) -> KeyType {
+        let name = frame.get(1..).unwrap_or_default().trim_ascii_end();
+        match name {
+            b"none" => KeyType::Missing,
+            b"hash" => KeyType::Collection(Collection::Hash),
+            b"set" => KeyType::Collection(Collection::Set),
+            b"zset" => KeyType::Collection(Collection::SortedSet),
+            b"list" => KeyType::Collection(Collection::List),
+            _ => KeyType::Other,
+        }
+    }
+}
+
+/// A key type whose elements can be read and written a piece at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Hash,
+    Set,
+    SortedSet,
+    List,
+}
+
+impl Collection {
+    /// The command that appends a piece on the target.
+    fn add(self) -> &'static [u8] {
+        match self {
+            Collection::Hash => b"HSET",
+            Collection::Set => b"SADD",
+            Collection::SortedSet => b"ZADD",
+            Collection::List => b"RPUSH",
+        }
+    }
+
+    /// Where reading the key starts.
+    fn start(self) -> Position {
+        match self {
+            Collection::Hash => Position::Scan(b"HSCAN", Bytes::from_static(b"0")),
+            Collection::Set => Position::Scan(b"SSCAN", Bytes::from_static(b"0")),
+            Collection::SortedSet => Position::Scan(b"ZSCAN", Bytes::from_static(b"0")),
+            Collection::List => Position::Index(0),
+        }
+    }
+}
+
+/// Where the next piece of a big key starts on the source.
+enum Position {
+    /// A `*SCAN` command and its cursor.
+    Scan(&'static [u8], Bytes),
+    /// An `LRANGE` start index.
+    Index(i64),
+}
+
 /// Elements per piece of a big key.
-const PIECE: &str = "1000";
+const PIECE: i64 = 1000;
+
+fn encode(args: &[&[u8]]) -> BytesMut {
+    let mut f = BytesMut::new();
+    encode_command(args, &mut f);
+    f
+}
 
 /// Copies a big hash, set, sorted set or list from the source (`conn`) to
 /// `target` piece by piece (`HSCAN`/`SSCAN`/`ZSCAN`/`LRANGE` there, `HSET`/
@@ -122,62 +299,63 @@ const PIECE: &str = "1000";
 /// copy is exact. A copy cut short (a crash) is redone from scratch: the
 /// target's partial copy is deleted first, and until then the key is still
 /// whole on the source, where commands find and move it.
-pub async fn copy_in_pieces(
+async fn copy_in_pieces(
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
     key: &Bytes,
     timeout: Duration,
-) -> Result<Copied, String> {
-    let one = |args: &[&[u8]]| {
-        let mut f = BytesMut::new();
-        encode_command(args, &mut f);
-        f
+) -> Result<Copied, MigrateError> {
+    let r = request(conn, &encode(&[b"TYPE", key]), 1, timeout).await?;
+    let kind = match KeyType::parse(&r[0]) {
+        KeyType::Missing => return Ok(Copied::Gone),
+        KeyType::Other => return Ok(Copied::Whole),
+        KeyType::Collection(kind) => kind,
     };
-    let r = request(conn, &one(&[b"TYPE", key]), 1, timeout).await?;
-    let kind = String::from_utf8_lossy(r[0].get(1..).unwrap_or_default())
-        .trim_end()
-        .to_owned();
-    let scan: &[u8] = match kind.as_str() {
-        "none" => return Ok(Copied::Gone),
-        "hash" => b"HSCAN",
-        "set" => b"SSCAN",
-        "zset" => b"ZSCAN",
-        "list" => b"LRANGE",
-        _ => return Ok(Copied::Whole),
-    };
-    let r = request(conn, &one(&[b"PEXPIRETIME", key]), 1, timeout).await?;
+    let r = request(conn, &encode(&[b"PEXPIRETIME", key]), 1, timeout).await?;
     let expire_at = reply::integer(&r[0]).unwrap_or(-1);
-    let mut out = target
-        .dedicated(Protocol::Resp2)
-        .await
-        .map_err(|e| e.to_string())?;
-    let check = |r: Vec<Bytes>, what: &str| -> Result<Vec<Bytes>, String> {
-        match r.iter().find(|f| reply::is_error(f)) {
-            Some(e) => Err(format!(
-                "{what} on {}: {}",
-                target.state.addr,
-                reply::error_text(e).unwrap_or_default()
-            )),
-            None => Ok(r),
-        }
-    };
-    check(
-        request(&mut out, &one(&[b"DEL", key]), 1, timeout).await?,
-        "DEL",
-    )?;
+    let mut out = target.dedicated(Protocol::Resp2).await?;
+    let addr = &target.state.addr;
+    on_target(&mut out, addr, "DEL", &[b"DEL", key], timeout).await?;
     let mut pieces = 0;
-    let mut cursor = Bytes::from_static(b"0");
-    let mut index = 0i64;
-    loop {
-        let (next, elems) = if kind == "list" {
-            let (a, b) = (index.to_string(), (index + 999).to_string());
-            let r = request(
-                conn,
-                &one(&[b"LRANGE", key, a.as_bytes(), b.as_bytes()]),
-                1,
-                timeout,
-            )
-            .await?;
+    let mut next = Some(kind.start());
+    while let Some(at) = next {
+        let elems;
+        (elems, next) = read_piece(conn, key, at, timeout).await?;
+        if !elems.is_empty() {
+            write_piece(&mut out, addr, key, kind, &elems, timeout).await?;
+            pieces += 1;
+        }
+    }
+    if expire_at > 0 {
+        let at = expire_at.to_string();
+        let args: &[&[u8]] = &[b"PEXPIREAT", key, at.as_bytes()];
+        on_target(&mut out, addr, "PEXPIREAT", args, timeout).await?;
+    }
+    let r = request(conn, &encode(&[b"UNLINK", key]), 1, timeout).await?;
+    if reply::is_error(&r[0]) {
+        return Err(MigrateError::Refused {
+            step: "UNLINK of a copied big key",
+            addr: conn.addr().to_owned(),
+            reason: reply::error_text(&r[0]).unwrap_or_default(),
+        });
+    }
+    Ok(Copied::Pieces(pieces))
+}
+
+/// Reads one piece of a big key from the source: its elements (for a
+/// sorted set, member and score pairs) and where the next piece starts
+/// (`None` after the last).
+async fn read_piece(
+    conn: &mut PooledConn,
+    key: &Bytes,
+    at: Position,
+    timeout: Duration,
+) -> Result<(Vec<Bytes>, Option<Position>), MigrateError> {
+    match at {
+        Position::Index(start) => {
+            let (a, b) = (start.to_string(), (start + PIECE - 1).to_string());
+            let frame = encode(&[b"LRANGE", key, a.as_bytes(), b.as_bytes()]);
+            let r = request(conn, &frame, 1, timeout).await?;
             let elems: Vec<Bytes> = reply::array_elements(&r[0])
                 .ok()
                 .flatten()
@@ -185,81 +363,72 @@ pub async fn copy_in_pieces(
                 .iter()
                 .filter_map(reply::bulk)
                 .collect();
-            index += elems.len() as i64;
-            let next = if elems.len() < 1000 {
-                Bytes::from_static(b"0")
-            } else {
-                Bytes::from_static(b"more")
-            };
-            (next, elems)
-        } else {
-            let r = request(
-                conn,
-                &one(&[scan, key, &cursor, b"COUNT", PIECE.as_bytes()]),
-                1,
-                timeout,
-            )
-            .await?;
-            scan_reply(&r[0])?
-        };
-        if !elems.is_empty() {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(elems.len() + 2);
-            let write: &[u8] = match kind.as_str() {
-                "hash" => b"HSET",
-                "set" => b"SADD",
-                "zset" => b"ZADD",
-                _ => b"RPUSH",
-            };
-            args.push(write);
-            args.push(key);
-            if kind == "zset" {
-                // ZSCAN gives member, score; ZADD takes score, member.
-                for pair in elems.chunks(2) {
-                    if let [m, sc] = pair {
-                        args.push(sc);
-                        args.push(m);
-                    }
-                }
-            } else {
-                args.extend(elems.iter().map(|e| e.as_ref()));
+            let n = elems.len() as i64;
+            let next = (n >= PIECE).then_some(Position::Index(start + n));
+            Ok((elems, next))
+        }
+        Position::Scan(command, cursor) => {
+            let count = PIECE.to_string();
+            let frame = encode(&[command, key, &cursor, b"COUNT", count.as_bytes()]);
+            let r = request(conn, &frame, 1, timeout).await?;
+            let (cursor, elems) = scan_reply(&r[0])?;
+            let next = (cursor.as_ref() != b"0").then_some(Position::Scan(command, cursor));
+            Ok((elems, next))
+        }
+    }
+}
+
+/// Appends one piece to the key's copy on the target.
+async fn write_piece(
+    out: &mut PooledConn,
+    addr: &str,
+    key: &Bytes,
+    kind: Collection,
+    elems: &[Bytes],
+    timeout: Duration,
+) -> Result<(), MigrateError> {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(elems.len() + 2);
+    args.push(kind.add());
+    args.push(key);
+    if kind == Collection::SortedSet {
+        // ZSCAN gives member, score; ZADD takes score, member.
+        for pair in elems.chunks(2) {
+            if let [m, sc] = pair {
+                args.push(sc);
+                args.push(m);
             }
-            check(
-                request(&mut out, &one(&args), 1, timeout).await?,
-                "copying a big key",
-            )?;
-            pieces += 1;
         }
-        cursor = next;
-        if cursor.as_ref() == b"0" {
-            break;
-        }
+    } else {
+        args.extend(elems.iter().map(|e| e.as_ref()));
     }
-    if expire_at > 0 {
-        let at = expire_at.to_string();
-        check(
-            request(
-                &mut out,
-                &one(&[b"PEXPIREAT", key, at.as_bytes()]),
-                1,
-                timeout,
-            )
-            .await?,
-            "PEXPIREAT",
-        )?;
+    on_target(out, addr, "copying a big key", &args, timeout).await
+}
+
+/// Runs one command on the target; its error reply is an error.
+async fn on_target(
+    out: &mut PooledConn,
+    addr: &str,
+    step: &'static str,
+    args: &[&[u8]],
+    timeout: Duration,
+) -> Result<(), MigrateError> {
+    let r = request(out, &encode(args), 1, timeout).await?;
+    match r.iter().find(|f| reply::is_error(f)) {
+        Some(e) => Err(MigrateError::Refused {
+            step,
+            addr: addr.to_owned(),
+            reason: reply::error_text(e).unwrap_or_default(),
+        }),
+        None => Ok(()),
     }
-    let r = request(conn, &one(&[b"UNLINK", key]), 1, timeout).await?;
-    if reply::is_error(&r[0]) {
-        return Err(format!(
-            "UNLINK of a copied big key: {}",
-            reply::error_text(&r[0]).unwrap_or_default()
-        ));
-    }
-    Ok(Copied::Pieces(pieces))
 }
 
 /// `SCAN`-shaped reply (`[cursor, [elements]]`) as (cursor, elements).
-pub fn scan_reply(frame: &Bytes) -> Result<(Bytes, Vec<Bytes>), String> {
-    let bad = || format!("unexpected SCAN reply: {}", String::from_utf8_lossy(frame));
+pub fn scan_reply(frame: &Bytes) -> Result<(Bytes, Vec<Bytes>), MigrateError> {
+    let bad = || MigrateError::Unexpected {
+        command: "SCAN",
+        reply: String::from_utf8_lossy(frame).into_owned(),
+    };
     if reply::is_error(frame) {
         return Err(bad());
     }
@@ -291,5 +460,39 @@ mod tests {
             migrated(b"-IOERR error or timeout writing to target instance\r\n"),
             Migrated::Failed("IOERR error or timeout writing to target instance".into())
         );
+    }
+
+    #[test]
+    fn type_replies_read_as_key_types() {
+        assert_eq!(KeyType::parse(b"+none\r\n"), KeyType::Missing);
+        assert_eq!(
+            KeyType::parse(b"+zset\r\n"),
+            KeyType::Collection(Collection::SortedSet)
+        );
+        assert_eq!(
+            KeyType::parse(b"+list\r\n"),
+            KeyType::Collection(Collection::List)
+        );
+        assert_eq!(KeyType::parse(b"+string\r\n"), KeyType::Other);
+        assert_eq!(KeyType::parse(b"+stream\r\n"), KeyType::Other);
+        assert_eq!(KeyType::parse(b"-ERR oops\r\n"), KeyType::Other);
+    }
+
+    #[test]
+    fn scan_replies_read_as_cursor_and_elements() {
+        let frame = Bytes::from_static(b"*2\r\n$2\r\n17\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+        let (next, keys) = scan_reply(&frame).unwrap();
+        assert_eq!(next.as_ref(), b"17");
+        assert_eq!(
+            keys,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
+        assert!(matches!(
+            scan_reply(&Bytes::from_static(b"-ERR no\r\n")),
+            Err(MigrateError::Unexpected {
+                command: "SCAN",
+                ..
+            })
+        ));
     }
 }

@@ -67,8 +67,9 @@ pub struct EndpointState {
     /// Set when a map reload removed the endpoint: its health checker stops.
     retired: AtomicBool,
     /// What the endpoint was built from, to tell on reload whether it can
-    /// be kept (with its connections and pools) or must be rebuilt.
-    identity: String,
+    /// be kept (with its connections and pools) or must be rebuilt; `None`
+    /// for a removed shard's placeholder (never kept).
+    identity: Option<Identity>,
     /// Fails requests fast while the endpoint is not serving.
     pub breaker: breaker::Breaker,
     /// Taken (first come, first served: tokio's mutex is fair) from before a
@@ -121,8 +122,6 @@ impl EndpointState {
         };
         self.latency_us.store(new, Ordering::Relaxed);
     }
-
-    fn connection_up(&self) {}
 
     /// A connection to the endpoint failed: a replica leaves read rotation at
     /// once (the health checker brings it back).
@@ -409,7 +408,7 @@ impl ShardBackends {
             healthy: AtomicBool::new(false),
             latency_us: AtomicU64::new(0),
             retired: AtomicBool::new(true),
-            identity: String::new(),
+            identity: None,
             acl_failing: AtomicBool::new(false),
         });
         state.metrics.set_healthy(false);
@@ -560,11 +559,11 @@ impl Backends {
             by_addr
                 .entry(ep.addr.clone())
                 .or_insert_with(|| {
-                    let identity = endpoint_identity(shard, kind, ep, role, &map.options);
+                    let identity = Identity::of(shard, kind, ep, role, &map.options);
                     if let Some(kept) = previous.and_then(|p| {
-                        p.endpoints
-                            .iter()
-                            .find(|e| e.state.identity == identity && !e.state.is_retired())
+                        p.endpoints.iter().find(|e| {
+                            e.state.identity.as_ref() == Some(&identity) && !e.state.is_retired()
+                        })
                     }) {
                         endpoints.push(kept.clone());
                         return kept.clone();
@@ -590,7 +589,7 @@ impl Backends {
                         healthy: AtomicBool::new(role == Role::Primary),
                         latency_us: AtomicU64::new(0),
                         retired: AtomicBool::new(false),
-                        identity,
+                        identity: Some(identity),
                         acl_failing: AtomicBool::new(false),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
@@ -655,30 +654,58 @@ impl Backends {
     }
 }
 
-/// Everything an endpoint is built from, as one comparable string. TLS
-/// settings are compared by identity of the loaded configuration, so a
-/// reload always rebuilds TLS endpoints (picking up new CA files).
-fn endpoint_identity(
-    shard: &str,
+/// Everything an endpoint is built from: an endpoint whose identity did
+/// not change is kept by a reload.
+#[derive(Debug, Clone, PartialEq)]
+struct Identity {
     kind: ShardKind,
-    ep: &crate::shardmap::Endpoint,
+    addr: String,
+    shard: String,
     role: Role,
-    options: &Options,
-) -> String {
-    let auth = ep
-        .link
-        .auth
-        .as_ref()
-        .map(|a| format!("{:?}\0{}", a.username, a.password));
-    let tls = ep
-        .link
-        .tls
-        .as_ref()
-        .map(|t| format!("{:p}\0{:?}", Arc::as_ptr(&t.config), t.server_name));
-    format!(
-        "{kind:?}\0{}\0{shard}\0{role:?}\0{}\0{:?}\0{options:?}\0{auth:?}\0{tls:?}",
-        ep.addr, ep.region, ep.zone
-    )
+    region: String,
+    zone: Option<String>,
+    options: Options,
+    auth: Option<crate::shardmap::BackendAuth>,
+    tls: Option<TlsIdentity>,
+}
+
+/// TLS settings, compared by identity of the loaded configuration, so a
+/// reload always rebuilds TLS endpoints (picking up new CA files).
+#[derive(Debug, Clone)]
+struct TlsIdentity {
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl PartialEq for TlsIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Identity {
+    fn of(
+        shard: &str,
+        kind: ShardKind,
+        ep: &crate::shardmap::Endpoint,
+        role: Role,
+        options: &Options,
+    ) -> Identity {
+        Identity {
+            kind,
+            addr: ep.addr.clone(),
+            shard: shard.to_owned(),
+            role,
+            region: ep.region.clone(),
+            zone: ep.zone.clone(),
+            options: options.clone(),
+            auth: ep.link.auth.clone(),
+            tls: ep.link.tls.as_ref().map(|t| TlsIdentity {
+                config: t.config.clone(),
+                server_name: t.server_name.clone(),
+            }),
+        }
+    }
 }
 
 /// Orders a shard's endpoints for reads.

@@ -13,14 +13,13 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::breaker::Admit;
 use super::{EndpointState, connect::connect};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
-use crate::tls::{BackendRead, BackendWrite};
 
 /// The answer to one request: the reply frame exactly as the backend sent it.
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -43,12 +42,40 @@ struct Outbox {
     waker: Option<Waker>,
 }
 
-#[derive(Default)]
 struct Shared {
     outbox: Mutex<Outbox>,
+    /// The endpoint, to name it in errors.
+    addr: String,
+}
+
+/// Every request taken is answered, even the ones still queued when the
+/// connection task is dropped (its runtime shut down): a sender never
+/// vanishes without a reply.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let o = self.outbox.get_mut().unwrap_or_else(|e| e.into_inner());
+        for reply in o.replies.drain(..) {
+            let _ = reply.send(Err(stopped(&self.addr)));
+        }
+    }
+}
+
+/// The error of a request whose connection task stopped before answering.
+fn stopped(addr: &str) -> BackendError {
+    BackendError::ConnectionLost {
+        addr: addr.to_owned(),
+        reason: "connection task stopped".to_owned(),
+    }
 }
 
 impl Shared {
+    fn new(addr: &str) -> Shared {
+        Shared {
+            outbox: Mutex::new(Outbox::default()),
+            addr: addr.to_owned(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Outbox> {
         // A panic while holding the lock leaves plain data behind: keep going.
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,6 +97,20 @@ impl Shared {
             }
         })
         .await
+    }
+
+    /// Queues one request (`encode` appends its frame) and the sender of
+    /// its reply, and wakes the connection task.
+    fn push(&self, encode: impl FnOnce(&mut BytesMut), reply: ReplyTx) {
+        let waker = {
+            let mut o = self.lock();
+            encode(&mut o.frames);
+            o.replies.push(reply);
+            o.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Takes every queued request: their frames are appended to `frames`.
@@ -124,8 +165,15 @@ pub struct MuxConn {
     ep: Arc<EndpointState>,
 }
 
-/// Why a connection ended when no handle to it is left (not a failure).
-const UNUSED: &str = "connection no longer used";
+/// Why a live connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Every handle is gone (the proxy stops, or a reload removed the
+    /// endpoint): not a failure, and nothing to reconnect for.
+    Unused,
+    /// The connection broke (how, for the log); the next request reconnects.
+    Failed(String),
+}
 /// Longest reconnect back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -137,7 +185,7 @@ impl MuxConn {
         proto: Protocol,
         on: Option<&tokio::runtime::Handle>,
     ) -> MuxConn {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(&endpoint.addr));
         let task = supervise(endpoint.clone(), proto, shared.clone());
         match on {
             Some(h) => drop(h.spawn(task)),
@@ -163,15 +211,7 @@ impl MuxConn {
             fail(reply, &self.ep, self.ep.breaker.refusal(&self.ep.addr));
             return rx;
         }
-        let waker = {
-            let mut o = self.owner.shared.lock();
-            encode(&mut o.frames);
-            o.replies.push(reply);
-            o.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.owner.shared.push(encode, reply);
         rx
     }
 }
@@ -187,17 +227,18 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>)
                 backoff = Duration::from_millis(50);
                 ep.metrics.connect_attempt(true);
                 ep.metrics.connections_delta(1.0);
-                ep.connection_up();
                 let (rd, wr) = stream.split();
-                let reason = run(&ep, rd, wr, &shared).await;
+                let ended = run(&ep, rd, wr, &shared).await;
                 ep.metrics.connections_delta(-1.0);
-                if reason == UNUSED {
-                    // Every handle is gone: the proxy stops or a reload
-                    // removed the endpoint. Nothing to reconnect for.
-                    tracing::debug!(endpoint = %ep.addr, shard = %ep.shard, "backend connection closed: no longer used");
-                    return;
+                match ended {
+                    Ended::Unused => {
+                        tracing::debug!(endpoint = %ep.addr, shard = %ep.shard, "backend connection closed: no longer used");
+                        return;
+                    }
+                    Ended::Failed(reason) => {
+                        tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
+                    }
                 }
-                tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, %reason, "backend connection closed; reconnecting on next request");
             }
             Err(err) => {
                 ep.metrics.connect_attempt(false);
@@ -232,28 +273,28 @@ fn fail(reply: ReplyTx, ep: &EndpointState, err: BackendError) {
 /// Drives one live connection until it fails; returns why it ended.
 async fn run(
     ep: &Arc<EndpointState>,
-    rd: BackendRead,
-    wr: BackendWrite,
+    rd: impl AsyncRead + Unpin,
+    wr: impl AsyncWrite + Unpin,
     shared: &Shared,
-) -> String {
+) -> Ended {
     let (fifo_tx, fifo_rx) = mpsc::unbounded_channel();
     let writer = write_loop(wr, shared, fifo_tx);
     let reader = read_loop(ep, rd, fifo_rx);
     tokio::select! {
         r = writer => r,
-        r = reader => r,
+        r = reader => Ended::Failed(r),
     }
 }
 
 async fn write_loop(
-    mut wr: BackendWrite,
+    mut wr: impl AsyncWrite + Unpin,
     shared: &Shared,
     fifo: mpsc::UnboundedSender<Batch>,
-) -> String {
+) -> Ended {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         if shared.wait().await.is_none() {
-            return UNUSED.to_owned();
+            return Ended::Unused;
         }
         // Let every task that is ready now (other clients with requests
         // for this connection) run first, so one write carries all of them.
@@ -264,14 +305,14 @@ async fn write_loop(
             sent: Instant::now(),
         };
         if fifo.send(batch).is_err() {
-            return "reader stopped".to_owned();
+            return Ended::Failed("reader stopped".to_owned());
         }
         if let Err(e) = wr.write_all(&buf).await {
-            return format!("write failed: {e}");
+            return Ended::Failed(format!("write failed: {e}"));
         }
         // TLS holds records until flushed (a no-op on plain sockets).
         if let Err(e) = wr.flush().await {
-            return format!("write failed: {e}");
+            return Ended::Failed(format!("write failed: {e}"));
         }
         buf.clear();
         if buf.capacity() > 4 * MAX_KEPT {
@@ -296,13 +337,36 @@ fn push_batch(waiting: &mut VecDeque<InFlight>, b: Batch) {
     waiting.extend(b.replies.into_iter().map(|reply| InFlight { reply, sent }));
 }
 
+/// The requests a live connection has written and waits for replies to,
+/// and the batches the writer is handing over. Every one is answered even
+/// when the connection task is dropped (its runtime shut down): a sender
+/// never vanishes without a reply.
+struct Waiters<'a> {
+    addr: &'a str,
+    fifo: mpsc::UnboundedReceiver<Batch>,
+    q: VecDeque<InFlight>,
+}
+
+impl Drop for Waiters<'_> {
+    fn drop(&mut self) {
+        receive(&mut self.fifo, &mut self.q);
+        for w in self.q.drain(..) {
+            let _ = w.reply.send(Err(stopped(self.addr)));
+        }
+    }
+}
+
 async fn read_loop(
     ep: &Arc<EndpointState>,
-    mut rd: BackendRead,
-    mut fifo: mpsc::UnboundedReceiver<Batch>,
+    mut rd: impl AsyncRead + Unpin,
+    fifo: mpsc::UnboundedReceiver<Batch>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut waiting: VecDeque<InFlight> = VecDeque::new();
+    let mut w = Waiters {
+        addr: &ep.addr,
+        fifo,
+        q: VecDeque::new(),
+    };
     let timeout = ep.options.command_timeout;
     // One timer for the whole connection, armed at the oldest request's
     // deadline. It is not moved as replies arrive (that would touch the
@@ -319,30 +383,30 @@ async fn read_loop(
             match scan::frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n).freeze();
-                    if waiting.is_empty() {
-                        receive(&mut fifo, &mut waiting);
+                    if w.q.is_empty() {
+                        receive(&mut w.fifo, &mut w.q);
                     }
-                    let Some(w) = waiting.pop_front() else {
+                    let Some(done) = w.q.pop_front() else {
                         let reason = "reply without a request (out of sync)".to_owned();
                         let err = BackendError::Protocol {
                             addr: ep.addr.clone(),
                             reason: reason.clone(),
                         };
-                        fail_all(ep, &mut waiting, &mut fifo, err);
+                        fail_all(ep, &mut w.q, &mut w.fifo, err);
                         return reason;
                     };
                     ep.metrics
-                        .request_done(arrived.saturating_duration_since(w.sent));
+                        .request_done(arrived.saturating_duration_since(done.sent));
                     ep.breaker.success(&ep.addr, &ep.metrics);
-                    let _ = w.reply.send(Ok(frame));
+                    let _ = done.reply.send(Ok(frame));
                 }
                 Ok(None) => break,
                 Err(e) => {
                     let reason = format!("invalid reply: {e}");
                     fail_all(
                         ep,
-                        &mut waiting,
-                        &mut fifo,
+                        &mut w.q,
+                        &mut w.fifo,
                         BackendError::Protocol {
                             addr: ep.addr.clone(),
                             reason: reason.clone(),
@@ -355,8 +419,8 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        if !armed && let Some(w) = waiting.front() {
-            timer.as_mut().reset((w.sent + timeout).into());
+        if !armed && let Some(oldest) = w.q.front() {
+            timer.as_mut().reset((oldest.sent + timeout).into());
             armed = true;
         }
         tokio::select! {
@@ -365,16 +429,16 @@ async fn read_loop(
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
             },
-            b = fifo.recv() => match b {
-                Some(b) => push_batch(&mut waiting, b),
+            b = w.fifo.recv() => match b {
+                Some(b) => push_batch(&mut w.q, b),
                 None => break "writer stopped".to_owned(),
             },
             _ = &mut timer, if armed => {
                 armed = false;
-                let overdue = waiting.front().is_some_and(|w| w.sent + timeout <= Instant::now());
+                let overdue = w.q.front().is_some_and(|f| f.sent + timeout <= Instant::now());
                 if overdue {
                     let millis = timeout.as_millis() as u64;
-                    fail_all(ep, &mut waiting, &mut fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
+                    fail_all(ep, &mut w.q, &mut w.fifo, BackendError::Timeout { addr: ep.addr.clone(), millis });
                     return format!("no reply within {millis} ms");
                 }
             }
@@ -384,7 +448,7 @@ async fn read_loop(
         addr: ep.addr.clone(),
         reason: reason.clone(),
     };
-    fail_all(ep, &mut waiting, &mut fifo, err);
+    fail_all(ep, &mut w.q, &mut w.fifo, err);
     reason
 }
 
@@ -400,5 +464,168 @@ fn fail_all(
     }
     for w in waiting.drain(..) {
         fail(w.reply, ep, err.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::shardmap::ShardMap;
+
+    /// One Redis shard at an address where nothing listens.
+    const MAP: &str =
+        "regions:\n  - name: r\nshards:\n  - name: a\n    region: r\n    primary: 127.0.0.1:1\n";
+
+    fn endpoint() -> Arc<EndpointState> {
+        let map = ShardMap::from_yaml(MAP).expect("valid map");
+        Backends::new(&map, None, None).endpoints()[0].state.clone()
+    }
+
+    /// A connection task over an in-memory pipe; the test plays the backend
+    /// on the other end.
+    struct Harness {
+        shared: Arc<Shared>,
+        backend: DuplexStream,
+        task: tokio::task::JoinHandle<Ended>,
+    }
+
+    impl Harness {
+        fn start() -> Harness {
+            let ep = endpoint();
+            let shared = Arc::new(Shared::new(&ep.addr));
+            let (proxy_side, backend) = tokio::io::duplex(64 * 1024);
+            let task = {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let (rd, wr) = tokio::io::split(proxy_side);
+                    run(&ep, rd, wr, &shared).await
+                })
+            };
+            Harness {
+                shared,
+                backend,
+                task,
+            }
+        }
+
+        fn send(&self, frame: &[u8]) -> ReplyRx {
+            let (tx, rx) = oneshot::channel();
+            self.shared.push(|out| out.extend_from_slice(frame), tx);
+            rx
+        }
+
+        /// Reads exactly `expected` from the proxy side.
+        async fn expect(&mut self, expected: &[u8]) {
+            let mut got = vec![0; expected.len()];
+            tokio::time::timeout(Duration::from_secs(5), self.backend.read_exact(&mut got))
+                .await
+                .expect("requests written")
+                .expect("pipe open");
+            assert_eq!(got, expected);
+        }
+    }
+
+    async fn reply(rx: ReplyRx) -> ReplyResult {
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("answered in time")
+            .expect("answered, not dropped")
+    }
+
+    const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+    const GET: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+
+    #[tokio::test]
+    async fn pipelined_replies_go_to_their_senders_in_order() {
+        let mut h = Harness::start();
+        let first = h.send(PING);
+        let second = h.send(GET);
+        let third = h.send(PING);
+        h.expect(&[PING, GET, PING].concat()).await;
+        // All three replies in one write.
+        h.backend
+            .write_all(b"+PONG\r\n$1\r\nv\r\n-ERR nope\r\n")
+            .await
+            .unwrap();
+        assert_eq!(reply(first).await.unwrap().as_ref(), b"+PONG\r\n");
+        assert_eq!(reply(second).await.unwrap().as_ref(), b"$1\r\nv\r\n");
+        assert_eq!(reply(third).await.unwrap().as_ref(), b"-ERR nope\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_reply_split_across_reads_is_delivered_whole() {
+        let mut h = Harness::start();
+        let rx = h.send(GET);
+        h.expect(GET).await;
+        for piece in [&b"$11\r\nhello"[..], b" world\r", b"\n"] {
+            h.backend.write_all(piece).await.unwrap();
+            h.backend.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reply(rx).await.unwrap().as_ref(), b"$11\r\nhello world\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_fails_every_waiting_sender() {
+        let mut h = Harness::start();
+        let a = h.send(GET);
+        let b = h.send(PING);
+        h.expect(&[GET, PING].concat()).await;
+        drop(h.backend);
+        for rx in [a, b] {
+            let e = reply(rx).await.unwrap_err();
+            assert!(
+                matches!(&e, BackendError::ConnectionLost { addr, .. } if addr == "127.0.0.1:1"),
+                "{e:?}"
+            );
+            // It was written: it may have run, so it must not be retried.
+            assert!(!e.never_sent());
+        }
+        assert!(matches!(h.task.await.unwrap(), Ended::Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_task_still_answers() {
+        let mut h = Harness::start();
+        let written = h.send(GET);
+        h.expect(GET).await;
+        h.task.abort();
+        let e = reply(written).await.unwrap_err();
+        assert!(matches!(e, BackendError::ConnectionLost { .. }), "{e:?}");
+        // Queued after the task is gone: answered when the queue is dropped.
+        let queued = h.send(PING);
+        drop(h.shared);
+        let e = reply(queued).await.unwrap_err();
+        assert!(matches!(e, BackendError::ConnectionLost { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn the_connection_ends_quietly_when_no_handle_is_left() {
+        let h = Harness::start();
+        drop(Owner {
+            shared: h.shared.clone(),
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), h.task)
+            .await
+            .expect("ended in time")
+            .unwrap();
+        assert_eq!(ended, Ended::Unused);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_could_not_connect_was_never_sent() {
+        // Nothing listens on port 1: the connect fails before any byte is written.
+        let conn = MuxConn::spawn(endpoint(), Protocol::Resp2, None);
+        let e = reply(conn.send(PING)).await.unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Unavailable { addr, .. } if addr == "127.0.0.1:1"),
+            "{e:?}"
+        );
+        assert!(e.never_sent(), "safe to retry elsewhere");
     }
 }

@@ -127,7 +127,7 @@ impl Counters {
 }
 
 /// Proxy-wide per-request metrics.
-pub struct Proxy {
+pub struct ProxyCounters {
     /// `shardgate_commands_total`: `2 * command + (0 ok | 1 error)`, the
     /// unknown command last.
     pub commands: Counters,
@@ -135,11 +135,11 @@ pub struct Proxy {
     pub command_duration: Histogram,
 }
 
-/// Index in [`Proxy::commands`] of the `unknown` command.
+/// Index in [`ProxyCounters::commands`] of the `unknown` command.
 pub const UNKNOWN_COMMAND: usize = COMMANDS.len();
 
 /// Per-request metrics of one endpoint (shard, endpoint, role).
-pub struct Endpoint {
+pub struct EndpointCounters {
     /// `shardgate_backend_request_duration_seconds`.
     pub duration: Histogram,
     /// `shardgate_reads_total` of the endpoint's (shard, role).
@@ -151,13 +151,13 @@ type EndpointKey = (String, String, &'static str);
 
 #[derive(Default)]
 struct Registry {
-    endpoints: BTreeMap<EndpointKey, Arc<Endpoint>>,
+    endpoints: BTreeMap<EndpointKey, Arc<EndpointCounters>>,
     /// Keyed by (shard, role): a shard's replicas share one series.
     reads: BTreeMap<(String, &'static str), Arc<Counters>>,
 }
 
-static PROXY: LazyLock<Arc<Proxy>> = LazyLock::new(|| {
-    Arc::new(Proxy {
+static PROXY: LazyLock<Arc<ProxyCounters>> = LazyLock::new(|| {
+    Arc::new(ProxyCounters {
         commands: Counters::new(2 * (COMMANDS.len() + 1)),
         command_duration: Histogram::new(),
     })
@@ -170,12 +170,12 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 }
 
 /// The proxy-wide metrics (one set per process, like the exporter's).
-pub fn proxy() -> Arc<Proxy> {
+pub fn proxy() -> Arc<ProxyCounters> {
     PROXY.clone()
 }
 
 /// The metrics of endpoint `endpoint` of `shard` in `role`, created on first use.
-pub fn endpoint(shard: &str, endpoint: &str, role: &'static str) -> Arc<Endpoint> {
+pub fn endpoint(shard: &str, endpoint: &str, role: &'static str) -> Arc<EndpointCounters> {
     let mut r = registry();
     let key = (shard.to_owned(), endpoint.to_owned(), role);
     if let Some(e) = r.endpoints.get(&key) {
@@ -186,7 +186,7 @@ pub fn endpoint(shard: &str, endpoint: &str, role: &'static str) -> Arc<Endpoint
         .entry((shard.to_owned(), role))
         .or_insert_with(|| Arc::new(Counters::new(1)))
         .clone();
-    let e = Arc::new(Endpoint {
+    let e = Arc::new(EndpointCounters {
         duration: Histogram::new(),
         reads,
     });

@@ -341,7 +341,7 @@ pub fn describe() {
 
 /// Proxy-wide handles, built once and shared by every client connection.
 pub struct Metrics {
-    hot: Arc<hot::Proxy>,
+    hot: Arc<hot::ProxyCounters>,
     client_connections: Gauge,
     client_connections_total: Counter,
     /// Per serving thread (one entry when there are none).
@@ -592,7 +592,7 @@ pub struct EndpointMetrics {
     shard: String,
     endpoint: String,
     role: &'static str,
-    hot: Arc<hot::Endpoint>,
+    hot: Arc<hot::EndpointCounters>,
     connections: Gauge,
     dedicated_in_use: Gauge,
     healthy: Gauge,

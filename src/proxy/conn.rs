@@ -149,18 +149,18 @@ impl Client<'_> {
                         self.drain().await.map_err(End::from)?;
                         return Ok(false);
                     }
-                    Action::Inline(op, spec) => {
+                    Action::Exclusive(op, spec) => {
                         self.drain().await.map_err(End::from)?;
                         let started = std::time::Instant::now();
-                        let Some(reply) = self.run_inline(op).await? else {
+                        let Some(reply) = self.run_exclusive(op).await? else {
                             return Ok(false);
                         };
                         let ok = !crate::protocol::reply::is_error(&reply);
                         self.proxy
                             .metrics
                             .command_done(Some(spec), ok, started.elapsed());
-                        self.wr.write_all(&reply).await.map_err(End::from)?;
-                        self.wr.flush().await.map_err(End::from)?;
+                        self.wbuf.extend_from_slice(&reply);
+                        self.flush().await.map_err(End::from)?;
                         // Time passed (a blocking command may have waited):
                         // what is parsed next takes a fresh reading.
                         arrived = None;
@@ -191,10 +191,10 @@ impl Client<'_> {
                             .client_limit_close("unauthenticated_request");
                     }
                     self.drain().await.map_err(End::from)?;
-                    let mut out = BytesMut::new();
-                    Reply::error(message).encode(self.session.proto, &mut out);
-                    let _ = self.wr.write_all(&out).await;
-                    let _ = self.wr.flush().await;
+                    Reply::error(message).encode(self.session.proto, &mut self.wbuf);
+                    // Best effort, bounded like every write: the connection
+                    // closes either way.
+                    let _ = self.flush().await;
                     return Err(End::Protocol);
                 }
             }
@@ -290,6 +290,8 @@ impl Client<'_> {
         }
     }
 
+    /// Writes the reply buffer. Every write to the client goes through here,
+    /// so each must make progress within the write stall timeout.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             let stall = self.proxy.config.write_stall_timeout;
@@ -342,19 +344,19 @@ impl Client<'_> {
         self.flush().await
     }
 
-    /// Runs an inline operation while watching the client socket: if the
+    /// Runs an exclusive operation while watching the client socket: if the
     /// client hangs up (e.g. while blocked in BLPOP), the operation is dropped
     /// and its dedicated connection discarded. Returns None when the client is
     /// gone.
-    async fn run_inline(
+    async fn run_exclusive(
         &mut self,
-        op: super::dispatch::InlineOp,
+        op: super::dispatch::ExclusiveOp,
     ) -> Result<Option<bytes::Bytes>, End> {
         let proxy = self.proxy;
-        // Boxed: inline operations (transactions, blocking commands,
+        // Boxed: exclusive operations (transactions, blocking commands,
         // scripts, SCAN...) are rare, and their state machine would
         // otherwise make every idle client's task several KiB bigger.
-        let mut fut = Box::pin(self.session.run_inline(proxy, op));
+        let mut fut = Box::pin(self.session.run_exclusive(proxy, op));
         loop {
             if self.eof {
                 return Ok(Some(fut.await));
@@ -456,7 +458,7 @@ mod tests {
     use crate::tls::MaybeTls;
 
     /// Most of an idle client's memory is its task, and the task is this
-    /// future: rare paths (inline operations) are boxed so that it stays
+    /// future: rare paths (exclusive operations) are boxed so that it stays
     /// small. Unboxed, it was 8.3 KiB in a release build.
     #[tokio::test]
     async fn an_idle_client_task_stays_small() {

@@ -1,5 +1,13 @@
 //! One request -> what to do with it: forward to a shard, split over shards,
-//! fan out to all, answer locally, or run inline on a dedicated connection.
+//! fan out to all, answer locally, or run with the session to itself
+//! (dedicated connections, multi-step commands, moves on touch).
+//!
+//! Routing is a value: [`target`] says where a request's keys live under
+//! one table ([`Target`]), and the handler of the command's kind turns that
+//! into an [`Action`] the connection loop carries out. A request whose keys
+//! must move first (a rebalance is migrating their slot) becomes
+//! [`ExclusiveOp::MoveFirst`]; after the move, [`Session::route`] routes it
+//! again with [`Pass::Moved`], without the checks that already passed.
 
 use std::time::Instant;
 
@@ -14,13 +22,14 @@ use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind, lookup};
 use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command_from};
-use crate::router::{RoutingTable, ShardId};
+use crate::router::{Epoch, Route, RoutingTable, ShardId};
 use crate::shardmap::ShardKind;
 use crate::snapshot::Snapshot;
 
 /// Work that must run with the session to itself, after every earlier reply
-/// has been written (dedicated connections, multi-step commands).
-pub enum InlineOp {
+/// has been written (dedicated connections, multi-step commands). Not to be
+/// confused with Redis' "inline commands" (the telnet-style request format).
+pub enum ExclusiveOp {
     Exec,
     Discard,
     Watch(Request, ShardId),
@@ -32,8 +41,8 @@ pub enum InlineOp {
     /// SCAN from (shard, that shard's cursor), decoded from the client's cursor.
     Scan(Request, ShardId, u64),
     /// A key of the request is in a migrating slot: move it to its new
-    /// shard first, then dispatch the request again.
-    MoveFirst(Request),
+    /// shard first, then route the request again ([`Pass::Moved`]).
+    MoveFirst(Request, &'static CommandSpec),
 }
 
 /// The dispatcher's decision for one request.
@@ -41,9 +50,92 @@ pub enum Action {
     /// A reply to queue behind the earlier ones.
     Queue(Pending),
     /// Run after draining the queue.
-    Inline(InlineOp, &'static CommandSpec),
+    Exclusive(ExclusiveOp, &'static CommandSpec),
     /// Reply, then close the connection (QUIT).
     Close(Pending),
+}
+
+/// Where the keys of one request live under one routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The command names no key.
+    NoKeys,
+    /// Every key lives on this shard.
+    Shard(ShardId),
+    /// Every key lives on shard `to`, but at least one of them is in a
+    /// migrating slot and was not moved under this table: it must be moved
+    /// there before the command runs.
+    MoveFirst { to: ShardId },
+}
+
+impl Target {
+    /// The shard the keys live on (`None` without keys).
+    pub fn shard(self) -> Option<ShardId> {
+        match self {
+            Target::NoKeys => None,
+            Target::Shard(s) | Target::MoveFirst { to: s } => Some(s),
+        }
+    }
+}
+
+/// Which routing of a request this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The first: keys in migrating slots must move first.
+    Fresh,
+    /// After this session moved the request's keys under the table of
+    /// this epoch: under that table they are where it says, and reads go
+    /// to the primary (a replica may not have a moved key yet). Under a
+    /// newer table, keys may have to move again.
+    Moved(Epoch),
+}
+
+impl Pass {
+    /// Whether `route` (under `table`) needs its key moved first.
+    fn must_move(self, table: &RoutingTable, route: &Route) -> bool {
+        route.moving_from.is_some() && self != Pass::Moved(table.epoch())
+    }
+
+    /// Whether reads must go to the primary.
+    fn reads_primary(self) -> bool {
+        matches!(self, Pass::Moved(_))
+    }
+}
+
+/// Where the keys of `req` live under `table` (a pure decision: no I/O, no
+/// session state). Keys on two shards are `-CROSSSLOT`, even if some must
+/// move first. Malformed key arguments route to the first shard so that
+/// Redis itself answers with its exact error. `scratch` is reused for the
+/// key positions (classifying does not allocate).
+pub fn target(
+    table: &RoutingTable,
+    spec: &CommandSpec,
+    req: &Request,
+    pass: Pass,
+    scratch: &mut Vec<usize>,
+) -> Result<Target, ProxyError> {
+    scratch.clear();
+    if key_indices(spec, req.args(), scratch).is_err() {
+        return Ok(Target::Shard(ShardId(0)));
+    }
+    let args = req.args();
+    let mut shard = None;
+    let mut must_move = false;
+    for &i in scratch.iter() {
+        let Some(key) = args.get(i) else { continue };
+        let route = table.route(key);
+        must_move |= pass.must_move(table, &route);
+        match shard {
+            None => shard = Some(route.shard),
+            Some(prev) if prev != route.shard => return Err(ProxyError::crossslot()),
+            Some(_) => {}
+        }
+    }
+    Ok(match shard {
+        None => Target::NoKeys,
+        Some(to) if must_move => Target::MoveFirst { to },
+        Some(s) => Target::Shard(s),
+    })
 }
 
 impl Session {
@@ -51,7 +143,6 @@ impl Session {
     /// (one clock read serves every request parsed from one socket read).
     pub fn dispatch(&mut self, proxy: &Proxy, req: Request, started: Instant) -> Action {
         self.request_started = started;
-        self.move_first = false;
         let Some(spec) = lookup(req.name()) else {
             if let Some(tx) = self.tx.as_mut() {
                 tx.aborted = true;
@@ -94,22 +185,24 @@ impl Session {
         {
             return self.queue_in_tx(proxy, spec, req);
         }
+        self.route(proxy, spec, req, Pass::Fresh)
+    }
+
+    /// Routes a request that passed the checks (known command, arity,
+    /// access, not queued in MULTI) by its command's kind.
+    pub(super) fn route(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        pass: Pass,
+    ) -> Action {
         let result = match spec.handling {
-            Handling::Forward => self.forward(proxy, spec, req),
-            Handling::Split(kind) => self.split(proxy, spec, req, kind),
-            Handling::Blocking => self.blocking(proxy, spec, req),
-            Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind),
-            Handling::Script => {
-                let snap = proxy.snapshot();
-                self.single_shard(snap.table(), spec, &req).and_then(|s| {
-                    let shard = s.unwrap_or(ShardId(0));
-                    if self.move_first {
-                        return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
-                    }
-                    stateless_only(&snap, spec, shard, "scripts")?;
-                    Ok(Action::Inline(InlineOp::Script(req, shard), spec))
-                })
-            }
+            Handling::Forward => self.forward(proxy, spec, req, pass),
+            Handling::Split(kind) => self.split(proxy, spec, req, kind, pass),
+            Handling::Blocking => self.blocking(proxy, spec, req, pass),
+            Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind, pass),
+            Handling::Script => self.script(proxy, spec, req, pass),
             Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
             Handling::Local(kind) => {
                 let action = self.local(proxy, spec, req, kind);
@@ -159,35 +252,16 @@ impl Session {
         ))
     }
 
-    /// The one shard all keys of the command live on; `None` for a command
-    /// without keys. Malformed key arguments route to the first shard so that
-    /// Redis itself answers with its exact error.
-    pub fn single_shard(
+    /// Where the request's keys live under `table` ([`target`] with this
+    /// session's scratch space).
+    fn target(
         &mut self,
         table: &RoutingTable,
         spec: &CommandSpec,
         req: &Request,
-    ) -> Result<Option<ShardId>, ProxyError> {
-        self.key_scratch.clear();
-        if key_indices(spec, req.args(), &mut self.key_scratch).is_err() {
-            return Ok(Some(ShardId(0)));
-        }
-        let args = req.args();
-        let mut shard = None;
-        for &i in &self.key_scratch {
-            let Some(key) = args.get(i) else { continue };
-            let route = table.route(key);
-            if route.moving_from.is_some() && self.moved_under != Some(table.epoch()) {
-                self.move_first = true;
-            }
-            let s = route.shard;
-            match shard {
-                None => shard = Some(s),
-                Some(prev) if prev != s => return Err(ProxyError::crossslot()),
-                Some(_) => {}
-            }
-        }
-        Ok(shard)
+        pass: Pass,
+    ) -> Result<Target, ProxyError> {
+        target(table, spec, req, pass, &mut self.key_scratch)
     }
 
     fn forward(
@@ -195,33 +269,50 @@ impl Session {
         proxy: &Proxy,
         spec: &'static CommandSpec,
         req: Request,
+        pass: Pass,
     ) -> Result<Action, ProxyError> {
         let snap = proxy.snapshot();
-        let shard = self
-            .single_shard(snap.table(), spec, &req)?
-            .unwrap_or(ShardId(0));
-        if self.move_first {
-            return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
-        }
+        let shard = match self.target(snap.table(), spec, &req, pass)? {
+            Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
+            t => t.shard().unwrap_or(ShardId(0)),
+        };
         Ok(Action::Queue(self.send_to_shard(
             &snap,
             spec,
             shard,
             req.raw(),
+            pass,
         )))
+    }
+
+    fn script(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        pass: Pass,
+    ) -> Result<Action, ProxyError> {
+        let snap = proxy.snapshot();
+        let shard = match self.target(snap.table(), spec, &req, pass)? {
+            Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
+            t => t.shard().unwrap_or(ShardId(0)),
+        };
+        stateless_only(&snap, spec, shard, "scripts")?;
+        Ok(Action::Exclusive(ExclusiveOp::Script(req, shard), spec))
     }
 
     /// Sends one frame to a shard: reads by the read policy, writes to the
     /// primary.
-    pub fn send_to_shard(
+    fn send_to_shard(
         &self,
         snap: &Snapshot,
         spec: &'static CommandSpec,
         shard: ShardId,
         frame: &Bytes,
+        pass: Pass,
     ) -> Pending {
         let backends = snap.shard(shard);
-        let kind = if spec.is_read() && !self.force_primary {
+        let kind = if spec.is_read() && !pass.reads_primary() {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
@@ -252,10 +343,11 @@ impl Session {
         snap: &Snapshot,
         spec: &'static CommandSpec,
         shard: ShardId,
+        pass: Pass,
         encode: impl FnOnce(&mut BytesMut),
     ) -> Part {
         let backends = snap.shard(shard);
-        let ep = if spec.is_read() && !self.force_primary {
+        let ep = if spec.is_read() && !pass.reads_primary() {
             backends.read_endpoint(self.id)
         } else {
             &backends.primary
@@ -282,6 +374,7 @@ impl Session {
         spec: &'static CommandSpec,
         req: Request,
         kind: SplitKind,
+        pass: Pass,
     ) -> Result<Action, ProxyError> {
         let snap = proxy.snapshot();
         let table = snap.table();
@@ -299,8 +392,8 @@ impl Session {
         let mut part_of: SmallVec<[u16; 16]> = SmallVec::new();
         for i in (1..args.len()).step_by(stride) {
             let route = table.route(&args[i]);
-            if route.moving_from.is_some() && self.moved_under != Some(table.epoch()) {
-                return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
+            if pass.must_move(table, &route) {
+                return Ok(move_first(req, spec));
             }
             let part = match shards.iter().position(|s| *s == route.shard) {
                 Some(p) => p,
@@ -318,6 +411,7 @@ impl Session {
                 spec,
                 shards[0],
                 req.raw(),
+                pass,
             )));
         }
         let mut parts = Vec::with_capacity(shards.len());
@@ -330,7 +424,7 @@ impl Session {
                 .flat_map(|(k, _)| &args[1 + k * stride..1 + (k + 1) * stride]);
             let sub = std::iter::once(&args[0]).chain(keys).map(|a| &a[..]);
             let encode = |out: &mut BytesMut| encode_command_from(sub, out);
-            parts.push(self.part(&snap, spec, *shard, encode));
+            parts.push(self.part(&snap, spec, *shard, pass, encode));
         }
         let merge = match kind {
             SplitKind::Mget => Merge::Mget { part_of },
@@ -345,14 +439,13 @@ impl Session {
         proxy: &Proxy,
         spec: &'static CommandSpec,
         req: Request,
+        pass: Pass,
     ) -> Result<Action, ProxyError> {
         let snap = proxy.snapshot();
-        let shard = self
-            .single_shard(snap.table(), spec, &req)?
-            .unwrap_or(ShardId(0));
-        if self.move_first {
-            return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
-        }
+        let shard = match self.target(snap.table(), spec, &req, pass)? {
+            Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
+            t => t.shard().unwrap_or(ShardId(0)),
+        };
         let is_stream_read = matches!(spec.name, "xread" | "xreadgroup");
         let blocks = req.args().iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
         if is_stream_read && !blocks {
@@ -361,10 +454,11 @@ impl Session {
                 spec,
                 shard,
                 req.raw(),
+                pass,
             )));
         }
         stateless_only(&snap, spec, shard, "blocking commands")?;
-        Ok(Action::Inline(InlineOp::Blocking(req, shard), spec))
+        Ok(Action::Exclusive(ExclusiveOp::Blocking(req, shard), spec))
     }
 
     fn transaction(
@@ -373,6 +467,7 @@ impl Session {
         spec: &'static CommandSpec,
         req: Request,
         kind: TxKind,
+        pass: Pass,
     ) -> Result<Action, ProxyError> {
         match kind {
             TxKind::Multi => {
@@ -388,31 +483,30 @@ impl Session {
                 Ok(self.reply(spec, Reply::Ok))
             }
             TxKind::Exec if self.tx.is_none() => Err(ProxyError::err("EXEC without MULTI")),
-            TxKind::Exec => Ok(Action::Inline(InlineOp::Exec, spec)),
+            TxKind::Exec => Ok(Action::Exclusive(ExclusiveOp::Exec, spec)),
             TxKind::Discard if self.tx.is_none() => Err(ProxyError::err("DISCARD without MULTI")),
-            TxKind::Discard => Ok(Action::Inline(InlineOp::Discard, spec)),
+            TxKind::Discard => Ok(Action::Exclusive(ExclusiveOp::Discard, spec)),
             TxKind::Watch if self.tx.is_some() => {
                 Err(ProxyError::err("WATCH inside MULTI is not allowed"))
             }
             TxKind::Watch => {
                 let snap = proxy.snapshot();
-                let shard = self
-                    .single_shard(snap.table(), spec, &req)?
-                    .unwrap_or(ShardId(0));
-                if self.move_first {
-                    return Ok(Action::Inline(InlineOp::MoveFirst(req), spec));
-                }
+                let shard = match self.target(snap.table(), spec, &req, pass)? {
+                    Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
+                    t => t.shard().unwrap_or(ShardId(0)),
+                };
                 if matches!(&self.watch, Some((s, _)) if *s != shard) {
                     return Err(ProxyError::crossslot());
                 }
                 stateless_only(&snap, spec, shard, "transactions")?;
-                Ok(Action::Inline(InlineOp::Watch(req, shard), spec))
+                Ok(Action::Exclusive(ExclusiveOp::Watch(req, shard), spec))
             }
-            TxKind::Unwatch => Ok(Action::Inline(InlineOp::Unwatch, spec)),
+            TxKind::Unwatch => Ok(Action::Exclusive(ExclusiveOp::Unwatch, spec)),
         }
     }
 
-    /// A command inside MULTI: checked now, sent at EXEC.
+    /// A command inside MULTI: checked now, sent at EXEC (which moves keys
+    /// in migrating slots first).
     fn queue_in_tx(&mut self, proxy: &Proxy, spec: &'static CommandSpec, req: Request) -> Action {
         let queueable = match spec.handling {
             Handling::Forward | Handling::Split(_) | Handling::Blocking | Handling::Script => true,
@@ -421,8 +515,9 @@ impl Session {
         };
         let snap = proxy.snapshot();
         let verdict = if queueable {
-            self.single_shard(snap.table(), spec, &req)
-                .and_then(|shard| {
+            self.target(snap.table(), spec, &req, Pass::Fresh)
+                .and_then(|target| {
+                    let shard = target.shard();
                     if let Some(s) = shard {
                         stateless_only(&snap, spec, s, "transactions")?;
                     }
@@ -435,7 +530,10 @@ impl Session {
             )))
         };
         let Some(tx) = self.tx.as_mut() else {
-            return self.fail(Some(spec), ProxyError::err("internal: no transaction"));
+            return self.fail(
+                Some(spec),
+                ProxyError::internal("no transaction to queue in"),
+            );
         };
         match verdict {
             Ok(shard) => {
@@ -472,7 +570,11 @@ impl Session {
             .collect();
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
             live.iter()
-                .map(|&id| s.part(&snap, spec, id, |out| out.extend_from_slice(&frame)))
+                .map(|&id| {
+                    s.part(&snap, spec, id, Pass::Fresh, |out| {
+                        out.extend_from_slice(&frame)
+                    })
+                })
                 .collect()
         };
         match kind {
@@ -480,7 +582,7 @@ impl Session {
             FanoutKind::Dbsize => {
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::SumInt))
             }
-            FanoutKind::Randomkey => Ok(Action::Inline(InlineOp::Randomkey, spec)),
+            FanoutKind::Randomkey => Ok(Action::Exclusive(ExclusiveOp::Randomkey, spec)),
             FanoutKind::Flush => {
                 if !snap.map().options.allow_flush {
                     return Err(ProxyError::err(format!(
@@ -516,13 +618,18 @@ impl Session {
                     .ok_or_else(|| ProxyError::err("invalid cursor"))?;
                 let shards = n as u64;
                 let shard = ShardId((cursor % shards) as u16);
-                Ok(Action::Inline(
-                    InlineOp::Scan(req, shard, cursor / shards),
+                Ok(Action::Exclusive(
+                    ExclusiveOp::Scan(req, shard, cursor / shards),
                     spec,
                 ))
             }
         }
     }
+}
+
+/// The decision to move a request's keys before it runs.
+fn move_first(req: Request, spec: &'static CommandSpec) -> Action {
+    Action::Exclusive(ExclusiveOp::MoveFirst(req, spec), spec)
 }
 
 /// Refuses a stateful command (it needs a dedicated Redis connection) on a
@@ -559,4 +666,204 @@ fn unknown_command(args: &[Bytes]) -> String {
 
 fn truncate(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::context::Context;
+    use crate::metrics::Metrics;
+    use crate::protocol::{Limits, parse_request};
+    use crate::router::Overlay;
+    use crate::shardmap::ShardMap;
+    use crate::snapshot::Published;
+
+    /// Two Redis shards, nothing listening (nothing here sends).
+    const MAP: &str = "regions:\n  - name: r\nshards:\n  - name: a\n    region: r\n    primary: 127.0.0.1:1\n  - name: b\n    region: r\n    primary: 127.0.0.1:2\n";
+
+    fn map() -> Arc<ShardMap> {
+        Arc::new(ShardMap::from_yaml(MAP).expect("valid map"))
+    }
+
+    fn stable() -> RoutingTable {
+        RoutingTable::compile(map(), Epoch(1))
+    }
+
+    /// The table with `key`'s slot migrating to its owner from the other shard.
+    fn migrating(key: &str) -> RoutingTable {
+        let t = stable();
+        let owner = t.route(key.as_bytes()).shard;
+        let from = ShardId(1 - owner.0);
+        let entry = (
+            t.class_of(key.as_bytes()),
+            t.slot_of(key.as_bytes()),
+            Overlay::Migrating(from),
+        );
+        t.overlaid(Epoch(2), [entry])
+    }
+
+    fn req(args: &[&str]) -> Request {
+        let mut buf = BytesMut::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        encode_command_from(args.iter().copied(), &mut buf);
+        parse_request(&mut buf, &Limits::default())
+            .expect("valid frame")
+            .expect("complete frame")
+    }
+
+    fn target_of(table: &RoutingTable, args: &[&str], pass: Pass) -> Result<Target, ProxyError> {
+        let req = req(args);
+        let spec = lookup(req.name()).expect("known command");
+        target(table, spec, &req, pass, &mut Vec::new())
+    }
+
+    /// Two keys that live on different shards.
+    fn keys_apart(table: &RoutingTable) -> (String, String) {
+        let first = "k0".to_owned();
+        let home = table.route(first.as_bytes()).shard;
+        let other = (1..1000)
+            .map(|i| format!("k{i}"))
+            .find(|k| table.route(k.as_bytes()).shard != home)
+            .expect("two shards share the keys");
+        (first, other)
+    }
+
+    #[test]
+    fn keys_route_to_their_shard() {
+        let t = stable();
+        let owner = t.route(b"user:1").shard;
+        assert_eq!(
+            target_of(&t, &["GET", "user:1"], Pass::Fresh),
+            Ok(Target::Shard(owner))
+        );
+        // Keys sharing a hash tag share a shard.
+        assert_eq!(
+            target_of(&t, &["SINTER", "{u}a", "{u}b", "{u}c"], Pass::Fresh),
+            Ok(Target::Shard(t.route(b"{u}").shard))
+        );
+    }
+
+    #[test]
+    fn commands_without_keys_have_no_target() {
+        let t = stable();
+        assert_eq!(target_of(&t, &["PING"], Pass::Fresh), Ok(Target::NoKeys));
+        assert_eq!(
+            target_of(&t, &["EVAL", "return 1", "0"], Pass::Fresh),
+            Ok(Target::NoKeys)
+        );
+    }
+
+    #[test]
+    fn malformed_key_arguments_go_to_the_first_shard() {
+        // numkeys larger than the arguments: Redis answers with its own error.
+        let t = stable();
+        assert_eq!(
+            target_of(&t, &["EVAL", "return 1", "5", "k"], Pass::Fresh),
+            Ok(Target::Shard(ShardId(0)))
+        );
+    }
+
+    #[test]
+    fn keys_on_two_shards_are_crossslot() {
+        let t = stable();
+        let (a, b) = keys_apart(&t);
+        assert_eq!(
+            target_of(&t, &["SINTER", &a, &b], Pass::Fresh),
+            Err(ProxyError::crossslot())
+        );
+        // Even when one of them must move first.
+        let m = migrating(&a);
+        assert_eq!(
+            target_of(&m, &["SINTER", &a, &b], Pass::Fresh),
+            Err(ProxyError::crossslot())
+        );
+    }
+
+    #[test]
+    fn a_key_of_a_migrating_slot_moves_first_once_per_table() {
+        let t = migrating("user:1");
+        let owner = t.route(b"user:1").shard;
+        assert_eq!(
+            target_of(&t, &["GET", "user:1"], Pass::Fresh),
+            Ok(Target::MoveFirst { to: owner })
+        );
+        // Moved under this table: it runs.
+        assert_eq!(
+            target_of(&t, &["GET", "user:1"], Pass::Moved(t.epoch())),
+            Ok(Target::Shard(owner))
+        );
+        // Moved under an older table: it moves again.
+        assert_eq!(
+            target_of(&t, &["GET", "user:1"], Pass::Moved(Epoch(1))),
+            Ok(Target::MoveFirst { to: owner })
+        );
+        assert_eq!(Target::MoveFirst { to: owner }.shard(), Some(owner));
+    }
+
+    fn proxy(table: RoutingTable) -> Proxy {
+        let table = Arc::new(table);
+        let backends = Arc::new(Backends::new(table.map(), None, None));
+        let snapshot = Snapshot::new(table, backends).expect("consistent snapshot");
+        let ctx = Context::new(
+            Published::new(snapshot),
+            Arc::new(Metrics::new()),
+            None,
+            None,
+        );
+        Proxy::new(Arc::new(ctx), super::super::ClientConfig::default())
+    }
+
+    fn dispatch(proxy: &Proxy, args: &[&str]) -> Action {
+        let mut session = Session::new(1, "test".to_owned());
+        session.dispatch(proxy, req(args), Instant::now())
+    }
+
+    fn error_text(action: Action) -> String {
+        match action {
+            Action::Queue(Pending {
+                kind: PendingKind::Ready(bytes),
+                ..
+            }) => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => panic!("not a ready reply"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_decision_is_an_action() {
+        let t = migrating("user:1");
+        let (a, b) = keys_apart(&t);
+        let p = proxy(t);
+        // Every command kind that names keys moves them first.
+        for args in [
+            &["GET", "user:1"][..],
+            &["MGET", "user:1", "x"],
+            &["BLPOP", "user:1", "0"],
+            &["EVAL", "return 1", "1", "user:1"],
+            &["WATCH", "user:1"],
+        ] {
+            match dispatch(&p, args) {
+                Action::Exclusive(ExclusiveOp::MoveFirst(req, spec), _) => {
+                    assert_eq!(req.args().len(), args.len());
+                    assert!(spec.name.eq_ignore_ascii_case(args[0]));
+                }
+                _ => panic!("{args:?} does not move first"),
+            }
+        }
+        assert!(
+            error_text(dispatch(&p, &["SINTER", &a, &b])).starts_with("-CROSSSLOT "),
+            "CROSSSLOT is queued in order"
+        );
+        assert!(matches!(
+            dispatch(&p, &["RANDOMKEY"]),
+            Action::Exclusive(ExclusiveOp::Randomkey, _)
+        ));
+        assert_eq!(error_text(dispatch(&p, &["PING"])), "+PONG\r\n");
+        assert!(error_text(dispatch(&p, &["NOSUCH"])).starts_with("-ERR unknown command"));
+        assert!(matches!(dispatch(&p, &["QUIT"]), Action::Close(_)));
+    }
 }

@@ -1,12 +1,13 @@
 //! Commands the proxy answers itself: PING, ECHO, SELECT, QUIT, HELLO, AUTH,
-//! CLIENT, COMMAND, TIME, RESET, READONLY/READWRITE (INFO runs inline).
+//! CLIENT, COMMAND, TIME, RESET, READONLY/READWRITE (INFO runs as an
+//! exclusive operation).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use super::Proxy;
-use super::dispatch::{Action, InlineOp};
+use super::dispatch::{Action, ExclusiveOp};
 use super::pending::Pending;
 use super::session::Session;
 use crate::auth;
@@ -59,7 +60,7 @@ impl Session {
             LocalKind::Auth => self.auth(proxy, args),
             LocalKind::Client => self.client(args),
             LocalKind::Command => command(args),
-            LocalKind::Info => return Action::Inline(InlineOp::Info(req), spec),
+            LocalKind::Info => return Action::Exclusive(ExclusiveOp::Info(req), spec),
             LocalKind::Time => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -73,7 +74,7 @@ impl Session {
                 // Back to the default user, which (when auth is on) needs a password.
                 self.user = None;
                 if self.tx.is_some() || self.watch.is_some() {
-                    return Action::Inline(InlineOp::Discard, spec);
+                    return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }
                 self.proto = Protocol::Resp2;
                 self.name = None;

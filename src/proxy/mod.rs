@@ -4,7 +4,7 @@
 mod access;
 mod conn;
 mod dispatch;
-mod inline;
+mod exclusive;
 mod local;
 mod moves;
 mod pending;

@@ -2,18 +2,23 @@
 //! migrating slot first moves the key from its old shard to its new one
 //! (`MIGRATE`, atomic on the source), then runs on the new shard.
 //!
-//! The moves run with the session to itself (an inline operation), holding
-//! the routing table they were decided with until the command is answered,
-//! so the rebalancer's barrier (see `rebalance`) also waits for them.
+//! The moves run with the session to itself (an exclusive operation),
+//! holding the routing table they were decided with until the command is
+//! answered, so the rebalancer's barrier (see `rebalance`) also waits for
+//! them.
 
 use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
-use super::dispatch::{Action, InlineOp};
+use super::dispatch::{Action, ExclusiveOp, Pass};
+use super::pending::answered;
 use super::session::Session;
+use crate::backend::Backends;
+use crate::backend::fence::Touch;
 use crate::backend::migrate::{
-    BIG_KEY_BYTES, Copied, Migrated, copy_in_pieces, migrate_frame, migrated, request,
+    BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_frame, migrated, move_big_key,
 };
+use crate::backend::mux::ReplyRx;
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, lookup};
 use crate::error::ProxyError;
@@ -21,7 +26,7 @@ use crate::protocol::{Protocol, Reply, Request, reply, request::encode_command};
 use crate::router::{RoutingTable, ShardId};
 use crate::snapshot::Snapshot;
 
-/// Re-dispatches after moving at most this many times (each time, the
+/// Routes again after moving at most this many times (each time, the
 /// table changed again between the moves and the command).
 const MAX_ROUNDS: usize = 8;
 
@@ -29,11 +34,64 @@ const MAX_ROUNDS: usize = 8;
 /// before `-TRYAGAIN` (see `context::HeldMoves`): the mover waits for every
 /// live proxy, at most until a silent one's lease expires.
 const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
+/// One key to move: from its old shard to its new one.
+#[derive(Clone, Copy)]
+struct KeyMove<'a> {
+    key: &'a Bytes,
+    from: ShardId,
+    to: ShardId,
+}
+
+/// What `MEMORY USAGE` on the source says about a key.
+enum Size {
+    /// Not on the source: moved already, or never there.
+    Absent,
+    /// Moves with one `MIGRATE`.
+    Small,
+    /// Moves by [`move_big_key`].
+    Big,
+}
+
+/// The failures of one round of moves: each is counted and logged; the
+/// first becomes the command's `-TRYAGAIN`.
+struct Failures<'a> {
+    proxy: &'a Proxy,
+    backends: &'a Backends,
+    first: Option<ProxyError>,
+}
+
+impl Failures<'_> {
+    fn record(&mut self, m: KeyMove<'_>, why: impl std::fmt::Display) {
+        self.proxy.metrics.rebalance_mover_error("touch");
+        let name = |id: ShardId| {
+            self.backends
+                .shards()
+                .get(id.0 as usize)
+                .map_or("?", |s| s.name.as_str())
+        };
+        let (from, to) = (name(m.from), name(m.to));
+        tracing::warn!(key = %String::from_utf8_lossy(m.key), %from, %to, error = %why, "moving a key on touch failed");
+        self.first.get_or_insert_with(|| {
+            ProxyError::tryagain(format!(
+                "key is moving from shard {from} to shard {to} and the move failed: {why}"
+            ))
+        });
+    }
+
+    fn into_result(self) -> Result<(), ProxyError> {
+        self.first.map_or(Ok(()), Err)
+    }
+}
 
 impl Session {
     /// Moves the request's keys that are in migrating slots, then runs it
     /// on their new shard. Returns the encoded reply.
-    pub(super) async fn move_first(&mut self, proxy: &Proxy, mut req: Request) -> Bytes {
+    pub(super) async fn move_first(
+        &mut self,
+        proxy: &Proxy,
+        mut req: Request,
+        spec: &'static CommandSpec,
+    ) -> Bytes {
         for _ in 0..MAX_ROUNDS {
             let keys = request_keys(&req);
             // An older round's table must not be held while waiting.
@@ -47,12 +105,15 @@ impl Session {
                 self.held = None;
                 return self.encode(e.to_reply());
             }
-            self.moved_under = Some(snap.epoch());
-            self.force_primary = true;
-            let action = self.dispatch(proxy, req, std::time::Instant::now());
-            self.force_primary = false;
-            let out = match action {
-                Action::Inline(InlineOp::MoveFirst(again), _) => {
+            // As at dispatch: a fleet member that may have lost its lease
+            // routes no keys (the move itself ran under the held table).
+            if proxy.ctx.fence.blocks(std::time::Instant::now()) {
+                self.held = None;
+                return self.encode(ProxyError::fenced().to_reply());
+            }
+            let out = match self.route(proxy, spec, req, Pass::Moved(snap.epoch())) {
+                Action::Exclusive(ExclusiveOp::MoveFirst(again, _), _) => {
+                    // The table changed since the moves: move again.
                     req = again;
                     continue;
                 }
@@ -61,20 +122,21 @@ impl Session {
                     std::future::poll_fn(|cx| p.poll_into(cx, &mut out)).await;
                     out.freeze()
                 }
-                Action::Inline(op, _) => Box::pin(self.run_inline(proxy, op)).await,
+                Action::Exclusive(op, _) => Box::pin(self.run_exclusive(proxy, op)).await,
             };
-            self.moved_under = None;
             self.held = None;
             return out;
         }
-        self.moved_under = None;
         self.held = None;
-        self.encode(Reply::error(
-            "TRYAGAIN the keys' slots kept changing during a rebalance; retry the command",
-        ))
+        self.encode(
+            ProxyError::tryagain(
+                "the keys' slots kept changing during a rebalance; retry the command",
+            )
+            .to_reply(),
+        )
     }
 
-    /// Routes `req` again with the current table, right before an inline
+    /// Routes `req` again with the current table, right before an exclusive
     /// operation runs it: moves its keys in migrating slots and returns the
     /// one shard they live on now (`None` without keys). The table is held
     /// in the session until the operation ends.
@@ -91,138 +153,139 @@ impl Session {
         shard_of(snap.table(), keys.iter().map(|k| k.as_ref()))
     }
 
-    /// Moves every key of `keys` whose slot is migrating under `table` to
-    /// its new shard. First its size (`MEMORY USAGE`, all keys at once, on
-    /// this client's connections to the sources): a key not on its source
-    /// needs nothing; an ordinary key moves by one `MIGRATE`; a big key
-    /// (see [`BIG_KEY_BYTES`]) is copied piece by piece under a fence, as
-    /// the mover does, so the source is never blocked for long.
+    /// Moves every key of `keys` whose slot is migrating under `snap`'s
+    /// table to its new shard, in three steps: the sizes (`MEMORY USAGE`,
+    /// all keys at once, on this client's connections to the sources); one
+    /// `MIGRATE` per ordinary key, all at once; then each big key (see
+    /// [`BIG_KEY_BYTES`]) copied piece by piece under a fence, as the mover
+    /// does, so the source is never blocked for long. A key not on its
+    /// source needs nothing.
     pub(super) async fn move_keys(
         &self,
         proxy: &Proxy,
         snap: &Snapshot,
         keys: &[Bytes],
     ) -> Result<(), ProxyError> {
-        let table = snap.table();
         let backends = snap.backends();
-        let mut sizes = Vec::new();
-        for key in keys {
-            let route = table.route(key);
-            let Some(from) = route.moving_from else {
-                continue;
-            };
-            let mut frame = BytesMut::new();
-            encode_command(&[b"MEMORY", b"USAGE", key], &mut frame);
-            let source = &backends.shard(from).primary;
-            sizes.push((
-                key,
-                from,
-                route.shard,
-                source.send(self.proto, self.id, &frame.freeze()),
-            ));
+        let moving = moving_keys(snap.table(), keys);
+        if moving.is_empty() {
+            return Ok(());
         }
-        let mut first_error = None;
-        let mut fail = |key: &Bytes, from: ShardId, to: ShardId, why: String| {
-            proxy.metrics.rebalance_mover_error("touch");
-            let name = |id: ShardId| {
-                backends
-                    .shards()
-                    .get(id.0 as usize)
-                    .map_or(String::new(), |s| s.name.clone())
-            };
-            tracing::warn!(key = %String::from_utf8_lossy(key), from = %name(from), to = %name(to), error = %why, "moving a key on touch failed");
-            first_error.get_or_insert_with(|| {
-                ProxyError::Client(
-                    format!(
-                        "TRYAGAIN key is moving from shard {} to shard {} and the move failed: {why}",
-                        name(from),
-                        name(to)
-                    )
-                    .into(),
-                )
-            });
+        let mut failures = Failures {
+            proxy,
+            backends,
+            first: None,
         };
-        let mut big = Vec::new();
-        let mut waits = Vec::new();
-        let mut touches = Vec::new();
-        for (key, from, to, rx) in sizes {
-            let size = match rx.await {
-                Ok(Ok(f)) if reply::is_error(&f) => Some(0),
-                Ok(Ok(f)) => reply::integer(&f),
-                Ok(Err(e)) => {
-                    fail(key, from, to, e.to_string());
-                    continue;
-                }
-                Err(_) => {
-                    fail(key, from, to, "reply channel closed".to_owned());
-                    continue;
-                }
-            };
-            match size {
-                // Not on the source: moved already, or never there.
-                None => {}
-                Some(n) if n >= BIG_KEY_BYTES as i64 => big.push((key, from, to)),
-                Some(_) => {
-                    // Waits while the mover copies this key piece by piece.
-                    touches.push(proxy.ctx.fences.touch(key).await);
-                    let target = &backends.shard(to).primary;
-                    let source = &backends.shard(from).primary;
-                    let timeout = source.state.options.command_timeout.as_millis() as u64;
-                    let frame = migrate_frame(&target.state, &[key.as_ref()], timeout);
-                    waits.push((key, from, to, source.send(self.proto, self.id, &frame)));
-                }
+        let sized = self.sizes(backends, &moving, &mut failures).await;
+        let small: Vec<KeyMove<'_>> = sized
+            .iter()
+            .filter(|(_, s)| matches!(s, Size::Small))
+            .map(|(m, _)| *m)
+            .collect();
+        self.migrate_small(proxy, backends, &small, &mut failures)
+            .await;
+        for (m, size) in sized {
+            if matches!(size, Size::Big) {
+                self.move_big(proxy, backends, m, &mut failures).await;
             }
         }
-        for (key, from, to, rx) in waits {
-            let outcome = match rx.await {
-                Ok(Ok(frame)) => migrated(&frame),
-                Ok(Err(e)) => Migrated::Failed(e.to_string()),
-                Err(_) => Migrated::Failed("reply channel closed".to_owned()),
+        failures.into_result()
+    }
+
+    /// Step 1: the size of each key on its source.
+    async fn sizes<'k>(
+        &self,
+        backends: &Backends,
+        moving: &[KeyMove<'k>],
+        failures: &mut Failures<'_>,
+    ) -> Vec<(KeyMove<'k>, Size)> {
+        let asked: Vec<(KeyMove<'_>, ReplyRx)> = moving
+            .iter()
+            .map(|m| {
+                let mut frame = BytesMut::new();
+                encode_command(&[b"MEMORY", b"USAGE", m.key], &mut frame);
+                let source = &backends.shard(m.from).primary;
+                (*m, source.send(self.proto, self.id, &frame.freeze()))
+            })
+            .collect();
+        let mut sized = Vec::with_capacity(asked.len());
+        for (m, rx) in asked {
+            let size = match answered(rx.await) {
+                // An error reply: let `MIGRATE` answer for the key.
+                Ok(f) if reply::is_error(&f) => Size::Small,
+                Ok(f) => match reply::integer(&f) {
+                    None => Size::Absent,
+                    Some(n) if n >= BIG_KEY_BYTES as i64 => Size::Big,
+                    Some(_) => Size::Small,
+                },
+                Err(e) => {
+                    failures.record(m, e);
+                    continue;
+                }
+            };
+            sized.push((m, size));
+        }
+        sized
+    }
+
+    /// Step 2: one `MIGRATE` per ordinary key, sent together, each after
+    /// waiting while the mover copies that key piece by piece.
+    async fn migrate_small(
+        &self,
+        proxy: &Proxy,
+        backends: &Backends,
+        small: &[KeyMove<'_>],
+        failures: &mut Failures<'_>,
+    ) {
+        let mut touches: Vec<Touch<'_>> = Vec::with_capacity(small.len());
+        let mut waits = Vec::with_capacity(small.len());
+        for m in small {
+            touches.push(proxy.ctx.fences.touch(m.key).await);
+            let target = &backends.shard(m.to).primary;
+            let source = &backends.shard(m.from).primary;
+            let timeout = source.state.options.command_timeout.as_millis() as u64;
+            let frame = migrate_frame(&target.state, &[m.key.as_ref()], timeout);
+            waits.push((*m, source.send(self.proto, self.id, &frame)));
+        }
+        for (m, rx) in waits {
+            let outcome = match answered(rx.await) {
+                Ok(frame) => migrated(&frame),
+                Err(e) => Migrated::Failed(e.to_string()),
             };
             match outcome {
                 Migrated::Moved => proxy.metrics.rebalance_moved_on_touch(1),
                 Migrated::NoKey => {}
-                Migrated::Failed(why) => fail(key, from, to, why),
+                Migrated::Failed(why) => failures.record(m, why),
             }
         }
         drop(touches);
-        for (key, from, to) in big {
-            let source = backends.shard(from).primary.clone();
-            let target = backends.shard(to).primary.clone();
-            let timeout = source.state.options.command_timeout;
-            proxy.ctx.fences.fence(key).await;
-            let copied = async {
-                let mut conn = source
-                    .dedicated(Protocol::Resp2)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match copy_in_pieces(&mut conn, &target, key, timeout).await? {
-                    Copied::Whole => {
-                        let ms = timeout.as_millis() as u64 * 30;
-                        let frame = migrate_frame(&target.state, &[key.as_ref()], ms);
-                        let r = request(&mut conn, &frame, 1, timeout * 60).await?;
-                        match migrated(&r[0]) {
-                            Migrated::Failed(e) => Err(e),
-                            Migrated::Moved => Ok(true),
-                            Migrated::NoKey => Ok(false),
-                        }
-                    }
-                    Copied::Pieces(_) => Ok(true),
-                    Copied::Gone => Ok(false),
-                }
+    }
+
+    /// Step 3: one big key, on a dedicated connection to its source.
+    async fn move_big(
+        &self,
+        proxy: &Proxy,
+        backends: &Backends,
+        m: KeyMove<'_>,
+        failures: &mut Failures<'_>,
+    ) {
+        let source = backends.shard(m.from).primary.clone();
+        let target = backends.shard(m.to).primary.clone();
+        let timeout = source.state.options.command_timeout;
+        let moved = match source.dedicated(Protocol::Resp2).await {
+            Ok(mut conn) => move_big_key(&proxy.ctx.fences, &mut conn, &target, m.key, timeout)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match moved {
+            Ok(BigKeyMove::Pieces(_) | BigKeyMove::Whole) => {
+                proxy.metrics.rebalance_moved_on_touch(1);
+                tracing::info!(key = %String::from_utf8_lossy(m.key), to = %target.state.addr, "moved a big key on touch");
             }
-            .await;
-            proxy.ctx.fences.lift(key);
-            match copied {
-                Ok(true) => {
-                    proxy.metrics.rebalance_moved_on_touch(1);
-                    tracing::info!(key = %String::from_utf8_lossy(key), to = %target.state.addr, "moved a big key on touch");
-                }
-                Ok(false) => {}
-                Err(why) => fail(key, from, to, why),
-            }
+            Ok(BigKeyMove::Gone) => {}
+            Err(why) => failures.record(m, why),
         }
-        first_error.map_or(Ok(()), Err)
     }
 
     fn encode(&self, reply: Reply) -> Bytes {
@@ -230,6 +293,21 @@ impl Session {
         reply.encode(self.proto, &mut out);
         out.freeze()
     }
+}
+
+/// The keys of `keys` in migrating slots under `table`, with where they
+/// move from and to.
+fn moving_keys<'k>(table: &RoutingTable, keys: &'k [Bytes]) -> Vec<KeyMove<'k>> {
+    keys.iter()
+        .filter_map(|key| {
+            let route = table.route(key);
+            route.moving_from.map(|from| KeyMove {
+                key,
+                from,
+                to: route.shard,
+            })
+        })
+        .collect()
 }
 
 /// The keys of a request, by the command table (none for an unknown
@@ -257,8 +335,8 @@ async fn movable_snapshot(
         }
         drop(snap);
         if started.elapsed() > HELD_LIMIT {
-            return Err(ProxyError::Client(
-                "TRYAGAIN the key's slot is about to move and not every proxy of the fleet has acknowledged it yet; retry".into(),
+            return Err(ProxyError::tryagain(
+                "the key's slot is about to move and not every proxy of the fleet has acknowledged it yet; retry",
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::backend::Endpoint;
 use crate::backend::mux::{ReplyResult, ReplyRx};
 use crate::command::CommandSpec;
-use crate::error::{BackendError, ProxyError};
+use crate::error::ProxyError;
 use crate::protocol::{Protocol, Reply, reply};
 
 /// One reply the client is owed.
@@ -50,7 +50,7 @@ pub struct Retry {
 /// One sub-request of a gathered reply.
 pub struct Part {
     rx: ReplyRx,
-    result: Option<ReplyResult>,
+    result: Option<Result<Bytes, ProxyError>>,
 }
 
 impl Part {
@@ -106,21 +106,21 @@ impl Pending {
             PendingKind::Backend { rx, retry } => {
                 let result = match Pin::new(&mut *rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r.unwrap_or_else(|_| Err(lost())),
+                    Poll::Ready(r) => answered(r),
                 };
                 match result {
                     Ok(frame) => {
                         out.extend_from_slice(&frame);
                         Poll::Ready(!reply::is_error(&frame))
                     }
-                    Err(e) if e.never_sent() && retry.is_some() => {
+                    Err(ProxyError::Backend(e)) if e.never_sent() && retry.is_some() => {
                         if let Some(r) = retry.take() {
                             *rx = r.primary.send(self.proto, r.client, &r.frame);
                         }
                         self.poll_into(cx, out)
                     }
                     Err(e) => {
-                        ProxyError::from(e).to_reply().encode(self.proto, out);
+                        e.to_reply().encode(self.proto, out);
                         Poll::Ready(false)
                     }
                 }
@@ -130,7 +130,7 @@ impl Pending {
                 for part in parts.iter_mut() {
                     if part.result.is_none() {
                         match Pin::new(&mut part.rx).poll(cx) {
-                            Poll::Ready(r) => part.result = Some(r.unwrap_or_else(|_| Err(lost()))),
+                            Poll::Ready(r) => part.result = Some(answered(r)),
                             Poll::Pending => all = false,
                         }
                     }
@@ -141,10 +141,9 @@ impl Pending {
                 let frames: Result<SmallVec<[Bytes; 4]>, ProxyError> = parts
                     .iter_mut()
                     .map(|p| {
-                        p.result
-                            .take()
-                            .unwrap_or_else(|| Err(lost()))
-                            .map_err(ProxyError::from)
+                        p.result.take().unwrap_or_else(|| {
+                            Err(ProxyError::internal("a gathered part was taken twice"))
+                        })
                     })
                     .collect();
                 match frames.and_then(|f| merge_into(merge, &f, self.proto, out)) {
@@ -159,10 +158,18 @@ impl Pending {
     }
 }
 
-fn lost() -> BackendError {
-    BackendError::ConnectionLost {
-        addr: "backend".to_owned(),
-        reason: "reply channel closed".to_owned(),
+/// The reply a client waited for on a reply channel. Every connection task
+/// answers each request it took, with an error naming the endpoint if it
+/// must (even when the task is dropped), so a channel closed without an
+/// answer is the proxy's own failure.
+pub(super) fn answered(
+    r: Result<ReplyResult, tokio::sync::oneshot::error::RecvError>,
+) -> Result<Bytes, ProxyError> {
+    match r {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(ProxyError::internal(
+            "a backend connection dropped a request without answering it",
+        )),
     }
 }
 

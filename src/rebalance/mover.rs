@@ -32,7 +32,7 @@ use super::store::{Store, UnitsKind};
 use super::{Job, Phase, Rebalancer, UnitState, Verification, overlay_table};
 use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
-    Copied, Migrated, copy_in_pieces, migrate_frame, migrated, request, scan_reply,
+    BigKeyMove, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
 };
 use crate::backend::{Backends, Endpoint, health};
 use crate::protocol::{Protocol, reply, request::encode_command};
@@ -44,8 +44,6 @@ pub use crate::backend::migrate::BIG_KEY_BYTES;
 const WINDOW: usize = 4096;
 /// Keys per `MIGRATE`.
 const BATCH: usize = 100;
-/// `MIGRATE` timeout for a big key.
-const BIG_KEY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for the targets' replicas before a window turns stable.
 const REPLICA_WAIT: Duration = Duration::from_secs(10);
 
@@ -459,28 +457,13 @@ async fn move_batch(
     }
     for (k, n) in big {
         let t0 = Instant::now();
-        rb.ctx.fences.fence(k).await;
-        let copied = copy_in_pieces(conn, target_ep, k, timeout).await;
-        rb.ctx.fences.lift(k);
-        let how = match copied? {
-            Copied::Pieces(pieces) => {
+        let how = match move_big_key(&rb.ctx.fences, conn, target_ep, k, timeout).await? {
+            BigKeyMove::Pieces(pieces) => {
                 format!("copied in {pieces} pieces; the source was never blocked for long")
             }
-            Copied::Gone => continue,
-            Copied::Whole => {
-                // Strings and streams move in one MIGRATE.
-                let ms = BIG_KEY_TIMEOUT.as_millis() as u64;
-                let frame = migrate_frame(target, &[k.as_ref()], ms);
-                let r = request(conn, &frame, 1, BIG_KEY_TIMEOUT * 2).await?;
-                match migrated(&r[0]) {
-                    Migrated::Moved => {
-                        "moved in one MIGRATE; its source was blocked while it copied".to_owned()
-                    }
-                    Migrated::NoKey => continue,
-                    Migrated::Failed(e) => {
-                        return Err(format!("MIGRATE of a big key to {}: {e}", target.addr));
-                    }
-                }
+            BigKeyMove::Gone => continue,
+            BigKeyMove::Whole => {
+                "moved in one MIGRATE; its source was blocked while it copied".to_owned()
             }
         };
         job.keys.fetch_add(1, Ordering::Relaxed);
@@ -599,7 +582,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
             let mut frame = BytesMut::new();
             encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
             let step = match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
-                Ok(Ok(f)) => scan_reply(&f),
+                Ok(Ok(f)) => scan_reply(&f).map_err(String::from),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("connection task stopped".to_owned()),
             };

@@ -13,7 +13,7 @@ pub mod placement;
 pub mod table;
 
 pub use placement::{explicit_hash_tag, hash_tag, key_hash};
-pub use table::{ClassMove, Overlay, Placement, Route, RoutingTable, SlotMove};
+pub use table::{ClassMove, Overlay, Placement, Route, RoutingTable};
 
 /// A slot: `key_hash(key) % slots`, the unit of placement and migration.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,11 +145,11 @@ mod tests {
             "  - name: c\n    region: us\n    primary: 127.0.0.1:7003\nplacement:",
         );
         let t2 = table(&more, 2);
-        let moves = t1.diff(&t2).expect("same slots");
+        let moves = t1.moves_to(&t2).expect("same slots");
         assert!(!moves.is_empty());
         assert!(moves.iter().all(|m| m.to == ShardId(2)));
-        assert!(t1.same_rules(&t2));
-        assert!(t1.diff(&t1).expect("same").is_empty());
+        assert!(t1.same_patterns(&t2));
+        assert!(t1.moves_to(&t1).expect("same").is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::placement::{self, explicit_hash_tag};
-use super::{Epoch, RouterError, ShardId, Slot};
+use super::{Epoch, ShardId, Slot};
 use crate::shardmap::{DefaultPlacement, Matcher, Shard, ShardMap, ShardPhase};
 
 /// A set of shards keys may live on: the target of the default placement or
@@ -23,19 +23,6 @@ pub enum Placement {
 struct CompiledRule {
     matcher: Matcher,
     placement: usize,
-}
-
-/// One slot whose owner differs between two tables (see [`RoutingTable::diff`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotMove {
-    /// The placement target the slot belongs to.
-    pub placement: Placement,
-    /// The slot.
-    pub slot: Slot,
-    /// Owner in the old table (index into the old map's shards).
-    pub from: ShardId,
-    /// Owner in the new table (index into the new map's shards).
-    pub to: ShardId,
 }
 
 /// Where one key goes: its owner and, while its slot is being migrated,
@@ -401,65 +388,6 @@ impl RoutingTable {
                 .enumerate()
                 .map(move |(s, &id)| (p, Slot(s as u32), id))
         })
-    }
-
-    /// The slots whose owner changes from `self` to `next`, for the
-    /// rebalancer. Owners are compared by shard *name*, so reordering
-    /// shards is not a move. Placements are matched by target; a target only
-    /// in `next` is compared with the owners that target would have had
-    /// under `self`'s shards (skipped if it had none there). A change of the
-    /// placement *rules* also moves keys between targets; that is a key-level
-    /// move this slot diff does not express (see [`RoutingTable::same_rules`]).
-    pub fn diff(&self, next: &RoutingTable) -> Result<Vec<SlotMove>, RouterError> {
-        if self.slots != next.slots {
-            return Err(RouterError::SlotCountChanged {
-                current: self.slots,
-                offered: next.slots,
-            });
-        }
-        let mut moves = Vec::new();
-        for (np, target) in next.placements.iter().enumerate() {
-            let computed;
-            let old: &[ShardId] = match self.placements.iter().position(|p| p == target) {
-                Some(op) => self.owners(op),
-                None => {
-                    computed = owners_for_strict(&self.map.shards, target, self.slots);
-                    &computed
-                }
-            };
-            if old.is_empty() {
-                continue;
-            }
-            for (s, (&from, &to)) in old.iter().zip(next.owners(np)).enumerate() {
-                let from_name = self.shard(from).map(|x| x.name.as_str());
-                let to_name = next.shard(to).map(|x| x.name.as_str());
-                if from_name != to_name {
-                    moves.push(SlotMove {
-                        placement: target.clone(),
-                        slot: Slot(s as u32),
-                        from,
-                        to,
-                    });
-                }
-            }
-        }
-        Ok(moves)
-    }
-
-    /// Whether both tables send every key to the same placement target
-    /// (same rules in the same order, same default).
-    pub fn same_rules(&self, other: &RoutingTable) -> bool {
-        self.placements.first() == other.placements.first()
-            && self.rules.len() == other.rules.len()
-            && self.rules.iter().zip(&other.rules).all(|(a, b)| {
-                let same_matcher = match (&a.matcher, &b.matcher) {
-                    (Matcher::HashTagPrefix(x), Matcher::HashTagPrefix(y))
-                    | (Matcher::KeyPrefix(x), Matcher::KeyPrefix(y)) => x == y,
-                    _ => false,
-                };
-                same_matcher
-                    && self.placements.get(a.placement) == other.placements.get(b.placement)
-            })
     }
 }
 

@@ -24,7 +24,7 @@ pub struct Link {
 }
 
 /// A backend user and password.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BackendAuth {
     /// ACL user; `None` is Redis' `default` (plain `AUTH <password>`).
     pub username: Option<String>,
@@ -110,7 +110,7 @@ pub fn shard_link(p: &str, s: &RawShard) -> Result<Arc<Link>, MapError> {
             crate::tls::client_config(ca).map_err(|e| err(format!("{p}.tls_ca"), e.to_string()))?;
         if let Some(name) = &s.tls_server_name {
             crate::tls::server_name("", Some(name))
-                .map_err(|e| err(format!("{p}.tls_server_name"), e))?;
+                .map_err(|e| err(format!("{p}.tls_server_name"), e.to_string()))?;
         }
         Some(BackendTls {
             config,

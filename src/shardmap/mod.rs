@@ -137,7 +137,7 @@ impl ReadPolicy {
 }
 
 /// A data-residency rule: keys it matches live only in `region`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementRule {
     /// Which keys the rule matches.
     pub matcher: Matcher,
@@ -146,7 +146,7 @@ pub struct PlacementRule {
 }
 
 /// How a placement rule matches a key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matcher {
     /// The key has a hash tag (`{...}`) and the tag starts with these bytes.
     HashTagPrefix(Vec<u8>),
@@ -155,7 +155,7 @@ pub enum Matcher {
 }
 
 /// Where keys matching no rule live.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DefaultPlacement {
     /// On every shard of the map.
     AllShards,
@@ -164,7 +164,7 @@ pub enum DefaultPlacement {
 }
 
 /// Timeouts, pool sizes and switches (`options:` in the YAML, in milliseconds there).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Time allowed to open a backend connection.
     pub connect_timeout: Duration,

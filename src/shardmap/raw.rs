@@ -152,7 +152,7 @@ impl<'de> Deserialize<'de> for RawReplica {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = RawReplica;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a `host:port` string or a mapping {addr, region, zone}")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawReplica, E> {
@@ -205,7 +205,7 @@ impl<'de> Deserialize<'de> for RawDefaultPlacement {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = RawDefaultPlacement;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("`all` or a mapping {region: NAME}")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDefaultPlacement, E> {

@@ -58,6 +58,8 @@ struct Job {
 pub struct PgEndpoint {
     lanes: Vec<mpsc::UnboundedSender<Job>>,
     pool: PgPool,
+    /// The endpoint (its DSN without the password), to name it in errors.
+    addr: String,
 }
 
 impl PgEndpoint {
@@ -91,6 +93,7 @@ impl PgEndpoint {
         PgEndpoint {
             lanes: senders,
             pool,
+            addr: state.addr.clone(),
         }
     }
 
@@ -104,7 +107,7 @@ impl PgEndpoint {
             reply,
         }) {
             let _ = job.reply.send(Err(BackendError::ConnectionLost {
-                addr: String::new(),
+                addr: self.addr.clone(),
                 reason: "postgres lane stopped".to_owned(),
             }));
         }
@@ -196,27 +199,46 @@ pub fn backend_error(addr: &str, e: sqlx::Error) -> BackendError {
     }
 }
 
+/// Why a PostgreSQL primary could not be prepared (connected to and
+/// migrated). Never contains the DSN's password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PgSetupError {
+    #[error("invalid DSN: {0}")]
+    InvalidDsn(String),
+    #[error("cannot connect (timed out)")]
+    ConnectTimeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// A migration failed (the database's error).
+    #[error("{0}")]
+    Migration(String),
+    #[error("migrations did not finish within {millis} ms")]
+    TooSlow { millis: u128 },
+}
+
 /// Connects to a primary and applies the migrations (each at most once;
 /// sqlx serialises concurrent migrators with an advisory lock). Bounded by
 /// the connect timeout plus time for the DDL.
-pub async fn prepare_primary(state: &EndpointState, pool: &PgPool) -> Result<(), String> {
+pub async fn prepare_primary(state: &EndpointState, pool: &PgPool) -> Result<(), PgSetupError> {
     let limit = state.options.connect_timeout + Duration::from_secs(30);
     match tokio::time::timeout(limit, MIGRATOR.run(pool)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(migrate_error(e)),
-        Err(_) => Err(format!(
-            "migrations did not finish within {} ms",
-            limit.as_millis()
-        )),
+        Err(_) => Err(PgSetupError::TooSlow {
+            millis: limit.as_millis(),
+        }),
     }
 }
 
 /// Applies the migrations to one PostgreSQL primary outside a running proxy
 /// (`shardgate admin migrate`). Returns how many were applied now and how
 /// many the database has in all. Errors never contain the DSN's password.
-pub async fn migrate_primary(dsn: &str, connect_timeout: Duration) -> Result<(i64, i64), String> {
+pub async fn migrate_primary(
+    dsn: &str,
+    connect_timeout: Duration,
+) -> Result<(i64, i64), PgSetupError> {
     let options = PgConnectOptions::from_str(dsn)
-        .map_err(|e| format!("invalid DSN: {e}"))?
+        .map_err(|e| PgSetupError::InvalidDsn(e.to_string()))?
         .application_name("shardgate-migrate");
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -224,21 +246,20 @@ pub async fn migrate_primary(dsn: &str, connect_timeout: Duration) -> Result<(i6
         .connect_with(options)
         .await
         .map_err(|e| match e {
-            sqlx::Error::PoolTimedOut => "cannot connect (timed out)".to_owned(),
-            other => format!("cannot connect: {other}"),
+            sqlx::Error::PoolTimedOut => PgSetupError::ConnectTimeout,
+            other => PgSetupError::Connect(other.to_string()),
         })?;
     let before = applied_migrations(&pool).await;
-    let result = tokio::time::timeout(
-        connect_timeout + Duration::from_secs(60),
-        MIGRATOR.run(&pool),
-    )
-    .await;
+    let limit = connect_timeout + Duration::from_secs(60);
+    let result = tokio::time::timeout(limit, MIGRATOR.run(&pool)).await;
     let after = applied_migrations(&pool).await;
     pool.close().await;
     match result {
         Ok(Ok(())) => Ok((after - before, after)),
         Ok(Err(e)) => Err(migrate_error(e)),
-        Err(_) => Err("migrations did not finish within 60 s".to_owned()),
+        Err(_) => Err(PgSetupError::TooSlow {
+            millis: limit.as_millis(),
+        }),
     }
 }
 
@@ -250,13 +271,13 @@ async fn applied_migrations(pool: &PgPool) -> i64 {
         .unwrap_or(0)
 }
 
-fn migrate_error(e: sqlx::migrate::MigrateError) -> String {
+fn migrate_error(e: sqlx::migrate::MigrateError) -> PgSetupError {
     match e {
         sqlx::migrate::MigrateError::Execute(inner) => match inner {
-            sqlx::Error::PoolTimedOut => "cannot connect (timed out)".to_owned(),
-            other => other.to_string(),
+            sqlx::Error::PoolTimedOut => PgSetupError::ConnectTimeout,
+            other => PgSetupError::Migration(other.to_string()),
         },
-        other => other.to_string(),
+        other => PgSetupError::Migration(other.to_string()),
     }
 }
 

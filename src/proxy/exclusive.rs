@@ -1,12 +1,14 @@
-//! Commands that run with the session to themselves, after every earlier
-//! reply has been written: transactions, WATCH, blocking commands and scripts
-//! on dedicated connections; INFO and RANDOMKEY, which take several steps.
+//! Commands that run with the session to themselves ([`ExclusiveOp`]), after
+//! every earlier reply has been written: transactions, WATCH, blocking
+//! commands and scripts on dedicated connections; INFO, RANDOMKEY and SCAN,
+//! which take several steps; and moves on touch.
 
 use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
-use super::dispatch::InlineOp;
+use super::dispatch::ExclusiveOp;
 use super::local::REDIS_VERSION;
+use super::pending::answered;
 use super::session::Session;
 use crate::backend::dedicated::PooledConn;
 use crate::error::{BackendError, ProxyError};
@@ -15,19 +17,19 @@ use crate::router::ShardId;
 use crate::snapshot::Snapshot;
 
 impl Session {
-    /// Runs one inline operation and returns the encoded reply.
-    pub async fn run_inline(&mut self, proxy: &Proxy, op: InlineOp) -> Bytes {
+    /// Runs one exclusive operation and returns the encoded reply.
+    pub(super) async fn run_exclusive(&mut self, proxy: &Proxy, op: ExclusiveOp) -> Bytes {
         let result = match op {
-            InlineOp::Exec => self.exec(proxy).await,
-            InlineOp::Discard => self.discard().await,
-            InlineOp::Watch(req, shard) => self.watch(proxy, req, shard).await,
-            InlineOp::Unwatch => self.unwatch().await.map(|_| Reply::Ok),
-            InlineOp::Blocking(req, shard) => self.on_dedicated(proxy, &req, shard, false).await,
-            InlineOp::Script(req, shard) => self.on_dedicated(proxy, &req, shard, true).await,
-            InlineOp::Info(req) => self.info(proxy, &req).await,
-            InlineOp::Randomkey => self.randomkey(proxy).await,
-            InlineOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
-            InlineOp::MoveFirst(req) => return self.move_first(proxy, req).await,
+            ExclusiveOp::Exec => self.exec(proxy).await,
+            ExclusiveOp::Discard => self.discard().await,
+            ExclusiveOp::Watch(req, shard) => self.watch(proxy, req, shard).await,
+            ExclusiveOp::Unwatch => self.unwatch().await.map(|_| Reply::Ok),
+            ExclusiveOp::Blocking(req, shard) => self.on_dedicated(proxy, &req, shard, false).await,
+            ExclusiveOp::Script(req, shard) => self.on_dedicated(proxy, &req, shard, true).await,
+            ExclusiveOp::Info(req) => self.info(proxy, &req).await,
+            ExclusiveOp::Randomkey => self.randomkey(proxy).await,
+            ExclusiveOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
+            ExclusiveOp::MoveFirst(req, spec) => return self.move_first(proxy, req, spec).await,
         };
         self.held = None;
         let reply = result.unwrap_or_else(|e| e.to_reply());
@@ -195,9 +197,8 @@ impl Session {
             Ok(s) => s,
             Err(_) => {
                 self.unwatch().await?;
-                return Err(ProxyError::Client(
-                    "TRYAGAIN the transaction's keys are being moved between shards; retry it"
-                        .into(),
+                return Err(ProxyError::tryagain(
+                    "the transaction's keys are being moved between shards; retry it",
                 ));
             }
         };
@@ -302,7 +303,7 @@ impl Session {
             .collect();
         let (mut keys, mut expires) = (0u64, 0u64);
         for w in waits {
-            let frame = w.await.unwrap_or_else(|_| Err(lost()))?;
+            let frame = answered(w.await)?;
             let text = reply::bulk(&frame)
                 .ok_or_else(|| ProxyError::err("unexpected INFO reply from a shard"))?;
             let text = String::from_utf8_lossy(&text);
@@ -338,7 +339,7 @@ impl Session {
                 .read_endpoint(self.id)
                 .send(self.proto, self.id, &frame)
                 .await;
-            let reply = reply.unwrap_or_else(|_| Err(lost()))?;
+            let reply = answered(reply)?;
             if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
                 return Ok(Reply::Frame(reply));
             }
@@ -354,13 +355,6 @@ enum Runs {
     Scripted,
     /// The shard map's credentials: one command the proxy checked.
     Plain,
-}
-
-fn lost() -> BackendError {
-    BackendError::ConnectionLost {
-        addr: "backend".to_owned(),
-        reason: "reply channel closed".to_owned(),
-    }
 }
 
 /// Counts a dedicated connection as lent for as long as it lives, even when
@@ -418,7 +412,7 @@ impl Session {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
             let reply = ep.send(self.proto, self.id, &frame.freeze()).await;
-            let reply = reply.unwrap_or_else(|_| Err(lost()))?;
+            let reply = answered(reply)?;
             if reply::is_error(&reply) {
                 return Ok(Reply::Frame(reply));
             }
