@@ -113,6 +113,9 @@ pub struct Coord {
     prefix: String,
 }
 
+/// How long [`Coord::update_state`] retries etcd errors.
+pub const TRANSIENT_RETRY: Duration = Duration::from_secs(10);
+
 /// How long one etcd request may take before it counts as failed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -185,9 +188,32 @@ impl Coord {
     /// Read-modify-write of the state: `change` edits a copy of the state
     /// read; the write only succeeds if nobody wrote in between (compare on
     /// the revision read), else it starts over. Returns the new revision.
+    ///
+    /// An etcd error (a leader election in a three-member etcd answers
+    /// "leader changed" for a moment, a member going away breaks a
+    /// connection) is retried for up to [`TRANSIENT_RETRY`]: every attempt
+    /// starts from a fresh read, so a retry cannot apply a change twice.
     pub async fn update_state(
         &self,
         mut change: impl FnMut(&mut FleetState) -> Result<(), String>,
+    ) -> Result<i64, CoordError> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.try_update_state(&mut change).await {
+                Err(CoordError::Etcd(e)) if started.elapsed() < TRANSIENT_RETRY => {
+                    tracing::debug!(error = %e, "fleet state write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_update_state(
+        &self,
+        change: &mut impl FnMut(&mut FleetState) -> Result<(), String>,
     ) -> Result<i64, CoordError> {
         let key = self.state_key();
         loop {

@@ -40,7 +40,7 @@ impl Member {
     /// and waits until it serves keys.
     fn start(
         dir: &Path,
-        etcd: &Etcd,
+        etcd: &[Etcd],
         cluster: &str,
         id: &str,
         seed: Option<&Path>,
@@ -57,7 +57,7 @@ impl Member {
         let child = cmd
             .args([
                 "--etcd",
-                &etcd.url(),
+                &Etcd::urls(etcd),
                 "--cluster",
                 cluster,
                 "--proxy-id",
@@ -177,7 +177,8 @@ impl Member {
 struct Fleet {
     members: Vec<Member>,
     servers: Vec<RedisServer>,
-    etcd: Etcd,
+    /// One member, or three for the quorum test.
+    etcd: Vec<Etcd>,
     dir: TempDir,
 }
 
@@ -186,8 +187,12 @@ const NAMES: [&str; 3] = ["s0", "s1", "s2"];
 impl Fleet {
     /// `ttl_secs`: each member's lease TTL.
     fn start(label: &str, ttl_secs: [u64; 3]) -> Fleet {
+        Fleet::start_on(label, ttl_secs, vec![Etcd::start()])
+    }
+
+    /// The same over the etcd members `etcd`.
+    fn start_on(label: &str, ttl_secs: [u64; 3], etcd: Vec<Etcd>) -> Fleet {
         let dir = TempDir::new(label);
-        let etcd = Etcd::start();
         let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
         let mut f = Fleet {
             dir,
@@ -641,9 +646,9 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     fleet.wait_progress(mover, "reached the end of the first window", |p| {
         num(p, "keys_moved") + 150 >= first || num(p, "slots_done") > 0
     });
-    fleet.etcd.stop();
+    fleet.etcd[0].stop();
     std::thread::sleep(Duration::from_millis(1500));
-    fleet.etcd.restart();
+    fleet.etcd[0].restart();
 
     assert_eq!(fleet.members[2].admin().text(&[b"THROTTLE", b"0"]), "OK");
     let p = fleet.wait_done(rev);
@@ -657,6 +662,50 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     assert!(
         shared.tryagain.lock().unwrap().is_empty(),
         "no member fenced itself during an outage shorter than its lease"
+    );
+    assert!(
+        model.errors.is_empty(),
+        "error replies: {:?}",
+        &model.errors[..model.errors.len().min(10)]
+    );
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    check(
+        fleet.members[2].port,
+        &shared,
+        &model,
+        &m2,
+        &fleet.shards(&[0, 1, 2]),
+        &fixed,
+    );
+}
+
+/// With three etcd members, killing one (the leader or not) during a move
+/// changes nothing for clients: etcd keeps a quorum, the proxies' clients
+/// fail over to the other members, the move completes and verifies, and
+/// no proxy fences itself.
+#[test]
+fn losing_one_of_three_etcd_members_changes_nothing() {
+    let mut fleet = Fleet::start_on("fleet-e", [15; 3], Etcd::start_cluster(3));
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    let mover = fleet.leader();
+    let rev = fleet.rebalance(0, &m2);
+    assert_eq!(fleet.members[1].admin().text(&[b"THROTTLE", b"500"]), "OK");
+    fleet.wait_progress(mover, "moved some keys", |p| num(p, "keys_moved") >= 100);
+    // SIGKILL one member; the others keep the quorum.
+    fleet.etcd[0].stop();
+    assert_eq!(fleet.members[2].admin().text(&[b"THROTTLE", b"0"]), "OK");
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    assert!(
+        shared.tryagain.lock().unwrap().is_empty(),
+        "no member fenced itself while etcd kept its quorum"
     );
     assert!(
         model.errors.is_empty(),

@@ -21,6 +21,9 @@ pub struct Etcd {
     /// Client port: `http://127.0.0.1:{client_port}`.
     pub client_port: u16,
     peer_port: u16,
+    /// Member name and the `--initial-cluster` of its cluster.
+    name: String,
+    initial_cluster: String,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -31,9 +34,12 @@ impl Etcd {
     pub fn start() -> Etcd {
         let mut last_failure = String::new();
         for _ in 0..3 {
+            let peer_port = free_port();
             let mut etcd = Etcd {
                 client_port: free_port(),
-                peer_port: free_port(),
+                peer_port,
+                name: "n".to_owned(),
+                initial_cluster: format!("n=http://127.0.0.1:{peer_port}"),
                 child: None,
                 dir: TempDir::new("etcd"),
             };
@@ -47,6 +53,49 @@ impl Etcd {
             }
         }
         panic!("etcd did not start: {last_failure}");
+    }
+
+    /// A cluster of `n` members (quorum `n / 2 + 1`), each healthy.
+    pub fn start_cluster(n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| Etcd {
+                client_port,
+                peer_port,
+                name: format!("n{i}"),
+                initial_cluster: initial_cluster.clone(),
+                child: None,
+                dir: TempDir::new("etcd"),
+            })
+            .collect();
+        // All first: a member is healthy only once a quorum is up.
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &mut members {
+            if let Err(why) = m.wait_healthy() {
+                panic!(
+                    "etcd member {} did not start: {why}
+{}",
+                    m.name,
+                    m.log()
+                );
+            }
+        }
+        members
+    }
+
+    /// The client URLs of `members`, comma-separated, for `--etcd`.
+    pub fn urls(members: &[Etcd]) -> String {
+        members.iter().map(Etcd::url).collect::<Vec<_>>().join(",")
     }
 
     /// `http://127.0.0.1:PORT`, for `shardgate serve --etcd`.
@@ -96,13 +145,14 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
         let child = Command::new("etcd")
-            .args(["--name", "n", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("n={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
