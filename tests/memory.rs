@@ -55,9 +55,17 @@ fn rss_falls_back_after_a_burst_of_big_requests() {
                         pipeline.extend_from_slice(b"\r\n");
                     }
                     s.write_all(&pipeline).unwrap();
-                    let mut replies = vec![0u8; 5 * 32];
-                    s.read_exact(&mut replies).unwrap();
-                    assert!(replies.starts_with(b"+OK\r\n"));
+                    // 32 one-line replies (`+OK`, or an error if a loaded
+                    // machine times a write out: memory is what is tested).
+                    let mut replies = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while replies.iter().filter(|&&b| b == b'\n').count() < 32 {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => replies.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    assert!(replies.starts_with(b"+") || replies.starts_with(b"-"));
                 })
             })
             .collect()
