@@ -237,17 +237,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     health::spawn_all(backends.endpoints(), shutdown_rx.clone());
-    for shard in backends.shards() {
-        if let Some(pg) = shard.primary.postgres() {
-            let state = &shard.primary.state;
-            tokio::spawn(crate::backend::pg::reaper(
-                state.addr.clone(),
-                pg.pool().clone(),
-                state.options.health_check_interval,
-                shutdown_rx.clone(),
-            ));
-        }
-    }
+    crate::backend::pg::spawn_reapers(backends.endpoints(), &shutdown);
     let users = config.client.auth.as_ref().map_or(0, |a| a.len());
     let ctx = Arc::new(Context::new(
         snapshot,

@@ -185,16 +185,7 @@ impl Reloader {
         )?;
         let added = next.added_since(&old);
         health::spawn_all(&added, self.shutdown.subscribe());
-        for e in &added {
-            if let (Some(pg), crate::backend::Role::Primary) = (e.postgres(), e.state.role) {
-                tokio::spawn(crate::backend::pg::reaper(
-                    e.state.addr.clone(),
-                    pg.pool().clone(),
-                    e.state.options.health_check_interval,
-                    self.shutdown.subscribe(),
-                ));
-            }
-        }
+        crate::backend::pg::spawn_reapers(&added, &self.shutdown);
         let removed = old.retire_missing(&next);
         // `allow_flush` may have changed, and new endpoints need the users.
         self.proxy.sync_backend_acl();

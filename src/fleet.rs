@@ -386,16 +386,7 @@ impl Membership {
         };
         let added = next.added_since(&old_backends);
         health::spawn_all(&added, self.shutdown.subscribe());
-        for e in &added {
-            if let (Some(pg), crate::backend::Role::Primary) = (e.postgres(), e.state.role) {
-                tokio::spawn(crate::backend::pg::reaper(
-                    e.state.addr.clone(),
-                    pg.pool().clone(),
-                    e.state.options.health_check_interval,
-                    self.shutdown.subscribe(),
-                ));
-            }
-        }
+        crate::backend::pg::spawn_reapers(&added, &self.shutdown);
         old_backends.retire_missing(&next);
         if !added.is_empty() {
             self.proxy.sync_backend_acl();

@@ -315,6 +315,25 @@ pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), St
     }
 }
 
+/// Starts one [`reaper`] per PostgreSQL primary among `endpoints` (at start,
+/// and for the endpoints a reload or a fleet state adds); they stop with
+/// `shutdown`.
+pub fn spawn_reapers(
+    endpoints: &[Arc<super::Endpoint>],
+    shutdown: &tokio::sync::watch::Sender<bool>,
+) {
+    for e in endpoints {
+        if let (Some(pg), super::Role::Primary) = (e.postgres(), e.state.role) {
+            tokio::spawn(reaper(
+                e.state.addr.clone(),
+                pg.pool().clone(),
+                e.state.options.health_check_interval,
+                shutdown.subscribe(),
+            ));
+        }
+    }
+}
+
 /// Deletes expired rows of one primary in batches, every `interval`, until
 /// `shutdown` fires. The `expires_at <= now` test is repeated on the row
 /// itself, so a key rewritten since the batch was chosen is never deleted.
