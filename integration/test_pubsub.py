@@ -264,6 +264,7 @@ def test_redis_py_pubsub_thread(deployment):
         assert seen == ["a", "b", "c"]
     finally:
         worker.stop()
+        worker.join(timeout=5)
         p.close()
         r.close()
 

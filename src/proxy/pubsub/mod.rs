@@ -118,7 +118,10 @@ struct Link {
     tx: mpsc::UnboundedSender<LinkCmd>,
     /// The address the link connects to.
     addr: String,
-    up: bool,
+    /// The last connection attempt failed or the connection was lost
+    /// (subscribers are then answered without waiting for it). A new link
+    /// is not down: it is connecting.
+    down: bool,
     /// Topics the link should hold (subscribed again on every reconnect).
     wanted: HashSet<TopicKey>,
     /// Topics the shard confirmed on the current connection.
@@ -268,7 +271,7 @@ impl Hub {
                 needs.iter().all(|(shard, key)| {
                     st.links
                         .get(shard)
-                        .is_none_or(|l| !l.up || l.active.contains(key))
+                        .is_none_or(|l| l.down || l.active.contains(key))
                 })
             };
             if done {
@@ -293,7 +296,7 @@ impl Hub {
                 Link {
                     tx,
                     addr,
-                    up: false,
+                    down: false,
                     wanted: HashSet::new(),
                     active: HashSet::new(),
                 },
@@ -512,7 +515,7 @@ impl Hub {
         let mut st = self.lock();
         match st.links.get_mut(shard) {
             Some(link) => {
-                link.up = true;
+                link.down = false;
                 link.active.clear();
                 link.wanted.iter().cloned().collect()
             }
@@ -522,7 +525,7 @@ impl Hub {
 
     fn link_down(&self, shard: &str) {
         if let Some(link) = self.lock().links.get_mut(shard) {
-            link.up = false;
+            link.down = true;
             link.active.clear();
         }
         self.confirmed.notify_waiters();
