@@ -108,7 +108,10 @@ async fn main() -> std::io::Result<()> {
                 if s.write_all(&req).await.is_err() {
                     return;
                 }
-                if read_frames(&mut s, &mut buf, pipeline, |_| {}).await.is_err() {
+                if read_frames(&mut s, &mut buf, pipeline, |_| {})
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 published.fetch_add(pipeline as u64, Ordering::Relaxed);

@@ -175,6 +175,21 @@ struct ServeArgs {
     /// the proxy closes it (Redis' client-output-buffer-limit pubsub).
     #[arg(long, default_value_t = 32 << 20)]
     pubsub_output_buffer_limit: usize,
+    /// Bytes of replies that may wait for one client before it is closed
+    /// (Redis' client-output-buffer-limit normal, hard part; 0: none).
+    #[arg(long, default_value_t = 512 << 20)]
+    output_buffer_hard_limit: usize,
+    /// Bytes of replies that may wait for one client for at most
+    /// --output-buffer-soft-seconds (0: none).
+    #[arg(long, default_value_t = 128 << 20)]
+    output_buffer_soft_limit: usize,
+    #[arg(long, default_value_t = 60)]
+    output_buffer_soft_seconds: u64,
+    /// Bytes all clients together may make the proxy buffer (unparsed
+    /// requests, unwritten replies); past it the clients holding the most
+    /// are closed (Redis' maxmemory-clients; 0: unbounded).
+    #[arg(long, default_value_t = 1 << 30)]
+    maxmemory_clients: usize,
     /// `/readyz` on the metrics listener passes when at least this share
     /// of the shards' primaries pass their health check (1.0: all).
     #[arg(long, default_value_t = 1.0)]
@@ -503,6 +518,12 @@ fn serve(args: ServeArgs) -> ExitCode {
                 max_unauthenticated: args.max_unauthenticated_clients.max(1),
                 max_auth_failures: args.max_auth_failures.max(1),
                 pubsub_output_limit: args.pubsub_output_buffer_limit.max(1024),
+                output_limit: shardgate::proxy::OutputLimit {
+                    hard: args.output_buffer_hard_limit,
+                    soft: args.output_buffer_soft_limit,
+                    soft_for: Duration::from_secs(args.output_buffer_soft_seconds),
+                },
+                maxmemory_clients: args.maxmemory_clients,
             },
         };
         // Installed before the listener opens, so an early SIGHUP never

@@ -38,7 +38,7 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total
 /// Client connections the proxy closed or refused because of a limit, by reason.
 pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
 /// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
-pub const LIMIT_REASONS: [&str; 9] = [
+pub const LIMIT_REASONS: [&str; 11] = [
     "max_clients",
     "idle_timeout",
     "slow_reader",
@@ -48,6 +48,8 @@ pub const LIMIT_REASONS: [&str; 9] = [
     "unauthenticated_request",
     "auth_failures",
     "pubsub_output_buffer",
+    "output_buffer",
+    "maxmemory_clients",
 ];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
@@ -378,7 +380,7 @@ pub struct Metrics {
     /// Per serving thread (one entry when there are none).
     thread_clients: Vec<Gauge>,
     protocol_errors: Counter,
-    limit_closes: [Counter; 9],
+    limit_closes: [Counter; 11],
     _map_reloads: [Counter; 2],
     _admin_reloads: [Counter; 2],
     auth_failures: [Counter; 3],

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::Proxy;
 use super::dispatch::Action;
+use super::memory::Usage;
 use super::pending::Pending;
 use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
@@ -33,6 +34,14 @@ struct Client<'a> {
     wr: ClientWrite,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Replies that became ready while a write of `wbuf` was pending (they
+    /// follow it); with the unwritten part of `wbuf`, the client's output
+    /// buffer that the output limits bound.
+    spill: BytesMut,
+    /// Since when the output buffer is over the soft limit.
+    soft_since: Option<std::time::Instant>,
+    /// This client's share of `--maxmemory-clients`.
+    memory: Usage,
     pending: VecDeque<Pending>,
     session: Session,
     /// No more input will be read (the client closed its side, or the proxy
@@ -75,6 +84,9 @@ pub async fn serve_client(
         wr,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
+        spill: BytesMut::new(),
+        soft_since: None,
+        memory: proxy.memory.register(id),
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
         eof: false,
@@ -230,11 +242,12 @@ impl Client<'_> {
             r = read_some(&mut self.rd, &mut self.rbuf), if can_read => {
                 match r {
                     Ok(0) => self.eof = true,
-                    Ok(_) => {}
+                    Ok(_) => self.account()?,
                     Err(e) => return Err(End::Io(e)),
                 }
                 Ok(true)
             }
+            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
             _ = stopping(&mut self.shutdown), if !self.eof => {
                 self.eof = true;
                 Ok(true)
@@ -273,13 +286,17 @@ impl Client<'_> {
                 self.eof = true;
                 return Ok(!self.rbuf.is_empty());
             }
+            _ = self.memory.closing() => return Err(End::Limit("maxmemory_clients")),
         };
         match r {
             Ok(0) => {
                 self.eof = true;
                 Ok(!self.rbuf.is_empty())
             }
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.account()?;
+                Ok(true)
+            }
             Err(e) => Err(End::Io(e)),
         }
     }
@@ -293,9 +310,13 @@ impl Client<'_> {
                     self.eof = true;
                     Ok(!self.rbuf.is_empty())
                 }
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    self.account()?;
+                    Ok(true)
+                }
                 Err(e) => Err(End::Io(e)),
             },
+            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
             d = next_push(&mut self.session.pubsub) => {
                 self.write_pushes(d)?;
                 self.flush().await.map_err(End::from)?;
@@ -342,24 +363,42 @@ impl Client<'_> {
     }
 
     /// Writes the reply buffer. Every write to the client goes through here,
-    /// so each must make progress within the write stall timeout.
+    /// so each must make progress within the write stall timeout. While a
+    /// write waits for the client, replies that arrive are moved into
+    /// `spill` and counted against the output limits (Redis'
+    /// `client-output-buffer-limit`): a client that pipelines big replies
+    /// and does not read them is closed instead of growing the proxy.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            let stall = self.proxy.config.write_stall_timeout;
+        let stall = self.proxy.config.write_stall_timeout;
+        loop {
+            if self.wbuf.is_empty() {
+                if self.spill.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut self.wbuf, &mut self.spill);
+            }
             let mut written = 0;
             while written < self.wbuf.len() {
                 // Each write must make progress within the stall timeout.
-                match tokio::time::timeout(stall, self.wr.write(&self.wbuf[written..])).await {
-                    Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(Ok(n)) => written += n,
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            SlowReader,
-                        ));
+                let deadline = tokio::time::Instant::now() + stall;
+                let n = loop {
+                    tokio::select! {
+                        biased;
+                        r = self.wr.write(&self.wbuf[written..]) => break r?,
+                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.spill, cx, &mut None)), if !self.pending.is_empty() => {
+                            let unwritten = self.wbuf.len() - written + self.spill.len();
+                            self.check_output(unwritten)?;
+                        }
+                        _ = self.memory.closing() => return Err(over_limit("maxmemory_clients")),
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, SlowReader));
+                        }
                     }
+                };
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
                 }
+                written += n;
             }
             // TLS holds records until flushed (a no-op on plain sockets).
             match tokio::time::timeout(stall, self.wr.flush()).await {
@@ -377,7 +416,39 @@ impl Client<'_> {
                 self.wbuf = BytesMut::new();
             }
         }
-        Ok(())
+        self.soft_since = None;
+        if self.spill.capacity() > 4 * WRITE_HIGH_WATER {
+            self.spill = BytesMut::new();
+        }
+        self.account().map_err(|_| over_limit("maxmemory_clients"))
+    }
+
+    /// Checks `unwritten` output bytes against the limits.
+    fn check_output(&mut self, unwritten: usize) -> std::io::Result<()> {
+        let limits = &self.proxy.config.output_limit;
+        if limits.hard > 0 && unwritten > limits.hard {
+            return Err(over_limit("output_buffer"));
+        }
+        if limits.soft > 0 && unwritten > limits.soft {
+            let since = *self.soft_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= limits.soft_for {
+                return Err(over_limit("output_buffer"));
+            }
+        } else {
+            self.soft_since = None;
+        }
+        self.account().map_err(|_| over_limit("maxmemory_clients"))
+    }
+
+    /// Reports what this client buffers to the proxy-wide bound; Err when
+    /// the client was chosen for closing.
+    fn account(&mut self) -> Result<(), End> {
+        let bytes = self.rbuf.capacity() + self.wbuf.len() + self.spill.len();
+        if self.memory.set(bytes) {
+            Ok(())
+        } else {
+            Err(End::Limit("maxmemory_clients"))
+        }
     }
 
     /// Waits for every pending reply and writes them all.
@@ -482,6 +553,22 @@ fn poll_front(
     }
 }
 
+/// A write error that closes the client for a limit (the metric label).
+#[derive(Debug)]
+struct OverLimit(&'static str);
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client closed: {} limit", self.0)
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+fn over_limit(reason: &'static str) -> std::io::Error {
+    std::io::Error::other(OverLimit(reason))
+}
+
 /// Marks the write error of a client that stopped reading its replies.
 #[derive(Debug)]
 struct SlowReader;
@@ -498,6 +585,8 @@ impl From<std::io::Error> for End {
     fn from(e: std::io::Error) -> End {
         if e.get_ref().is_some_and(|inner| inner.is::<SlowReader>()) {
             End::Limit("slow_reader")
+        } else if let Some(OverLimit(reason)) = e.get_ref().and_then(|i| i.downcast_ref()) {
+            End::Limit(reason)
         } else {
             End::Io(e)
         }

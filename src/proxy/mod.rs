@@ -6,6 +6,7 @@ mod conn;
 mod dispatch;
 mod exclusive;
 mod local;
+pub mod memory;
 mod moves;
 mod pending;
 pub mod pubsub;
@@ -71,6 +72,21 @@ pub struct ClientConfig {
     /// client is closed (Redis' `client-output-buffer-limit pubsub`, hard
     /// limit 32 MiB by default).
     pub pubsub_output_limit: usize,
+    /// Replies waiting for one client (Redis' `client-output-buffer-limit
+    /// normal`): past `hard`, or past `soft` for `soft_for`, it is closed.
+    pub output_limit: OutputLimit,
+    /// Bytes all clients may make the proxy buffer (unparsed requests and
+    /// unwritten replies); past it, the largest are closed (Redis'
+    /// `maxmemory-clients`). 0: unbounded.
+    pub maxmemory_clients: usize,
+}
+
+/// Output buffer limits of one client; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_for: Duration,
 }
 
 impl Default for ClientConfig {
@@ -90,6 +106,12 @@ impl Default for ClientConfig {
             max_unauthenticated: 1000,
             max_auth_failures: 10,
             pubsub_output_limit: 32 << 20,
+            output_limit: OutputLimit {
+                hard: 512 << 20,
+                soft: 128 << 20,
+                soft_for: Duration::from_secs(60),
+            },
+            maxmemory_clients: 1 << 30,
         }
     }
 }
@@ -181,6 +203,8 @@ pub struct Proxy {
     pub backend_acl: Arc<BackendAcl>,
     /// This proxy's pub/sub subscriptions, shared by its clients.
     pub pubsub: Arc<pubsub::Hub>,
+    /// What all clients make the proxy buffer (see [`memory`]).
+    pub memory: Arc<memory::ClientsMemory>,
     next_client_id: AtomicU64,
     /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
@@ -203,6 +227,7 @@ impl Proxy {
         Proxy {
             metrics: ctx.metrics.clone(),
             pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
+            memory: Arc::new(memory::ClientsMemory::new(config.maxmemory_clients)),
             ctx,
             config,
             backend_acl,
