@@ -173,7 +173,7 @@ struct FleetArgs {
 struct ServeArgs {
     /// TOML file holding any of these flags, named in snake_case
     /// (`max_clients = 20000`); flags given here win over it, relative
-    /// paths in it are relative to its directory (see config_file.rs).
+    /// paths in it are relative to its directory.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Path of the shard-map YAML file (with --etcd: only seeds a cluster
