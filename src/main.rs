@@ -303,14 +303,29 @@ fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, String> {
 fn main() -> ExitCode {
     // `serve --config FILE`: the file's settings become flags the command
     // line did not give, then clap parses them all at once.
-    let args = match config_file::merge(std::env::args_os().collect(), &Cli::command()) {
+    let given: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let given_len = given.len();
+    let args = match config_file::merge(given, &Cli::command()) {
         Ok(args) => args,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // A rule between flags (`--cluster` requires `--etcd`) broken by
+        // the file's settings: clap names the flags, so say where they
+        // came from.
+        Err(e) if args.len() > given_len && e.use_stderr() => {
+            let _ = e.print();
+            eprintln!(
+                "note: the keys of the --config file count as the flags they name (`lease_ttl_secs` is --lease-ttl-secs)"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -200,6 +200,17 @@ fn unknown_keys_and_bad_values_name_the_file_line_and_key() {
         err.starts_with(&format!("error: {shown}: TOML parse error at line")),
         "{err}"
     );
+    // A rule between flags, broken by the file: clap's message and a note.
+    std::fs::write(&file, "map = \"m.yaml\"\nlease_ttl_secs = 9\n").unwrap();
+    let err = refused(&file, &[]);
+    assert!(
+        err.contains("--lease-ttl-secs") && err.contains("--etcd"),
+        "{err}"
+    );
+    assert!(
+        err.contains("note: the keys of the --config file count as the flags"),
+        "{err}"
+    );
     let missing = dir.path().join("missing.toml");
     let err = refused(&missing, &[]);
     assert!(
