@@ -689,6 +689,33 @@ fn wait_for_metric(port: u16, prefix: &str) {
     }
 }
 
+/// The dashboard's panels fit Grafana's 24-column grid without
+/// overlapping, and every query goes to the chosen data source.
+#[test]
+fn dashboard_panels_fit_the_grid_and_use_the_chosen_data_source() {
+    let dashboard: Value = serde_json::from_str(&read("deploy/grafana/shardgate.json")).unwrap();
+    let mut cells = BTreeMap::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        let g = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().unwrap());
+        assert!(x + w <= 24, "{title} is wider than the grid");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                if let Some(other) = cells.insert((cx, cy), title) {
+                    panic!("{title} overlaps {other}");
+                }
+            }
+        }
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+        }
+    }
+    let variables = &dashboard["templating"]["list"];
+    assert_eq!(variables[0]["name"], "datasource");
+    assert_eq!(variables[0]["query"], "prometheus");
+}
+
 /// Every `expr` of the dashboard's panels.
 fn dashboard_exprs() -> Vec<String> {
     let dashboard: Value = serde_json::from_str(&read("deploy/grafana/shardgate.json")).unwrap();
