@@ -116,18 +116,22 @@ pub fn merge(args: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>, Config
         // Checked even when the command line overrides it: a broken file
         // is refused before it ever matters.
         let flag_values = values(arg, &value, &path).map_err(bad)?;
-        for v in &flag_values {
-            check(arg, v).map_err(bad)?;
+        if !matches!(arg.get_action(), ArgAction::SetTrue) {
+            for v in &flag_values {
+                check(arg, v).map_err(bad)?;
+            }
         }
         if from_command_line(arg.get_id().as_str()) {
             continue;
         }
         let long = arg.get_long().unwrap_or_default();
         for v in flag_values {
-            merged.push(format!("--{long}={v}").into());
-        }
-        if matches!(arg.get_action(), ArgAction::SetTrue) && value.as_bool() == Some(true) {
-            merged.push(format!("--{long}").into());
+            match arg.get_action() {
+                // A switch takes no value: `true` is the bare flag.
+                ArgAction::SetTrue if v == "true" => merged.push(format!("--{long}").into()),
+                ArgAction::SetTrue => {}
+                _ => merged.push(format!("--{long}={v}").into()),
+            }
         }
     }
     Ok(merged)
@@ -165,66 +169,92 @@ fn hint(key: &str, known: &[&Arg]) -> String {
     " (keys are the flags of `shardgate serve --help` in snake_case)".to_owned()
 }
 
-/// What a key's TOML value means as flag values: strings for flags that
-/// take text (paths relative to the file's directory), integers or floats
-/// for numbers, a string or an array of strings for repeatable flags.
+/// What a key's TOML value means as flag values. Flags that take text
+/// (strings, paths, addresses) want a TOML string, numeric flags a number,
+/// switches a boolean; a repeatable flag also takes an array of them.
+/// Other flag types (choices such as `log_format`) take any scalar and
+/// leave the verdict to their value parser. Relative paths are made
+/// relative to the file's directory.
 fn values(arg: &Arg, value: &toml::Value, file: &Path) -> Result<Vec<String>, String> {
+    use toml::Value as V;
     let parser = arg.get_value_parser().type_id();
-    let is = |t: TypeId| parser == t;
-    let found = || format!("found {} `{value}`", value.type_str());
-    if matches!(arg.get_action(), ArgAction::SetTrue) {
-        return match value {
-            toml::Value::Boolean(_) => Ok(Vec::new()),
-            _ => Err(format!("expected true or false, {}", found())),
-        };
-    }
-    let integer = [
-        TypeId::of::<u64>(),
-        TypeId::of::<u32>(),
-        TypeId::of::<u16>(),
-        TypeId::of::<usize>(),
-        TypeId::of::<i64>(),
-    ]
-    .into_iter()
-    .any(is);
-    if integer {
-        return match value {
-            toml::Value::Integer(n) => Ok(vec![n.to_string()]),
-            _ => Err(format!("expected an integer, {}", found())),
-        };
-    }
-    if is(TypeId::of::<f64>()) {
-        return match value {
-            toml::Value::Integer(n) => Ok(vec![n.to_string()]),
-            toml::Value::Float(x) => Ok(vec![x.to_string()]),
-            _ => Err(format!("expected a number, {}", found())),
-        };
-    }
-    let repeatable = matches!(arg.get_action(), ArgAction::Append);
-    let strings: Vec<&str> = match value {
-        toml::Value::String(s) => vec![s.as_str()],
-        toml::Value::Array(items) if repeatable => items
-            .iter()
-            .map(|v| v.as_str())
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("expected an array of strings, {}", found()))?,
-        _ if repeatable => {
-            return Err(format!(
-                "expected a string or an array of strings, {}",
-                found()
-            ));
-        }
-        _ => return Err(format!("expected a string, {}", found())),
+    let is_one_of = |types: &[TypeId]| types.iter().any(|t| parser == *t);
+    let kind = if matches!(arg.get_action(), ArgAction::SetTrue) {
+        Kind::Switch
+    } else if is_one_of(&INTEGERS) {
+        Kind::Integer
+    } else if is_one_of(&[TypeId::of::<f64>(), TypeId::of::<f32>()]) {
+        Kind::Number
+    } else if parser == TypeId::of::<PathBuf>() {
+        Kind::Path
+    } else if is_one_of(&TEXT) {
+        Kind::Text
+    } else {
+        Kind::Other
     };
-    let path = is(TypeId::of::<PathBuf>());
-    Ok(strings
-        .into_iter()
-        .map(|s| match file.parent() {
-            Some(dir) if path && Path::new(s).is_relative() => dir.join(s).display().to_string(),
-            _ => s.to_owned(),
-        })
-        .collect())
+    let found = |v: &V| format!("found {} `{v}`", v.type_str());
+    let scalar = |v: &V| -> Result<String, String> {
+        match (kind, v) {
+            (Kind::Switch, V::Boolean(b)) => Ok(b.to_string()),
+            (Kind::Switch, _) => Err(format!("expected true or false, {}", found(v))),
+            (Kind::Integer, V::Integer(n)) => Ok(n.to_string()),
+            (Kind::Integer, _) => Err(format!("expected an integer, {}", found(v))),
+            (Kind::Number, V::Integer(n)) => Ok(n.to_string()),
+            (Kind::Number, V::Float(x)) => Ok(x.to_string()),
+            (Kind::Number, _) => Err(format!("expected a number, {}", found(v))),
+            (Kind::Path, V::String(s)) => Ok(match file.parent() {
+                Some(dir) if Path::new(s).is_relative() => dir.join(s).display().to_string(),
+                _ => s.clone(),
+            }),
+            (Kind::Text | Kind::Other, V::String(s)) => Ok(s.clone()),
+            (Kind::Other, V::Integer(_) | V::Float(_) | V::Boolean(_)) => Ok(v.to_string()),
+            (_, _) => Err(format!("expected a string, {}", found(v))),
+        }
+    };
+    match value {
+        V::Array(items) if matches!(arg.get_action(), ArgAction::Append) => {
+            items.iter().map(scalar).collect()
+        }
+        _ => scalar(value).map(|v| vec![v]),
+    }
 }
+
+/// How a flag's value is written in the file (see [`values`]).
+#[derive(Clone, Copy)]
+enum Kind {
+    Switch,
+    Integer,
+    Number,
+    Path,
+    Text,
+    Other,
+}
+
+/// Value types of numeric flags.
+const INTEGERS: [TypeId; 12] = [
+    TypeId::of::<u8>(),
+    TypeId::of::<u16>(),
+    TypeId::of::<u32>(),
+    TypeId::of::<u64>(),
+    TypeId::of::<u128>(),
+    TypeId::of::<usize>(),
+    TypeId::of::<i8>(),
+    TypeId::of::<i16>(),
+    TypeId::of::<i32>(),
+    TypeId::of::<i64>(),
+    TypeId::of::<i128>(),
+    TypeId::of::<isize>(),
+];
+
+/// Value types of flags that take text.
+const TEXT: [TypeId; 6] = [
+    TypeId::of::<String>(),
+    TypeId::of::<std::ffi::OsString>(),
+    TypeId::of::<std::net::SocketAddr>(),
+    TypeId::of::<std::net::IpAddr>(),
+    TypeId::of::<std::net::Ipv4Addr>(),
+    TypeId::of::<std::net::Ipv6Addr>(),
+];
 
 /// Runs the flag's own value parser on `value`; the reason when it refuses.
 fn check(arg: &Arg, value: &str) -> Result<(), String> {
@@ -287,6 +317,10 @@ mod tests {
             etcd: Vec<String>,
             #[arg(long, default_value = "default", requires = "etcd")]
             cluster: String,
+            #[arg(long)]
+            dry: bool,
+            #[arg(long)]
+            ports: Vec<u16>,
         },
     }
 
@@ -378,14 +412,30 @@ mod tests {
         let err = run("map = \"/m\"\nlog_format = \"xml\"\n", &[]).unwrap_err();
         assert_eq!(err, "FILE:2: log_format: `xml`: expected one of text, json");
         let err = run("map = \"/m\"\netcd = [1]\n", &[]).unwrap_err();
-        assert!(
-            err.starts_with("FILE:2: etcd: expected an array of strings"),
-            "{err}"
-        );
+        assert_eq!(err, "FILE:2: etcd: expected a string, found integer `1`");
         let err = run("map = \"/m\"\n[options]\nx = 1\n", &[]).unwrap_err();
         assert!(err.starts_with("FILE:2: unknown key `options`"), "{err}");
         let err = run("map = \n", &[]).unwrap_err();
         assert!(err.starts_with("FILE: TOML parse error at line 1"), "{err}");
+    }
+
+    #[test]
+    fn switches_take_booleans_and_repeatable_flags_take_arrays() {
+        let on = run("map = \"/m\"\ndry = true\nports = [1, 2]\n", &[]).unwrap();
+        let Sub::Serve { dry, ports, .. } = &on.command;
+        assert!(*dry);
+        assert_eq!(ports, &[1, 2]);
+        let off = run("map = \"/m\"\ndry = false\nports = 3\n", &[]).unwrap();
+        let Sub::Serve { dry, ports, .. } = &off.command;
+        assert!(!*dry);
+        assert_eq!(ports, &[3]);
+        let err = run("map = \"/m\"\ndry = \"yes\"\n", &[]).unwrap_err();
+        assert_eq!(
+            err,
+            "FILE:2: dry: expected true or false, found string `\"yes\"`"
+        );
+        let err = run("map = \"/m\"\nports = [1, 70000]\n", &[]).unwrap_err();
+        assert!(err.starts_with("FILE:2: ports: `70000`: "), "{err}");
     }
 
     #[test]
