@@ -191,6 +191,10 @@ struct ServeArgs {
     /// Failed logins on one connection before the proxy closes it.
     #[arg(long, default_value_t = 10)]
     max_auth_failures: u32,
+    /// Bytes of pub/sub messages that may wait for one subscriber before
+    /// the proxy closes it (Redis' client-output-buffer-limit pubsub).
+    #[arg(long, default_value_t = 32 << 20)]
+    pubsub_output_buffer_limit: usize,
     /// `/readyz` on the metrics listener passes when at least this share
     /// of the shards' primaries pass their health check (1.0: all).
     #[arg(long, default_value_t = 1.0)]
@@ -581,6 +585,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 auth_timeout: Duration::from_secs(args.auth_timeout_secs.max(1)),
                 max_unauthenticated: args.max_unauthenticated_clients.max(1),
                 max_auth_failures: args.max_auth_failures.max(1),
+                pubsub_output_limit: args.pubsub_output_buffer_limit.max(1024),
             },
         };
         // Installed before the listener opens, so an early SIGHUP never

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::Proxy;
 use super::dispatch::Action;
 use super::pending::Pending;
+use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
 use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
@@ -204,13 +205,25 @@ impl Client<'_> {
             if self.eof {
                 return Ok(false);
             }
+            if self.session.pubsub.is_some() {
+                return self.read_or_push().await;
+            }
             return self.read_more().await;
         }
         let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
+        // Messages wait while a subscribe confirmation is queued, so that
+        // none overtakes the confirmation of its channel.
+        let can_push =
+            self.session.pubsub.is_some() && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
             _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
                 self.take_ready();
+                self.flush().await.map_err(End::from)?;
+                Ok(true)
+            }
+            d = next_push(&mut self.session.pubsub), if can_push => {
+                self.write_pushes(d)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
@@ -268,6 +281,44 @@ impl Client<'_> {
             }
             Ok(_) => Ok(true),
             Err(e) => Err(End::Io(e)),
+        }
+    }
+
+    /// Waits for input or a pub/sub message, with nothing in flight: a
+    /// subscribed client is never idle (Redis exempts it from `timeout`).
+    async fn read_or_push(&mut self) -> Result<bool, End> {
+        tokio::select! {
+            r = read_some(&mut self.rd, &mut self.rbuf) => match r {
+                Ok(0) => {
+                    self.eof = true;
+                    Ok(!self.rbuf.is_empty())
+                }
+                Ok(_) => Ok(true),
+                Err(e) => Err(End::Io(e)),
+            },
+            d = next_push(&mut self.session.pubsub) => {
+                self.write_pushes(d)?;
+                self.flush().await.map_err(End::from)?;
+                Ok(true)
+            }
+            _ = stopping(&mut self.shutdown) => {
+                self.eof = true;
+                Ok(!self.rbuf.is_empty())
+            }
+        }
+    }
+
+    /// Moves `first` and the messages queued behind it into the write buffer.
+    fn write_pushes(&mut self, first: Option<Delivery>) -> Result<(), End> {
+        let (Some(d), Some(subs)) = (first, self.session.pubsub.as_mut()) else {
+            return Ok(());
+        };
+        match subs.write(d, self.session.proto, &mut self.wbuf, WRITE_HIGH_WATER) {
+            Ok(n) => {
+                self.proxy.metrics.pubsub_delivered(n);
+                Ok(())
+            }
+            Err(Overflow) => Err(End::Limit("pubsub_output_buffer")),
         }
     }
 
@@ -379,6 +430,14 @@ impl Client<'_> {
                 },
             }
         }
+    }
+}
+
+/// The next pub/sub message of a subscribed client (never, for others).
+async fn next_push(subs: &mut Option<Box<Subscriptions>>) -> Option<Delivery> {
+    match subs {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,7 @@ mod exclusive;
 mod local;
 mod moves;
 mod pending;
+pub mod pubsub;
 mod session;
 
 use std::sync::Arc;
@@ -66,6 +67,10 @@ pub struct ClientConfig {
     pub max_unauthenticated: usize,
     /// Failed logins on one connection before it is closed.
     pub max_auth_failures: u32,
+    /// Bytes of pub/sub messages that may wait for one client; past it the
+    /// client is closed (Redis' `client-output-buffer-limit pubsub`, hard
+    /// limit 32 MiB by default).
+    pub pubsub_output_limit: usize,
 }
 
 impl Default for ClientConfig {
@@ -84,6 +89,7 @@ impl Default for ClientConfig {
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 1000,
             max_auth_failures: 10,
+            pubsub_output_limit: 32 << 20,
         }
     }
 }
@@ -173,6 +179,8 @@ pub struct Proxy {
     /// The backend ACL users that run clients' scripts and transactions
     /// (see [`crate::backend::acl`]).
     pub backend_acl: Arc<BackendAcl>,
+    /// This proxy's pub/sub subscriptions, shared by its clients.
+    pub pubsub: Arc<pubsub::Hub>,
     next_client_id: AtomicU64,
     /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
@@ -194,6 +202,7 @@ impl Proxy {
         )));
         Proxy {
             metrics: ctx.metrics.clone(),
+            pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
             ctx,
             config,
             backend_acl,

@@ -52,6 +52,9 @@ pub struct Session {
     /// table before moving keys it routed (see `rebalance`), and the
     /// operation sends to the backends of that same snapshot.
     pub(super) held: Option<Arc<Snapshot>>,
+    /// Pub/sub subscriptions and the queue of their messages (boxed: most
+    /// clients never subscribe).
+    pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
 }
 
 impl Session {
@@ -74,6 +77,7 @@ impl Session {
             auth_failures: 0,
             peer_ip,
             held: None,
+            pubsub: None,
         }
     }
 }
