@@ -813,6 +813,12 @@ fn dashboard_and_rules_use_only_exported_metrics() {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_for_metric(mport, "shardgate_dedicated_connections_closed_total{");
+    // A subscriber: the pub/sub hub connects to the shards.
+    let mut subscriber = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    subscriber
+        .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
+        .unwrap();
+    wait_for_metric(mport, "shardgate_pubsub_backend_connects_total{");
     // A dead shard: backend errors, an open circuit breaker.
     b.kill();
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
