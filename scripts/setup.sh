@@ -23,6 +23,9 @@ command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 # systemd-analyze: `verify` and `security` on deploy/systemd/shardgate.service.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# /bin/kill: the unit's ExecReload (and the tests' signals); `kill` is also
+# a shell builtin, so look for the file.
+[ -x /bin/kill ] || missing+=(procps)
 # promtool: `check rules` / `test rules` on deploy/prometheus/ (the Debian
 # package prometheus ships it; its service is not used).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
