@@ -135,7 +135,9 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
     for (name, _, _) in shardgate::metrics::DESCRIPTIONS {
         // Series of shards that follow Sentinel: this map has none
         // (tests/sentinel.rs checks them on a proxy that has).
-        if shardgate::metrics::SENTINEL_ONLY.contains(name) {
+        if shardgate::metrics::SENTINEL_ONLY.contains(name)
+            || shardgate::metrics::ON_FIRST_EVENT.contains(name)
+        {
             continue;
         }
         assert!(body.contains(name), "metric {name} missing from:\n{body}");
