@@ -73,6 +73,18 @@ impl BackendError {
             BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
         )
     }
+
+    /// Whether a *read* that failed this way may be sent again elsewhere:
+    /// the endpoint did not answer (never sent, timed out, or the
+    /// connection broke). A read has no effect, so having maybe run once
+    /// does not matter; a write must never be retried on this.
+    pub fn read_may_retry(&self) -> bool {
+        self.never_sent()
+            || matches!(
+                self,
+                BackendError::Timeout { .. } | BackendError::ConnectionLost { .. }
+            )
+    }
 }
 
 /// Everything that can go wrong serving one client command.

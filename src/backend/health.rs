@@ -2,6 +2,12 @@
 //! interval; a replica must also report its link to the primary up and recent
 //! (`master_link_status:up`, `master_last_io_seconds_ago` within the map's
 //! `max_replica_lag`). The round trip feeds the endpoint's latency estimate.
+//!
+//! The verdict drives the endpoint's circuit breaker too: an endpoint that
+//! does not answer (or cannot be reached) opens it, so new requests fail
+//! fast at once instead of queueing until their own command timeout, and an
+//! endpoint that answers again closes it, so requests stop failing as soon
+//! as it is back rather than after the breaker's next probe.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::connect::{connect, read_one_frame};
 use super::{Endpoint, EndpointState, Role};
+use crate::error::BackendError;
 use crate::protocol::{Protocol, reply};
 use crate::tls::BackendStream;
 
@@ -82,6 +89,8 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
             Ok(c) => *conn = Some(c),
             Err(e) => {
                 state.set_healthy(false, &e.to_string());
+                // Requests would only wait for the same failure.
+                state.breaker.failure(&e, &state.addr, &state.metrics);
                 return;
             }
         }
@@ -90,16 +99,36 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
     let started = Instant::now();
     let verdict = match tokio::time::timeout(timeout, probe(stream, state)).await {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => Err(format!("health check failed: {e}")),
-        Err(_) => Err(format!(
-            "no answer to health check within {} ms",
-            timeout.as_millis()
-        )),
+        Ok(Err(e)) => {
+            let err = BackendError::ConnectionLost {
+                addr: state.addr.clone(),
+                reason: format!("health check failed: {e}"),
+            };
+            state.breaker.failure(&err, &state.addr, &state.metrics);
+            Err(format!("health check failed: {e}"))
+        }
+        Err(_) => {
+            // No answer: the endpoint hangs (or is busy beyond the connect
+            // timeout). New requests fail fast from now on instead of
+            // queueing behind it; requests already sent keep their command
+            // timeout (a long command and a hang look the same from here).
+            let err = BackendError::Timeout {
+                addr: state.addr.clone(),
+                millis: timeout.as_millis() as u64,
+            };
+            state.breaker.failure(&err, &state.addr, &state.metrics);
+            Err(format!(
+                "no answer to health check within {} ms",
+                timeout.as_millis()
+            ))
+        }
     };
     match verdict {
         Ok(()) => {
             state.record_latency(started.elapsed().as_micros() as u64);
             state.set_healthy(true, "");
+            // It answers: requests need not wait for the breaker's own probe.
+            state.breaker.success(&state.addr, &state.metrics);
         }
         Err(why) => {
             *conn = None;
