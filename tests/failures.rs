@@ -284,3 +284,65 @@ fn a_read_in_flight_on_a_hung_replica_is_answered_by_the_primary() {
     );
     c.replicas[0].signal("CONT");
 }
+
+#[test]
+fn a_replica_whose_applier_stalls_leaves_the_read_rotation() {
+    let c = Cluster::start(Spec {
+        replicas: true,
+        read_policy: "prefer-replica",
+        extra_options: "  max_replica_lag_ms: 1000\n",
+        ..Spec::default()
+    });
+    let mut con = conn_with_timeout(&c);
+    let key = key_on(&c, 0, "stale");
+    let _: () = con.set(&key, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let r0 = calls(&c.replicas[0], "get");
+    let v: i64 = con.get(&key).unwrap();
+    assert_eq!(
+        (v, calls(&c.replicas[0], "get") - r0),
+        (1, 1),
+        "read on the replica"
+    );
+
+    // The replica stops applying the replication stream; its link stays up
+    // and in contact, so only offsets show it falls behind.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(40_000)
+        .arg("WRITE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    let _: () = con.set(&key, 2).unwrap();
+    let started = Instant::now();
+    let mut stale_for = Duration::ZERO;
+    loop {
+        let v: i64 = con.get(&key).unwrap();
+        if v == 2 {
+            break;
+        }
+        stale_for = started.elapsed();
+        assert!(
+            stale_for < Duration::from_secs(10),
+            "reads stayed stale for {stale_for:?} with max_replica_lag_ms 1000"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("stale reads for {stale_for:?} after the replica's applier stopped");
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    // Caught up again: back in the rotation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r0 = calls(&c.replicas[0], "get");
+        let v: i64 = con.get(&key).unwrap();
+        assert_eq!(v, 2);
+        if calls(&c.replicas[0], "get") > r0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never rejoined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
