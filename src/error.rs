@@ -162,6 +162,52 @@ mod tests {
     }
 
     #[test]
+    fn reads_move_on_when_the_endpoint_did_not_answer_and_only_then() {
+        let addr = || "a:1".to_owned();
+        let reason = || "x".to_owned();
+        for e in [
+            BackendError::Unavailable {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::PoolExhausted {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::Timeout {
+                addr: addr(),
+                millis: 5,
+            },
+            BackendError::ConnectionLost {
+                addr: addr(),
+                reason: reason(),
+            },
+        ] {
+            assert!(e.read_may_retry(), "{e}");
+        }
+        for e in [
+            BackendError::Protocol {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::Unsupported {
+                addr: addr(),
+                reason: reason(),
+            },
+        ] {
+            assert!(!e.read_may_retry(), "{e}");
+        }
+        // A write is only ever resent when it was never sent.
+        assert!(
+            !BackendError::Timeout {
+                addr: addr(),
+                millis: 5
+            }
+            .never_sent()
+        );
+    }
+
+    #[test]
     fn each_side_has_its_reply() {
         assert_eq!(text(ProxyError::err("bad")), "ERR bad");
         assert_eq!(text(ProxyError::tryagain("moving")), "TRYAGAIN moving");
