@@ -1,7 +1,8 @@
 """EVAL/EVALSHA/SCRIPT LOAD and FCALL, with every key on one shard.
 
-FUNCTION is refused by shardgate (functions are loaded on every shard
-directly), so the fixture loads the library on the backends itself.
+The fixture loads the library through the target (the proxy loads it on
+every shard) and on the reference; FUNCTION itself is tested in
+test_functions.py.
 """
 
 import pytest
@@ -26,10 +27,7 @@ SHA = "a5b1b0d6c2e76d12f1e4e2b9cb6a0f2d8f0c3e11"  # not loaded anywhere
 
 @pytest.fixture
 def functions_loaded(deployment):
-    targets = [("127.0.0.1", p.port) for p in deployment.backend_primaries()]
-    if not deployment.started_proxy:
-        targets.append((deployment.host, deployment.port))
-    targets.append(("127.0.0.1", deployment.reference.port))
+    targets = [(deployment.host, deployment.port), ("127.0.0.1", deployment.reference.port)]
     for host, port in targets:
         c = raw_client(host, port, 2)
         try:

@@ -97,7 +97,6 @@ REASONS = {
     "ADMIN_ONLY": "administrative command; run it on the backend servers directly",
     "ONE_DB": "only database 0 exists behind the proxy",
     "PLACED": "keys are placed by the proxy's shard map",
-    "NO_FUNCTION": "functions must be loaded on every shard directly (FCALL works)",
     "PER_SHARD": "replication acknowledgements are per shard",
     "DEBUGGING": "debugging command",
 }
@@ -110,7 +109,6 @@ UNSUPPORTED = {
         "ADMIN_ONLY"),
     **dict.fromkeys(["move", "swapdb"], "ONE_DB"),
     **dict.fromkeys(["migrate", "restore-asking"], "PLACED"),
-    "function": "NO_FUNCTION",
     "wait": "PER_SHARD",
     **dict.fromkeys(["pfselftest", "pfdebug"], "DEBUGGING"),
 }
@@ -145,6 +143,7 @@ HANDLING = {
     "flushdb": "Handling::Fanout(FanoutKind::Flush)",
     "flushall": "Handling::Fanout(FanoutKind::Flush)",
     "script": "Handling::Fanout(FanoutKind::Script)",
+    "function": "Handling::Fanout(FanoutKind::Function)",
     **{n: r for n, r in UNSUPPORTED.items()},
 }
 

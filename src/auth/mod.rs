@@ -321,7 +321,6 @@ mod tests {
             "+client",
             "+client|setname",
             "+client|kill",
-            "+script|kill",
             "+debug",
             "+shutdown",
             "+acl|setuser",

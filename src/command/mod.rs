@@ -275,8 +275,11 @@ pub enum FanoutKind {
     Randomkey,
     /// FLUSHDB/FLUSHALL, only when enabled in the map's options.
     Flush,
-    /// SCRIPT LOAD/EXISTS/FLUSH.
+    /// SCRIPT LOAD/EXISTS/FLUSH/KILL.
     Script,
+    /// FUNCTION LOAD/DELETE/FLUSH/RESTORE/KILL on every shard; LIST, DUMP,
+    /// STATS and HELP answered by one.
+    Function,
 }
 
 /// The three namespaces of pub/sub subscriptions.
@@ -384,7 +387,7 @@ pub const CLIENT_LOCAL: &[&str] = &[
 
 /// SCRIPT subcommands the proxy fans out to every shard; every other SCRIPT
 /// subcommand is refused.
-pub const SCRIPT_FANOUT: &[&str] = &["load", "exists", "flush"];
+pub const SCRIPT_FANOUT: &[&str] = &["load", "exists", "flush", "kill"];
 
 /// Every command and subcommand the proxy never runs for a client, in
 /// Redis ACL names (`select`, `client|kill`): the commands it refuses
@@ -560,12 +563,10 @@ mod tests {
             "module",
             "replicaof",
             "slaveof",
-            "function",
             "publish",
             "spublish",
             "client|kill",
             "client|list",
-            "script|kill",
             "readonly",
             "monitor",
             "failover",
@@ -580,6 +581,8 @@ mod tests {
             "keys",
             "client|id",
             "script|load",
+            "script|kill",
+            "function",
             "ping",
             "info",
         ] {

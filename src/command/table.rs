@@ -131,8 +131,6 @@ const ADMIN_ONLY: Handling =
     Handling::Unsupported("administrative command; run it on the backend servers directly");
 const ONE_DB: Handling = Handling::Unsupported("only database 0 exists behind the proxy");
 const PLACED: Handling = Handling::Unsupported("keys are placed by the proxy's shard map");
-const NO_FUNCTION: Handling =
-    Handling::Unsupported("functions must be loaded on every shard directly (FCALL works)");
 const PER_SHARD: Handling = Handling::Unsupported("replication acknowledgements are per shard");
 const DEBUGGING: Handling = Handling::Unsupported("debugging command");
 
@@ -186,7 +184,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("fcall_ro", -3, R | NS | ST | SKM | NMK | MOV, A_SLOW | A_SCRIPTING, KeySpec::NumKeys { numkeys_at: 2, dest_at: None }, Handling::Script),
     cmd("flushall", -1, W, A_KEYSPACE | A_WRITE | A_SLOW | A_DANGEROUS, KeySpec::None, Handling::Fanout(FanoutKind::Flush)),
     cmd("flushdb", -1, W, A_KEYSPACE | A_WRITE | A_SLOW | A_DANGEROUS, KeySpec::None, Handling::Fanout(FanoutKind::Flush)),
-    cmd("function", -2, 0, A_SLOW, KeySpec::None, NO_FUNCTION),
+    cmd("function", -2, 0, A_SLOW, KeySpec::None, Handling::Fanout(FanoutKind::Function)),
     cmd("geoadd", -5, W | OOM, A_WRITE | A_GEO | A_SLOW, range(1, 1, 1), Handling::Forward),
     cmd("geodist", -4, R, A_READ | A_GEO | A_SLOW, range(1, 1, 1), Handling::Forward),
     cmd("geohash", -2, R, A_READ | A_GEO | A_SLOW, range(1, 1, 1), Handling::Forward),

@@ -596,24 +596,54 @@ impl Session {
                 }
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::AllOk))
             }
-            FanoutKind::Script => {
+            FanoutKind::Script | FanoutKind::Function => {
                 let sub = req
                     .args()
                     .get(1)
                     .map(|s| s.to_ascii_uppercase())
                     .unwrap_or_default();
-                let merge = match sub.as_slice() {
-                    b"LOAD" => Merge::Same,
-                    b"EXISTS" => Merge::AndArrays,
-                    b"FLUSH" => Merge::AllOk,
-                    _ => {
+                // Scripts and functions live on the Redis shards.
+                let redis: Vec<ShardId> = live
+                    .iter()
+                    .copied()
+                    .filter(|&id| backends.shard(id).kind == ShardKind::Redis)
+                    .collect();
+                let Some(&first) = redis.first() else {
+                    return Err(ProxyError::err("scripts and functions need a Redis shard"));
+                };
+                let on = |s: &Self, shards: &[ShardId]| -> Vec<Part> {
+                    shards
+                        .iter()
+                        .map(|&id| {
+                            s.part(&snap, spec, id, Pass::Fresh, |out| {
+                                out.extend_from_slice(req.raw())
+                            })
+                        })
+                        .collect()
+                };
+                let (shards, merge) = match (kind, sub.as_slice()) {
+                    (FanoutKind::Script, b"LOAD") | (FanoutKind::Function, b"LOAD") => {
+                        (&redis[..], Merge::Same)
+                    }
+                    (FanoutKind::Script, b"EXISTS") => (&redis[..], Merge::AndArrays),
+                    (FanoutKind::Script, b"FLUSH")
+                    | (FanoutKind::Function, b"FLUSH" | b"DELETE" | b"RESTORE") => {
+                        (&redis[..], Merge::AllOk)
+                    }
+                    // The shard running the script kills it; the rest say NOTBUSY.
+                    (_, b"KILL") => (&redis[..], Merge::AnyOk),
+                    (FanoutKind::Script, _) => {
                         return Err(ProxyError::err(format!(
-                            "SCRIPT {} is not supported by shardgate (LOAD, EXISTS and FLUSH are)",
+                            "SCRIPT {} is not supported by shardgate (LOAD, EXISTS, FLUSH and KILL are)",
                             String::from_utf8_lossy(&sub)
                         )));
                     }
+                    // LIST, DUMP, STATS, HELP (and Redis' own error for
+                    // anything else): every shard holds the same libraries
+                    // when they were loaded through the proxy; one answers.
+                    _ => (std::slice::from_ref(&first), Merge::Same),
                 };
-                Ok(self.gather(spec, all(self, req.raw().clone()), merge))
+                Ok(self.gather(spec, on(self, shards), merge))
             }
             FanoutKind::Scan => {
                 let cursor: u64 = std::str::from_utf8(&req.args()[1])

@@ -82,6 +82,10 @@ pub enum Merge {
     AndArrays,
     /// SCRIPT LOAD: every shard must return the same SHA; it is the reply.
     Same,
+    /// SCRIPT KILL / FUNCTION KILL: the one shard running a script
+    /// answers `+OK`, the others `-NOTBUSY`; any success is the reply,
+    /// else the first error that is not NOTBUSY, else NOTBUSY.
+    AnyOk,
     /// PUBLISH: the one part's integer plus this (the shard counts the
     /// proxy's pub/sub link, not the clients behind it).
     Offset(i64),
@@ -213,6 +217,21 @@ fn merge_into(
     proto: Protocol,
     out: &mut BytesMut,
 ) -> Result<bool, ProxyError> {
+    if let Merge::AnyOk = merge {
+        if let Some(ok) = frames.iter().find(|f| !reply::is_error(f)) {
+            out.extend_from_slice(ok);
+            return Ok(true);
+        }
+        match frames
+            .iter()
+            .find(|f| !f.starts_with(b"-NOTBUSY"))
+            .or(frames.first())
+        {
+            Some(err) => out.extend_from_slice(err),
+            None => out.extend_from_slice(b"-NOTBUSY No scripts in execution right now.\r\n"),
+        }
+        return Ok(false);
+    }
     if let Some(err) = frames.iter().find(|f| reply::is_error(f)) {
         out.extend_from_slice(err);
         return Ok(false);
@@ -237,6 +256,8 @@ fn merge_into(
             Reply::Int((n + delta).max(0))
         }
         Merge::AllOk => Reply::Ok,
+        // Answered above.
+        Merge::AnyOk => return Ok(true),
         Merge::Concat => {
             let mut all = Vec::new();
             for f in frames {
