@@ -107,7 +107,7 @@ UNSUPPORTED = {
     **dict.fromkeys(
         ["monitor", "config", "shutdown", "replicaof", "slaveof", "sync", "psync",
          "replconf", "failover", "debug", "save", "bgsave", "bgrewriteaof",
-         "lastsave", "slowlog", "latency", "acl", "module", "role"],
+         "lastsave", "latency", "acl", "module", "role"],
         "ADMIN_ONLY"),
     **dict.fromkeys(["move", "swapdb"], "ONE_DB"),
     **dict.fromkeys(["migrate", "restore-asking"], "PLACED"),
@@ -123,7 +123,7 @@ UNSUPPORTED = {
 HANDLING = {
     **{n: f"Handling::Local(LocalKind::{n.capitalize()})" for n in
        ["ping", "echo", "select", "quit", "hello", "auth", "client", "command",
-        "info", "time", "reset", "readonly", "readwrite"]},
+        "info", "time", "reset", "readonly", "readwrite", "slowlog"]},
     "mget": "Handling::Split(SplitKind::Mget)",
     "mset": "Handling::Split(SplitKind::Mset)",
     **dict.fromkeys(["del", "unlink", "exists", "touch"], "Handling::Split(SplitKind::SumInt)"),
@@ -141,6 +141,7 @@ HANDLING = {
     "flushdb": "Handling::Fanout(FanoutKind::Flush)",
     "flushall": "Handling::Fanout(FanoutKind::Flush)",
     "script": "Handling::Fanout(FanoutKind::Script)",
+    "memory": "Handling::Fanout(FanoutKind::Memory)",
     **{n: r for n, r in UNSUPPORTED.items()},
 }
 

@@ -132,21 +132,27 @@ async fn probe(
             reply::error_text(&frame).unwrap_or_else(|| "unexpected INFO reply".to_owned())
         ));
     };
-    Ok(replica_verdict(
-        &String::from_utf8_lossy(&text),
-        state.options.max_replica_lag,
-    ))
+    let text = String::from_utf8_lossy(&text);
+    if let Some(secs) =
+        info_field(&text, "master_last_io_seconds_ago").and_then(|v| v.parse::<f64>().ok())
+    {
+        state.metrics.replica_lag_seconds(secs);
+    }
+    Ok(replica_verdict(&text, state.options.max_replica_lag))
+}
+
+/// The value of `name` in INFO text (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 /// Whether `INFO replication` text shows a replica in sync.
 pub fn replica_verdict(info: &str, max_lag: Duration) -> Result<(), String> {
-    let field = |name: &str| {
-        info.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|r| r.strip_prefix(':'))
-                .map(str::trim)
-        })
-    };
+    let field = |name: &str| info_field(info, name);
     if field("role") != Some("slave") {
         return Err("not a replica (role is not slave)".to_owned());
     }

@@ -274,6 +274,8 @@ pub enum FanoutKind {
     Flush,
     /// SCRIPT LOAD/EXISTS/FLUSH.
     Script,
+    /// MEMORY: STATS over every shard, the rest by key.
+    Memory,
 }
 
 /// Commands answered by the proxy without a backend.
@@ -292,6 +294,8 @@ pub enum LocalKind {
     Reset,
     Readonly,
     Readwrite,
+    /// The proxy's own slow log.
+    Slowlog,
 }
 
 /// One row of the command table.

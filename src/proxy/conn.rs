@@ -18,6 +18,7 @@ use super::Proxy;
 use super::dispatch::Action;
 use super::pending::Pending;
 use super::session::Session;
+use super::stats::Finished;
 use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
@@ -155,10 +156,16 @@ impl Client<'_> {
                         let Some(reply) = self.run_exclusive(op).await? else {
                             return Ok(false);
                         };
-                        let ok = !crate::protocol::reply::is_error(&reply);
-                        self.proxy
-                            .metrics
-                            .command_done(Some(spec), ok, started.elapsed());
+                        let raw = self.session.exclusive_raw.take();
+                        let finished = Finished {
+                            spec: Some(spec),
+                            ok: !crate::protocol::reply::is_error(&reply),
+                            rejected: false,
+                            reply: &reply,
+                            elapsed: started.elapsed(),
+                            raw: raw.as_ref(),
+                        };
+                        self.proxy.command_finished(finished, &self.session);
                         self.wbuf.extend_from_slice(&reply);
                         self.flush().await.map_err(End::from)?;
                         // Time passed (a blocking command may have waited):
@@ -209,7 +216,7 @@ impl Client<'_> {
         let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &self.session, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
                 self.take_ready();
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -278,6 +285,7 @@ impl Client<'_> {
         while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             if poll_front(
                 self.proxy,
+                &self.session,
                 &mut self.pending,
                 &mut self.wbuf,
                 &mut cx,
@@ -300,7 +308,10 @@ impl Client<'_> {
                 // Each write must make progress within the stall timeout.
                 match tokio::time::timeout(stall, self.wr.write(&self.wbuf[written..])).await {
                     Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(Ok(n)) => written += n,
+                    Ok(Ok(n)) => {
+                        written += n;
+                        crate::metrics::hot::net_bytes(false, n);
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(_) => {
                         return Err(std::io::Error::new(
@@ -333,7 +344,14 @@ impl Client<'_> {
     async fn drain(&mut self) -> std::io::Result<()> {
         while !self.pending.is_empty() {
             std::future::poll_fn(|cx| {
-                poll_front(self.proxy, &mut self.pending, &mut self.wbuf, cx, &mut None)
+                poll_front(
+                    self.proxy,
+                    &self.session,
+                    &mut self.pending,
+                    &mut self.wbuf,
+                    cx,
+                    &mut None,
+                )
             })
             .await;
             self.take_ready();
@@ -391,7 +409,9 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
-    rd.read_buf(buf).await
+    let n = rd.read_buf(buf).await?;
+    crate::metrics::hot::net_bytes(true, n);
+    Ok(n)
 }
 
 /// Polls the oldest pending reply; when it is ready, appends it to the write
@@ -400,6 +420,7 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
 /// when the first one is ready) and shared by the rest of the batch.
 fn poll_front(
     proxy: &Proxy,
+    session: &Session,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
     cx: &mut Context<'_>,
@@ -408,14 +429,21 @@ fn poll_front(
     let Some(front) = pending.front_mut() else {
         return Poll::Ready(());
     };
+    // An error the proxy answered itself is a rejected command.
+    let rejected = matches!(front.kind, super::pending::PendingKind::Ready(_));
+    let start = wbuf.len();
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
             let now = *now.get_or_insert_with(std::time::Instant::now);
-            proxy.metrics.command_done(
-                front.spec,
+            let finished = Finished {
+                spec: front.spec,
                 ok,
-                now.saturating_duration_since(front.started),
-            );
+                rejected,
+                reply: wbuf.get(start..).unwrap_or_default(),
+                elapsed: now.saturating_duration_since(front.started),
+                raw: front.raw.as_ref(),
+            };
+            proxy.command_finished(finished, session);
             pending.pop_front();
             Poll::Ready(())
         }

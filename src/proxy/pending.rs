@@ -27,6 +27,9 @@ pub struct Pending {
     pub spec: Option<&'static CommandSpec>,
     pub proto: Protocol,
     pub started: Instant,
+    /// The request, kept (by reference count, not copied) while the slow
+    /// log is on, so that a slow command can be logged with its arguments.
+    pub raw: Option<Bytes>,
 }
 
 /// How the reply is produced.
@@ -92,6 +95,7 @@ impl Pending {
             spec,
             proto,
             started,
+            raw: None,
         }
     }
 

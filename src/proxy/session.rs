@@ -52,6 +52,9 @@ pub struct Session {
     /// table before moving keys it routed (see `rebalance`), and the
     /// operation sends to the backends of that same snapshot.
     pub(super) held: Option<Arc<Snapshot>>,
+    /// The request of the exclusive operation being run, kept for the
+    /// slow log (see [`Session::dispatch`]).
+    pub(super) exclusive_raw: Option<Bytes>,
 }
 
 impl Session {
@@ -74,6 +77,7 @@ impl Session {
             auth_failures: 0,
             peer_ip,
             held: None,
+            exclusive_raw: None,
         }
     }
 }
