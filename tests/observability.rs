@@ -331,6 +331,35 @@ fn slowlog_truncates_arguments_and_stays_bounded() {
     }
     let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(&mut con).unwrap();
     assert_eq!(len, 3);
+    // DETAILS (asked for only by people, never by client libraries): a 7th
+    // element with the proxy's and the backend's time and the shard.
+    let _: Option<String> = con.get("{t}a").unwrap();
+    let detailed: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1)
+        .arg("DETAILS")
+        .query(&mut con)
+        .unwrap();
+    let redis::Value::Array(entry) = &detailed[0] else {
+        panic!("{detailed:?}")
+    };
+    assert_eq!(entry.len(), 7, "{entry:?}");
+    let redis::Value::Int(total) = entry[2] else {
+        panic!("{entry:?}")
+    };
+    let d: std::collections::HashMap<String, redis::Value> =
+        redis::FromRedisValue::from_redis_value(entry[6].clone()).unwrap();
+    let int = |k: &str| match d.get(k) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert!(int("backend_us") > 0 && int("backend_us") <= total, "{d:?}");
+    assert_eq!(int("proxy_us") + int("backend_us"), total);
+    let shard = format!("s{}", c.shard_of("{t}a"));
+    assert_eq!(
+        d.get("shard"),
+        Some(&redis::Value::BulkString(shard.into_bytes()))
+    );
     // Ids keep counting; every entry has Redis' six elements in RESP3 too.
     let mut con3 = c.client_resp3().get_connection().unwrap();
     let entries = slowlog_get(&mut con3, -1);

@@ -164,6 +164,8 @@ impl Client<'_> {
                             reply: &reply,
                             elapsed: started.elapsed(),
                             raw: raw.as_ref(),
+                            shard: None,
+                            backend_us: None,
                         };
                         self.proxy.command_finished(finished, &self.session);
                         self.wbuf.extend_from_slice(&reply);
@@ -442,6 +444,8 @@ fn poll_front(
                 reply: wbuf.get(start..).unwrap_or_default(),
                 elapsed: now.saturating_duration_since(front.started),
                 raw: front.raw.as_ref(),
+                shard: front.shard,
+                backend_us: front.backend_us,
             };
             proxy.command_finished(finished, session);
             pending.pop_front();

@@ -352,6 +352,8 @@ impl Session {
             proto: self.proto,
             started: self.request_started,
             raw: None,
+            shard: Some(shard),
+            backend_us: None,
         }
     }
 
@@ -382,6 +384,8 @@ impl Session {
             proto: self.proto,
             started: self.request_started,
             raw: None,
+            shard: None,
+            backend_us: None,
         })
     }
 

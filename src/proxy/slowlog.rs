@@ -14,7 +14,11 @@
 //! Each entry has Redis' six elements (id, unix time, duration in µs,
 //! arguments, client address, client name) and no more: go-redis reads
 //! exactly six elements of an entry from the stream, so a seventh would
-//! break its next reply.
+//! break its next reply. `SLOWLOG GET <count> DETAILS` (never sent by a
+//! client library) adds a seventh, a map of what the proxy knows beyond
+//! Redis: `proxy_us` and `backend_us` (the backend's round trip; nil when
+//! unknown: commands on dedicated connections, refused ones) and `shard`
+//! (nil when the command ran on several shards or none).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -61,6 +65,16 @@ struct Entry {
     args: Vec<Bytes>,
     addr: String,
     name: Bytes,
+    details: Details,
+}
+
+/// What the proxy knows of a slow command beyond Redis' entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
+    /// The backend's round trip (the longest part's when split), µs.
+    pub backend_us: Option<u64>,
+    /// The shard it ran on, when it ran on one.
+    pub shard: Option<String>,
 }
 
 /// The log: at most `max_len` entries (memory bounded by `max_len` times
@@ -110,6 +124,7 @@ impl Slowlog {
         elapsed: Duration,
         addr: &str,
         name: Option<&Bytes>,
+        details: Details,
     ) {
         let mut buf = BytesMut::from(raw.as_ref());
         let args = match parse_request(&mut buf, &Limits::default()) {
@@ -126,6 +141,7 @@ impl Slowlog {
             args,
             addr: addr.to_owned(),
             name: name.cloned().unwrap_or_default(),
+            details,
         };
         let len = {
             let mut entries = self.lock();
@@ -154,7 +170,10 @@ impl Slowlog {
         };
         match sub.as_slice() {
             b"GET" => {
-                arity(args.len() <= 3)?;
+                let details = args
+                    .get(3)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"DETAILS"));
+                arity(args.len() <= 3 || (args.len() == 4 && details))?;
                 let count = match args.get(2) {
                     None => DEFAULT_GET,
                     Some(n) => {
@@ -178,7 +197,11 @@ impl Slowlog {
                     }
                 };
                 Ok(Reply::Array(
-                    self.lock().iter().take(count).map(entry_reply).collect(),
+                    self.lock()
+                        .iter()
+                        .take(count)
+                        .map(|e| entry_reply(e, details))
+                        .collect(),
                 ))
             }
             b"LEN" => {
@@ -205,10 +228,11 @@ impl Slowlog {
     }
 }
 
-const HELP: [&str; 12] = [
+const HELP: [&str; 13] = [
     "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-    "GET [<count>]",
+    "GET [<count> [DETAILS]]",
     "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+    "    DETAILS (shardgate): a 7th element, proxy_us, backend_us and shard.",
     "    Entries are made of:",
     "    id, timestamp, time in microseconds, arguments array, client IP and port,",
     "    client name",
@@ -243,15 +267,34 @@ fn truncate_args(args: &[Bytes]) -> Vec<Bytes> {
         .collect()
 }
 
-fn entry_reply(e: &Entry) -> Reply {
-    Reply::Array(vec![
-        Reply::Int(e.id as i64),
-        Reply::Int(e.unix_secs as i64),
-        Reply::Int(i64::try_from(e.micros).unwrap_or(i64::MAX)),
+fn entry_reply(e: &Entry, details: bool) -> Reply {
+    let int = |n: u64| Reply::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut entry = vec![
+        int(e.id),
+        int(e.unix_secs),
+        int(e.micros),
         Reply::Array(e.args.iter().cloned().map(Reply::Bulk).collect()),
         Reply::Bulk(Bytes::from(e.addr.clone())),
         Reply::Bulk(e.name.clone()),
-    ])
+    ];
+    if details {
+        let key = |k: &'static str| Reply::Bulk(Bytes::from_static(k.as_bytes()));
+        let d = &e.details;
+        entry.push(Reply::Map(vec![
+            (
+                key("proxy_us"),
+                int(e.micros.saturating_sub(d.backend_us.unwrap_or(0))),
+            ),
+            (key("backend_us"), d.backend_us.map_or(Reply::Nil, int)),
+            (
+                key("shard"),
+                d.shard
+                    .clone()
+                    .map_or(Reply::Nil, |s| Reply::Bulk(Bytes::from(s))),
+            ),
+        ]));
+    }
+    Reply::Array(entry)
 }
 
 #[cfg(test)]
@@ -285,7 +328,18 @@ mod tests {
         assert!(log.is_slow(Duration::from_micros(1001)));
         for key in ["a", "b", "c"] {
             let raw = Bytes::from(format!("*2\r\n$3\r\nGET\r\n$1\r\n{key}\r\n"));
-            log.record(&m, &raw, Duration::from_millis(5), "1.2.3.4:5", None);
+            let details = Details {
+                backend_us: Some(4000),
+                shard: Some("s1".to_owned()),
+            };
+            log.record(
+                &m,
+                &raw,
+                Duration::from_millis(5),
+                "1.2.3.4:5",
+                None,
+                details,
+            );
         }
         let get = |n: Option<&str>| {
             let mut a = vec![Bytes::from("SLOWLOG"), Bytes::from("GET")];
@@ -307,6 +361,23 @@ mod tests {
         };
         assert_eq!(one.len(), 1);
         assert!(get(Some("-2")).is_err());
+        let detailed = log.command(
+            &m,
+            &["SLOWLOG", "GET", "1", "details"].map(|a| Bytes::from(a.to_owned())),
+        );
+        let Ok(Reply::Array(one)) = detailed else {
+            panic!("not an array")
+        };
+        let Reply::Array(entry) = &one[0] else {
+            panic!("not an entry")
+        };
+        assert_eq!(entry.len(), 7);
+        let Reply::Map(d) = &entry[6] else {
+            panic!("no details")
+        };
+        assert!(matches!(d[0].1, Reply::Int(1000)));
+        assert!(matches!(d[1].1, Reply::Int(4000)));
+        assert!(matches!(&d[2].1, Reply::Bulk(s) if s == "s1"));
         let len = log.command(&m, &[Bytes::from("SLOWLOG"), Bytes::from("LEN")]);
         assert!(matches!(len, Ok(Reply::Int(2))));
         let reset = log.command(&m, &[Bytes::from("slowlog"), Bytes::from("reset")]);

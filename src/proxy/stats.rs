@@ -134,6 +134,10 @@ pub(super) struct Finished<'a> {
     pub elapsed: Duration,
     /// The request, when kept for the slow log.
     pub raw: Option<&'a Bytes>,
+    /// The one shard it ran on, when known.
+    pub shard: Option<crate::router::ShardId>,
+    /// The backend's round trip, when known.
+    pub backend_us: Option<u32>,
 }
 
 impl Proxy {
@@ -148,6 +152,8 @@ impl Proxy {
             reply: reply_bytes,
             elapsed,
             raw,
+            shard,
+            backend_us,
         } = f;
         let outcome = match (ok, rejected) {
             (true, _) => Outcome::Ok,
@@ -163,12 +169,23 @@ impl Proxy {
             && !spec.flags.contains(crate::command::Flags::SKIP_SLOWLOG)
             && !matches!(spec.handling, Handling::Blocking)
         {
+            let shard = shard.and_then(|id| {
+                let backends = self.backends();
+                backends
+                    .shards()
+                    .get(usize::from(id.0))
+                    .map(|s| s.name.clone())
+            });
             self.slowlog.record(
                 &self.metrics,
                 raw,
                 elapsed,
                 &session.addr,
                 session.name.as_ref(),
+                super::slowlog::Details {
+                    backend_us: backend_us.map(u64::from),
+                    shard,
+                },
             );
         }
     }
