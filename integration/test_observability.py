@@ -42,6 +42,13 @@ def test_slowlog_is_parsed_by_redis_py(deployment, proxy_only, connect_proxy):
     # The raw shape: Redis' six elements per entry.
     raw = c.execute_command("SLOWLOG", "GET", "1")
     assert all(len(entry) == 6 for entry in raw), raw
+    # DETAILS adds a seventh, which redis-py's own parser tolerates.
+    c.get("o:detail")
+    parsed = c.execute_command("SLOWLOG GET", "1", "DETAILS", decode_responses=True)
+    assert isinstance(parsed, list) and len(parsed) == 1, parsed
+    assert "duration" in parsed[0], parsed
+    raw = c.execute_command("SLOWLOG", "GET", "1", "DETAILS")
+    assert len(raw[0]) == 7, raw
 
 
 def test_memory_stats_over_every_shard(deployment, proxy_only, proxy):

@@ -360,6 +360,23 @@ fn slowlog_truncates_arguments_and_stays_bounded() {
         d.get("shard"),
         Some(&redis::Value::BulkString(shard.into_bytes()))
     );
+    // redis-cli prints the seventh element like any other.
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &c.proxy_port.to_string(),
+            "slowlog",
+            "get",
+            "1",
+            "details",
+        ])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("proxy_us") && text.contains("backend_us"),
+        "{text}"
+    );
     // Ids keep counting; every entry has Redis' six elements in RESP3 too.
     let mut con3 = c.client_resp3().get_connection().unwrap();
     let entries = slowlog_get(&mut con3, -1);
