@@ -305,18 +305,29 @@ impl Session {
         let mut frame = BytesMut::new();
         encode_command(&args, &mut frame);
         let frame = frame.freeze();
-        let waits: Vec<_> = proxy
-            .backends()
+        let backends = proxy.backends();
+        let live: Vec<_> = backends
             .shards()
             .iter()
             .filter(|s| s.phase != ShardPhase::Removed)
+            .collect();
+        let waits: Vec<_> = live
+            .iter()
             .map(|s| s.primary.send(self.proto, self.id, &frame))
             .collect();
         let mut figures = ShardFigures::default();
-        for w in waits {
-            match answered(w.await).map(|f| reply::bulk(&f)) {
-                Ok(Some(text)) => figures.add(&String::from_utf8_lossy(&text)),
-                _ => figures.failed += 1,
+        for (w, shard) in waits.into_iter().zip(live) {
+            let mut text = answered(w.await).ok().and_then(|f| reply::bulk(&f));
+            if text.is_none() && sections.len() > 1 {
+                // Before Redis 7, INFO took one section: plain INFO has
+                // all of these.
+                let plain = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
+                let again = shard.primary.send(self.proto, self.id, &plain).await;
+                text = answered(again).ok().and_then(|f| reply::bulk(&f));
+            }
+            match text {
+                Some(text) => figures.add(&String::from_utf8_lossy(&text)),
+                None => figures.failed += 1,
             }
         }
         figures
