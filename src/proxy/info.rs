@@ -148,146 +148,41 @@ fn human(n: u64) -> String {
     }
 }
 
+/// Every section, in the order INFO writes them (Redis' order, the
+/// proxy's own before the keyspace).
+const ORDER: [&str; 10] = [
+    "server",
+    "clients",
+    "memory",
+    "stats",
+    "replication",
+    "cpu",
+    "commandstats",
+    "errorstats",
+    "proxy",
+    "keyspace",
+];
+/// The sections that need the shards' figures.
+const FROM_SHARDS: [&str; 4] = ["server", "memory", "stats", "keyspace"];
+
 impl Session {
     /// INFO [section ...]: the proxy's own sections and the shards' summed
     /// figures (see the module doc).
     pub(super) async fn info(&mut self, proxy: &Proxy, req: &Request) -> Result<Reply, ProxyError> {
         let want = sections(req.args());
-        let has = |s: &str| want.contains(s);
-        // The shards' sections this request needs.
-        let mut ask: Vec<&str> = Vec::new();
-        if has("server") {
-            ask.push("server");
-        }
-        if has("memory") {
-            ask.push("memory");
-        }
-        if has("stats") {
-            ask.push("stats");
-        }
-        if has("keyspace") {
-            ask.push("keyspace");
-        }
+        let ask: Vec<&str> = FROM_SHARDS
+            .into_iter()
+            .filter(|s| want.contains(*s))
+            .collect();
         let shards = if ask.is_empty() {
             ShardFigures::default()
         } else {
             self.shard_figures(proxy, &ask).await
         };
         let mut t = String::new();
-        if has("server") {
-            let uptime = proxy.started.elapsed().as_secs();
-            let _ = write!(
-                t,
-                "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nshardgate_version:{}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
-                shards.version.as_deref().unwrap_or(REDIS_VERSION),
-                env!("CARGO_PKG_VERSION"),
-                usize::BITS,
-                std::process::id(),
-                uptime / 86_400,
-            );
-        }
-        if has("clients") {
-            let _ = write!(
-                t,
-                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\n\r\n",
-                proxy.connected_clients(),
-                proxy.config.max_clients,
-                proxy.stats.blocked.load(Ordering::Relaxed),
-            );
-        }
-        if has("memory") {
-            let (rss, peak) = stats::memory_bytes();
-            let _ = write!(
-                t,
-                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nshards_used_memory:{}\r\nshards_used_memory_human:{}\r\n\r\n",
-                human(rss),
-                human(rss),
-                human(peak),
-                shards.used_memory,
-                human(shards.used_memory),
-            );
-        }
-        if has("stats") {
-            let rates = proxy.stats.rates();
-            let (input, output) = hot::net_totals();
-            let errors: u64 = hot::error_stats().iter().map(|(_, n)| n).sum();
-            let _ = write!(
-                t,
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_net_input_bytes:{input}\r\ntotal_net_output_bytes:{output}\r\ninstantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:{errors}\r\nshards_info_failed:{}\r\n\r\n",
-                proxy.accepted_clients(),
-                hot::total_commands(),
-                rates.ops_per_sec,
-                rates.input_kbps,
-                rates.output_kbps,
-                proxy.stats.rejected_connections.load(Ordering::Relaxed),
-                shards.expired,
-                shards.evicted,
-                shards.hits,
-                shards.misses,
-                shards.failed,
-            );
-        }
-        if has("replication") {
-            // The proxy is the one "server" its clients see; the shards'
-            // replicas are in the Proxy section.
-            t.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
-        }
-        if has("cpu") {
-            let (user, sys) = stats::cpu_seconds();
-            let _ = write!(
-                t,
-                "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n\r\n"
-            );
-        }
-        if has("commandstats") {
-            t.push_str("# Commandstats\r\n");
-            for i in 0..COMMANDS.len() {
-                let s = hot::command_stat(i);
-                if s.calls + s.rejected == 0 {
-                    continue;
-                }
-                let per_call = if s.calls > 0 {
-                    s.usec as f64 / s.calls as f64
-                } else {
-                    0.0
-                };
-                let _ = write!(
-                    t,
-                    "cmdstat_{}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
-                    hot::command_name(i),
-                    s.calls,
-                    s.usec,
-                    s.rejected,
-                    s.failed
-                );
-            }
+        for name in ORDER.into_iter().filter(|s| want.contains(*s)) {
+            section(&mut t, proxy, name, &shards);
             t.push_str("\r\n");
-        }
-        if has("errorstats") {
-            t.push_str("# Errorstats\r\n");
-            for (code, n) in hot::error_stats() {
-                let _ = write!(t, "errorstat_{code}:count={n}\r\n");
-            }
-            t.push_str("\r\n");
-        }
-        if has("proxy") {
-            t.push_str(&proxy.describe());
-            t.push_str("\r\n");
-        }
-        if has("keyspace") {
-            t.push_str("# Keyspace\r\n");
-            if shards.keys > 0 {
-                let avg_ttl = if shards.expires > 0 {
-                    shards.ttl_weight / u128::from(shards.expires)
-                } else {
-                    0
-                };
-                let _ = write!(
-                    t,
-                    "db0:keys={},expires={},avg_ttl={avg_ttl}\r\n",
-                    shards.keys, shards.expires
-                );
-            }
         }
         // Like Redis: no blank line after the last section.
         while t.ends_with("\r\n\r\n") {
@@ -354,6 +249,127 @@ impl Session {
             merged.add(&frame)?;
         }
         Ok(merged.into_reply())
+    }
+}
+
+/// Appends section `name` (its title and lines).
+fn section(t: &mut String, proxy: &Proxy, name: &str, shards: &ShardFigures) {
+    match name {
+        "server" => server(t, proxy, shards),
+        "clients" => {
+            let _ = write!(
+                t,
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\n",
+                proxy.connected_clients(),
+                proxy.config.max_clients,
+                proxy.stats.blocked.load(Ordering::Relaxed),
+            );
+        }
+        "memory" => {
+            let (rss, peak) = stats::memory_bytes();
+            let _ = write!(
+                t,
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\nshards_used_memory:{}\r\nshards_used_memory_human:{}\r\n",
+                human(rss),
+                human(rss),
+                human(peak),
+                shards.used_memory,
+                human(shards.used_memory),
+            );
+        }
+        "stats" => stats_section(t, proxy, shards),
+        // The proxy is the one "server" its clients see; the shards'
+        // replicas are in the Proxy section.
+        "replication" => t.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
+        "cpu" => {
+            let (user, sys) = stats::cpu_seconds();
+            let _ = write!(
+                t,
+                "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n"
+            );
+        }
+        "commandstats" => commandstats(t),
+        "errorstats" => {
+            t.push_str("# Errorstats\r\n");
+            for (code, n) in hot::error_stats() {
+                let _ = write!(t, "errorstat_{code}:count={n}\r\n");
+            }
+        }
+        "proxy" => t.push_str(&proxy.describe()),
+        "keyspace" => {
+            t.push_str("# Keyspace\r\n");
+            if shards.keys > 0 {
+                let avg_ttl = if shards.expires > 0 {
+                    shards.ttl_weight / u128::from(shards.expires)
+                } else {
+                    0
+                };
+                let _ = write!(
+                    t,
+                    "db0:keys={},expires={},avg_ttl={avg_ttl}\r\n",
+                    shards.keys, shards.expires
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn server(t: &mut String, proxy: &Proxy, shards: &ShardFigures) {
+    let uptime = proxy.started.elapsed().as_secs();
+    let _ = write!(
+        t,
+        "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nshardgate_version:{}\r\narch_bits:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n",
+        shards.version.as_deref().unwrap_or(REDIS_VERSION),
+        env!("CARGO_PKG_VERSION"),
+        usize::BITS,
+        std::process::id(),
+        uptime / 86_400,
+    );
+}
+
+fn stats_section(t: &mut String, proxy: &Proxy, shards: &ShardFigures) {
+    let rates = proxy.stats.rates();
+    let (input, output) = hot::net_totals();
+    let errors: u64 = hot::error_stats().iter().map(|(_, n)| n).sum();
+    let _ = write!(
+        t,
+        "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\ntotal_net_input_bytes:{input}\r\ntotal_net_output_bytes:{output}\r\ninstantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:{errors}\r\nshards_info_failed:{}\r\n",
+        proxy.accepted_clients(),
+        hot::total_commands(),
+        rates.ops_per_sec,
+        rates.input_kbps,
+        rates.output_kbps,
+        proxy.stats.rejected_connections.load(Ordering::Relaxed),
+        shards.expired,
+        shards.evicted,
+        shards.hits,
+        shards.misses,
+        shards.failed,
+    );
+}
+
+fn commandstats(t: &mut String) {
+    t.push_str("# Commandstats\r\n");
+    for i in 0..COMMANDS.len() {
+        let s = hot::command_stat(i);
+        if s.calls + s.rejected == 0 {
+            continue;
+        }
+        let per_call = if s.calls > 0 {
+            s.usec as f64 / s.calls as f64
+        } else {
+            0.0
+        };
+        let _ = write!(
+            t,
+            "cmdstat_{}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+            hot::command_name(i),
+            s.calls,
+            s.usec,
+            s.rejected,
+            s.failed
+        );
     }
 }
 
