@@ -187,8 +187,6 @@ REFUSED = [
     ("cluster", ("CLUSTER", "INFO")),
     ("shutdown", ("SHUTDOWN", "NOSAVE")),
     ("replicaof", ("REPLICAOF", "127.0.0.1", "1")),
-    ("subscribe", ("SUBSCRIBE", "chan")),
-    ("publish", ("PUBLISH", "chan", "msg")),
     ("function", ("FUNCTION", "LIST")),
     ("debug", ("DEBUG", "SLEEP", "0")),
     ("move", ("MOVE", "k", "1")),

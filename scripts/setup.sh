@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what shardgate's demo and tests need on a fresh Debian/Ubuntu
 # machine: redis-server + redis-cli, PostgreSQL (for postgres shards), etcd
-# (a fleet of proxies), protoc (etcd-client's build), Python test packages.
+# (a fleet of proxies), protoc (etcd-client's build), systemd-analyze and
+# promtool (tests/deploy.rs checks the unit and the alert rules of deploy/),
+# Python test packages.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,14 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 # protoc: etcd-client compiles etcd's protobuf API at build time.
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# systemd-analyze: `verify` and `security` on deploy/systemd/shardgate.service.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# /bin/kill: the unit's ExecReload (and the tests' signals); `kill` is also
+# a shell builtin, so look for the file.
+[ -x /bin/kill ] || missing+=(procps)
+# promtool: `check rules` / `test rules` on deploy/prometheus/ (the Debian
+# package prometheus ships it; its service is not used).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -15,9 +15,10 @@ use std::time::Duration;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod admin_cli;
+mod config_file;
 mod fleet_cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
 use shardgate::app::{self, ServeConfig};
@@ -64,6 +65,20 @@ enum Command {
     /// Operator commands.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Ask a running proxy's metrics listener for a path (default
+    /// `/healthz`) and exit 0 on HTTP 200, else 1: the container
+    /// HEALTHCHECK of an image without curl or a shell.
+    Health {
+        /// The metrics listener (`--metrics-listen` of the proxy).
+        #[arg(long, default_value = "127.0.0.1:9121")]
+        addr: SocketAddr,
+        /// `/healthz` (the process runs) or `/readyz` (it serves).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 2)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -156,6 +171,11 @@ struct FleetArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// TOML file holding any of these flags, named in snake_case
+    /// (`max_clients = 20000`); flags given here win over it, relative
+    /// paths in it are relative to its directory.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Path of the shard-map YAML file (with --etcd: only seeds a cluster
     /// that has no map yet).
     #[arg(long, required_unless_present = "etcd")]
@@ -171,6 +191,25 @@ struct ServeArgs {
     /// Failed logins on one connection before the proxy closes it.
     #[arg(long, default_value_t = 10)]
     max_auth_failures: u32,
+    /// Bytes of pub/sub messages that may wait for one subscriber before
+    /// the proxy closes it (Redis' client-output-buffer-limit pubsub).
+    #[arg(long, default_value_t = 32 << 20)]
+    pubsub_output_buffer_limit: usize,
+    /// Bytes of replies that may wait for one client before it is closed
+    /// (Redis' client-output-buffer-limit normal, hard part; 0: none).
+    #[arg(long, default_value_t = 512 << 20)]
+    output_buffer_hard_limit: usize,
+    /// Bytes of replies that may wait for one client for at most
+    /// --output-buffer-soft-seconds (0: none).
+    #[arg(long, default_value_t = 128 << 20)]
+    output_buffer_soft_limit: usize,
+    #[arg(long, default_value_t = 60)]
+    output_buffer_soft_seconds: u64,
+    /// Bytes all clients together may make the proxy buffer (unparsed
+    /// requests, unwritten replies); past it the clients holding the most
+    /// are closed (Redis' maxmemory-clients; 0: unbounded).
+    #[arg(long, default_value_t = 1 << 30)]
+    maxmemory_clients: usize,
     /// `/readyz` on the metrics listener passes when at least this share
     /// of the shards' primaries pass their health check (1.0: all).
     #[arg(long, default_value_t = 1.0)]
@@ -288,7 +327,31 @@ fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `serve --config FILE`: the file's settings become flags the command
+    // line did not give, then clap parses them all at once.
+    let given: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let given_len = given.len();
+    let args = match config_file::merge(given, &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // A rule between flags (`--cluster` requires `--etcd`) broken by
+        // the file's settings: clap names the flags, so say where they
+        // came from.
+        Err(e) if args.len() > given_len && e.use_stderr() => {
+            let _ = e.print();
+            eprintln!(
+                "note: the keys of the --config file count as the flags they name (`lease_ttl_secs` is --lease-ttl-secs)"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -330,6 +393,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(*args),
+        Command::Health {
+            addr,
+            path,
+            timeout_secs,
+        } => health(addr, &path, Duration::from_secs(timeout_secs.max(1))),
         Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
         Command::Admin(AdminCommand::Apply { map, fleet }) => {
             fleet_cli::apply(&map, &fleet.etcd, &fleet.cluster)
@@ -360,8 +428,40 @@ fn main() -> ExitCode {
     }
 }
 
-/// `shardgate admin migrate`: one line per PostgreSQL primary; fails if any
-/// primary could not be migrated.
+/// `shardgate health`: one HTTP/1.1 GET to the metrics listener; prints the
+/// status line and the body, succeeds on 200.
+fn health(addr: SocketAddr, path: &str, timeout: Duration) -> ExitCode {
+    use std::io::{Read, Write};
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut reply = String::new();
+        s.take(64 * 1024).read_to_string(&mut reply)?;
+        Ok(reply)
+    })();
+    match answer {
+        Ok(reply) => {
+            let status = reply.lines().next().unwrap_or_default();
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            println!("{status}: {}", body.trim_end());
+            if status.split(' ').nth(1) == Some("200") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("http://{addr}{path}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A single-threaded runtime for a CLI command (the reason is printed
 /// when it cannot start).
 fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
@@ -372,6 +472,8 @@ fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
+/// `shardgate admin migrate`: one line per PostgreSQL primary; fails if any
+/// primary could not be migrated.
 fn admin_migrate(path: &std::path::Path) -> ExitCode {
     let map = match ShardMap::load(path) {
         Ok(m) => m,
@@ -509,6 +611,13 @@ fn serve(args: ServeArgs) -> ExitCode {
                     slower_than_us: args.slowlog_log_slower_than,
                     max_len: args.slowlog_max_len,
                 },
+                pubsub_output_limit: args.pubsub_output_buffer_limit.max(1024),
+                output_limit: shardgate::proxy::OutputLimit {
+                    hard: args.output_buffer_hard_limit,
+                    soft: args.output_buffer_soft_limit,
+                    soft_for: Duration::from_secs(args.output_buffer_soft_seconds),
+                },
+                maxmemory_clients: args.maxmemory_clients,
             },
         };
         // Installed before the listener opens, so an early SIGHUP never

@@ -104,6 +104,9 @@ pub struct Published {
     current: arc_swap::ArcSwap<Snapshot>,
     /// Serialises check-then-store in the publish methods.
     write: Mutex<()>,
+    /// Bumped after every store, for the few that follow changes as they
+    /// happen (the pub/sub hub) instead of loading per request.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Published {
@@ -112,7 +115,18 @@ impl Published {
         Published {
             current: arc_swap::ArcSwap::from_pointee(first),
             write: Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Wakes on every publish that follows (the value is a change count).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn store(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// The current snapshot for the duration of one request. A guard, not an
@@ -146,7 +160,7 @@ impl Published {
         current.table.check_successor(&table)?;
         let backends = backends.unwrap_or_else(|| current.backends.clone());
         let next = Snapshot::new(Arc::new(table), backends)?;
-        self.current.store(Arc::new(next));
+        self.store(next);
         Ok(current.table.clone())
     }
 
@@ -157,7 +171,7 @@ impl Published {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();
         let next = Snapshot::new(current.table.clone(), backends)?;
-        self.current.store(Arc::new(next));
+        self.store(next);
         Ok(current.backends.clone())
     }
 
@@ -176,7 +190,7 @@ impl Published {
             return Ok(false);
         }
         let next = Snapshot::new(current.table.clone(), backends)?;
-        self.current.store(Arc::new(next));
+        self.store(next);
         Ok(true)
     }
 }

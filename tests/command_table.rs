@@ -193,7 +193,7 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
 ];
 
 /// Shard channels are "not keys" for GETKEYS; the table keeps the range Redis
-/// reports (they hash like keys), and pub/sub is refused for now anyway.
+/// reports (they hash like keys; `proxy::pubsub` routes them by it).
 const SHARD_CHANNEL_COMMANDS: &[&str] = &["spublish", "ssubscribe", "sunsubscribe"];
 
 fn is_known_difference(args: &[&str]) -> bool {

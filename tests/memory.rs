@@ -113,3 +113,173 @@ fn rss_falls_back_after_a_burst_of_big_requests() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// A raw request head declaring a `len`-byte value for SET.
+fn set_head(key: &str, len: usize) -> Vec<u8> {
+    format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${len}\r\n", key.len()).into_bytes()
+}
+
+/// The value of counter `name{reason="..."}` in the proxy's metrics.
+fn limit_closes(metrics_port: u16, reason: &str) -> u64 {
+    let body = common::rebalance::ureq_get(metrics_port);
+    let needle = format!("shardgate_client_limit_closes_total{{reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_does_not_read_its_replies_is_closed_at_its_output_limit() {
+    let shard = RedisServer::start();
+    let dir = TempDir::new("output-limit");
+    let map = common::write_map(&dir, &[&shard]);
+    let metrics_port = common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (proxy, port) = spawn_proxy(
+        env!("CARGO_BIN_EXE_shardgate"),
+        &map,
+        &[
+            "--output-buffer-hard-limit",
+            "33554432",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let pid = proxy.0.id();
+    // 16 values of 1 MiB: each MGET answers 16 MiB.
+    let mut direct = shard.connection();
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..16 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{o}}big{i}"))
+            .arg(&value)
+            .query(&mut direct)
+            .unwrap();
+    }
+    let baseline = rss_kib(pid);
+    // 100 pipelined MGETs (1.6 GiB of replies), never read.
+    let mut hostile = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut mget = b"*17\r\n$4\r\nMGET\r\n".to_vec();
+    for i in 0..16 {
+        let key = format!("{{o}}big{i}");
+        mget.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
+    }
+    let pipeline: Vec<u8> = mget.repeat(100);
+    hostile.write_all(&pipeline).unwrap();
+    // Meanwhile another client's commands keep working.
+    let mut other = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut peak = baseline;
+    while limit_closes(metrics_port, "output_buffer") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the client that reads nothing was never closed"
+        );
+        let t = Instant::now();
+        let _: () = redis::cmd("SET")
+            .arg("small")
+            .arg("x")
+            .query(&mut other)
+            .unwrap();
+        let v: String = redis::cmd("GET").arg("small").query(&mut other).unwrap();
+        assert_eq!(v, "x");
+        slowest = slowest.max(t.elapsed());
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..50 {
+        let t = Instant::now();
+        let v: String = redis::cmd("GET").arg("small").query(&mut other).unwrap();
+        assert_eq!(v, "x");
+        slowest = slowest.max(t.elapsed());
+        peak = peak.max(rss_kib(pid));
+    }
+    eprintln!(
+        "closed after {:?}; rss {baseline} -> peak {peak} KiB; slowest SET+GET of the other client {slowest:?}",
+        started.elapsed()
+    );
+    // Without the limit the proxy held the replies (gigabytes); with it,
+    // little more than the limit and what is in flight.
+    assert!(
+        peak < baseline + (400 << 10),
+        "rss grew from {baseline} to {peak} KiB"
+    );
+    // The hostile connection is closed: reading drains what the kernel
+    // buffered, then ends.
+    hostile
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match hostile.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the client over its output limit is still open: {e}"),
+        }
+    }
+}
+
+#[test]
+fn client_buffers_are_bounded_across_clients() {
+    let shard = RedisServer::start();
+    let dir = TempDir::new("maxmemory-clients");
+    let map = common::write_map(&dir, &[&shard]);
+    let metrics_port = common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (proxy, port) = spawn_proxy(
+        env!("CARGO_BIN_EXE_shardgate"),
+        &map,
+        &[
+            "--maxmemory-clients",
+            "67108864",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let pid = proxy.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = rss_kib(pid);
+    // 200 clients each declare a 50 MB value and send 2 MiB of it: 400 MiB
+    // of unparsed requests without a bound.
+    let chunk = vec![b'x'; 2 << 20];
+    let mut clients = Vec::new();
+    let mut peak = baseline;
+    for i in 0..200 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = s.write_all(&set_head(&format!("huge{i}"), 50_000_000));
+        // Closed clients make writes fail: that is the bound at work.
+        let _ = s.write_all(&chunk);
+        clients.push(s);
+        peak = peak.max(rss_kib(pid));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    peak = peak.max(rss_kib(pid));
+    let closed = limit_closes(metrics_port, "maxmemory_clients");
+    eprintln!("rss {baseline} -> peak {peak} KiB; {closed} clients closed");
+    assert!(closed > 100, "only {closed} clients were closed");
+    assert!(
+        peak < baseline + (200 << 10),
+        "rss grew from {baseline} to {peak} KiB with a 64 MiB bound"
+    );
+    // Ordinary clients are served throughout.
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("fine")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("fine").query(&mut c).unwrap();
+    assert_eq!(v, "1");
+    drop(clients);
+}

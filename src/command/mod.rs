@@ -238,6 +238,9 @@ pub enum Handling {
     Fanout(FanoutKind),
     /// Answered by the proxy itself.
     Local(LocalKind),
+    /// Pub/sub: subscriptions held by the proxy's hub, publishes routed by
+    /// channel (see `proxy::pubsub`).
+    PubSub(PubSubKind),
     /// Refused with `-ERR` and this reason (the dispatcher names the command).
     Unsupported(&'static str),
 }
@@ -276,6 +279,28 @@ pub enum FanoutKind {
     Script,
     /// MEMORY: STATS over every shard, the rest by key.
     Memory,
+}
+
+/// The three namespaces of pub/sub subscriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// SUBSCRIBE / UNSUBSCRIBE / PUBLISH: channels.
+    Channel,
+    /// PSUBSCRIBE / PUNSUBSCRIBE: glob patterns over channel names.
+    Pattern,
+    /// SSUBSCRIBE / SUNSUBSCRIBE / SPUBLISH: shard channels.
+    Shard,
+}
+
+/// The pub/sub commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PubSubKind {
+    Subscribe(Topic),
+    Unsubscribe(Topic),
+    /// PUBLISH (`Topic::Channel`) or SPUBLISH (`Topic::Shard`).
+    Publish(Topic),
+    /// PUBSUB CHANNELS / NUMSUB / NUMPAT / SHARDCHANNELS / SHARDNUMSUB / HELP.
+    Introspect,
 }
 
 /// Commands answered by the proxy without a backend.
@@ -369,7 +394,9 @@ pub const SCRIPT_FANOUT: &[&str] = &["load", "exists", "flush"];
 /// Redis ACL names (`select`, `client|kill`): the commands it refuses
 /// (`Handling::Unsupported`, SELECT of another database, READONLY /
 /// READWRITE, FLUSHALL / FLUSHDB unless the map's `allow_flush`) and the
-/// CLIENT and SCRIPT subcommands it does not answer.
+/// CLIENT and SCRIPT subcommands it does not answer, and PUBLISH/SPUBLISH
+/// (the proxy routes a channel to its own shard, which need not be the
+/// script's: a publish from a script would miss the proxy's subscribers).
 ///
 /// Why it exists: a script or a transaction runs its commands on the
 /// backend, where the proxy does not see them, so the backend ACL user that
@@ -383,6 +410,7 @@ pub fn proxy_refusals(allow_flush: bool) -> Vec<&'static str> {
             Handling::Unsupported(_) => true,
             Handling::Local(LocalKind::Select | LocalKind::Readonly | LocalKind::Readwrite) => true,
             Handling::Fanout(FanoutKind::Flush) => !allow_flush,
+            Handling::PubSub(PubSubKind::Publish(_)) => true,
             _ => false,
         };
         if refused {
@@ -538,6 +566,7 @@ mod tests {
             "slaveof",
             "function",
             "publish",
+            "spublish",
             "client|kill",
             "client|list",
             "script|kill",

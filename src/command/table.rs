@@ -9,8 +9,8 @@
 //! sorted table: no allocation, about eight short comparisons.
 
 use super::{
-    Categories, CommandSpec, FanoutKind, Flags, Handling, KeySpec, LocalKind, SplitKind,
-    SubcommandSpec, TxKind,
+    Categories, CommandSpec, FanoutKind, Flags, Handling, KeySpec, LocalKind, PubSubKind,
+    SplitKind, SubcommandSpec, Topic, TxKind,
 };
 
 /// Looks a command up by name, case-insensitively, without allocating.
@@ -131,7 +131,6 @@ const ADMIN_ONLY: Handling =
     Handling::Unsupported("administrative command; run it on the backend servers directly");
 const ONE_DB: Handling = Handling::Unsupported("only database 0 exists behind the proxy");
 const PLACED: Handling = Handling::Unsupported("keys are placed by the proxy's shard map");
-const NO_PUBSUB: Handling = Handling::Unsupported("pub/sub is not supported by shardgate yet");
 const NO_FUNCTION: Handling =
     Handling::Unsupported("functions must be loaded on every shard directly (FCALL works)");
 const PER_SHARD: Handling = Handling::Unsupported("replication acknowledgements are per shard");
@@ -264,12 +263,12 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("pfselftest", 1, ADM, A_HYPERLOGLOG | A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, DEBUGGING),
     cmd("ping", -1, F, A_FAST | A_CONNECTION, KeySpec::None, Handling::Local(LocalKind::Ping)),
     cmd("psetex", 4, W | OOM, A_WRITE | A_STRING | A_SLOW, range(1, 1, 1), Handling::Forward),
-    cmd("psubscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, NO_PUBSUB),
+    cmd("psubscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, Handling::PubSub(PubSubKind::Subscribe(Topic::Pattern))),
     cmd("psync", -3, ADM | NS | NAL | NM, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, ADMIN_ONLY),
     cmd("pttl", 2, R | F, A_KEYSPACE | A_READ | A_FAST, range(1, 1, 1), Handling::Forward),
-    cmd("publish", 3, PS | LD | ST | F, A_PUBSUB | A_FAST, KeySpec::None, NO_PUBSUB),
-    cmd("pubsub", -2, 0, A_SLOW, KeySpec::None, NO_PUBSUB),
-    cmd("punsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, NO_PUBSUB),
+    cmd("publish", 3, PS | LD | ST | F, A_PUBSUB | A_FAST, KeySpec::None, Handling::PubSub(PubSubKind::Publish(Topic::Channel))),
+    cmd("pubsub", -2, 0, A_SLOW, KeySpec::None, Handling::PubSub(PubSubKind::Introspect)),
+    cmd("punsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, Handling::PubSub(PubSubKind::Unsubscribe(Topic::Pattern))),
     cmd("quit", -1, NS | LD | ST | F | NA | AB, A_FAST | A_CONNECTION, KeySpec::None, Handling::Local(LocalKind::Quit)),
     cmd("randomkey", 1, R, A_KEYSPACE | A_READ | A_SLOW, KeySpec::None, Handling::Fanout(FanoutKind::Randomkey)),
     cmd("readonly", 1, LD | ST | F, A_FAST | A_CONNECTION, KeySpec::None, Handling::Local(LocalKind::Readonly)),
@@ -312,17 +311,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("sort", -2, W | OOM | MOV, A_WRITE | A_SET | A_SORTEDSET | A_LIST | A_SLOW | A_DANGEROUS, KeySpec::KeyAndStore, Handling::Forward),
     cmd("sort_ro", -2, R | MOV, A_READ | A_SET | A_SORTEDSET | A_LIST | A_SLOW | A_DANGEROUS, KeySpec::KeyAndStore, Handling::Forward),
     cmd("spop", -2, W | F, A_WRITE | A_SET | A_FAST, range(1, 1, 1), Handling::Forward),
-    cmd("spublish", 3, PS | LD | ST | F, A_PUBSUB | A_FAST, range(1, 1, 1), NO_PUBSUB),
+    cmd("spublish", 3, PS | LD | ST | F, A_PUBSUB | A_FAST, range(1, 1, 1), Handling::PubSub(PubSubKind::Publish(Topic::Shard))),
     cmd("srandmember", -2, R, A_READ | A_SET | A_SLOW, range(1, 1, 1), Handling::Forward),
     cmd("srem", -3, W | F, A_WRITE | A_SET | A_FAST, range(1, 1, 1), Handling::Forward),
     cmd("sscan", -3, R, A_READ | A_SET | A_SLOW, range(1, 1, 1), Handling::Forward),
-    cmd("ssubscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, range(1, -1, 1), NO_PUBSUB),
+    cmd("ssubscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, range(1, -1, 1), Handling::PubSub(PubSubKind::Subscribe(Topic::Shard))),
     cmd("strlen", 2, R | F, A_READ | A_STRING | A_FAST, range(1, 1, 1), Handling::Forward),
-    cmd("subscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, NO_PUBSUB),
+    cmd("subscribe", -2, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, Handling::PubSub(PubSubKind::Subscribe(Topic::Channel))),
     cmd("substr", 4, R, A_READ | A_STRING | A_SLOW, range(1, 1, 1), Handling::Forward),
     cmd("sunion", -2, R, A_READ | A_SET | A_SLOW, range(1, -1, 1), Handling::Forward),
     cmd("sunionstore", -3, W | OOM, A_WRITE | A_SET | A_SLOW, range(1, -1, 1), Handling::Forward),
-    cmd("sunsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, range(1, -1, 1), NO_PUBSUB),
+    cmd("sunsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, range(1, -1, 1), Handling::PubSub(PubSubKind::Unsubscribe(Topic::Shard))),
     cmd("swapdb", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST | A_DANGEROUS, KeySpec::None, ONE_DB),
     cmd("sync", 1, ADM | NS | NAL | NM, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, ADMIN_ONLY),
     cmd("time", 1, LD | ST | F, A_FAST, KeySpec::None, Handling::Local(LocalKind::Time)),
@@ -330,7 +329,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("ttl", 2, R | F, A_KEYSPACE | A_READ | A_FAST, range(1, 1, 1), Handling::Forward),
     cmd("type", 2, R | F, A_KEYSPACE | A_READ | A_FAST, range(1, 1, 1), Handling::Forward),
     cmd("unlink", -2, W | F, A_KEYSPACE | A_WRITE | A_FAST, range(1, -1, 1), Handling::Split(SplitKind::SumInt)),
-    cmd("unsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, NO_PUBSUB),
+    cmd("unsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, KeySpec::None, Handling::PubSub(PubSubKind::Unsubscribe(Topic::Channel))),
     cmd("unwatch", 1, NS | LD | ST | F | AB, A_FAST | A_TRANSACTION, KeySpec::None, Handling::Transaction(TxKind::Unwatch)),
     cmd("wait", 3, NS, A_SLOW | A_CONNECTION, KeySpec::None, PER_SHARD),
     cmd("watch", -2, NS | LD | ST | F | AB, A_FAST | A_TRANSACTION, range(1, -1, 1), Handling::Transaction(TxKind::Watch)),

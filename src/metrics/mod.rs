@@ -38,7 +38,7 @@ pub const CLIENT_PROTOCOL_ERRORS: &str = "shardgate_client_protocol_errors_total
 /// Client connections the proxy closed or refused because of a limit, by reason.
 pub const CLIENT_LIMIT_CLOSES: &str = "shardgate_client_limit_closes_total";
 /// Values of the `reason` label of [`CLIENT_LIMIT_CLOSES`].
-pub const LIMIT_REASONS: [&str; 8] = [
+pub const LIMIT_REASONS: [&str; 11] = [
     "max_clients",
     "idle_timeout",
     "slow_reader",
@@ -47,6 +47,9 @@ pub const LIMIT_REASONS: [&str; 8] = [
     "auth_timeout",
     "unauthenticated_request",
     "auth_failures",
+    "pubsub_output_buffer",
+    "output_buffer",
+    "maxmemory_clients",
 ];
 /// Round trip of a request on a backend connection, by shard/endpoint/role.
 pub const BACKEND_DURATION: &str = "shardgate_backend_request_duration_seconds";
@@ -138,6 +141,16 @@ pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
 pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
 /// The metrics whose series exist only for endpoints that are replicas.
 pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
+
+/// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
+pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
+/// Pub/sub messages written to this proxy's clients.
+pub const PUBSUB_MESSAGES: &str = "shardgate_pubsub_messages_delivered_total";
+/// Subscriber connections of the pub/sub hub to shards that are up.
+pub const PUBSUB_LINKS: &str = "shardgate_pubsub_backend_links_up";
+/// Connections (and reconnections) of the pub/sub hub to shards, by
+/// outcome; each successful one subscribes everything again.
+pub const PUBSUB_LINK_CONNECTS: &str = "shardgate_pubsub_backend_connects_total";
 
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
@@ -325,6 +338,26 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Time the fleet's mover waited for every live proxy to publish a window's Migrating state and drain older routing",
     ),
     (
+        PUBSUB_SUBSCRIPTIONS,
+        "gauge",
+        "Subscriptions of this proxy's clients by kind: channel (SUBSCRIBE), pattern (PSUBSCRIBE), shard (SSUBSCRIBE)",
+    ),
+    (
+        PUBSUB_MESSAGES,
+        "counter",
+        "Pub/sub messages (message, pmessage, smessage) written to this proxy's clients",
+    ),
+    (
+        PUBSUB_LINKS,
+        "gauge",
+        "Subscriber connections of the pub/sub hub to shards that are up (one per shard with subscriptions)",
+    ),
+    (
+        PUBSUB_LINK_CONNECTS,
+        "counter",
+        "Connection attempts of the pub/sub hub to shards by outcome (ok, error); each ok one subscribes everything again",
+    ),
+    (
         SENTINEL_SWITCHES,
         "counter",
         "Primary switches of a shard that follows Redis Sentinel (a new primary published), by shard",
@@ -380,7 +413,7 @@ pub struct Metrics {
     /// Per serving thread (one entry when there are none).
     thread_clients: Vec<Gauge>,
     protocol_errors: Counter,
-    limit_closes: [Counter; 8],
+    limit_closes: [Counter; 11],
     _map_reloads: [Counter; 2],
     _admin_reloads: [Counter; 2],
     auth_failures: [Counter; 3],
@@ -402,6 +435,10 @@ pub struct Metrics {
     slowlog_length: Gauge,
     /// Keys moved on touch since start (also shown by the admin STATUS).
     touch_moves: std::sync::atomic::AtomicU64,
+    pubsub_subscriptions: [Gauge; 3],
+    pubsub_messages: Counter,
+    pubsub_links: Gauge,
+    pubsub_link_connects: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -448,7 +485,36 @@ impl Metrics {
             slowlog_entries: counter!(SLOWLOG_ENTRIES),
             slowlog_length: gauge!(SLOWLOG_LENGTH),
             touch_moves: std::sync::atomic::AtomicU64::new(0),
+            pubsub_subscriptions: ["channel", "pattern", "shard"]
+                .map(|k| gauge!(PUBSUB_SUBSCRIPTIONS, "kind" => k)),
+            pubsub_messages: counter!(PUBSUB_MESSAGES),
+            pubsub_links: gauge!(PUBSUB_LINKS),
+            pubsub_link_connects: ["ok", "error"]
+                .map(|o| counter!(PUBSUB_LINK_CONNECTS, "outcome" => o)),
         }
+    }
+
+    /// A client's subscriptions of kind `kind` (0 channel, 1 pattern, 2
+    /// shard) changed by `delta`.
+    pub fn pubsub_subscriptions(&self, kind: usize, delta: f64) {
+        if let Some(g) = self.pubsub_subscriptions.get(kind) {
+            g.increment(delta);
+        }
+    }
+
+    /// `n` pub/sub messages were written to a client.
+    pub fn pubsub_delivered(&self, n: u64) {
+        self.pubsub_messages.increment(n);
+    }
+
+    /// A subscriber connection of the pub/sub hub came up (+1) or went down (-1).
+    pub fn pubsub_link(&self, delta: f64) {
+        self.pubsub_links.increment(delta);
+    }
+
+    /// The pub/sub hub tried to connect to a shard (the log names it).
+    pub fn pubsub_link_connect(&self, ok: bool) {
+        self.pubsub_link_connects[usize::from(!ok)].increment(1);
     }
 
     /// A client command moved `n` keys of migrating slots before running.

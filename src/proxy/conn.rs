@@ -16,9 +16,11 @@ use tokio::sync::watch;
 
 use super::Proxy;
 use super::dispatch::Action;
+use super::memory::Usage;
 use super::pending::Pending;
+use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
-use super::stats::Finished;
+use super::stats::{Finished, Peer};
 use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
@@ -33,6 +35,14 @@ struct Client<'a> {
     wr: ClientWrite,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Replies that became ready while a write of `wbuf` was pending (they
+    /// follow it); with the unwritten part of `wbuf`, the client's output
+    /// buffer that the output limits bound.
+    spill: BytesMut,
+    /// Since when the output buffer is over the soft limit.
+    soft_since: Option<std::time::Instant>,
+    /// This client's share of `--maxmemory-clients`.
+    memory: Usage,
     pending: VecDeque<Pending>,
     session: Session,
     /// No more input will be read (the client closed its side, or the proxy
@@ -75,6 +85,9 @@ pub async fn serve_client(
         wr,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
+        spill: BytesMut::new(),
+        soft_since: None,
+        memory: proxy.memory.register(id),
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
         eof: false,
@@ -167,7 +180,8 @@ impl Client<'_> {
                             shard: None,
                             backend_us: None,
                         };
-                        self.proxy.command_finished(finished, &self.session);
+                        self.proxy
+                            .command_finished(finished, Peer::of(&self.session));
                         self.wbuf.extend_from_slice(&reply);
                         self.flush().await.map_err(End::from)?;
                         // Time passed (a blocking command may have waited):
@@ -213,24 +227,37 @@ impl Client<'_> {
             if self.eof {
                 return Ok(false);
             }
+            if self.session.pubsub.is_some() {
+                return self.read_or_push().await;
+            }
             return self.read_more().await;
         }
         let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
+        // Messages wait while a subscribe confirmation is queued, so that
+        // none overtakes the confirmation of its channel.
+        let can_push =
+            self.session.pubsub.is_some() && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &self.session, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
                 self.take_ready();
+                self.flush().await.map_err(End::from)?;
+                Ok(true)
+            }
+            d = next_push(&mut self.session.pubsub), if can_push => {
+                self.write_pushes(d)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
             r = read_some(&mut self.rd, &mut self.rbuf), if can_read => {
                 match r {
                     Ok(0) => self.eof = true,
-                    Ok(_) => {}
+                    Ok(_) => self.account()?,
                     Err(e) => return Err(End::Io(e)),
                 }
                 Ok(true)
             }
+            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
             _ = stopping(&mut self.shutdown), if !self.eof => {
                 self.eof = true;
                 Ok(true)
@@ -269,14 +296,60 @@ impl Client<'_> {
                 self.eof = true;
                 return Ok(!self.rbuf.is_empty());
             }
+            _ = self.memory.closing() => return Err(End::Limit("maxmemory_clients")),
         };
         match r {
             Ok(0) => {
                 self.eof = true;
                 Ok(!self.rbuf.is_empty())
             }
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.account()?;
+                Ok(true)
+            }
             Err(e) => Err(End::Io(e)),
+        }
+    }
+
+    /// Waits for input or a pub/sub message, with nothing in flight: a
+    /// subscribed client is never idle (Redis exempts it from `timeout`).
+    async fn read_or_push(&mut self) -> Result<bool, End> {
+        tokio::select! {
+            r = read_some(&mut self.rd, &mut self.rbuf) => match r {
+                Ok(0) => {
+                    self.eof = true;
+                    Ok(!self.rbuf.is_empty())
+                }
+                Ok(_) => {
+                    self.account()?;
+                    Ok(true)
+                }
+                Err(e) => Err(End::Io(e)),
+            },
+            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
+            d = next_push(&mut self.session.pubsub) => {
+                self.write_pushes(d)?;
+                self.flush().await.map_err(End::from)?;
+                Ok(true)
+            }
+            _ = stopping(&mut self.shutdown) => {
+                self.eof = true;
+                Ok(!self.rbuf.is_empty())
+            }
+        }
+    }
+
+    /// Moves `first` and the messages queued behind it into the write buffer.
+    fn write_pushes(&mut self, first: Option<Delivery>) -> Result<(), End> {
+        let (Some(d), Some(subs)) = (first, self.session.pubsub.as_mut()) else {
+            return Ok(());
+        };
+        match subs.write(d, self.session.proto, &mut self.wbuf, WRITE_HIGH_WATER) {
+            Ok(n) => {
+                self.proxy.metrics.pubsub_delivered(n);
+                Ok(())
+            }
+            Err(Overflow) => Err(End::Limit("pubsub_output_buffer")),
         }
     }
 
@@ -287,7 +360,7 @@ impl Client<'_> {
         while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             if poll_front(
                 self.proxy,
-                &self.session,
+                Peer::of(&self.session),
                 &mut self.pending,
                 &mut self.wbuf,
                 &mut cx,
@@ -301,27 +374,43 @@ impl Client<'_> {
     }
 
     /// Writes the reply buffer. Every write to the client goes through here,
-    /// so each must make progress within the write stall timeout.
+    /// so each must make progress within the write stall timeout. While a
+    /// write waits for the client, replies that arrive are moved into
+    /// `spill` and counted against the output limits (Redis'
+    /// `client-output-buffer-limit`): a client that pipelines big replies
+    /// and does not read them is closed instead of growing the proxy.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            let stall = self.proxy.config.write_stall_timeout;
+        let stall = self.proxy.config.write_stall_timeout;
+        loop {
+            if self.wbuf.is_empty() {
+                if self.spill.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut self.wbuf, &mut self.spill);
+            }
             let mut written = 0;
             while written < self.wbuf.len() {
                 // Each write must make progress within the stall timeout.
-                match tokio::time::timeout(stall, self.wr.write(&self.wbuf[written..])).await {
-                    Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(Ok(n)) => {
-                        written += n;
-                        crate::metrics::hot::net_bytes(false, n);
+                let deadline = tokio::time::Instant::now() + stall;
+                let n = loop {
+                    tokio::select! {
+                        biased;
+                        r = self.wr.write(&self.wbuf[written..]) => break r?,
+                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.spill, cx, &mut None)), if !self.pending.is_empty() => {
+                            let unwritten = self.wbuf.len() - written + self.spill.len();
+                            self.check_output(unwritten)?;
+                        }
+                        _ = self.memory.closing() => return Err(over_limit("maxmemory_clients")),
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, SlowReader));
+                        }
                     }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            SlowReader,
-                        ));
-                    }
+                };
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
                 }
+                written += n;
+                crate::metrics::hot::net_bytes(false, n);
             }
             // TLS holds records until flushed (a no-op on plain sockets).
             match tokio::time::timeout(stall, self.wr.flush()).await {
@@ -339,7 +428,39 @@ impl Client<'_> {
                 self.wbuf = BytesMut::new();
             }
         }
-        Ok(())
+        self.soft_since = None;
+        if self.spill.capacity() > 4 * WRITE_HIGH_WATER {
+            self.spill = BytesMut::new();
+        }
+        self.account().map_err(|_| over_limit("maxmemory_clients"))
+    }
+
+    /// Checks `unwritten` output bytes against the limits.
+    fn check_output(&mut self, unwritten: usize) -> std::io::Result<()> {
+        let limits = &self.proxy.config.output_limit;
+        if limits.hard > 0 && unwritten > limits.hard {
+            return Err(over_limit("output_buffer"));
+        }
+        if limits.soft > 0 && unwritten > limits.soft {
+            let since = *self.soft_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= limits.soft_for {
+                return Err(over_limit("output_buffer"));
+            }
+        } else {
+            self.soft_since = None;
+        }
+        self.account().map_err(|_| over_limit("maxmemory_clients"))
+    }
+
+    /// Reports what this client buffers to the proxy-wide bound; Err when
+    /// the client was chosen for closing.
+    fn account(&mut self) -> Result<(), End> {
+        let bytes = self.rbuf.capacity() + self.wbuf.len() + self.spill.len();
+        if self.memory.set(bytes) {
+            Ok(())
+        } else {
+            Err(End::Limit("maxmemory_clients"))
+        }
     }
 
     /// Waits for every pending reply and writes them all.
@@ -348,7 +469,7 @@ impl Client<'_> {
             std::future::poll_fn(|cx| {
                 poll_front(
                     self.proxy,
-                    &self.session,
+                    Peer::of(&self.session),
                     &mut self.pending,
                     &mut self.wbuf,
                     cx,
@@ -402,6 +523,14 @@ impl Client<'_> {
     }
 }
 
+/// The next pub/sub message of a subscribed client (never, for others).
+async fn next_push(subs: &mut Option<Box<Subscriptions>>) -> Option<Delivery> {
+    match subs {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once the proxy shuts down (or is gone).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -422,7 +551,7 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
 /// when the first one is ready) and shared by the rest of the batch.
 fn poll_front(
     proxy: &Proxy,
-    session: &Session,
+    peer: Peer<'_>,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
     cx: &mut Context<'_>,
@@ -447,12 +576,28 @@ fn poll_front(
                 shard: front.shard,
                 backend_us: front.backend_us,
             };
-            proxy.command_finished(finished, session);
+            proxy.command_finished(finished, peer);
             pending.pop_front();
             Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,
     }
+}
+
+/// A write error that closes the client for a limit (the metric label).
+#[derive(Debug)]
+struct OverLimit(&'static str);
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client closed: {} limit", self.0)
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+fn over_limit(reason: &'static str) -> std::io::Error {
+    std::io::Error::other(OverLimit(reason))
 }
 
 /// Marks the write error of a client that stopped reading its replies.
@@ -471,6 +616,8 @@ impl From<std::io::Error> for End {
     fn from(e: std::io::Error) -> End {
         if e.get_ref().is_some_and(|inner| inner.is::<SlowReader>()) {
             End::Limit("slow_reader")
+        } else if let Some(OverLimit(reason)) = e.get_ref().and_then(|i| i.downcast_ref()) {
+            End::Limit(reason)
         } else {
             End::Io(e)
         }

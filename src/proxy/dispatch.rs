@@ -184,6 +184,9 @@ impl Session {
             }
             return self.fail(Some(spec), e);
         }
+        if let Err(e) = self.check_subscribed(spec, &req) {
+            return self.fail(Some(spec), e);
+        }
         // A fleet member that may have lost its lease routes no keys: the
         // fleet may have moved them without it (see `context::Fence`).
         if !matches!(spec.handling, Handling::Local(_)) && proxy.ctx.fence.blocks(started) {
@@ -220,6 +223,7 @@ impl Session {
             Handling::Script => self.script(proxy, spec, req, pass),
             Handling::Fanout(FanoutKind::Memory) => self.memory(proxy, spec, req, pass),
             Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
+            Handling::PubSub(kind) => self.pubsub(proxy, spec, req, kind),
             Handling::Local(kind) => {
                 let action = self.local(proxy, spec, req, kind);
                 return self.close_after_failures(proxy, action);

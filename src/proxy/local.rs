@@ -30,6 +30,13 @@ impl Session {
     ) -> Action {
         let args = req.args();
         let result = match kind {
+            // RESP2's subscribed mode answers PING as a message-shaped array.
+            LocalKind::Ping if self.subscribed_resp2() && args.len() <= 2 => {
+                Ok(Reply::Array(vec![
+                    Reply::Bulk(Bytes::from_static(b"pong")),
+                    Reply::Bulk(args.get(1).cloned().unwrap_or_default()),
+                ]))
+            }
             LocalKind::Ping => match args.len() {
                 1 => Ok(Reply::Simple("PONG".into())),
                 2 => Ok(Reply::Bulk(args[1].clone())),
@@ -73,6 +80,8 @@ impl Session {
             LocalKind::Reset => {
                 // Back to the default user, which (when auth is on) needs a password.
                 self.user = None;
+                // Every subscription ends (dropping them unsubscribes).
+                self.pubsub = None;
                 if self.tx.is_some() || self.watch.is_some() {
                     return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }

@@ -7,8 +7,10 @@ mod dispatch;
 mod exclusive;
 mod info;
 mod local;
+pub mod memory;
 mod moves;
 mod pending;
+pub mod pubsub;
 mod session;
 pub mod slowlog;
 mod stats;
@@ -71,6 +73,25 @@ pub struct ClientConfig {
     pub max_auth_failures: u32,
     /// The proxy's SLOWLOG (`--slowlog-log-slower-than`, `--slowlog-max-len`).
     pub slowlog: slowlog::SlowlogConfig,
+    /// Bytes of pub/sub messages that may wait for one client; past it the
+    /// client is closed (Redis' `client-output-buffer-limit pubsub`, hard
+    /// limit 32 MiB by default).
+    pub pubsub_output_limit: usize,
+    /// Replies waiting for one client (Redis' `client-output-buffer-limit
+    /// normal`): past `hard`, or past `soft` for `soft_for`, it is closed.
+    pub output_limit: OutputLimit,
+    /// Bytes all clients may make the proxy buffer (unparsed requests and
+    /// unwritten replies); past it, the largest are closed (Redis'
+    /// `maxmemory-clients`). 0: unbounded.
+    pub maxmemory_clients: usize,
+}
+
+/// Output buffer limits of one client; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_for: Duration,
 }
 
 impl Default for ClientConfig {
@@ -90,6 +111,13 @@ impl Default for ClientConfig {
             max_unauthenticated: 1000,
             max_auth_failures: 10,
             slowlog: slowlog::SlowlogConfig::default(),
+            pubsub_output_limit: 32 << 20,
+            output_limit: OutputLimit {
+                hard: 512 << 20,
+                soft: 128 << 20,
+                soft_for: Duration::from_secs(60),
+            },
+            maxmemory_clients: 1 << 30,
         }
     }
 }
@@ -179,6 +207,10 @@ pub struct Proxy {
     /// The backend ACL users that run clients' scripts and transactions
     /// (see [`crate::backend::acl`]).
     pub backend_acl: Arc<BackendAcl>,
+    /// This proxy's pub/sub subscriptions, shared by its clients.
+    pub pubsub: Arc<pubsub::Hub>,
+    /// What all clients make the proxy buffer (see [`memory`]).
+    pub memory: Arc<memory::ClientsMemory>,
     next_client_id: AtomicU64,
     /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
@@ -205,6 +237,8 @@ impl Proxy {
         )));
         Proxy {
             metrics: ctx.metrics.clone(),
+            pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
+            memory: Arc::new(memory::ClientsMemory::new(config.maxmemory_clients)),
             ctx,
             backend_acl,
             next_client_id: AtomicU64::new(1),

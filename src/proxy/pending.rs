@@ -46,6 +46,12 @@ pub enum PendingKind {
     Backend { rx: ReplyRx, retry: Option<Retry> },
     /// A split or fanned-out command: every part, then a merge.
     Gather { parts: Vec<Part>, merge: Merge },
+    /// (P|S)SUBSCRIBE: the confirmations, once the shards confirmed (see
+    /// `pubsub`; messages wait while one of these is queued).
+    Subscribed {
+        wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+        reply: Bytes,
+    },
 }
 
 /// What is needed to resend a read to the shard's primary.
@@ -88,6 +94,9 @@ pub enum Merge {
     AndArrays,
     /// SCRIPT LOAD: every shard must return the same SHA; it is the reply.
     Same,
+    /// PUBLISH: the one part's integer plus this (the shard counts the
+    /// proxy's pub/sub link, not the clients behind it).
+    Offset(i64),
 }
 
 impl Pending {
@@ -109,6 +118,19 @@ impl Pending {
             shard: None,
             backend_us: None,
         }
+    }
+
+    /// Whether this is a (P|S)SUBSCRIBE confirmation or an unsubscribe's
+    /// (pub/sub messages are held while one is queued, so that none
+    /// overtakes it).
+    pub fn is_subscription(&self) -> bool {
+        matches!(self.kind, PendingKind::Subscribed { .. })
+            || self.spec.is_some_and(|s| {
+                matches!(
+                    s.handling,
+                    crate::command::Handling::PubSub(crate::command::PubSubKind::Unsubscribe(_))
+                )
+            })
     }
 
     /// Polls for the reply; when ready, appends it to `out` and returns
@@ -144,6 +166,13 @@ impl Pending {
                     }
                 }
             }
+            PendingKind::Subscribed { wait, reply } => match wait.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    out.extend_from_slice(reply);
+                    Poll::Ready(true)
+                }
+            },
             PendingKind::Gather { parts, merge } => {
                 let mut all = true;
                 for part in parts.iter_mut() {
@@ -233,6 +262,13 @@ fn merge_into(
                 sum += reply::integer(f).ok_or_else(|| bad("an integer command"))?;
             }
             Reply::Int(sum)
+        }
+        Merge::Offset(delta) => {
+            let n = frames
+                .first()
+                .and_then(|f| reply::integer(f))
+                .ok_or_else(|| bad("PUBLISH"))?;
+            Reply::Int((n + delta).max(0))
         }
         Merge::AllOk => Reply::Ok,
         Merge::Concat => {

@@ -55,6 +55,9 @@ pub struct Session {
     /// The request of the exclusive operation being run, kept for the
     /// slow log (see [`Session::dispatch`]).
     pub(super) exclusive_raw: Option<Bytes>,
+    /// Pub/sub subscriptions and the queue of their messages (boxed: most
+    /// clients never subscribe).
+    pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
 }
 
 impl Session {
@@ -78,6 +81,7 @@ impl Session {
             peer_ip,
             held: None,
             exclusive_raw: None,
+            pubsub: None,
         }
     }
 }

@@ -140,11 +140,29 @@ pub(super) struct Finished<'a> {
     pub backend_us: Option<u32>,
 }
 
+/// The client a command came from, for the slow log (its session's
+/// fields, borrowed apart from the rest of the session).
+#[derive(Clone, Copy)]
+pub(super) struct Peer<'a> {
+    pub addr: &'a str,
+    pub name: Option<&'a Bytes>,
+}
+
+impl<'a> Peer<'a> {
+    /// The client of `session`.
+    pub(super) fn of(session: &'a Session) -> Peer<'a> {
+        Peer {
+            addr: &session.addr,
+            name: session.name.as_ref(),
+        }
+    }
+}
+
 impl Proxy {
     /// Everything that happens when a command's reply is ready: its
     /// metrics, the error code of an error reply (INFO errorstats) and,
     /// when it was slow, the slow log.
-    pub(super) fn command_finished(&self, f: Finished<'_>, session: &Session) {
+    pub(super) fn command_finished(&self, f: Finished<'_>, peer: Peer<'_>) {
         let Finished {
             spec,
             ok,
@@ -180,8 +198,8 @@ impl Proxy {
                 &self.metrics,
                 raw,
                 elapsed,
-                &session.addr,
-                session.name.as_ref(),
+                peer.addr,
+                peer.name,
                 super::slowlog::Details {
                     backend_us: backend_us.map(u64::from),
                     shard,
