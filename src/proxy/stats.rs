@@ -15,7 +15,6 @@ use super::Proxy;
 use super::session::Session;
 use crate::command::{CommandSpec, Handling};
 use crate::metrics::hot::{self, Outcome};
-use crate::protocol::reply;
 
 /// Samples kept for the instantaneous rates (Redis' `STATS_METRIC_SAMPLES`).
 const SAMPLES: usize = 16;
@@ -209,14 +208,29 @@ impl Proxy {
     }
 }
 
-/// Counts an error reply by its code (its first word).
+/// Counts an error reply by its code (its first word), without allocating.
 fn count_error(frame: &[u8]) {
-    if let Some(text) = reply::error_text(frame) {
-        let code = text.split([' ', '\r', '\n']).next().unwrap_or_default();
-        if !code.is_empty() {
-            hot::error_reply(code.as_bytes());
-        }
+    if let Some(code) = error_code(frame) {
+        hot::error_reply(code);
     }
+}
+
+/// The code of an error reply: the first word of a `-` error or of a RESP3
+/// `!` blob error.
+fn error_code(frame: &[u8]) -> Option<&[u8]> {
+    let text = match frame.first()? {
+        b'-' => &frame[1..],
+        b'!' => {
+            let start = frame.iter().position(|&b| b == b'\n')? + 1;
+            frame.get(start..)?
+        }
+        _ => return None,
+    };
+    let end = text
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
+        .unwrap_or(text.len());
+    (end > 0).then(|| &text[..end])
 }
 
 /// CPU seconds this process spent (user, system), from
@@ -271,6 +285,21 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(rss > 0 && peak >= rss, "{rss} {peak}");
         }
+    }
+
+    #[test]
+    fn error_codes_are_the_first_word() {
+        assert_eq!(error_code(b"-ERR no such key\r\n"), Some(&b"ERR"[..]));
+        assert_eq!(
+            error_code(b"-WRONGTYPE Operation\r\n"),
+            Some(&b"WRONGTYPE"[..])
+        );
+        assert_eq!(
+            error_code(b"!21\r\nSYNTAX invalid syntax\r\n"),
+            Some(&b"SYNTAX"[..])
+        );
+        assert_eq!(error_code(b"+OK\r\n"), None);
+        assert_eq!(error_code(b"-\r\n"), None);
     }
 
     #[test]
