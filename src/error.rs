@@ -73,6 +73,18 @@ impl BackendError {
             BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
         )
     }
+
+    /// Whether a *read* that failed this way may be sent again elsewhere:
+    /// the endpoint did not answer (never sent, timed out, or the
+    /// connection broke). A read has no effect, so having maybe run once
+    /// does not matter; a write must never be retried on this.
+    pub fn read_may_retry(&self) -> bool {
+        self.never_sent()
+            || matches!(
+                self,
+                BackendError::Timeout { .. } | BackendError::ConnectionLost { .. }
+            )
+    }
 }
 
 /// Everything that can go wrong serving one client command.
@@ -147,6 +159,52 @@ mod tests {
             Reply::Error(t) => t.into_owned(),
             other => panic!("not an error reply: {other:?}"),
         }
+    }
+
+    #[test]
+    fn reads_move_on_when_the_endpoint_did_not_answer_and_only_then() {
+        let addr = || "a:1".to_owned();
+        let reason = || "x".to_owned();
+        for e in [
+            BackendError::Unavailable {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::PoolExhausted {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::Timeout {
+                addr: addr(),
+                millis: 5,
+            },
+            BackendError::ConnectionLost {
+                addr: addr(),
+                reason: reason(),
+            },
+        ] {
+            assert!(e.read_may_retry(), "{e}");
+        }
+        for e in [
+            BackendError::Protocol {
+                addr: addr(),
+                reason: reason(),
+            },
+            BackendError::Unsupported {
+                addr: addr(),
+                reason: reason(),
+            },
+        ] {
+            assert!(!e.read_may_retry(), "{e}");
+        }
+        // A write is only ever resent when it was never sent.
+        assert!(
+            !BackendError::Timeout {
+                addr: addr(),
+                millis: 5
+            }
+            .never_sent()
+        );
     }
 
     #[test]

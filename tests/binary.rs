@@ -137,6 +137,7 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         // (tests/sentinel.rs checks them on a proxy that has); nor
         // replicas (integration/test_metrics.py checks the lag gauge).
         if shardgate::metrics::SENTINEL_ONLY.contains(name)
+            || shardgate::metrics::ON_FIRST_EVENT.contains(name)
             || shardgate::metrics::REPLICA_ONLY.contains(name)
         {
             continue;

@@ -196,3 +196,153 @@ fn a_dead_replica_leaves_the_read_rotation_and_rejoins() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The `healthy=` of shard `shard`'s primary in INFO's proxy section.
+fn primary_healthy(con: &mut redis::Connection, shard: usize) -> bool {
+    let info: String = redis::cmd("INFO").arg("proxy").query(con).unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.starts_with(&format!("shard{shard}:")))
+        .unwrap_or_else(|| panic!("no shard{shard} line in:\n{info}"));
+    line.contains("healthy=1")
+}
+
+#[test]
+fn the_health_check_opens_and_closes_the_breaker() {
+    let c = Cluster::start(Spec {
+        // A hung endpoint is noticed within 100 ms + 300 ms; requests wait
+        // up to the 2 s command timeout.
+        extra_options: "  connect_timeout_ms: 300\n",
+        ..Spec::default()
+    });
+    let mut con = conn_with_timeout(&c);
+    let mut probe = conn_with_timeout(&c);
+    let key = key_on(&c, 2, "hc");
+    let _: () = con.set(&key, 1).unwrap();
+
+    c.primaries[2].signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while primary_healthy(&mut probe, 2) {
+        assert!(Instant::now() < deadline, "the health check never noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Noticed by the health check, not by a request: the next write fails
+    // at once instead of waiting for its command timeout.
+    let started = Instant::now();
+    let err = con.set::<_, _, ()>(&key, 2).unwrap_err().to_string();
+    let waited = started.elapsed();
+    assert!(err.contains("circuit open"), "{err}");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the write waited {waited:?} for a backend the health check knew hung"
+    );
+
+    c.primaries[2].signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !primary_healthy(&mut probe, 2) {
+        assert!(Instant::now() < deadline, "the shard never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Healthy again: writes pass at once, not after the breaker's probe.
+    let _: () = con
+        .set(&key, 3)
+        .unwrap_or_else(|e| panic!("a write right after the health check passed failed: {e}"));
+}
+
+#[test]
+fn a_read_in_flight_on_a_hung_replica_is_answered_by_the_primary() {
+    let c = Cluster::start(Spec {
+        replicas: true,
+        read_policy: "prefer-replica",
+        ..Spec::default()
+    });
+    let mut con = conn_with_timeout(&c);
+    let key = key_on(&c, 0, "hung");
+    let _: () = con.set(&key, 7).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = calls(&c.replicas[0], "get");
+    let v: i64 = con.get(&key).unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(
+        calls(&c.replicas[0], "get"),
+        before + 1,
+        "reads go to the replica"
+    );
+
+    c.replicas[0].signal("STOP");
+    // Sent to the replica before anything noticed it hangs: it times out
+    // there and is answered by the primary instead of failing.
+    let p0 = calls(&c.primaries[0], "get");
+    let v: i64 = con
+        .get(&key)
+        .unwrap_or_else(|e| panic!("a read on a hung replica failed instead of moving: {e}"));
+    assert_eq!(v, 7);
+    assert_eq!(
+        calls(&c.primaries[0], "get"),
+        p0 + 1,
+        "the primary answered"
+    );
+    c.replicas[0].signal("CONT");
+}
+
+#[test]
+fn a_replica_whose_applier_stalls_leaves_the_read_rotation() {
+    let c = Cluster::start(Spec {
+        replicas: true,
+        read_policy: "prefer-replica",
+        extra_options: "  max_replica_lag_ms: 1000\n",
+        ..Spec::default()
+    });
+    let mut con = conn_with_timeout(&c);
+    let key = key_on(&c, 0, "stale");
+    let _: () = con.set(&key, 1).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let r0 = calls(&c.replicas[0], "get");
+    let v: i64 = con.get(&key).unwrap();
+    assert_eq!(
+        (v, calls(&c.replicas[0], "get") - r0),
+        (1, 1),
+        "read on the replica"
+    );
+
+    // The replica stops applying the replication stream; its link stays up
+    // and in contact, so only offsets show it falls behind.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(40_000)
+        .arg("WRITE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    let _: () = con.set(&key, 2).unwrap();
+    let started = Instant::now();
+    let mut stale_for = Duration::ZERO;
+    loop {
+        let v: i64 = con.get(&key).unwrap();
+        if v == 2 {
+            break;
+        }
+        stale_for = started.elapsed();
+        assert!(
+            stale_for < Duration::from_secs(10),
+            "reads stayed stale for {stale_for:?} with max_replica_lag_ms 1000"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("stale reads for {stale_for:?} after the replica's applier stopped");
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    // Caught up again: back in the rotation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r0 = calls(&c.replicas[0], "get");
+        let v: i64 = con.get(&key).unwrap();
+        assert_eq!(v, 2);
+        if calls(&c.replicas[0], "get") > r0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never rejoined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -158,6 +158,14 @@ fn a_client_that_does_not_read_its_replies_is_closed_at_its_output_limit() {
             .unwrap();
     }
     let baseline = rss_kib(pid);
+    let out_bytes = |direct: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(direct).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let sent_before = out_bytes(&mut direct);
     // 100 pipelined MGETs (1.6 GiB of replies), never read.
     let mut hostile = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut mget = b"*17\r\n$4\r\nMGET\r\n".to_vec();
@@ -202,6 +210,17 @@ fn a_client_that_does_not_read_its_replies_is_closed_at_its_output_limit() {
     eprintln!(
         "closed after {:?}; rss {baseline} -> peak {peak} KiB; slowest SET+GET of the other client {slowest:?}",
         started.elapsed()
+    );
+    // The shard sent only what the client's in-flight window allowed (a
+    // few replies), not the 1.6 GiB asked for: that is what kept the other
+    // client's commands, behind those replies on the shared connection,
+    // from waiting.
+    let sent = out_bytes(&mut direct) - sent_before;
+    eprintln!("the shard sent {} MiB", sent >> 20);
+    assert!(sent < 400 << 20, "the shard sent {} MiB", sent >> 20);
+    assert!(
+        slowest < Duration::from_secs(1),
+        "another client's SET+GET waited {slowest:?} behind the big replies"
     );
     // Without the limit the proxy held the replies (gigabytes); with it,
     // little more than the limit and what is in flight.

@@ -1,7 +1,15 @@
 //! Health checks: every endpoint is pinged on its own connection at the map's
 //! interval; a replica must also report its link to the primary up and recent
 //! (`master_link_status:up`, `master_last_io_seconds_ago` within the map's
-//! `max_replica_lag`). The round trip feeds the endpoint's latency estimate.
+//! `max_replica_lag`) and its applied writes no older than `max_replica_lag`
+//! by its primary's replication offsets (see [`super::lag`]). The round trip
+//! feeds the endpoint's latency estimate.
+//!
+//! The verdict drives the endpoint's circuit breaker too: an endpoint that
+//! does not answer (or cannot be reached) opens it, so new requests fail
+//! fast at once instead of queueing until their own command timeout, and an
+//! endpoint that answers again closes it, so requests stop failing as soon
+//! as it is back rather than after the breaker's next probe.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::connect::{connect, read_one_frame};
 use super::{Endpoint, EndpointState, Role};
+use crate::error::BackendError;
 use crate::protocol::{Protocol, reply};
 use crate::tls::BackendStream;
 
@@ -82,6 +91,8 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
             Ok(c) => *conn = Some(c),
             Err(e) => {
                 state.set_healthy(false, &e.to_string());
+                // Requests would only wait for the same failure.
+                state.breaker.failure(&e, &state.addr, &state.metrics);
                 return;
             }
         }
@@ -90,16 +101,36 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
     let started = Instant::now();
     let verdict = match tokio::time::timeout(timeout, probe(stream, state)).await {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => Err(format!("health check failed: {e}")),
-        Err(_) => Err(format!(
-            "no answer to health check within {} ms",
-            timeout.as_millis()
-        )),
+        Ok(Err(e)) => {
+            let err = BackendError::ConnectionLost {
+                addr: state.addr.clone(),
+                reason: format!("health check failed: {e}"),
+            };
+            state.breaker.failure(&err, &state.addr, &state.metrics);
+            Err(format!("health check failed: {e}"))
+        }
+        Err(_) => {
+            // No answer: the endpoint hangs (or is busy beyond the connect
+            // timeout). New requests fail fast from now on instead of
+            // queueing behind it; requests already sent keep their command
+            // timeout (a long command and a hang look the same from here).
+            let err = BackendError::Timeout {
+                addr: state.addr.clone(),
+                millis: timeout.as_millis() as u64,
+            };
+            state.breaker.failure(&err, &state.addr, &state.metrics);
+            Err(format!(
+                "no answer to health check within {} ms",
+                timeout.as_millis()
+            ))
+        }
     };
     match verdict {
         Ok(()) => {
             state.record_latency(started.elapsed().as_micros() as u64);
             state.set_healthy(true, "");
+            // It answers: requests need not wait for the breaker's own probe.
+            state.breaker.success(&state.addr, &state.metrics);
         }
         Err(why) => {
             *conn = None;
@@ -108,17 +139,31 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
     }
 }
 
-/// PING (primaries) or INFO replication (replicas).
+/// PING and INFO replication (primaries: the offset goes to their
+/// [`super::lag::OffsetLog`]), or INFO replication (replicas: judged against their
+/// primary's log).
 async fn probe(
     stream: &mut BackendStream,
     state: &EndpointState,
 ) -> std::io::Result<Result<(), String>> {
     if state.role == Role::Primary {
-        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        // One round trip (the latency estimate compares endpoints).
+        stream
+            .write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n")
+            .await?;
         stream.flush().await?;
-        let frame = read_one_frame(stream).await?;
-        if reply::is_error(&frame) {
-            return Ok(Err(reply::error_text(&frame).unwrap_or_default()));
+        let [pong, info] = read_two_frames(stream).await?;
+        if reply::is_error(&pong) {
+            return Ok(Err(reply::error_text(&pong).unwrap_or_default()));
+        }
+        if let Some(offset) = reply::bulk(&info).and_then(|t| {
+            info_field(&String::from_utf8_lossy(&t), "master_repl_offset")?
+                .parse()
+                .ok()
+        }) {
+            state
+                .offsets
+                .record(Instant::now(), offset, state.options.max_replica_lag * 2);
         }
         return Ok(Ok(()));
     }
@@ -133,12 +178,51 @@ async fn probe(
         ));
     };
     let text = String::from_utf8_lossy(&text);
-    if let Some(secs) =
+    let behind = info_field(&text, "slave_repl_offset")
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|applied| {
+            let log = state.primary_offsets.load_full()?;
+            Some(log.lag(applied, Instant::now()))
+        });
+    // shardgate_replica_lag_seconds: by replication offsets when the
+    // primary's log can tell, else the time since the last contact.
+    let lag = behind.map(|d| d.as_secs_f64()).or_else(|| {
         info_field(&text, "master_last_io_seconds_ago").and_then(|v| v.parse::<f64>().ok())
-    {
+    });
+    if let Some(secs) = lag {
         state.metrics.replica_lag_seconds(secs);
     }
-    Ok(replica_verdict(&text, state.options.max_replica_lag))
+    Ok(replica_verdict(
+        &text,
+        state.options.max_replica_lag,
+        behind,
+    ))
+}
+
+/// The next two reply frames on `stream`.
+async fn read_two_frames(stream: &mut BackendStream) -> std::io::Result<[bytes::Bytes; 2]> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(2048);
+    let mut frames = Vec::with_capacity(2);
+    while frames.len() < 2 {
+        match crate::protocol::scan::frame_len(&buf) {
+            Ok(Some(n)) => frames.push(buf.split_to(n).freeze()),
+            Ok(None) => {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    let info = frames.pop().unwrap_or_default();
+    let pong = frames.pop().unwrap_or_default();
+    Ok([pong, info])
 }
 
 /// The value of `name` in INFO text (`name:value` lines).
@@ -150,8 +234,14 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Whether `INFO replication` text shows a replica in sync.
-pub fn replica_verdict(info: &str, max_lag: Duration) -> Result<(), String> {
+/// Whether `INFO replication` text shows a replica in sync: link up, no
+/// sync running, recent contact, and (when known) applied writes no older
+/// than `max_lag` by its primary's offsets (`behind`, see [`super::lag`]).
+pub fn replica_verdict(
+    info: &str,
+    max_lag: Duration,
+    behind: Option<Duration>,
+) -> Result<(), String> {
     let field = |name: &str| info_field(info, name);
     if field("role") != Some("slave") {
         return Err("not a replica (role is not slave)".to_owned());
@@ -170,6 +260,15 @@ pub fn replica_verdict(info: &str, max_lag: Duration) -> Result<(), String> {
             "replica lags: last contact with primary {last_io} s ago"
         ));
     }
+    if let Some(behind) = behind
+        && behind > max_lag
+    {
+        return Err(format!(
+            "replica lags: {} ms behind its primary by replication offsets (applied {})",
+            behind.as_millis(),
+            field("slave_repl_offset").unwrap_or("?")
+        ));
+    }
     Ok(())
 }
 
@@ -181,15 +280,26 @@ mod tests {
     fn replica_verdicts() {
         let lag = Duration::from_secs(10);
         let ok = "# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nmaster_sync_in_progress:0\r\n";
-        assert_eq!(replica_verdict(ok, lag), Ok(()));
+        assert_eq!(replica_verdict(ok, lag, None), Ok(()));
+        assert_eq!(
+            replica_verdict(ok, lag, Some(Duration::from_secs(9))),
+            Ok(())
+        );
         let down = ok.replace("link_status:up", "link_status:down");
         assert!(
-            replica_verdict(&down, lag)
+            replica_verdict(&down, lag, None)
                 .unwrap_err()
                 .contains("link is down")
         );
         let old = ok.replace("seconds_ago:1", "seconds_ago:60");
-        assert!(replica_verdict(&old, lag).unwrap_err().contains("lags"));
-        assert!(replica_verdict("role:master\r\n", lag).is_err());
+        assert!(
+            replica_verdict(&old, lag, None)
+                .unwrap_err()
+                .contains("lags")
+        );
+        // Recent contact, but its applied writes are 11 s old.
+        let behind = replica_verdict(ok, lag, Some(Duration::from_secs(11))).unwrap_err();
+        assert!(behind.contains("11000 ms behind"), "{behind}");
+        assert!(replica_verdict("role:master\r\n", lag, None).is_err());
     }
 }

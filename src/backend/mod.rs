@@ -13,6 +13,7 @@ pub mod connect;
 pub mod dedicated;
 pub mod fence;
 pub mod health;
+pub mod lag;
 pub mod migrate;
 pub mod mux;
 pub mod pg;
@@ -82,6 +83,12 @@ pub struct EndpointState {
     /// The backend ACL users could not be installed here (logged once per
     /// change; see [`acl`]).
     acl_failing: AtomicBool,
+    /// A primary's replication offsets over time (written by its health
+    /// check); see [`lag`].
+    pub offsets: Arc<lag::OffsetLog>,
+    /// A replica's view of its primary's [`lag::OffsetLog`], set whenever
+    /// backends are built (a kept replica follows a new primary).
+    pub primary_offsets: arc_swap::ArcSwapOption<lag::OffsetLog>,
 }
 
 impl EndpointState {
@@ -410,6 +417,8 @@ impl ShardBackends {
             retired: AtomicBool::new(true),
             identity: None,
             acl_failing: AtomicBool::new(false),
+            offsets: Arc::default(),
+            primary_offsets: arc_swap::ArcSwapOption::empty(),
         });
         state.metrics.set_healthy(false);
         ShardBackends {
@@ -591,6 +600,8 @@ impl Backends {
                         retired: AtomicBool::new(false),
                         identity: Some(identity),
                         acl_failing: AtomicBool::new(false),
+                        offsets: Arc::default(),
+                        primary_offsets: arc_swap::ArcSwapOption::empty(),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
@@ -612,6 +623,11 @@ impl Backends {
                     .iter()
                     .map(|r| make(&s.name, s.kind, r, Role::Replica))
                     .collect();
+                for r in &replicas {
+                    r.state
+                        .primary_offsets
+                        .store(Some(primary.state.offsets.clone()));
+                }
                 let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
                 ShardBackends {
                     name: s.name.clone(),

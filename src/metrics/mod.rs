@@ -124,8 +124,9 @@ pub const BLOCKED_CLIENTS: &str = "shardgate_blocked_clients";
 pub const SLOWLOG_ENTRIES: &str = "shardgate_slowlog_entries_total";
 /// Entries in the proxy's SLOWLOG now (at most `--slowlog-max-len`).
 pub const SLOWLOG_LENGTH: &str = "shardgate_slowlog_length";
-/// Seconds since a replica last heard from its primary
-/// (`master_last_io_seconds_ago`), as the health check last read it.
+/// How far a replica is behind its primary, in seconds, as its health
+/// check last judged it: by replication offsets (see `backend::lag`) when
+/// the primary's log can tell, else `master_last_io_seconds_ago`.
 pub const REPLICA_LAG_SECONDS: &str = "shardgate_replica_lag_seconds";
 
 /// 1, labelled with the version this binary was built from.
@@ -141,6 +142,9 @@ pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
 pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
 /// The metrics whose series exist only for endpoints that are replicas.
 pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
+/// Metrics whose series appear with their first event (labelled by a
+/// shard that is known only then).
+pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
 
 /// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
 pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
@@ -148,8 +152,8 @@ pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
 pub const PUBSUB_MESSAGES: &str = "shardgate_pubsub_messages_delivered_total";
 /// Subscriber connections of the pub/sub hub to shards that are up.
 pub const PUBSUB_LINKS: &str = "shardgate_pubsub_backend_links_up";
-/// Connections (and reconnections) of the pub/sub hub to shards, by
-/// outcome; each successful one subscribes everything again.
+/// Connections (and reconnections) of the pub/sub hub to a shard, by shard
+/// and outcome; each successful one subscribes everything again.
 pub const PUBSUB_LINK_CONNECTS: &str = "shardgate_pubsub_backend_connects_total";
 
 /// Name, kind and help text of every metric, registered at start.
@@ -305,7 +309,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         REPLICA_LAG_SECONDS,
         "gauge",
-        "Seconds since a replica last heard from its primary (master_last_io_seconds_ago, read by the health check), by shard and endpoint",
+        "Seconds a replica is behind its primary as its health check last judged it: by replication offsets when the primary's recent offsets tell, else master_last_io_seconds_ago; by shard and endpoint",
     ),
     (
         BUILD_INFO,
@@ -355,7 +359,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         PUBSUB_LINK_CONNECTS,
         "counter",
-        "Connection attempts of the pub/sub hub to shards by outcome (ok, error); each ok one subscribes everything again",
+        "Connection attempts of the pub/sub hub to a shard by shard and outcome (ok, error); each ok one subscribes everything again",
     ),
     (
         SENTINEL_SWITCHES,
@@ -438,7 +442,6 @@ pub struct Metrics {
     pubsub_subscriptions: [Gauge; 3],
     pubsub_messages: Counter,
     pubsub_links: Gauge,
-    pubsub_link_connects: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -489,8 +492,6 @@ impl Metrics {
                 .map(|k| gauge!(PUBSUB_SUBSCRIPTIONS, "kind" => k)),
             pubsub_messages: counter!(PUBSUB_MESSAGES),
             pubsub_links: gauge!(PUBSUB_LINKS),
-            pubsub_link_connects: ["ok", "error"]
-                .map(|o| counter!(PUBSUB_LINK_CONNECTS, "outcome" => o)),
         }
     }
 
@@ -512,9 +513,11 @@ impl Metrics {
         self.pubsub_links.increment(delta);
     }
 
-    /// The pub/sub hub tried to connect to a shard (the log names it).
-    pub fn pubsub_link_connect(&self, ok: bool) {
-        self.pubsub_link_connects[usize::from(!ok)].increment(1);
+    /// The pub/sub hub tried to connect to `shard` (rare: the series is
+    /// looked up per call, and exists once a shard had subscriptions).
+    pub fn pubsub_link_connect(&self, shard: &str, ok: bool) {
+        counter!(PUBSUB_LINK_CONNECTS, "shard" => shard.to_owned(), "outcome" => if ok { "ok" } else { "error" })
+            .increment(1);
     }
 
     /// A client command moved `n` keys of migrating slots before running.

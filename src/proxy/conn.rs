@@ -43,6 +43,8 @@ struct Client<'a> {
     soft_since: Option<std::time::Instant>,
     /// This client's share of `--maxmemory-clients`.
     memory: Usage,
+    /// How many requests may be in flight (see [`Window`]).
+    window: Window,
     pending: VecDeque<Pending>,
     session: Session,
     /// No more input will be read (the client closed its side, or the proxy
@@ -88,6 +90,7 @@ pub async fn serve_client(
         spill: BytesMut::new(),
         soft_since: None,
         memory: proxy.memory.register(id),
+        window: Window::new(),
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
         eof: false,
@@ -144,7 +147,8 @@ impl Client<'_> {
             return Err(End::Limit("auth_timeout"));
         }
         let proxy = self.proxy;
-        while self.pending.len() < self.proxy.config.max_pipeline {
+        let in_flight = self.window.limit(self.proxy.config.max_pipeline);
+        while self.pending.len() < in_flight {
             // Re-chosen per request: an AUTH earlier in the batch lifts them.
             let limits = if self.needs_login() {
                 &UNAUTHENTICATED
@@ -232,14 +236,14 @@ impl Client<'_> {
             }
             return self.read_more().await;
         }
-        let can_read = !self.eof && self.pending.len() < self.proxy.config.max_pipeline;
+        let can_read = !self.eof && self.pending.len() < in_flight;
         // Messages wait while a subscribe confirmation is queued, so that
         // none overtakes the confirmation of its channel.
         let can_push =
             self.session.pubsub.is_some() && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, cx, &mut None)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
                 self.take_ready();
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -363,6 +367,7 @@ impl Client<'_> {
                 Peer::of(&self.session),
                 &mut self.pending,
                 &mut self.wbuf,
+                &mut self.window,
                 &mut cx,
                 &mut now,
             )
@@ -396,7 +401,7 @@ impl Client<'_> {
                     tokio::select! {
                         biased;
                         r = self.wr.write(&self.wbuf[written..]) => break r?,
-                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.spill, cx, &mut None)), if !self.pending.is_empty() => {
+                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.spill, &mut self.window, cx, &mut None)), if !self.pending.is_empty() => {
                             let unwritten = self.wbuf.len() - written + self.spill.len();
                             self.check_output(unwritten)?;
                         }
@@ -472,6 +477,7 @@ impl Client<'_> {
                     Peer::of(&self.session),
                     &mut self.pending,
                     &mut self.wbuf,
+                    &mut self.window,
                     cx,
                     &mut None,
                 )
@@ -554,6 +560,7 @@ fn poll_front(
     peer: Peer<'_>,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
+    window: &mut Window,
     cx: &mut Context<'_>,
     now: &mut Option<std::time::Instant>,
 ) -> Poll<()> {
@@ -565,6 +572,7 @@ fn poll_front(
     let start = wbuf.len();
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
+            window.replied(wbuf.len() - start);
             let now = *now.get_or_insert_with(std::time::Instant::now);
             let finished = Finished {
                 spec: front.spec,
@@ -581,6 +589,46 @@ fn poll_front(
             Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,
+    }
+}
+
+/// How many of a client's requests may be in flight at once, by the size
+/// of its replies: a client whose replies are big gets few requests in
+/// flight, so that what it asked for cannot occupy a shard's shared
+/// connection for long (every reply is read in order, other clients' behind
+/// it). It starts at [`Window::INITIAL`] and grows by one per reply while
+/// the replies in flight would stay under [`Window::BUDGET`] (doubling per
+/// round trip, as TCP's slow start: a pipeline of small replies reaches
+/// `--max-pipeline` within a few round trips); a big reply shrinks it to
+/// what fits the budget (at least one).
+struct Window {
+    size: usize,
+}
+
+impl Window {
+    const INITIAL: usize = 8;
+    const BUDGET: usize = 16 << 20;
+
+    fn new() -> Window {
+        Window {
+            size: Window::INITIAL,
+        }
+    }
+
+    /// The in-flight limit under `max_pipeline`.
+    fn limit(&self, max_pipeline: usize) -> usize {
+        self.size.clamp(1, max_pipeline.max(1))
+    }
+
+    /// A reply of `bytes` arrived.
+    fn replied(&mut self, bytes: usize) {
+        let fits = Window::BUDGET / bytes.max(1);
+        if fits > self.size {
+            // Grow; capped far above any `--max-pipeline` (the limit clamps).
+            self.size = (self.size + 1).min(1 << 20);
+        } else {
+            self.size = fits.max(1);
+        }
     }
 }
 

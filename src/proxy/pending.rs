@@ -41,8 +41,9 @@ pub struct Pending {
 pub enum PendingKind {
     /// Already encoded (local replies, errors).
     Ready(Bytes),
-    /// A forwarded command; on a replica read that could not be sent, the
-    /// request is retried once on the primary.
+    /// A forwarded command; a replica read that could not be sent, timed
+    /// out or lost its connection is retried once on the primary (`retry`
+    /// is only set for reads).
     Backend { rx: ReplyRx, retry: Option<Retry> },
     /// A split or fanned-out command: every part, then a merge.
     Gather { parts: Vec<Part>, merge: Merge },
@@ -154,7 +155,7 @@ impl Pending {
                         out.extend_from_slice(&frame);
                         Poll::Ready(!reply::is_error(&frame))
                     }
-                    Err(ProxyError::Backend(e)) if e.never_sent() && retry.is_some() => {
+                    Err(ProxyError::Backend(e)) if e.read_may_retry() && retry.is_some() => {
                         if let Some(r) = retry.take() {
                             *rx = r.primary.send(self.proto, r.client, &r.frame);
                         }

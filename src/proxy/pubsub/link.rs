@@ -29,7 +29,7 @@ pub(super) async fn run_link(
             ep.options.connect_timeout,
         )
         .await;
-        metrics.pubsub_link_connect(connected.is_ok());
+        metrics.pubsub_link_connect(&shard, connected.is_ok());
         let mut stream = match connected {
             Ok(s) => s,
             Err(e) => {
