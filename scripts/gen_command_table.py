@@ -105,7 +105,7 @@ UNSUPPORTED = {
     **dict.fromkeys(
         ["monitor", "config", "shutdown", "replicaof", "slaveof", "sync", "psync",
          "replconf", "failover", "debug", "save", "bgsave", "bgrewriteaof",
-         "lastsave", "slowlog", "latency", "acl", "module", "role"],
+         "lastsave", "latency", "acl", "module", "role"],
         "ADMIN_ONLY"),
     **dict.fromkeys(["move", "swapdb"], "ONE_DB"),
     **dict.fromkeys(["migrate", "restore-asking"], "PLACED"),
@@ -116,7 +116,7 @@ UNSUPPORTED = {
 HANDLING = {
     **{n: f"Handling::Local(LocalKind::{n.capitalize()})" for n in
        ["ping", "echo", "select", "quit", "hello", "auth", "client", "command",
-        "info", "time", "reset", "readonly", "readwrite"]},
+        "info", "time", "reset", "readonly", "readwrite", "slowlog"]},
     "subscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Channel))",
     "psubscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Pattern))",
     "ssubscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Shard))",
@@ -144,6 +144,7 @@ HANDLING = {
     "flushall": "Handling::Fanout(FanoutKind::Flush)",
     "script": "Handling::Fanout(FanoutKind::Script)",
     "function": "Handling::Fanout(FanoutKind::Function)",
+    "memory": "Handling::Fanout(FanoutKind::Memory)",
     **{n: r for n, r in UNSUPPORTED.items()},
 }
 

@@ -269,6 +269,13 @@ struct ServeArgs {
     /// Seconds to let in-flight commands finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
+    /// The proxy's SLOWLOG (Redis' names): commands slower than this many
+    /// microseconds, parse to reply, are logged (negative: off, 0: all) ...
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    slowlog_log_slower_than: i64,
+    /// ... and this many entries are kept.
+    #[arg(long, default_value_t = 128)]
+    slowlog_max_len: usize,
     /// YAML file with the `default` user's password and named users with
     /// their command rules; clients must then AUTH.
     #[arg(long, conflicts_with = "requirepass_env")]
@@ -600,6 +607,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 auth_timeout: Duration::from_secs(args.auth_timeout_secs.max(1)),
                 max_unauthenticated: args.max_unauthenticated_clients.max(1),
                 max_auth_failures: args.max_auth_failures.max(1),
+                slowlog: shardgate::proxy::slowlog::SlowlogConfig {
+                    slower_than_us: args.slowlog_log_slower_than,
+                    max_len: args.slowlog_max_len,
+                },
                 pubsub_output_limit: args.pubsub_output_buffer_limit.max(1024),
                 output_limit: shardgate::proxy::OutputLimit {
                     hard: args.output_buffer_hard_limit,

@@ -134,9 +134,11 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
     let body = http_get(mport, "/metrics");
     for (name, _, _) in shardgate::metrics::DESCRIPTIONS {
         // Series of shards that follow Sentinel: this map has none
-        // (tests/sentinel.rs checks them on a proxy that has).
+        // (tests/sentinel.rs checks them on a proxy that has); nor
+        // replicas (integration/test_metrics.py checks the lag gauge).
         if shardgate::metrics::SENTINEL_ONLY.contains(name)
             || shardgate::metrics::ON_FIRST_EVENT.contains(name)
+            || shardgate::metrics::REPLICA_ONLY.contains(name)
         {
             continue;
         }
@@ -167,8 +169,8 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         "{body}"
     );
     assert!(
-        body.contains("shardgate_command_duration_seconds_bucket{le=\"0.00005\"}"),
-        "explicit buckets: {body}"
+        body.contains("shardgate_command_duration_seconds_bucket{command=\"set\",le=\"0.00005\"}"),
+        "explicit buckets, by command: {body}"
     );
     drop(con);
     // SIGTERM: the proxy exits by itself within the grace period.

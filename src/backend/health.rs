@@ -184,6 +184,14 @@ async fn probe(
             let log = state.primary_offsets.load_full()?;
             Some(log.lag(applied, Instant::now()))
         });
+    // shardgate_replica_lag_seconds: by replication offsets when the
+    // primary's log can tell, else the time since the last contact.
+    let lag = behind.map(|d| d.as_secs_f64()).or_else(|| {
+        info_field(&text, "master_last_io_seconds_ago").and_then(|v| v.parse::<f64>().ok())
+    });
+    if let Some(secs) = lag {
+        state.metrics.replica_lag_seconds(secs);
+    }
     Ok(replica_verdict(
         &text,
         state.options.max_replica_lag,

@@ -22,7 +22,28 @@ use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
 
 /// The answer to one request: the reply frame exactly as the backend sent it.
-pub type ReplyResult = Result<Bytes, BackendError>;
+pub type ReplyResult = Result<Answer, BackendError>;
+
+/// A backend's reply to one request and how long the backend took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The reply frame, as the backend sent it.
+    pub frame: Bytes,
+    /// Microseconds from the write of the request to the read of its reply
+    /// (what `shardgate_backend_request_duration_seconds` records), so
+    /// that the slow log can tell the backend's time from the proxy's.
+    pub backend_us: u32,
+}
+
+impl Answer {
+    /// `frame`, answered `took` after it was sent.
+    pub fn new(frame: Bytes, took: Duration) -> Answer {
+        Answer {
+            frame,
+            backend_us: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
+        }
+    }
+}
 /// Where a client waits for its reply.
 pub type ReplyRx = oneshot::Receiver<ReplyResult>;
 type ReplyTx = oneshot::Sender<ReplyResult>;
@@ -395,10 +416,10 @@ async fn read_loop(
                         fail_all(ep, &mut w.q, &mut w.fifo, err);
                         return reason;
                     };
-                    ep.metrics
-                        .request_done(arrived.saturating_duration_since(done.sent));
+                    let took = arrived.saturating_duration_since(done.sent);
+                    ep.metrics.request_done(took);
                     ep.breaker.success(&ep.addr, &ep.metrics);
-                    let _ = done.reply.send(Ok(frame));
+                    let _ = done.reply.send(Ok(Answer::new(frame, took)));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -530,11 +551,12 @@ mod tests {
         }
     }
 
-    async fn reply(rx: ReplyRx) -> ReplyResult {
+    async fn reply(rx: ReplyRx) -> Result<Bytes, BackendError> {
         tokio::time::timeout(Duration::from_secs(5), rx)
             .await
             .expect("answered in time")
             .expect("answered, not dropped")
+            .map(|a| a.frame)
     }
 
     const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";

@@ -280,6 +280,8 @@ pub enum FanoutKind {
     /// FUNCTION LOAD/DELETE/FLUSH/RESTORE/KILL on every shard; LIST, DUMP,
     /// STATS and HELP answered by one.
     Function,
+    /// MEMORY: STATS over every shard, the rest by key.
+    Memory,
 }
 
 /// The three namespaces of pub/sub subscriptions.
@@ -320,6 +322,8 @@ pub enum LocalKind {
     Reset,
     Readonly,
     Readwrite,
+    /// The proxy's own slow log.
+    Slowlog,
 }
 
 /// One row of the command table.

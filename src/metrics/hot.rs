@@ -83,6 +83,14 @@ impl Histogram {
         r.sum_ns.fetch_add(ns, Relaxed);
     }
 
+    /// Samples recorded, over every row.
+    pub fn count(&self) -> u64 {
+        self.rows
+            .iter()
+            .map(|r| r.0.buckets.iter().map(|b| b.load(Relaxed)).sum::<u64>())
+            .sum()
+    }
+
     /// Per-bucket counts and the sum in nanoseconds, over every row.
     fn snapshot(&self) -> (Vec<u64>, u64) {
         let mut counts = vec![0u64; BOUNDS_NS.len() + 1];
@@ -128,12 +136,70 @@ impl Counters {
 
 /// Proxy-wide per-request metrics.
 pub struct ProxyCounters {
-    /// `shardgate_commands_total`: `2 * command + (0 ok | 1 error)`, the
-    /// unknown command last.
+    /// `shardgate_commands_total` and INFO commandstats:
+    /// `OUTCOMES * command + outcome` (see [`Outcome`]), the unknown
+    /// command last.
     pub commands: Counters,
-    /// `shardgate_command_duration_seconds`.
-    pub command_duration: Histogram,
+    /// `shardgate_command_duration_seconds{command}`: one histogram per
+    /// row of the command table, the unknown command last (the label set
+    /// is fixed by the table, never by client input).
+    pub command_duration: Box<[Histogram]>,
+    /// Bytes read from and written to client sockets (INFO
+    /// `total_net_input_bytes` / `total_net_output_bytes`).
+    pub net: Counters,
+    /// Error replies by code (INFO errorstats): [`ERROR_CODES`] first,
+    /// then one slot for every other code (kept by name in the registry).
+    pub errors: Counters,
 }
+
+/// How a command ended, for `shardgate_commands_total` and INFO
+/// commandstats (Redis' `calls`, `failed_calls`, `rejected_calls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reply that is not an error.
+    Ok,
+    /// An error reply from the shard that ran it (Redis' `failed_calls`).
+    Failed,
+    /// An error the proxy answered without running it on a shard: arity,
+    /// permissions, CROSSSLOT, refusals (Redis' `rejected_calls`).
+    Rejected,
+}
+
+/// Counters per command in [`ProxyCounters::commands`].
+pub const OUTCOMES: usize = 3;
+
+/// Error codes counted without a lock (what Redis and the proxy answer);
+/// any other code is kept by name, at most [`MAX_OTHER_ERROR_CODES`] of
+/// them, as Redis caps its errorstats.
+pub const ERROR_CODES: [&str; 24] = [
+    "ERR",
+    "WRONGTYPE",
+    "CROSSSLOT",
+    "TRYAGAIN",
+    "NOAUTH",
+    "NOPERM",
+    "WRONGPASS",
+    "EXECABORT",
+    "NOSCRIPT",
+    "BUSY",
+    "BUSYKEY",
+    "BUSYGROUP",
+    "NOGROUP",
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOPROTO",
+    "UNBLOCKED",
+    "NOREPLICAS",
+    "NOTBUSY",
+    "UNKILLABLE",
+    "MOVED",
+];
+
+/// Distinct other error codes kept by name (Redis keeps 128 in all).
+pub const MAX_OTHER_ERROR_CODES: usize = 128 - ERROR_CODES.len();
 
 /// Index in [`ProxyCounters::commands`] of the `unknown` command.
 pub const UNKNOWN_COMMAND: usize = COMMANDS.len();
@@ -154,12 +220,16 @@ struct Registry {
     endpoints: BTreeMap<EndpointKey, Arc<EndpointCounters>>,
     /// Keyed by (shard, role): a shard's replicas share one series.
     reads: BTreeMap<(String, &'static str), Arc<Counters>>,
+    /// Error codes outside [`ERROR_CODES`], by name.
+    other_errors: BTreeMap<String, u64>,
 }
 
 static PROXY: LazyLock<Arc<ProxyCounters>> = LazyLock::new(|| {
     Arc::new(ProxyCounters {
-        commands: Counters::new(2 * (COMMANDS.len() + 1)),
-        command_duration: Histogram::new(),
+        commands: Counters::new(OUTCOMES * (COMMANDS.len() + 1)),
+        command_duration: (0..=COMMANDS.len()).map(|_| Histogram::new()).collect(),
+        net: Counters::new(2),
+        errors: Counters::new(ERROR_CODES.len()),
     })
 });
 
@@ -194,6 +264,88 @@ pub fn endpoint(shard: &str, endpoint: &str, role: &'static str) -> Arc<Endpoint
     e
 }
 
+/// The name of row `i` of the command table (`unknown` past its end).
+pub fn command_name(i: usize) -> &'static str {
+    COMMANDS.get(i).map_or("unknown", |c| c.name)
+}
+
+/// One command's figures, as INFO commandstats shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStat {
+    /// Runs that were not rejected (Redis' `calls`).
+    pub calls: u64,
+    /// Time spent in all runs, microseconds.
+    pub usec: u64,
+    pub failed: u64,
+    pub rejected: u64,
+}
+
+/// Figures of command row `i` (the unknown command at `COMMANDS.len()`).
+pub fn command_stat(i: usize) -> CommandStat {
+    let p = &*PROXY;
+    let ok = p.commands.get(OUTCOMES * i);
+    let failed = p.commands.get(OUTCOMES * i + 1);
+    let rejected = p.commands.get(OUTCOMES * i + 2);
+    let usec = p
+        .command_duration
+        .get(i)
+        .map_or(0, |h| h.snapshot().1 / 1_000);
+    CommandStat {
+        calls: ok + failed,
+        usec,
+        failed,
+        rejected,
+    }
+}
+
+/// Counts one error reply whose text starts with `code` (the first word
+/// of the error, e.g. `ERR`, `WRONGTYPE`).
+pub fn error_reply(code: &[u8]) {
+    match ERROR_CODES.iter().position(|c| c.as_bytes() == code) {
+        Some(i) => PROXY.errors.add(i, 1),
+        None => {
+            let Ok(code) = std::str::from_utf8(code) else {
+                return;
+            };
+            let mut r = registry();
+            if let Some(n) = r.other_errors.get_mut(code) {
+                *n += 1;
+            } else if r.other_errors.len() < MAX_OTHER_ERROR_CODES {
+                r.other_errors.insert(code.to_owned(), 1);
+            }
+        }
+    }
+}
+
+/// Error replies by code, codes that never occurred left out.
+pub fn error_stats() -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> = ERROR_CODES
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ((*c).to_owned(), PROXY.errors.get(i)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    all.extend(registry().other_errors.iter().map(|(c, n)| (c.clone(), *n)));
+    all
+}
+
+/// Commands run (not rejected) since start: INFO `total_commands_processed`.
+pub fn total_commands() -> u64 {
+    (0..=COMMANDS.len())
+        .map(|i| PROXY.commands.get(OUTCOMES * i) + PROXY.commands.get(OUTCOMES * i + 1))
+        .sum()
+}
+
+/// Bytes read from (`input`) or written to client sockets.
+pub fn net_bytes(input: bool, n: usize) {
+    PROXY.net.add(usize::from(!input), n as u64);
+}
+
+/// (bytes read from clients, bytes written to clients) since start.
+pub fn net_totals() -> (u64, u64) {
+    (PROXY.net.get(0), PROXY.net.get(1))
+}
+
 /// Appends these metrics in the Prometheus text format, with `help` giving
 /// each family's help text.
 pub fn render(out: &mut String, help: impl Fn(&str) -> &'static str) {
@@ -205,9 +357,11 @@ pub fn render(out: &mut String, help: impl Fn(&str) -> &'static str) {
 
     family(out, COMMANDS_TOTAL, "counter");
     for i in 0..=COMMANDS.len() {
-        let name = COMMANDS.get(i).map_or("unknown", |c| c.name);
-        for (o, outcome) in ["ok", "error"].iter().enumerate() {
-            let n = proxy.commands.get(2 * i + o);
+        let name = command_name(i);
+        let ok = proxy.commands.get(OUTCOMES * i);
+        // `error` is failed and rejected together (what dashboards count).
+        let error = proxy.commands.get(OUTCOMES * i + 1) + proxy.commands.get(OUTCOMES * i + 2);
+        for (outcome, n) in [("ok", ok), ("error", error)] {
             // Like the exporter: a series appears once it has counted.
             if n > 0 {
                 let _ = writeln!(
@@ -221,7 +375,12 @@ pub fn render(out: &mut String, help: impl Fn(&str) -> &'static str) {
     out.push('\n');
 
     family(out, COMMAND_DURATION, "histogram");
-    histogram(out, COMMAND_DURATION, "", &proxy.command_duration);
+    for (i, h) in proxy.command_duration.iter().enumerate() {
+        if h.count() > 0 {
+            let labels = format!("command=\"{}\",", escape(command_name(i)));
+            histogram(out, COMMAND_DURATION, &labels, h);
+        }
+    }
     out.push('\n');
 
     let r = registry();

@@ -21,7 +21,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 
 use crate::command::{CommandSpec, table::COMMANDS};
 
-/// Client-facing command latency, as the client sees it.
+/// Client-facing command latency, as the client sees it, by command.
 pub const COMMAND_DURATION: &str = "shardgate_command_duration_seconds";
 /// Commands served, by command name and outcome (`ok`, `error`).
 pub const COMMANDS_TOTAL: &str = "shardgate_commands_total";
@@ -117,6 +117,18 @@ pub const FLEET_LEASE_RENEWALS: &str = "shardgate_fleet_lease_renewals_total";
 /// Time the mover waited for every proxy to publish a window.
 pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
 
+/// Clients currently waiting in a blocking command (BLPOP, XREAD BLOCK ...).
+pub const BLOCKED_CLIENTS: &str = "shardgate_blocked_clients";
+/// Commands that took longer than `--slowlog-log-slower-than` (each one
+/// added to the proxy's SLOWLOG).
+pub const SLOWLOG_ENTRIES: &str = "shardgate_slowlog_entries_total";
+/// Entries in the proxy's SLOWLOG now (at most `--slowlog-max-len`).
+pub const SLOWLOG_LENGTH: &str = "shardgate_slowlog_length";
+/// How far a replica is behind its primary, in seconds, as its health
+/// check last judged it: by replication offsets (see `backend::lag`) when
+/// the primary's log can tell, else `master_last_io_seconds_ago`.
+pub const REPLICA_LAG_SECONDS: &str = "shardgate_replica_lag_seconds";
+
 /// 1, labelled with the version this binary was built from.
 pub const BUILD_INFO: &str = "shardgate_build_info";
 /// Primary switches of a sentinel shard (Sentinel named a new primary and
@@ -128,6 +140,8 @@ pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
 /// The metrics whose series exist only for shards that follow Sentinel
 /// (registered at start for each of them).
 pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
+/// The metrics whose series exist only for endpoints that are replicas.
+pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 /// Metrics whose series appear with their first event (labelled by a
 /// shard that is known only then).
 pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
@@ -147,7 +161,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         COMMAND_DURATION,
         "histogram",
-        "Latency of client commands as seen by the proxy, from parse to reply",
+        "Latency of client commands as seen by the proxy, from parse to reply, by command (names from the command table; unknown for the rest)",
     ),
     (
         COMMANDS_TOTAL,
@@ -278,6 +292,26 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "1 if the last rebalance verification passed, 0 if it failed",
     ),
     (
+        BLOCKED_CLIENTS,
+        "gauge",
+        "Clients currently waiting in a blocking command (BLPOP, BLMOVE, XREAD BLOCK ...)",
+    ),
+    (
+        SLOWLOG_ENTRIES,
+        "counter",
+        "Commands slower than --slowlog-log-slower-than, each added to the proxy's SLOWLOG",
+    ),
+    (
+        SLOWLOG_LENGTH,
+        "gauge",
+        "Entries in the proxy's SLOWLOG (at most --slowlog-max-len)",
+    ),
+    (
+        REPLICA_LAG_SECONDS,
+        "gauge",
+        "Seconds a replica is behind its primary as its health check last judged it: by replication offsets when the primary's recent offsets tell, else master_last_io_seconds_ago; by shard and endpoint",
+    ),
+    (
         BUILD_INFO,
         "gauge",
         "Always 1; the version label is the shardgate version of this binary",
@@ -400,6 +434,9 @@ pub struct Metrics {
     fleet_leader: Gauge,
     fleet_renewals: [Counter; 2],
     fleet_ack_wait: metrics::Histogram,
+    blocked_clients: Gauge,
+    slowlog_entries: Counter,
+    slowlog_length: Gauge,
     /// Keys moved on touch since start (also shown by the admin STATUS).
     touch_moves: std::sync::atomic::AtomicU64,
     pubsub_subscriptions: [Gauge; 3],
@@ -447,6 +484,9 @@ impl Metrics {
             fleet_leader: gauge!(FLEET_LEADER),
             fleet_renewals: ["ok", "error"].map(|o| counter!(FLEET_LEASE_RENEWALS, "outcome" => o)),
             fleet_ack_wait: metrics::histogram!(FLEET_ACK_WAIT),
+            blocked_clients: gauge!(BLOCKED_CLIENTS),
+            slowlog_entries: counter!(SLOWLOG_ENTRIES),
+            slowlog_length: gauge!(SLOWLOG_LENGTH),
             touch_moves: std::sync::atomic::AtomicU64::new(0),
             pubsub_subscriptions: ["channel", "pattern", "shard"]
                 .map(|k| gauge!(PUBSUB_SUBSCRIPTIONS, "kind" => k)),
@@ -544,11 +584,37 @@ impl Metrics {
         self.rebalance_misplaced.set(misplaced as f64);
     }
 
-    /// Counts one finished command and its latency.
-    pub fn command_done(&self, spec: Option<&'static CommandSpec>, ok: bool, elapsed: Duration) {
+    /// Counts one finished command and its latency (a few relaxed atomics
+    /// on this thread's row: no lock, no allocation).
+    pub fn command_done(
+        &self,
+        spec: Option<&'static CommandSpec>,
+        outcome: hot::Outcome,
+        elapsed: Duration,
+    ) {
         let i = spec.and_then(command_index).unwrap_or(hot::UNKNOWN_COMMAND);
-        self.hot.commands.add(2 * i + usize::from(!ok), 1);
-        self.hot.command_duration.record(elapsed);
+        self.hot
+            .commands
+            .add(hot::OUTCOMES * i + outcome as usize, 1);
+        if let Some(h) = self.hot.command_duration.get(i) {
+            h.record(elapsed);
+        }
+    }
+
+    /// A client entered (+1) or left (-1) a blocking command.
+    pub fn blocked_delta(&self, delta: f64) {
+        self.blocked_clients.increment(delta);
+    }
+
+    /// A command went into the slow log, which now holds `len` entries.
+    pub fn slowlog_entry(&self, len: usize) {
+        self.slowlog_entries.increment(1);
+        self.slowlog_length.set(len as f64);
+    }
+
+    /// The slow log was emptied (SLOWLOG RESET).
+    pub fn slowlog_reset(&self) {
+        self.slowlog_length.set(0.0);
     }
 
     /// A client connected; it is served on serving thread `thread`.
@@ -646,7 +712,7 @@ impl Metrics {
 
 /// Position of a table row, derived from its address (rows are never copied
 /// out of the static table by `lookup`).
-fn command_index(spec: &'static CommandSpec) -> Option<usize> {
+pub fn command_index(spec: &'static CommandSpec) -> Option<usize> {
     let base = COMMANDS.as_ptr() as usize;
     let addr = spec as *const CommandSpec as usize;
     let size = std::mem::size_of::<CommandSpec>().max(1);
@@ -666,6 +732,8 @@ pub struct EndpointMetrics {
     healthy: Gauge,
     circuit_open: Gauge,
     circuit_trips: Counter,
+    /// Replicas only.
+    replica_lag: Option<Gauge>,
 }
 
 impl EndpointMetrics {
@@ -679,6 +747,9 @@ impl EndpointMetrics {
             healthy: gauge!(ENDPOINT_HEALTHY, "shard" => s.clone(), "endpoint" => e.clone(), "role" => role),
             circuit_open: gauge!(CIRCUIT_OPEN, "shard" => s.clone(), "endpoint" => e.clone()),
             circuit_trips: counter!(CIRCUIT_TRIPS, "shard" => s.clone(), "endpoint" => e.clone()),
+            replica_lag: (role == "replica").then(
+                || gauge!(REPLICA_LAG_SECONDS, "shard" => s.clone(), "endpoint" => e.clone()),
+            ),
             shard: s,
             endpoint: e,
             role,
@@ -744,6 +815,14 @@ impl EndpointMetrics {
     /// The circuit breaker opened once more.
     pub fn breaker_tripped(&self) {
         self.circuit_trips.increment(1);
+    }
+
+    /// A replica's last contact with its primary, seconds ago, as its
+    /// health check read it.
+    pub fn replica_lag_seconds(&self, secs: f64) {
+        if let Some(g) = &self.replica_lag {
+            g.set(secs);
+        }
     }
 
     /// Health check result.

@@ -20,6 +20,7 @@ use super::memory::Usage;
 use super::pending::Pending;
 use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
+use super::stats::{Finished, Peer};
 use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
@@ -172,10 +173,19 @@ impl Client<'_> {
                         let Some(reply) = self.run_exclusive(op).await? else {
                             return Ok(false);
                         };
-                        let ok = !crate::protocol::reply::is_error(&reply);
+                        let raw = self.session.exclusive_raw.take();
+                        let finished = Finished {
+                            spec: Some(spec),
+                            ok: !crate::protocol::reply::is_error(&reply),
+                            rejected: false,
+                            reply: &reply,
+                            elapsed: started.elapsed(),
+                            raw: raw.as_ref(),
+                            shard: None,
+                            backend_us: None,
+                        };
                         self.proxy
-                            .metrics
-                            .command_done(Some(spec), ok, started.elapsed());
+                            .command_finished(finished, Peer::of(&self.session));
                         self.wbuf.extend_from_slice(&reply);
                         self.flush().await.map_err(End::from)?;
                         // Time passed (a blocking command may have waited):
@@ -233,7 +243,7 @@ impl Client<'_> {
             self.session.pubsub.is_some() && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
                 self.take_ready();
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -354,6 +364,7 @@ impl Client<'_> {
         while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             if poll_front(
                 self.proxy,
+                Peer::of(&self.session),
                 &mut self.pending,
                 &mut self.wbuf,
                 &mut self.window,
@@ -390,7 +401,7 @@ impl Client<'_> {
                     tokio::select! {
                         biased;
                         r = self.wr.write(&self.wbuf[written..]) => break r?,
-                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, &mut self.pending, &mut self.spill, &mut self.window, cx, &mut None)), if !self.pending.is_empty() => {
+                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.spill, &mut self.window, cx, &mut None)), if !self.pending.is_empty() => {
                             let unwritten = self.wbuf.len() - written + self.spill.len();
                             self.check_output(unwritten)?;
                         }
@@ -404,6 +415,7 @@ impl Client<'_> {
                     return Err(std::io::ErrorKind::WriteZero.into());
                 }
                 written += n;
+                crate::metrics::hot::net_bytes(false, n);
             }
             // TLS holds records until flushed (a no-op on plain sockets).
             match tokio::time::timeout(stall, self.wr.flush()).await {
@@ -462,6 +474,7 @@ impl Client<'_> {
             std::future::poll_fn(|cx| {
                 poll_front(
                     self.proxy,
+                    Peer::of(&self.session),
                     &mut self.pending,
                     &mut self.wbuf,
                     &mut self.window,
@@ -533,7 +546,9 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
-    rd.read_buf(buf).await
+    let n = rd.read_buf(buf).await?;
+    crate::metrics::hot::net_bytes(true, n);
+    Ok(n)
 }
 
 /// Polls the oldest pending reply; when it is ready, appends it to the write
@@ -542,6 +557,7 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
 /// when the first one is ready) and shared by the rest of the batch.
 fn poll_front(
     proxy: &Proxy,
+    peer: Peer<'_>,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
     window: &mut Window,
@@ -551,16 +567,24 @@ fn poll_front(
     let Some(front) = pending.front_mut() else {
         return Poll::Ready(());
     };
-    let before = wbuf.len();
+    // An error the proxy answered itself is a rejected command.
+    let rejected = matches!(front.kind, super::pending::PendingKind::Ready(_));
+    let start = wbuf.len();
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
-            window.replied(wbuf.len() - before);
+            window.replied(wbuf.len() - start);
             let now = *now.get_or_insert_with(std::time::Instant::now);
-            proxy.metrics.command_done(
-                front.spec,
+            let finished = Finished {
+                spec: front.spec,
                 ok,
-                now.saturating_duration_since(front.started),
-            );
+                rejected,
+                reply: wbuf.get(start..).unwrap_or_default(),
+                elapsed: now.saturating_duration_since(front.started),
+                raw: front.raw.as_ref(),
+                shard: front.shard,
+                backend_us: front.backend_us,
+            };
+            proxy.command_finished(finished, peer);
             pending.pop_front();
             Poll::Ready(())
         }

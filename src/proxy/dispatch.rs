@@ -37,6 +37,8 @@ pub enum ExclusiveOp {
     Blocking(Request, ShardId),
     Script(Request, ShardId),
     Info(Request),
+    /// MEMORY STATS over every shard.
+    MemoryStats,
     Randomkey,
     /// SCAN from (shard, that shard's cursor), decoded from the client's cursor.
     Scan(Request, ShardId, u64),
@@ -141,7 +143,20 @@ pub fn target(
 impl Session {
     /// Classifies and routes one request; `started` is when it arrived
     /// (one clock read serves every request parsed from one socket read).
+    /// While the slow log is on, the request's bytes go with its reply
+    /// (`Pending::raw`, or `exclusive_raw` for an exclusive operation).
     pub fn dispatch(&mut self, proxy: &Proxy, req: Request, started: Instant) -> Action {
+        let raw = proxy.slowlog.keeps_requests().then(|| req.raw().clone());
+        let mut action = self.classify(proxy, req, started);
+        match &mut action {
+            Action::Queue(p) | Action::Close(p) => p.raw = raw,
+            Action::Exclusive(..) => self.exclusive_raw = raw,
+        }
+        action
+    }
+
+    /// [`Session::dispatch`] without the slow log's part.
+    fn classify(&mut self, proxy: &Proxy, req: Request, started: Instant) -> Action {
         self.request_started = started;
         let Some(spec) = lookup(req.name()) else {
             if let Some(tx) = self.tx.as_mut() {
@@ -206,6 +221,7 @@ impl Session {
             Handling::Blocking => self.blocking(proxy, spec, req, pass),
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind, pass),
             Handling::Script => self.script(proxy, spec, req, pass),
+            Handling::Fanout(FanoutKind::Memory) => self.memory(proxy, spec, req, pass),
             Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
             Handling::PubSub(kind) => self.pubsub(proxy, spec, req, kind),
             Handling::Local(kind) => {
@@ -339,6 +355,9 @@ impl Session {
             spec: Some(spec),
             proto: self.proto,
             started: self.request_started,
+            raw: None,
+            shard: Some(shard),
+            backend_us: None,
         }
     }
 
@@ -368,6 +387,9 @@ impl Session {
             spec: Some(spec),
             proto: self.proto,
             started: self.request_started,
+            raw: None,
+            shard: None,
+            backend_us: None,
         })
     }
 
@@ -587,6 +609,7 @@ impl Session {
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::SumInt))
             }
             FanoutKind::Randomkey => Ok(Action::Exclusive(ExclusiveOp::Randomkey, spec)),
+            FanoutKind::Memory => self.memory(proxy, spec, req, Pass::Fresh),
             FanoutKind::Flush => {
                 if !snap.map().options.allow_flush {
                     return Err(ProxyError::err(format!(
@@ -658,6 +681,27 @@ impl Session {
                 ))
             }
         }
+    }
+}
+
+impl Session {
+    /// MEMORY: STATS over every shard (summed); the rest (USAGE key,
+    /// DOCTOR, ...) forwarded like any command, by key if it names one.
+    fn memory(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        pass: Pass,
+    ) -> Result<Action, ProxyError> {
+        let stats = req
+            .args()
+            .get(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"STATS"));
+        if stats && req.args().len() == 2 {
+            return Ok(Action::Exclusive(ExclusiveOp::MemoryStats, spec));
+        }
+        self.forward(proxy, spec, req, pass)
     }
 }
 

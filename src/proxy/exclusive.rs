@@ -7,7 +7,6 @@ use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
 use super::dispatch::ExclusiveOp;
-use super::local::REDIS_VERSION;
 use super::pending::answered;
 use super::session::Session;
 use crate::backend::dedicated::PooledConn;
@@ -27,6 +26,7 @@ impl Session {
             ExclusiveOp::Blocking(req, shard) => self.on_dedicated(proxy, &req, shard, false).await,
             ExclusiveOp::Script(req, shard) => self.on_dedicated(proxy, &req, shard, true).await,
             ExclusiveOp::Info(req) => self.info(proxy, &req).await,
+            ExclusiveOp::MemoryStats => self.memory_stats(proxy).await,
             ExclusiveOp::Randomkey => self.randomkey(proxy).await,
             ExclusiveOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
             ExclusiveOp::MoveFirst(req, spec) => return self.move_first(proxy, req, spec).await,
@@ -91,6 +91,9 @@ impl Session {
         let runs = if timed { Runs::Scripted } else { Runs::Plain };
         let mut conn = self.dedicated(proxy, shard, runs).await?;
         let _lent = Lent::new(&ep.state.metrics);
+        // INFO blocked_clients: from the moment the command is on its way.
+        let _blocked =
+            (!timed && super::stats::may_block_req(req)).then(|| super::stats::Blocked::new(proxy));
         if !timed {
             // A blocking command may wait for long: once it is sent, the
             // table is not held any more (a rebalance would wait for it).
@@ -250,74 +253,6 @@ impl Session {
         // EXEC always ends the WATCH.
         conn.stateful = false;
         Ok(Reply::Frame(exec_reply))
-    }
-
-    /// INFO: the proxy's own sections plus the keyspace summed over shards.
-    async fn info(&mut self, proxy: &Proxy, req: &Request) -> Result<Reply, ProxyError> {
-        let section = req
-            .args()
-            .get(1)
-            .map(|s| String::from_utf8_lossy(s).to_lowercase());
-        let wants = |name: &str| match section.as_deref() {
-            None | Some("all") | Some("everything") | Some("default") => true,
-            Some(s) => s == name,
-        };
-        let mut text = String::new();
-        if wants("server") {
-            let uptime = proxy.started.elapsed().as_secs();
-            text.push_str(&format!(
-                "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nshardgate_version:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\n\r\n",
-                env!("CARGO_PKG_VERSION"),
-                std::process::id()
-            ));
-        }
-        if wants("clients") {
-            text.push_str(&format!(
-                "# Clients\r\nconnected_clients:{}\r\n\r\n",
-                proxy.connected_clients()
-            ));
-        }
-        if wants("proxy") {
-            text.push_str(&proxy.describe());
-            text.push_str("\r\n");
-        }
-        if wants("keyspace") {
-            let (keys, expires) = self.keyspace(proxy).await?;
-            text.push_str("# Keyspace\r\n");
-            if keys > 0 {
-                text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
-            }
-        }
-        Ok(Reply::Verbatim(Bytes::from(text)))
-    }
-
-    /// Sums `db0` keys and expires over every shard's primary.
-    async fn keyspace(&self, proxy: &Proxy) -> Result<(u64, u64), ProxyError> {
-        let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
-        let waits: Vec<_> = proxy
-            .backends()
-            .shards()
-            .iter()
-            .filter(|s| s.phase != crate::shardmap::ShardPhase::Removed)
-            .map(|s| s.primary.send(self.proto, self.id, &frame))
-            .collect();
-        let (mut keys, mut expires) = (0u64, 0u64);
-        for w in waits {
-            let frame = answered(w.await)?;
-            let text = reply::bulk(&frame)
-                .ok_or_else(|| ProxyError::err("unexpected INFO reply from a shard"))?;
-            let text = String::from_utf8_lossy(&text);
-            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("db0:")) {
-                for kv in line.split(',') {
-                    match kv.split_once('=') {
-                        Some(("keys", v)) => keys += v.trim().parse::<u64>().unwrap_or(0),
-                        Some(("expires", v)) => expires += v.trim().parse::<u64>().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Ok((keys, expires))
     }
 
     /// RANDOMKEY: asks shards, starting at a random one, until one has a key.

@@ -89,6 +89,7 @@ impl Session {
                 self.name = None;
                 Ok(Reply::Simple("RESET".into()))
             }
+            LocalKind::Slowlog => proxy.slowlog.command(&proxy.metrics, args),
             LocalKind::Readonly | LocalKind::Readwrite => Err(ProxyError::err(
                 "This instance has cluster support disabled",
             )),

@@ -5,12 +5,15 @@ mod access;
 mod conn;
 mod dispatch;
 mod exclusive;
+mod info;
 mod local;
 pub mod memory;
 mod moves;
 mod pending;
 pub mod pubsub;
 mod session;
+pub mod slowlog;
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -68,6 +71,8 @@ pub struct ClientConfig {
     pub max_unauthenticated: usize,
     /// Failed logins on one connection before it is closed.
     pub max_auth_failures: u32,
+    /// The proxy's SLOWLOG (`--slowlog-log-slower-than`, `--slowlog-max-len`).
+    pub slowlog: slowlog::SlowlogConfig,
     /// Bytes of pub/sub messages that may wait for one client; past it the
     /// client is closed (Redis' `client-output-buffer-limit pubsub`, hard
     /// limit 32 MiB by default).
@@ -105,6 +110,7 @@ impl Default for ClientConfig {
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 1000,
             max_auth_failures: 10,
+            slowlog: slowlog::SlowlogConfig::default(),
             pubsub_output_limit: 32 << 20,
             output_limit: OutputLimit {
                 hard: 512 << 20,
@@ -214,6 +220,11 @@ pub struct Proxy {
     failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, PeerFailures>>,
     started: Instant,
     last_refusal_warning: AtomicU64,
+    /// Counters for INFO that are not metrics (blocked clients, refused
+    /// connections, instantaneous rates).
+    stats: Arc<stats::ProxyStats>,
+    /// Commands slower than the slow log's threshold.
+    slowlog: slowlog::Slowlog,
 }
 
 impl Proxy {
@@ -229,7 +240,6 @@ impl Proxy {
             pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
             memory: Arc::new(memory::ClientsMemory::new(config.maxmemory_clients)),
             ctx,
-            config,
             backend_acl,
             next_client_id: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
@@ -237,6 +247,9 @@ impl Proxy {
             failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             started: Instant::now(),
             last_refusal_warning: AtomicU64::new(u64::MAX),
+            stats: Arc::default(),
+            slowlog: slowlog::Slowlog::new(config.slowlog),
+            config,
         }
     }
 
@@ -321,6 +334,12 @@ impl Proxy {
         self.connected.load(Ordering::Relaxed) + self.unauthenticated.load(Ordering::Relaxed)
     }
 
+    /// Client connections accepted since start (INFO
+    /// `total_connections_received`).
+    pub fn accepted_clients(&self) -> u64 {
+        self.next_client_id.load(Ordering::Relaxed) - 1
+    }
+
     /// A client logged in: it now counts against `max_clients` instead of
     /// the unauthenticated limit. Called once per connection.
     pub(crate) fn client_logged_in(&self) {
@@ -393,6 +412,9 @@ impl Proxy {
             ),
         };
         self.metrics.client_limit_close(reason);
+        self.stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
         let now = self.started.elapsed().as_secs();
         // One warning per 10 s at most: a connection storm must not flood the log.
         if self.last_refusal_warning.swap(now, Ordering::Relaxed) / 10 != now / 10 {
@@ -414,6 +436,7 @@ impl Proxy {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut tasks = tokio::task::JoinSet::new();
+        self.stats.start_sampling(shutdown.clone());
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -432,6 +455,7 @@ impl Proxy {
                         if let Some(limit) = refusal {
                             if tls.is_some() {
                                 // Plain bytes would be garbage to a TLS client: just close.
+                                self.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
                                 self.metrics.client_limit_close(match limit {
                                     Admission::MaxClients => "max_clients",
                                     Admission::MaxUnauthenticated => "max_unauthenticated",

@@ -27,6 +27,14 @@ pub struct Pending {
     pub spec: Option<&'static CommandSpec>,
     pub proto: Protocol,
     pub started: Instant,
+    /// The request, kept (by reference count, not copied) while the slow
+    /// log is on, so that a slow command can be logged with its arguments.
+    pub raw: Option<Bytes>,
+    /// The shard it was sent to (one shard only), for the slow log.
+    pub shard: Option<crate::router::ShardId>,
+    /// The backend's round trip, once answered (the longest part's for a
+    /// gathered reply), for the slow log.
+    pub backend_us: Option<u32>,
 }
 
 /// How the reply is produced.
@@ -58,12 +66,17 @@ pub struct Retry {
 pub struct Part {
     rx: ReplyRx,
     result: Option<Result<Bytes, ProxyError>>,
+    backend_us: u32,
 }
 
 impl Part {
     /// A part waiting on `rx`.
     pub fn new(rx: ReplyRx) -> Part {
-        Part { rx, result: None }
+        Part {
+            rx,
+            result: None,
+            backend_us: 0,
+        }
     }
 }
 
@@ -106,6 +119,9 @@ impl Pending {
             spec,
             proto,
             started,
+            raw: None,
+            shard: None,
+            backend_us: None,
         }
     }
 
@@ -133,7 +149,10 @@ impl Pending {
             PendingKind::Backend { rx, retry } => {
                 let result = match Pin::new(&mut *rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => answered(r),
+                    Poll::Ready(r) => answered_timed(r).map(|(frame, us)| {
+                        self.backend_us = Some(us);
+                        frame
+                    }),
                 };
                 match result {
                     Ok(frame) => {
@@ -164,7 +183,12 @@ impl Pending {
                 for part in parts.iter_mut() {
                     if part.result.is_none() {
                         match Pin::new(&mut part.rx).poll(cx) {
-                            Poll::Ready(r) => part.result = Some(answered(r)),
+                            Poll::Ready(r) => {
+                                part.result = Some(answered_timed(r).map(|(frame, us)| {
+                                    part.backend_us = us;
+                                    frame
+                                }));
+                            }
                             Poll::Pending => all = false,
                         }
                     }
@@ -172,6 +196,7 @@ impl Pending {
                 if !all {
                     return Poll::Pending;
                 }
+                self.backend_us = parts.iter().map(|p| p.backend_us).max();
                 let frames: Result<SmallVec<[Bytes; 4]>, ProxyError> = parts
                     .iter_mut()
                     .map(|p| {
@@ -199,8 +224,18 @@ impl Pending {
 pub(super) fn answered(
     r: Result<ReplyResult, tokio::sync::oneshot::error::RecvError>,
 ) -> Result<Bytes, ProxyError> {
+    answered_timed(r).map(|(frame, _)| frame)
+}
+
+/// [`answered`], with the backend's round trip in microseconds.
+fn answered_timed(
+    r: Result<ReplyResult, tokio::sync::oneshot::error::RecvError>,
+) -> Result<(Bytes, u32), ProxyError> {
     match r {
-        Ok(reply) => Ok(reply?),
+        Ok(reply) => {
+            let a = reply?;
+            Ok((a.frame, a.backend_us))
+        }
         Err(_) => Err(ProxyError::internal(
             "a backend connection dropped a request without answering it",
         )),

@@ -52,6 +52,9 @@ pub struct Session {
     /// table before moving keys it routed (see `rebalance`), and the
     /// operation sends to the backends of that same snapshot.
     pub(super) held: Option<Arc<Snapshot>>,
+    /// The request of the exclusive operation being run, kept for the
+    /// slow log (see [`Session::dispatch`]).
+    pub(super) exclusive_raw: Option<Bytes>,
     /// Pub/sub subscriptions and the queue of their messages (boxed: most
     /// clients never subscribe).
     pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
@@ -77,6 +80,7 @@ impl Session {
             auth_failures: 0,
             peer_ip,
             held: None,
+            exclusive_raw: None,
             pubsub: None,
         }
     }

@@ -34,8 +34,8 @@ async fn ask(ctx: &Context, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String
     let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
     match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
-        Ok(Ok(f)) if !reply::is_error(&f) => Ok(f),
-        Ok(Ok(f)) => Err(reply::error_text(&f).unwrap_or_default()),
+        Ok(Ok(a)) if !reply::is_error(&a.frame) => Ok(a.frame),
+        Ok(Ok(a)) => Err(reply::error_text(&a.frame).unwrap_or_default()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connection task stopped".to_owned()),
     }
@@ -73,7 +73,7 @@ async fn sample_shard(
     let mut sizes = Vec::with_capacity(waits.len());
     for (k, rx) in waits {
         let n = match rx.await {
-            Ok(Ok(f)) => reply::integer(&f).unwrap_or(0).max(0) as u64,
+            Ok(Ok(a)) => reply::integer(&a.frame).unwrap_or(0).max(0) as u64,
             _ => 0,
         };
         sizes.push((k, n));

@@ -518,7 +518,7 @@ async fn wait_replicas(rb: &Rebalancer, shard: ShardId) {
     let info = |ep: Arc<crate::backend::Endpoint>| async move {
         let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n");
         match ep.send(Protocol::Resp2, 0, &frame).await {
-            Ok(Ok(f)) => reply::bulk(&f).map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Ok(Ok(a)) => reply::bulk(&a.frame).map(|b| String::from_utf8_lossy(&b).into_owned()),
             _ => None,
         }
     };
@@ -582,7 +582,7 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
             let mut frame = BytesMut::new();
             encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
             let step = match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
-                Ok(Ok(f)) => scan_reply(&f).map_err(String::from),
+                Ok(Ok(a)) => scan_reply(&a.frame).map_err(String::from),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("connection task stopped".to_owned()),
             };

@@ -38,7 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::EndpointState;
-use crate::backend::mux::{ReplyResult, ReplyRx};
+use crate::backend::mux::{Answer, ReplyResult, ReplyRx};
 use crate::error::BackendError;
 use crate::protocol::{Limits, Protocol, Reply, parse_request};
 
@@ -133,10 +133,11 @@ async fn lane(
         let result = run_one(&state, &ctx, &job.frame).await;
         let result = match result {
             Ok(reply) => {
-                state.metrics.request_done(started.elapsed());
+                let took = started.elapsed();
+                state.metrics.request_done(took);
                 let mut out = BytesMut::new();
                 reply.encode(job.proto, &mut out);
-                Ok(out.freeze())
+                Ok(Answer::new(out.freeze(), took))
             }
             Err(e) => {
                 state.metrics.backend_error(e.kind());

@@ -358,6 +358,9 @@ impl Session {
                     spec: Some(spec),
                     proto: self.proto,
                     started: self.request_started,
+                    raw: None,
+                    shard: None,
+                    backend_us: None,
                 }))
             }
             PubSubKind::Unsubscribe(topic) => {
@@ -383,6 +386,9 @@ impl Session {
                     spec: Some(spec),
                     proto: self.proto,
                     started: self.request_started,
+                    raw: None,
+                    shard: None,
+                    backend_us: None,
                 }))
             }
             PubSubKind::Publish(topic) => {
@@ -409,6 +415,9 @@ impl Session {
                     spec: Some(spec),
                     proto: self.proto,
                     started: self.request_started,
+                    raw: None,
+                    shard: None,
+                    backend_us: None,
                 }))
             }
             PubSubKind::Introspect => match introspect(&proxy.pubsub, args) {
