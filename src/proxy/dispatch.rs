@@ -22,8 +22,8 @@ use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind, lookup};
 use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command_from};
-use crate::router::{Epoch, Route, RoutingTable, ShardId};
-use crate::shardmap::ShardKind;
+use crate::router::{Epoch, Route, RoutingTable, ShardId, Slot};
+use crate::shardmap::{CrossSlot, ShardKind};
 use crate::snapshot::Snapshot;
 
 /// Work that must run with the session to itself, after every earlier reply
@@ -215,6 +215,18 @@ impl Session {
         req: Request,
         pass: Pass,
     ) -> Action {
+        if matches!(
+            spec.handling,
+            Handling::Forward
+                | Handling::Split(_)
+                | Handling::Blocking
+                | Handling::Script
+                | Handling::Transaction(TxKind::Watch)
+        ) && proxy.snapshot().map().options.crossslot == CrossSlot::Slot
+            && let Err(e) = one_slot(proxy.snapshot().table(), spec, &req, &mut self.key_scratch)
+        {
+            return self.fail(Some(spec), e);
+        }
         let result = match spec.handling {
             Handling::Forward => self.forward(proxy, spec, req, pass),
             Handling::Split(kind) => self.split(proxy, spec, req, kind, pass),
@@ -502,6 +514,7 @@ impl Session {
                 }
                 let shard = self.watch.as_ref().map(|(s, _)| *s);
                 self.tx = Some(Tx {
+                    slot: None,
                     queued: Vec::new(),
                     shard,
                     aborted: false,
@@ -540,9 +553,14 @@ impl Session {
             _ => false,
         };
         let snap = proxy.snapshot();
+        let by_slot = snap.map().options.crossslot == CrossSlot::Slot;
+        let mut slot = None;
         let verdict = if queueable {
             self.target(snap.table(), spec, &req, Pass::Fresh)
                 .and_then(|target| {
+                    if by_slot {
+                        slot = one_slot(snap.table(), spec, &req, &mut self.key_scratch)?;
+                    }
                     let shard = target.shard();
                     if let Some(s) = shard {
                         stateless_only(&snap, spec, s, "transactions")?;
@@ -569,6 +587,15 @@ impl Session {
                         return self.fail(Some(spec), ProxyError::crossslot());
                     }
                     tx.shard = Some(s);
+                }
+                if let Some(s) = slot {
+                    // `options.crossslot: slot`: one slot for the whole
+                    // transaction, as Redis Cluster requires.
+                    if tx.slot.is_some_and(|t| t != s) {
+                        tx.aborted = true;
+                        return self.fail(Some(spec), ProxyError::crossslot());
+                    }
+                    tx.slot = Some(s);
                 }
                 tx.queued.push(req);
                 self.reply(spec, Reply::Simple("QUEUED".into()))
@@ -703,6 +730,34 @@ impl Session {
         }
         self.forward(proxy, spec, req, pass)
     }
+}
+
+/// With `options.crossslot: slot`: the one slot every key of `req` hashes
+/// to (None without keys), or `-CROSSSLOT` as Redis Cluster answers.
+/// Malformed key arguments pass: Redis answers them.
+fn one_slot(
+    table: &RoutingTable,
+    spec: &CommandSpec,
+    req: &Request,
+    scratch: &mut Vec<usize>,
+) -> Result<Option<Slot>, ProxyError> {
+    scratch.clear();
+    if key_indices(spec, req.args(), scratch).is_err() {
+        return Ok(None);
+    }
+    let mut slot = None;
+    for &i in scratch.iter() {
+        let Some(key) = req.args().get(i) else {
+            continue;
+        };
+        let s = table.slot_of(key);
+        match slot {
+            None => slot = Some(s),
+            Some(prev) if prev != s => return Err(ProxyError::crossslot()),
+            Some(_) => {}
+        }
+    }
+    Ok(slot)
 }
 
 /// The decision to move a request's keys before it runs.

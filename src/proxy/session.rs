@@ -17,6 +17,8 @@ pub struct Tx {
     pub(super) queued: Vec<Request>,
     /// The one shard every queued key lives on (None while no key was seen).
     pub(super) shard: Option<ShardId>,
+    /// With `options.crossslot: slot`: the one slot of every queued key.
+    pub(super) slot: Option<crate::router::Slot>,
     /// A command was refused while queueing: EXEC answers EXECABORT.
     pub(super) aborted: bool,
 }

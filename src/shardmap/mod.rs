@@ -186,6 +186,23 @@ pub struct Options {
     /// How often the sentinels of sentinel shards are asked who the primary
     /// is (a `+switch-master` announcement is acted on at once besides).
     pub sentinel_check_interval: std::time::Duration,
+    /// What the keys of one multi-key command, transaction or script must
+    /// share (`options.crossslot`).
+    pub crossslot: CrossSlot,
+}
+
+/// `options.crossslot`: when keys of one request are refused with `-CROSSSLOT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrossSlot {
+    /// Keys on one shard are fine (MGET/MSET/DEL-like commands split over
+    /// shards): whether a transaction works depends on where its keys live
+    /// today.
+    #[default]
+    Shard,
+    /// As Redis Cluster: every key of a command, transaction or script in
+    /// one slot (hash tags), so what works cannot stop working after a
+    /// rebalance; MGET and friends across slots are refused too.
+    Slot,
 }
 
 /// A refused map: which field, and why.

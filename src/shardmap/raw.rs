@@ -251,4 +251,7 @@ pub struct RawOptions {
     /// How often the sentinels of sentinel shards are asked for the primary.
     #[serde(default)]
     pub sentinel_check_interval_ms: Option<i64>,
+    /// `shard` (default) or `slot`: what keys of one command must share.
+    #[serde(default)]
+    pub crossslot: Option<String>,
 }

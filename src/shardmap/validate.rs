@@ -488,6 +488,16 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         allow_flush: raw.allow_flush.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
+        crossslot: match raw.crossslot.as_deref() {
+            None | Some("shard") => super::CrossSlot::Shard,
+            Some("slot") => super::CrossSlot::Slot,
+            Some(other) => {
+                return Err(MapError {
+                    path: "options.crossslot".to_owned(),
+                    reason: format!("must be `shard` or `slot`, got `{other}`"),
+                });
+            }
+        },
     })
 }
 
@@ -705,6 +715,10 @@ mod tests {
         let y = BASE.replace("zone: us-a\n", "zone: us-a\n    weight: heavy\n");
         let (p, _) = refused(&y);
         assert_eq!(p, "shards[0].weight");
+        let y = BASE.to_owned() + "options:\n  crossslot: node\n";
+        let (p, why) = refused(&y);
+        assert_eq!(p, "options.crossslot");
+        assert!(why.contains("`shard` or `slot`"), "{why}");
         let y = BASE.to_owned() + "options:\n  allow_flush: maybe\n";
         let (p, _) = refused(&y);
         assert_eq!(p, "options.allow_flush");
