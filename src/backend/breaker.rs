@@ -48,6 +48,9 @@ pub struct Breaker {
     open_until_ms: AtomicU64,
     /// A half-open probe is in flight.
     probing: AtomicBool,
+    /// Why it last opened (named in the refusals, so a client learns the
+    /// cause, e.g. a wrong backend password, not only that it is open).
+    cause: std::sync::Mutex<String>,
 }
 
 impl Default for Breaker {
@@ -65,6 +68,7 @@ impl Breaker {
             trips: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            cause: std::sync::Mutex::new(String::new()),
         }
     }
 
@@ -99,10 +103,11 @@ impl Breaker {
     pub fn refusal(&self, addr: &str) -> BackendError {
         let until = self.open_until_ms.load(Ordering::Relaxed);
         let left = until.saturating_sub(self.now_ms());
+        let cause = self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone();
         BackendError::Unavailable {
             addr: addr.to_owned(),
             reason: format!(
-                "circuit open after {} failure(s), next probe in {left} ms",
+                "circuit open after {} failure(s) (last: {cause}), next probe in {left} ms",
                 self.failures.load(Ordering::Relaxed)
             ),
         }
@@ -145,6 +150,11 @@ impl Breaker {
             // period is not extended for them.
             return;
         }
+        *self.cause.lock().unwrap_or_else(|e| e.into_inner()) = match err {
+            BackendError::Unavailable { reason, .. }
+            | BackendError::ConnectionLost { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
         let trips = self.trips.fetch_add(1, Ordering::Relaxed);
         let period = MIN_OPEN.saturating_mul(1u32 << trips.min(16)).min(MAX_OPEN);
         let was_open = self

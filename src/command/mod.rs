@@ -386,7 +386,7 @@ pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static Subcom
 /// CLIENT subcommands the proxy answers itself (`proxy/local.rs`); every
 /// other CLIENT subcommand is refused.
 pub const CLIENT_LOCAL: &[&str] = &[
-    "id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch",
+    "id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch", "list", "kill",
 ];
 
 /// SCRIPT subcommands the proxy fans out to every shard; every other SCRIPT
@@ -569,8 +569,6 @@ mod tests {
             "slaveof",
             "publish",
             "spublish",
-            "client|kill",
-            "client|list",
             "readonly",
             "monitor",
             "failover",
@@ -584,6 +582,8 @@ mod tests {
             "multi",
             "keys",
             "client|id",
+            "client|list",
+            "client|kill",
             "script|load",
             "script|kill",
             "function",

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::Proxy;
+use super::clients::{Closing, Usage};
 use super::dispatch::Action;
-use super::memory::Usage;
 use super::pending::Pending;
 use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
@@ -68,6 +68,8 @@ enum End {
     Io(std::io::Error),
     /// Closed by a limit (idle timeout, slow reader); the reason is the metric label.
     Limit(&'static str),
+    /// Closed by another client's `CLIENT KILL`.
+    Killed,
 }
 
 /// Serves one client until it disconnects, sends QUIT or a malformed frame,
@@ -89,7 +91,7 @@ pub async fn serve_client(
         wbuf: BytesMut::new(),
         spill: BytesMut::new(),
         soft_since: None,
-        memory: proxy.memory.register(id),
+        memory: proxy.clients.register(id, peer.to_string()),
         window: Window::new(),
         pending: VecDeque::new(),
         session: Session::new(id, peer.to_string()),
@@ -97,6 +99,7 @@ pub async fn serve_client(
         connected_at: std::time::Instant::now(),
         shutdown,
     };
+    client.session.me = Some(client.memory.entry().clone());
     let end = client.run().await;
     match end {
         End::Normal => tracing::debug!(client = id, %peer, "client disconnected"),
@@ -105,6 +108,7 @@ pub async fn serve_client(
             tracing::info!(client = id, %peer, "closed client connection after a protocol error");
         }
         End::Io(e) => tracing::debug!(client = id, %peer, error = %e, "client connection error"),
+        End::Killed => tracing::info!(client = id, %peer, "client closed by CLIENT KILL"),
         End::Limit(reason) => {
             proxy.metrics.client_limit_close(reason);
             tracing::info!(client = id, %peer, reason, "closed client connection: limit reached");
@@ -173,6 +177,8 @@ impl Client<'_> {
                         let Some(reply) = self.run_exclusive(op).await? else {
                             return Ok(false);
                         };
+                        // EXEC, DISCARD and the like end a transaction.
+                        self.session.sync_info();
                         let raw = self.session.exclusive_raw.take();
                         let finished = Finished {
                             spec: Some(spec),
@@ -261,7 +267,7 @@ impl Client<'_> {
                 }
                 Ok(true)
             }
-            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
+            why = self.memory.closing() => Err(End::from(why)),
             _ = stopping(&mut self.shutdown), if !self.eof => {
                 self.eof = true;
                 Ok(true)
@@ -300,7 +306,7 @@ impl Client<'_> {
                 self.eof = true;
                 return Ok(!self.rbuf.is_empty());
             }
-            _ = self.memory.closing() => return Err(End::Limit("maxmemory_clients")),
+            why = self.memory.closing() => return Err(End::from(why)),
         };
         match r {
             Ok(0) => {
@@ -330,7 +336,7 @@ impl Client<'_> {
                 }
                 Err(e) => Err(End::Io(e)),
             },
-            _ = self.memory.closing() => Err(End::Limit("maxmemory_clients")),
+            why = self.memory.closing() => Err(End::from(why)),
             d = next_push(&mut self.session.pubsub) => {
                 self.write_pushes(d)?;
                 self.flush().await.map_err(End::from)?;
@@ -405,7 +411,10 @@ impl Client<'_> {
                             let unwritten = self.wbuf.len() - written + self.spill.len();
                             self.check_output(unwritten)?;
                         }
-                        _ = self.memory.closing() => return Err(over_limit("maxmemory_clients")),
+                        why = self.memory.closing() => return Err(match why {
+                            Closing::Evicted => over_limit("maxmemory_clients"),
+                            Closing::Killed => std::io::Error::other(OverLimit("killed")),
+                        }),
                         _ = tokio::time::sleep_until(deadline) => {
                             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, SlowReader));
                         }
@@ -510,6 +519,7 @@ impl Client<'_> {
             }
             tokio::select! {
                 reply = &mut fut => return Ok(Some(reply)),
+                why = self.memory.closing() => return Err(End::from(why)),
                 r = read_some(&mut self.rd, &mut self.rbuf) => match r {
                     Ok(0) => {
                         // Half-closed (e.g. `redis-cli --pipe`) or gone: a
@@ -660,12 +670,25 @@ impl std::fmt::Display for SlowReader {
 
 impl std::error::Error for SlowReader {}
 
+impl From<Closing> for End {
+    fn from(why: Closing) -> End {
+        match why {
+            Closing::Evicted => End::Limit("maxmemory_clients"),
+            Closing::Killed => End::Killed,
+        }
+    }
+}
+
 impl From<std::io::Error> for End {
     fn from(e: std::io::Error) -> End {
         if e.get_ref().is_some_and(|inner| inner.is::<SlowReader>()) {
             End::Limit("slow_reader")
         } else if let Some(OverLimit(reason)) = e.get_ref().and_then(|i| i.downcast_ref()) {
-            End::Limit(reason)
+            if *reason == "killed" {
+                End::Killed
+            } else {
+                End::Limit(reason)
+            }
         } else {
             End::Io(e)
         }

@@ -19,7 +19,9 @@ use super::pending::{Merge, Part, Pending, PendingKind, Retry};
 use super::session::{Session, Tx};
 use crate::backend::Role;
 use crate::command::keys::key_indices;
-use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind, lookup};
+use crate::command::{
+    CommandSpec, FanoutKind, Handling, LocalKind, PubSubKind, SplitKind, TxKind, lookup,
+};
 use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command_from};
 use crate::router::{Epoch, Route, RoutingTable, ShardId, Slot};
@@ -164,6 +166,9 @@ impl Session {
             }
             return self.fail(None, ProxyError::Client(unknown_command(req.args()).into()));
         };
+        if let Some(me) = &self.me {
+            me.touch(spec, started, proxy.clients.base());
+        }
         if !spec.arity_ok(req.args().len()) {
             let e = ProxyError::err(format!(
                 "wrong number of arguments for '{}' command",
@@ -203,7 +208,18 @@ impl Session {
         {
             return self.queue_in_tx(proxy, spec, req);
         }
-        self.route(proxy, spec, req, Pass::Fresh)
+        let changes_info = matches!(
+            spec.handling,
+            Handling::Local(
+                LocalKind::Hello | LocalKind::Auth | LocalKind::Client | LocalKind::Reset
+            ) | Handling::PubSub(PubSubKind::Subscribe(_) | PubSubKind::Unsubscribe(_))
+                | Handling::Transaction(_)
+        );
+        let action = self.route(proxy, spec, req, Pass::Fresh);
+        if changes_info {
+            self.sync_info();
+        }
+        action
     }
 
     /// Routes a request that passed the checks (known command, arity,

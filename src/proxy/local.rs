@@ -65,7 +65,7 @@ impl Session {
             }
             LocalKind::Hello => self.hello(proxy, args),
             LocalKind::Auth => self.auth(proxy, args),
-            LocalKind::Client => self.client(args),
+            LocalKind::Client => self.client(proxy, args),
             LocalKind::Command => command(args),
             LocalKind::Info => return Action::Exclusive(ExclusiveOp::Info(req), spec),
             LocalKind::Time => {
@@ -175,7 +175,7 @@ impl Session {
         ]))
     }
 
-    fn client(&mut self, args: &[Bytes]) -> Result<Reply, ProxyError> {
+    fn client(&mut self, proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
         let sub = args[1].to_ascii_uppercase();
         let arity = |n: usize| {
             if args.len() == n {
@@ -225,19 +225,107 @@ impl Session {
                 Ok(Reply::Ok)
             }
             b"INFO" => arity(2).map(|_| Reply::Verbatim(Bytes::from(self.client_info_line()))),
+            b"LIST" => client_list(proxy, &args[2..]),
+            b"KILL" => self.client_kill(proxy, &args[2..]),
             b"NO-EVICT" | b"NO-TOUCH" => arity(3).map(|_| Reply::Ok),
-            b"CACHING" | b"GETREDIR" | b"KILL" | b"LIST" | b"PAUSE" | b"REPLY" | b"TRACKING"
-            | b"TRACKINGINFO" | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => {
-                Err(ProxyError::err(format!(
-                    "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO are)",
-                    String::from_utf8_lossy(&sub)
-                )))
-            }
+            b"CACHING" | b"GETREDIR" | b"PAUSE" | b"REPLY" | b"TRACKING" | b"TRACKINGINFO"
+            | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => Err(ProxyError::err(format!(
+                "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO, LIST, KILL are)",
+                String::from_utf8_lossy(&sub)
+            ))),
             _ => Err(ProxyError::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
                 String::from_utf8_lossy(&args[1])
             ))),
         }
+    }
+
+    /// `CLIENT KILL addr:port` (old form: +OK or an error) or `CLIENT KILL
+    /// <filter> <value> ...` (ID, ADDR, USER, TYPE, MAXAGE, SKIPME: the
+    /// number of clients closed). Only this proxy's clients.
+    fn client_kill(&self, proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
+        let clients = proxy.clients.all();
+        if args.len() == 1 {
+            let addr = &args[0];
+            let Some(e) = clients.iter().find(|e| e.addr.as_bytes() == addr.as_ref()) else {
+                return Err(ProxyError::err("No such client"));
+            };
+            e.kill();
+            return Ok(Reply::Ok);
+        }
+        if args.is_empty() || !args.len().is_multiple_of(2) {
+            return Err(ProxyError::err("syntax error"));
+        }
+        let mut id = None;
+        let mut addr = None;
+        let mut user = None;
+        let mut kind = None;
+        let mut max_age = None;
+        let mut skip_me = true;
+        for pair in args.chunks(2) {
+            let value = &pair[1];
+            let text = String::from_utf8_lossy(value).into_owned();
+            match pair[0].to_ascii_uppercase().as_slice() {
+                b"ID" => {
+                    id = Some(
+                        text.parse::<u64>()
+                            .ok()
+                            .filter(|v| *v > 0)
+                            .ok_or_else(|| ProxyError::err("client-id should be greater than 0"))?,
+                    )
+                }
+                b"ADDR" => addr = Some(text),
+                b"LADDR" => {
+                    return Err(ProxyError::err(
+                        "CLIENT KILL LADDR is not supported by shardgate",
+                    ));
+                }
+                b"USER" => user = Some(text),
+                b"TYPE" => {
+                    let t = text.to_ascii_lowercase();
+                    if !matches!(
+                        t.as_str(),
+                        "normal" | "pubsub" | "master" | "replica" | "slave"
+                    ) {
+                        return Err(ProxyError::err(format!("Unknown client type '{text}'")));
+                    }
+                    kind = Some(t);
+                }
+                b"MAXAGE" => {
+                    max_age =
+                        Some(text.parse::<u64>().map_err(|_| {
+                            ProxyError::err("value is not an integer or out of range")
+                        })?)
+                }
+                b"SKIPME" => match text.to_ascii_lowercase().as_str() {
+                    "yes" => skip_me = true,
+                    "no" => skip_me = false,
+                    _ => return Err(ProxyError::err("syntax error")),
+                },
+                _ => return Err(ProxyError::err("syntax error")),
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut killed = 0;
+        for e in &clients {
+            let info = e.info();
+            let pubsub = info.sub + info.psub + info.ssub > 0;
+            let hit = id.is_none_or(|v| v == e.id)
+                && addr.as_ref().is_none_or(|a| *a == e.addr)
+                && user.as_ref().is_none_or(|u| *u == info.user)
+                && kind.as_deref().is_none_or(|k| match k {
+                    "pubsub" => pubsub,
+                    "normal" => !pubsub,
+                    _ => false,
+                })
+                && max_age.is_none_or(|m| e.age(now).as_secs() >= m)
+                && !(skip_me && e.id == self.id);
+            if hit {
+                e.kill();
+                killed += 1;
+            }
+        }
+        Ok(Reply::Int(killed))
     }
 
     fn client_info_line(&self) -> String {
@@ -260,6 +348,70 @@ impl Session {
             s(&self.lib_ver),
         )
     }
+}
+
+/// `CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]`: this
+/// proxy's clients, one Redis-shaped line each.
+fn client_list(proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
+    let mut ids: Option<Vec<u64>> = None;
+    let mut kind: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let opt = args[i].to_ascii_uppercase();
+        match (opt.as_slice(), args.get(i + 1)) {
+            (b"TYPE", Some(t)) => {
+                let t = t.to_ascii_lowercase();
+                if !matches!(
+                    t.as_slice(),
+                    b"normal" | b"pubsub" | b"master" | b"replica" | b"slave"
+                ) {
+                    return Err(ProxyError::err(format!(
+                        "Unknown client type '{}'",
+                        String::from_utf8_lossy(&args[i + 1])
+                    )));
+                }
+                kind = Some(t);
+                i += 2;
+            }
+            (b"ID", Some(_)) => {
+                let mut list = Vec::new();
+                for a in &args[i + 1..] {
+                    match std::str::from_utf8(a)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
+                        Some(v) if v > 0 => list.push(v),
+                        _ => return Err(ProxyError::err("Invalid client ID")),
+                    }
+                }
+                ids = Some(list);
+                i = args.len();
+            }
+            _ => return Err(ProxyError::err("syntax error")),
+        }
+    }
+    let base = proxy.clients.base();
+    let now = std::time::Instant::now();
+    let mut text = String::new();
+    for e in proxy.clients.all() {
+        if ids.as_ref().is_some_and(|ids| !ids.contains(&e.id)) {
+            continue;
+        }
+        if let Some(k) = &kind {
+            let info = e.info();
+            let pubsub = info.sub + info.psub + info.ssub > 0;
+            let matches = match k.as_slice() {
+                b"pubsub" => pubsub,
+                b"normal" => !pubsub,
+                _ => false,
+            };
+            if !matches {
+                continue;
+            }
+        }
+        text.push_str(&e.line(base, now));
+    }
+    Ok(Reply::Verbatim(Bytes::from(text)))
 }
 
 fn check_client_name(name: &[u8]) -> Result<(), ProxyError> {

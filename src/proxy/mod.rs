@@ -2,12 +2,12 @@
 //! command to its shard(s), and the session state a client carries.
 
 mod access;
+pub mod clients;
 mod conn;
 mod dispatch;
 mod exclusive;
 mod info;
 mod local;
-pub mod memory;
 mod moves;
 mod pending;
 pub mod pubsub;
@@ -209,8 +209,8 @@ pub struct Proxy {
     pub backend_acl: Arc<BackendAcl>,
     /// This proxy's pub/sub subscriptions, shared by its clients.
     pub pubsub: Arc<pubsub::Hub>,
-    /// What all clients make the proxy buffer (see [`memory`]).
-    pub memory: Arc<memory::ClientsMemory>,
+    /// Every client, and what they make the proxy buffer (see [`clients`]).
+    pub clients: Arc<clients::Clients>,
     next_client_id: AtomicU64,
     /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
@@ -238,7 +238,7 @@ impl Proxy {
         Proxy {
             metrics: ctx.metrics.clone(),
             pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
-            memory: Arc::new(memory::ClientsMemory::new(config.maxmemory_clients)),
+            clients: Arc::new(clients::Clients::new(config.maxmemory_clients)),
             ctx,
             backend_acl,
             next_client_id: AtomicU64::new(1),

@@ -60,6 +60,8 @@ pub struct Session {
     /// Pub/sub subscriptions and the queue of their messages (boxed: most
     /// clients never subscribe).
     pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
+    /// This client's entry in the proxy's registry (CLIENT LIST / KILL).
+    pub(super) me: Option<Arc<super::clients::Entry>>,
 }
 
 impl Session {
@@ -84,6 +86,33 @@ impl Session {
             held: None,
             exclusive_raw: None,
             pubsub: None,
+            me: None,
         }
+    }
+
+    /// Publishes what `CLIENT LIST` shows of this client (after a command
+    /// that may have changed it: rare, so a lock and a few clones).
+    pub(super) fn sync_info(&self) {
+        let Some(me) = &self.me else { return };
+        let text = |b: &Option<Bytes>| {
+            b.as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (sub, psub, ssub) = self.pubsub.as_ref().map_or((0, 0, 0), |p| p.counts());
+        me.set_info(super::clients::Info {
+            name: text(&self.name),
+            user: self
+                .user
+                .as_ref()
+                .map_or(crate::auth::DEFAULT_USER.to_owned(), |u| u.name.clone()),
+            lib_name: text(&self.lib_name),
+            lib_ver: text(&self.lib_ver),
+            resp: if self.proto == Protocol::Resp3 { 3 } else { 2 },
+            sub,
+            psub,
+            ssub,
+            multi: self.tx.as_ref().map_or(-1, |t| t.queued.len() as i64),
+        });
     }
 }

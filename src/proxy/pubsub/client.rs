@@ -45,6 +45,15 @@ impl Subscriptions {
         }
     }
 
+    /// (channels, patterns, shard channels) held.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.channels.len(),
+            self.patterns.len(),
+            self.shard_channels.len(),
+        )
+    }
+
     /// Whether any subscription is held (RESP2's subscribed mode).
     pub fn active(&self) -> bool {
         !(self.channels.is_empty() && self.patterns.is_empty() && self.shard_channels.is_empty())
