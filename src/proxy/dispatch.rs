@@ -351,7 +351,7 @@ impl Session {
 
     /// Sends one frame to a shard: reads by the read policy, writes to the
     /// primary.
-    fn send_to_shard(
+    pub(super) fn send_to_shard(
         &self,
         snap: &Snapshot,
         spec: &'static CommandSpec,

@@ -66,6 +66,31 @@ impl Session {
             LocalKind::Hello => self.hello(proxy, args),
             LocalKind::Auth => self.auth(proxy, args),
             LocalKind::Client => self.client(proxy, args),
+            // Documentation and key flags come from a shard's own table
+            // (redis-cli's `help` reads DOCS).
+            LocalKind::Command
+                if args.get(1).is_some_and(|s| {
+                    s.eq_ignore_ascii_case(b"DOCS") || s.eq_ignore_ascii_case(b"GETKEYSANDFLAGS")
+                }) =>
+            {
+                let snap = proxy.snapshot();
+                let redis = snap.backends().shards().iter().position(|s| {
+                    s.kind == crate::shardmap::ShardKind::Redis
+                        && s.phase != crate::shardmap::ShardPhase::Removed
+                });
+                match redis {
+                    Some(i) => {
+                        return Action::Queue(self.send_to_shard(
+                            &snap,
+                            spec,
+                            crate::router::ShardId(i as u16),
+                            req.raw(),
+                            super::dispatch::Pass::Fresh,
+                        ));
+                    }
+                    None => Err(ProxyError::err("COMMAND DOCS needs a Redis shard")),
+                }
+            }
             LocalKind::Command => command(args),
             LocalKind::Info => return Action::Exclusive(ExclusiveOp::Info(req), spec),
             LocalKind::Time => {
@@ -456,12 +481,7 @@ fn command(args: &[Bytes]) -> Result<Reply, ProxyError> {
     };
     match sub.as_slice() {
         b"COUNT" => Ok(Reply::Int(COMMANDS.len() as i64)),
-        b"LIST" => Ok(Reply::Array(
-            COMMANDS
-                .iter()
-                .map(|c| Reply::Bulk(Bytes::from_static(c.name.as_bytes())))
-                .collect(),
-        )),
+        b"LIST" => command_list(&args[2..]),
         b"INFO" => {
             if args.len() == 2 {
                 return Ok(Reply::Array(COMMANDS.iter().map(command_info).collect()));
@@ -506,6 +526,56 @@ fn command(args: &[Bytes]) -> Result<Reply, ProxyError> {
             "unknown subcommand '{}'. Try COMMAND HELP.",
             String::from_utf8_lossy(&args[1])
         ))),
+    }
+}
+
+/// `COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]`:
+/// with a filter, subcommands (`config|get`) are listed too, as Redis does.
+fn command_list(args: &[Bytes]) -> Result<Reply, ProxyError> {
+    let names = |keep: &dyn Fn(&str, crate::command::Categories) -> bool| {
+        let top = COMMANDS.iter().map(|c| (c.name, c.categories));
+        let subs = crate::command::table::SUBCOMMANDS
+            .iter()
+            .map(|s| (s.name, s.categories));
+        Reply::Array(
+            top.chain(subs)
+                .filter(|(n, c)| keep(n, *c))
+                .map(|(n, _)| Reply::Bulk(Bytes::from_static(n.as_bytes())))
+                .collect(),
+        )
+    };
+    match args {
+        [] => Ok(Reply::Array(
+            COMMANDS
+                .iter()
+                .map(|c| Reply::Bulk(Bytes::from_static(c.name.as_bytes())))
+                .collect(),
+        )),
+        [filterby, kind, value] if filterby.eq_ignore_ascii_case(b"FILTERBY") => {
+            match kind.to_ascii_uppercase().as_slice() {
+                // No modules behind the proxy.
+                b"MODULE" => Ok(Reply::Array(Vec::new())),
+                b"ACLCAT" => {
+                    // `all` is a rule shorthand, not a category Redis lists by.
+                    let Some(cat) = std::str::from_utf8(value)
+                        .ok()
+                        .filter(|v| !v.eq_ignore_ascii_case("all"))
+                        .and_then(crate::command::Categories::from_name)
+                    else {
+                        return Ok(Reply::Array(Vec::new()));
+                    };
+                    Ok(names(&|_, c| c.intersects(cat)))
+                }
+                b"PATTERN" => {
+                    let pattern = value.to_ascii_lowercase();
+                    Ok(names(&|n, _| {
+                        super::pubsub::glob_match(&pattern, n.as_bytes())
+                    }))
+                }
+                _ => Err(ProxyError::err("syntax error")),
+            }
+        }
+        _ => Err(ProxyError::err("syntax error")),
     }
 }
 
