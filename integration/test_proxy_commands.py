@@ -183,7 +183,6 @@ def test_info_has_proxy_section(deployment, proxy_only):
 REFUSED = [
     ("config", ("CONFIG", "SET", "maxmemory", "1")),
     ("config", ("CONFIG", "GET", "*")),
-    ("monitor", ("MONITOR",)),
     ("cluster", ("CLUSTER", "INFO")),
     ("shutdown", ("SHUTDOWN", "NOSAVE")),
     ("replicaof", ("REPLICAOF", "127.0.0.1", "1")),

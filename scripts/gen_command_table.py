@@ -103,7 +103,7 @@ REASONS = {
 UNSUPPORTED = {
     **dict.fromkeys(["cluster", "asking"], "CLUSTER"),
     **dict.fromkeys(
-        ["monitor", "config", "shutdown", "replicaof", "slaveof", "sync", "psync",
+        ["config", "shutdown", "replicaof", "slaveof", "sync", "psync",
          "replconf", "failover", "debug", "save", "bgsave", "bgrewriteaof",
          "lastsave", "latency", "acl", "module", "role"],
         "ADMIN_ONLY"),
@@ -116,7 +116,7 @@ UNSUPPORTED = {
 HANDLING = {
     **{n: f"Handling::Local(LocalKind::{n.capitalize()})" for n in
        ["ping", "echo", "select", "quit", "hello", "auth", "client", "command",
-        "info", "time", "reset", "readonly", "readwrite", "slowlog"]},
+        "info", "time", "reset", "readonly", "readwrite", "slowlog", "monitor"]},
     "subscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Channel))",
     "psubscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Pattern))",
     "ssubscribe": "Handling::PubSub(PubSubKind::Subscribe(Topic::Shard))",

@@ -324,6 +324,8 @@ pub enum LocalKind {
     Readwrite,
     /// The proxy's own slow log.
     Slowlog,
+    /// MONITOR: the commands passing through this proxy.
+    Monitor,
 }
 
 /// One row of the command table.
@@ -570,7 +572,6 @@ mod tests {
             "publish",
             "spublish",
             "readonly",
-            "monitor",
             "failover",
             "wait",
         ] {
@@ -584,6 +585,7 @@ mod tests {
             "client|id",
             "client|list",
             "client|kill",
+            "monitor",
             "script|load",
             "script|kill",
             "function",

@@ -244,7 +244,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("mget", -2, R | F, A_READ | A_STRING | A_FAST, range(1, -1, 1), Handling::Split(SplitKind::Mget)),
     cmd("migrate", -6, W | MOV, A_KEYSPACE | A_WRITE | A_SLOW | A_DANGEROUS, range(3, 3, 1), PLACED),
     cmd("module", -2, 0, A_SLOW, KeySpec::None, ADMIN_ONLY),
-    cmd("monitor", 1, ADM | NS | LD | ST, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, ADMIN_ONLY),
+    cmd("monitor", 1, ADM | NS | LD | ST, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, Handling::Local(LocalKind::Monitor)),
     cmd("move", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST, range(1, 1, 1), ONE_DB),
     cmd("mset", -3, W | OOM, A_WRITE | A_STRING | A_SLOW, range(1, -1, 2), Handling::Split(SplitKind::Mset)),
     cmd("msetnx", -3, W | OOM, A_WRITE | A_STRING | A_SLOW, range(1, -1, 2), Handling::Forward),

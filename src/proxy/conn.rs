@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::Proxy;
 use super::clients::{Closing, Usage};
 use super::dispatch::Action;
+use super::monitor::{Lagged, Watch};
 use super::pending::Pending;
 use super::pubsub::{Delivery, Overflow, Subscriptions};
 use super::session::Session;
@@ -237,7 +238,7 @@ impl Client<'_> {
             if self.eof {
                 return Ok(false);
             }
-            if self.session.pubsub.is_some() {
+            if self.session.pubsub.is_some() || self.session.monitor.is_some() {
                 return self.read_or_push().await;
             }
             return self.read_more().await;
@@ -245,8 +246,8 @@ impl Client<'_> {
         let can_read = !self.eof && self.pending.len() < in_flight;
         // Messages wait while a subscribe confirmation is queued, so that
         // none overtakes the confirmation of its channel.
-        let can_push =
-            self.session.pubsub.is_some() && !self.pending.iter().any(Pending::is_subscription);
+        let can_push = (self.session.pubsub.is_some() || self.session.monitor.is_some())
+            && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
             _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
@@ -254,8 +255,8 @@ impl Client<'_> {
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
-            d = next_push(&mut self.session.pubsub), if can_push => {
-                self.write_pushes(d)?;
+            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor), if can_push => {
+                self.write_event(ev)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
@@ -337,14 +338,35 @@ impl Client<'_> {
                 Err(e) => Err(End::Io(e)),
             },
             why = self.memory.closing() => Err(End::from(why)),
-            d = next_push(&mut self.session.pubsub) => {
-                self.write_pushes(d)?;
+            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor) => {
+                self.write_event(ev)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
             _ = stopping(&mut self.shutdown) => {
                 self.eof = true;
                 Ok(!self.rbuf.is_empty())
+            }
+        }
+    }
+
+    /// Writes a pub/sub message or MONITOR line (and what is queued behind it).
+    fn write_event(&mut self, ev: Event) -> Result<(), End> {
+        match ev {
+            Event::Push(d) => self.write_pushes(d),
+            Event::Monitor(Err(Lagged)) => Err(End::Limit("output_buffer")),
+            Event::Monitor(Ok(line)) => {
+                self.wbuf.extend_from_slice(&line);
+                if let Some(m) = self.session.monitor.as_mut() {
+                    while self.wbuf.len() < WRITE_HIGH_WATER {
+                        match m.try_recv() {
+                            Ok(Some(line)) => self.wbuf.extend_from_slice(&line),
+                            Ok(None) => break,
+                            Err(Lagged) => return Err(End::Limit("output_buffer")),
+                        }
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -539,11 +561,34 @@ impl Client<'_> {
     }
 }
 
-/// The next pub/sub message of a subscribed client (never, for others).
-async fn next_push(subs: &mut Option<Box<Subscriptions>>) -> Option<Delivery> {
-    match subs {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+/// Something to write that the client did not ask for just now.
+enum Event {
+    /// A pub/sub message (None: the hub is gone).
+    Push(Option<Delivery>),
+    /// A MONITOR line.
+    Monitor(Result<bytes::Bytes, Lagged>),
+}
+
+/// The next pub/sub message or MONITOR line (never, for other clients).
+async fn next_event(
+    subs: &mut Option<Box<Subscriptions>>,
+    monitor: &mut Option<Box<Watch>>,
+) -> Event {
+    let push = async {
+        match subs {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    let line = async {
+        match monitor {
+            Some(m) => m.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        d = push => Event::Push(d),
+        l = line => Event::Monitor(l),
     }
 }
 

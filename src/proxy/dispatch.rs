@@ -192,6 +192,9 @@ impl Session {
         if let Err(e) = self.check_subscribed(spec, &req) {
             return self.fail(Some(spec), e);
         }
+        if proxy.monitors.active() {
+            proxy.monitors.feed(&self.addr, spec, req.args());
+        }
         // A fleet member that may have lost its lease routes no keys: the
         // fleet may have moved them without it (see `context::Fence`).
         if !matches!(spec.handling, Handling::Local(_)) && proxy.ctx.fence.blocks(started) {

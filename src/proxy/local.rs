@@ -105,8 +105,10 @@ impl Session {
             LocalKind::Reset => {
                 // Back to the default user, which (when auth is on) needs a password.
                 self.user = None;
-                // Every subscription ends (dropping them unsubscribes).
+                // Every subscription ends (dropping them unsubscribes), and
+                // so does MONITOR.
                 self.pubsub = None;
+                self.monitor = None;
                 if self.tx.is_some() || self.watch.is_some() {
                     return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }
@@ -115,6 +117,12 @@ impl Session {
                 Ok(Reply::Simple("RESET".into()))
             }
             LocalKind::Slowlog => proxy.slowlog.command(&proxy.metrics, args),
+            LocalKind::Monitor => {
+                if self.monitor.is_none() {
+                    self.monitor = Some(Box::new(proxy.monitors.watch()));
+                }
+                Ok(Reply::Ok)
+            }
             LocalKind::Readonly | LocalKind::Readwrite => Err(ProxyError::err(
                 "This instance has cluster support disabled",
             )),

@@ -8,6 +8,7 @@ mod dispatch;
 mod exclusive;
 mod info;
 mod local;
+mod monitor;
 mod moves;
 mod pending;
 pub mod pubsub;
@@ -211,6 +212,8 @@ pub struct Proxy {
     pub pubsub: Arc<pubsub::Hub>,
     /// Every client, and what they make the proxy buffer (see [`clients`]).
     pub clients: Arc<clients::Clients>,
+    /// MONITOR clients (see `monitor`).
+    monitors: Arc<monitor::Monitors>,
     next_client_id: AtomicU64,
     /// Open client connections (with auth: logged-in ones).
     connected: AtomicUsize,
@@ -239,6 +242,7 @@ impl Proxy {
             metrics: ctx.metrics.clone(),
             pubsub: Arc::new(pubsub::Hub::new(ctx.clone(), config.pubsub_output_limit)),
             clients: Arc::new(clients::Clients::new(config.maxmemory_clients)),
+            monitors: Arc::default(),
             ctx,
             backend_acl,
             next_client_id: AtomicU64::new(1),

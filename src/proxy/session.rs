@@ -62,6 +62,8 @@ pub struct Session {
     pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
     /// This client's entry in the proxy's registry (CLIENT LIST / KILL).
     pub(super) me: Option<Arc<super::clients::Entry>>,
+    /// After MONITOR: the lines of every command through the proxy.
+    pub(super) monitor: Option<Box<super::monitor::Watch>>,
 }
 
 impl Session {
@@ -87,6 +89,7 @@ impl Session {
             exclusive_raw: None,
             pubsub: None,
             me: None,
+            monitor: None,
         }
     }
 
