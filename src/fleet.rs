@@ -113,10 +113,7 @@ pub async fn join(
     state: Versioned<FleetState>,
     shutdown: watch::Sender<bool>,
 ) -> Result<(), CoordError> {
-    let id = config
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("{addr}-{}", std::process::id()));
+    let id = config.id.clone().unwrap_or_else(|| default_id(&addr));
     let ttl = lease_seconds(config.lease_ttl);
     let sent = Instant::now();
     let lease = coord.client().lease_grant(ttl, None).await?.id();
@@ -451,6 +448,20 @@ impl Membership {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// This proxy's default fleet id: host name, listen address and pid. The
+/// host name keeps containers apart (each is pid 1 on the same address).
+fn default_id(addr: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        format!("{addr}-{}", std::process::id())
+    } else {
+        format!("{host}/{addr}-{}", std::process::id())
     }
 }
 
