@@ -431,10 +431,15 @@ impl Hub {
     /// published): subscribes where topics now live, retires where they no
     /// longer do, reconnects links whose primary moved. Returns the
     /// (shard, topic) subscriptions to wait for.
-    fn reroute(self: &Arc<Self>, snap: &Arc<Snapshot>) -> Vec<(String, TopicKey)> {
+    fn reroute(
+        self: &Arc<Self>,
+        snap: &Arc<Snapshot>,
+    ) -> (Vec<(String, TopicKey)>, Option<Arc<Snapshot>>) {
         let mut st = self.lock();
         let st = &mut *st;
-        st.routing = Some(snap.clone());
+        // The replaced snapshot goes back to the caller, which holds it
+        // until the new subscriptions are confirmed (see the module doc).
+        let previous = st.routing.replace(snap.clone());
         let mut needs = Vec::new();
         let keys: Vec<TopicKey> = st.topics.keys().cloned().collect();
         let now = Instant::now();
@@ -467,7 +472,7 @@ impl Hub {
                 _ => {}
             }
         }
-        needs
+        (needs, previous)
     }
 
     /// Drops the retired subscriptions whose time has come, and links of
@@ -671,10 +676,14 @@ async fn watch_routing(hub: Weak<Hub>, mut changes: tokio::sync::watch::Receiver
     loop {
         let Some(h) = hub.upgrade() else { return };
         let snap = h.ctx.snapshot_full();
-        let needs = h.reroute(&snap);
+        // `previous` (the table applied before) is held until the shards
+        // confirmed what the new one needs: a rebalance waits for every
+        // holder of a replaced table before it moves on.
+        let (needs, previous) = h.reroute(&snap);
         if !needs.is_empty() {
             h.confirmation(needs).await;
         }
+        drop(previous);
         h.retire_due();
         drop(snap);
         drop(h);
