@@ -348,3 +348,146 @@ fn wrong_backend_password_is_a_clear_error_naming_the_endpoint() {
     // The client connection stays open; local commands still work.
     cmd(&mut raw, &["PING"], b"+PONG\r\n");
 }
+
+/// A cluster whose clients log in with the auth file `yaml`.
+fn start_with(yaml: &str) -> Cluster {
+    let auth = shardgate::auth::file::from_yaml(yaml, &|_| None).expect("auth file");
+    Cluster::start(Spec {
+        shards: 2,
+        client: ClientConfig {
+            auth: Some(Arc::new(auth)),
+            ..ClientConfig::default()
+        },
+        ..Spec::default()
+    })
+}
+
+/// A raw connection to the proxy logged in as `user`.
+fn raw_login(c: &Cluster, user: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.proxy_port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(&resp(&["AUTH", user, "pw"])).unwrap();
+    assert_eq!(read_replies(&mut s, 1), vec![b"+OK\r\n".to_vec()]);
+    s
+}
+
+/// Reads `n` reply frames.
+fn read_replies(s: &mut std::net::TcpStream, n: usize) -> Vec<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while out.len() < n {
+        match shardgate::protocol::scan::frame_len(&buf) {
+            Ok(Some(len)) => out.push(buf.drain(..len).collect()),
+            _ => {
+                let got = s.read(&mut chunk).unwrap();
+                assert!(got > 0, "closed after {} replies", out.len());
+                buf.extend_from_slice(&chunk[..got]);
+            }
+        }
+    }
+    out
+}
+
+/// Sends `n` pipelined GETs; returns (answered, rate-limited error texts).
+fn burst(s: &mut std::net::TcpStream, n: usize) -> (usize, Vec<String>) {
+    use std::io::Write;
+    let mut req = Vec::new();
+    for i in 0..n {
+        req.extend_from_slice(&resp(&["GET", &format!("rl{i}")]));
+    }
+    s.write_all(&req).unwrap();
+    let mut ok = 0;
+    let mut limited = Vec::new();
+    for r in read_replies(s, n) {
+        if r.starts_with(b"-") {
+            limited.push(String::from_utf8_lossy(&r).into_owned());
+        } else {
+            ok += 1;
+        }
+    }
+    (ok, limited)
+}
+
+#[test]
+fn a_users_rate_limit_holds_across_its_connections() {
+    let c = start_with(
+        "users:\n  - name: app\n    password: pw\n    rate_limit: {requests_per_second: 20}\n  - name: free\n    password: pw\n",
+    );
+    let (mut a, mut b, mut free) = (
+        raw_login(&c, "app"),
+        raw_login(&c, "app"),
+        raw_login(&c, "free"),
+    );
+    let (ok_a, limited_a) = burst(&mut a, 100);
+    let (ok_b, limited_b) = burst(&mut b, 100);
+    // One bucket of 20 (plus what refills meanwhile) for both connections.
+    assert!(
+        ok_a + ok_b >= 20 && ok_a + ok_b < 60,
+        "{ok_a} + {ok_b} answered"
+    );
+    assert!(
+        limited_a
+            .iter()
+            .chain(&limited_b)
+            .all(|e| e.contains("rate limit of user 'app' exceeded (20 requests per second)")),
+        "{:?}",
+        limited_a.first()
+    );
+    // Another user is not limited; the limited user recovers with time.
+    assert_eq!(burst(&mut free, 100), (100, Vec::new()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (ok, _) = burst(&mut a, 10);
+    assert_eq!(ok, 10);
+}
+
+#[test]
+fn an_address_rate_limit_counts_requests_and_bytes() {
+    let c = start_with(
+        "requirepass: pw\nper_address_rate_limit: {requests_per_second: 1000, bytes_per_second: 20000}\n",
+    );
+    let mut con = c.conn();
+    let _: () = redis::cmd("AUTH").arg("pw").query(&mut con).unwrap();
+    // 10 KiB values: the bytes limit bites after two.
+    let big = vec![b'x'; 10_000];
+    let mut refused = None;
+    for i in 0..5 {
+        match redis::cmd("SET")
+            .arg(format!("big{i}"))
+            .arg(&big)
+            .query::<()>(&mut con)
+        {
+            Ok(()) => {}
+            Err(e) => {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (i, e) = refused.expect("the bytes limit refused a SET");
+    assert!(i >= 1, "refused at once: {e}");
+    assert!(
+        e.contains("rate limit of client address 127.0.0.1 exceeded (20000 bytes per second)"),
+        "{e}"
+    );
+    // Logging in is never limited.
+    let mut other = c.conn();
+    let _: () = redis::cmd("AUTH").arg("pw").query(&mut other).unwrap();
+}
+
+#[test]
+fn rate_limits_in_the_auth_file_are_checked() {
+    let bad = shardgate::auth::file::from_yaml(
+        "users:\n  - name: a\n    password: p\n    rate_limit: {requests_per_second: 0}\n",
+        &|_| None,
+    )
+    .unwrap_err();
+    assert_eq!(bad.path, "users[0].rate_limit.requests_per_second");
+    let bad =
+        shardgate::auth::file::from_yaml("requirepass: p\nper_address_rate_limit: {}\n", &|_| None)
+            .unwrap_err();
+    assert_eq!(bad.path, "per_address_rate_limit");
+}

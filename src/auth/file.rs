@@ -37,6 +37,44 @@ struct RawAuthFile {
     /// Named users.
     #[serde(default)]
     users: Option<Vec<RawUser>>,
+    /// A rate limit for each client address.
+    #[serde(default)]
+    per_address_rate_limit: Option<RawRate>,
+}
+
+/// `rate_limit:` of a user, or `per_address_rate_limit:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    #[serde(default)]
+    requests_per_second: Option<i64>,
+    #[serde(default)]
+    bytes_per_second: Option<i64>,
+}
+
+fn rate(path: &str, raw: Option<RawRate>) -> Result<Option<super::rate::RateLimit>, AuthFileError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let field = |name: &str, v: Option<i64>| -> Result<u64, AuthFileError> {
+        match v {
+            None => Ok(0),
+            Some(v) if v > 0 => Ok(v as u64),
+            Some(v) => Err(err(
+                format!("{path}.{name}"),
+                format!("must be > 0, got {v}"),
+            )),
+        }
+    };
+    let limit = super::rate::RateLimit {
+        requests_per_second: field("requests_per_second", raw.requests_per_second)?,
+        bytes_per_second: field("bytes_per_second", raw.bytes_per_second)?,
+    };
+    if limit.requests_per_second == 0 && limit.bytes_per_second == 0 {
+        return Err(err(
+            path,
+            "set requests_per_second, bytes_per_second or both",
+        ));
+    }
+    Ok(Some(limit))
 }
 
 /// One user.
@@ -52,6 +90,9 @@ struct RawUser {
     /// Rules like `+@all -@admin`; default `+@all`.
     #[serde(default)]
     commands: Option<String>,
+    /// Requests and bytes per second for all of the user's connections.
+    #[serde(default)]
+    rate_limit: Option<RawRate>,
 }
 
 fn err(path: impl Into<String>, reason: impl Into<String>) -> AuthFileError {
@@ -115,7 +156,8 @@ pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Aut
                 parse_rules(&text).map_err(|why| err(format!("{p}.commands"), why.to_string()))?
             }
         };
-        users.push(User::new(name, pw.as_bytes(), rules));
+        let limit = rate(&format!("{p}.rate_limit"), u.rate_limit)?;
+        users.push(User::new(name, pw.as_bytes(), rules).with_rate(limit));
     }
     if users.is_empty() {
         return Err(err(
@@ -123,7 +165,8 @@ pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Aut
             "defines no credentials: set requirepass, requirepass_env or users",
         ));
     }
-    Ok(Auth::new(users))
+    let per_address = rate("per_address_rate_limit", raw.per_address_rate_limit)?;
+    Ok(Auth::new(users).with_address_rate(per_address))
 }
 
 /// An inline secret or one from the environment (exactly one of them).

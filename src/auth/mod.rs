@@ -15,6 +15,7 @@
 //! acl.c): [`NOAUTH`], [`WRONGPASS`], [`noperm`].
 
 pub mod file;
+pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct User {
     rules: Vec<Rule>,
     /// The rules allow every command (the common `+@all`): no check needed.
     all: bool,
+    /// The user's rate limit, shared by all its connections.
+    pub rate: Option<std::sync::Arc<rate::Buckets>>,
 }
 
 impl std::fmt::Debug for User {
@@ -82,7 +85,14 @@ impl User {
             digest: digest(password),
             rules,
             all,
+            rate: None,
         }
+    }
+
+    /// The same user with a rate limit.
+    pub fn with_rate(mut self, limit: Option<rate::RateLimit>) -> User {
+        self.rate = limit.map(|l| std::sync::Arc::new(rate::Buckets::new(l)));
+        self
     }
 
     /// Checks that this user may run `spec` (called as subcommand `sub` when
@@ -178,6 +188,10 @@ pub fn backend_rules(rules: &[Rule], allow_flush: bool) -> Vec<String> {
 #[derive(Debug, Default)]
 pub struct Auth {
     users: HashMap<String, Arc<User>>,
+    /// Each client address's rate limit, when the file sets one.
+    per_address: Option<rate::RateLimit>,
+    /// The buckets of the addresses seen (bounded; see [`Auth::address_buckets`]).
+    addresses: std::sync::Mutex<HashMap<std::net::IpAddr, Arc<rate::Buckets>>>,
 }
 
 impl Auth {
@@ -188,7 +202,31 @@ impl Auth {
                 .into_iter()
                 .map(|u| (u.name.clone(), Arc::new(u)))
                 .collect(),
+            per_address: None,
+            addresses: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same users with a rate limit per client address.
+    pub fn with_address_rate(mut self, limit: Option<rate::RateLimit>) -> Auth {
+        self.per_address = limit;
+        self
+    }
+
+    /// The buckets of client address `ip` (None without a per-address
+    /// limit). Addresses whose buckets no connection holds are forgotten
+    /// once 10,000 are tracked (bounded memory).
+    pub fn address_buckets(&self, ip: std::net::IpAddr) -> Option<Arc<rate::Buckets>> {
+        let limit = self.per_address?;
+        let mut map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= 10_000 && !map.contains_key(&ip) {
+            map.retain(|_, b| Arc::strong_count(b) > 1);
+        }
+        Some(
+            map.entry(ip)
+                .or_insert_with(|| Arc::new(rate::Buckets::new(limit)))
+                .clone(),
+        )
     }
 
     /// Only a `default` user with `password` and every command: what

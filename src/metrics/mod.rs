@@ -156,6 +156,10 @@ pub const PUBSUB_LINKS: &str = "shardgate_pubsub_backend_links_up";
 /// and outcome; each successful one subscribes everything again.
 pub const PUBSUB_LINK_CONNECTS: &str = "shardgate_pubsub_backend_connects_total";
 
+/// Requests refused by the auth file's rate limits, by scope (user,
+/// address) and limit (requests, bytes).
+pub const RATE_LIMITED: &str = "shardgate_rate_limited_total";
+
 /// Name, kind and help text of every metric, registered at start.
 pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
@@ -342,6 +346,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Time the fleet's mover waited for every live proxy to publish a window's Migrating state and drain older routing",
     ),
     (
+        RATE_LIMITED,
+        "counter",
+        "Requests refused by the auth file's rate limits, by scope (user, address) and limit (requests, bytes)",
+    ),
+    (
         PUBSUB_SUBSCRIPTIONS,
         "gauge",
         "Subscriptions of this proxy's clients by kind: channel (SUBSCRIBE), pattern (PSUBSCRIBE), shard (SSUBSCRIBE)",
@@ -442,6 +451,8 @@ pub struct Metrics {
     pubsub_subscriptions: [Gauge; 3],
     pubsub_messages: Counter,
     pubsub_links: Gauge,
+    /// [user requests, user bytes, address requests, address bytes].
+    rate_limited: [Counter; 4],
 }
 
 impl Default for Metrics {
@@ -492,6 +503,13 @@ impl Metrics {
                 .map(|k| gauge!(PUBSUB_SUBSCRIPTIONS, "kind" => k)),
             pubsub_messages: counter!(PUBSUB_MESSAGES),
             pubsub_links: gauge!(PUBSUB_LINKS),
+            rate_limited: [
+                ("user", "requests"),
+                ("user", "bytes"),
+                ("address", "requests"),
+                ("address", "bytes"),
+            ]
+            .map(|(s, l)| counter!(RATE_LIMITED, "scope" => s, "limit" => l)),
         }
     }
 
@@ -501,6 +519,12 @@ impl Metrics {
         if let Some(g) = self.pubsub_subscriptions.get(kind) {
             g.increment(delta);
         }
+    }
+
+    /// A request was refused by a rate limit of a user (else an address),
+    /// for its bytes (else its count).
+    pub fn rate_limited(&self, user: bool, bytes: bool) {
+        self.rate_limited[usize::from(!user) * 2 + usize::from(bytes)].increment(1);
     }
 
     /// `n` pub/sub messages were written to a client.

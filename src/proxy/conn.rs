@@ -101,6 +101,11 @@ pub async fn serve_client(
         shutdown,
     };
     client.session.me = Some(client.memory.entry().clone());
+    client.session.addr_rate = proxy
+        .config
+        .auth
+        .as_ref()
+        .and_then(|a| a.address_buckets(peer.ip()));
     let end = client.run().await;
     match end {
         End::Normal => tracing::debug!(client = id, %peer, "client disconnected"),

@@ -189,6 +189,21 @@ impl Session {
             }
             return self.fail(Some(spec), e);
         }
+        // Rate limits of the auth file (logging in and out always passes).
+        if proxy.config.auth.is_some()
+            && !matches!(
+                spec.handling,
+                Handling::Local(
+                    LocalKind::Auth | LocalKind::Hello | LocalKind::Quit | LocalKind::Reset
+                )
+            )
+            && let Err(e) = self.check_rate(proxy, &req)
+        {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.aborted = true;
+            }
+            return self.fail(Some(spec), e);
+        }
         if let Err(e) = self.check_subscribed(spec, &req) {
             return self.fail(Some(spec), e);
         }
@@ -223,6 +238,38 @@ impl Session {
             self.sync_info();
         }
         action
+    }
+
+    /// Takes the request from the user's and the address's rate limits.
+    fn check_rate(&self, proxy: &Proxy, req: &Request) -> Result<(), ProxyError> {
+        use crate::auth::rate::Limited;
+        let bytes = req.raw().len();
+        let describe = |limit: crate::auth::rate::RateLimit, what: Limited| match what {
+            Limited::Requests => format!("{} requests per second", limit.requests_per_second),
+            Limited::Bytes => format!("{} bytes per second", limit.bytes_per_second),
+        };
+        if let Some(user) = &self.user
+            && let Some(b) = &user.rate
+            && let Err(what) = b.take(bytes, self.request_started)
+        {
+            proxy.metrics.rate_limited(true, what == Limited::Bytes);
+            return Err(ProxyError::err(format!(
+                "rate limit of user '{}' exceeded ({}); retry later",
+                user.name,
+                describe(b.limit, what)
+            )));
+        }
+        if let Some(b) = &self.addr_rate
+            && let Err(what) = b.take(bytes, self.request_started)
+        {
+            proxy.metrics.rate_limited(false, what == Limited::Bytes);
+            let ip = self.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+            return Err(ProxyError::err(format!(
+                "rate limit of client address {ip} exceeded ({}); retry later",
+                describe(b.limit, what)
+            )));
+        }
+        Ok(())
     }
 
     /// Routes a request that passed the checks (known command, arity,

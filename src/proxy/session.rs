@@ -64,6 +64,8 @@ pub struct Session {
     pub(super) me: Option<Arc<super::clients::Entry>>,
     /// After MONITOR: the lines of every command through the proxy.
     pub(super) monitor: Option<Box<super::monitor::Watch>>,
+    /// The rate limit of this client's address, when the auth file sets one.
+    pub(super) addr_rate: Option<Arc<crate::auth::rate::Buckets>>,
 }
 
 impl Session {
@@ -90,6 +92,7 @@ impl Session {
             pubsub: None,
             me: None,
             monitor: None,
+            addr_rate: None,
         }
     }
 
