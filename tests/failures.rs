@@ -197,14 +197,18 @@ fn a_dead_replica_leaves_the_read_rotation_and_rejoins() {
     }
 }
 
-/// The `healthy=` of shard `shard`'s primary in INFO's proxy section.
-fn primary_healthy(con: &mut redis::Connection, shard: usize) -> bool {
+/// Shard `shard`'s primary line in INFO's proxy section.
+fn primary_line(con: &mut redis::Connection, shard: usize) -> String {
     let info: String = redis::cmd("INFO").arg("proxy").query(con).unwrap();
-    let line = info
-        .lines()
+    info.lines()
         .find(|l| l.starts_with(&format!("shard{shard}:")))
-        .unwrap_or_else(|| panic!("no shard{shard} line in:\n{info}"));
-    line.contains("healthy=1")
+        .unwrap_or_else(|| panic!("no shard{shard} line in:\n{info}"))
+        .to_owned()
+}
+
+/// Whether shard `shard`'s primary passes its health check.
+fn primary_healthy(con: &mut redis::Connection, shard: usize) -> bool {
+    primary_line(con, shard).contains("healthy=1")
 }
 
 #[test]
@@ -221,11 +225,14 @@ fn the_health_check_opens_and_closes_the_breaker() {
     let _: () = con.set(&key, 1).unwrap();
 
     c.primaries[2].signal("STOP");
+    // Two checks in a row without an answer open the breaker (one slow
+    // answer alone does not).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while primary_healthy(&mut probe, 2) {
-        assert!(Instant::now() < deadline, "the health check never noticed");
+    while !primary_line(&mut probe, 2).contains("circuit_open=1") {
+        assert!(Instant::now() < deadline, "the health check never opened the breaker");
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(!primary_healthy(&mut probe, 2));
     // Noticed by the health check, not by a request: the next write fails
     // at once instead of waiting for its command timeout.
     let started = Instant::now();

@@ -12,6 +12,7 @@
 //! as it is back rather than after the breaker's next probe.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -21,6 +22,10 @@ use super::{Endpoint, EndpointState, Role};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply};
 use crate::tls::BackendStream;
+
+/// Health checks in a row without an answer after which the endpoint's
+/// breaker opens.
+const HANG_CHECKS: u32 = 2;
 
 /// Starts one checker task per endpoint; they stop when `shutdown` fires.
 pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -91,8 +96,15 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
             Ok(c) => *conn = Some(c),
             Err(e) => {
                 state.set_healthy(false, &e.to_string());
-                // Requests would only wait for the same failure.
-                state.breaker.failure(&e, &state.addr, &state.metrics);
+                // Refused or unreachable: requests would only wait for the
+                // same failure. A connect that timed out counts like a
+                // check without an answer (the host may only be busy).
+                let timed_out = matches!(&e, BackendError::Unavailable { reason, .. } if reason.contains("timed out"));
+                if !timed_out
+                    || state.health_timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= HANG_CHECKS
+                {
+                    state.breaker.failure(&e, &state.addr, &state.metrics);
+                }
                 return;
             }
         }
@@ -110,21 +122,28 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
             Err(format!("health check failed: {e}"))
         }
         Err(_) => {
-            // No answer: the endpoint hangs (or is busy beyond the connect
-            // timeout). New requests fail fast from now on instead of
-            // queueing behind it; requests already sent keep their command
-            // timeout (a long command and a hang look the same from here).
+            // No answer: the endpoint hangs, or is busy (a long command, a
+            // starved host) beyond the connect timeout. After two such
+            // checks in a row, new requests fail fast instead of queueing
+            // behind it; one slow answer alone does not fail clients.
+            // Requests already sent keep their command timeout (a long
+            // command and a hang look the same from here).
             let err = BackendError::Timeout {
                 addr: state.addr.clone(),
                 millis: timeout.as_millis() as u64,
             };
-            state.breaker.failure(&err, &state.addr, &state.metrics);
+            if state.health_timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= HANG_CHECKS {
+                state.breaker.failure(&err, &state.addr, &state.metrics);
+            }
             Err(format!(
                 "no answer to health check within {} ms",
                 timeout.as_millis()
             ))
         }
     };
+    if verdict.is_ok() || !verdict.as_ref().is_err_and(|w| w.starts_with("no answer")) {
+        state.health_timeouts.store(0, Ordering::Relaxed);
+    }
     match verdict {
         Ok(()) => {
             state.record_latency(started.elapsed().as_micros() as u64);

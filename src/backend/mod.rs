@@ -83,6 +83,8 @@ pub struct EndpointState {
     /// The backend ACL users could not be installed here (logged once per
     /// change; see [`acl`]).
     acl_failing: AtomicBool,
+    /// Health checks in a row that got no answer in time (see `health`).
+    pub health_timeouts: std::sync::atomic::AtomicU32,
     /// A primary's replication offsets over time (written by its health
     /// check); see [`lag`].
     pub offsets: Arc<lag::OffsetLog>,
@@ -417,6 +419,7 @@ impl ShardBackends {
             retired: AtomicBool::new(true),
             identity: None,
             acl_failing: AtomicBool::new(false),
+            health_timeouts: std::sync::atomic::AtomicU32::new(0),
             offsets: Arc::default(),
             primary_offsets: arc_swap::ArcSwapOption::empty(),
         });
@@ -600,6 +603,7 @@ impl Backends {
                         retired: AtomicBool::new(false),
                         identity: Some(identity),
                         acl_failing: AtomicBool::new(false),
+                        health_timeouts: std::sync::atomic::AtomicU32::new(0),
                         offsets: Arc::default(),
                         primary_offsets: arc_swap::ArcSwapOption::empty(),
                     });
