@@ -229,7 +229,10 @@ fn the_health_check_opens_and_closes_the_breaker() {
     // answer alone does not).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !primary_line(&mut probe, 2).contains("circuit_open=1") {
-        assert!(Instant::now() < deadline, "the health check never opened the breaker");
+        assert!(
+            Instant::now() < deadline,
+            "the health check never opened the breaker"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!primary_healthy(&mut probe, 2));
