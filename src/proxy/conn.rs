@@ -171,7 +171,12 @@ impl Client<'_> {
                     req,
                     *arrived.get_or_insert_with(std::time::Instant::now),
                 ) {
-                    Action::Queue(p) => self.pending.push_back(p),
+                    Action::Queue(p) => {
+                        if p.is_backend_write() {
+                            self.session.writes.sent();
+                        }
+                        self.pending.push_back(p);
+                    }
                     Action::Close(p) => {
                         self.pending.push_back(p);
                         self.drain().await.map_err(End::from)?;
@@ -185,6 +190,9 @@ impl Client<'_> {
                         };
                         // EXEC, DISCARD and the like end a transaction.
                         self.session.sync_info();
+                        if !spec.is_read() {
+                            self.session.writes.answered(std::time::Instant::now());
+                        }
                         let raw = self.session.exclusive_raw.take();
                         let finished = Finished {
                             spec: Some(spec),
@@ -255,7 +263,7 @@ impl Client<'_> {
             && !self.pending.iter().any(Pending::is_subscription);
         tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
+            _ = std::future::poll_fn(|cx| poll_front(self.proxy, Whose { peer: Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, writes: &mut self.session.writes }, &mut self.pending, &mut self.wbuf, &mut self.window, cx, &mut None)) => {
                 self.take_ready();
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -397,7 +405,13 @@ impl Client<'_> {
         while !self.pending.is_empty() && self.wbuf.len() < WRITE_HIGH_WATER {
             if poll_front(
                 self.proxy,
-                Peer::of(&self.session),
+                Whose {
+                    peer: Peer {
+                        addr: &self.session.addr,
+                        name: self.session.name.as_ref(),
+                    },
+                    writes: &mut self.session.writes,
+                },
                 &mut self.pending,
                 &mut self.wbuf,
                 &mut self.window,
@@ -434,7 +448,7 @@ impl Client<'_> {
                     tokio::select! {
                         biased;
                         r = self.wr.write(&self.wbuf[written..]) => break r?,
-                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, &mut self.pending, &mut self.spill, &mut self.window, cx, &mut None)), if !self.pending.is_empty() => {
+                        _ = std::future::poll_fn(|cx| poll_front(self.proxy, Whose { peer: Peer { addr: &self.session.addr, name: self.session.name.as_ref() }, writes: &mut self.session.writes }, &mut self.pending, &mut self.spill, &mut self.window, cx, &mut None)), if !self.pending.is_empty() => {
                             let unwritten = self.wbuf.len() - written + self.spill.len();
                             self.check_output(unwritten)?;
                         }
@@ -510,7 +524,13 @@ impl Client<'_> {
             std::future::poll_fn(|cx| {
                 poll_front(
                     self.proxy,
-                    Peer::of(&self.session),
+                    Whose {
+                        peer: Peer {
+                            addr: &self.session.addr,
+                            name: self.session.name.as_ref(),
+                        },
+                        writes: &mut self.session.writes,
+                    },
                     &mut self.pending,
                     &mut self.wbuf,
                     &mut self.window,
@@ -611,13 +631,20 @@ async fn read_some(rd: &mut ClientRead, buf: &mut BytesMut) -> std::io::Result<u
     Ok(n)
 }
 
+/// The client whose replies [`poll_front`] writes.
+struct Whose<'a> {
+    peer: Peer<'a>,
+    /// Its writes in flight (see [`super::session::Writes`]).
+    writes: &'a mut super::session::Writes,
+}
+
 /// Polls the oldest pending reply; when it is ready, appends it to the write
 /// buffer, counts it and removes it.
 /// `now` is read from the clock at most once per batch of replies (lazily,
 /// when the first one is ready) and shared by the rest of the batch.
 fn poll_front(
     proxy: &Proxy,
-    peer: Peer<'_>,
+    whose: Whose<'_>,
     pending: &mut VecDeque<Pending>,
     wbuf: &mut BytesMut,
     window: &mut Window,
@@ -629,6 +656,7 @@ fn poll_front(
     };
     // An error the proxy answered itself is a rejected command.
     let rejected = matches!(front.kind, super::pending::PendingKind::Ready(_));
+    let write = front.is_backend_write();
     let start = wbuf.len();
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
@@ -644,7 +672,12 @@ fn poll_front(
                 shard: front.shard,
                 backend_us: front.backend_us,
             };
-            proxy.command_finished(finished, peer);
+            proxy.command_finished(finished, whose.peer);
+            if write {
+                // Its own clock read: the batch's `now` may predate this
+                // reply's arrival, and the time must not.
+                whose.writes.answered(std::time::Instant::now());
+            }
             pending.pop_front();
             Poll::Ready(())
         }

@@ -125,6 +125,15 @@ impl Pending {
         }
     }
 
+    /// Whether this is a command that may write, sent to a backend (counted
+    /// in the session's [`super::session::Writes`] while in flight).
+    pub fn is_backend_write(&self) -> bool {
+        matches!(
+            self.kind,
+            PendingKind::Backend { .. } | PendingKind::Gather { .. }
+        ) && self.spec.is_some_and(|s| !s.is_read())
+    }
+
     /// Whether this is a (P|S)SUBSCRIBE confirmation or an unsubscribe's
     /// (pub/sub messages are held while one is queued, so that none
     /// overtakes it).

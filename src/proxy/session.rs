@@ -66,6 +66,60 @@ pub struct Session {
     pub(super) monitor: Option<Box<super::monitor::Watch>>,
     /// The rate limit of this client's address, when the auth file sets one.
     pub(super) addr_rate: Option<Arc<crate::auth::rate::Buckets>>,
+    /// This client's own writes, which its later reads must see.
+    pub(super) writes: Writes,
+}
+
+/// A client's own writes, as far as its later reads are concerned: a read
+/// may be answered by anything other than the primary connection its
+/// writes went through (a replica, a coalesced request of another client,
+/// the near cache) only if that source has seen every write the client had
+/// sent before it. The connection loop counts writes when they are queued
+/// and when their replies are written; exclusive operations (transactions,
+/// scripts) are answered before the next request is read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Writes {
+    in_flight: u32,
+    last_answered: Option<std::time::Instant>,
+}
+
+/// What a read must wait for of the client's own writes (see [`Writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteState {
+    /// The client never wrote (through this connection).
+    None,
+    /// A write's reply has not arrived yet: only the primary connection it
+    /// went through is sure to order the read after it.
+    InFlight,
+    /// Every write was answered, the last at this time: a source that was
+    /// up to date with the primary at some time after it has seen them all.
+    AnsweredAt(std::time::Instant),
+}
+
+impl Writes {
+    /// A write was sent to a backend; its reply is pending.
+    pub(super) fn sent(&mut self) {
+        self.in_flight += 1;
+    }
+
+    /// A write's reply arrived at `at` (also for a write run as an
+    /// exclusive operation, which was never counted as sent).
+    pub(super) fn answered(&mut self, at: std::time::Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.last_answered = Some(at);
+    }
+
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the read path's users (issue 18) land next")
+    )]
+    pub fn state(&self) -> WriteState {
+        match (self.in_flight, self.last_answered) {
+            (0, None) => WriteState::None,
+            (0, Some(t)) => WriteState::AnsweredAt(t),
+            _ => WriteState::InFlight,
+        }
+    }
 }
 
 impl Session {
@@ -93,6 +147,7 @@ impl Session {
             me: None,
             monitor: None,
             addr_rate: None,
+            writes: Writes::default(),
         }
     }
 
@@ -120,5 +175,34 @@ impl Session {
             ssub,
             multi: self.tx.as_ref().map_or(-1, |t| t.queued.len() as i64),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_read_after_writes_knows_whether_they_were_answered() {
+        let mut w = Writes::default();
+        assert_eq!(w.state(), WriteState::None);
+        w.sent();
+        w.sent();
+        assert_eq!(w.state(), WriteState::InFlight);
+        let t0 = Instant::now();
+        w.answered(t0);
+        assert_eq!(
+            w.state(),
+            WriteState::InFlight,
+            "one of two still in flight"
+        );
+        let t1 = t0 + Duration::from_millis(3);
+        w.answered(t1);
+        assert_eq!(w.state(), WriteState::AnsweredAt(t1));
+        // An exclusive operation's write is answered without being sent.
+        let t2 = t1 + Duration::from_millis(3);
+        w.answered(t2);
+        assert_eq!(w.state(), WriteState::AnsweredAt(t2));
     }
 }
