@@ -139,6 +139,7 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
         if shardgate::metrics::SENTINEL_ONLY.contains(name)
             || shardgate::metrics::ON_FIRST_EVENT.contains(name)
             || shardgate::metrics::REPLICA_ONLY.contains(name)
+            || shardgate::metrics::NEAR_CACHE_ONLY.contains(name)
         {
             continue;
         }

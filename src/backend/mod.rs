@@ -9,6 +9,7 @@
 
 pub mod acl;
 pub mod breaker;
+pub mod cache;
 pub mod connect;
 pub mod dedicated;
 pub mod fence;
@@ -145,6 +146,9 @@ impl EndpointState {
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
     conns: Conns,
+    /// The near cache of a Redis primary, when `options.near_cache_bytes`
+    /// turns it on.
+    pub cache: Option<cache::NearCache>,
 }
 
 /// One request's way to an endpoint (see [`Endpoint::send`]).
@@ -201,7 +205,22 @@ impl Endpoint {
             }
             ShardKind::Postgres => Conns::Postgres(PgEndpoint::new(state.clone(), dsn, slots)),
         };
-        Endpoint { state, conns }
+        let cache = (kind == ShardKind::Redis
+            && state.role == Role::Primary
+            && state.options.near_cache_bytes > 0)
+            .then(|| {
+                cache::NearCache::new(
+                    state.clone(),
+                    state.options.near_cache_bytes,
+                    state.options.near_cache_max_staleness,
+                    crate::workers::handles().first(),
+                )
+            });
+        Endpoint {
+            state,
+            conns,
+            cache,
+        }
     }
 
     /// The PostgreSQL side of a postgres endpoint; `None` for Redis.
@@ -431,6 +450,7 @@ impl ShardBackends {
             primary: Arc::new(Endpoint {
                 state,
                 conns: Conns::Removed,
+                cache: None,
             }),
             replicas: Vec::new(),
             read_tiers: Vec::new(),

@@ -44,6 +44,22 @@ impl Answer {
         }
     }
 }
+/// What a connection that asked for server pushes does with them (RESP3
+/// `>` frames, e.g. `CLIENT TRACKING` invalidations): handled on the
+/// connection's reader in the order the server sent them, between the
+/// replies around them.
+pub trait PushSink: Send + Sync {
+    /// The request that turns the pushes on, sent first on every new
+    /// connection, before any queued request (e.g. `CLIENT TRACKING ON`).
+    fn subscribe_frame(&self) -> &[u8];
+    /// A push frame arrived.
+    fn push(&self, frame: &[u8]);
+    /// The connection was opened or lost: whatever the pushes kept current
+    /// may have missed some (called before any request goes down a new
+    /// connection, and after a connection ends).
+    fn reset(&self);
+}
+
 /// Where a client waits for its reply.
 pub type ReplyRx = oneshot::Receiver<ReplyResult>;
 type ReplyTx = oneshot::Sender<ReplyResult>;
@@ -206,8 +222,27 @@ impl MuxConn {
         proto: Protocol,
         on: Option<&tokio::runtime::Handle>,
     ) -> MuxConn {
+        MuxConn::spawn_with(endpoint, proto, on, None)
+    }
+
+    /// [`MuxConn::spawn`] of a RESP3 connection whose server pushes go to
+    /// `sink` (which also names the request that turns them on).
+    pub fn spawn_pushing(
+        endpoint: Arc<EndpointState>,
+        on: Option<&tokio::runtime::Handle>,
+        sink: Arc<dyn PushSink>,
+    ) -> MuxConn {
+        MuxConn::spawn_with(endpoint, Protocol::Resp3, on, Some(sink))
+    }
+
+    fn spawn_with(
+        endpoint: Arc<EndpointState>,
+        proto: Protocol,
+        on: Option<&tokio::runtime::Handle>,
+        sink: Option<Arc<dyn PushSink>>,
+    ) -> MuxConn {
         let shared = Arc::new(Shared::new(&endpoint.addr));
-        let task = supervise(endpoint.clone(), proto, shared.clone());
+        let task = supervise(endpoint.clone(), proto, shared.clone(), sink);
         match on {
             Some(h) => drop(h.spawn(task)),
             None => drop(tokio::spawn(task)),
@@ -237,19 +272,38 @@ impl MuxConn {
     }
 }
 
-async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>) {
+async fn supervise(
+    ep: Arc<EndpointState>,
+    proto: Protocol,
+    shared: Arc<Shared>,
+    sink: Option<Arc<dyn PushSink>>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         if shared.wait().await.is_none() {
             return;
         }
-        match connect(&ep.addr, &ep.link, proto, ep.options.connect_timeout).await {
+        // A server that refuses the push subscription (an ACL without
+        // CLIENT, say) is up: that failure does not open its breaker.
+        let opened = match connect(&ep.addr, &ep.link, proto, ep.options.connect_timeout).await {
+            Ok(stream) => match &sink {
+                Some(sink) => subscribe(&ep, stream, sink.as_ref())
+                    .await
+                    .map_err(|(e, refused)| (e, !refused)),
+                None => Ok(stream),
+            },
+            Err(e) => Err((e, true)),
+        };
+        match opened {
             Ok(stream) => {
                 backoff = Duration::from_millis(50);
                 ep.metrics.connect_attempt(true);
                 ep.metrics.connections_delta(1.0);
                 let (rd, wr) = stream.split();
-                let ended = run(&ep, rd, wr, &shared).await;
+                let ended = run(&ep, rd, wr, &shared, sink.as_deref()).await;
+                if let Some(sink) = &sink {
+                    sink.reset();
+                }
                 ep.metrics.connections_delta(-1.0);
                 match ended {
                     Ended::Unused => {
@@ -261,10 +315,15 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>)
                     }
                 }
             }
-            Err(err) => {
+            Err((err, trips)) => {
                 ep.metrics.connect_attempt(false);
-                ep.connection_failed(&err);
-                ep.breaker.failure(&err, &ep.addr, &ep.metrics);
+                if trips {
+                    ep.connection_failed(&err);
+                    ep.breaker.failure(&err, &ep.addr, &ep.metrics);
+                } else {
+                    tracing::warn!(endpoint = %ep.addr, shard = %ep.shard, error = %err, "push subscription refused; requests that need it go to the shard's other connections");
+                    backoff = MAX_BACKOFF;
+                }
                 // Fail what is queued, and fail fast during the back-off
                 // instead of queueing without bound.
                 let until = tokio::time::Instant::now() + backoff;
@@ -286,6 +345,37 @@ async fn supervise(ep: Arc<EndpointState>, proto: Protocol, shared: Arc<Shared>)
     }
 }
 
+/// Sends the sink's subscribing request on a new connection and checks its
+/// reply; then resets the sink (before any request goes down the
+/// connection). The error says whether the server refused (it is up).
+async fn subscribe(
+    ep: &EndpointState,
+    mut stream: crate::tls::BackendStream,
+    sink: &dyn PushSink,
+) -> Result<crate::tls::BackendStream, (BackendError, bool)> {
+    let refused = |reason: String| BackendError::Unavailable {
+        addr: ep.addr.clone(),
+        reason,
+    };
+    let exchange = async {
+        stream.write_all(sink.subscribe_frame()).await?;
+        stream.flush().await?;
+        super::connect::read_one_frame(&mut stream).await
+    };
+    match tokio::time::timeout(ep.options.connect_timeout, exchange).await {
+        Ok(Ok(frame)) if crate::protocol::reply::is_error(&frame) => {
+            let text = crate::protocol::reply::error_text(&frame).unwrap_or_default();
+            Err((refused(format!("push subscription refused: {text}")), true))
+        }
+        Ok(Ok(_)) => {
+            sink.reset();
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err((refused(format!("push subscription failed: {e}")), false)),
+        Err(_) => Err((refused("push subscription timed out".to_owned()), false)),
+    }
+}
+
 fn fail(reply: ReplyTx, ep: &EndpointState, err: BackendError) {
     ep.metrics.backend_error(err.kind());
     let _ = reply.send(Err(err));
@@ -297,10 +387,11 @@ async fn run(
     rd: impl AsyncRead + Unpin,
     wr: impl AsyncWrite + Unpin,
     shared: &Shared,
+    sink: Option<&dyn PushSink>,
 ) -> Ended {
     let (fifo_tx, fifo_rx) = mpsc::unbounded_channel();
     let writer = write_loop(wr, shared, fifo_tx);
-    let reader = read_loop(ep, rd, fifo_rx);
+    let reader = read_loop(ep, rd, fifo_rx, sink);
     tokio::select! {
         r = writer => r,
         r = reader => Ended::Failed(r),
@@ -381,6 +472,7 @@ async fn read_loop(
     ep: &Arc<EndpointState>,
     mut rd: impl AsyncRead + Unpin,
     fifo: mpsc::UnboundedReceiver<Batch>,
+    sink: Option<&dyn PushSink>,
 ) -> String {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut w = Waiters {
@@ -404,6 +496,13 @@ async fn read_loop(
             match scan::frame_len(&buf) {
                 Ok(Some(n)) => {
                     let frame = buf.split_to(n).freeze();
+                    if frame.first() == Some(&b'>') {
+                        // A server push, not a reply: no request waits for it.
+                        if let Some(sink) = sink {
+                            sink.push(&frame);
+                        }
+                        continue;
+                    }
                     if w.q.is_empty() {
                         receive(&mut w.fifo, &mut w.q);
                     }
@@ -524,7 +623,7 @@ mod tests {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let (rd, wr) = tokio::io::split(proxy_side);
-                    run(&ep, rd, wr, &shared).await
+                    run(&ep, rd, wr, &shared, None).await
                 })
             };
             Harness {

@@ -140,6 +140,36 @@ pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
 /// The metrics whose series exist only for shards that follow Sentinel
 /// (registered at start for each of them).
 pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
+/// Reads of GET through the near cache, by shard and result (`hit`: served
+/// from the cache at once; `confirmed_hit`: served after a barrier;
+/// `miss`: read from the shard; `bypass`: the client had a write in flight
+/// or the key's slot was migrating).
+pub const NEAR_CACHE_READS: &str = "shardgate_near_cache_reads_total";
+/// Keys the shards told the near cache to drop (each key of an
+/// `invalidate` push), by shard.
+pub const NEAR_CACHE_INVALIDATIONS: &str = "shardgate_near_cache_invalidations_total";
+/// Times the near cache of a shard dropped everything (FLUSHALL, a lost
+/// or new tracking connection), by shard.
+pub const NEAR_CACHE_FLUSHES: &str = "shardgate_near_cache_flushes_total";
+/// Barriers (PINGs that confirm hits) sent down tracking connections.
+pub const NEAR_CACHE_BARRIERS: &str = "shardgate_near_cache_barriers_total";
+/// Values read for the cache but not kept, because their key was
+/// invalidated while the read was in flight.
+pub const NEAR_CACHE_FILLS_DROPPED: &str = "shardgate_near_cache_fills_dropped_total";
+/// Bytes (keys, values and overhead) the near cache of a shard holds.
+pub const NEAR_CACHE_BYTES: &str = "shardgate_near_cache_bytes";
+/// Entries the near cache of a shard holds.
+pub const NEAR_CACHE_ENTRIES: &str = "shardgate_near_cache_entries";
+/// The metrics whose series exist only for shards with the near cache on.
+pub const NEAR_CACHE_ONLY: [&str; 7] = [
+    NEAR_CACHE_READS,
+    NEAR_CACHE_INVALIDATIONS,
+    NEAR_CACHE_FLUSHES,
+    NEAR_CACHE_BARRIERS,
+    NEAR_CACHE_FILLS_DROPPED,
+    NEAR_CACHE_BYTES,
+    NEAR_CACHE_ENTRIES,
+];
 /// The metrics whose series exist only for endpoints that are replicas.
 pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 /// Metrics whose series appear with their first event (labelled by a
@@ -314,6 +344,41 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         REPLICA_LAG_SECONDS,
         "gauge",
         "Seconds a replica is behind its primary as its health check last judged it: by replication offsets when the primary's recent offsets tell, else master_last_io_seconds_ago; by shard and endpoint",
+    ),
+    (
+        NEAR_CACHE_READS,
+        "counter",
+        "GETs through the near cache by shard and result: hit (at once), confirmed_hit (after a barrier), miss (read from the shard), bypass (own write in flight or migrating slot)",
+    ),
+    (
+        NEAR_CACHE_INVALIDATIONS,
+        "counter",
+        "Keys the shard's CLIENT TRACKING invalidations dropped from the near cache, by shard",
+    ),
+    (
+        NEAR_CACHE_FLUSHES,
+        "counter",
+        "Times the near cache of a shard was emptied (FLUSHALL, tracking connection lost or opened), by shard",
+    ),
+    (
+        NEAR_CACHE_BARRIERS,
+        "counter",
+        "PINGs sent down the tracking connection to confirm near-cache hits, by shard",
+    ),
+    (
+        NEAR_CACHE_FILLS_DROPPED,
+        "counter",
+        "Values read for the near cache but not kept because their key was invalidated meanwhile, by shard",
+    ),
+    (
+        NEAR_CACHE_BYTES,
+        "gauge",
+        "Bytes (keys, values, overhead) held by the near cache of a shard",
+    ),
+    (
+        NEAR_CACHE_ENTRIES,
+        "gauge",
+        "Entries held by the near cache of a shard",
     ),
     (
         BUILD_INFO,
@@ -742,6 +807,76 @@ pub fn command_index(spec: &'static CommandSpec) -> Option<usize> {
     let size = std::mem::size_of::<CommandSpec>().max(1);
     let idx = addr.checked_sub(base)? / size;
     (idx < COMMANDS.len()).then_some(idx)
+}
+
+/// Handles for the near cache of one shard (see `backend::cache`).
+pub struct NearCacheMetrics {
+    bypasses: Counter,
+    hits: Counter,
+    confirmed: Counter,
+    misses: Counter,
+    invalidations: Counter,
+    flushes: Counter,
+    barriers: Counter,
+    fills_dropped: Counter,
+    bytes: Gauge,
+    entries: Gauge,
+}
+
+impl NearCacheMetrics {
+    pub fn new(shard: &str) -> NearCacheMetrics {
+        let s = shard.to_owned();
+        let reads = |result: &'static str| counter!(NEAR_CACHE_READS, "shard" => s.clone(), "result" => result);
+        NearCacheMetrics {
+            bypasses: reads("bypass"),
+            hits: reads("hit"),
+            confirmed: reads("confirmed_hit"),
+            misses: reads("miss"),
+            invalidations: counter!(NEAR_CACHE_INVALIDATIONS, "shard" => s.clone()),
+            flushes: counter!(NEAR_CACHE_FLUSHES, "shard" => s.clone()),
+            barriers: counter!(NEAR_CACHE_BARRIERS, "shard" => s.clone()),
+            fills_dropped: counter!(NEAR_CACHE_FILLS_DROPPED, "shard" => s.clone()),
+            bytes: gauge!(NEAR_CACHE_BYTES, "shard" => s.clone()),
+            entries: gauge!(NEAR_CACHE_ENTRIES, "shard" => s),
+        }
+    }
+
+    pub fn hit(&self) {
+        self.hits.increment(1);
+    }
+
+    pub fn bypass(&self) {
+        self.bypasses.increment(1);
+    }
+
+    pub fn confirmed_hit(&self) {
+        self.confirmed.increment(1);
+    }
+
+    pub fn miss(&self) {
+        self.misses.increment(1);
+    }
+
+    pub fn invalidated(&self, keys: u64) {
+        self.invalidations.increment(keys);
+    }
+
+    pub fn flushed(&self) {
+        self.flushes.increment(1);
+    }
+
+    pub fn barrier(&self) {
+        self.barriers.increment(1);
+    }
+
+    pub fn fill_dropped(&self) {
+        self.fills_dropped.increment(1);
+    }
+
+    pub fn set_size(&self, bytes: u64, entries: usize) {
+        self.bytes.set(bytes as f64);
+        self.entries.set(entries as f64);
+    }
 }
 
 /// Handles for one backend endpoint.

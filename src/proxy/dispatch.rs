@@ -16,8 +16,9 @@ use smallvec::SmallVec;
 
 use super::Proxy;
 use super::pending::{Merge, Part, Pending, PendingKind, Retry};
-use super::session::{Session, Tx};
+use super::session::{Session, Tx, WriteState};
 use crate::backend::Role;
+use crate::backend::cache::{Lookup, NearCache};
 use crate::command::keys::key_indices;
 use crate::command::{
     CommandSpec, FanoutKind, Handling, LocalKind, PubSubKind, SplitKind, TxKind, lookup,
@@ -374,6 +375,14 @@ impl Session {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
         };
+        // A first pass routed to `Shard`: the key's slot is not migrating.
+        if pass == Pass::Fresh
+            && spec.name == "get"
+            && let Some(cache) = &snap.shard(shard).primary.cache
+            && let Some(p) = self.read_cached(&snap, cache, spec, shard, &req)
+        {
+            return Ok(Action::Queue(p));
+        }
         Ok(Action::Queue(self.send_to_shard(
             &snap,
             spec,
@@ -381,6 +390,51 @@ impl Session {
             req.raw(),
             pass,
         )))
+    }
+
+    /// A GET answered by the shard's near cache (see `backend::cache`);
+    /// `None` when this client's read must go to the shard: a write of its
+    /// own is still in flight (only the connection it went down orders the
+    /// read after it).
+    fn read_cached(
+        &self,
+        snap: &Snapshot,
+        cache: &NearCache,
+        spec: &'static CommandSpec,
+        shard: ShardId,
+        req: &Request,
+    ) -> Option<Pending> {
+        let answered = match self.writes.state() {
+            WriteState::InFlight => {
+                cache.bypassed();
+                return None;
+            }
+            WriteState::None => None,
+            WriteState::AnsweredAt(t) => Some(t),
+        };
+        let key = req.args().get(1)?;
+        let frame = req.raw();
+        let kind = match cache.get(key, frame, self.proto, self.request_started, answered) {
+            Lookup::Hit(reply) => PendingKind::Ready(reply),
+            Lookup::Wait(rx) => PendingKind::Backend {
+                rx,
+                // The cache's connection failed: the primary answers.
+                retry: Some(Retry {
+                    primary: snap.shard(shard).primary.clone(),
+                    frame: frame.clone(),
+                    client: self.id,
+                }),
+            },
+        };
+        Some(Pending {
+            kind,
+            spec: Some(spec),
+            proto: self.proto,
+            started: self.request_started,
+            raw: None,
+            shard: Some(shard),
+            backend_us: None,
+        })
     }
 
     fn script(

@@ -109,10 +109,6 @@ impl Writes {
         self.last_answered = Some(at);
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the read path's users (issue 18) land next")
-    )]
     pub fn state(&self) -> WriteState {
         match (self.in_flight, self.last_answered) {
             (0, None) => WriteState::None,

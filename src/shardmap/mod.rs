@@ -189,6 +189,12 @@ pub struct Options {
     /// What the keys of one multi-key command, transaction or script must
     /// share (`options.crossslot`).
     pub crossslot: CrossSlot,
+    /// Bytes of values the near cache keeps per Redis shard primary; 0
+    /// turns it off (see `backend::cache`).
+    pub near_cache_bytes: u64,
+    /// How long before a read a near-cache hit must have been confirmed
+    /// current; zero confirms each hit after the read arrived.
+    pub near_cache_max_staleness: Duration,
 }
 
 /// `options.crossslot`: when keys of one request are refused with `-CROSSSLOT`.

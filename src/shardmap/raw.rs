@@ -254,4 +254,10 @@ pub struct RawOptions {
     /// `shard` (default) or `slot`: what keys of one command must share.
     #[serde(default)]
     pub crossslot: Option<String>,
+    /// Bytes of values the near cache keeps per shard primary (0: off).
+    #[serde(default)]
+    pub near_cache_bytes: Option<i64>,
+    /// How old a near-cache hit may be (0: every hit is confirmed).
+    #[serde(default)]
+    pub near_cache_max_staleness_ms: Option<i64>,
 }

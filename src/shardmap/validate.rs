@@ -36,9 +36,11 @@ const HEALTH_INTERVAL: Bound = ("health_check_interval_ms", 10, 600_000, 1_000);
 const MAX_LAG: Bound = ("max_replica_lag_ms", 1, 3_600_000, 30_000);
 const PG_POOL: Bound = ("pg_pool_size", 1, 1_024, 16);
 const SENTINEL_INTERVAL: Bound = ("sentinel_check_interval_ms", 100, 60_000, 1_000);
+const NEAR_CACHE_BYTES: Bound = ("near_cache_bytes", 0, 1 << 40, 0);
+const NEAR_CACHE_STALENESS: Bound = ("near_cache_max_staleness_ms", 0, 60_000, 0);
 
 /// Every integer option with its bounds and default, in file order (for docs and tests).
-pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 8] = [
+pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 10] = [
     CONNECT_TIMEOUT,
     COMMAND_TIMEOUT,
     CONNECTIONS,
@@ -47,6 +49,8 @@ pub const OPTION_BOUNDS: [(&str, i64, i64, i64); 8] = [
     MAX_LAG,
     PG_POOL,
     SENTINEL_INTERVAL,
+    NEAR_CACHE_BYTES,
+    NEAR_CACHE_STALENESS,
 ];
 
 fn err(path: impl Into<String>, reason: impl Into<String>) -> MapError {
@@ -488,6 +492,8 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         allow_flush: raw.allow_flush.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
+        near_cache_bytes: bounded(raw.near_cache_bytes, NEAR_CACHE_BYTES)?,
+        near_cache_max_staleness: ms(raw.near_cache_max_staleness_ms, NEAR_CACHE_STALENESS)?,
         crossslot: match raw.crossslot.as_deref() {
             None | Some("shard") => super::CrossSlot::Shard,
             Some("slot") => super::CrossSlot::Slot,
