@@ -249,7 +249,7 @@ fn losing_the_tracking_connection_forgets_what_it_covered() {
         .unwrap();
     set(&mut direct, "k", "new");
     assert_eq!(get(&mut c, "k").as_deref(), Some("new"));
-    assert!(s.metric("shardgate_near_cache_flushes_total{shard=\"s0\"}") >= 2.0);
+    assert!(s.metric("shardgate_near_cache_flushes_total{shard=\"s0\"}") >= 1.0);
 }
 
 #[test]

@@ -269,8 +269,17 @@ enum Route {
     MultiEval,
 }
 
-/// Refused inside scripts and transactions, served when sent directly.
-const SERVED_DIRECTLY: &[&str] = &["publish", "spublish"];
+/// Refused inside scripts and transactions, served when sent directly
+/// (the proxy answers them for the client; on a shard's connection they
+/// would act on the proxy's connection instead).
+const SERVED_DIRECTLY: &[&str] = &[
+    "publish",
+    "spublish",
+    "client|tracking",
+    "client|caching",
+    "client|getredir",
+    "client|trackinginfo",
+];
 
 const ROUTES: [Route; 8] = [
     Route::Direct,
@@ -496,9 +505,10 @@ fn matrix(
             if matches!(route, Route::EvalRo | Route::FcallRo) && is_write(&case.commands) {
                 continue;
             }
-            // The proxy serves PUBLISH itself (routed by channel); only
-            // scripts and transactions, which would publish on their keys'
-            // shard, must be refused it.
+            // The proxy serves PUBLISH itself (routed by channel) and
+            // CLIENT TRACKING for its client; only scripts and
+            // transactions, which would run them on a shard, must be
+            // refused them.
             if matches!(route, Route::Direct) && SERVED_DIRECTLY.contains(name) {
                 continue;
             }

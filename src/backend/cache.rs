@@ -1,16 +1,15 @@
 //! The near cache: values of hot keys kept in the proxy, invalidated by the
 //! shard itself (`options.near_cache_bytes`).
 //!
-//! Each Redis primary with the cache on gets one more connection, RESP3 with
-//! `CLIENT TRACKING ON`: every value the cache holds was read through it
-//! (`GET`), so Redis remembers those keys for it and pushes an
+//! Every value the cache holds was read (`GET`) through the primary's
+//! tracking connection ([`super::tracking`]), so Redis pushes an
 //! `invalidate` for each one any client writes, on any proxy of a fleet or
 //! straight to the shard (and `invalidate` with no keys on FLUSHALL).
 //! Because reads and invalidations come down one connection, in the order
 //! Redis produced them, the reader applies each invalidation between the
 //! replies around it; a fill is kept only if no invalidation of its key
 //! came since it was sent (see [`State::insert`]). A lost connection
-//! forgets everything (see [`PushSink::reset`]).
+//! forgets everything.
 //!
 //! Freshness. When a writer's `SET` returns, Redis has queued the
 //! invalidation for this proxy, but the proxy may not have read it yet. So
@@ -38,13 +37,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::EndpointState;
-use super::mux::{Answer, MuxConn, PushSink, ReplyResult, ReplyRx};
+use super::mux::{Answer, ReplyResult, ReplyRx};
+use super::tracking::{Invalidations, TrackingConn};
 use crate::metrics::NearCacheMetrics;
 use crate::protocol::{Protocol, reply};
 
-/// `CLIENT TRACKING ON`, sent first on every tracking connection.
-const TRACKING_ON: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$2\r\nON\r\n";
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 /// Bytes an entry costs beyond its key and value (index, bookkeeping).
 const ENTRY_OVERHEAD: u64 = 64;
@@ -52,9 +49,9 @@ const ENTRY_OVERHEAD: u64 = 64;
 /// replies are then served but not kept).
 const MAX_FILLING: usize = 65_536;
 
-/// One primary's near cache and its tracking connection.
+/// One primary's near cache, on its tracking connection.
 pub struct NearCache {
-    conn: MuxConn,
+    conn: Arc<TrackingConn>,
     state: Arc<State>,
 }
 
@@ -114,14 +111,9 @@ impl quick_cache::Weighter<Bytes, Bytes> for Weight {
 }
 
 impl NearCache {
-    /// The cache of primary `ep`, holding at most `bytes`; its tracking
-    /// connection opens with the first read.
-    pub fn new(
-        ep: Arc<EndpointState>,
-        bytes: u64,
-        staleness: Duration,
-        on: Option<&tokio::runtime::Handle>,
-    ) -> NearCache {
+    /// The cache of shard `shard`'s primary, reading through `conn`,
+    /// holding at most `bytes`.
+    pub fn new(conn: Arc<TrackingConn>, shard: &str, bytes: u64, staleness: Duration) -> NearCache {
         let items = usize::try_from(bytes / 256)
             .unwrap_or(usize::MAX)
             .clamp(16, 1 << 22);
@@ -132,9 +124,10 @@ impl NearCache {
             synced: AtomicU64::new(0),
             staleness,
             base: Instant::now(),
-            metrics: NearCacheMetrics::new(&ep.shard),
+            metrics: NearCacheMetrics::new(shard),
         });
-        let conn = MuxConn::spawn_pushing(ep, on, state.clone());
+        let listener: Arc<dyn Invalidations> = state.clone();
+        conn.listen(&listener);
         NearCache { conn, state }
     }
 
@@ -373,64 +366,18 @@ impl State {
     }
 }
 
-impl PushSink for State {
-    fn subscribe_frame(&self) -> &[u8] {
-        TRACKING_ON
-    }
-
-    fn push(&self, frame: &[u8]) {
-        let frame = Bytes::copy_from_slice(frame);
-        match invalidated(&frame) {
-            Some(Invalidated::Keys(keys)) => {
-                for k in &keys {
-                    self.invalidate(k);
-                }
-                self.metrics.invalidated(keys.len() as u64);
-                self.metrics.set_size(self.store.weight(), self.store.len());
-            }
-            Some(Invalidated::All) => {
-                self.metrics.flushed();
-                self.flush();
-            }
-            // Another kind of push (none is asked for): ignored.
-            None => {}
+impl Invalidations for State {
+    fn keys(&self, keys: &[Bytes]) {
+        for k in keys {
+            self.invalidate(k);
         }
+        self.metrics.invalidated(keys.len() as u64);
+        self.metrics.set_size(self.store.weight(), self.store.len());
     }
 
-    fn reset(&self) {
+    fn all(&self) {
         self.metrics.flushed();
         self.flush();
-    }
-}
-
-/// What an `invalidate` push names.
-#[derive(Debug, PartialEq, Eq)]
-enum Invalidated {
-    Keys(Vec<Bytes>),
-    /// Every key (`FLUSHALL`, `FLUSHDB`, or the server's tracking table
-    /// overflowed).
-    All,
-}
-
-/// Parses `>2 $10 invalidate (*N keys | _)`; `None` for any other push.
-fn invalidated(frame: &Bytes) -> Option<Invalidated> {
-    let parts = reply::array_elements(frame).ok()??;
-    let [kind, what] = parts.as_slice() else {
-        return None;
-    };
-    if reply::bulk(kind).as_deref() != Some(b"invalidate".as_slice()) {
-        return None;
-    }
-    match what.first() {
-        Some(b'_') => Some(Invalidated::All),
-        Some(b'*') if what.starts_with(b"*-1") => Some(Invalidated::All),
-        Some(b'*') => {
-            let keys = reply::array_elements(what).ok()??;
-            Some(Invalidated::Keys(
-                keys.iter().filter_map(reply::bulk).collect(),
-            ))
-        }
-        _ => None,
     }
 }
 
@@ -456,22 +403,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn invalidations_parse_into_keys_or_everything() {
-        let keys = Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$2\r\nbc\r\n");
-        assert_eq!(
-            invalidated(&keys),
-            Some(Invalidated::Keys(vec![
-                Bytes::from_static(b"a"),
-                Bytes::from_static(b"bc")
-            ]))
-        );
-        let all = Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n");
-        assert_eq!(invalidated(&all), Some(Invalidated::All));
-        let other = Bytes::from_static(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n");
-        assert_eq!(invalidated(&other), None);
-    }
 
     #[test]
     fn nil_is_spelled_per_protocol_and_errors_are_not_kept() {

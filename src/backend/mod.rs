@@ -18,6 +18,7 @@ pub mod lag;
 pub mod migrate;
 pub mod mux;
 pub mod pg;
+pub mod tracking;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,6 +147,9 @@ impl EndpointState {
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
     conns: Conns,
+    /// The invalidation stream of a Redis primary (connected on first
+    /// use): the near cache's and the clients' `CLIENT TRACKING`.
+    pub tracking: Option<Arc<tracking::TrackingConn>>,
     /// The near cache of a Redis primary, when `options.near_cache_bytes`
     /// turns it on.
     pub cache: Option<cache::NearCache>,
@@ -205,20 +209,27 @@ impl Endpoint {
             }
             ShardKind::Postgres => Conns::Postgres(PgEndpoint::new(state.clone(), dsn, slots)),
         };
-        let cache = (kind == ShardKind::Redis
-            && state.role == Role::Primary
-            && state.options.near_cache_bytes > 0)
-            .then(|| {
+        let tracking = (kind == ShardKind::Redis && state.role == Role::Primary).then(|| {
+            Arc::new(tracking::TrackingConn::new(
+                state.clone(),
+                crate::workers::handles().first(),
+            ))
+        });
+        let cache = tracking
+            .as_ref()
+            .filter(|_| state.options.near_cache_bytes > 0)
+            .map(|t| {
                 cache::NearCache::new(
-                    state.clone(),
+                    t.clone(),
+                    &state.shard,
                     state.options.near_cache_bytes,
                     state.options.near_cache_max_staleness,
-                    crate::workers::handles().first(),
                 )
             });
         Endpoint {
             state,
             conns,
+            tracking,
             cache,
         }
     }
@@ -450,6 +461,7 @@ impl ShardBackends {
             primary: Arc::new(Endpoint {
                 state,
                 conns: Conns::Removed,
+                tracking: None,
                 cache: None,
             }),
             replicas: Vec::new(),

@@ -54,9 +54,9 @@ pub trait PushSink: Send + Sync {
     fn subscribe_frame(&self) -> &[u8];
     /// A push frame arrived.
     fn push(&self, frame: &[u8]);
-    /// The connection was opened or lost: whatever the pushes kept current
-    /// may have missed some (called before any request goes down a new
-    /// connection, and after a connection ends).
+    /// The connection ended: whatever the pushes kept current may miss
+    /// some from now on. (A new connection sends the subscribing request
+    /// before any queued request.)
     fn reset(&self);
 }
 
@@ -346,8 +346,8 @@ async fn supervise(
 }
 
 /// Sends the sink's subscribing request on a new connection and checks its
-/// reply; then resets the sink (before any request goes down the
-/// connection). The error says whether the server refused (it is up).
+/// reply (before any request goes down the connection). The error says
+/// whether the server refused (it is up).
 async fn subscribe(
     ep: &EndpointState,
     mut stream: crate::tls::BackendStream,
@@ -367,10 +367,7 @@ async fn subscribe(
             let text = crate::protocol::reply::error_text(&frame).unwrap_or_default();
             Err((refused(format!("push subscription refused: {text}")), true))
         }
-        Ok(Ok(_)) => {
-            sink.reset();
-            Ok(stream)
-        }
+        Ok(Ok(_)) => Ok(stream),
         Ok(Err(e)) => Err((refused(format!("push subscription failed: {e}")), false)),
         Err(_) => Err((refused("push subscription timed out".to_owned()), false)),
     }

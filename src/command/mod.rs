@@ -385,8 +385,11 @@ pub fn subcommand(container: &CommandSpec, arg: &[u8]) -> Option<&'static Subcom
     table::subcommand(container, arg)
 }
 
-/// CLIENT subcommands the proxy answers itself (`proxy/local.rs`); every
-/// other CLIENT subcommand is refused.
+/// CLIENT subcommands the proxy answers itself (`proxy/local.rs`) that a
+/// script may also send to its shard; every other CLIENT subcommand is
+/// refused to scripts (TRACKING, CACHING, GETREDIR and TRACKINGINFO are
+/// answered by the proxy for its client, see `proxy::tracking`, but on a
+/// shard they would act on the proxy's connection).
 pub const CLIENT_LOCAL: &[&str] = &[
     "id", "getname", "setname", "setinfo", "info", "no-evict", "no-touch", "list", "kill",
 ];

@@ -251,7 +251,10 @@ impl Client<'_> {
             if self.eof {
                 return Ok(false);
             }
-            if self.session.pubsub.is_some() || self.session.monitor.is_some() {
+            if self.session.pubsub.is_some()
+                || self.session.monitor.is_some()
+                || self.session.tracking.is_some()
+            {
                 return self.read_or_push().await;
             }
             return self.read_more().await;
@@ -268,7 +271,7 @@ impl Client<'_> {
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
             }
-            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor), if can_push => {
+            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor, None), if can_push => {
                 self.write_event(ev)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -351,7 +354,9 @@ impl Client<'_> {
                 Err(e) => Err(End::Io(e)),
             },
             why = self.memory.closing() => Err(End::from(why)),
-            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor) => {
+            // Nothing is pending here: an invalidation cannot overtake the
+            // reply of a read made before its write.
+            ev = next_event(&mut self.session.pubsub, &mut self.session.monitor, self.session.tracking.as_deref().map(|t| &*t.inbox)) => {
                 self.write_event(ev)?;
                 self.flush().await.map_err(End::from)?;
                 Ok(true)
@@ -367,6 +372,10 @@ impl Client<'_> {
     fn write_event(&mut self, ev: Event) -> Result<(), End> {
         match ev {
             Event::Push(d) => self.write_pushes(d),
+            Event::Invalidate(i) => {
+                i.encode(&mut self.wbuf);
+                Ok(())
+            }
             Event::Monitor(Err(Lagged)) => Err(End::Limit("output_buffer")),
             Event::Monitor(Ok(line)) => {
                 self.wbuf.extend_from_slice(&line);
@@ -592,13 +601,22 @@ enum Event {
     Push(Option<Delivery>),
     /// A MONITOR line.
     Monitor(Result<bytes::Bytes, Lagged>),
+    /// `CLIENT TRACKING` invalidations.
+    Invalidate(super::tracking::Invalidation),
 }
 
 /// The next pub/sub message or MONITOR line (never, for other clients).
 async fn next_event(
     subs: &mut Option<Box<Subscriptions>>,
     monitor: &mut Option<Box<Watch>>,
+    tracking: Option<&super::tracking::Inbox>,
 ) -> Event {
+    let invalidation = async {
+        match tracking {
+            Some(t) => t.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     let push = async {
         match subs {
             Some(s) => s.recv().await,
@@ -614,6 +632,7 @@ async fn next_event(
     tokio::select! {
         d = push => Event::Push(d),
         l = line => Event::Monitor(l),
+        i = invalidation => Event::Invalidate(i),
     }
 }
 

@@ -234,9 +234,39 @@ impl Session {
             ) | Handling::PubSub(PubSubKind::Subscribe(_) | PubSubKind::Unsubscribe(_))
                 | Handling::Transaction(_)
         );
+        if self.tracking.is_some() {
+            return self.route_tracked(proxy, spec, req, changes_info);
+        }
         let action = self.route(proxy, spec, req, Pass::Fresh);
         if changes_info {
             self.sync_info();
+        }
+        action
+    }
+
+    /// [`Session::route`] for a client with `CLIENT TRACKING` on: the keys
+    /// of its reads are tracked, and `CLIENT CACHING` lasts one command.
+    fn route_tracked(
+        &mut self,
+        proxy: &Proxy,
+        spec: &'static CommandSpec,
+        req: Request,
+        changes_info: bool,
+    ) -> Action {
+        let sets_caching = spec.name == "client"
+            && req
+                .args()
+                .get(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"CACHING"));
+        if spec.is_read() {
+            self.track_read(proxy, spec, &req);
+        }
+        let action = self.route(proxy, spec, req, Pass::Fresh);
+        if changes_info {
+            self.sync_info();
+        }
+        if !sets_caching && let Some(t) = self.tracking.as_mut() {
+            t.caching = None;
         }
         action
     }
@@ -464,7 +494,19 @@ impl Session {
         pass: Pass,
     ) -> Pending {
         let backends = snap.shard(shard);
-        let kind = if spec.is_read() && !pass.reads_primary() {
+        let kind = if let Some(tc) = self.tracked_conn(spec, backends) {
+            // Down the primary's tracking connection: Redis tracks the
+            // keys, and their invalidations follow this reply.
+            backends.primary.state.metrics.read_served();
+            PendingKind::Backend {
+                rx: tc.send(frame),
+                retry: Some(Retry {
+                    primary: backends.primary.clone(),
+                    frame: frame.clone(),
+                    client: self.id,
+                }),
+            }
+        } else if spec.is_read() && !pass.reads_primary() {
             let ep = backends.read_endpoint(self.id);
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
@@ -502,6 +544,10 @@ impl Session {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Part {
         let backends = snap.shard(shard);
+        if let Some(tc) = self.tracked_conn(spec, backends) {
+            backends.primary.state.metrics.read_served();
+            return Part::new(tc.send_encoded(encode));
+        }
         let ep = if spec.is_read() && !pass.reads_primary() {
             backends.read_endpoint(self.id)
         } else {
@@ -511,6 +557,65 @@ impl Session {
             ep.state.metrics.read_served();
         }
         Part::new(ep.send_encoded(self.proto, self.id, encode))
+    }
+
+    /// For a client with `CLIENT TRACKING` on whose keys of this read are
+    /// tracked: the tracking connection of the shard's primary (a Redis
+    /// shard, and no write of the client in flight: that read must follow
+    /// the write down its connection). Registers the client table as a
+    /// listener of that stream.
+    fn tracked_conn<'b>(
+        &self,
+        spec: &CommandSpec,
+        backends: &'b crate::backend::ShardBackends,
+    ) -> Option<&'b crate::backend::tracking::TrackingConn> {
+        let t = self.tracking.as_ref()?;
+        if !spec.is_read() || !t.tracks_now() || self.writes.state() == WriteState::InFlight {
+            return None;
+        }
+        let tc = backends.primary.tracking.as_deref()?;
+        tc.listen(&t.listener);
+        Some(tc)
+    }
+
+    /// After routing a read of a tracking client: remembers the keys it
+    /// read through tracking connections (their invalidations will reach
+    /// it), and invalidates at once, right behind the reply, the keys read
+    /// any other way (PostgreSQL shards, a write of its own in flight,
+    /// scripts, blocking reads), so that the client does not keep them.
+    fn track_read(&mut self, proxy: &Proxy, spec: &CommandSpec, req: &Request) {
+        let Some(t) = self.tracking.as_ref() else {
+            return;
+        };
+        if !spec.is_read() || !t.tracks_now() {
+            return;
+        }
+        self.key_scratch.clear();
+        if key_indices(spec, req.args(), &mut self.key_scratch).is_err() {
+            return;
+        }
+        let snap = proxy.snapshot();
+        let through_stream = matches!(spec.handling, Handling::Forward | Handling::Split(_))
+            && self.writes.state() != WriteState::InFlight;
+        let mut tracked = SmallVec::<[Bytes; 4]>::new();
+        let mut untracked = SmallVec::<[Bytes; 4]>::new();
+        for &i in &self.key_scratch {
+            let Some(key) = req.args().get(i) else {
+                continue;
+            };
+            let backends = snap.shard(snap.table().route(key).shard);
+            match &backends.primary.tracking {
+                Some(tc) if through_stream => {
+                    tc.listen(&t.listener);
+                    tracked.push(key.clone());
+                }
+                _ => untracked.push(key.clone()),
+            }
+        }
+        proxy.tracking.read(self.id, tracked.into_iter());
+        if !untracked.is_empty() {
+            t.inbox.add(&untracked);
+        }
     }
 
     fn gather(&self, spec: &'static CommandSpec, parts: Vec<Part>, merge: Merge) -> Action {

@@ -259,10 +259,12 @@ fn section(t: &mut String, proxy: &Proxy, name: &str, shards: &ShardFigures) {
         "clients" => {
             let _ = write!(
                 t,
-                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:0\r\n",
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:{}\r\ntracking_total_keys:{}\r\n",
                 proxy.connected_clients(),
                 proxy.config.max_clients,
                 proxy.stats.blocked.load(Ordering::Relaxed),
+                proxy.tracking.clients(),
+                proxy.tracking.len(),
             );
         }
         "memory" => {

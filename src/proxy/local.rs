@@ -109,6 +109,7 @@ impl Session {
                 // so does MONITOR.
                 self.pubsub = None;
                 self.monitor = None;
+                self.tracking = None;
                 if self.tx.is_some() || self.watch.is_some() {
                     return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }
@@ -186,6 +187,10 @@ impl Session {
             }
         }
         self.proto = proto;
+        if proto != Protocol::Resp3 {
+            // Invalidations are pushed on the connection: RESP3 only.
+            self.tracking = None;
+        }
         if let Some(n) = name {
             self.name = Some(n);
         }
@@ -261,16 +266,151 @@ impl Session {
             b"LIST" => client_list(proxy, &args[2..]),
             b"KILL" => self.client_kill(proxy, &args[2..]),
             b"NO-EVICT" | b"NO-TOUCH" => arity(3).map(|_| Reply::Ok),
-            b"CACHING" | b"GETREDIR" | b"PAUSE" | b"REPLY" | b"TRACKING" | b"TRACKINGINFO"
-            | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => Err(ProxyError::err(format!(
-                "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO, LIST, KILL are)",
-                String::from_utf8_lossy(&sub)
-            ))),
+            b"TRACKING" => self.client_tracking(proxy, &args[2..]),
+            b"CACHING" => {
+                arity(3)?;
+                self.client_caching(&args[2])
+            }
+            b"TRACKINGINFO" => arity(2).map(|_| self.tracking_info()),
+            b"GETREDIR" => {
+                arity(2).map(|_| Reply::Int(if self.tracking.is_some() { 0 } else { -1 }))
+            }
+            b"PAUSE" | b"REPLY" | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => {
+                Err(ProxyError::err(format!(
+                    "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO, LIST, KILL, TRACKING, CACHING, TRACKINGINFO, GETREDIR are)",
+                    String::from_utf8_lossy(&sub)
+                )))
+            }
             _ => Err(ProxyError::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
                 String::from_utf8_lossy(&args[1])
             ))),
         }
+    }
+
+    /// `CLIENT TRACKING ON|OFF [OPTIN|OPTOUT]` (see `tracking`).
+    fn client_tracking(&mut self, proxy: &Proxy, args: &[Bytes]) -> Result<Reply, ProxyError> {
+        let Some(on) = args.first() else {
+            return Err(ProxyError::err(
+                "wrong number of arguments for 'client|tracking' command",
+            ));
+        };
+        let on = match on.to_ascii_uppercase().as_slice() {
+            b"ON" => true,
+            b"OFF" => false,
+            _ => return Err(ProxyError::err("syntax error")),
+        };
+        let (mut optin, mut optout) = (false, false);
+        let mut rest = args[1..].iter();
+        while let Some(opt) = rest.next() {
+            match opt.to_ascii_uppercase().as_slice() {
+                b"OPTIN" => optin = true,
+                b"OPTOUT" => optout = true,
+                b"REDIRECT" | b"BCAST" | b"PREFIX" | b"NOLOOP" => {
+                    // Their arguments are not checked: the option is refused.
+                    let _ = rest.next();
+                    return Err(ProxyError::err(format!(
+                        "CLIENT TRACKING {} is not supported by shardgate (the default mode with OPTIN or OPTOUT is, over RESP3)",
+                        String::from_utf8_lossy(opt).to_uppercase()
+                    )));
+                }
+                _ => return Err(ProxyError::err("syntax error")),
+            }
+        }
+        if !on {
+            self.tracking = None;
+            return Ok(Reply::Ok);
+        }
+        if optin && optout {
+            return Err(ProxyError::err(
+                "You can't specify both OPTIN mode and OPTOUT mode",
+            ));
+        }
+        if let Some(t) = &self.tracking
+            && ((optin && t.optout) || (optout && t.optin))
+        {
+            return Err(ProxyError::err(
+                "You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
+            ));
+        }
+        if self.proto != Protocol::Resp3 {
+            return Err(ProxyError::err(
+                "CLIENT TRACKING through shardgate needs RESP3 (HELLO 3): invalidations are pushed on the client's own connection (REDIRECT is not supported)",
+            ));
+        }
+        match &mut self.tracking {
+            Some(t) => {
+                t.optin = optin;
+                t.optout = optout;
+                t.caching = None;
+            }
+            None => {
+                self.tracking = Some(Box::new(super::tracking::ClientTracking::new(
+                    proxy.tracking.clone(),
+                    self.id,
+                    optin,
+                    optout,
+                )));
+            }
+        }
+        Ok(Reply::Ok)
+    }
+
+    /// `CLIENT CACHING YES|NO`: whether the next command's keys are tracked.
+    fn client_caching(&mut self, arg: &Bytes) -> Result<Reply, ProxyError> {
+        let Some(t) = self.tracking.as_mut().filter(|t| t.optin || t.optout) else {
+            return Err(ProxyError::err(
+                "CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+            ));
+        };
+        match arg.to_ascii_uppercase().as_slice() {
+            b"YES" if t.optin => t.caching = Some(true),
+            b"YES" => {
+                return Err(ProxyError::err(
+                    "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+                ));
+            }
+            b"NO" if t.optout => t.caching = Some(false),
+            b"NO" => {
+                return Err(ProxyError::err(
+                    "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+                ));
+            }
+            _ => return Err(ProxyError::err("syntax error")),
+        }
+        Ok(Reply::Ok)
+    }
+
+    /// `CLIENT TRACKINGINFO`, as Redis answers it.
+    fn tracking_info(&self) -> Reply {
+        let s = |v: &'static str| Reply::Bulk(Bytes::from_static(v.as_bytes()));
+        let mut flags = Vec::new();
+        let redirect = match &self.tracking {
+            None => {
+                flags.push(s("off"));
+                -1
+            }
+            Some(t) => {
+                flags.push(s("on"));
+                if t.optin {
+                    flags.push(s("optin"));
+                }
+                if t.optout {
+                    flags.push(s("optout"));
+                }
+                match t.caching {
+                    Some(true) => flags.push(s("caching-yes")),
+                    Some(false) => flags.push(s("caching-no")),
+                    None => {}
+                }
+                0
+            }
+        };
+        Reply::Map(vec![
+            (s("flags"), Reply::Set(flags)),
+            (s("redirect"), Reply::Int(redirect)),
+            (s("prefixes"), Reply::Array(vec![])),
+        ])
     }
 
     /// `CLIENT KILL addr:port` (old form: +OK or an error) or `CLIENT KILL

@@ -15,6 +15,7 @@ pub mod pubsub;
 mod session;
 pub mod slowlog;
 mod stats;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -228,6 +229,9 @@ pub struct Proxy {
     stats: Arc<stats::ProxyStats>,
     /// Commands slower than the slow log's threshold.
     slowlog: slowlog::Slowlog,
+    /// Which clients with `CLIENT TRACKING` on read which keys (see
+    /// [`tracking`]).
+    pub tracking: Arc<tracking::Table>,
 }
 
 impl Proxy {
@@ -254,6 +258,7 @@ impl Proxy {
             stats: Arc::default(),
             slowlog: slowlog::Slowlog::new(config.slowlog),
             config,
+            tracking: Arc::default(),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Session {
     pub(super) addr_rate: Option<Arc<crate::auth::rate::Buckets>>,
     /// This client's own writes, which its later reads must see.
     pub(super) writes: Writes,
+    /// `CLIENT TRACKING ON`: its settings and inbox (see `tracking`).
+    pub(super) tracking: Option<Box<super::tracking::ClientTracking>>,
 }
 
 /// A client's own writes, as far as its later reads are concerned: a read
@@ -144,6 +146,7 @@ impl Session {
             monitor: None,
             addr_rate: None,
             writes: Writes::default(),
+            tracking: None,
         }
     }
 

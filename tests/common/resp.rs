@@ -41,7 +41,49 @@ impl FrameConn {
         (0..cmds.len()).map(|_| self.frame()).collect()
     }
 
-    fn frame(&mut self) -> Vec<u8> {
+    /// Sends one command without waiting for its reply.
+    pub fn send(&mut self, args: &[&str]) {
+        let mut out = BytesMut::new();
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        encode_command(&refs, &mut out);
+        self.s.write_all(&out).expect("write");
+    }
+
+    /// The next frame, if one arrives within `wait`.
+    pub fn frame_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Ok(Some(n)) = frame_len(&self.buf) {
+                return Some(self.buf.drain(..n).collect());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.s.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            let r = self.s.read(&mut chunk);
+            self.s
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            match r {
+                Ok(0) => panic!("connection closed"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The next frame (waits up to the read timeout).
+    pub fn frame(&mut self) -> Vec<u8> {
         loop {
             if let Ok(Some(n)) = frame_len(&self.buf) {
                 return self.buf.drain(..n).collect();
