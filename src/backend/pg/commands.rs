@@ -331,13 +331,26 @@ struct SetFlags {
     expire: Option<(i64, bool, Bytes)>,
 }
 
+/// An option name as Redis compares it: a C string, so it ends at the first
+/// NUL byte (`SET k v NX\0junk` is `SET k v NX`).
+pub(super) fn option_name(arg: &[u8]) -> Vec<u8> {
+    c_string(arg).to_ascii_lowercase()
+}
+
+/// `arg` up to its first NUL byte, as C code sees it.
+pub(super) fn c_string(arg: &[u8]) -> &[u8] {
+    let end = arg.iter().position(|b| *b == 0).unwrap_or(arg.len());
+    &arg[..end]
+}
+
 /// `parseExtendedStringArgumentsOrReply` of Redis 7.0 (`for_set`: SET's
-/// options, else GETEX's).
+/// options, else GETEX's). Only the syntax: the expiry's value is checked
+/// later, where Redis checks it.
 fn parse_flags(opts: &[Bytes], for_set: bool) -> Result<SetFlags, Reply> {
     let mut f = SetFlags::default();
     let mut j = 0;
     while j < opts.len() {
-        let opt = opts[j].to_ascii_lowercase();
+        let opt = option_name(&opts[j]);
         let next = opts.get(j + 1);
         let has_expire = f.expire.is_some();
         match opt.as_slice() {
@@ -410,6 +423,15 @@ async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         None => None,
     };
     let mut l = lock(ctx, &[key]).await?;
+    // Redis checks the whole expiry (overflow included) before GET, NX and
+    // XX look at the key.
+    let at = match expire {
+        Some((ms, rel)) => match absolute("set", ms, rel, l.now) {
+            Ok(at) => Some(at),
+            Err(e) => return Ok(e),
+        },
+        None => None,
+    };
     let row = l.row(key).await?;
     let old = match row {
         Some(r) if f.get && r.kind != STRING => return Ok(error(msg::WRONGTYPE)),
@@ -423,11 +445,8 @@ async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     if (f.nx && old.is_some()) || (f.xx && old.is_none()) {
         return l.commit(if f.get { old_reply() } else { Reply::Nil }).await;
     }
-    let at = match expire {
-        Some((ms, rel)) => match absolute("set", ms, rel, l.now) {
-            Ok(at) => Some(at),
-            Err(e) => return Ok(e),
-        },
+    let at = match at {
+        Some(at) => Some(at),
         None if f.keepttl => old.as_ref().and_then(|r| r.expires_at),
         None => None,
     };
@@ -507,22 +526,24 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Ok(f) => f,
         Err(e) => return Ok(e),
     };
+    if f.expire.is_none() && !f.persist {
+        // A plain GETEX is a read.
+        return get(ctx, &a[..1]).await;
+    }
+    let mut l = lock(ctx, &[key]).await?;
+    // Redis' order: the syntax, then the key (nil if missing, WRONGTYPE),
+    // and only then the expiry's value.
+    let value = match l.row(key).await?.map(Row::string) {
+        None => return Ok(Reply::Nil),
+        Some(Err(e)) => return Ok(e),
+        Some(Ok(v)) => v,
+    };
     let expire = match &f.expire {
         Some((unit, rel, raw)) => match expire_ms("getex", *unit, raw) {
             Ok(ms) => Some((ms, *rel)),
             Err(e) => return Ok(e),
         },
         None => None,
-    };
-    if expire.is_none() && !f.persist {
-        // A plain GETEX is a read.
-        return get(ctx, &a[..1]).await;
-    }
-    let mut l = lock(ctx, &[key]).await?;
-    let value = match l.row(key).await?.map(Row::string) {
-        None => return Ok(Reply::Nil),
-        Some(Err(e)) => return Ok(e),
-        Some(Ok(v)) => v,
     };
     match expire {
         Some((ms, rel)) => match absolute("getex", ms, rel, l.now) {
@@ -698,12 +719,11 @@ async fn incr(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
     l.commit(Reply::Int(next)).await
 }
 
+/// Redis' order: the key's type, then its value, then the increment (so a
+/// hash answers WRONGTYPE whatever the increment is).
 async fn incrbyfloat(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let [key, by] = a else {
         return Ok(wrong_args("incrbyfloat"));
-    };
-    let Some(incr) = parse_float(by) else {
-        return Ok(error(msg::NOT_FLOAT));
     };
     let mut l = lock(ctx, &[key]).await?;
     let row = l.row(key).await?;
@@ -712,7 +732,7 @@ async fn incrbyfloat(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Ok(v) => v.unwrap_or_else(|| b"0".to_vec()),
         Err(e) => return Ok(e),
     };
-    let Some(cur) = parse_float(&current) else {
+    let (Some(cur), Some(incr)) = (parse_float(&current), parse_float(by)) else {
         return Ok(error(msg::NOT_FLOAT));
     };
     let Some(text) = add_floats(&cur, &incr) else {

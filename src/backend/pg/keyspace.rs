@@ -6,7 +6,8 @@ use bytes::Bytes;
 use sqlx::Row as _;
 
 use super::commands::{
-    Ctx, Res, Row, error, invalid_expire, lock, msg, read, type_name, wrong_args,
+    Ctx, Res, Row, c_string, error, invalid_expire, lock, msg, option_name, read, type_name,
+    wrong_args,
 };
 use super::values::{glob_match, parse_int};
 use crate::protocol::Reply;
@@ -19,7 +20,7 @@ pub(super) async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
     };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in opts {
-        match opt.to_ascii_lowercase().as_slice() {
+        match option_name(opt).as_slice() {
             b"nx" => nx = true,
             b"xx" => xx = true,
             b"gt" => gt = true,
@@ -27,7 +28,7 @@ pub(super) async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
             _ => {
                 return Ok(Reply::error(format!(
                     "ERR Unsupported option {}",
-                    String::from_utf8_lossy(opt)
+                    String::from_utf8_lossy(c_string(opt))
                 )));
             }
         }
@@ -140,7 +141,7 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let mut i = 0;
     while i < opts.len() {
         let has_value = i + 1 < opts.len();
-        match opts[i].to_ascii_lowercase().as_slice() {
+        match option_name(&opts[i]).as_slice() {
             b"count" if has_value => match parse_int(&opts[i + 1]) {
                 None => return Ok(error(msg::NOT_INT)),
                 Some(n) if n < 1 => return Ok(error(msg::SYNTAX)),
@@ -150,7 +151,7 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
                 let p = &opts[i + 1];
                 pattern = (&p[..] != b"*").then(|| p.clone());
             }
-            b"type" if has_value => type_filter = Some(opts[i + 1].to_ascii_lowercase()),
+            b"type" if has_value => type_filter = Some(option_name(&opts[i + 1])),
             _ => return Ok(error(msg::SYNTAX)),
         }
         i += 2;
@@ -263,7 +264,7 @@ pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Res {
 pub(super) async fn flush(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     match a {
         [] => {}
-        [mode] if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {}
+        [mode] if matches!(option_name(mode).as_slice(), b"sync" | b"async") => {}
         _ => return Ok(error(msg::SYNTAX)),
     }
     sqlx::query("TRUNCATE kv_hash, kv")
