@@ -185,7 +185,7 @@ impl Row {
 pub(super) async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64), sqlx::Error> {
     let sql = concat!(
         "SELECT sg_now_ms() AS now, k.type, k.value, k.expires_at \
-         FROM (SELECT 1) AS one LEFT JOIN kv k ON k.key = $1 AND ",
+         FROM (SELECT 1) AS one LEFT JOIN kv k ON k.kd = sha256($1) AND k.key = $1 AND ",
         live!(),
         ""
     );
@@ -248,10 +248,12 @@ async fn set_strings(ctx: &Ctx<'_>, keys: &[&[u8]], values: &[&[u8]]) -> Result<
 impl Locked {
     /// The key's row, locked; `None` if missing or expired.
     pub async fn row(&mut self, key: &[u8]) -> Result<Option<Row>, sqlx::Error> {
-        let r = sqlx::query("SELECT type, value, expires_at FROM kv WHERE key = $1 FOR UPDATE")
-            .bind(key)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let r = sqlx::query(
+            "SELECT type, value, expires_at FROM kv WHERE kd = sha256($1) AND key = $1 FOR UPDATE",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
         let row = r.as_ref().map(Row::from_pg).transpose()?;
         Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
     }
@@ -267,7 +269,7 @@ impl Locked {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, $4) \
-             ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+             ON CONFLICT (kd) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
         )
         .bind(key)
         .bind(slot)
@@ -280,7 +282,7 @@ impl Locked {
 
     /// Deletes a key (its hash fields go with it).
     pub async fn delete(&mut self, key: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM kv WHERE key = $1")
+        sqlx::query("DELETE FROM kv WHERE kd = sha256($1) AND key = $1")
             .bind(key)
             .execute(&mut *self.tx)
             .await?;
@@ -289,7 +291,7 @@ impl Locked {
 
     /// Sets or clears a live key's expiry.
     pub async fn set_expiry(&mut self, key: &[u8], at: Option<i64>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE kv SET expires_at = $2 WHERE key = $1")
+        sqlx::query("UPDATE kv SET expires_at = $2 WHERE kd = sha256($1) AND key = $1")
             .bind(key)
             .bind(at)
             .execute(&mut *self.tx)
@@ -559,7 +561,8 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
 async fn mget(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
     let sql = concat!(
-        "SELECT key, type, value FROM kv WHERE key = ANY($1) AND ",
+        "SELECT k.key, k.type, k.value FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key AND ",
         live!(),
         ""
     );
@@ -619,7 +622,9 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let keys: Vec<&[u8]> = pairs.iter().map(|p| p.0).collect();
     let mut l = lock(ctx, &keys).await?;
     let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM kv WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > $2)",
+        "SELECT count(*) FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key \
+         WHERE k.expires_at IS NULL OR k.expires_at > $2",
     )
     .bind(&keys)
     .bind(l.now)
@@ -652,7 +657,12 @@ async fn live_keys(
     keys: &[Bytes],
 ) -> Result<std::collections::HashSet<Vec<u8>>, sqlx::Error> {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-    let sql = concat!("SELECT key FROM kv WHERE key = ANY($1) AND ", live!(), "");
+    let sql = concat!(
+        "SELECT k.key FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key AND ",
+        live!(),
+        ""
+    );
     let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
         .bind(&list)
         .fetch_all(ctx.pool)

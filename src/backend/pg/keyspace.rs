@@ -167,9 +167,9 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     }
     let start = i32::try_from(cursor).unwrap_or(i32::MAX);
     let sql = concat!(
-        "SELECT key, slot, type FROM kv WHERE slot >= $1 AND ",
+        "SELECT key, kd, slot, type FROM kv WHERE slot >= $1 AND ",
         live!(),
-        " ORDER BY slot, key LIMIT $2"
+        " ORDER BY slot, kd LIMIT $2"
     );
     let rows = sqlx::query(sql)
         .bind(start)
@@ -177,22 +177,23 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         .fetch_all(ctx.pool)
         .await?;
     let mut found: Vec<(Vec<u8>, i16)> = Vec::with_capacity(rows.len());
-    let mut last_slot = None;
+    // (slot, digest) of the last row: where the rest of its slot starts.
+    let mut last = None;
     for r in &rows {
         found.push((r.try_get("key")?, r.try_get("type")?));
-        last_slot = Some(r.try_get::<i32, _>("slot")?);
+        last = Some((r.try_get::<i32, _>("slot")?, r.try_get::<Vec<u8>, _>("kd")?));
     }
     let full = i64::try_from(rows.len()).unwrap_or(0) >= count;
-    let next = match (full, last_slot, found.last()) {
-        (true, Some(slot), Some((last_key, _))) => {
+    let next = match (full, last) {
+        (true, Some((slot, last_kd))) => {
             let sql = concat!(
-                "SELECT key, type FROM kv WHERE slot = $1 AND key > $2 AND ",
+                "SELECT key, type FROM kv WHERE slot = $1 AND kd > $2 AND ",
                 live!(),
-                " ORDER BY key"
+                " ORDER BY kd"
             );
             let rest = sqlx::query(sql)
                 .bind(slot)
-                .bind(last_key.clone())
+                .bind(last_kd)
                 .fetch_all(ctx.pool)
                 .await?;
             for r in &rest {
@@ -245,14 +246,16 @@ pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Res {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
+    // Keys are spread uniformly over their digests: the first live key at
+    // or after a random digest is a fair pick.
     let probe = twox_hash::XxHash3_64::oneshot(&seed.to_le_bytes()).to_be_bytes();
     let sql = concat!(
-        "(SELECT key FROM kv WHERE key >= $1 AND ",
+        "(SELECT key FROM kv WHERE kd >= $1 AND ",
         live!(),
-        " ORDER BY key LIMIT 1) \
+        " ORDER BY kd LIMIT 1) \
          UNION ALL (SELECT key FROM kv WHERE ",
         live!(),
-        " ORDER BY key LIMIT 1) LIMIT 1"
+        " ORDER BY kd LIMIT 1) LIMIT 1"
     );
     let key: Option<Vec<u8>> = sqlx::query_scalar(sql)
         .bind(&probe[..])
