@@ -2,7 +2,10 @@
 //! [`HASH`] plus its fields in `kv_hash` (deleted with the key). An empty
 //! hash does not exist, as in Redis: HDEL of the last field deletes the key.
 //! Field order is insertion order (`kv_hash.id`), which is what Redis shows
-//! for small hashes.
+//! while a hash is a listpack (up to 512 fields of at most 64 bytes); a
+//! larger Redis hash answers in its hashtable's order (README, "Hash
+//! order"). Fields are found by their digest (`kv_hash.fd`, migration
+//! 0003), so they can be of any length.
 
 use bytes::Bytes;
 use sha2::Digest as _;
