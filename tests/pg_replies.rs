@@ -436,6 +436,17 @@ fn options_are_checked_in_redis_order() {
         "HDEL s f",
         "TTL h",
         "PTTL missing",
+        "SCAN 0 COUNT 0",
+        "SCAN 0 COUNT abc",
+        "SCAN 0 COUNT -1",
+        "SCAN 0 MATCH",
+        "SCAN 0 BOGUS 1",
+        "SCAN 0 TYPE",
+        "SCAN abc",
+        "SCAN 0 COUNT 100 TYPE hash",
+        "SCAN 0 COUNT 100 MATCH h",
+        "SCAN 0 COUNT 100 TYPE string MATCH t",
+        "SCAN 0 COUNT 100 type\0x string MATCH t",
     ] {
         cmds.push(line.split(' ').map(str::to_owned).collect());
     }
