@@ -805,3 +805,66 @@ fn hgetall_order_is_insertion_order_as_redis_listpacks() {
         assert_eq!(encoding, "hashtable");
     }
 }
+
+/// Integer arguments and stored integers are read as Redis' `string2ll`
+/// reads them (no `+`, no leading zeros, no spaces, within 64 bits), by
+/// every command that takes one.
+#[test]
+fn every_integer_form_is_accepted_or_refused_as_redis_does() {
+    let c = pg_only();
+    let redis = RedisServer::start();
+    let forms = [
+        "0",
+        "-0",
+        "+0",
+        "1",
+        "+1",
+        "-1",
+        "01",
+        "-01",
+        "00",
+        " 1",
+        "1 ",
+        "1\0",
+        "",
+        "-",
+        "1.0",
+        "1e3",
+        "0x10",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "99999999999999999999999",
+        "12a",
+        "\u{ff11}",
+        "100",
+    ];
+    let mut cmds = vec![cmd(&["FLUSHALL"]), cmd(&["SET", "s", "10"])];
+    for (i, f) in forms.iter().enumerate() {
+        let (k, h) = (format!("k{i}"), format!("h{i}"));
+        for c in [
+            vec!["SET", &k, f],
+            vec!["INCR", &k],
+            vec!["DECR", &k],
+            vec!["INCRBY", "s", f],
+            vec!["DECRBY", "s", f],
+            vec!["HSET", &h, "f", f],
+            vec!["HINCRBY", &h, "f", "1"],
+            vec!["HINCRBY", &h, "g", f],
+            vec!["GETRANGE", "s", f, "-1"],
+            vec!["SETRANGE", &k, f, "x"],
+            vec!["SET", "e", "v"],
+            vec!["EXPIRE", "e", f],
+            vec!["EXISTS", "e"],
+            vec!["SETEX", "e2", f, "v"],
+            vec!["SET", "e3", "v", "PX", f],
+            vec!["GETEX", "s", "EXAT", f],
+            vec!["PERSIST", "s"],
+        ] {
+            cmds.push(cmd(&c));
+        }
+    }
+    same_replies(c.proxy_port, &redis, &cmds);
+}
