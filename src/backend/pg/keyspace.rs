@@ -6,9 +6,9 @@ use bytes::Bytes;
 use sqlx::Row as _;
 
 use super::commands::{
-    Ctx, Res, Row, c_string, error, invalid_expire, lock, msg, option_name, read, type_name,
-    wrong_args,
+    Ctx, Res, Row, error, invalid_expire, lock, msg, read, type_name, wrong_args,
 };
+use super::options::{c_string, option_name};
 use super::values::{glob_match, parse_int};
 use crate::protocol::Reply;
 

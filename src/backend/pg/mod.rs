@@ -27,6 +27,7 @@ macro_rules! live {
 pub mod commands;
 mod hashes;
 mod keyspace;
+mod options;
 pub mod values;
 
 use std::str::FromStr;
