@@ -270,8 +270,8 @@ async fn pg_setup(pool: &sqlx::PgPool, keys: &[(String, Start)]) {
     .await
     .expect("insert keys");
     sqlx::query(
-        "INSERT INTO kv_hash (key, field, value) \
-         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[])",
+        "INSERT INTO kv_hash (kd, field, value) \
+         SELECT sha256(k), f, v FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS t(k, f, v)",
     )
     .bind(&hk)
     .bind(&hf)
@@ -284,7 +284,7 @@ async fn pg_setup(pool: &sqlx::PgPool, keys: &[(String, Start)]) {
 /// Every key's final state, read from the tables (an expired row is none).
 async fn pg_states(pool: &sqlx::PgPool) -> HashMap<String, String> {
     let mut fields: HashMap<Vec<u8>, Vec<Field>> = HashMap::new();
-    for r in sqlx::query("SELECT key, field, value FROM kv_hash")
+    for r in sqlx::query("SELECT k.key, h.field, h.value FROM kv_hash h JOIN kv k ON k.kd = h.kd")
         .fetch_all(pool)
         .await
         .expect("read fields")

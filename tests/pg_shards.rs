@@ -739,7 +739,7 @@ fn a_key_that_stops_being_a_hash_loses_its_fields() {
     let mut p = Raw::connect(c.proxy_port);
     let fields = |key: &str| {
         c.pg[0].query(&format!(
-            "SELECT count(*) FROM kv_hash WHERE key = convert_to('{key}', 'UTF8')"
+            "SELECT count(*) FROM kv_hash WHERE kd = sha256(convert_to('{key}', 'UTF8'))"
         ))
     };
     // Live hashes overwritten by SET, MSET, SETEX and SET PX.

@@ -1,6 +1,6 @@
 //! Redis commands on the PostgreSQL schema: the dispatcher and strings and
 //! key commands here, hashes in `hashes.rs`, expiry and whole-keyspace
-//! commands in `keyspace.rs`.
+//! commands in `keyspace.rs`, SET/GETEX option parsing in `options.rs`.
 //!
 //! Every command answers with Redis' exact reply and error text. Reads are
 //! one statement each, filtering out expired rows (`expires_at >
@@ -43,6 +43,7 @@ use sqlx::{Postgres, Row as _, Transaction};
 
 use super::hashes;
 use super::keyspace;
+use super::options::{absolute, expire_ms, parse_flags};
 use super::values::{add_floats, parse_float, parse_int};
 use crate::protocol::Reply;
 use crate::router::placement::key_hash;
@@ -185,7 +186,7 @@ impl Row {
 pub(super) async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64), sqlx::Error> {
     let sql = concat!(
         "SELECT sg_now_ms() AS now, k.type, k.value, k.expires_at \
-         FROM (SELECT 1) AS one LEFT JOIN kv k ON k.key = $1 AND ",
+         FROM (SELECT 1) AS one LEFT JOIN kv k ON k.kd = sha256($1) AND k.key = $1 AND ",
         live!(),
         ""
     );
@@ -248,10 +249,12 @@ async fn set_strings(ctx: &Ctx<'_>, keys: &[&[u8]], values: &[&[u8]]) -> Result<
 impl Locked {
     /// The key's row, locked; `None` if missing or expired.
     pub async fn row(&mut self, key: &[u8]) -> Result<Option<Row>, sqlx::Error> {
-        let r = sqlx::query("SELECT type, value, expires_at FROM kv WHERE key = $1 FOR UPDATE")
-            .bind(key)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let r = sqlx::query(
+            "SELECT type, value, expires_at FROM kv WHERE kd = sha256($1) AND key = $1 FOR UPDATE",
+        )
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
         let row = r.as_ref().map(Row::from_pg).transpose()?;
         Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
     }
@@ -267,7 +270,7 @@ impl Locked {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, $4) \
-             ON CONFLICT (key) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+             ON CONFLICT (kd) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
         )
         .bind(key)
         .bind(slot)
@@ -280,7 +283,7 @@ impl Locked {
 
     /// Deletes a key (its hash fields go with it).
     pub async fn delete(&mut self, key: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM kv WHERE key = $1")
+        sqlx::query("DELETE FROM kv WHERE kd = sha256($1) AND key = $1")
             .bind(key)
             .execute(&mut *self.tx)
             .await?;
@@ -289,7 +292,7 @@ impl Locked {
 
     /// Sets or clears a live key's expiry.
     pub async fn set_expiry(&mut self, key: &[u8], at: Option<i64>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE kv SET expires_at = $2 WHERE key = $1")
+        sqlx::query("UPDATE kv SET expires_at = $2 WHERE kd = sha256($1) AND key = $1")
             .bind(key)
             .bind(at)
             .execute(&mut *self.tx)
@@ -319,77 +322,6 @@ async fn get(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     })
 }
 
-/// Expiry options of SET and GETEX, as Redis parses them.
-#[derive(Default)]
-struct SetFlags {
-    nx: bool,
-    xx: bool,
-    get: bool,
-    keepttl: bool,
-    persist: bool,
-    /// (unit in ms, relative, argument)
-    expire: Option<(i64, bool, Bytes)>,
-}
-
-/// `parseExtendedStringArgumentsOrReply` of Redis 7.0 (`for_set`: SET's
-/// options, else GETEX's).
-fn parse_flags(opts: &[Bytes], for_set: bool) -> Result<SetFlags, Reply> {
-    let mut f = SetFlags::default();
-    let mut j = 0;
-    while j < opts.len() {
-        let opt = opts[j].to_ascii_lowercase();
-        let next = opts.get(j + 1);
-        let has_expire = f.expire.is_some();
-        match opt.as_slice() {
-            b"nx" if !f.xx && for_set => f.nx = true,
-            b"xx" if !f.nx && for_set => f.xx = true,
-            b"get" if for_set => f.get = true,
-            b"keepttl" if !f.persist && !has_expire && for_set => f.keepttl = true,
-            b"persist" if !for_set && !has_expire && !f.keepttl => f.persist = true,
-            b"ex" | b"px" | b"exat" | b"pxat" if !f.keepttl && !f.persist && next.is_some() => {
-                let (unit, relative) = match opt.as_slice() {
-                    b"ex" => (1000, true),
-                    b"px" => (1, true),
-                    b"exat" => (1000, false),
-                    _ => (1, false),
-                };
-                // Redis refuses mixing different expiry options, not repeating one.
-                if let Some((u, r, _)) = &f.expire
-                    && (*u, *r) != (unit, relative)
-                {
-                    return Err(error(msg::SYNTAX));
-                }
-                if let Some(n) = next {
-                    f.expire = Some((unit, relative, n.clone()));
-                }
-                j += 1;
-            }
-            _ => return Err(error(msg::SYNTAX)),
-        }
-        j += 1;
-    }
-    Ok(f)
-}
-
-/// The expiry argument in ms (not yet made absolute), or Redis' error.
-fn expire_ms(name: &str, unit: i64, raw: &[u8]) -> Result<i64, Reply> {
-    let n = parse_int(raw).ok_or_else(|| error(msg::NOT_INT))?;
-    if n <= 0 || (unit == 1000 && n > i64::MAX / 1000) {
-        return Err(invalid_expire(name));
-    }
-    Ok(n * unit)
-}
-
-/// Makes a validated expiry absolute at `now`.
-fn absolute(name: &str, ms: i64, relative: bool, now: i64) -> Result<i64, Reply> {
-    let at = if relative {
-        ms.checked_add(now)
-    } else {
-        Some(ms)
-    };
-    at.filter(|a| *a > 0).ok_or_else(|| invalid_expire(name))
-}
-
 async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let [key, value, opts @ ..] = a else {
         return Ok(wrong_args("set"));
@@ -410,6 +342,15 @@ async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         None => None,
     };
     let mut l = lock(ctx, &[key]).await?;
+    // Redis checks the whole expiry (overflow included) before GET, NX and
+    // XX look at the key.
+    let at = match expire {
+        Some((ms, rel)) => match absolute("set", ms, rel, l.now) {
+            Ok(at) => Some(at),
+            Err(e) => return Ok(e),
+        },
+        None => None,
+    };
     let row = l.row(key).await?;
     let old = match row {
         Some(r) if f.get && r.kind != STRING => return Ok(error(msg::WRONGTYPE)),
@@ -423,11 +364,8 @@ async fn set(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     if (f.nx && old.is_some()) || (f.xx && old.is_none()) {
         return l.commit(if f.get { old_reply() } else { Reply::Nil }).await;
     }
-    let at = match expire {
-        Some((ms, rel)) => match absolute("set", ms, rel, l.now) {
-            Ok(at) => Some(at),
-            Err(e) => return Ok(e),
-        },
+    let at = match at {
+        Some(at) => Some(at),
         None if f.keepttl => old.as_ref().and_then(|r| r.expires_at),
         None => None,
     };
@@ -507,22 +445,24 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Ok(f) => f,
         Err(e) => return Ok(e),
     };
+    if f.expire.is_none() && !f.persist {
+        // A plain GETEX is a read.
+        return get(ctx, &a[..1]).await;
+    }
+    let mut l = lock(ctx, &[key]).await?;
+    // Redis' order: the syntax, then the key (nil if missing, WRONGTYPE),
+    // and only then the expiry's value.
+    let value = match l.row(key).await?.map(Row::string) {
+        None => return Ok(Reply::Nil),
+        Some(Err(e)) => return Ok(e),
+        Some(Ok(v)) => v,
+    };
     let expire = match &f.expire {
         Some((unit, rel, raw)) => match expire_ms("getex", *unit, raw) {
             Ok(ms) => Some((ms, *rel)),
             Err(e) => return Ok(e),
         },
         None => None,
-    };
-    if expire.is_none() && !f.persist {
-        // A plain GETEX is a read.
-        return get(ctx, &a[..1]).await;
-    }
-    let mut l = lock(ctx, &[key]).await?;
-    let value = match l.row(key).await?.map(Row::string) {
-        None => return Ok(Reply::Nil),
-        Some(Err(e)) => return Ok(e),
-        Some(Ok(v)) => v,
     };
     match expire {
         Some((ms, rel)) => match absolute("getex", ms, rel, l.now) {
@@ -538,7 +478,8 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
 async fn mget(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
     let sql = concat!(
-        "SELECT key, type, value FROM kv WHERE key = ANY($1) AND ",
+        "SELECT k.key, k.type, k.value FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key AND ",
         live!(),
         ""
     );
@@ -598,7 +539,9 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let keys: Vec<&[u8]> = pairs.iter().map(|p| p.0).collect();
     let mut l = lock(ctx, &keys).await?;
     let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM kv WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > $2)",
+        "SELECT count(*) FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key \
+         WHERE k.expires_at IS NULL OR k.expires_at > $2",
     )
     .bind(&keys)
     .bind(l.now)
@@ -631,7 +574,12 @@ async fn live_keys(
     keys: &[Bytes],
 ) -> Result<std::collections::HashSet<Vec<u8>>, sqlx::Error> {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-    let sql = concat!("SELECT key FROM kv WHERE key = ANY($1) AND ", live!(), "");
+    let sql = concat!(
+        "SELECT k.key FROM unnest($1::bytea[]) AS w(key) \
+         JOIN kv k ON k.kd = sha256(w.key) AND k.key = w.key AND ",
+        live!(),
+        ""
+    );
     let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
         .bind(&list)
         .fetch_all(ctx.pool)
@@ -698,12 +646,11 @@ async fn incr(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
     l.commit(Reply::Int(next)).await
 }
 
+/// Redis' order: the key's type, then its value, then the increment (so a
+/// hash answers WRONGTYPE whatever the increment is).
 async fn incrbyfloat(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let [key, by] = a else {
         return Ok(wrong_args("incrbyfloat"));
-    };
-    let Some(incr) = parse_float(by) else {
-        return Ok(error(msg::NOT_FLOAT));
     };
     let mut l = lock(ctx, &[key]).await?;
     let row = l.row(key).await?;
@@ -712,7 +659,7 @@ async fn incrbyfloat(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Ok(v) => v.unwrap_or_else(|| b"0".to_vec()),
         Err(e) => return Ok(e),
     };
-    let Some(cur) = parse_float(&current) else {
+    let (Some(cur), Some(incr)) = (parse_float(&current), parse_float(by)) else {
         return Ok(error(msg::NOT_FLOAT));
     };
     let Some(text) = add_floats(&cur, &incr) else {

@@ -2,9 +2,13 @@
 //! [`HASH`] plus its fields in `kv_hash` (deleted with the key). An empty
 //! hash does not exist, as in Redis: HDEL of the last field deletes the key.
 //! Field order is insertion order (`kv_hash.id`), which is what Redis shows
-//! for small hashes.
+//! while a hash is a listpack (up to 512 fields of at most 64 bytes); a
+//! larger Redis hash answers in its hashtable's order (README, "Hash
+//! order"). Fields are found by their digest (`kv_hash.fd`, migration
+//! 0003), so they can be of any length.
 
 use bytes::Bytes;
+use sha2::Digest as _;
 use sqlx::Row as _;
 
 use super::commands::{Ctx, HASH, Locked, Res, error, lock, msg, slot, wrong_args};
@@ -41,16 +45,18 @@ async fn read_fields(
     let sql = if fields.is_some() {
         concat!(
             "SELECT k.type, h.field, h.value FROM kv k \
-             LEFT JOIN kv_hash h ON h.key = k.key AND k.type = 1 AND h.field = ANY($2) \
-             WHERE k.key = $1 AND ",
+             LEFT JOIN kv_hash h ON h.kd = k.kd AND k.type = 1 \
+                 AND h.fd = ANY (ARRAY(SELECT sha256(f) FROM unnest($2::bytea[]) AS w(f))) \
+                 AND h.field = ANY ($2) \
+             WHERE k.kd = sha256($1) AND k.key = $1 AND ",
             live!(),
             " ORDER BY h.id"
         )
     } else {
         concat!(
             "SELECT k.type, h.field, h.value FROM kv k \
-             LEFT JOIN kv_hash h ON h.key = k.key AND k.type = 1 \
-             WHERE k.key = $1 AND ",
+             LEFT JOIN kv_hash h ON h.kd = k.kd AND k.type = 1 \
+             WHERE k.kd = sha256($1) AND k.key = $1 AND ",
             live!(),
             " ORDER BY h.id"
         )
@@ -88,13 +94,13 @@ async fn ensure_hash(
         Some(r) if r.kind == HASH => Ok(Ok(())),
         Some(_) => Ok(Err(error(msg::WRONGTYPE))),
         None => {
-            sqlx::query("DELETE FROM kv_hash WHERE key = $1")
+            sqlx::query("DELETE FROM kv_hash WHERE kd = sha256($1)")
                 .bind(key)
                 .execute(&mut *l.tx)
                 .await?;
             sqlx::query(
                 "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 1, NULL, NULL) \
-                 ON CONFLICT (key) DO UPDATE SET type = 1, value = NULL, expires_at = NULL",
+                 ON CONFLICT (kd) DO UPDATE SET type = 1, value = NULL, expires_at = NULL",
             )
             .bind(key)
             .bind(slot(ctx, key))
@@ -131,12 +137,13 @@ async fn put_fields(
     values: &[&[u8]],
 ) -> Result<i64, sqlx::Error> {
     let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO kv_hash (key, field, value) \
+        "INSERT INTO kv_hash (kd, field, value) \
          SELECT $1, f, v FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS t(f, v, n) ORDER BY n \
-         ON CONFLICT (key, field) DO UPDATE SET value = EXCLUDED.value \
+         ON CONFLICT (kd, fd) DO UPDATE SET value = EXCLUDED.value \
          RETURNING (xmax = 0)",
     )
-    .bind(key)
+    // The digest once here, not once per field row in SQL.
+    .bind(&sha2::Sha256::digest(key)[..])
     .bind(fields)
     .bind(values)
     .fetch_all(&mut *l.tx)
@@ -174,7 +181,7 @@ async fn hsetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         return Ok(e);
     }
     let done = sqlx::query(
-        "INSERT INTO kv_hash (key, field, value) VALUES ($1, $2, $3) ON CONFLICT (key, field) DO NOTHING",
+        "INSERT INTO kv_hash (kd, field, value) VALUES (sha256($1), $2, $3) ON CONFLICT (kd, fd) DO NOTHING",
     )
     .bind(&key[..])
     .bind(&field[..])
@@ -257,8 +264,8 @@ async fn hlen(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         return Ok(wrong_args("hlen"));
     };
     let sql = concat!(
-        "SELECT k.type, (SELECT count(*) FROM kv_hash h WHERE h.key = k.key) AS n \
-         FROM kv k WHERE k.key = $1 AND ",
+        "SELECT k.type, (SELECT count(*) FROM kv_hash h WHERE h.kd = k.kd) AS n \
+         FROM kv k WHERE k.kd = sha256($1) AND k.key = $1 AND ",
         live!(),
         ""
     );
@@ -287,13 +294,17 @@ async fn hdel(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Some(_) => {}
     }
     let list: Vec<&[u8]> = fields.iter().map(|f| &f[..]).collect();
-    let done = sqlx::query("DELETE FROM kv_hash WHERE key = $1 AND field = ANY($2)")
+    let done = sqlx::query(
+        "DELETE FROM kv_hash WHERE kd = sha256($1) \
+         AND fd = ANY (ARRAY(SELECT sha256(f) FROM unnest($2::bytea[]) AS w(f))) AND field = ANY ($2)",
+    )
         .bind(&key[..])
         .bind(&list)
         .execute(&mut *l.tx)
         .await?;
     sqlx::query(
-        "DELETE FROM kv WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM kv_hash WHERE key = $1)",
+        "DELETE FROM kv WHERE kd = sha256($1) AND key = $1 \
+         AND NOT EXISTS (SELECT 1 FROM kv_hash WHERE kd = sha256($1))",
     )
     .bind(&key[..])
     .execute(&mut *l.tx)
@@ -312,12 +323,13 @@ async fn field_for_update(
     if let Err(e) = ensure_hash(ctx, l, key).await? {
         return Ok(Err(e));
     }
-    let v: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT value FROM kv_hash WHERE key = $1 AND field = $2")
-            .bind(key)
-            .bind(field)
-            .fetch_optional(&mut *l.tx)
-            .await?;
+    let v: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT value FROM kv_hash WHERE kd = sha256($1) AND fd = sha256($2) AND field = $2",
+    )
+    .bind(key)
+    .bind(field)
+    .fetch_optional(&mut *l.tx)
+    .await?;
     Ok(Ok(v))
 }
 

@@ -8,6 +8,7 @@ use sqlx::Row as _;
 use super::commands::{
     Ctx, Res, Row, error, invalid_expire, lock, msg, read, type_name, wrong_args,
 };
+use super::options::{c_string, option_name};
 use super::values::{glob_match, parse_int};
 use crate::protocol::Reply;
 
@@ -19,7 +20,7 @@ pub(super) async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
     };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in opts {
-        match opt.to_ascii_lowercase().as_slice() {
+        match option_name(opt).as_slice() {
             b"nx" => nx = true,
             b"xx" => xx = true,
             b"gt" => gt = true,
@@ -27,7 +28,7 @@ pub(super) async fn expire(ctx: &Ctx<'_>, name: &str, a: &[Bytes]) -> Res {
             _ => {
                 return Ok(Reply::error(format!(
                     "ERR Unsupported option {}",
-                    String::from_utf8_lossy(opt)
+                    String::from_utf8_lossy(c_string(opt))
                 )));
             }
         }
@@ -140,7 +141,7 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let mut i = 0;
     while i < opts.len() {
         let has_value = i + 1 < opts.len();
-        match opts[i].to_ascii_lowercase().as_slice() {
+        match option_name(&opts[i]).as_slice() {
             b"count" if has_value => match parse_int(&opts[i + 1]) {
                 None => return Ok(error(msg::NOT_INT)),
                 Some(n) if n < 1 => return Ok(error(msg::SYNTAX)),
@@ -150,7 +151,7 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
                 let p = &opts[i + 1];
                 pattern = (&p[..] != b"*").then(|| p.clone());
             }
-            b"type" if has_value => type_filter = Some(opts[i + 1].to_ascii_lowercase()),
+            b"type" if has_value => type_filter = Some(option_name(&opts[i + 1])),
             _ => return Ok(error(msg::SYNTAX)),
         }
         i += 2;
@@ -166,9 +167,9 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     }
     let start = i32::try_from(cursor).unwrap_or(i32::MAX);
     let sql = concat!(
-        "SELECT key, slot, type FROM kv WHERE slot >= $1 AND ",
+        "SELECT key, kd, slot, type FROM kv WHERE slot >= $1 AND ",
         live!(),
-        " ORDER BY slot, key LIMIT $2"
+        " ORDER BY slot, kd LIMIT $2"
     );
     let rows = sqlx::query(sql)
         .bind(start)
@@ -176,22 +177,23 @@ pub(super) async fn scan(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         .fetch_all(ctx.pool)
         .await?;
     let mut found: Vec<(Vec<u8>, i16)> = Vec::with_capacity(rows.len());
-    let mut last_slot = None;
+    // (slot, digest) of the last row: where the rest of its slot starts.
+    let mut last = None;
     for r in &rows {
         found.push((r.try_get("key")?, r.try_get("type")?));
-        last_slot = Some(r.try_get::<i32, _>("slot")?);
+        last = Some((r.try_get::<i32, _>("slot")?, r.try_get::<Vec<u8>, _>("kd")?));
     }
     let full = i64::try_from(rows.len()).unwrap_or(0) >= count;
-    let next = match (full, last_slot, found.last()) {
-        (true, Some(slot), Some((last_key, _))) => {
+    let next = match (full, last) {
+        (true, Some((slot, last_kd))) => {
             let sql = concat!(
-                "SELECT key, type FROM kv WHERE slot = $1 AND key > $2 AND ",
+                "SELECT key, type FROM kv WHERE slot = $1 AND kd > $2 AND ",
                 live!(),
-                " ORDER BY key"
+                " ORDER BY kd"
             );
             let rest = sqlx::query(sql)
                 .bind(slot)
-                .bind(last_key.clone())
+                .bind(last_kd)
                 .fetch_all(ctx.pool)
                 .await?;
             for r in &rest {
@@ -244,14 +246,16 @@ pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Res {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
+    // Keys are spread uniformly over their digests: the first live key at
+    // or after a random digest is a fair pick.
     let probe = twox_hash::XxHash3_64::oneshot(&seed.to_le_bytes()).to_be_bytes();
     let sql = concat!(
-        "(SELECT key FROM kv WHERE key >= $1 AND ",
+        "(SELECT key FROM kv WHERE kd >= $1 AND ",
         live!(),
-        " ORDER BY key LIMIT 1) \
+        " ORDER BY kd LIMIT 1) \
          UNION ALL (SELECT key FROM kv WHERE ",
         live!(),
-        " ORDER BY key LIMIT 1) LIMIT 1"
+        " ORDER BY kd LIMIT 1) LIMIT 1"
     );
     let key: Option<Vec<u8>> = sqlx::query_scalar(sql)
         .bind(&probe[..])
@@ -263,7 +267,7 @@ pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Res {
 pub(super) async fn flush(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     match a {
         [] => {}
-        [mode] if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {}
+        [mode] if matches!(option_name(mode).as_slice(), b"sync" | b"async") => {}
         _ => return Ok(error(msg::SYNTAX)),
     }
     sqlx::query("TRUNCATE kv_hash, kv")

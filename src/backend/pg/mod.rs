@@ -27,6 +27,7 @@ macro_rules! live {
 pub mod commands;
 mod hashes;
 mod keyspace;
+mod options;
 pub mod values;
 
 use std::str::FromStr;
@@ -348,8 +349,8 @@ pub async fn reaper(
     interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let sql = "DELETE FROM kv WHERE key IN \
-               (SELECT key FROM kv WHERE expires_at <= sg_now_ms() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+    let sql = "DELETE FROM kv WHERE kd IN \
+               (SELECT kd FROM kv WHERE expires_at <= sg_now_ms() LIMIT $1 FOR UPDATE SKIP LOCKED) \
                AND expires_at <= sg_now_ms()";
     loop {
         loop {

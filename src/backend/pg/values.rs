@@ -38,7 +38,8 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
 /// `205.60000000000000001`, which no `f64` computation reproduces).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LongDouble {
-    /// `(-1)^neg * m * 2^e`, `m` normalised to 64 bits (or zero).
+    /// `(-1)^neg * m * 2^e`: `m` normalised to 64 bits, or a denormal
+    /// (`e` = -16445, `m` < 2^63), or zero (`m` = 0).
     Finite { neg: bool, m: u64, e: i64 },
     /// Plus or minus infinity (`inf` is a valid float to `strtold`).
     Infinite,
@@ -46,8 +47,13 @@ pub enum LongDouble {
 
 /// Largest binary exponent of an 80-bit long double (value < 2^16384).
 const LD_MAX_EXP: i64 = 16384;
-/// Smallest normal exponent (value >= 2^-16382); smaller is refused.
-const LD_MIN_EXP: i64 = -16382;
+/// Exponent of the smallest quantum: every long double is a multiple of
+/// 2^-16445 (denormals are `m * 2^-16445` with `m < 2^63`, the smallest
+/// normal is 2^-16382).
+const LD_MIN_E: i64 = -16445;
+/// Redis' `MAX_LONG_DOUBLE_CHARS`: `string2ld` refuses strings of this
+/// length or longer.
+const MAX_LONG_DOUBLE_CHARS: usize = 5 * 1024;
 
 /// `p / q` rounded to the nearest integer, ties to even.
 fn round_ratio(p: &BigUint, q: &BigUint) -> BigUint {
@@ -61,12 +67,14 @@ fn round_ratio(p: &BigUint, q: &BigUint) -> BigUint {
     }
 }
 
-/// The long double nearest to `(-1)^neg * p / q`, or `None` out of range.
+/// The long double nearest to `(-1)^neg * p / q` (gradual underflow into
+/// denormals, as x87 and glibc's `strtold` do), or `None` when that is
+/// infinite (overflow) or a non-zero ratio rounds to zero (underflow).
 fn ld_from_ratio(neg: bool, p: &BigUint, q: &BigUint) -> Option<LongDouble> {
     if p.bits() == 0 {
         return Some(LongDouble::Finite { neg, m: 0, e: 0 });
     }
-    let mut e = i64::try_from(p.bits()).ok()? - i64::try_from(q.bits()).ok()? - 64;
+    let mut e = (i64::try_from(p.bits()).ok()? - i64::try_from(q.bits()).ok()? - 64).max(LD_MIN_E);
     loop {
         let m = if e >= 0 {
             round_ratio(p, &(q << usize::try_from(e).ok()?))
@@ -75,9 +83,11 @@ fn ld_from_ratio(neg: bool, p: &BigUint, q: &BigUint) -> Option<LongDouble> {
         };
         match m.bits() {
             65.. => e += 1,
-            0..=63 => e -= 1,
+            0..=63 if e > LD_MIN_E => e -= 1,
+            // Rounded to zero below the smallest denormal.
+            0 => return None,
             _ => {
-                if e + 64 > LD_MAX_EXP || e + 64 <= LD_MIN_EXP {
+                if e + 64 > LD_MAX_EXP {
                     return None;
                 }
                 let m = u64::try_from(&m).ok()?;
@@ -87,51 +97,115 @@ fn ld_from_ratio(neg: bool, p: &BigUint, q: &BigUint) -> Option<LongDouble> {
     }
 }
 
-/// Parses a float as Redis' `string2ld` (`strtold`): optional sign, digits
-/// with an optional point and exponent, or `inf`/`infinity`; no spaces, no
-/// NaN, nothing after the number, nothing out of long double range.
-pub fn parse_float(s: &[u8]) -> Option<LongDouble> {
-    if s.is_empty() || s.len() > 5 * 1024 {
+/// C's `isspace` in the "C" locale.
+fn c_isspace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// The digits of `s` in `radix` from the start, as a number, and how many
+/// bytes they took.
+fn digits(s: &[u8], radix: u32) -> (usize, BigUint) {
+    let n = s
+        .iter()
+        .take_while(|b| char::from(**b).is_digit(radix))
+        .count();
+    let value = BigUint::parse_bytes(&s[..n], radix).unwrap_or_default();
+    (n, value)
+}
+
+/// A C exponent (`[+-]digits`), clamped to +-10^12 (beyond that, any
+/// non-zero mantissa over- or underflows): `None` without a digit.
+fn exponent(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let text = std::str::from_utf8(s).ok()?;
-    let (neg, rest) = match text.as_bytes()[0] {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
+    let mut v: i64 = 0;
+    for d in digits {
+        v = (v * 10 + i64::from(d - b'0')).min(1_000_000_000_000);
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Parses a float as Redis' `string2ld` does with `strtold` (glibc, "C"
+/// locale): the whole string must be one number, shorter than 5120 bytes,
+/// not starting with white space; an optional sign, then decimal digits
+/// with an optional point and `e` exponent, or `0x` hex digits with an
+/// optional point and `p` (binary) exponent, or `inf`/`infinity` (any
+/// case). NaN, a value that overflows, and a non-zero value that underflows
+/// to zero are refused; a value that underflows to a denormal is kept.
+pub fn parse_float(s: &[u8]) -> Option<LongDouble> {
+    if s.is_empty() || s.len() >= MAX_LONG_DOUBLE_CHARS || c_isspace(s[0]) {
+        return None;
+    }
+    let (neg, rest) = match s[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
     };
-    let lower = rest.to_ascii_lowercase();
-    if lower == "inf" || lower == "infinity" {
+    if rest.eq_ignore_ascii_case(b"inf") || rest.eq_ignore_ascii_case(b"infinity") {
         return Some(LongDouble::Infinite);
     }
-    let (mantissa, exp) = match rest.find(['e', 'E']) {
-        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
-        None => (rest, 0),
+    let hex = rest.len() > 2 && rest[0] == b'0' && matches!(rest[1], b'x' | b'X');
+    let (radix, body, exp_char) = if hex {
+        (16, &rest[2..], b'p')
+    } else {
+        (10, rest, b'e')
     };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.is_empty() && frac.is_empty() {
+    let (int_len, _) = digits(body, radix);
+    let (frac_len, tail) = match body.get(int_len) {
+        Some(b'.') => (digits(&body[int_len + 1..], radix).0, int_len + 1),
+        _ => (0, int_len),
+    };
+    if int_len + frac_len == 0 {
         return None;
     }
-    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let digits = format!("{int}{frac}");
-    let n: BigUint = digits.parse().ok()?;
-    let k = exp.checked_sub(i64::try_from(frac.len()).ok()?)?;
+    let after = &body[tail + frac_len..];
+    let exp = match after.split_first() {
+        None => 0,
+        Some((c, e)) if c.to_ascii_lowercase() == exp_char => exponent(e)?,
+        Some(_) => return None,
+    };
+    let mut all = body[..int_len].to_vec();
+    all.extend_from_slice(&body[tail..tail + frac_len]);
+    let n = BigUint::parse_bytes(&all, radix)?;
     if n.bits() == 0 {
         return Some(LongDouble::Finite { neg, m: 0, e: 0 });
     }
-    // Far outside the long double range: strtold reports ERANGE.
-    if !(-6000..=6000).contains(&k) {
+    let frac_len = i64::try_from(frac_len).ok()?;
+    let one = BigUint::from(1u32);
+    if hex {
+        // n * 2^k; n < 2^bits.
+        let k = exp - 4 * frac_len;
+        let bits = i64::try_from(n.bits()).ok()?;
+        if bits + k > LD_MAX_EXP + 1 || bits + k < LD_MIN_E - 1 {
+            return None;
+        }
+        return if k >= 0 {
+            ld_from_ratio(neg, &(n << usize::try_from(k).ok()?), &one)
+        } else {
+            ld_from_ratio(neg, &n, &(one << usize::try_from(-k).ok()?))
+        };
+    }
+    // n * 10^k; 10^(len-1) <= n < 10^len. The long double range is about
+    // 3.6e-4951 ..= 1.19e4932: outside it by a margin, decide without
+    // computing.
+    let k = exp - frac_len;
+    let significant = all.iter().skip_while(|d| **d == b'0').count();
+    let len = i64::try_from(significant).ok()?;
+    if len - 1 + k > 4933 || len + k < -4952 {
         return None;
     }
     let ten = BigUint::from(10u32);
-    let (p, q) = if k >= 0 {
-        (n * ten.pow(u32::try_from(k).ok()?), BigUint::from(1u32))
+    if k >= 0 {
+        ld_from_ratio(neg, &(n * ten.pow(u32::try_from(k).ok()?)), &one)
     } else {
-        (n, ten.pow(u32::try_from(-k).ok()?))
-    };
-    ld_from_ratio(neg, &p, &q)
+        ld_from_ratio(neg, &n, &ten.pow(u32::try_from(-k).ok()?))
+    }
 }
 
 /// `a + b` in long double arithmetic (round to nearest even); `None` when
@@ -343,6 +417,32 @@ mod tests {
         assert_eq!(parse_float(b"1x"), None);
         assert_eq!(parse_float(b"1e99999"), None);
         assert!(parse_float(b"1e400").is_some(), "long double range");
+        // Forms checked against Redis 7.0 (tests/pg_replies.rs has them all).
+        let human = |s: &str| parse_float(s.as_bytes()).map(|v| format_human(&v));
+        assert_eq!(human("0x10").as_deref(), Some("16"));
+        assert_eq!(human("0X1P-2").as_deref(), Some("0.25"));
+        assert_eq!(human("-0x.8p1").as_deref(), Some("-1"));
+        assert_eq!(human("0e99999999999999999999").as_deref(), Some("0"));
+        assert_eq!(human("1e-4940").as_deref(), Some("0"), "a denormal");
+        assert_eq!(
+            human("2e-4951").as_deref(),
+            Some("0"),
+            "rounds to the smallest denormal"
+        );
+        assert_eq!(human("1e-4951"), None, "rounds to zero");
+        assert_eq!(human("0x1p-16446"), None);
+        assert!(human("0x1p16383").is_some());
+        assert_eq!(human("0x1p16384"), None);
+        for bad in [
+            "0x", "0x1p", "1e", "1e+", "\t1", "1\0", "nan(1)", "infinit", ".",
+        ] {
+            assert_eq!(human(bad), None, "{bad:?}");
+        }
+        assert!(parse_float(format!("0.{}", "0".repeat(5117)).as_bytes()).is_some());
+        assert_eq!(
+            parse_float(format!("0.{}", "0".repeat(5118)).as_bytes()),
+            None
+        );
     }
 
     #[test]
