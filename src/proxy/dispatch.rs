@@ -411,7 +411,7 @@ impl Session {
     ) -> Pending {
         let backends = snap.shard(shard);
         let kind = if spec.is_read() && !pass.reads_primary() {
-            let ep = backends.read_endpoint(self.id);
+            let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
                 primary: backends.primary.clone(),
@@ -449,7 +449,7 @@ impl Session {
     ) -> Part {
         let backends = snap.shard(shard);
         let ep = if spec.is_read() && !pass.reads_primary() {
-            backends.read_endpoint(self.id)
+            backends.read_endpoint_after(self.id, self.read_floor(backends))
         } else {
             &backends.primary
         };

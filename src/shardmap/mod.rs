@@ -189,6 +189,11 @@ pub struct Options {
     /// What the keys of one multi-key command, transaction or script must
     /// share (`options.crossslot`).
     pub crossslot: CrossSlot,
+    /// `options.read_your_writes`: with `prefer-replica` or `nearest` reads,
+    /// a client's reads after its own writes go only to replicas whose
+    /// applied replication position has reached them, else to the primary
+    /// (see `backend::lag`).
+    pub read_your_writes: bool,
 }
 
 /// `options.crossslot`: when keys of one request are refused with `-CROSSSLOT`.

@@ -254,4 +254,8 @@ pub struct RawOptions {
     /// `shard` (default) or `slot`: what keys of one command must share.
     #[serde(default)]
     pub crossslot: Option<String>,
+    /// Whether a client's reads after its own writes go only to replicas
+    /// that have applied them (default false).
+    #[serde(default)]
+    pub read_your_writes: Option<bool>,
 }

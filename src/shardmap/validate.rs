@@ -486,6 +486,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         health_check_interval: ms(raw.health_check_interval_ms, HEALTH_INTERVAL)?,
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
+        read_your_writes: raw.read_your_writes.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
         crossslot: match raw.crossslot.as_deref() {

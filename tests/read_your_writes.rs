@@ -1,0 +1,254 @@
+//! Read-your-writes on replicas (`options.read_your_writes`, issues 15 and
+//! 18): with `prefer-replica` reads, several clients each write a key and
+//! read it back, 500 times one after the other and 500 times pipelined
+//! (SET and GET in one pipeline); with the option on none reads an older
+//! value, with it off some do (so the check can fail), and a client that
+//! only reads keeps reading from the replica meanwhile. Real servers: a
+//! redis-server primary and replica, a PostgreSQL primary and a streaming
+//! standby (`pg_basebackup -R`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Spec, calls};
+use common::postgres::PgServer;
+use redis::Commands;
+
+/// Writing clients, and SET-then-GET pairs per client and way.
+const WRITERS: usize = 4;
+const PAIRS: usize = 500;
+/// Pairs per pipeline in the pipelined run.
+const PER_PIPELINE: usize = 50;
+
+/// What one run saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// GETs right after their client's SET that returned another value.
+    sequential_stale: usize,
+    pipelined_stale: usize,
+    /// Reads of the read-only client on the replica and on the primary.
+    reader_on_replica: u64,
+    reader_on_primary: u64,
+    /// Reads the read-only client made (all answered right).
+    reader_reads: u64,
+}
+
+impl Outcome {
+    fn reader_share(&self) -> f64 {
+        let all = self.reader_on_replica + self.reader_on_primary;
+        self.reader_on_replica as f64 / all.max(1) as f64
+    }
+}
+
+/// One client's sequential and pipelined pairs on its own key; returns the
+/// stale reads of each way.
+fn write_then_read(c: &Cluster, w: usize) -> (usize, usize) {
+    let mut con = c.conn();
+    let key = format!("ryw:{w}");
+    let mut sequential = 0;
+    for i in 0..PAIRS {
+        let v = format!("s{i}");
+        let _: () = con.set(&key, &v).unwrap();
+        let got: Option<String> = con.get(&key).unwrap();
+        if got.as_deref() != Some(v.as_str()) {
+            sequential += 1;
+        }
+    }
+    let mut pipelined = 0;
+    for b in 0..PAIRS / PER_PIPELINE {
+        let mut pipe = redis::pipe();
+        for j in 0..PER_PIPELINE {
+            pipe.set(&key, format!("p{}", b * PER_PIPELINE + j))
+                .ignore();
+            pipe.get(&key);
+        }
+        let got: Vec<Option<String>> = pipe.query(&mut con).unwrap();
+        for (j, v) in got.iter().enumerate() {
+            if v.as_deref() != Some(format!("p{}", b * PER_PIPELINE + j).as_str()) {
+                pipelined += 1;
+            }
+        }
+    }
+    (sequential, pipelined)
+}
+
+/// Runs the writers and, beside them, a client that only reads a hash
+/// (HGET, so that its reads can be told apart on the servers); `counts`
+/// says (replica, primary) reads of that client so far.
+fn run(c: &Cluster, counts: impl Fn() -> (u64, u64)) -> Outcome {
+    let mut con = c.conn();
+    let _: () = con.hset("ryw:reader", "f", "v").unwrap();
+    let (rep0, prim0) = counts();
+    let done = AtomicBool::new(false);
+    let mut out = Outcome::default();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut con = c.conn();
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let v: Option<String> = con.hget("ryw:reader", "f").unwrap();
+                // The replica may not have the hash yet at the very start.
+                assert!(v.is_none() || v.as_deref() == Some("v"), "{v:?}");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| s.spawn(move || write_then_read(c, w)))
+            .collect();
+        for h in writers {
+            let (seq, pipe) = h.join().unwrap();
+            out.sequential_stale += seq;
+            out.pipelined_stale += pipe;
+        }
+        done.store(true, Ordering::Relaxed);
+        out.reader_reads = reader.join().unwrap();
+    });
+    // Counters on the servers may trail (PostgreSQL flushes its statistics
+    // about once a second): wait until they account for the reads.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (rep, prim) = counts();
+        (out.reader_on_replica, out.reader_on_primary) = (rep - rep0, prim - prim0);
+        if out.reader_on_replica + out.reader_on_primary >= out.reader_reads
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    out
+}
+
+fn redis_cluster(on: bool) -> Cluster {
+    Cluster::start(Spec {
+        shards: 1,
+        replicas: true,
+        read_policy: "prefer-replica",
+        extra_options: if on { "  read_your_writes: true\n" } else { "" },
+        ..Spec::default()
+    })
+}
+
+fn redis_run(on: bool) -> Outcome {
+    let c = redis_cluster(on);
+    let out = run(&c, || {
+        (
+            calls(&c.replicas[0], "hget"),
+            calls(&c.primaries[0], "hget"),
+        )
+    });
+    eprintln!(
+        "redis, read_your_writes {on}: {out:?}, reader share on the replica {:.3}",
+        out.reader_share()
+    );
+    out
+}
+
+#[test]
+fn redis_clients_read_their_writes_from_replicas() {
+    let out = redis_run(true);
+    assert_eq!(
+        (out.sequential_stale, out.pipelined_stale),
+        (0, 0),
+        "{out:?}"
+    );
+    assert!(out.reader_share() > 0.5, "{out:?}");
+}
+
+#[test]
+fn redis_without_the_option_replicas_serve_stale_reads() {
+    let out = redis_run(false);
+    assert!(out.sequential_stale + out.pipelined_stale > 0, "{out:?}");
+    assert!(out.reader_share() > 0.5, "{out:?}");
+}
+
+#[test]
+fn a_client_reads_from_the_replica_again_once_it_applied_the_write() {
+    let c = redis_cluster(true);
+    let mut con = c.conn();
+    let _: () = con.set("ryw:later", "v").unwrap();
+    // Reads right after the write go to the primary (no probe of it yet,
+    // or the replica behind); later ones, once the replica applied the
+    // write and a probe said so, to the replica.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = calls(&c.replicas[0], "strlen");
+    for _ in 0..100 {
+        let n: i64 = redis::cmd("STRLEN")
+            .arg("ryw:later")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let on_replica = calls(&c.replicas[0], "strlen") - before;
+    assert_eq!(on_replica, 100, "reads after the write settled");
+    // MGET parts follow the same rule: right after a write, the primary.
+    let _: () = con.set("ryw:later", "vv").unwrap();
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("ryw:later")
+        .arg("ryw:later")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, vec![Some("vv".to_owned()), Some("vv".to_owned())]);
+}
+
+fn pg_cluster(on: bool) -> Cluster {
+    Cluster::start(Spec {
+        shards: 0,
+        pg_shards: 1,
+        pg_replicas: true,
+        read_policy: "prefer-replica",
+        extra_options: if on { "  read_your_writes: true\n" } else { "" },
+        ..Spec::default()
+    })
+}
+
+/// Scans of `kv_hash` on a server: the read-only client's HGETs (the
+/// writers only touch strings).
+fn hash_scans(s: &PgServer) -> u64 {
+    s.query(
+        "SELECT coalesce(sum(idx_scan + seq_scan), 0) FROM pg_stat_user_tables WHERE relname = 'kv_hash'",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+fn pg_run(on: bool) -> Outcome {
+    let c = pg_cluster(on);
+    // The standby must have the schema and the hash before the reader starts.
+    let mut con = c.conn();
+    let _: () = con.hset("ryw:reader", "f", "v").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.pg_replicas[0].query("SELECT count(*) FROM kv_hash") != "1" {
+        assert!(Instant::now() < deadline, "standby never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = run(&c, || (hash_scans(&c.pg_replicas[0]), hash_scans(&c.pg[0])));
+    eprintln!(
+        "postgres, read_your_writes {on}: {out:?}, reader share on the standby {:.3}",
+        out.reader_share()
+    );
+    out
+}
+
+#[test]
+fn postgres_clients_read_their_writes_from_standbys() {
+    let out = pg_run(true);
+    assert_eq!(
+        (out.sequential_stale, out.pipelined_stale),
+        (0, 0),
+        "{out:?}"
+    );
+    assert!(out.reader_share() > 0.5, "{out:?}");
+}
+
+#[test]
+fn postgres_without_the_option_standbys_serve_stale_reads() {
+    let out = pg_run(false);
+    assert!(out.sequential_stale + out.pipelined_stale > 0, "{out:?}");
+    assert!(out.reader_share() > 0.5, "{out:?}");
+}
