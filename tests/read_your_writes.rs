@@ -33,6 +33,9 @@ struct Outcome {
     reader_on_primary: u64,
     /// Reads the read-only client made (all answered right).
     reader_reads: u64,
+    /// The writers' GETs on the replica and on the primary (Redis only).
+    writer_gets_on_replica: u64,
+    writer_gets_on_primary: u64,
 }
 
 impl Outcome {
@@ -135,12 +138,16 @@ fn redis_cluster(on: bool) -> Cluster {
 
 fn redis_run(on: bool) -> Outcome {
     let c = redis_cluster(on);
-    let out = run(&c, || {
+    let gets = || (calls(&c.replicas[0], "get"), calls(&c.primaries[0], "get"));
+    let (rep0, prim0) = gets();
+    let mut out = run(&c, || {
         (
             calls(&c.replicas[0], "hget"),
             calls(&c.primaries[0], "hget"),
         )
     });
+    let (rep, prim) = gets();
+    (out.writer_gets_on_replica, out.writer_gets_on_primary) = (rep - rep0, prim - prim0);
     eprintln!(
         "redis, read_your_writes {on}: {out:?}, reader share on the replica {:.3}",
         out.reader_share()
@@ -167,25 +174,57 @@ fn redis_without_the_option_replicas_serve_stale_reads() {
 }
 
 #[test]
-fn a_client_reads_from_the_replica_again_once_it_applied_the_write() {
+fn reads_return_to_the_replica_without_waiting_for_a_health_check() {
     let c = redis_cluster(true);
+    // Health checks once a minute from now on (the reload rebuilds the
+    // endpoints, whose first check lets the replica serve at once): only
+    // the on-demand position probes can tell that the replica applied a
+    // write.
+    c.edit_map(|m| {
+        m.replace(
+            "health_check_interval_ms: 100",
+            "health_check_interval_ms: 60000",
+        )
+    });
+    c.reload().expect("reload");
+    std::thread::sleep(Duration::from_millis(500));
     let mut con = c.conn();
     let _: () = con.set("ryw:later", "v").unwrap();
-    // Reads right after the write go to the primary (no probe of it yet,
-    // or the replica behind); later ones, once the replica applied the
-    // write and a probe said so, to the replica.
-    std::thread::sleep(Duration::from_millis(500));
     let before = calls(&c.replicas[0], "strlen");
-    for _ in 0..100 {
+    let started = Instant::now();
+    let mut on_primary = 0;
+    // Right after the write, reads go to the primary (no probe of it since
+    // the write, then the replica not known to have applied it); then,
+    // once probes say it did, to the replica.
+    loop {
         let n: i64 = redis::cmd("STRLEN")
             .arg("ryw:later")
             .query(&mut con)
             .unwrap();
         assert_eq!(n, 1);
+        if calls(&c.replicas[0], "strlen") > before {
+            break;
+        }
+        on_primary += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "reads never went back to the replica"
+        );
     }
-    let on_replica = calls(&c.replicas[0], "strlen") - before;
-    assert_eq!(on_replica, 100, "reads after the write settled");
-    // MGET parts follow the same rule: right after a write, the primary.
+    eprintln!(
+        "reads back on the replica {} ms after the write ({on_primary} on the primary first)",
+        started.elapsed().as_millis()
+    );
+    // And stay there.
+    let before = calls(&c.replicas[0], "strlen");
+    for _ in 0..100 {
+        let _: i64 = redis::cmd("STRLEN")
+            .arg("ryw:later")
+            .query(&mut con)
+            .unwrap();
+    }
+    assert_eq!(calls(&c.replicas[0], "strlen") - before, 100);
+    // MGET after a write: its parts see it too.
     let _: () = con.set("ryw:later", "vv").unwrap();
     let got: Vec<Option<String>> = redis::cmd("MGET")
         .arg("ryw:later")

@@ -288,8 +288,10 @@ pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), St
     let primary = state.role == crate::backend::Role::Primary;
     // The fourth column is the replication position (see `probe_position`).
     let sql = if primary {
+        // (A primary in recovery would fail the WAL function: no position.)
         "SELECT true, 'streaming'::text, 0::bigint, \
-                (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+                CASE WHEN pg_is_in_recovery() THEN NULL \
+                     ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END"
     } else {
         "SELECT pg_is_in_recovery(), \
                 (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
