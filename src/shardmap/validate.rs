@@ -542,6 +542,10 @@ mod tests {
         assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
         assert_eq!(m.options.max_replica_lag, Duration::from_millis(30000));
         assert!(!m.options.allow_flush);
+        assert!(!m.options.read_your_writes, "opt-in");
+        let on = ShardMap::from_yaml(&(BASE.to_owned() + "options:\n  read_your_writes: true\n"))
+            .expect("valid map");
+        assert!(on.options.read_your_writes);
     }
 
     #[test]
