@@ -291,3 +291,86 @@ fn postgres_without_the_option_standbys_serve_stale_reads() {
     assert!(out.sequential_stale + out.pipelined_stale > 0, "{out:?}");
     assert!(out.reader_share() > 0.5, "{out:?}");
 }
+
+#[test]
+fn a_replica_that_has_not_applied_the_write_serves_only_other_clients() {
+    let c = redis_cluster(true);
+    let mut writer = c.conn();
+    let mut other = c.conn();
+    let _: () = writer.set("ryw:paused", "1").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The replica stops applying the replication stream (its link stays
+    // up, so it stays in the read rotation).
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3_000)
+        .arg("WRITE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    let _: () = writer.set("ryw:paused", "2").unwrap();
+    // Long enough for probes of the primary to know the write's position:
+    // the replica is then skipped because it has not reached it.
+    std::thread::sleep(Duration::from_millis(300));
+    let on_replica = calls(&c.replicas[0], "get");
+    for _ in 0..20 {
+        let v: String = writer.get("ryw:paused").unwrap();
+        assert_eq!(v, "2", "the writer reads its write");
+    }
+    assert_eq!(
+        calls(&c.replicas[0], "get"),
+        on_replica,
+        "not from the replica"
+    );
+    // A client that did not write still reads from the replica (stale, as
+    // asynchronous replication allows).
+    let v: String = other.get("ryw:paused").unwrap();
+    assert_eq!(v, "1");
+    assert_eq!(calls(&c.replicas[0], "get"), on_replica + 1);
+    // Once the replica applies the write, the writer reads from it again.
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut c.replicas[0].connection())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = calls(&c.replicas[0], "get");
+        let v: String = writer.get("ryw:paused").unwrap();
+        assert_eq!(v, "2");
+        if calls(&c.replicas[0], "get") > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer never read from the replica again"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_standby_that_has_not_replayed_the_write_serves_only_other_clients() {
+    let c = pg_cluster(true);
+    let standby = &c.pg_replicas[0];
+    let mut writer = c.conn();
+    let mut other = c.conn();
+    let _: () = writer.set("ryw:paused", "1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while standby.query("SELECT count(*) FROM kv") != "1" {
+        assert!(Instant::now() < deadline, "standby never caught up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The standby keeps receiving WAL but stops replaying it.
+    standby.query("SELECT pg_wal_replay_pause()");
+    let _: () = writer.set("ryw:paused", "2").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        let v: String = writer.get("ryw:paused").unwrap();
+        assert_eq!(v, "2", "the writer reads its write");
+    }
+    // A client that did not write still reads from the standby (stale).
+    let v: String = other.get("ryw:paused").unwrap();
+    assert_eq!(v, "1", "the other client reads from the paused standby");
+    standby.query("SELECT pg_wal_replay_resume()");
+    let v: String = writer.get("ryw:paused").unwrap();
+    assert_eq!(v, "2");
+}

@@ -50,6 +50,10 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
     }
 }
 
+/// The least time between the starts of two on-demand position probes of
+/// one endpoint.
+const PROBE_GAP: Duration = Duration::from_millis(1);
+
 /// Starts the on-demand replication-position prober of every endpoint
 /// whose map turns `options.read_your_writes` on (see
 /// [`super::lag::Positions`]); they stop when `shutdown` fires or the
@@ -67,9 +71,12 @@ fn spawn_probers(endpoints: &[Arc<Endpoint>], shutdown: &tokio::sync::watch::Rec
             while !state.is_retired() {
                 tokio::select! {
                     _ = state.positions.wanted() => {}
+                    // Looks again whether a reload retired the endpoint.
+                    _ = tokio::time::sleep(state.options.health_check_interval) => continue,
                     _ = shutdown.changed() => return,
                 }
                 state.metrics.position_probe();
+                let started = tokio::time::Instant::now();
                 let ok = match &pg {
                     Some(pool) => crate::backend::pg::probe_position(&state, pool).await,
                     None => probe_position(&state, &mut conn).await,
@@ -80,6 +87,10 @@ fn spawn_probers(endpoints: &[Arc<Endpoint>], shutdown: &tokio::sync::watch::Rec
                     conn = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                // Back to back at most one per PROBE_GAP: a replica that
+                // stays behind for a while, with clients reading, is not
+                // asked thousands of times a second.
+                tokio::time::sleep_until(started + PROBE_GAP).await;
             }
         });
     }
