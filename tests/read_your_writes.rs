@@ -374,3 +374,37 @@ fn a_standby_that_has_not_replayed_the_write_serves_only_other_clients() {
     let v: String = writer.get("ryw:paused").unwrap();
     assert_eq!(v, "2");
 }
+
+/// Clients that read more than they write (1 SET, then 9 GETs of the key):
+/// none reads an older value, and the on-demand probes bring most of their
+/// reads back to the replica within a few reads (the share is reported,
+/// not asserted: it depends on how fast probes come back on a busy host).
+#[test]
+fn read_heavy_writers_read_their_writes_and_mostly_from_the_replica() {
+    let c = redis_cluster(true);
+    let gets = || (calls(&c.replicas[0], "get"), calls(&c.primaries[0], "get"));
+    let (rep0, prim0) = gets();
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let c = &c;
+            s.spawn(move || {
+                let mut con = c.conn();
+                let key = format!("ryw:heavy:{w}");
+                for i in 0..100 {
+                    let _: () = con.set(&key, i).unwrap();
+                    for _ in 0..9 {
+                        let v: i64 = con.get(&key).unwrap();
+                        assert_eq!(v, i, "a read older than the client's write");
+                    }
+                }
+            });
+        }
+    });
+    let (rep, prim) = gets();
+    let (rep, prim) = (rep - rep0, prim - prim0);
+    eprintln!(
+        "1 SET + 9 GETs x 100 x {WRITERS} clients: {rep} GETs on the replica, {prim} on the primary (replica share {:.3})",
+        rep as f64 / (rep + prim).max(1) as f64
+    );
+    assert_eq!(rep + prim, (WRITERS * 900) as u64);
+}
