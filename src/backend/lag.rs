@@ -132,9 +132,10 @@ impl Positions {
     }
 
     /// Asks this endpoint's prober for a fresh probe (one more after the
-    /// one in flight, if any). Cheap when already asked: one atomic swap.
+    /// one in flight, if any). Cheap when already asked: one atomic load,
+    /// no write to a line the readers of other threads share.
     pub fn want(&self) {
-        if !self.wanted.swap(true, Ordering::AcqRel) {
+        if !self.wanted.load(Ordering::Acquire) && !self.wanted.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }

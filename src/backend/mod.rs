@@ -396,6 +396,8 @@ pub struct ShardBackends {
     /// Endpoints eligible for reads, in tiers of preference (the first tier
     /// with a healthy endpoint wins; within a tier, clients are spread).
     read_tiers: Vec<Vec<Arc<Endpoint>>>,
+    /// Whether a replica is among `read_tiers`.
+    reads_replicas: bool,
 }
 
 impl ShardBackends {
@@ -438,6 +440,7 @@ impl ShardBackends {
             }),
             replicas: Vec::new(),
             read_tiers: Vec::new(),
+            reads_replicas: false,
         }
     }
 
@@ -499,10 +502,7 @@ impl ShardBackends {
     /// Whether the read policy may send reads to a replica of this shard
     /// (if not, read-your-writes has nothing to do).
     pub fn reads_replicas(&self) -> bool {
-        self.read_tiers
-            .iter()
-            .flatten()
-            .any(|e| e.state.role == Role::Replica)
+        self.reads_replicas
     }
 }
 
@@ -723,6 +723,10 @@ impl Backends {
                         .store(Some(primary.state.offsets.clone()));
                 }
                 let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
+                let reads_replicas = read_tiers
+                    .iter()
+                    .flatten()
+                    .any(|e| e.state.role == Role::Replica);
                 ShardBackends {
                     name: s.name.clone(),
                     phase: s.phase,
@@ -730,6 +734,7 @@ impl Backends {
                     primary,
                     replicas,
                     read_tiers,
+                    reads_replicas,
                 }
             })
             .collect();
