@@ -874,3 +874,46 @@ fn tiers_by_distance(
         .filter(|t| !t.is_empty())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_after_own_writes_goes_only_to_a_replica_that_applied_them() {
+        let map = ShardMap::from_yaml(
+            "read_policy: prefer-replica\nregions:\n  - name: r\noptions:\n  read_your_writes: true\nshards:\n  - name: s\n    region: r\n    primary: 127.0.0.1:1\n    replicas: [127.0.0.1:2]\n",
+        )
+        .unwrap();
+        let b = Backends::new(&map, Some("r"), None);
+        let s = &b.shards()[0];
+        assert!(s.reads_replicas());
+        let replica = &s.replicas[0];
+        let is = |ep: &Arc<Endpoint>, want: &Arc<Endpoint>| Arc::ptr_eq(ep, want);
+        // Not healthy yet: the primary, whatever the floor.
+        assert!(is(s.read_endpoint_after(0, ReadFloor::Any), &s.primary));
+        replica.state.set_healthy(true, "");
+        replica.state.positions.set_applied(100);
+        assert!(is(s.read_endpoint_after(0, ReadFloor::Any), replica));
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::AtLeast(100)),
+            replica
+        ));
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::Primary(OwnWrites::InFlight)),
+            &s.primary
+        ));
+        // Behind the floor: the primary, and the replica is asked for a
+        // fresh probe.
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::AtLeast(101)),
+            &s.primary
+        ));
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            replica.state.positions.wanted(),
+        )
+        .await;
+        assert!(asked.is_ok(), "a probe of the replica was wished for");
+    }
+}
