@@ -408,3 +408,52 @@ fn read_heavy_writers_read_their_writes_and_mostly_from_the_replica() {
     );
     assert_eq!(rep + prim, (WRITERS * 900) as u64);
 }
+
+/// MGET over two shards after MSET over the same two: each part reads
+/// from a replica only if it applied the client's write.
+#[test]
+fn split_reads_over_shards_see_the_clients_writes() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        replicas: true,
+        read_policy: "prefer-replica",
+        extra_options: "  read_your_writes: true\n",
+        ..Spec::default()
+    });
+    let a = "ryw:split:a".to_owned();
+    let b = (0..)
+        .map(|i| format!("ryw:split:b{i}"))
+        .find(|k| c.shard_of(k) != c.shard_of(&a))
+        .unwrap();
+    let mut con = c.conn();
+    let mut stale = 0;
+    for i in 0..300 {
+        let v = i.to_string();
+        if i % 2 == 0 {
+            let _: () = redis::cmd("MSET")
+                .arg(&a)
+                .arg(&v)
+                .arg(&b)
+                .arg(&v)
+                .query(&mut con)
+                .unwrap();
+            let got: Vec<String> = redis::cmd("MGET").arg(&a).arg(&b).query(&mut con).unwrap();
+            stale += got.iter().filter(|g| **g != v).count();
+        } else {
+            let (got,): (Vec<String>,) = redis::pipe()
+                .cmd("MSET")
+                .arg(&a)
+                .arg(&v)
+                .arg(&b)
+                .arg(&v)
+                .ignore()
+                .cmd("MGET")
+                .arg(&a)
+                .arg(&b)
+                .query(&mut con)
+                .unwrap();
+            stale += got.iter().filter(|g| **g != v).count();
+        }
+    }
+    assert_eq!(stale, 0);
+}

@@ -9,6 +9,10 @@
 //! (`slave_repl_offset`) with it: if the primary had already passed that
 //! offset at time `t`, the replica misses writes made at `t` and is at least
 //! `now - t` behind.
+//!
+//! The same positions, probed by the time a probe was *sent*, decide
+//! read-your-writes ([`Positions`], `options.read_your_writes`): which
+//! replicas have applied a client's own writes.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
