@@ -29,6 +29,7 @@ const HANG_CHECKS: u32 = 2;
 
 /// Starts one checker task per endpoint; they stop when `shutdown` fires.
 pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Receiver<bool>) {
+    spawn_probers(endpoints, &shutdown);
     for ep in endpoints {
         if let Some(pg) = ep.postgres() {
             spawn_postgres(ep.state.clone(), pg.pool().clone(), shutdown.clone());
@@ -47,6 +48,99 @@ pub fn spawn_all(endpoints: &[Arc<Endpoint>], shutdown: tokio::sync::watch::Rece
             }
         });
     }
+}
+
+/// The least time between the starts of two on-demand position probes of
+/// one endpoint.
+const PROBE_GAP: Duration = Duration::from_millis(1);
+
+/// Starts the on-demand replication-position prober of every endpoint
+/// whose map turns `options.read_your_writes` on (see
+/// [`super::lag::Positions`]); they stop when `shutdown` fires or the
+/// endpoint is retired.
+fn spawn_probers(endpoints: &[Arc<Endpoint>], shutdown: &tokio::sync::watch::Receiver<bool>) {
+    for ep in endpoints {
+        if !ep.state.options.read_your_writes {
+            continue;
+        }
+        let state = ep.state.clone();
+        let pg = ep.postgres().map(|pg| pg.pool().clone());
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut conn: Option<BackendStream> = None;
+            while !state.is_retired() {
+                tokio::select! {
+                    _ = state.positions.wanted() => {}
+                    // Looks again whether a reload retired the endpoint.
+                    _ = tokio::time::sleep(state.options.health_check_interval) => continue,
+                    _ = shutdown.changed() => return,
+                }
+                state.metrics.position_probe();
+                let started = tokio::time::Instant::now();
+                let ok = match &pg {
+                    Some(pool) => crate::backend::pg::probe_position(&state, pool).await,
+                    None => probe_position(&state, &mut conn).await,
+                };
+                if !ok {
+                    // Down or refusing: the health check says so; reads
+                    // that wait go to the primary meanwhile. Do not spin.
+                    conn = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Back to back at most one per PROBE_GAP: a replica that
+                // stays behind for a while, with clients reading, is not
+                // asked thousands of times a second.
+                tokio::time::sleep_until(started + PROBE_GAP).await;
+            }
+        });
+    }
+}
+
+/// One on-demand position probe of a Redis endpoint on the prober's own
+/// connection (made on first use): `INFO replication`, whose
+/// `master_repl_offset` (primary) or `slave_repl_offset` (replica) goes to
+/// the endpoint's positions. Whether it got one.
+async fn probe_position(state: &EndpointState, conn: &mut Option<BackendStream>) -> bool {
+    let timeout = state
+        .options
+        .connect_timeout
+        .max(Duration::from_millis(100));
+    if conn.is_none() {
+        match connect(&state.addr, &state.link, Protocol::Resp2, timeout).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => return false,
+        }
+    }
+    let Some(stream) = conn.as_mut() else {
+        return false;
+    };
+    let sent = Instant::now();
+    let asked = async {
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n")
+            .await?;
+        stream.flush().await?;
+        read_one_frame(stream).await
+    };
+    let Ok(Ok(frame)) = tokio::time::timeout(timeout, asked).await else {
+        return false;
+    };
+    let Some(text) = reply::bulk(&frame.freeze()) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&text);
+    let field = match state.role {
+        Role::Primary => "master_repl_offset",
+        Role::Replica => "slave_repl_offset",
+    };
+    let Some(position) = info_field(&text, field).and_then(|v| v.parse::<u64>().ok()) else {
+        return false;
+    };
+    match state.role {
+        Role::Primary => state.positions.record(sent, position),
+        Role::Replica => state.positions.set_applied(position),
+    }
+    true
 }
 
 /// A PostgreSQL endpoint's checker: [`crate::backend::pg::check_health`] on its pool.
@@ -165,6 +259,7 @@ async fn probe(
     stream: &mut BackendStream,
     state: &EndpointState,
 ) -> std::io::Result<Result<(), String>> {
+    let sent = Instant::now();
     if state.role == Role::Primary {
         // One round trip (the latency estimate compares endpoints).
         stream
@@ -183,6 +278,7 @@ async fn probe(
             state
                 .offsets
                 .record(Instant::now(), offset, state.options.max_replica_lag * 2);
+            state.positions.record(sent, offset);
         }
         return Ok(Ok(()));
     }
@@ -197,12 +293,14 @@ async fn probe(
         ));
     };
     let text = String::from_utf8_lossy(&text);
-    let behind = info_field(&text, "slave_repl_offset")
-        .and_then(|v| v.parse::<u64>().ok())
-        .and_then(|applied| {
-            let log = state.primary_offsets.load_full()?;
-            Some(log.lag(applied, Instant::now()))
-        });
+    let applied = info_field(&text, "slave_repl_offset").and_then(|v| v.parse::<u64>().ok());
+    if let Some(applied) = applied {
+        state.positions.set_applied(applied);
+    }
+    let behind = applied.and_then(|applied| {
+        let log = state.primary_offsets.load_full()?;
+        Some(log.lag(applied, Instant::now()))
+    });
     // shardgate_replica_lag_seconds: by replication offsets when the
     // primary's log can tell, else the time since the last contact.
     let lag = behind.map(|d| d.as_secs_f64()).or_else(|| {

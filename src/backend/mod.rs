@@ -93,6 +93,9 @@ pub struct EndpointState {
     /// A replica's view of its primary's [`lag::OffsetLog`], set whenever
     /// backends are built (a kept replica follows a new primary).
     pub primary_offsets: arc_swap::ArcSwapOption<lag::OffsetLog>,
+    /// Replication positions for read-your-writes: a primary's probes, a
+    /// replica's applied position (see [`lag::Positions`]).
+    pub positions: Arc<lag::Positions>,
 }
 
 impl EndpointState {
@@ -423,6 +426,8 @@ pub struct ShardBackends {
     /// Endpoints eligible for reads, in tiers of preference (the first tier
     /// with a healthy endpoint wins; within a tier, clients are spread).
     read_tiers: Vec<Vec<Arc<Endpoint>>>,
+    /// Whether a replica is among `read_tiers`.
+    reads_replicas: bool,
 }
 
 impl ShardBackends {
@@ -452,6 +457,7 @@ impl ShardBackends {
             health_timeouts: std::sync::atomic::AtomicU32::new(0),
             offsets: Arc::default(),
             primary_offsets: arc_swap::ArcSwapOption::empty(),
+            positions: Arc::default(),
         });
         state.metrics.set_healthy(false);
         ShardBackends {
@@ -466,22 +472,105 @@ impl ShardBackends {
             }),
             replicas: Vec::new(),
             read_tiers: Vec::new(),
+            reads_replicas: false,
         }
     }
 
     /// The endpoint a read goes to: the first healthy one by the read policy,
     /// the primary when none is healthy.
     pub fn read_endpoint(&self, client: u64) -> &Arc<Endpoint> {
+        self.read_endpoint_after(client, ReadFloor::Any)
+    }
+
+    /// [`ShardBackends::read_endpoint`] for a read that must see the
+    /// client's own writes (`options.read_your_writes`): a replica serves
+    /// it only if its applied position has reached `floor`; one that has
+    /// not is asked for a fresh probe (see [`lag::Positions`]), and the
+    /// read goes on down the tiers, to the primary at the latest.
+    pub fn read_endpoint_after(&self, client: u64, floor: ReadFloor) -> &Arc<Endpoint> {
+        let need = match floor {
+            ReadFloor::Any => 0,
+            ReadFloor::AtLeast(p) => p,
+            ReadFloor::Primary(why) => {
+                self.primary
+                    .state
+                    .metrics
+                    .own_write_primary_read(why.as_str());
+                return &self.primary;
+            }
+        };
+        let mut behind = false;
         for tier in &self.read_tiers {
             let n = tier.len();
             for i in 0..n {
                 let ep = &tier[(client as usize + i) % n];
-                if ep.state.role == Role::Primary || ep.state.is_healthy() {
+                if ep.state.role == Role::Primary {
+                    if behind {
+                        ep.state
+                            .metrics
+                            .own_write_primary_read(OwnWrites::ReplicasBehind.as_str());
+                    }
                     return ep;
                 }
+                if !ep.state.is_healthy() {
+                    continue;
+                }
+                if need == 0 || ep.state.positions.applied() >= need {
+                    return ep;
+                }
+                ep.state.positions.want();
+                behind = true;
             }
         }
+        if behind {
+            self.primary
+                .state
+                .metrics
+                .own_write_primary_read(OwnWrites::ReplicasBehind.as_str());
+        }
         &self.primary
+    }
+
+    /// Whether the read policy may send reads to a replica of this shard
+    /// (if not, read-your-writes has nothing to do).
+    pub fn reads_replicas(&self) -> bool {
+        self.reads_replicas
+    }
+}
+
+/// What a read must have seen of its client's own writes (see
+/// [`ShardBackends::read_endpoint_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFloor {
+    /// Nothing: the client wrote nothing a replica could miss.
+    Any,
+    /// A replica's applied replication position must be at least this.
+    AtLeast(u64),
+    /// Only the primary is sure to have the client's writes.
+    Primary(OwnWrites),
+}
+
+/// Why a read went to the primary because of its client's own writes
+/// (the `reason` label of `shardgate_read_your_writes_primary_reads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnWrites {
+    /// A write of the client was not answered yet (pipelined).
+    InFlight,
+    /// No probe of the primary was sent since the client's last write was
+    /// answered, so no position is known to cover it yet.
+    Unconfirmed,
+    /// The position is known, but no replica has applied it yet.
+    ReplicasBehind,
+}
+
+impl OwnWrites {
+    /// Metrics label (one of [`crate::metrics::OWN_WRITE_REASONS`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnWrites::InFlight => "in_flight",
+            OwnWrites::Unconfirmed => "unconfirmed",
+            OwnWrites::ReplicasBehind => "replicas_behind",
+        }
     }
 }
 
@@ -638,6 +727,7 @@ impl Backends {
                         health_timeouts: std::sync::atomic::AtomicU32::new(0),
                         offsets: Arc::default(),
                         primary_offsets: arc_swap::ArcSwapOption::empty(),
+                        positions: Arc::default(),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
@@ -665,6 +755,10 @@ impl Backends {
                         .store(Some(primary.state.offsets.clone()));
                 }
                 let read_tiers = read_tiers(map.read_policy, &primary, &replicas, region, zone);
+                let reads_replicas = read_tiers
+                    .iter()
+                    .flatten()
+                    .any(|e| e.state.role == Role::Replica);
                 ShardBackends {
                     name: s.name.clone(),
                     phase: s.phase,
@@ -672,6 +766,7 @@ impl Backends {
                     primary,
                     replicas,
                     read_tiers,
+                    reads_replicas,
                 }
             })
             .collect();
@@ -810,4 +905,47 @@ fn tiers_by_distance(
         })
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_after_own_writes_goes_only_to_a_replica_that_applied_them() {
+        let map = ShardMap::from_yaml(
+            "read_policy: prefer-replica\nregions:\n  - name: r\noptions:\n  read_your_writes: true\nshards:\n  - name: s\n    region: r\n    primary: 127.0.0.1:1\n    replicas: [127.0.0.1:2]\n",
+        )
+        .unwrap();
+        let b = Backends::new(&map, Some("r"), None);
+        let s = &b.shards()[0];
+        assert!(s.reads_replicas());
+        let replica = &s.replicas[0];
+        let is = |ep: &Arc<Endpoint>, want: &Arc<Endpoint>| Arc::ptr_eq(ep, want);
+        // Not healthy yet: the primary, whatever the floor.
+        assert!(is(s.read_endpoint_after(0, ReadFloor::Any), &s.primary));
+        replica.state.set_healthy(true, "");
+        replica.state.positions.set_applied(100);
+        assert!(is(s.read_endpoint_after(0, ReadFloor::Any), replica));
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::AtLeast(100)),
+            replica
+        ));
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::Primary(OwnWrites::InFlight)),
+            &s.primary
+        ));
+        // Behind the floor: the primary, and the replica is asked for a
+        // fresh probe.
+        assert!(is(
+            s.read_endpoint_after(0, ReadFloor::AtLeast(101)),
+            &s.primary
+        ));
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            replica.state.positions.wanted(),
+        )
+        .await;
+        assert!(asked.is_ok(), "a probe of the replica was wished for");
+    }
 }

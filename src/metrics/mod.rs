@@ -129,6 +129,18 @@ pub const SLOWLOG_LENGTH: &str = "shardgate_slowlog_length";
 /// the primary's log can tell, else `master_last_io_seconds_ago`.
 pub const REPLICA_LAG_SECONDS: &str = "shardgate_replica_lag_seconds";
 
+/// Reads sent to a shard's primary instead of a replica because of the
+/// client's own writes (`options.read_your_writes`), by shard and reason
+/// ([`OWN_WRITE_REASONS`]).
+pub const READ_YOUR_WRITES_PRIMARY_READS: &str = "shardgate_read_your_writes_primary_reads_total";
+/// The `reason` labels of [`READ_YOUR_WRITES_PRIMARY_READS`]: a write still
+/// in flight, no probe of the primary since the write was answered, no
+/// replica applied it yet.
+pub const OWN_WRITE_REASONS: [&str; 3] = ["in_flight", "unconfirmed", "replicas_behind"];
+/// On-demand replication-position probes (read-your-writes), by shard and
+/// endpoint.
+pub const POSITION_PROBES: &str = "shardgate_position_probes_total";
+
 /// 1, labelled with the version this binary was built from.
 pub const BUILD_INFO: &str = "shardgate_build_info";
 /// Primary switches of a sentinel shard (Sentinel named a new primary and
@@ -379,6 +391,16 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         NEAR_CACHE_ENTRIES,
         "gauge",
         "Entries held by the near cache of a shard",
+    ),
+    (
+        READ_YOUR_WRITES_PRIMARY_READS,
+        "counter",
+        "Reads sent to the primary instead of a replica because of the client's own writes (options.read_your_writes), by shard and reason: in_flight (a write not answered yet), unconfirmed (no probe of the primary since the write), replicas_behind (no replica applied it yet)",
+    ),
+    (
+        POSITION_PROBES,
+        "counter",
+        "On-demand probes of an endpoint's replication position for read-your-writes (at most one in flight per endpoint, only while reads wait for one), by shard and endpoint",
     ),
     (
         BUILD_INFO,
@@ -893,6 +915,10 @@ pub struct EndpointMetrics {
     circuit_trips: Counter,
     /// Replicas only.
     replica_lag: Option<Gauge>,
+    /// Primaries only: [`READ_YOUR_WRITES_PRIMARY_READS`] by
+    /// [`OWN_WRITE_REASONS`].
+    own_write_reads: Option<[Counter; 3]>,
+    position_probes: Counter,
 }
 
 impl EndpointMetrics {
@@ -909,10 +935,30 @@ impl EndpointMetrics {
             replica_lag: (role == "replica").then(
                 || gauge!(REPLICA_LAG_SECONDS, "shard" => s.clone(), "endpoint" => e.clone()),
             ),
+            own_write_reads: (role == "primary").then(|| {
+                OWN_WRITE_REASONS.map(|r| counter!(READ_YOUR_WRITES_PRIMARY_READS, "shard" => s.clone(), "reason" => r))
+            }),
+            position_probes: counter!(POSITION_PROBES, "shard" => s.clone(), "endpoint" => e.clone()),
             shard: s,
             endpoint: e,
             role,
         }
+    }
+
+    /// A read went to this primary because of its client's own writes
+    /// (`reason` one of [`OWN_WRITE_REASONS`]).
+    pub fn own_write_primary_read(&self, reason: &'static str) {
+        if let (Some(c), Some(i)) = (
+            &self.own_write_reads,
+            OWN_WRITE_REASONS.iter().position(|r| *r == reason),
+        ) {
+            c[i].increment(1);
+        }
+    }
+
+    /// An on-demand replication-position probe was sent.
+    pub fn position_probe(&self) {
+        self.position_probes.increment(1);
     }
 
     /// One request's backend round trip.

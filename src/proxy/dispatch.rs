@@ -507,7 +507,7 @@ impl Session {
                 }),
             }
         } else if spec.is_read() && !pass.reads_primary() {
-            let ep = backends.read_endpoint(self.id);
+            let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
                 primary: backends.primary.clone(),
@@ -549,7 +549,7 @@ impl Session {
             return Part::new(tc.send_encoded(encode));
         }
         let ep = if spec.is_read() && !pass.reads_primary() {
-            backends.read_endpoint(self.id)
+            backends.read_endpoint_after(self.id, self.read_floor(backends))
         } else {
             &backends.primary
         };

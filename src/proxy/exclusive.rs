@@ -271,7 +271,7 @@ impl Session {
                 continue;
             }
             let reply = s
-                .read_endpoint(self.id)
+                .read_endpoint_after(self.id, self.read_floor(s))
                 .send(self.proto, self.id, &frame)
                 .await;
             let reply = answered(reply)?;
@@ -344,7 +344,7 @@ impl Session {
             let mut frame = BytesMut::new();
             encode_command(&args, &mut frame);
             let backends = all.shard(shard);
-            let ep = backends.read_endpoint(self.id);
+            let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
             let reply = ep.send(self.proto, self.id, &frame.freeze()).await;
             let reply = answered(reply)?;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
+use crate::backend::{OwnWrites, ReadFloor, ShardBackends};
 use crate::protocol::{Protocol, Request};
 use crate::router::ShardId;
 use crate::snapshot::Snapshot;
@@ -70,6 +71,24 @@ pub struct Session {
     pub(super) writes: Writes,
     /// `CLIENT TRACKING ON`: its settings and inbox (see `tracking`).
     pub(super) tracking: Option<Box<super::tracking::ClientTracking>>,
+    /// Read-your-writes: the floor of each shard's reads for the last
+    /// answered write (a lock per read of a client that wrote, never
+    /// contended: only this client's task takes it; a `RefCell` would
+    /// make the session's futures `!Send`).
+    pub(super) floors: std::sync::Mutex<Floors>,
+}
+
+/// The replication positions a client's reads must wait for, per shard
+/// primary, since its last answered write (see
+/// [`crate::backend::lag::Positions`]): found once per write and shard,
+/// then kept, so that later reads neither lock the primary's log nor get a
+/// floor larger than the write needs.
+#[derive(Default)]
+pub struct Floors {
+    /// The answer time of the write these floors are for.
+    at: Option<std::time::Instant>,
+    /// Per primary (by its positions), the floor.
+    known: Vec<(Arc<crate::backend::lag::Positions>, u64)>,
 }
 
 /// A client's own writes, as far as its later reads are concerned: a read
@@ -111,6 +130,7 @@ impl Writes {
         self.last_answered = Some(at);
     }
 
+    /// What the client's reads must wait for.
     pub fn state(&self) -> WriteState {
         match (self.in_flight, self.last_answered) {
             (0, None) => WriteState::None,
@@ -147,6 +167,43 @@ impl Session {
             addr_rate: None,
             writes: Writes::default(),
             tracking: None,
+            floors: std::sync::Mutex::default(),
+        }
+    }
+
+    /// What a read of this client on `backends`' shard must have seen of
+    /// its own writes (`options.read_your_writes`): nothing without the
+    /// option, a replica-less read policy or writes; the primary while a
+    /// write is in flight or before a probe of the primary sent after the
+    /// last write's answer came back (which is then asked for); else the
+    /// position that probe returned.
+    pub(super) fn read_floor(&self, backends: &ShardBackends) -> ReadFloor {
+        if !backends.primary.state.options.read_your_writes || !backends.reads_replicas() {
+            return ReadFloor::Any;
+        }
+        let t = match self.writes.state() {
+            WriteState::None => return ReadFloor::Any,
+            WriteState::InFlight => return ReadFloor::Primary(OwnWrites::InFlight),
+            WriteState::AnsweredAt(t) => t,
+        };
+        let mut f = self.floors.lock().unwrap_or_else(|e| e.into_inner());
+        if f.at != Some(t) {
+            f.at = Some(t);
+            f.known.clear();
+        }
+        let positions = &backends.primary.state.positions;
+        if let Some((_, p)) = f.known.iter().find(|(k, _)| Arc::ptr_eq(k, positions)) {
+            return ReadFloor::AtLeast(*p);
+        }
+        match positions.covering(t) {
+            Some(p) => {
+                f.known.push((positions.clone(), p));
+                ReadFloor::AtLeast(p)
+            }
+            None => {
+                positions.want();
+                ReadFloor::Primary(OwnWrites::Unconfirmed)
+            }
         }
     }
 

@@ -195,6 +195,11 @@ pub struct Options {
     /// How long before a read a near-cache hit must have been confirmed
     /// current; zero confirms each hit after the read arrived.
     pub near_cache_max_staleness: Duration,
+    /// `options.read_your_writes`: with `prefer-replica` or `nearest` reads,
+    /// a client's reads after its own writes go only to replicas whose
+    /// applied replication position has reached them, else to the primary
+    /// (see `backend::lag`).
+    pub read_your_writes: bool,
 }
 
 /// `options.crossslot`: when keys of one request are refused with `-CROSSSLOT`.

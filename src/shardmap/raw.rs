@@ -260,4 +260,8 @@ pub struct RawOptions {
     /// How old a near-cache hit may be (0: every hit is confirmed).
     #[serde(default)]
     pub near_cache_max_staleness_ms: Option<i64>,
+    /// Whether a client's reads after its own writes go only to replicas
+    /// that have applied them (default false).
+    #[serde(default)]
+    pub read_your_writes: Option<bool>,
 }

@@ -490,6 +490,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         health_check_interval: ms(raw.health_check_interval_ms, HEALTH_INTERVAL)?,
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
+        read_your_writes: raw.read_your_writes.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
         near_cache_bytes: bounded(raw.near_cache_bytes, NEAR_CACHE_BYTES)?,
@@ -547,6 +548,10 @@ mod tests {
         assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
         assert_eq!(m.options.max_replica_lag, Duration::from_millis(30000));
         assert!(!m.options.allow_flush);
+        assert!(!m.options.read_your_writes, "opt-in");
+        let on = ShardMap::from_yaml(&(BASE.to_owned() + "options:\n  read_your_writes: true\n"))
+            .expect("valid map");
+        assert!(on.options.read_your_writes);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! tasks, each running its requests one after the other. A client always uses
 //! lane `client_id % lanes`, so a client's pipelined requests to one endpoint
 //! run in order (SET then GET), while different clients run concurrently on
-//! the endpoint's one sqlx pool (`pg_pool_size` connections, plus two for the
-//! health check and the reaper). Each lane parses the frame, runs the command
+//! the endpoint's one sqlx pool (`pg_pool_size` connections, plus three for
+//! the health check, the reaper and the read-your-writes position prober). Each lane parses the frame, runs the command
 //! ([`commands`]) within `command_timeout`, and encodes the [`Reply`] for the
 //! client's protocol, so split/merge, fan-out, read policy and metrics work
 //! unchanged on mixed maps.
@@ -80,7 +80,7 @@ impl PgEndpoint {
                 state.options.command_timeout.as_millis().to_string(),
             )]);
         let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(lanes + 2).unwrap_or(u32::MAX))
+            .max_connections(u32::try_from(lanes + 3).unwrap_or(u32::MAX))
             .min_connections(0)
             .acquire_timeout(state.options.connect_timeout)
             .connect_lazy_with(options);
@@ -287,33 +287,86 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> PgSetupError {
 /// recovery with its WAL receiver streaming and replay within `max_lag`.
 pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), String> {
     let primary = state.role == crate::backend::Role::Primary;
+    // The fourth column is the replication position (see `probe_position`).
     let sql = if primary {
-        "SELECT true, 'streaming'::text, 0::bigint"
+        // (A primary in recovery would fail the WAL function: no position.)
+        "SELECT true, 'streaming'::text, 0::bigint, \
+                CASE WHEN pg_is_in_recovery() THEN NULL \
+                     ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END"
     } else {
         "SELECT pg_is_in_recovery(), \
                 (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
                 CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                     ELSE COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END"
+                     ELSE COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END, \
+                (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
     };
-    let row: (bool, Option<String>, i64) = sqlx::query_as(sql)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| format!("health check failed: {e}"))?;
+    let sent = std::time::Instant::now();
+    let row: (bool, Option<String>, i64, Option<i64>) =
+        sqlx::query_as(sql)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| format!("health check failed: {e}"))?;
+    record_position(state, sent, row.3);
     if primary {
         return Ok(());
     }
     match row {
-        (false, _, _) => Err("not a standby (pg_is_in_recovery() is false)".to_owned()),
-        (true, status, _) if status.as_deref() != Some("streaming") => Err(format!(
+        (false, _, _, _) => Err("not a standby (pg_is_in_recovery() is false)".to_owned()),
+        (true, status, _, _) if status.as_deref() != Some("streaming") => Err(format!(
             "WAL receiver is not streaming (status {})",
             status.as_deref().unwrap_or("none")
         )),
-        (true, _, lag)
+        (true, _, lag, _)
             if u128::try_from(lag).unwrap_or(0) > state.options.max_replica_lag.as_millis() =>
         {
             Err(format!("replica lags: replay {lag} ms behind"))
         }
         _ => Ok(()),
+    }
+}
+
+/// One on-demand replication-position probe (read-your-writes, see
+/// [`crate::backend::lag::Positions`]): on the primary the WAL insert
+/// position, which is past the commit record of every transaction that has
+/// committed (whatever `synchronous_commit` says; the write position may
+/// not be, with it off); on a standby the replay position, up to which its
+/// queries see every commit. Whether it got one.
+pub async fn probe_position(state: &EndpointState, pool: &PgPool) -> bool {
+    let sql = match state.role {
+        crate::backend::Role::Primary => {
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+        }
+        crate::backend::Role::Replica => {
+            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
+        }
+    };
+    let limit = state
+        .options
+        .connect_timeout
+        .max(std::time::Duration::from_millis(100));
+    let sent = std::time::Instant::now();
+    match tokio::time::timeout(
+        limit,
+        sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(pool),
+    )
+    .await
+    {
+        Ok(Ok(Some(position))) => {
+            record_position(state, sent, Some(position));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Keeps a probe's position (sent at `sent`) in the endpoint's positions.
+fn record_position(state: &EndpointState, sent: std::time::Instant, position: Option<i64>) {
+    let Some(position) = position.and_then(|p| u64::try_from(p).ok()) else {
+        return;
+    };
+    match state.role {
+        crate::backend::Role::Primary => state.positions.record(sent, position),
+        crate::backend::Role::Replica => state.positions.set_applied(position),
     }
 }
 
