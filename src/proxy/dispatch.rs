@@ -419,7 +419,7 @@ impl Session {
                 client: self.id,
             });
             PendingKind::Backend {
-                rx: ep.send(self.proto, self.id, frame),
+                rx: self.send_read(snap, spec, ep, frame),
                 retry,
             }
         } else {
@@ -448,11 +448,12 @@ impl Session {
         encode: impl FnOnce(&mut BytesMut),
     ) -> Part {
         let backends = snap.shard(shard);
-        let ep = if spec.is_read() && !pass.reads_primary() {
-            backends.read_endpoint(self.id)
-        } else {
-            &backends.primary
-        };
+        if spec.is_read() && !pass.reads_primary() {
+            let ep = backends.read_endpoint(self.id);
+            ep.state.metrics.read_served();
+            return Part::new(self.send_read_encoded(snap, spec, ep, encode));
+        }
+        let ep = &backends.primary;
         if spec.is_read() {
             ep.state.metrics.read_served();
         }

@@ -254,4 +254,7 @@ pub struct RawOptions {
     /// `shard` (default) or `slot`: what keys of one command must share.
     #[serde(default)]
     pub crossslot: Option<String>,
+    /// Whether identical concurrent reads share one backend request.
+    #[serde(default)]
+    pub coalesce_reads: Option<bool>,
 }

@@ -486,6 +486,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         health_check_interval: ms(raw.health_check_interval_ms, HEALTH_INTERVAL)?,
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
+        coalesce_reads: raw.coalesce_reads.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
         crossslot: match raw.crossslot.as_deref() {
@@ -541,6 +542,10 @@ mod tests {
         assert_eq!(m.options.health_check_interval, Duration::from_millis(1000));
         assert_eq!(m.options.max_replica_lag, Duration::from_millis(30000));
         assert!(!m.options.allow_flush);
+        assert!(!m.options.coalesce_reads, "coalescing is opt-in");
+        let on = ShardMap::from_yaml(&(BASE.to_owned() + "options:\n  coalesce_reads: true\n"))
+            .expect("valid map");
+        assert!(on.options.coalesce_reads);
     }
 
     #[test]
@@ -719,6 +724,9 @@ mod tests {
         let (p, why) = refused(&y);
         assert_eq!(p, "options.crossslot");
         assert!(why.contains("`shard` or `slot`"), "{why}");
+        let y = BASE.to_owned() + "options:\n  coalesce_reads: sometimes\n";
+        let (p, _) = refused(&y);
+        assert_eq!(p, "options.coalesce_reads");
         let y = BASE.to_owned() + "options:\n  allow_flush: maybe\n";
         let (p, _) = refused(&y);
         assert_eq!(p, "options.allow_flush");
