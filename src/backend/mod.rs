@@ -6,6 +6,8 @@
 //! health checker ([`health`]) keeps the endpoint's health and latency
 //! estimate current. [`Backends`] maps every shard of the map to its
 //! endpoints and picks the endpoint for a read by the map's read policy.
+//! With `options.coalesce_reads`, identical reads in flight to one endpoint
+//! share one request ([`coalesce`], per serving thread and protocol).
 
 pub mod acl;
 pub mod breaker;
