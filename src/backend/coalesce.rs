@@ -14,7 +14,9 @@
 //! whose earlier requests were answered at `t` may only join a flight sent
 //! after `t` (so that it sees its own writes and never reads older data than
 //! it already read). A read that finds a flight it may not join is sent on
-//! its own and not recorded (the older flight stays joinable for others).
+//! its own and becomes the key's flight in place of the older one (later
+//! reads join the newest flight; the older one still lands with its own
+//! waiters).
 //!
 //! Memory is bounded by what is in flight: a flight leaves the table when
 //! its request is answered, and every request a multiplexed connection takes
@@ -66,25 +68,63 @@ pub enum Coalesced {
     /// It waits for the reply of an identical read already in flight.
     Joined = 1,
     /// An identical read was in flight but too old for this client (see
-    /// [`MayJoin`]): sent on its own.
+    /// [`MayJoin`]): sent on its own, and identical reads from now on wait
+    /// for it instead.
     Bypassed = 2,
 }
 
 /// The coalescable reads in flight from one serving thread to one endpoint
 /// in one protocol, by request bytes.
 pub struct Flights {
-    table: Mutex<HashMap<Bytes, Flight>>,
+    table: Mutex<Table>,
     /// The endpoint, to name it in errors.
     addr: String,
 }
 
+#[derive(Default)]
+struct Table {
+    /// The newest flight of each request.
+    live: HashMap<Bytes, Flight>,
+    /// The waiters of flights a newer identical one replaced in `live`,
+    /// by flight id, until their reply lands.
+    replaced: HashMap<u64, Waiters>,
+    next_id: u64,
+}
+
+type Waiters = SmallVec<[oneshot::Sender<ReplyResult>; 4]>;
+
+impl Table {
+    /// Records a new flight of `key` (replacing `live`'s, whose waiters
+    /// move to `replaced`); returns its id.
+    fn start(&mut self, key: &Bytes, sent: Instant, leader: oneshot::Sender<ReplyResult>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut waiters = Waiters::new();
+        waiters.push(leader);
+        let flight = Flight { id, sent, waiters };
+        if let Some(old) = self.live.insert(key.clone(), flight) {
+            self.replaced.insert(old.id, old.waiters);
+        }
+        id
+    }
+
+    /// Takes the waiters of flight `id` of `key`.
+    fn finish(&mut self, key: &[u8], id: u64) -> Option<Waiters> {
+        match self.live.get(key) {
+            Some(f) if f.id == id => self.live.remove(key).map(|f| f.waiters),
+            _ => self.replaced.remove(&id),
+        }
+    }
+}
+
 struct Flight {
+    id: u64,
     /// When the leading request was routed: no later than when it was
     /// queued on its connection, so a client's request answered before
     /// this was executed before the flight's request.
     sent: Instant,
     /// Every client waiting for the reply, the leader first.
-    waiters: SmallVec<[oneshot::Sender<ReplyResult>; 4]>,
+    waiters: Waiters,
 }
 
 /// The reply of a flight's request goes here: handed to every waiter.
@@ -94,6 +134,7 @@ struct Flight {
 pub struct Landing {
     flights: Arc<Flights>,
     key: Bytes,
+    id: u64,
     landed: bool,
 }
 
@@ -101,7 +142,7 @@ impl Landing {
     /// Hands `reply` to every client waiting for this flight.
     pub fn land(mut self, reply: ReplyResult) {
         self.landed = true;
-        self.flights.land(&self.key, reply);
+        self.flights.land(&self.key, self.id, reply);
     }
 }
 
@@ -112,7 +153,7 @@ impl Drop for Landing {
                 addr: self.flights.addr.clone(),
                 reason: "a coalesced read was dropped without a reply".to_owned(),
             };
-            self.flights.land(&self.key, Err(err));
+            self.flights.land(&self.key, self.id, Err(err));
         }
     }
 }
@@ -121,19 +162,20 @@ impl Flights {
     /// An empty table for endpoint `addr`.
     pub fn new(addr: &str) -> Flights {
         Flights {
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             addr: addr.to_owned(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Bytes, Flight>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // Plain data: a panic elsewhere leaves it usable.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads in flight (for tests and bounds checks).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let t = self.lock();
+        t.live.len() + t.replaced.len()
     }
 
     /// Whether no read is in flight.
@@ -143,9 +185,10 @@ impl Flights {
 
     /// One read of `frame` (a complete request), routed at `started`:
     /// joins the flight of an identical read if `may_join` allows it;
-    /// otherwise, with no identical read in flight, leads a new flight
-    /// (`lead` queues `frame` with the [`Landing`]); otherwise is sent on
-    /// its own (`alone`).
+    /// otherwise leads a new flight (`lead` queues `frame` with the
+    /// [`Landing`]), which replaces an older identical one as the flight
+    /// later reads join; or, when the identical flight in the table is not
+    /// older than this read, is sent on its own (`alone`).
     pub fn read(
         self: &Arc<Self>,
         frame: &Bytes,
@@ -155,46 +198,38 @@ impl Flights {
         alone: impl FnOnce() -> ReplyRx,
     ) -> (ReplyRx, Coalesced) {
         let (tx, rx) = oneshot::channel();
-        {
+        let (id, how) = {
             let mut table = self.lock();
-            match table.get_mut(frame.as_ref()) {
+            match table.live.get_mut(frame.as_ref()) {
                 Some(f) if may_join.allows(f.sent) => {
                     f.waiters.push(tx);
                     return (rx, Coalesced::Joined);
                 }
-                Some(_) => {
+                Some(f) if f.sent >= started => {
                     drop(table);
                     return (alone(), Coalesced::Bypassed);
                 }
-                None => {
-                    let mut waiters = SmallVec::new();
-                    waiters.push(tx);
-                    table.insert(
-                        frame.clone(),
-                        Flight {
-                            sent: started,
-                            waiters,
-                        },
-                    );
-                }
+                Some(_) => (table.start(frame, started, tx), Coalesced::Bypassed),
+                None => (table.start(frame, started, tx), Coalesced::Led),
             }
-        }
+        };
         // Queued without the lock: a refused request lands at once.
         lead(Landing {
             flights: self.clone(),
             key: frame.clone(),
+            id,
             landed: false,
         });
-        (rx, Coalesced::Led)
+        (rx, how)
     }
 
-    /// The flight of `key` is answered: it leaves the table, then every
+    /// Flight `id` of `key` is answered: it leaves the table, then every
     /// waiter gets the reply (no client can join after it left).
-    fn land(&self, key: &[u8], reply: ReplyResult) {
-        let Some(flight) = self.lock().remove(key) else {
+    fn land(&self, key: &[u8], id: u64, reply: ReplyResult) {
+        let Some(waiters) = self.lock().finish(key, id) else {
             return;
         };
-        let mut waiters = flight.waiters.into_iter();
+        let mut waiters = waiters.into_iter();
         let last = waiters.next_back();
         for w in waiters {
             let _ = w.send(reply.clone());
@@ -285,21 +320,33 @@ mod tests {
         let f = Fixture::new();
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(5);
-        let (_leader, _) = f.read(GET, t0, MayJoin::Any);
-        // Its write was answered after the flight was sent: on its own.
-        let (mut own, how) = f.read(GET, t1, MayJoin::SentSince(t1));
+        let (mut old, _) = f.read(GET, t0, MayJoin::Any);
+        // A write in flight: never joins; routed no later than the flight,
+        // it goes alone.
+        let (_n, how) = f.read(GET, t0, MayJoin::No);
         assert_eq!(how, Coalesced::Bypassed);
         assert_eq!(f.alone.borrow().len(), 1);
-        assert_eq!(f.sent.borrow().len(), 1, "no second flight");
         // Answered before the flight was sent: it may join.
-        let (_j, how) = f.read(GET, t1, MayJoin::SentSince(t0));
+        let (mut joined_old, how) = f.read(GET, t1, MayJoin::SentSince(t0));
         assert_eq!(how, Coalesced::Joined);
-        // A write in flight: never joins.
-        let (_n, how) = f.read(GET, t1, MayJoin::No);
+        // Its write was answered after the flight was sent: it sends its
+        // own, which becomes the flight later reads join.
+        let (mut own, how) = f.read(GET, t1, MayJoin::SentSince(t1));
         assert_eq!(how, Coalesced::Bypassed);
-        // The read sent alone gets its own reply.
-        let _ = f.alone.borrow_mut().remove(0).send(answer(b"$2\r\nv2\r\n"));
-        assert_eq!(value(&mut own).unwrap().as_ref(), b"$2\r\nv2\r\n");
+        assert_eq!(f.sent.borrow().len(), 2, "a newer flight");
+        let (mut joined_new, how) = f.read(GET, t1, MayJoin::SentSince(t1));
+        assert_eq!(how, Coalesced::Joined);
+        assert_eq!(f.flights.len(), 2);
+        // Each flight lands with its own waiters, in either order.
+        let mut sent = f.sent.borrow_mut().drain(..).collect::<Vec<_>>();
+        sent.pop().unwrap().land(answer(b"$3\r\nnew\r\n"));
+        assert_eq!(value(&mut own).unwrap().as_ref(), b"$3\r\nnew\r\n");
+        assert_eq!(value(&mut joined_new).unwrap().as_ref(), b"$3\r\nnew\r\n");
+        assert!(value(&mut old).is_none());
+        sent.pop().unwrap().land(answer(b"$3\r\nold\r\n"));
+        assert_eq!(value(&mut old).unwrap().as_ref(), b"$3\r\nold\r\n");
+        assert_eq!(value(&mut joined_old).unwrap().as_ref(), b"$3\r\nold\r\n");
+        assert!(f.flights.is_empty());
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub const COALESCED_READS: &str = "shardgate_coalesced_reads_total";
 /// may wait for it), joined (got the reply of an identical read in
 /// flight: no backend request of its own), bypassed (an identical read was
 /// in flight but older than the client's own last answered request: sent
-/// on its own).
+/// on its own, and later identical reads wait for it instead).
 pub const COALESCE_OUTCOMES: [&str; 3] = ["led", "joined", "bypassed"];
 /// Refused logins and commands, by reason.
 pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
