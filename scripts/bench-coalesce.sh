@@ -80,7 +80,11 @@ for port in "${shard_ports[@]}" "$off_port" "$on_port"; do
 done
 
 # The 10 keys redis-benchmark -r 10 reads (key:000000000000 .. 9), 16 bytes each.
-redis-benchmark -p "$off_port" -t set -r 10 -n 1000 -c 10 -d 16 -q >/dev/null 2>&1
+for attempt in 1 2 3; do
+  redis-benchmark -p "$off_port" -t set -r 10 -n 1000 -c 10 -d 16 -q >/dev/null 2>&1 && break
+  [ "$attempt" -eq 3 ] && { echo "bench-coalesce: preloading the keys failed" >&2; exit 1; }
+  sleep 1
+done
 
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 hz=$(getconf CLK_TCK)
@@ -156,12 +160,12 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for t in ("off", "on"):
     tot = sum(r["led"] + r["joined"] + r["bypassed"] for r in runs if r["target"] == t)
     share = sum(r["joined"] for r in runs if r["target"] == t) / tot if tot else 0.0
-    pu = med(t, "proxy_us")
+    pu = max(med(t, "proxy_us"), 1e-9)
     print(f"| {t} | {med(t, 'rps'):,.0f} | {med(t, 'p50'):.3f} | {med(t, 'p99'):.3f} | "
           f"{med(t, 'backend_per_request'):.3f} | {pu:.2f} | {1e6 / pu:,.0f} | {med(t, 'shard_us'):.2f} | "
           f"{'—' if t == 'off' else f'{share:.1%}'} |")
 print()
-on_off = lambda k: med("on", k) / med("off", k)
+on_off = lambda k: med("on", k) / max(med("off", k), 1e-9)
 print(f"On / off: throughput x{on_off('rps'):.2f}, backend GETs per client GET x{on_off('backend_per_request'):.3f}, "
       f"proxy CPU per request x{on_off('proxy_us'):.2f}, shards' CPU per request x{on_off('shard_us'):.2f}.")
 EOF

@@ -198,6 +198,14 @@ impl Flights {
         alone: impl FnOnce() -> ReplyRx,
     ) -> (ReplyRx, Coalesced) {
         let (tx, rx) = oneshot::channel();
+        // The key is a copy: the request's bytes share the client's read
+        // buffer, which must not be kept for the life of the flight (the
+        // connection could then not reuse it and would allocate anew).
+        let mut key = None;
+        let mut own_key = || {
+            key.get_or_insert_with(|| Bytes::copy_from_slice(frame))
+                .clone()
+        };
         let (id, how) = {
             let mut table = self.lock();
             match table.live.get_mut(frame.as_ref()) {
@@ -209,14 +217,14 @@ impl Flights {
                     drop(table);
                     return (alone(), Coalesced::Bypassed);
                 }
-                Some(_) => (table.start(frame, started, tx), Coalesced::Bypassed),
-                None => (table.start(frame, started, tx), Coalesced::Led),
+                Some(_) => (table.start(&own_key(), started, tx), Coalesced::Bypassed),
+                None => (table.start(&own_key(), started, tx), Coalesced::Led),
             }
         };
         // Queued without the lock: a refused request lands at once.
         lead(Landing {
             flights: self.clone(),
-            key: frame.clone(),
+            key: own_key(),
             id,
             landed: false,
         });
