@@ -6,10 +6,13 @@
 //! health checker ([`health`]) keeps the endpoint's health and latency
 //! estimate current. [`Backends`] maps every shard of the map to its
 //! endpoints and picks the endpoint for a read by the map's read policy.
+//! With `options.coalesce_reads`, identical reads in flight to one endpoint
+//! share one request ([`coalesce`], per serving thread and protocol).
 
 pub mod acl;
 pub mod breaker;
 pub mod cache;
+pub mod coalesce;
 pub mod connect;
 pub mod dedicated;
 pub mod fence;
@@ -172,6 +175,10 @@ enum Conns {
         /// that thread's clients use.
         mux_resp2: Vec<Vec<MuxConn>>,
         mux_resp3: Vec<Vec<MuxConn>>,
+        /// Per serving thread, its coalesced reads in flight (see
+        /// [`coalesce`]; empty until `options.coalesce_reads` is used).
+        flights_resp2: Vec<Arc<coalesce::Flights>>,
+        flights_resp3: Vec<Arc<coalesce::Flights>>,
         pool_resp2: DedicatedPool,
         pool_resp3: DedicatedPool,
         /// Pools of connections logged in as a backend ACL user (scripts
@@ -202,9 +209,16 @@ impl Endpoint {
                         workers.iter().map(|h| group(p, Some(h))).collect()
                     }
                 };
+                let flights = || -> Vec<Arc<coalesce::Flights>> {
+                    (0..workers.len().max(1))
+                        .map(|_| Arc::new(coalesce::Flights::new(&state.addr)))
+                        .collect()
+                };
                 Conns::Redis {
                     mux_resp2: muxes(Protocol::Resp2),
                     mux_resp3: muxes(Protocol::Resp3),
+                    flights_resp2: flights(),
+                    flights_resp3: flights(),
                     pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
                     pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
                     user_pools: std::sync::Mutex::new(HashMap::new()),
@@ -274,6 +288,39 @@ impl Endpoint {
             }
             Conn::Removed => self.refuse(),
         }
+    }
+
+    /// [`Endpoint::send`] of a read that may share one backend request
+    /// with identical reads in flight from this serving thread (see
+    /// [`coalesce`]; `started`: when it was routed). The request of a read
+    /// that leads goes down `client`'s own connection, as it would alone.
+    /// PostgreSQL endpoints do not coalesce (`None`).
+    pub fn read_coalesced(
+        &self,
+        proto: Protocol,
+        client: u64,
+        frame: &Bytes,
+        started: std::time::Instant,
+        may_join: coalesce::MayJoin,
+    ) -> (ReplyRx, Option<coalesce::Coalesced>) {
+        let flights = match (&self.conns, proto) {
+            (Conns::Redis { flights_resp2, .. }, Protocol::Resp2) => flights_resp2,
+            (Conns::Redis { flights_resp3, .. }, Protocol::Resp3) => flights_resp3,
+            _ => return (self.send(proto, client, frame), None),
+        };
+        let Conn::Mux(mux) = self.conn_for(proto, client) else {
+            return (self.send(proto, client, frame), None);
+        };
+        let flights = &flights[crate::workers::current() % flights.len()];
+        let (rx, how) = flights.read(
+            frame,
+            started,
+            may_join,
+            |landing| mux.send_flight(frame, landing),
+            || mux.send(frame),
+        );
+        self.state.metrics.coalesced_read(how as usize);
+        (rx, Some(how))
     }
 
     /// Where a request of `client` goes: on a Redis endpoint, the

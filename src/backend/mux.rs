@@ -62,7 +62,28 @@ pub trait PushSink: Send + Sync {
 
 /// Where a client waits for its reply.
 pub type ReplyRx = oneshot::Receiver<ReplyResult>;
-type ReplyTx = oneshot::Sender<ReplyResult>;
+
+/// Where the reply to one queued request goes.
+enum ReplyTx {
+    /// The channel of the one client that sent it.
+    One(oneshot::Sender<ReplyResult>),
+    /// A coalesced read: every client that waits for it (see
+    /// [`super::coalesce`]).
+    Flight(super::coalesce::Landing),
+}
+
+impl ReplyTx {
+    /// Hands the reply over (the client may have gone: then it is dropped).
+    fn send(self, r: ReplyResult) -> Result<(), ReplyResult> {
+        match self {
+            ReplyTx::One(tx) => tx.send(r),
+            ReplyTx::Flight(landing) => {
+                landing.land(r);
+                Ok(())
+            }
+        }
+    }
+}
 
 /// Requests queued for the connection and not yet written. Clients append
 /// under the lock (no allocation, no channel per request); the writer takes
@@ -263,12 +284,22 @@ impl MuxConn {
     /// RESP request) straight to the connection's outgoing bytes.
     pub fn send_encoded(&self, encode: impl FnOnce(&mut BytesMut)) -> ReplyRx {
         let (reply, rx) = oneshot::channel();
+        self.queue(encode, ReplyTx::One(reply));
+        rx
+    }
+
+    /// Queues `frame`, the leading request of a coalesced read: its reply
+    /// lands with every client waiting for it.
+    pub(super) fn send_flight(&self, frame: &[u8], landing: super::coalesce::Landing) {
+        self.queue(|out| out.extend_from_slice(frame), ReplyTx::Flight(landing));
+    }
+
+    fn queue(&self, encode: impl FnOnce(&mut BytesMut), reply: ReplyTx) {
         if self.ep.breaker.admit() == Admit::No {
             fail(reply, &self.ep, self.ep.breaker.refusal(&self.ep.addr));
-            return rx;
+            return;
         }
         self.owner.shared.push(encode, reply);
-        rx
     }
 }
 
@@ -632,7 +663,8 @@ mod tests {
 
         fn send(&self, frame: &[u8]) -> ReplyRx {
             let (tx, rx) = oneshot::channel();
-            self.shared.push(|out| out.extend_from_slice(frame), tx);
+            self.shared
+                .push(|out| out.extend_from_slice(frame), ReplyTx::One(tx));
             rx
         }
 
@@ -673,6 +705,38 @@ mod tests {
         assert_eq!(reply(first).await.unwrap().as_ref(), b"+PONG\r\n");
         assert_eq!(reply(second).await.unwrap().as_ref(), b"$1\r\nv\r\n");
         assert_eq!(reply(third).await.unwrap().as_ref(), b"-ERR nope\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_coalesced_read_goes_down_once_and_lands_with_every_waiter() {
+        use crate::backend::coalesce::{Coalesced, Flights, MayJoin};
+        let mut h = Harness::start();
+        let flights = Arc::new(Flights::new("127.0.0.1:1"));
+        let frame = Bytes::from_static(GET);
+        let started = Instant::now();
+        let read = |flights: &Arc<Flights>| {
+            flights.read(
+                &frame,
+                started,
+                MayJoin::Any,
+                |landing| {
+                    let (waker, out) = (&h.shared, frame.clone());
+                    waker.push(|o| o.extend_from_slice(&out), ReplyTx::Flight(landing));
+                },
+                || h.send(GET),
+            )
+        };
+        let (a, led) = read(&flights);
+        let (b, joined) = read(&flights);
+        assert_eq!((led, joined), (Coalesced::Led, Coalesced::Joined));
+        // Only one GET goes down; a PING queued behind it keeps its place.
+        let ping = h.send(PING);
+        h.expect(&[GET, PING].concat()).await;
+        h.backend.write_all(b"$1\r\nv\r\n+PONG\r\n").await.unwrap();
+        assert_eq!(reply(a).await.unwrap().as_ref(), b"$1\r\nv\r\n");
+        assert_eq!(reply(b).await.unwrap().as_ref(), b"$1\r\nv\r\n");
+        assert_eq!(reply(ping).await.unwrap().as_ref(), b"+PONG\r\n");
+        assert!(flights.is_empty(), "the flight left with its reply");
     }
 
     #[tokio::test]

@@ -328,6 +328,29 @@ pub enum LocalKind {
     Monitor,
 }
 
+/// Read-only commands whose reply must not be shared between clients:
+/// Redis 7.0 tips them `nondeterministic_output` (DUMP, HRANDFIELD,
+/// HSCAN, PTTL, RANDOMKEY, SCAN, SRANDMEMBER, SSCAN, TTL, XPENDING,
+/// ZRANDMEMBER, ZSCAN), or they exist for their side effect (TOUCH
+/// updates the keys' access time). `nondeterministic_output_order`
+/// (HGETALL, SMEMBERS, ...) is fine: the shared reply is one Redis could
+/// have given each client.
+pub const NOT_SHAREABLE: [&str; 13] = [
+    "dump",
+    "hrandfield",
+    "hscan",
+    "pttl",
+    "randomkey",
+    "scan",
+    "srandmember",
+    "sscan",
+    "touch",
+    "ttl",
+    "xpending",
+    "zrandmember",
+    "zscan",
+];
+
 /// One row of the command table.
 #[derive(Clone, Copy, Debug)]
 pub struct CommandSpec {
@@ -358,6 +381,20 @@ impl CommandSpec {
     /// Whether the command only reads (and may go to a replica).
     pub fn is_read(&self) -> bool {
         self.flags.contains(Flags::READ) && !self.flags.contains(Flags::WRITE)
+    }
+
+    /// Whether one run's reply may answer an identical request of another
+    /// client that arrived while it ran (`options.coalesce_reads`): a
+    /// forwarded or split read that does not block, whose reply is a
+    /// function of the data (not Redis' `nondeterministic_output` tip:
+    /// random members, TTLs, cursors) and that is not run for a side
+    /// effect (TOUCH). `tests/coalesce.rs` checks [`NOT_SHAREABLE`]
+    /// against the tips of a real server.
+    pub fn reply_is_shareable(&self) -> bool {
+        self.is_read()
+            && !self.flags.contains(Flags::BLOCKING)
+            && matches!(self.handling, Handling::Forward | Handling::Split(_))
+            && !NOT_SHAREABLE.contains(&self.name)
     }
 
     /// The legacy `(first, last, step)` triple Redis reports for the command in

@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use super::{BACKEND_DURATION, COMMAND_DURATION, COMMANDS_TOTAL, LATENCY_BUCKETS, READS_TOTAL};
+use super::{
+    BACKEND_DURATION, COALESCE_OUTCOMES, COALESCED_READS, COMMAND_DURATION, COMMANDS_TOTAL,
+    LATENCY_BUCKETS, READS_TOTAL,
+};
 use crate::command::table::COMMANDS;
 
 /// Bucket bounds in nanoseconds ([`LATENCY_BUCKETS`]); one more bucket, for
@@ -208,7 +211,8 @@ pub const UNKNOWN_COMMAND: usize = COMMANDS.len();
 pub struct EndpointCounters {
     /// `shardgate_backend_request_duration_seconds`.
     pub duration: Histogram,
-    /// `shardgate_reads_total` of the endpoint's (shard, role).
+    /// `shardgate_reads_total` of the endpoint's (shard, role) at index 0,
+    /// then `shardgate_coalesced_reads_total` by outcome.
     pub reads: Arc<Counters>,
 }
 
@@ -254,7 +258,7 @@ pub fn endpoint(shard: &str, endpoint: &str, role: &'static str) -> Arc<Endpoint
     let reads = r
         .reads
         .entry((shard.to_owned(), role))
-        .or_insert_with(|| Arc::new(Counters::new(1)))
+        .or_insert_with(|| Arc::new(Counters::new(1 + COALESCE_OUTCOMES.len())))
         .clone();
     let e = Arc::new(EndpointCounters {
         duration: Histogram::new(),
@@ -403,6 +407,22 @@ pub fn render(out: &mut String, help: impl Fn(&str) -> &'static str) {
             escape(shard),
             c.get(0)
         );
+    }
+    out.push('\n');
+
+    family(out, COALESCED_READS, "counter");
+    for ((shard, role), c) in &r.reads {
+        for (i, outcome) in COALESCE_OUTCOMES.iter().enumerate() {
+            // Like the exporter: a series appears once it has counted.
+            let n = c.get(1 + i);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "{COALESCED_READS}{{shard=\"{}\",role=\"{role}\",outcome=\"{outcome}\"}} {n}",
+                    escape(shard)
+                );
+            }
+        }
     }
     out.push('\n');
 }

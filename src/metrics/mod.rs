@@ -73,6 +73,16 @@ pub const CIRCUIT_OPEN: &str = "shardgate_circuit_open";
 pub const CIRCUIT_TRIPS: &str = "shardgate_circuit_trips_total";
 /// Reads served, by shard and the role of the endpoint that served them.
 pub const READS_TOTAL: &str = "shardgate_reads_total";
+/// Coalescable reads (`options.coalesce_reads`), by shard, role of the
+/// endpoint and outcome ([`COALESCE_OUTCOMES`]).
+pub const COALESCED_READS: &str = "shardgate_coalesced_reads_total";
+/// Values of the `outcome` label of [`COALESCED_READS`], in the order of
+/// `backend::coalesce::Coalesced`: led (sent its request; identical reads
+/// may wait for it), joined (got the reply of an identical read in
+/// flight: no backend request of its own), bypassed (an identical read was
+/// in flight but older than the client's own last answered request: sent
+/// on its own, and later identical reads wait for it instead).
+pub const COALESCE_OUTCOMES: [&str; 3] = ["led", "joined", "bypassed"];
 /// Refused logins and commands, by reason.
 pub const AUTH_FAILURES: &str = "shardgate_auth_failures_total";
 /// Values of the `reason` label of [`AUTH_FAILURES`].
@@ -286,6 +296,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Reads by shard and serving role (primary, replica)",
     ),
     (
+        COALESCED_READS,
+        "counter",
+        "Reads that options.coalesce_reads let share a backend request, by shard, role and outcome (led: sent its request; joined: got an identical in-flight read's reply, no request of its own; bypassed: an identical read was in flight but older than the client's own last answered request)",
+    ),
+    (
         AUTH_FAILURES,
         "counter",
         "Refused logins (wrongpass) and commands (noauth: before login, noperm: outside the user's rules)",
@@ -476,11 +491,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The metrics kept in [`hot`] rather than by the exporter.
-pub const HOT: [&str; 4] = [
+pub const HOT: [&str; 5] = [
     COMMANDS_TOTAL,
     COMMAND_DURATION,
     BACKEND_DURATION,
     READS_TOTAL,
+    COALESCED_READS,
 ];
 
 /// Help text of metric `name`.
@@ -969,6 +985,14 @@ impl EndpointMetrics {
     /// A read was sent to this endpoint.
     pub fn read_served(&self) {
         self.hot.reads.add(0, 1);
+    }
+
+    /// A coalescable read had outcome `outcome` (an index into
+    /// [`COALESCE_OUTCOMES`]).
+    pub fn coalesced_read(&self, outcome: usize) {
+        if outcome < COALESCE_OUTCOMES.len() {
+            self.hot.reads.add(1 + outcome, 1);
+        }
     }
 
     /// A backend failure of the given kind.

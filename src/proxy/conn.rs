@@ -174,6 +174,8 @@ impl Client<'_> {
                     Action::Queue(p) => {
                         if p.is_backend_write() {
                             self.session.writes.sent();
+                        } else if p.is_backend_read() {
+                            self.session.writes.read_sent();
                         }
                         self.pending.push_back(p);
                     }
@@ -192,6 +194,9 @@ impl Client<'_> {
                         self.session.sync_info();
                         if !spec.is_read() {
                             self.session.writes.answered(std::time::Instant::now());
+                        } else {
+                            // Not counted as sent; only its time matters.
+                            self.session.writes.read_answered(std::time::Instant::now());
                         }
                         let raw = self.session.exclusive_raw.take();
                         let finished = Finished {
@@ -676,6 +681,7 @@ fn poll_front(
     // An error the proxy answered itself is a rejected command.
     let rejected = matches!(front.kind, super::pending::PendingKind::Ready(_));
     let write = front.is_backend_write();
+    let read = front.is_backend_read();
     let start = wbuf.len();
     match front.poll_into(cx, wbuf) {
         Poll::Ready(ok) => {
@@ -696,6 +702,10 @@ fn poll_front(
                 // Its own clock read: the batch's `now` may predate this
                 // reply's arrival, and the time must not.
                 whose.writes.answered(std::time::Instant::now());
+            } else if read {
+                // Likewise: a later coalesced read must not share a
+                // request older than this reply.
+                whose.writes.read_answered(std::time::Instant::now());
             }
             pending.pop_front();
             Poll::Ready(())

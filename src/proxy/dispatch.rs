@@ -515,7 +515,7 @@ impl Session {
                 client: self.id,
             });
             PendingKind::Backend {
-                rx: ep.send(self.proto, self.id, frame),
+                rx: self.send_read(snap, spec, ep, frame),
                 retry,
             }
         } else {
@@ -548,11 +548,12 @@ impl Session {
             backends.primary.state.metrics.read_served();
             return Part::new(tc.send_encoded(encode));
         }
-        let ep = if spec.is_read() && !pass.reads_primary() {
-            backends.read_endpoint_after(self.id, self.read_floor(backends))
-        } else {
-            &backends.primary
-        };
+        if spec.is_read() && !pass.reads_primary() {
+            let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
+            ep.state.metrics.read_served();
+            return Part::new(self.send_read_encoded(snap, spec, ep, encode));
+        }
+        let ep = &backends.primary;
         if spec.is_read() {
             ep.state.metrics.read_served();
         }

@@ -3,6 +3,7 @@
 
 mod access;
 pub mod clients;
+mod coalesce;
 mod conn;
 mod dispatch;
 mod exclusive;

@@ -134,6 +134,15 @@ impl Pending {
         ) && self.spec.is_some_and(|s| !s.is_read())
     }
 
+    /// Whether this is a read sent to a backend (counted like writes, see
+    /// [`super::session::Writes`]).
+    pub fn is_backend_read(&self) -> bool {
+        matches!(
+            self.kind,
+            PendingKind::Backend { .. } | PendingKind::Gather { .. }
+        ) && self.spec.is_some_and(|s| s.is_read())
+    }
+
     /// Whether this is a (P|S)SUBSCRIBE confirmation or an unsubscribe's
     /// (pub/sub messages are held while one is queued, so that none
     /// overtakes it).

@@ -98,10 +98,17 @@ pub struct Floors {
 /// sent before it. The connection loop counts writes when they are queued
 /// and when their replies are written; exclusive operations (transactions,
 /// scripts) are answered before the next request is read.
+///
+/// Reads are counted the same way (`reads_*`): a coalesced read must not
+/// return data older than what the client's earlier reads returned, so it
+/// shares only a backend request sent after they were answered (see
+/// [`Session::may_join`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Writes {
     in_flight: u32,
     last_answered: Option<std::time::Instant>,
+    reads_in_flight: u32,
+    reads_last_answered: Option<std::time::Instant>,
 }
 
 /// What a read must wait for of the client's own writes (see [`Writes`]).
@@ -136,6 +143,47 @@ impl Writes {
             (0, None) => WriteState::None,
             (0, Some(t)) => WriteState::AnsweredAt(t),
             _ => WriteState::InFlight,
+        }
+    }
+
+    /// A read was sent to a backend; its reply is pending.
+    pub(super) fn read_sent(&mut self) {
+        self.reads_in_flight += 1;
+    }
+
+    /// A read's reply arrived at (no earlier than) `at`.
+    pub(super) fn read_answered(&mut self, at: std::time::Instant) {
+        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+        self.reads_last_answered = Some(at);
+    }
+
+    /// [`Writes::state`] of the client's reads.
+    pub fn read_state(&self) -> WriteState {
+        match (self.reads_in_flight, self.reads_last_answered) {
+            (0, None) => WriteState::None,
+            (0, Some(t)) => WriteState::AnsweredAt(t),
+            _ => WriteState::InFlight,
+        }
+    }
+}
+
+impl Session {
+    /// Which in-flight read this client's next read may share
+    /// (`options.coalesce_reads`): none while one of its own requests is
+    /// in flight (only its own connection orders the read after it), else
+    /// only one sent after its last request was answered (it then sees
+    /// the client's own writes and nothing older than its earlier reads),
+    /// else any.
+    pub(super) fn may_join(&self) -> crate::backend::coalesce::MayJoin {
+        use crate::backend::coalesce::MayJoin;
+        let since = |s: WriteState| match s {
+            WriteState::None => Ok(None),
+            WriteState::AnsweredAt(t) => Ok(Some(t)),
+            WriteState::InFlight => Err(()),
+        };
+        match (since(self.writes.state()), since(self.writes.read_state())) {
+            (Ok(w), Ok(r)) => w.max(r).map_or(MayJoin::Any, MayJoin::SentSince),
+            _ => MayJoin::No,
         }
     }
 }
@@ -260,5 +308,25 @@ mod tests {
         let t2 = t1 + Duration::from_millis(3);
         w.answered(t2);
         assert_eq!(w.state(), WriteState::AnsweredAt(t2));
+    }
+
+    #[test]
+    fn a_read_joins_only_requests_sent_after_the_clients_own_were_answered() {
+        use crate::backend::coalesce::MayJoin;
+        let mut s = Session::new(1, "test".to_owned());
+        assert_eq!(s.may_join(), MayJoin::Any);
+        s.writes.sent();
+        assert_eq!(s.may_join(), MayJoin::No, "a write in flight");
+        let t0 = Instant::now();
+        s.writes.answered(t0);
+        assert_eq!(s.may_join(), MayJoin::SentSince(t0));
+        s.writes.read_sent();
+        assert_eq!(s.may_join(), MayJoin::No, "a read in flight");
+        let t1 = t0 + Duration::from_millis(2);
+        s.writes.read_answered(t1);
+        assert_eq!(s.may_join(), MayJoin::SentSince(t1), "the later of the two");
+        let t2 = t1 + Duration::from_millis(2);
+        s.writes.answered(t2);
+        assert_eq!(s.may_join(), MayJoin::SentSince(t2));
     }
 }

@@ -200,6 +200,12 @@ pub struct Options {
     /// applied replication position has reached them, else to the primary
     /// (see `backend::lag`).
     pub read_your_writes: bool,
+    /// `options.coalesce_reads`: identical reads that arrive while the
+    /// same read is in flight to the same endpoint wait for its reply
+    /// instead of sending their own (see `backend::coalesce`). Off by
+    /// default: it trades per-request freshness within one round trip for
+    /// fewer backend requests on hot keys.
+    pub coalesce_reads: bool,
 }
 
 /// `options.crossslot`: when keys of one request are refused with `-CROSSSLOT`.

@@ -264,4 +264,7 @@ pub struct RawOptions {
     /// that have applied them (default false).
     #[serde(default)]
     pub read_your_writes: Option<bool>,
+    /// Whether identical concurrent reads share one backend request.
+    #[serde(default)]
+    pub coalesce_reads: Option<bool>,
 }

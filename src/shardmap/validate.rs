@@ -491,6 +491,7 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
         max_replica_lag: ms(raw.max_replica_lag_ms, MAX_LAG)?,
         allow_flush: raw.allow_flush.unwrap_or(false),
         read_your_writes: raw.read_your_writes.unwrap_or(false),
+        coalesce_reads: raw.coalesce_reads.unwrap_or(false),
         pg_pool_size: count(raw.pg_pool_size, PG_POOL)?,
         sentinel_check_interval: ms(raw.sentinel_check_interval_ms, SENTINEL_INTERVAL)?,
         near_cache_bytes: bounded(raw.near_cache_bytes, NEAR_CACHE_BYTES)?,
@@ -552,6 +553,10 @@ mod tests {
         let on = ShardMap::from_yaml(&(BASE.to_owned() + "options:\n  read_your_writes: true\n"))
             .expect("valid map");
         assert!(on.options.read_your_writes);
+        assert!(!m.options.coalesce_reads, "coalescing is opt-in");
+        let on = ShardMap::from_yaml(&(BASE.to_owned() + "options:\n  coalesce_reads: true\n"))
+            .expect("valid map");
+        assert!(on.options.coalesce_reads);
     }
 
     #[test]
@@ -730,6 +735,9 @@ mod tests {
         let (p, why) = refused(&y);
         assert_eq!(p, "options.crossslot");
         assert!(why.contains("`shard` or `slot`"), "{why}");
+        let y = BASE.to_owned() + "options:\n  coalesce_reads: sometimes\n";
+        let (p, _) = refused(&y);
+        assert_eq!(p, "options.coalesce_reads");
         let y = BASE.to_owned() + "options:\n  allow_flush: maybe\n";
         let (p, _) = refused(&y);
         assert_eq!(p, "options.allow_flush");
