@@ -278,3 +278,110 @@ fn one_off_reads_do_not_evict_a_hot_key() {
     let bytes = s.metric("shardgate_near_cache_bytes{shard=\"s0\"}");
     assert!(bytes <= 1_048_576.0, "over its bound: {bytes}");
 }
+
+/// During a rebalance, a key of a migrating slot is never read from the
+/// cache: it moves first, then is read from its new shard.
+#[test]
+fn keys_of_migrating_slots_are_not_served_from_the_cache() {
+    use common::rebalance::{Proxy, map_yaml, owner_name, table_of, write};
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = TempDir::new("near-cache-rebalance");
+    let with_cache =
+        |yaml: String| yaml.replace("options:\n", "options:\n  near_cache_bytes: 1048576\n");
+    let m1 = write(
+        dir.path(),
+        "m1.yaml",
+        &with_cache(map_yaml(&[("s0", &servers[0]), ("s1", &servers[1])])),
+    );
+    let m2 = write(
+        dir.path(),
+        "m2.yaml",
+        &with_cache(map_yaml(&[
+            ("s0", &servers[0]),
+            ("s1", &servers[1]),
+            ("s2", &servers[2]),
+        ])),
+    );
+    let metrics_port = free_port();
+    let mut proxy = Proxy {
+        child: None,
+        port: free_port(),
+        admin_port: free_port(),
+        map: m1.clone(),
+        state: dir.path().join("state"),
+        log: dir.path().join("proxy.log"),
+    };
+    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut c = proxy.client().get_connection().unwrap();
+    let (t1, t2) = (table_of(&m1), table_of(&m2));
+    let moving: Vec<String> = (0..5000)
+        .map(|i| format!("m{i}"))
+        .filter(|k| owner_name(&t1, k) != owner_name(&t2, k))
+        .take(200)
+        .collect();
+    for k in &moving {
+        set(&mut c, k, &format!("v-{k}"));
+        // Cached on its old shard.
+        assert_eq!(get(&mut c, k), Some(format!("v-{k}")));
+    }
+    let cache_reads = || -> f64 {
+        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("shardgate_near_cache_reads_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // A slow mover, then paused: the slots of its window stay Migrating.
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admin.progress()["slots_migrating"] == "0" {
+        assert!(std::time::Instant::now() < deadline, "no window started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    let mut migrating = 0;
+    for k in &moving {
+        let moved = |a: &mut common::rebalance::Admin| -> u64 {
+            a.progress()["keys_moved_on_touch"].parse().unwrap()
+        };
+        let before = moved(&mut admin);
+        assert_eq!(
+            get(&mut c, k),
+            Some(format!("v-{k}")),
+            "{k} during its move"
+        );
+        if moved(&mut admin) == before {
+            continue; // not in the migrating window
+        }
+        // In a migrating slot: it moved on touch. Read again: never from
+        // the cache (no cache read is counted), always the value.
+        migrating += 1;
+        let reads = cache_reads();
+        for _ in 0..20 {
+            assert_eq!(get(&mut c, k), Some(format!("v-{k}")));
+        }
+        assert_eq!(
+            cache_reads(),
+            reads,
+            "{k}: a migrating key was read through the cache"
+        );
+    }
+    assert!(migrating > 0, "no key of the window was read");
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
+    assert_eq!(admin.text(&[b"RESUME"]), "OK");
+    let p = common::rebalance::wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    // After the move, the keys are cached again on their new shard.
+    let reads = cache_reads();
+    for k in &moving {
+        assert_eq!(get(&mut c, k), Some(format!("v-{k}")));
+    }
+    assert!(cache_reads() >= reads + moving.len() as f64);
+}
