@@ -45,6 +45,15 @@
 //! ([`shardmap::sentinel::resolve`], called by `backend::Backends`), and a
 //! failover publishes new backends under the same routing table.
 //!
+//! The read path's extras, all opt-in per map: the near cache
+//! (`backend::cache`) and the proxy's `CLIENT TRACKING` for its clients
+//! (`proxy::tracking`) share one invalidation stream per Redis primary
+//! (`backend::tracking`: a RESP3 `CLIENT TRACKING` connection whose pushes
+//! the multiplexed connection hands to listeners in order with the
+//! replies); coalesced reads (`backend::coalesce`, `proxy::coalesce`);
+//! read-your-writes by replication positions (`backend::lag`, with the
+//! session's own writes counted in `proxy::session::Writes`).
+//!
 //! Beside the flow, on the client side: [`auth`] (who may run which command,
 //! from the auth file); underneath it, [`workers`] (the serving threads a
 //! client and its backend connections are pinned to). What the proxy cannot

@@ -456,15 +456,25 @@ impl Session {
                 }),
             },
         };
-        Some(Pending {
+        Some(self.pending(spec, kind, Some(shard)))
+    }
+
+    /// The pending reply of `spec`, produced by `kind`, sent to `shard`.
+    pub(super) fn pending(
+        &self,
+        spec: &'static CommandSpec,
+        kind: PendingKind,
+        shard: Option<ShardId>,
+    ) -> Pending {
+        Pending {
             kind,
             spec: Some(spec),
             proto: self.proto,
             started: self.request_started,
             raw: None,
-            shard: Some(shard),
+            shard,
             backend_us: None,
-        })
+        }
     }
 
     fn script(
@@ -524,15 +534,7 @@ impl Session {
                 retry: None,
             }
         };
-        Pending {
-            kind,
-            spec: Some(spec),
-            proto: self.proto,
-            started: self.request_started,
-            raw: None,
-            shard: Some(shard),
-            backend_us: None,
-        }
+        self.pending(spec, kind, Some(shard))
     }
 
     fn part(
@@ -620,15 +622,7 @@ impl Session {
     }
 
     fn gather(&self, spec: &'static CommandSpec, parts: Vec<Part>, merge: Merge) -> Action {
-        Action::Queue(Pending {
-            kind: PendingKind::Gather { parts, merge },
-            spec: Some(spec),
-            proto: self.proto,
-            started: self.request_started,
-            raw: None,
-            shard: None,
-            backend_us: None,
-        })
+        Action::Queue(self.pending(spec, PendingKind::Gather { parts, merge }, None))
     }
 
     /// MGET / MSET / DEL-like commands: one sub-command per shard, merged.

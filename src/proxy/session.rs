@@ -105,10 +105,34 @@ pub struct Floors {
 /// [`Session::may_join`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Writes {
+    writes: Flights,
+    reads: Flights,
+}
+
+/// Requests of one kind in flight, and when the last was answered.
+#[derive(Debug, Default, Clone, Copy)]
+struct Flights {
     in_flight: u32,
     last_answered: Option<std::time::Instant>,
-    reads_in_flight: u32,
-    reads_last_answered: Option<std::time::Instant>,
+}
+
+impl Flights {
+    fn sent(&mut self) {
+        self.in_flight += 1;
+    }
+
+    fn answered(&mut self, at: std::time::Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.last_answered = Some(at);
+    }
+
+    fn state(&self) -> WriteState {
+        match (self.in_flight, self.last_answered) {
+            (0, None) => WriteState::None,
+            (0, Some(t)) => WriteState::AnsweredAt(t),
+            _ => WriteState::InFlight,
+        }
+    }
 }
 
 /// What a read must wait for of the client's own writes (see [`Writes`]).
@@ -127,43 +151,33 @@ pub enum WriteState {
 impl Writes {
     /// A write was sent to a backend; its reply is pending.
     pub(super) fn sent(&mut self) {
-        self.in_flight += 1;
+        self.writes.sent();
     }
 
     /// A write's reply arrived at `at` (also for a write run as an
     /// exclusive operation, which was never counted as sent).
     pub(super) fn answered(&mut self, at: std::time::Instant) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.last_answered = Some(at);
+        self.writes.answered(at);
     }
 
     /// What the client's reads must wait for.
     pub fn state(&self) -> WriteState {
-        match (self.in_flight, self.last_answered) {
-            (0, None) => WriteState::None,
-            (0, Some(t)) => WriteState::AnsweredAt(t),
-            _ => WriteState::InFlight,
-        }
+        self.writes.state()
     }
 
     /// A read was sent to a backend; its reply is pending.
     pub(super) fn read_sent(&mut self) {
-        self.reads_in_flight += 1;
+        self.reads.sent();
     }
 
     /// A read's reply arrived at (no earlier than) `at`.
     pub(super) fn read_answered(&mut self, at: std::time::Instant) {
-        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
-        self.reads_last_answered = Some(at);
+        self.reads.answered(at);
     }
 
     /// [`Writes::state`] of the client's reads.
     pub fn read_state(&self) -> WriteState {
-        match (self.reads_in_flight, self.reads_last_answered) {
-            (0, None) => WriteState::None,
-            (0, Some(t)) => WriteState::AnsweredAt(t),
-            _ => WriteState::InFlight,
-        }
+        self.reads.state()
     }
 }
 

@@ -362,15 +362,11 @@ impl Session {
                     .pubsub
                     .get_or_insert_with(|| Box::new(proxy.pubsub.register(self.id)));
                 let (reply, wait) = subscribe(subs, topic, &args[1..], self.proto);
-                Ok(Action::Queue(Pending {
-                    kind: PendingKind::Subscribed { wait, reply },
-                    spec: Some(spec),
-                    proto: self.proto,
-                    started: self.request_started,
-                    raw: None,
-                    shard: None,
-                    backend_us: None,
-                }))
+                Ok(Action::Queue(self.pending(
+                    spec,
+                    PendingKind::Subscribed { wait, reply },
+                    None,
+                )))
             }
             PubSubKind::Unsubscribe(topic) => {
                 let reply = match self.pubsub.as_mut() {
@@ -390,15 +386,11 @@ impl Session {
                 if self.pubsub.as_ref().is_some_and(|s| !s.active()) {
                     self.pubsub = None;
                 }
-                Ok(Action::Queue(Pending {
-                    kind: PendingKind::Ready(reply),
-                    spec: Some(spec),
-                    proto: self.proto,
-                    started: self.request_started,
-                    raw: None,
-                    shard: None,
-                    backend_us: None,
-                }))
+                Ok(Action::Queue(self.pending(
+                    spec,
+                    PendingKind::Ready(reply),
+                    None,
+                )))
             }
             PubSubKind::Publish(topic) => {
                 let channel = &args[1];
