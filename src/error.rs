@@ -87,6 +87,41 @@ impl BackendError {
     }
 }
 
+/// Why an endpoint failed its health check (logged as the reason it left
+/// the rotation).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// The check got no answer in time (the endpoint hangs or is busy).
+    #[error("no answer to health check within {millis} ms")]
+    NoAnswer { millis: u64 },
+    /// The connection or the query failed.
+    #[error("health check failed: {0}")]
+    Failed(String),
+    /// The endpoint answered the check with an error.
+    #[error("{0}")]
+    ErrorReply(String),
+    #[error("unexpected INFO reply")]
+    UnexpectedInfo,
+    #[error("not a replica (role is not slave)")]
+    NotReplica,
+    #[error("replication link is down")]
+    LinkDown,
+    #[error("initial sync in progress")]
+    Syncing,
+    #[error("replica lags: last contact with primary {secs} s ago")]
+    NoContact { secs: u64 },
+    #[error(
+        "replica lags: {millis} ms behind its primary by replication offsets (applied {applied})"
+    )]
+    BehindOffsets { millis: u128, applied: String },
+    #[error("not a standby (pg_is_in_recovery() is false)")]
+    NotStandby,
+    #[error("WAL receiver is not streaming (status {0})")]
+    NotStreaming(String),
+    #[error("replica lags: replay {millis} ms behind")]
+    ReplayBehind { millis: i64 },
+}
+
 /// Everything that can go wrong serving one client command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {

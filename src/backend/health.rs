@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::connect::{connect, read_one_frame};
 use super::{Endpoint, EndpointState, Role};
-use crate::error::BackendError;
+use crate::error::{BackendError, Unhealthy};
 use crate::protocol::{Protocol, reply};
 use crate::tls::BackendStream;
 
@@ -159,18 +159,15 @@ fn spawn_postgres(
             let verdict =
                 tokio::time::timeout(limit, crate::backend::pg::check_health(&state, &pool))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(format!(
-                            "no answer to health check within {} ms",
-                            limit.as_millis()
-                        ))
-                    });
+                    .unwrap_or(Err(Unhealthy::NoAnswer {
+                        millis: limit.as_millis() as u64,
+                    }));
             match verdict {
                 Ok(()) => {
                     state.record_latency(started.elapsed().as_micros() as u64);
                     state.set_healthy(true, "");
                 }
-                Err(why) => state.set_healthy(false, &why),
+                Err(why) => state.set_healthy(false, &why.to_string()),
             }
             tokio::select! {
                 _ = tokio::time::sleep(state.options.health_check_interval) => {}
@@ -213,7 +210,7 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
                 reason: format!("health check failed: {e}"),
             };
             state.breaker.failure(&err, &state.addr, &state.metrics);
-            Err(format!("health check failed: {e}"))
+            Err(Unhealthy::Failed(e.to_string()))
         }
         Err(_) => {
             // No answer: the endpoint hangs, or is busy (a long command, a
@@ -229,13 +226,12 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
             if state.health_timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= HANG_CHECKS {
                 state.breaker.failure(&err, &state.addr, &state.metrics);
             }
-            Err(format!(
-                "no answer to health check within {} ms",
-                timeout.as_millis()
-            ))
+            Err(Unhealthy::NoAnswer {
+                millis: timeout.as_millis() as u64,
+            })
         }
     };
-    if verdict.is_ok() || !verdict.as_ref().is_err_and(|w| w.starts_with("no answer")) {
+    if !matches!(verdict, Err(Unhealthy::NoAnswer { .. })) {
         state.health_timeouts.store(0, Ordering::Relaxed);
     }
     match verdict {
@@ -247,7 +243,7 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
         }
         Err(why) => {
             *conn = None;
-            state.set_healthy(false, &why);
+            state.set_healthy(false, &why.to_string());
         }
     }
 }
@@ -258,7 +254,7 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
 async fn probe(
     stream: &mut BackendStream,
     state: &EndpointState,
-) -> std::io::Result<Result<(), String>> {
+) -> std::io::Result<Result<(), Unhealthy>> {
     let sent = Instant::now();
     if state.role == Role::Primary {
         // One round trip (the latency estimate compares endpoints).
@@ -268,7 +264,9 @@ async fn probe(
         stream.flush().await?;
         let [pong, info] = read_two_frames(stream).await?;
         if reply::is_error(&pong) {
-            return Ok(Err(reply::error_text(&pong).unwrap_or_default()));
+            return Ok(Err(Unhealthy::ErrorReply(
+                reply::error_text(&pong).unwrap_or_default(),
+            )));
         }
         if let Some(offset) = reply::bulk(&info).and_then(|t| {
             info_field(&String::from_utf8_lossy(&t), "master_repl_offset")?
@@ -289,7 +287,7 @@ async fn probe(
     let frame = read_one_frame(stream).await?.freeze();
     let Some(text) = reply::bulk(&frame) else {
         return Ok(Err(
-            reply::error_text(&frame).unwrap_or_else(|| "unexpected INFO reply".to_owned())
+            reply::error_text(&frame).map_or(Unhealthy::UnexpectedInfo, Unhealthy::ErrorReply)
         ));
     };
     let text = String::from_utf8_lossy(&text);
@@ -358,33 +356,30 @@ pub fn replica_verdict(
     info: &str,
     max_lag: Duration,
     behind: Option<Duration>,
-) -> Result<(), String> {
+) -> Result<(), Unhealthy> {
     let field = |name: &str| info_field(info, name);
     if field("role") != Some("slave") {
-        return Err("not a replica (role is not slave)".to_owned());
+        return Err(Unhealthy::NotReplica);
     }
     if field("master_link_status") != Some("up") {
-        return Err("replication link is down".to_owned());
+        return Err(Unhealthy::LinkDown);
     }
     if field("master_sync_in_progress") == Some("1") {
-        return Err("initial sync in progress".to_owned());
+        return Err(Unhealthy::Syncing);
     }
     let last_io: u64 = field("master_last_io_seconds_ago")
         .and_then(|v| v.parse().ok())
         .unwrap_or(u64::MAX);
     if Duration::from_secs(last_io) > max_lag {
-        return Err(format!(
-            "replica lags: last contact with primary {last_io} s ago"
-        ));
+        return Err(Unhealthy::NoContact { secs: last_io });
     }
     if let Some(behind) = behind
         && behind > max_lag
     {
-        return Err(format!(
-            "replica lags: {} ms behind its primary by replication offsets (applied {})",
-            behind.as_millis(),
-            field("slave_repl_offset").unwrap_or("?")
-        ));
+        return Err(Unhealthy::BehindOffsets {
+            millis: behind.as_millis(),
+            applied: field("slave_repl_offset").unwrap_or("?").to_owned(),
+        });
     }
     Ok(())
 }
@@ -403,20 +398,15 @@ mod tests {
             Ok(())
         );
         let down = ok.replace("link_status:up", "link_status:down");
-        assert!(
-            replica_verdict(&down, lag, None)
-                .unwrap_err()
-                .contains("link is down")
-        );
+        assert_eq!(replica_verdict(&down, lag, None), Err(Unhealthy::LinkDown));
         let old = ok.replace("seconds_ago:1", "seconds_ago:60");
-        assert!(
-            replica_verdict(&old, lag, None)
-                .unwrap_err()
-                .contains("lags")
+        assert_eq!(
+            replica_verdict(&old, lag, None),
+            Err(Unhealthy::NoContact { secs: 60 })
         );
         // Recent contact, but its applied writes are 11 s old.
         let behind = replica_verdict(ok, lag, Some(Duration::from_secs(11))).unwrap_err();
-        assert!(behind.contains("11000 ms behind"), "{behind}");
+        assert!(behind.to_string().contains("11000 ms behind"), "{behind}");
         assert!(replica_verdict("role:master\r\n", lag, None).is_err());
     }
 }

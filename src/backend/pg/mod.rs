@@ -285,7 +285,11 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> PgSetupError {
 
 /// One health check: a primary answers `SELECT 1`; a replica must be in
 /// recovery with its WAL receiver streaming and replay within `max_lag`.
-pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), String> {
+pub async fn check_health(
+    state: &EndpointState,
+    pool: &PgPool,
+) -> Result<(), crate::error::Unhealthy> {
+    use crate::error::Unhealthy;
     let primary = state.role == crate::backend::Role::Primary;
     // The fourth column is the replication position (see `probe_position`).
     let sql = if primary {
@@ -305,21 +309,20 @@ pub async fn check_health(state: &EndpointState, pool: &PgPool) -> Result<(), St
         sqlx::query_as(sql)
             .fetch_one(pool)
             .await
-            .map_err(|e| format!("health check failed: {e}"))?;
+            .map_err(|e| Unhealthy::Failed(e.to_string()))?;
     record_position(state, sent, row.3);
     if primary {
         return Ok(());
     }
     match row {
-        (false, _, _, _) => Err("not a standby (pg_is_in_recovery() is false)".to_owned()),
-        (true, status, _, _) if status.as_deref() != Some("streaming") => Err(format!(
-            "WAL receiver is not streaming (status {})",
-            status.as_deref().unwrap_or("none")
-        )),
+        (false, _, _, _) => Err(Unhealthy::NotStandby),
+        (true, status, _, _) if status.as_deref() != Some("streaming") => Err(
+            Unhealthy::NotStreaming(status.unwrap_or_else(|| "none".to_owned())),
+        ),
         (true, _, lag, _)
             if u128::try_from(lag).unwrap_or(0) > state.options.max_replica_lag.as_millis() =>
         {
-            Err(format!("replica lags: replay {lag} ms behind"))
+            Err(Unhealthy::ReplayBehind { millis: lag })
         }
         _ => Ok(()),
     }
