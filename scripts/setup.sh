@@ -29,6 +29,10 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # promtool: `check rules` / `test rules` on deploy/prometheus/ (the Debian
 # package prometheus ships it; its service is not used).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# node and npm: node-redis' client-side cache against the proxy
+# (integration/test_client_side_cache.py).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -42,6 +46,11 @@ if ! python3 -c 'import redis, pytest, xdist' >/dev/null 2>&1; then
   echo "setup: installing Python test packages"
   python3 -m pip install -q -r integration/requirements.txt 2>/dev/null \
     || python3 -m pip install -q --break-system-packages -r integration/requirements.txt
+fi
+
+if [ ! -d integration/node/node_modules/redis ]; then
+  echo "setup: installing node-redis for the client-side cache test"
+  (cd integration/node && npm ci --no-audit --no-fund --silent)
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
