@@ -182,6 +182,13 @@ pub const NEAR_CACHE_FILLS_DROPPED: &str = "shardgate_near_cache_fills_dropped_t
 pub const NEAR_CACHE_BYTES: &str = "shardgate_near_cache_bytes";
 /// Entries the near cache of a shard holds.
 pub const NEAR_CACHE_ENTRIES: &str = "shardgate_near_cache_entries";
+/// Clients of this proxy with `CLIENT TRACKING` on.
+pub const TRACKING_CLIENTS: &str = "shardgate_tracking_clients";
+/// Keys the proxy remembers as read by tracking clients.
+pub const TRACKING_KEYS: &str = "shardgate_tracking_keys";
+/// Invalidations sent to tracking clients (each key, or a flush, per
+/// client).
+pub const TRACKING_INVALIDATIONS: &str = "shardgate_tracking_invalidations_total";
 /// The metrics whose series exist only for shards with the near cache on.
 pub const NEAR_CACHE_ONLY: [&str; 7] = [
     NEAR_CACHE_READS,
@@ -371,6 +378,21 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         REPLICA_LAG_SECONDS,
         "gauge",
         "Seconds a replica is behind its primary as its health check last judged it: by replication offsets when the primary's recent offsets tell, else master_last_io_seconds_ago; by shard and endpoint",
+    ),
+    (
+        TRACKING_CLIENTS,
+        "gauge",
+        "Clients of this proxy with CLIENT TRACKING on",
+    ),
+    (
+        TRACKING_KEYS,
+        "gauge",
+        "Keys this proxy remembers as read by CLIENT TRACKING clients (at most 1,000,000)",
+    ),
+    (
+        TRACKING_INVALIDATIONS,
+        "counter",
+        "Invalidations queued for CLIENT TRACKING clients: one per key and client, or one per client for a flush",
     ),
     (
         NEAR_CACHE_READS,

@@ -617,7 +617,7 @@ impl Session {
         }
         proxy.tracking.read(self.id, tracked.into_iter());
         if !untracked.is_empty() {
-            t.inbox.add(&untracked);
+            proxy.tracking.invalidate_now(&t.inbox, &untracked);
         }
     }
 

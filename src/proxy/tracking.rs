@@ -35,9 +35,23 @@ const MAX_KEYS: usize = 1_000_000;
 const MAX_QUEUED: usize = 1 << 20;
 
 /// Which clients read which key, and each tracking client's inbox.
-#[derive(Default)]
 pub struct Table {
     inner: Mutex<Inner>,
+    clients_gauge: metrics::Gauge,
+    keys_gauge: metrics::Gauge,
+    invalidations: metrics::Counter,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        use crate::metrics::{TRACKING_CLIENTS, TRACKING_INVALIDATIONS, TRACKING_KEYS};
+        Table {
+            inner: Mutex::default(),
+            clients_gauge: metrics::gauge!(TRACKING_CLIENTS),
+            keys_gauge: metrics::gauge!(TRACKING_KEYS),
+            invalidations: metrics::counter!(TRACKING_INVALIDATIONS),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -78,14 +92,18 @@ impl Table {
     /// Client `id` turned tracking on; returns its inbox.
     pub fn join(&self, id: u64) -> Arc<Inbox> {
         let inbox = Arc::new(Inbox::default());
-        lock(&self.inner).clients.insert(id, inbox.clone());
+        let mut t = lock(&self.inner);
+        t.clients.insert(id, inbox.clone());
+        self.clients_gauge.set(t.clients.len() as f64);
         inbox
     }
 
     /// Client `id` turned tracking off or left (its keys are dropped as
     /// they are invalidated or evicted).
     pub fn leave(&self, id: u64) {
-        lock(&self.inner).clients.remove(&id);
+        let mut t = lock(&self.inner);
+        t.clients.remove(&id);
+        self.clients_gauge.set(t.clients.len() as f64);
     }
 
     /// Client `id` read `keys` through a tracking connection.
@@ -124,10 +142,19 @@ impl Table {
                 for id in ids {
                     if let Some(inbox) = t.clients.get(&id) {
                         inbox.add(std::slice::from_ref(&k));
+                        self.invalidations.increment(1);
                     }
                 }
             }
+            self.keys_gauge.set(t.keys.len() as f64);
         }
+    }
+
+    /// Queues invalidations of `keys` for a client at once (keys it read
+    /// that cannot be tracked).
+    pub fn invalidate_now(&self, inbox: &Inbox, keys: &[Bytes]) {
+        inbox.add(keys);
+        self.invalidations.increment(keys.len() as u64);
     }
 
     /// Clients with tracking on (INFO's `tracking_clients`).
@@ -164,8 +191,10 @@ impl Invalidations for Table {
         for (id, ks) in per_client {
             if let Some(inbox) = t.clients.get(&id) {
                 inbox.add(&ks);
+                self.invalidations.increment(ks.len() as u64);
             }
         }
+        self.keys_gauge.set(t.keys.len() as f64);
     }
 
     fn all(&self) {
@@ -175,6 +204,8 @@ impl Invalidations for Table {
         for inbox in t.clients.values() {
             inbox.flush();
         }
+        self.invalidations.increment(t.clients.len() as u64);
+        self.keys_gauge.set(0.0);
     }
 }
 
