@@ -273,10 +273,10 @@ impl Session {
         let target = backends.shard(m.to).primary.clone();
         let timeout = source.state.options.command_timeout;
         let moved = match source.dedicated(Protocol::Resp2).await {
-            Ok(mut conn) => move_big_key(&proxy.ctx.fences, &mut conn, &target, m.key, timeout)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(mut conn) => {
+                move_big_key(&proxy.ctx.fences, &mut conn, &target, m.key, timeout).await
+            }
+            Err(e) => Err(e.into()),
         };
         match moved {
             Ok(BigKeyMove::Pieces(_) | BigKeyMove::Whole) => {
