@@ -33,6 +33,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # (integration/test_client_side_cache.py).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# valgrind (callgrind): scripts/bench-instructions.sh counts instructions per
+# request, which other processes on the machine do not disturb.
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -9,6 +9,10 @@
 //! the proxy has counted every client's read (its own metrics), then
 //! unpause and count what the shard ran (`INFO commandstats`). No timing
 //! is asserted; the pause only has to outlast the clients' sends.
+//!
+//! The counters are this process's, shared by every proxy it runs: the
+//! tests take turns ([`Serial`]) so that one test's reads are not counted
+//! in another's (`cargo test` runs them on parallel threads of one process).
 
 mod common;
 
@@ -18,16 +22,36 @@ use std::time::{Duration, Instant};
 use common::cluster::{Cluster, Spec, calls};
 use common::resp::FrameConn;
 
-fn cluster(coalesce: bool) -> Cluster {
-    Cluster::start(Spec {
-        shards: 2,
-        extra_options: if coalesce {
-            "  coalesce_reads: true\n  connect_timeout_ms: 5000\n"
-        } else {
-            "  connect_timeout_ms: 5000\n"
-        },
-        ..Spec::default()
-    })
+/// A cluster, and this test's turn (see the module doc): the cluster
+/// stops before the next test starts.
+struct Serial {
+    cluster: Cluster,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Serial {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+fn cluster(coalesce: bool) -> Serial {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed holding the turn poisons it; the others go on.
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        cluster: Cluster::start(Spec {
+            shards: 2,
+            extra_options: if coalesce {
+                "  coalesce_reads: true\n  connect_timeout_ms: 5000\n"
+            } else {
+                "  connect_timeout_ms: 5000\n"
+            },
+            ..Spec::default()
+        }),
+        _turn: turn,
+    }
 }
 
 /// The proxy's reads by outcome (led, joined, bypassed), over every shard

@@ -33,14 +33,25 @@ pub struct Answer {
     /// (what `shardgate_backend_request_duration_seconds` records), so
     /// that the slow log can tell the backend's time from the proxy's.
     pub backend_us: u32,
+    /// When the proxy had the reply: read from the clock after the reply
+    /// arrived, never before (a client's own write is answered no earlier
+    /// than this; see `proxy::session::Writes`).
+    pub arrived: Instant,
 }
 
 impl Answer {
-    /// `frame`, answered `took` after it was sent.
+    /// `frame`, answered `took` after it was sent, arrived now.
     pub fn new(frame: Bytes, took: Duration) -> Answer {
+        Answer::arrived(frame, took, Instant::now())
+    }
+
+    /// `frame`, answered `took` after it was sent, read at `arrived` (one
+    /// clock read serves every reply of a socket read).
+    pub fn arrived(frame: Bytes, took: Duration, arrived: Instant) -> Answer {
         Answer {
             frame,
             backend_us: u32::try_from(took.as_micros()).unwrap_or(u32::MAX),
+            arrived,
         }
     }
 }
@@ -546,7 +557,7 @@ async fn read_loop(
                     let took = arrived.saturating_duration_since(done.sent);
                     ep.metrics.request_done(took);
                     ep.breaker.success(&ep.addr, &ep.metrics);
-                    let _ = done.reply.send(Ok(Answer::new(frame, took)));
+                    let _ = done.reply.send(Ok(Answer::arrived(frame, took, arrived)));
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -698,14 +698,15 @@ fn poll_front(
                 backend_us: front.backend_us,
             };
             proxy.command_finished(finished, whose.peer);
+            // Not the batch's `now`, which may predate this reply's
+            // arrival: the time the backend's reply was read (or, for a
+            // reply the proxy made, a clock read of its own). A later
+            // coalesced read must not share a request older than it.
+            let answered = || front.answered_at.unwrap_or_else(std::time::Instant::now);
             if write {
-                // Its own clock read: the batch's `now` may predate this
-                // reply's arrival, and the time must not.
-                whose.writes.answered(std::time::Instant::now());
+                whose.writes.answered(answered());
             } else if read {
-                // Likewise: a later coalesced read must not share a
-                // request older than this reply.
-                whose.writes.read_answered(std::time::Instant::now());
+                whose.writes.read_answered(answered());
             }
             pending.pop_front();
             Poll::Ready(())

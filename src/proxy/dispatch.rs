@@ -312,6 +312,8 @@ impl Session {
         req: Request,
         pass: Pass,
     ) -> Action {
+        // The one snapshot this request is routed by.
+        let snap = proxy.snapshot();
         if matches!(
             spec.handling,
             Handling::Forward
@@ -319,19 +321,19 @@ impl Session {
                 | Handling::Blocking
                 | Handling::Script
                 | Handling::Transaction(TxKind::Watch)
-        ) && proxy.snapshot().map().options.crossslot == CrossSlot::Slot
-            && let Err(e) = one_slot(proxy.snapshot().table(), spec, &req, &mut self.key_scratch)
+        ) && snap.map().options.crossslot == CrossSlot::Slot
+            && let Err(e) = one_slot(snap.table(), spec, &req, &mut self.key_scratch)
         {
             return self.fail(Some(spec), e);
         }
         let result = match spec.handling {
-            Handling::Forward => self.forward(proxy, spec, req, pass),
-            Handling::Split(kind) => self.split(proxy, spec, req, kind, pass),
-            Handling::Blocking => self.blocking(proxy, spec, req, pass),
+            Handling::Forward => self.forward(&snap, spec, req, pass),
+            Handling::Split(kind) => self.split(&snap, spec, req, kind, pass),
+            Handling::Blocking => self.blocking(&snap, spec, req, pass),
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind, pass),
-            Handling::Script => self.script(proxy, spec, req, pass),
-            Handling::Fanout(FanoutKind::Memory) => self.memory(proxy, spec, req, pass),
-            Handling::Fanout(kind) => self.fanout(proxy, spec, req, kind),
+            Handling::Script => self.script(&snap, spec, req, pass),
+            Handling::Fanout(FanoutKind::Memory) => self.memory(&snap, spec, req, pass),
+            Handling::Fanout(kind) => self.fanout(&snap, spec, req, kind),
             Handling::PubSub(kind) => self.pubsub(proxy, spec, req, kind),
             Handling::Local(kind) => {
                 let action = self.local(proxy, spec, req, kind);
@@ -395,12 +397,11 @@ impl Session {
 
     fn forward(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
-        let snap = proxy.snapshot();
         let shard = match self.target(snap.table(), spec, &req, pass)? {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
@@ -409,12 +410,12 @@ impl Session {
         if pass == Pass::Fresh
             && spec.name == "get"
             && let Some(cache) = &snap.shard(shard).primary.cache
-            && let Some(p) = self.read_cached(&snap, cache, spec, shard, &req)
+            && let Some(p) = self.read_cached(snap, cache, spec, shard, &req)
         {
             return Ok(Action::Queue(p));
         }
         Ok(Action::Queue(self.send_to_shard(
-            &snap,
+            snap,
             spec,
             shard,
             req.raw(),
@@ -474,22 +475,22 @@ impl Session {
             raw: None,
             shard,
             backend_us: None,
+            answered_at: None,
         }
     }
 
     fn script(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
-        let snap = proxy.snapshot();
         let shard = match self.target(snap.table(), spec, &req, pass)? {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
         };
-        stateless_only(&snap, spec, shard, "scripts")?;
+        stateless_only(snap, spec, shard, "scripts")?;
         Ok(Action::Exclusive(ExclusiveOp::Script(req, shard), spec))
     }
 
@@ -628,13 +629,12 @@ impl Session {
     /// MGET / MSET / DEL-like commands: one sub-command per shard, merged.
     fn split(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         kind: SplitKind,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
-        let snap = proxy.snapshot();
         let table = snap.table();
         let args = req.args();
         let stride = if kind == SplitKind::Mset { 2 } else { 1 };
@@ -665,7 +665,7 @@ impl Session {
         }
         if shards.len() == 1 {
             return Ok(Action::Queue(self.send_to_shard(
-                &snap,
+                snap,
                 spec,
                 shards[0],
                 req.raw(),
@@ -682,7 +682,7 @@ impl Session {
                 .flat_map(|(k, _)| &args[1 + k * stride..1 + (k + 1) * stride]);
             let sub = std::iter::once(&args[0]).chain(keys).map(|a| &a[..]);
             let encode = |out: &mut BytesMut| encode_command_from(sub, out);
-            parts.push(self.part(&snap, spec, *shard, pass, encode));
+            parts.push(self.part(snap, spec, *shard, pass, encode));
         }
         let merge = match kind {
             SplitKind::Mget => Merge::Mget { part_of },
@@ -694,12 +694,11 @@ impl Session {
 
     fn blocking(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
-        let snap = proxy.snapshot();
         let shard = match self.target(snap.table(), spec, &req, pass)? {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
@@ -708,14 +707,14 @@ impl Session {
         let blocks = req.args().iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
         if is_stream_read && !blocks {
             return Ok(Action::Queue(self.send_to_shard(
-                &snap,
+                snap,
                 spec,
                 shard,
                 req.raw(),
                 pass,
             )));
         }
-        stateless_only(&snap, spec, shard, "blocking commands")?;
+        stateless_only(snap, spec, shard, "blocking commands")?;
         Ok(Action::Exclusive(ExclusiveOp::Blocking(req, shard), spec))
     }
 
@@ -829,12 +828,11 @@ impl Session {
 
     fn fanout(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         kind: FanoutKind,
     ) -> Result<Action, ProxyError> {
-        let snap = proxy.snapshot();
         let backends = snap.backends();
         let n = backends.shards().len();
         let live: Vec<ShardId> = (0..n as u16)
@@ -844,7 +842,7 @@ impl Session {
         let all = |s: &Self, frame: Bytes| -> Vec<Part> {
             live.iter()
                 .map(|&id| {
-                    s.part(&snap, spec, id, Pass::Fresh, |out| {
+                    s.part(snap, spec, id, Pass::Fresh, |out| {
                         out.extend_from_slice(&frame)
                     })
                 })
@@ -856,7 +854,7 @@ impl Session {
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::SumInt))
             }
             FanoutKind::Randomkey => Ok(Action::Exclusive(ExclusiveOp::Randomkey, spec)),
-            FanoutKind::Memory => self.memory(proxy, spec, req, Pass::Fresh),
+            FanoutKind::Memory => self.memory(snap, spec, req, Pass::Fresh),
             FanoutKind::Flush => {
                 if !snap.map().options.allow_flush {
                     return Err(ProxyError::err(format!(
@@ -885,7 +883,7 @@ impl Session {
                     shards
                         .iter()
                         .map(|&id| {
-                            s.part(&snap, spec, id, Pass::Fresh, |out| {
+                            s.part(snap, spec, id, Pass::Fresh, |out| {
                                 out.extend_from_slice(req.raw())
                             })
                         })
@@ -936,7 +934,7 @@ impl Session {
     /// DOCTOR, ...) forwarded like any command, by key if it names one.
     fn memory(
         &mut self,
-        proxy: &Proxy,
+        snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         pass: Pass,
@@ -948,7 +946,7 @@ impl Session {
         if stats && req.args().len() == 2 {
             return Ok(Action::Exclusive(ExclusiveOp::MemoryStats, spec));
         }
-        self.forward(proxy, spec, req, pass)
+        self.forward(snap, spec, req, pass)
     }
 }
 

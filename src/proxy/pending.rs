@@ -35,6 +35,9 @@ pub struct Pending {
     /// The backend's round trip, once answered (the longest part's for a
     /// gathered reply), for the slow log.
     pub backend_us: Option<u32>,
+    /// When the backend's reply reached the proxy (the last part's for a
+    /// gathered reply); `None` for replies the proxy made itself or errors.
+    pub answered_at: Option<Instant>,
 }
 
 /// How the reply is produced.
@@ -67,6 +70,7 @@ pub struct Part {
     rx: ReplyRx,
     result: Option<Result<Bytes, ProxyError>>,
     backend_us: u32,
+    arrived: Option<Instant>,
 }
 
 impl Part {
@@ -76,6 +80,7 @@ impl Part {
             rx,
             result: None,
             backend_us: 0,
+            arrived: None,
         }
     }
 }
@@ -122,6 +127,7 @@ impl Pending {
             raw: None,
             shard: None,
             backend_us: None,
+            answered_at: None,
         }
     }
 
@@ -167,8 +173,9 @@ impl Pending {
             PendingKind::Backend { rx, retry } => {
                 let result = match Pin::new(&mut *rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => answered_timed(r).map(|(frame, us)| {
+                    Poll::Ready(r) => answered_timed(r).map(|(frame, us, arrived)| {
                         self.backend_us = Some(us);
+                        self.answered_at = Some(arrived);
                         frame
                     }),
                 };
@@ -202,10 +209,12 @@ impl Pending {
                     if part.result.is_none() {
                         match Pin::new(&mut part.rx).poll(cx) {
                             Poll::Ready(r) => {
-                                part.result = Some(answered_timed(r).map(|(frame, us)| {
-                                    part.backend_us = us;
-                                    frame
-                                }));
+                                part.result =
+                                    Some(answered_timed(r).map(|(frame, us, arrived)| {
+                                        part.backend_us = us;
+                                        part.arrived = Some(arrived);
+                                        frame
+                                    }));
                             }
                             Poll::Pending => all = false,
                         }
@@ -215,6 +224,7 @@ impl Pending {
                     return Poll::Pending;
                 }
                 self.backend_us = parts.iter().map(|p| p.backend_us).max();
+                self.answered_at = last_arrival(parts);
                 let frames: Result<SmallVec<[Bytes; 4]>, ProxyError> = parts
                     .iter_mut()
                     .map(|p| {
@@ -242,17 +252,28 @@ impl Pending {
 pub(super) fn answered(
     r: Result<ReplyResult, tokio::sync::oneshot::error::RecvError>,
 ) -> Result<Bytes, ProxyError> {
-    answered_timed(r).map(|(frame, _)| frame)
+    answered_timed(r).map(|(frame, _, _)| frame)
 }
 
 /// [`answered`], with the backend's round trip in microseconds.
+/// When the last part's reply arrived; `None` when a part has no reply
+/// (it failed: the caller reads the clock instead).
+fn last_arrival(parts: &[Part]) -> Option<Instant> {
+    let mut last: Option<Instant> = None;
+    for p in parts {
+        let a = p.arrived?;
+        last = Some(last.map_or(a, |l| l.max(a)));
+    }
+    last
+}
+
 fn answered_timed(
     r: Result<ReplyResult, tokio::sync::oneshot::error::RecvError>,
-) -> Result<(Bytes, u32), ProxyError> {
+) -> Result<(Bytes, u32, Instant), ProxyError> {
     match r {
         Ok(reply) => {
             let a = reply?;
-            Ok((a.frame, a.backend_us))
+            Ok((a.frame, a.backend_us, a.arrived))
         }
         Err(_) => Err(ProxyError::internal(
             "a backend connection dropped a request without answering it",
