@@ -916,9 +916,8 @@ impl Session {
                 Ok(self.gather(spec, on(self, shards), merge))
             }
             FanoutKind::Scan => {
-                let cursor: u64 = std::str::from_utf8(&req.args()[1])
-                    .ok()
-                    .and_then(|c| c.parse().ok())
+                // Redis' own rules (`SCAN -1` is cursor 2^64-1, not an error).
+                let cursor = crate::command::cursor::parse_scan_cursor(&req.args()[1])
                     .ok_or_else(|| ProxyError::err("invalid cursor"))?;
                 let shards = n as u64;
                 let shard = ShardId((cursor % shards) as u16);
