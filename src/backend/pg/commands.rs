@@ -54,6 +54,26 @@ pub struct Ctx<'a> {
     pub pool: &'a PgPool,
     /// The map's slot count (`slot = key_hash % slots` is stored per row).
     pub slots: u32,
+    /// Inside EXEC: the transaction every statement runs in (see
+    /// [`super::transaction`]); `None`: each command runs on its own.
+    pub exec: Option<&'a ExecTx>,
+}
+
+/// The one PostgreSQL transaction of an EXEC, shared by its commands (one
+/// at a time: a command takes it for each statement, or for as long as it
+/// holds a [`Locked`]).
+pub type ExecTx = tokio::sync::Mutex<Transaction<'static, Postgres>>;
+
+/// The EXEC transaction, for one statement or one [`Locked`]. Commands
+/// never nest these (a command holding a [`Locked`] runs its statements on
+/// it), so the transaction is always free: finding it taken is a bug,
+/// answered as an error rather than a wait that would never end.
+pub(super) fn exec_conn(
+    exec: &ExecTx,
+) -> Result<tokio::sync::MutexGuard<'_, Transaction<'static, Postgres>>, sqlx::Error> {
+    exec.try_lock().map_err(|_| {
+        sqlx::Error::Protocol("a command inside EXEC used the transaction twice at once".into())
+    })
 }
 
 /// A command's outcome: a reply (Redis errors included) or a driver error.
@@ -139,6 +159,10 @@ pub async fn execute(ctx: &Ctx<'_>, args: &[Bytes]) -> Res {
         "randomkey" => keyspace::randomkey(ctx).await,
         "flushall" | "flushdb" => keyspace::flush(ctx, a).await,
         "info" => keyspace::info(ctx).await,
+        "echo" => Ok(match a {
+            [m] => Reply::Bulk(m.clone()),
+            _ => wrong_args(name),
+        }),
         _ => match hashes::execute(ctx, name, a).await {
             Some(r) => r,
             None => Ok(Reply::error(format!(
@@ -190,18 +214,28 @@ pub(super) async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64)
         live!(),
         ""
     );
-    let r = sqlx::query(sql).bind(key).fetch_one(ctx.pool).await?;
+    let r = on_db!(ctx, sqlx::query(sql).bind(key), fetch_one)?;
     let now: i64 = r.try_get("now")?;
     let kind: Option<i16> = r.try_get("type")?;
     Ok((kind.map(|_| Row::from_pg(&r)).transpose()?, now))
 }
 
 /// A write transaction holding the advisory locks of its keys.
-pub struct Locked {
-    /// The open transaction (rolled back if dropped).
-    pub tx: Transaction<'static, Postgres>,
+pub struct Locked<'a> {
+    /// The open transaction.
+    tx: LockedTx<'a>,
     /// Wall clock (Unix ms) once the locks were taken.
     pub now: i64,
+}
+
+/// The transaction a [`Locked`] writes in.
+enum LockedTx<'a> {
+    /// Its own, committed by [`Locked::commit`] (rolled back if dropped).
+    Own(Transaction<'static, Postgres>),
+    /// EXEC's, committed when the whole EXEC is: the locks are held until
+    /// then. A command that returns without committing has written nothing
+    /// (every command checks before it writes).
+    Exec(tokio::sync::MutexGuard<'a, Transaction<'static, Postgres>>),
 }
 
 /// Advisory lock id of a key: XXH3 of the whole key (not just its tag), so
@@ -213,7 +247,7 @@ fn lock_id(key: &[u8]) -> i64 {
 /// The lock ids of `keys`, sorted and without duplicates: the order in which
 /// every writer takes them, so two multi-key writers never wait for each
 /// other in a cycle.
-fn lock_ids<K: AsRef<[u8]>>(keys: &[K]) -> Vec<i64> {
+pub(super) fn lock_ids<K: AsRef<[u8]>>(keys: &[K]) -> Vec<i64> {
     let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k.as_ref())).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -223,37 +257,52 @@ fn lock_ids<K: AsRef<[u8]>>(keys: &[K]) -> Vec<i64> {
 /// Begins a transaction and locks `keys` (in sorted order). Every statement
 /// run on the returned [`Locked`] sees all writes committed to these keys
 /// before the locks were granted.
-pub async fn lock(ctx: &Ctx<'_>, keys: &[&[u8]]) -> Result<Locked, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    let now: i64 = sqlx::query_scalar("SELECT sg_lock($1)")
+pub async fn lock<'a>(ctx: &Ctx<'a>, keys: &[&[u8]]) -> Result<Locked<'a>, sqlx::Error> {
+    let tx = match ctx.exec {
+        None => LockedTx::Own(ctx.pool.begin().await?),
+        Some(exec) => LockedTx::Exec(exec_conn(exec)?),
+    };
+    let mut l = Locked { tx, now: 0 };
+    // (Inside EXEC the locks are held already: advisory locks stack.)
+    l.now = sqlx::query_scalar("SELECT sg_lock($1)")
         .bind(lock_ids(keys))
-        .fetch_one(&mut *tx)
+        .fetch_one(l.conn())
         .await?;
-    Ok(Locked { tx, now })
+    Ok(l)
 }
 
 /// Writes strings without expiry (SET without options, MSET) in one round
 /// trip, under the keys' locks (`sg_set_strings`). `keys` has no duplicates.
 async fn set_strings(ctx: &Ctx<'_>, keys: &[&[u8]], values: &[&[u8]]) -> Result<(), sqlx::Error> {
     let slots: Vec<i32> = keys.iter().map(|k| slot(ctx, k)).collect();
-    sqlx::query("SELECT sg_set_strings($1, $2, $3, $4)")
-        .bind(keys)
-        .bind(&slots)
-        .bind(values)
-        .bind(lock_ids(keys))
-        .execute(ctx.pool)
-        .await?;
+    on_db!(
+        ctx,
+        sqlx::query("SELECT sg_set_strings($1, $2, $3, $4)")
+            .bind(keys)
+            .bind(&slots)
+            .bind(values)
+            .bind(lock_ids(keys)),
+        execute
+    )?;
     Ok(())
 }
 
-impl Locked {
+impl Locked<'_> {
+    /// The connection of the transaction, for the command's statements.
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match &mut self.tx {
+            LockedTx::Own(tx) => tx,
+            LockedTx::Exec(tx) => tx,
+        }
+    }
+
     /// The key's row, locked; `None` if missing or expired.
     pub async fn row(&mut self, key: &[u8]) -> Result<Option<Row>, sqlx::Error> {
         let r = sqlx::query(
             "SELECT type, value, expires_at FROM kv WHERE kd = sha256($1) AND key = $1 FOR UPDATE",
         )
         .bind(key)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.conn())
         .await?;
         let row = r.as_ref().map(Row::from_pg).transpose()?;
         Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
@@ -276,7 +325,7 @@ impl Locked {
         .bind(slot)
         .bind(value)
         .bind(expires_at)
-        .execute(&mut *self.tx)
+        .execute(self.conn())
         .await?;
         Ok(())
     }
@@ -285,7 +334,7 @@ impl Locked {
     pub async fn delete(&mut self, key: &[u8]) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM kv WHERE kd = sha256($1) AND key = $1")
             .bind(key)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         Ok(())
     }
@@ -295,14 +344,16 @@ impl Locked {
         sqlx::query("UPDATE kv SET expires_at = $2 WHERE kd = sha256($1) AND key = $1")
             .bind(key)
             .bind(at)
-            .execute(&mut *self.tx)
+            .execute(self.conn())
             .await?;
         Ok(())
     }
 
     /// Commits and returns `reply`.
     pub async fn commit(self, reply: Reply) -> Res {
-        self.tx.commit().await?;
+        if let LockedTx::Own(tx) = self.tx {
+            tx.commit().await?;
+        }
         Ok(reply)
     }
 }
@@ -483,7 +534,7 @@ async fn mget(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
         live!(),
         ""
     );
-    let rows = sqlx::query(sql).bind(&list).fetch_all(ctx.pool).await?;
+    let rows = on_db!(ctx, sqlx::query(sql).bind(&list), fetch_all)?;
     let mut found = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
         let key: Vec<u8> = r.try_get("key")?;
@@ -545,7 +596,7 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     )
     .bind(&keys)
     .bind(l.now)
-    .fetch_one(&mut *l.tx)
+    .fetch_one(l.conn())
     .await?;
     if live > 0 {
         return Ok(Reply::Int(0));
@@ -560,11 +611,13 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
 /// (`sg_delete_keys`); counts the keys that were live.
 async fn del(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-    let n: i64 = sqlx::query_scalar("SELECT sg_delete_keys($1, $2)")
-        .bind(&list)
-        .bind(lock_ids(&list))
-        .fetch_one(ctx.pool)
-        .await?;
+    let n: i64 = on_db!(
+        ctx,
+        sqlx::query_scalar("SELECT sg_delete_keys($1, $2)")
+            .bind(&list)
+            .bind(lock_ids(&list)),
+        fetch_one
+    )?;
     Ok(Reply::Int(n))
 }
 
@@ -580,10 +633,7 @@ async fn live_keys(
         live!(),
         ""
     );
-    let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
-        .bind(&list)
-        .fetch_all(ctx.pool)
-        .await?;
+    let rows: Vec<Vec<u8>> = on_db!(ctx, sqlx::query_scalar(sql).bind(&list), fetch_all)?;
     Ok(rows.into_iter().collect())
 }
 

@@ -204,12 +204,14 @@ async fn scan_rows(
     // One row more than asked for: the position of the first row this call
     // does not return, so the next call starts right at it (empty slots in
     // between are skipped without another call).
-    let rows = sqlx::query(sql)
-        .bind(start.slot)
-        .bind(&layout.lower_bound(start.prefix)[..])
-        .bind(count.saturating_add(1))
-        .fetch_all(ctx.pool)
-        .await?;
+    let rows = on_db!(
+        ctx,
+        sqlx::query(sql)
+            .bind(start.slot)
+            .bind(&layout.lower_bound(start.prefix)[..])
+            .bind(count.saturating_add(1)),
+        fetch_all
+    )?;
     let mut found = Vec::with_capacity(rows.len());
     for r in &rows {
         let kd: Vec<u8> = r.try_get("kd")?;
@@ -255,12 +257,14 @@ async fn scan_rows(
         Some(g) => layout.lower_bound(g.prefix).to_vec(),
         None => vec![0xff; 33],
     };
-    let rows = sqlx::query(sql)
-        .bind(group.slot)
-        .bind(&layout.lower_bound(group.prefix)[..])
-        .bind(&upper[..])
-        .fetch_all(ctx.pool)
-        .await?;
+    let rows = on_db!(
+        ctx,
+        sqlx::query(sql)
+            .bind(group.slot)
+            .bind(&layout.lower_bound(group.prefix)[..])
+            .bind(&upper[..]),
+        fetch_all
+    )?;
     let mut found = Vec::with_capacity(rows.len());
     for r in &rows {
         found.push(ScanRow {
@@ -361,7 +365,7 @@ pub(super) async fn keys(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         return Ok(wrong_args("keys"));
     };
     let sql = concat!("SELECT key FROM kv WHERE ", live!(), "");
-    let all: Vec<Vec<u8>> = sqlx::query_scalar(sql).fetch_all(ctx.pool).await?;
+    let all: Vec<Vec<u8>> = on_db!(ctx, sqlx::query_scalar(sql), fetch_all)?;
     Ok(Reply::Array(
         all.into_iter()
             .filter(|k| glob_match(pattern, k))
@@ -372,7 +376,7 @@ pub(super) async fn keys(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
 
 pub(super) async fn dbsize(ctx: &Ctx<'_>) -> Res {
     let sql = concat!("SELECT count(*) FROM kv WHERE ", live!(), "");
-    let n: i64 = sqlx::query_scalar(sql).fetch_one(ctx.pool).await?;
+    let n: i64 = on_db!(ctx, sqlx::query_scalar(sql), fetch_one)?;
     Ok(Reply::Int(n))
 }
 
@@ -392,10 +396,11 @@ pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Res {
         live!(),
         " ORDER BY kd LIMIT 1) LIMIT 1"
     );
-    let key: Option<Vec<u8>> = sqlx::query_scalar(sql)
-        .bind(&probe[..])
-        .fetch_optional(ctx.pool)
-        .await?;
+    let key: Option<Vec<u8>> = on_db!(
+        ctx,
+        sqlx::query_scalar(sql).bind(&probe[..]),
+        fetch_optional
+    )?;
     Ok(key.map_or(Reply::Nil, |k| Reply::Bulk(k.into())))
 }
 
@@ -405,9 +410,7 @@ pub(super) async fn flush(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         [mode] if matches!(option_name(mode).as_slice(), b"sync" | b"async") => {}
         _ => return Ok(error(msg::SYNTAX)),
     }
-    sqlx::query("TRUNCATE kv_hash, kv")
-        .execute(ctx.pool)
-        .await?;
+    on_db!(ctx, sqlx::query("TRUNCATE kv_hash, kv"), execute)?;
     Ok(Reply::Ok)
 }
 
@@ -418,7 +421,7 @@ pub(super) async fn info(ctx: &Ctx<'_>) -> Res {
         live!(),
         ""
     );
-    let (keys, expires): (i64, i64) = sqlx::query_as(sql).fetch_one(ctx.pool).await?;
+    let (keys, expires): (i64, i64) = on_db!(ctx, sqlx::query_as(sql), fetch_one)?;
     let mut text = String::from("# Keyspace\r\n");
     if keys > 0 {
         text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
