@@ -37,9 +37,10 @@ fn tag_on(c: &Cluster, want: usize, prefix: &str) -> String {
 /// hash tag), or a pause.
 enum Step {
     On(usize, &'static str),
+    Line(usize, String),
     Sleep(u64),
 }
-use Step::{On, Sleep};
+use Step::{Line, On, Sleep};
 
 /// Scripts of transactions; each starts on fresh keys (FLUSHALL before).
 fn scripts() -> Vec<(&'static str, Vec<Step>)> {
@@ -324,7 +325,12 @@ fn run(c: &Cluster, tag: &str, steps: &[Step], resp3: bool) -> Vec<(String, Stri
     for step in steps {
         match step {
             Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
-            On(i, cmd) => {
+            On(..) | Line(..) => {
+                let (i, cmd) = match step {
+                    On(i, cmd) => (i, *cmd),
+                    Line(i, cmd) => (i, cmd.as_str()),
+                    Sleep(_) => continue,
+                };
                 let line = cmd.replace("{T}", &format!("{{{tag}}}"));
                 let args: Vec<&str> = line.split(' ').collect();
                 let reply = conns[*i].call(&args);
@@ -386,6 +392,90 @@ fn transactions_on_a_postgres_shard_answer_as_on_a_redis_shard() {
         String::from_utf8_lossy(&refused)
     );
     assert!(p.call(&["EXEC"]).starts_with(b"-EXECABORT"));
+}
+
+/// Every write command postgres shards implement (`K`: the key), as in
+/// `tests/pg_race.rs`.
+const WRITES: &[&str] = &[
+    "SET K s",
+    "SET K s2 NX",
+    "SET K s3 XX",
+    "SET K s4 GET",
+    "SET K s5 EX 1000",
+    "SET K s6 KEEPTTL",
+    "SETNX K n",
+    "SETEX K 1000 e",
+    "GETSET K g",
+    "GETDEL K",
+    "GETEX K EX 1000",
+    "GETEX K PERSIST",
+    "APPEND K a",
+    "INCR K",
+    "DECRBY K 3",
+    "INCRBYFLOAT K 1.5",
+    "SETRANGE K 1 r",
+    "MSET K m",
+    "MSETNX K x",
+    "DEL K",
+    "UNLINK K",
+    "EXPIRE K 1000",
+    "PEXPIREAT K 1",
+    "PERSIST K",
+    "HSET K f h",
+    "HSETNX K f2 n",
+    "HSETNX K f n",
+    "HDEL K f",
+    "HDEL K nothere",
+    "HINCRBY K f 2",
+    "HINCRBYFLOAT K f 0.5",
+];
+
+/// Every write command on every kind of key (missing, string, string with
+/// a TTL, hash): inside MULTI (replies and the state after EXEC), and by
+/// another client between WATCH and EXEC (whether it counts as touching the
+/// key: nil or not), on a Redis shard and on a postgres shard.
+#[test]
+fn every_write_inside_exec_and_against_watch_answers_as_redis() {
+    let c = mixed();
+    let on_redis = tag_on(&c, 0, "r");
+    let on_pg = tag_on(&c, 1, "p");
+    let starts: [&[&str]; 4] = [
+        &[],
+        &["SET {T}K 5"],
+        &["SET {T}K 5 EX 1000"],
+        &["HSET {T}K f 1"],
+    ];
+    let mut compared = 0;
+    for start in starts {
+        for w in WRITES {
+            let w = w.replace('K', "{T}K");
+            let mut inside: Vec<Step> = start.iter().map(|s| On(0, s)).collect();
+            inside.extend([
+                On(0, "MULTI"),
+                Line(0, w.clone()),
+                On(0, "TYPE {T}K"),
+                On(0, "TTL {T}K"),
+                On(0, "EXEC"),
+            ]);
+            let mut watched: Vec<Step> = start.iter().map(|s| On(0, s)).collect();
+            watched.extend([
+                On(0, "WATCH {T}K"),
+                Line(1, w.clone()),
+                On(0, "MULTI"),
+                On(0, "TYPE {T}K"),
+                On(0, "EXEC"),
+            ]);
+            for steps in [inside, watched] {
+                let want = run(&c, &on_redis, &steps, false);
+                let got = run(&c, &on_pg, &steps, false);
+                for ((cmd, redis), (_, pg)) in want.iter().zip(&got) {
+                    assert_eq!(pg, redis, "start {start:?}, write `{w}`: `{cmd}`");
+                }
+                compared += want.len();
+            }
+        }
+    }
+    eprintln!("{compared} replies compared");
 }
 
 /// WATCH, then another client's write, then EXEC: nil every time, and the

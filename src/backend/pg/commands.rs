@@ -503,7 +503,9 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let mut l = lock(ctx, &[key]).await?;
     // Redis' order: the syntax, then the key (nil if missing, WRONGTYPE),
     // and only then the expiry's value.
-    let value = match l.row(key).await?.map(Row::string) {
+    let row = l.row(key).await?;
+    let had_ttl = row.as_ref().is_some_and(|r| r.expires_at.is_some());
+    let value = match row.map(Row::string) {
         None => return Ok(Reply::Nil),
         Some(Err(e)) => return Ok(e),
         Some(Ok(v)) => v,
@@ -521,7 +523,10 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
             Ok(at) => l.set_expiry(key, Some(at)).await?,
             Err(e) => return Ok(e),
         },
-        None => l.set_expiry(key, None).await?,
+        // PERSIST of a key without a TTL changes nothing (and, as in Redis,
+        // does not touch a WATCHed key).
+        None if had_ttl => l.set_expiry(key, None).await?,
+        None => return Ok(Reply::Bulk(value.into())),
     }
     l.commit(Reply::Bulk(value.into())).await
 }
