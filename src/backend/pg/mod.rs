@@ -10,7 +10,9 @@
 //! the health check, the reaper and the read-your-writes position prober). Each lane parses the frame, runs the command
 //! ([`commands`]) within `command_timeout`, and encodes the [`Reply`] for the
 //! client's protocol, so split/merge, fan-out, read policy and metrics work
-//! unchanged on mixed maps.
+//! unchanged on mixed maps. A lane also runs a client's WATCH (row
+//! versions) and EXEC (the queued commands as one PostgreSQL transaction,
+//! [`transaction`]), in order with its other requests.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -31,7 +33,7 @@ macro_rules! on_db {
         match $ctx.exec {
             None => $query.$method($ctx.pool).await,
             Some(exec) => {
-                let mut tx = super::commands::exec_conn(exec)?;
+                let mut tx = super::locked::exec_conn(exec)?;
                 $query.$method(&mut **tx).await
             }
         }
@@ -41,6 +43,7 @@ macro_rules! on_db {
 pub mod commands;
 mod hashes;
 mod keyspace;
+mod locked;
 mod options;
 pub mod transaction;
 pub mod values;
