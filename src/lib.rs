@@ -36,7 +36,7 @@
 //! app -> admin -> control -> rebalance -> context -> snapshot -> backend -> router -> shardmap
 //!    \-> proxy --------------------------/                        \-> protocol, metrics, tls
 //!    \-> sentinel -----------------------/
-//!  proxy -> auth, command; metrics -> command; error -> protocol
+//!  proxy -> auth, command; metrics -> command; backend -> command (SCAN cursors); error -> protocol
 //! ```
 //!
 //! Shard failover: a shard may follow a Redis Sentinel group instead of

@@ -340,12 +340,16 @@ fn unsupported_commands_get_a_clear_error() {
     assert!(r.contains("not supported by postgres shards"), "{r}");
     let r = String::from_utf8_lossy(&p.call(&["EVAL", "return 1", "1", "k"])).into_owned();
     assert!(r.contains("not supported by postgres shards"), "{r}");
+    // Transactions run on postgres shards (tests/pg_multi.rs); blocking
+    // commands and scripts inside one abort it.
     assert_eq!(p.call(&["MULTI"]), b"+OK\r\n");
-    let r = String::from_utf8_lossy(&p.call(&["SET", "k", "v"])).into_owned();
+    assert_eq!(p.call(&["SET", "k", "v"]), b"+QUEUED\r\n");
+    let r = String::from_utf8_lossy(&p.call(&["EVAL", "return 1", "1", "k"])).into_owned();
     assert!(r.contains("not supported by postgres shards"), "{r}");
     let r = String::from_utf8_lossy(&p.call(&["EXEC"])).into_owned();
     assert!(r.starts_with("-EXECABORT"), "{r}");
     // The connection lives on.
+    assert_eq!(p.call(&["GET", "k"]), b"$-1\r\n");
     assert_eq!(p.call(&["SET", "k", "v"]), b"+OK\r\n");
 }
 

@@ -4,6 +4,7 @@
 //! flags, key positions and how the proxy handles the command. Classifying a
 //! request is a case-insensitive lookup that does not allocate.
 
+pub mod cursor;
 pub mod keys;
 pub mod table;
 

@@ -90,6 +90,11 @@ pub const AUTH_FAILURE_REASONS: [&str; 3] = ["wrongpass", "noauth", "noperm"];
 /// Installs of the backend ACL users that run scripts and transactions
 /// (`ACL SETUSER`), by shard, endpoint and outcome (ok, error).
 pub const BACKEND_ACL_SYNCS: &str = "shardgate_backend_acl_syncs_total";
+/// EXECs on PostgreSQL shards (MULTI/EXEC as one PostgreSQL transaction),
+/// by shard, endpoint and outcome ([`PG_TRANSACTION_OUTCOMES`]).
+pub const PG_TRANSACTIONS: &str = "shardgate_pg_transactions_total";
+/// Values of the `outcome` label of [`PG_TRANSACTIONS`].
+pub const PG_TRANSACTION_OUTCOMES: [&str; 3] = ["committed", "watch_failed", "error"];
 /// Map reloads, by outcome (ok, refused).
 pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
 /// Commands on the admin listener, by command and outcome.
@@ -316,6 +321,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         BACKEND_ACL_SYNCS,
         "counter",
         "Installs of the backend ACL users that run client scripts and transactions, by endpoint and outcome (error: scripts and transactions are refused there)",
+    ),
+    (
+        PG_TRANSACTIONS,
+        "counter",
+        "EXECs on PostgreSQL shards by endpoint and outcome (committed; watch_failed: a watched key changed, EXEC answered nil and ran nothing; error: rolled back by a database error or timeout)",
     ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
     (
@@ -1021,6 +1031,14 @@ impl EndpointMetrics {
     pub fn backend_error(&self, kind: &'static str) {
         counter!(BACKEND_ERRORS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
             "role" => self.role, "kind" => kind)
+        .increment(1);
+    }
+
+    /// An EXEC on this PostgreSQL endpoint ended with `outcome` (one of
+    /// [`PG_TRANSACTION_OUTCOMES`]).
+    pub fn pg_transaction(&self, outcome: &'static str) {
+        counter!(PG_TRANSACTIONS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "outcome" => outcome)
         .increment(1);
     }
 

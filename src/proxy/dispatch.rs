@@ -731,7 +731,7 @@ impl Session {
                 if self.tx.is_some() {
                     return Err(ProxyError::err("MULTI calls can not be nested"));
                 }
-                let shard = self.watch.as_ref().map(|(s, _)| *s);
+                let shard = self.watched_shard();
                 self.tx = Some(Tx {
                     slot: None,
                     queued: Vec::new(),
@@ -753,10 +753,9 @@ impl Session {
                     Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
                     t => t.shard().unwrap_or(ShardId(0)),
                 };
-                if matches!(&self.watch, Some((s, _)) if *s != shard) {
+                if self.watched_shard().is_some_and(|s| s != shard) {
                     return Err(ProxyError::crossslot());
                 }
-                stateless_only(&snap, spec, shard, "transactions")?;
                 Ok(Action::Exclusive(ExclusiveOp::Watch(req, shard), spec))
             }
             TxKind::Unwatch => Ok(Action::Exclusive(ExclusiveOp::Unwatch, spec)),
@@ -781,8 +780,14 @@ impl Session {
                         slot = one_slot(snap.table(), spec, &req, &mut self.key_scratch)?;
                     }
                     let shard = target.shard();
-                    if let Some(s) = shard {
-                        stateless_only(&snap, spec, s, "transactions")?;
+                    // A postgres shard runs the block as one PostgreSQL
+                    // transaction, without blocking commands or scripts.
+                    match (shard, spec.handling) {
+                        (Some(s), Handling::Blocking) => {
+                            stateless_only(&snap, spec, s, "blocking commands")?
+                        }
+                        (Some(s), Handling::Script) => stateless_only(&snap, spec, s, "scripts")?,
+                        _ => {}
                     }
                     Ok(shard)
                 })
@@ -914,9 +919,8 @@ impl Session {
                 Ok(self.gather(spec, on(self, shards), merge))
             }
             FanoutKind::Scan => {
-                let cursor: u64 = std::str::from_utf8(&req.args()[1])
-                    .ok()
-                    .and_then(|c| c.parse().ok())
+                // Redis' own rules (`SCAN -1` is cursor 2^64-1, not an error).
+                let cursor = crate::command::cursor::parse_scan_cursor(&req.args()[1])
                     .ok_or_else(|| ProxyError::err("invalid cursor"))?;
                 let shards = n as u64;
                 let shard = ShardId((cursor % shards) as u16);

@@ -10,9 +10,11 @@ use super::dispatch::ExclusiveOp;
 use super::pending::answered;
 use super::session::Session;
 use crate::backend::dedicated::PooledConn;
+use crate::backend::pg::transaction::{Queued, Watched};
 use crate::error::{BackendError, ProxyError};
 use crate::protocol::{Reply, Request, reply, request::encode_command};
 use crate::router::ShardId;
+use crate::shardmap::ShardKind;
 use crate::snapshot::Snapshot;
 
 impl Session {
@@ -133,8 +135,20 @@ impl Session {
         shard: ShardId,
     ) -> Result<Reply, ProxyError> {
         let shard = self.reroute(proxy, &req).await?.unwrap_or(shard);
-        if matches!(&self.watch, Some((s, _)) if *s != shard) {
+        if self.watched_shard().is_some_and(|s| s != shard) {
             return Err(ProxyError::crossslot());
+        }
+        if let Some(pg) = self.routed(proxy).shard(shard).primary.postgres() {
+            // Versions now, compared by EXEC (see `backend::pg::transaction`).
+            let keys: Vec<Bytes> = req.args()[1..].to_vec();
+            let versions = pg.watch(self.id, keys.clone()).await?;
+            let (_, watched) = self.pg_watch.get_or_insert_with(|| (shard, Vec::new()));
+            watched.extend(
+                keys.into_iter()
+                    .zip(versions)
+                    .map(|(key, version)| Watched { key, version }),
+            );
+            return Ok(Reply::Ok);
         }
         let mut conn = match self.watch.take() {
             Some((_, c)) => c,
@@ -150,6 +164,7 @@ impl Session {
 
     /// Drops the WATCH, returning the connection to its pool when it is clean.
     async fn unwatch(&mut self) -> Result<(), ProxyError> {
+        self.pg_watch = None;
         if let Some((_, mut conn)) = self.watch.take() {
             let frame = conn.request(b"*1\r\n$7\r\nUNWATCH\r\n").await?;
             conn.stateful = reply::is_error(&frame);
@@ -205,20 +220,22 @@ impl Session {
                 ));
             }
         };
-        let watched = self.watch.take();
-        if let (Some(s), Some((w, _))) = (now, &watched)
-            && *w != s
+        if let (Some(s), Some(w)) = (now, self.watched_shard())
+            && w != s
         {
             // The watched keys moved away from the shard they were watched
             // on: as with a watched key that changed, EXEC runs nothing.
-            self.watch = watched;
             self.unwatch().await?;
             return Ok(Reply::NilArray);
         }
         let shard = now
             .or(tx.shard)
-            .or(watched.as_ref().map(|(s, _)| *s))
+            .or(self.watched_shard())
             .unwrap_or(ShardId(0));
+        if snap.shard(shard).kind == ShardKind::Postgres {
+            return self.exec_on_postgres(&snap, shard, tx, keys).await;
+        }
+        let watched = self.watch.take();
         let mut conn = match watched {
             Some((_, c)) => c,
             None => self.dedicated(proxy, shard, Runs::Scripted).await?,
@@ -253,6 +270,34 @@ impl Session {
         // EXEC always ends the WATCH.
         conn.stateful = false;
         Ok(Reply::Frame(exec_reply))
+    }
+
+    /// EXEC of a block whose keys live on a postgres shard: one PostgreSQL
+    /// transaction on the shard's primary, checking the WATCHed versions
+    /// first (see `backend::pg::transaction`).
+    async fn exec_on_postgres(
+        &mut self,
+        snap: &Snapshot,
+        shard: ShardId,
+        tx: super::session::Tx,
+        keys: Vec<Bytes>,
+    ) -> Result<Reply, ProxyError> {
+        let watched = self.pg_watch.take().map(|(_, w)| w).unwrap_or_default();
+        // A WATCH on a Redis shard cannot be here (its keys would be on it).
+        self.unwatch().await?;
+        let primary = snap.shard(shard).primary.clone();
+        let Some(pg) = primary.postgres() else {
+            return Err(ProxyError::internal(
+                "a postgres shard without a postgres primary",
+            ));
+        };
+        let queued = Queued {
+            watched,
+            keys,
+            commands: tx.queued.iter().map(|r| r.args().to_vec()).collect(),
+        };
+        let frame = answered(pg.exec(self.proto, self.id, queued).await)?;
+        Ok(Reply::Frame(frame))
     }
 
     /// RANDOMKEY: asks shards, starting at a random one, until one has a key.

@@ -110,7 +110,7 @@ impl Session {
                 self.pubsub = None;
                 self.monitor = None;
                 self.tracking = None;
-                if self.tx.is_some() || self.watch.is_some() {
+                if self.tx.is_some() || self.watched_shard().is_some() {
                     return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }
                 self.proto = Protocol::Resp2;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
+use crate::backend::pg::transaction::Watched;
 use crate::backend::{OwnWrites, ReadFloor, ShardBackends};
 use crate::protocol::{Protocol, Request};
 use crate::router::ShardId;
@@ -34,6 +35,9 @@ pub struct Session {
     pub(super) tx: Option<Tx>,
     /// Dedicated connection holding a WATCH, and the shard it is on.
     pub(super) watch: Option<(ShardId, PooledConn)>,
+    /// Keys WATCHed on a postgres shard, with the row versions WATCH read
+    /// (EXEC compares them; nothing is held on the database meanwhile).
+    pub(super) pg_watch: Option<(ShardId, Vec<Watched>)>,
     /// Scratch space for key positions (reused, so classifying does not allocate).
     pub(super) key_scratch: Vec<usize>,
     /// When the request being dispatched was parsed (one clock read per
@@ -203,6 +207,14 @@ impl Session {
 }
 
 impl Session {
+    /// The shard of the client's WATCH (on a Redis or a postgres shard).
+    pub(super) fn watched_shard(&self) -> Option<ShardId> {
+        self.watch
+            .as_ref()
+            .map(|(s, _)| *s)
+            .or(self.pg_watch.as_ref().map(|(s, _)| *s))
+    }
+
     /// A fresh RESP2 session.
     pub(super) fn new(id: u64, addr: String) -> Session {
         let peer_ip = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
@@ -214,6 +226,7 @@ impl Session {
             lib_ver: None,
             tx: None,
             watch: None,
+            pg_watch: None,
             key_scratch: Vec::with_capacity(8),
             request_started: std::time::Instant::now(),
             addr,

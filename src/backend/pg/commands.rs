@@ -10,7 +10,7 @@
 //!
 //! Every write of a key, whatever the command, first takes the key's
 //! transaction-scoped advisory lock (`sg_lock`, migration 0002: one lock per
-//! key, id [`lock_id`], several keys in sorted order so that multi-key writes
+//! key, id `lock_id` in `locked.rs`, several keys in sorted order so that multi-key writes
 //! cannot deadlock) and holds it until its transaction ends, after the commit
 //! is visible. Only then does it read (a fresh READ COMMITTED snapshot per
 //! statement, so it sees everything the key's previous writers committed) and
@@ -36,13 +36,25 @@
 //! transaction (trigger `kv_drop_hash_fields`, migration 0002), whichever
 //! command overwrote it; a key that becomes a hash again starts without
 //! fields ([`super::hashes`]).
+//!
+//! Every write gives the key's row a new `version` (migration 0004), which
+//! WATCH compares; a command that changes nothing writes nothing.
+//!
+//! # Inside EXEC
+//!
+//! With [`Ctx::exec`] set, every statement of every command runs on EXEC's
+//! one transaction ([`super::transaction`]): reads through `on_db!`, writes
+//! through a [`Locked`] that borrows the transaction instead of opening its
+//! own, and whose commit is EXEC's.
 
 use bytes::Bytes;
+use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row as _, Transaction};
 
 use super::hashes;
 use super::keyspace;
+pub(super) use super::locked::lock_ids;
+pub use super::locked::{ExecTx, Locked, lock};
 use super::options::{absolute, expire_ms, parse_flags};
 use super::values::{add_floats, parse_float, parse_int};
 use crate::protocol::Reply;
@@ -54,6 +66,9 @@ pub struct Ctx<'a> {
     pub pool: &'a PgPool,
     /// The map's slot count (`slot = key_hash % slots` is stored per row).
     pub slots: u32,
+    /// Inside EXEC: the transaction every statement runs in (see
+    /// [`super::transaction`]); `None`: each command runs on its own.
+    pub exec: Option<&'a ExecTx>,
 }
 
 /// A command's outcome: a reply (Redis errors included) or a driver error.
@@ -139,6 +154,10 @@ pub async fn execute(ctx: &Ctx<'_>, args: &[Bytes]) -> Res {
         "randomkey" => keyspace::randomkey(ctx).await,
         "flushall" | "flushdb" => keyspace::flush(ctx, a).await,
         "info" => keyspace::info(ctx).await,
+        "echo" => Ok(match a {
+            [m] => Reply::Bulk(m.clone()),
+            _ => wrong_args(name),
+        }),
         _ => match hashes::execute(ctx, name, a).await {
             Some(r) => r,
             None => Ok(Reply::error(format!(
@@ -164,7 +183,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn from_pg(r: &PgRow) -> Result<Row, sqlx::Error> {
+    pub(super) fn from_pg(r: &PgRow) -> Result<Row, sqlx::Error> {
         Ok(Row {
             kind: r.try_get("type")?,
             value: r.try_get("value")?,
@@ -190,121 +209,26 @@ pub(super) async fn read(ctx: &Ctx<'_>, key: &[u8]) -> Result<(Option<Row>, i64)
         live!(),
         ""
     );
-    let r = sqlx::query(sql).bind(key).fetch_one(ctx.pool).await?;
+    let r = on_db!(ctx, sqlx::query(sql).bind(key), fetch_one)?;
     let now: i64 = r.try_get("now")?;
     let kind: Option<i16> = r.try_get("type")?;
     Ok((kind.map(|_| Row::from_pg(&r)).transpose()?, now))
-}
-
-/// A write transaction holding the advisory locks of its keys.
-pub struct Locked {
-    /// The open transaction (rolled back if dropped).
-    pub tx: Transaction<'static, Postgres>,
-    /// Wall clock (Unix ms) once the locks were taken.
-    pub now: i64,
-}
-
-/// Advisory lock id of a key: XXH3 of the whole key (not just its tag), so
-/// only writers of the same key (or a rare collision) wait for each other.
-fn lock_id(key: &[u8]) -> i64 {
-    i64::from_ne_bytes(twox_hash::XxHash3_64::oneshot(key).to_ne_bytes())
-}
-
-/// The lock ids of `keys`, sorted and without duplicates: the order in which
-/// every writer takes them, so two multi-key writers never wait for each
-/// other in a cycle.
-fn lock_ids<K: AsRef<[u8]>>(keys: &[K]) -> Vec<i64> {
-    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k.as_ref())).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-/// Begins a transaction and locks `keys` (in sorted order). Every statement
-/// run on the returned [`Locked`] sees all writes committed to these keys
-/// before the locks were granted.
-pub async fn lock(ctx: &Ctx<'_>, keys: &[&[u8]]) -> Result<Locked, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    let now: i64 = sqlx::query_scalar("SELECT sg_lock($1)")
-        .bind(lock_ids(keys))
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok(Locked { tx, now })
 }
 
 /// Writes strings without expiry (SET without options, MSET) in one round
 /// trip, under the keys' locks (`sg_set_strings`). `keys` has no duplicates.
 async fn set_strings(ctx: &Ctx<'_>, keys: &[&[u8]], values: &[&[u8]]) -> Result<(), sqlx::Error> {
     let slots: Vec<i32> = keys.iter().map(|k| slot(ctx, k)).collect();
-    sqlx::query("SELECT sg_set_strings($1, $2, $3, $4)")
-        .bind(keys)
-        .bind(&slots)
-        .bind(values)
-        .bind(lock_ids(keys))
-        .execute(ctx.pool)
-        .await?;
+    on_db!(
+        ctx,
+        sqlx::query("SELECT sg_set_strings($1, $2, $3, $4)")
+            .bind(keys)
+            .bind(&slots)
+            .bind(values)
+            .bind(lock_ids(keys)),
+        execute
+    )?;
     Ok(())
-}
-
-impl Locked {
-    /// The key's row, locked; `None` if missing or expired.
-    pub async fn row(&mut self, key: &[u8]) -> Result<Option<Row>, sqlx::Error> {
-        let r = sqlx::query(
-            "SELECT type, value, expires_at FROM kv WHERE kd = sha256($1) AND key = $1 FOR UPDATE",
-        )
-        .bind(key)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let row = r.as_ref().map(Row::from_pg).transpose()?;
-        Ok(row.filter(|r| r.expires_at.is_none_or(|e| e > self.now)))
-    }
-
-    /// Writes a string (replacing whatever the key held; a hash's fields go
-    /// with it, see the module doc).
-    pub async fn put(
-        &mut self,
-        slot: i32,
-        key: &[u8],
-        value: &[u8],
-        expires_at: Option<i64>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 0, $3, $4) \
-             ON CONFLICT (kd) DO UPDATE SET type = 0, value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
-        )
-        .bind(key)
-        .bind(slot)
-        .bind(value)
-        .bind(expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Deletes a key (its hash fields go with it).
-    pub async fn delete(&mut self, key: &[u8]) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM kv WHERE kd = sha256($1) AND key = $1")
-            .bind(key)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Sets or clears a live key's expiry.
-    pub async fn set_expiry(&mut self, key: &[u8], at: Option<i64>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE kv SET expires_at = $2 WHERE kd = sha256($1) AND key = $1")
-            .bind(key)
-            .bind(at)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Commits and returns `reply`.
-    pub async fn commit(self, reply: Reply) -> Res {
-        self.tx.commit().await?;
-        Ok(reply)
-    }
 }
 
 // ---- strings ---------------------------------------------------------------
@@ -452,7 +376,9 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     let mut l = lock(ctx, &[key]).await?;
     // Redis' order: the syntax, then the key (nil if missing, WRONGTYPE),
     // and only then the expiry's value.
-    let value = match l.row(key).await?.map(Row::string) {
+    let row = l.row(key).await?;
+    let had_ttl = row.as_ref().is_some_and(|r| r.expires_at.is_some());
+    let value = match row.map(Row::string) {
         None => return Ok(Reply::Nil),
         Some(Err(e)) => return Ok(e),
         Some(Ok(v)) => v,
@@ -470,7 +396,10 @@ async fn getex(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
             Ok(at) => l.set_expiry(key, Some(at)).await?,
             Err(e) => return Ok(e),
         },
-        None => l.set_expiry(key, None).await?,
+        // PERSIST of a key without a TTL changes nothing (and, as in Redis,
+        // does not touch a WATCHed key).
+        None if had_ttl => l.set_expiry(key, None).await?,
+        None => return Ok(Reply::Bulk(value.into())),
     }
     l.commit(Reply::Bulk(value.into())).await
 }
@@ -483,7 +412,7 @@ async fn mget(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
         live!(),
         ""
     );
-    let rows = sqlx::query(sql).bind(&list).fetch_all(ctx.pool).await?;
+    let rows = on_db!(ctx, sqlx::query(sql).bind(&list), fetch_all)?;
     let mut found = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
         let key: Vec<u8> = r.try_get("key")?;
@@ -545,7 +474,7 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
     )
     .bind(&keys)
     .bind(l.now)
-    .fetch_one(&mut *l.tx)
+    .fetch_one(l.conn())
     .await?;
     if live > 0 {
         return Ok(Reply::Int(0));
@@ -560,11 +489,13 @@ async fn msetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
 /// (`sg_delete_keys`); counts the keys that were live.
 async fn del(ctx: &Ctx<'_>, keys: &[Bytes]) -> Res {
     let list: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-    let n: i64 = sqlx::query_scalar("SELECT sg_delete_keys($1, $2)")
-        .bind(&list)
-        .bind(lock_ids(&list))
-        .fetch_one(ctx.pool)
-        .await?;
+    let n: i64 = on_db!(
+        ctx,
+        sqlx::query_scalar("SELECT sg_delete_keys($1, $2)")
+            .bind(&list)
+            .bind(lock_ids(&list)),
+        fetch_one
+    )?;
     Ok(Reply::Int(n))
 }
 
@@ -580,10 +511,7 @@ async fn live_keys(
         live!(),
         ""
     );
-    let rows: Vec<Vec<u8>> = sqlx::query_scalar(sql)
-        .bind(&list)
-        .fetch_all(ctx.pool)
-        .await?;
+    let rows: Vec<Vec<u8>> = on_db!(ctx, sqlx::query_scalar(sql).bind(&list), fetch_all)?;
     Ok(rows.into_iter().collect())
 }
 

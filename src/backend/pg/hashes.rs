@@ -65,7 +65,7 @@ async fn read_fields(
     if let Some(f) = fields {
         q = q.bind(f);
     }
-    let rows = q.fetch_all(ctx.pool).await?;
+    let rows = on_db!(ctx, q, fetch_all)?;
     let Some(first) = rows.first() else {
         return Ok(Ok(None));
     };
@@ -87,7 +87,7 @@ async fn read_fields(
 /// one, with no leftover fields of an older value), or answers WRONGTYPE.
 async fn ensure_hash(
     ctx: &Ctx<'_>,
-    l: &mut Locked,
+    l: &mut Locked<'_>,
     key: &[u8],
 ) -> Result<Result<(), Reply>, sqlx::Error> {
     match l.row(key).await? {
@@ -96,7 +96,7 @@ async fn ensure_hash(
         None => {
             sqlx::query("DELETE FROM kv_hash WHERE kd = sha256($1)")
                 .bind(key)
-                .execute(&mut *l.tx)
+                .execute(l.conn())
                 .await?;
             sqlx::query(
                 "INSERT INTO kv (key, slot, type, value, expires_at) VALUES ($1, $2, 1, NULL, NULL) \
@@ -104,7 +104,7 @@ async fn ensure_hash(
             )
             .bind(key)
             .bind(slot(ctx, key))
-            .execute(&mut *l.tx)
+            .execute(l.conn())
             .await?;
             Ok(Ok(()))
         }
@@ -131,22 +131,24 @@ fn dedup(pairs: &[Bytes]) -> (Vec<&[u8]>, Vec<&[u8]>) {
 
 /// Upserts fields; returns how many were new.
 async fn put_fields(
-    l: &mut Locked,
+    l: &mut Locked<'_>,
     key: &[u8],
     fields: &[&[u8]],
     values: &[&[u8]],
 ) -> Result<i64, sqlx::Error> {
     let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO kv_hash (kd, field, value) \
+        "WITH put AS (INSERT INTO kv_hash (kd, field, value) \
          SELECT $1, f, v FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS t(f, v, n) ORDER BY n \
          ON CONFLICT (kd, fd) DO UPDATE SET value = EXCLUDED.value \
-         RETURNING (xmax = 0)",
+         RETURNING (xmax = 0) AS new), \
+         touched AS (UPDATE kv SET version = nextval('kv_version') WHERE kd = $1) \
+         SELECT new FROM put",
     )
     // The digest once here, not once per field row in SQL.
     .bind(&sha2::Sha256::digest(key)[..])
     .bind(fields)
     .bind(values)
-    .fetch_all(&mut *l.tx)
+    .fetch_all(l.conn())
     .await?;
     Ok(inserted.into_iter().filter(|new| *new).count() as i64)
 }
@@ -181,14 +183,18 @@ async fn hsetnx(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         return Ok(e);
     }
     let done = sqlx::query(
-        "INSERT INTO kv_hash (kd, field, value) VALUES (sha256($1), $2, $3) ON CONFLICT (kd, fd) DO NOTHING",
+        "WITH put AS (INSERT INTO kv_hash (kd, field, value) VALUES (sha256($1), $2, $3) \
+         ON CONFLICT (kd, fd) DO NOTHING RETURNING 1), \
+         touched AS (UPDATE kv SET version = nextval('kv_version') \
+             WHERE kd = sha256($1) AND EXISTS (SELECT 1 FROM put)) \
+         SELECT count(*) FROM put",
     )
     .bind(&key[..])
     .bind(&field[..])
     .bind(&value[..])
-    .execute(&mut *l.tx)
+    .fetch_one(l.conn())
     .await?;
-    let added = done.rows_affected() as i64;
+    let added: i64 = done.try_get(0)?;
     l.commit(Reply::Int(added)).await
 }
 
@@ -269,10 +275,7 @@ async fn hlen(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         live!(),
         ""
     );
-    let row = sqlx::query(sql)
-        .bind(&key[..])
-        .fetch_optional(ctx.pool)
-        .await?;
+    let row = on_db!(ctx, sqlx::query(sql).bind(&key[..]), fetch_optional)?;
     Ok(match row {
         None => Reply::Int(0),
         Some(r) if r.try_get::<i16, _>("type")? != HASH => error(msg::WRONGTYPE),
@@ -294,29 +297,32 @@ async fn hdel(ctx: &Ctx<'_>, a: &[Bytes]) -> Res {
         Some(_) => {}
     }
     let list: Vec<&[u8]> = fields.iter().map(|f| &f[..]).collect();
-    let done = sqlx::query(
-        "DELETE FROM kv_hash WHERE kd = sha256($1) \
-         AND fd = ANY (ARRAY(SELECT sha256(f) FROM unnest($2::bytea[]) AS w(f))) AND field = ANY ($2)",
+    let n: i64 = sqlx::query_scalar(
+        "WITH gone AS (DELETE FROM kv_hash WHERE kd = sha256($1) \
+         AND fd = ANY (ARRAY(SELECT sha256(f) FROM unnest($2::bytea[]) AS w(f))) AND field = ANY ($2) \
+         RETURNING 1), \
+         touched AS (UPDATE kv SET version = nextval('kv_version') \
+             WHERE kd = sha256($1) AND EXISTS (SELECT 1 FROM gone)) \
+         SELECT count(*) FROM gone",
     )
-        .bind(&key[..])
-        .bind(&list)
-        .execute(&mut *l.tx)
-        .await?;
+    .bind(&key[..])
+    .bind(&list)
+    .fetch_one(l.conn())
+    .await?;
     sqlx::query(
         "DELETE FROM kv WHERE kd = sha256($1) AND key = $1 \
          AND NOT EXISTS (SELECT 1 FROM kv_hash WHERE kd = sha256($1))",
     )
     .bind(&key[..])
-    .execute(&mut *l.tx)
+    .execute(l.conn())
     .await?;
-    let n = done.rows_affected() as i64;
     l.commit(Reply::Int(n)).await
 }
 
 /// Under the lock: the current value of a field of a (created if missing) hash.
 async fn field_for_update(
     ctx: &Ctx<'_>,
-    l: &mut Locked,
+    l: &mut Locked<'_>,
     key: &[u8],
     field: &[u8],
 ) -> Result<Result<Option<Vec<u8>>, Reply>, sqlx::Error> {
@@ -328,7 +334,7 @@ async fn field_for_update(
     )
     .bind(key)
     .bind(field)
-    .fetch_optional(&mut *l.tx)
+    .fetch_optional(l.conn())
     .await?;
     Ok(Ok(v))
 }

@@ -10,7 +10,9 @@
 //! the health check, the reaper and the read-your-writes position prober). Each lane parses the frame, runs the command
 //! ([`commands`]) within `command_timeout`, and encodes the [`Reply`] for the
 //! client's protocol, so split/merge, fan-out, read policy and metrics work
-//! unchanged on mixed maps.
+//! unchanged on mixed maps. A lane also runs a client's WATCH (row
+//! versions) and EXEC (the queued commands as one PostgreSQL transaction,
+//! [`transaction`]), in order with its other requests.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -24,10 +26,26 @@ macro_rules! live {
     };
 }
 
+/// Runs a query on the command's connection: the pool, or inside EXEC the
+/// transaction's (`$method`: `fetch_one`, `execute`, ...).
+macro_rules! on_db {
+    ($ctx:expr, $query:expr, $method:ident) => {
+        match $ctx.exec {
+            None => $query.$method($ctx.pool).await,
+            Some(exec) => {
+                let mut tx = super::locked::exec_conn(exec)?;
+                $query.$method(&mut **tx).await
+            }
+        }
+    };
+}
+
 pub mod commands;
 mod hashes;
 mod keyspace;
+mod locked;
 mod options;
+pub mod transaction;
 pub mod values;
 
 use std::str::FromStr;
@@ -49,10 +67,25 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Expired rows the reaper deletes per statement.
 const REAP_BATCH: i64 = 1000;
 
-struct Job {
-    frame: Bytes,
-    proto: Protocol,
-    reply: oneshot::Sender<ReplyResult>,
+/// One unit of a lane's work.
+enum Job {
+    /// A command (one request frame).
+    Command {
+        frame: Bytes,
+        proto: Protocol,
+        reply: oneshot::Sender<ReplyResult>,
+    },
+    /// WATCH: the keys' current versions.
+    Watch {
+        keys: Vec<Bytes>,
+        reply: oneshot::Sender<Result<Vec<Option<i64>>, BackendError>>,
+    },
+    /// EXEC: the queued commands as one transaction.
+    Exec {
+        queued: Box<transaction::Queued>,
+        proto: Protocol,
+        reply: oneshot::Sender<ReplyResult>,
+    },
 }
 
 /// One PostgreSQL endpoint: its pool and its ordered lanes.
@@ -101,18 +134,64 @@ impl PgEndpoint {
     /// Queues one request frame on the lane of `client`.
     pub fn send(&self, proto: Protocol, client: u64, frame: Bytes) -> ReplyRx {
         let (reply, rx) = oneshot::channel();
-        let lane = &self.lanes[(client as usize) % self.lanes.len()];
-        if let Err(mpsc::error::SendError(job)) = lane.send(Job {
-            frame,
-            proto,
-            reply,
-        }) {
-            let _ = job.reply.send(Err(BackendError::ConnectionLost {
-                addr: self.addr.clone(),
-                reason: "postgres lane stopped".to_owned(),
-            }));
-        }
+        self.queue(
+            client,
+            Job::Command {
+                frame,
+                proto,
+                reply,
+            },
+        );
         rx
+    }
+
+    /// WATCH on this (primary) endpoint: the current versions of `keys`,
+    /// read on the lane of `client` (after its earlier requests).
+    pub async fn watch(
+        &self,
+        client: u64,
+        keys: Vec<Bytes>,
+    ) -> Result<Vec<Option<i64>>, BackendError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue(client, Job::Watch { keys, reply });
+        rx.await.unwrap_or_else(|_| Err(self.lane_stopped()))
+    }
+
+    /// EXEC on this (primary) endpoint (see [`transaction`]): answers the
+    /// EXEC reply (an array, or nil when a watched key changed).
+    pub fn exec(&self, proto: Protocol, client: u64, queued: transaction::Queued) -> ReplyRx {
+        let (reply, rx) = oneshot::channel();
+        self.queue(
+            client,
+            Job::Exec {
+                queued: Box::new(queued),
+                proto,
+                reply,
+            },
+        );
+        rx
+    }
+
+    fn queue(&self, client: u64, job: Job) {
+        let lane = &self.lanes[(client as usize) % self.lanes.len()];
+        if let Err(mpsc::error::SendError(job)) = lane.send(job) {
+            let e = self.lane_stopped();
+            match job {
+                Job::Command { reply, .. } | Job::Exec { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Job::Watch { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    fn lane_stopped(&self) -> BackendError {
+        BackendError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason: "postgres lane stopped".to_owned(),
+        }
     }
 
     /// The endpoint's pool (health checks, migrations, the reaper, tests).
@@ -128,27 +207,98 @@ async fn lane(
     slots: u32,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
-    let ctx = commands::Ctx { pool: &pool, slots };
+    let ctx = commands::Ctx {
+        pool: &pool,
+        slots,
+        exec: None,
+    };
     while let Some(job) = rx.recv().await {
         let started = Instant::now();
-        let result = run_one(&state, &ctx, &job.frame).await;
-        let result = match result {
-            Ok(reply) => {
-                let took = started.elapsed();
-                state.metrics.request_done(took);
-                let mut out = BytesMut::new();
-                reply.encode(job.proto, &mut out);
-                Ok(Answer::new(out.freeze(), took))
+        match job {
+            Job::Command {
+                frame,
+                proto,
+                reply,
+            } => {
+                let result = run_one(&state, &ctx, &frame).await;
+                let _ = reply.send(answer(&state, started, proto, result));
             }
-            Err(e) => {
-                state.metrics.backend_error(e.kind());
-                if matches!(e, BackendError::Unavailable { .. }) {
-                    state.connection_failed(&e);
+            Job::Watch { keys, reply } => {
+                let result = timed(&state, transaction::versions(&ctx, &keys)).await;
+                if let Err(e) = &result {
+                    failed(&state, e);
                 }
-                Err(e)
+                let _ = reply.send(result);
             }
-        };
-        let _ = job.reply.send(result);
+            Job::Exec {
+                queued,
+                proto,
+                reply,
+            } => {
+                let result = timed(&state, transaction::exec(&pool, slots, &queued))
+                    .await
+                    .map(|outcome| match outcome {
+                        transaction::Outcome::Committed(replies) => {
+                            state.metrics.pg_transaction("committed");
+                            Reply::Array(replies)
+                        }
+                        transaction::Outcome::WatchFailed => {
+                            state.metrics.pg_transaction("watch_failed");
+                            Reply::NilArray
+                        }
+                    });
+                if result.is_err() {
+                    state.metrics.pg_transaction("error");
+                }
+                let _ = reply.send(answer(&state, started, proto, result));
+            }
+        }
+    }
+}
+
+/// The encoded reply of a finished job (errors counted).
+fn answer(
+    state: &EndpointState,
+    started: Instant,
+    proto: Protocol,
+    result: Result<Reply, BackendError>,
+) -> ReplyResult {
+    match result {
+        Ok(reply) => {
+            let took = started.elapsed();
+            state.metrics.request_done(took);
+            let mut out = BytesMut::new();
+            reply.encode(proto, &mut out);
+            Ok(Answer::new(out.freeze(), took))
+        }
+        Err(e) => {
+            failed(state, &e);
+            Err(e)
+        }
+    }
+}
+
+/// Counts a failed job (and a lost database, for the breaker).
+fn failed(state: &EndpointState, e: &BackendError) {
+    state.metrics.backend_error(e.kind());
+    if matches!(e, BackendError::Unavailable { .. }) {
+        state.connection_failed(e);
+    }
+}
+
+/// Runs `work` within the command timeout, mapping driver errors.
+async fn timed<T>(
+    state: &EndpointState,
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, BackendError> {
+    let timeout = state.options.command_timeout;
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(backend_error(&state.addr, e)),
+        Err(_) => Err(BackendError::Timeout {
+            addr: state.addr.clone(),
+            millis: timeout.as_millis() as u64,
+        }),
     }
 }
 
@@ -167,15 +317,7 @@ async fn run_one(
             });
         }
     };
-    let timeout = state.options.command_timeout;
-    match tokio::time::timeout(timeout, commands::execute(ctx, req.args())).await {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(e)) => Err(backend_error(&state.addr, e)),
-        Err(_) => Err(BackendError::Timeout {
-            addr: state.addr.clone(),
-            millis: timeout.as_millis() as u64,
-        }),
-    }
+    timed(state, commands::execute(ctx, req.args())).await
 }
 
 /// Maps a driver error to the proxy's [`BackendError`] kinds.
