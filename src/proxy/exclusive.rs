@@ -30,6 +30,7 @@ impl Session {
             ExclusiveOp::Randomkey => self.randomkey(proxy).await,
             ExclusiveOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
             ExclusiveOp::MoveFirst(req, spec) => return self.move_first(proxy, req, spec).await,
+            ExclusiveOp::Select(db) => self.select_checked(proxy, db).await,
         };
         self.held = None;
         let reply = result.unwrap_or_else(|e| e.to_reply());
@@ -60,11 +61,11 @@ impl Session {
         let conn = match runs {
             Runs::Scripted => {
                 let user = Proxy::backend_user_of(self.user.as_deref());
-                ep.dedicated_as(self.proto, &proxy.backend_acl, user)
+                ep.dedicated_as(self.wire(), &proxy.backend_acl, user)
                     .await
                     .inspect_err(|e| ep.state.metrics.backend_error(e.kind()))?
             }
-            Runs::Plain => ep.dedicated(self.proto).await?,
+            Runs::Plain => ep.dedicated(self.wire()).await?,
         };
         Ok(conn)
     }
@@ -78,52 +79,69 @@ impl Session {
         shard: ShardId,
         timed: bool,
     ) -> Result<Reply, ProxyError> {
+        if !timed {
+            return self.run_blocking(proxy, req, shard).await;
+        }
         // Routed again now: a rebalance may have moved the keys since dispatch.
         let shard = self.reroute(proxy, req).await?.unwrap_or(shard);
         let ep = self.routed(proxy).shard(shard).primary.clone();
-        // Blocking commands keep their arrival order on the way to the shard
-        // (see `EndpointState::blocking_order`).
-        let turn = if timed {
-            None
-        } else {
-            Some(ep.state.blocking_order.lock().await)
-        };
-        let runs = if timed { Runs::Scripted } else { Runs::Plain };
-        let mut conn = self.dedicated(proxy, shard, runs).await?;
+        let mut conn = self.dedicated(proxy, shard, Runs::Scripted).await?;
         let _lent = Lent::new(&ep.state.metrics);
-        // INFO blocked_clients: from the moment the command is on its way.
-        let _blocked =
-            (!timed && super::stats::may_block_req(req)).then(|| super::stats::Blocked::new(proxy));
-        if !timed {
+        let result = unless_busy(&ep, conn.request(req.raw())).await;
+        if let Err(e) = &result {
+            ep.state.metrics.backend_error(e.kind());
+        }
+        Ok(Reply::Frame(result?))
+    }
+
+    /// A blocking command, on a dedicated connection to its keys' shard.
+    /// If a rebalance moves its keys to another shard while it waits, the
+    /// shard ends it (`CLIENT UNBLOCK ... TIMEOUT`) and it is sent again to
+    /// the keys' new shard, where a push now lands (with its full timeout
+    /// again: the time already waited is not taken off).
+    async fn run_blocking(
+        &mut self,
+        proxy: &Proxy,
+        req: &Request,
+        mut shard: ShardId,
+    ) -> Result<Reply, ProxyError> {
+        let keys = super::moves::request_keys(req);
+        loop {
+            // Routed again now: a rebalance may have moved the keys since
+            // dispatch (or while it waited).
+            shard = self.reroute(proxy, req).await?.unwrap_or(shard);
+            let ep = self.routed(proxy).shard(shard).primary.clone();
+            // Blocking commands keep their arrival order on the way to the
+            // shard (see `EndpointState::blocking_order`).
+            let turn = ep.state.blocking_order.lock().await;
+            let mut conn = self.dedicated(proxy, shard, Runs::Plain).await?;
+            let _lent = Lent::new(&ep.state.metrics);
+            // INFO blocked_clients: from the moment the command is on its way.
+            let blocks = super::stats::may_block_req(req);
+            let _blocked = blocks.then(|| super::stats::Blocked::new(proxy));
             // A blocking command may wait for long: once it is sent, the
             // table is not held any more (a rebalance would wait for it).
             conn.send(req.raw(), 1).await?;
             drop(turn);
             self.held = None;
-        }
-        let run = async {
-            if timed {
-                conn.request(req.raw()).await
-            } else {
-                conn.recv().await
+            let me = self.me.clone().filter(|_| blocks);
+            let watch = Waiting {
+                proxy,
+                ep: &ep,
+                keys: &keys,
+                shard,
+            };
+            match watch.reply(&mut conn, me.as_ref(), self.proto).await {
+                Ok(Waited::Reply(frame)) => return Ok(Reply::Frame(frame)),
+                Ok(Waited::Moved) => {
+                    tracing::debug!(shard = %ep.state.shard, "a blocked command's keys moved to another shard; sending it there");
+                }
+                Err(e) => {
+                    ep.state.metrics.backend_error(e.kind());
+                    return Err(e.into());
+                }
             }
-        };
-        let result = if timed {
-            let timeout = ep.state.options.command_timeout;
-            match tokio::time::timeout(timeout, run).await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::Timeout {
-                    addr: ep.state.addr.clone(),
-                    millis: timeout.as_millis() as u64,
-                }),
-            }
-        } else {
-            run.await
-        };
-        if let Err(e) = &result {
-            ep.state.metrics.backend_error(e.kind());
         }
-        Ok(Reply::Frame(result?))
     }
 
     async fn watch(
@@ -164,6 +182,7 @@ impl Session {
         if was_reset {
             // RESET with a transaction or WATCH pending.
             self.proto = crate::protocol::Protocol::Resp2;
+            self.db = crate::backend::Db(0);
             self.name = None;
             return Ok(Reply::Simple("RESET".into()));
         }
@@ -231,7 +250,6 @@ impl Session {
         frames.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let n = tx.queued.len() + 2;
         let primary = snap.shard(shard).primary.clone();
-        let timeout = primary.state.options.command_timeout;
         let run = async {
             conn.send(&frames, n).await?;
             let mut last = Bytes::new();
@@ -240,19 +258,57 @@ impl Session {
             }
             Ok::<Bytes, BackendError>(last)
         };
-        let exec_reply = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(BackendError::Timeout {
-                    addr: primary.state.addr.clone(),
-                    millis: timeout.as_millis() as u64,
-                }
-                .into());
-            }
-        };
+        let exec_reply = unless_busy(&primary, run).await?;
         // EXEC always ends the WATCH.
         conn.stateful = false;
+        // FLUSHALL / FLUSHDB ran in the transaction on its shard; the
+        // other shards follow once it ran (not atomically with it).
+        let flushes: Vec<&Request> = tx
+            .queued
+            .iter()
+            .filter(|r| {
+                crate::command::lookup(r.name()).is_some_and(|s| {
+                    matches!(
+                        s.handling,
+                        crate::command::Handling::Fanout(crate::command::FanoutKind::Flush)
+                    )
+                })
+            })
+            .collect();
+        if !flushes.is_empty() && matches!(reply::array_elements(&exec_reply), Ok(Some(_))) {
+            self.flush_others(&snap, shard, &flushes).await?;
+        }
         Ok(Reply::Frame(exec_reply))
+    }
+
+    /// Runs the FLUSHALL / FLUSHDB of a transaction that ran on `ran_on`
+    /// on every other shard.
+    async fn flush_others(
+        &self,
+        snap: &Snapshot,
+        ran_on: ShardId,
+        flushes: &[&Request],
+    ) -> Result<(), ProxyError> {
+        let backends = snap.backends();
+        let mut waits = Vec::new();
+        for i in 0..backends.shards().len() {
+            let id = ShardId(i as u16);
+            if id == ran_on || !backends.holds_keys(id) {
+                continue;
+            }
+            for r in flushes {
+                waits.push(
+                    backends
+                        .shard(id)
+                        .primary
+                        .send(self.wire(), self.id, r.raw()),
+                );
+            }
+        }
+        for w in waits {
+            answered(w.await)?;
+        }
+        Ok(())
     }
 
     /// RANDOMKEY: asks shards, starting at a random one, until one has a key.
@@ -272,7 +328,7 @@ impl Session {
             }
             let reply = s
                 .read_endpoint_after(self.id, self.read_floor(s))
-                .send(self.proto, self.id, &frame)
+                .send(self.wire(), self.id, &frame)
                 .await;
             let reply = answered(reply)?;
             if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
@@ -346,7 +402,7 @@ impl Session {
             let backends = all.shard(shard);
             let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
-            let reply = ep.send(self.proto, self.id, &frame.freeze()).await;
+            let reply = ep.send(self.wire(), self.id, &frame.freeze()).await;
             let reply = answered(reply)?;
             if reply::is_error(&reply) {
                 return Ok(Reply::Frame(reply));
@@ -382,6 +438,173 @@ impl Session {
                 Reply::Bulk(Bytes::from(client_cursor.to_string())),
                 Reply::Frame(keys),
             ]));
+        }
+    }
+}
+
+/// How a blocking command's wait ended.
+enum Waited {
+    /// Its reply (an element, a timeout, an error).
+    Reply(Bytes),
+    /// Its keys moved to another shard; the shard ended it, with nothing.
+    Moved,
+}
+
+/// A blocking command waiting on a dedicated connection to `shard`.
+struct Waiting<'a> {
+    proxy: &'a Proxy,
+    ep: &'a crate::backend::Endpoint,
+    /// The command's keys, whose routes are watched.
+    keys: &'a [Bytes],
+    shard: ShardId,
+}
+
+impl Waiting<'_> {
+    /// The reply of the blocking command sent on `conn`. A `CLIENT
+    /// UNBLOCK` of this client (`me`) meanwhile, or a move of its keys to
+    /// another shard (a rebalance), is passed on to the shard for the
+    /// connection's backend id, so that the shard ends the command as
+    /// Redis does (TIMEOUT: the timeout's nil reply; ERROR: `-UNBLOCKED
+    /// client unblocked via CLIENT UNBLOCK`), atomically with any push: an
+    /// element the shard handed over first is answered, never lost.
+    async fn reply(
+        &self,
+        conn: &mut PooledConn,
+        me: Option<&std::sync::Arc<super::clients::Entry>>,
+        proto: crate::protocol::Protocol,
+    ) -> Result<Waited, BackendError> {
+        struct Unblockable<'a>(Option<&'a super::clients::Entry>);
+        impl Drop for Unblockable<'_> {
+            fn drop(&mut self) {
+                if let Some(me) = self.0 {
+                    me.set_blocked(false);
+                }
+            }
+        }
+        if let Some(me) = me {
+            me.set_blocked(true);
+        }
+        let _unblockable = Unblockable(me.map(|m| &**m));
+        let unblocked = async {
+            match me {
+                Some(me) => me.unblocked().await,
+                None => std::future::pending().await,
+            }
+        };
+        // None: the keys moved away.
+        let error = tokio::select! {
+            r = conn.recv() => return r.map(Waited::Reply),
+            error = unblocked => Some(error),
+            () = self.routed_away() => None,
+        };
+        if let Some(error) = error {
+            self.proxy.metrics.client_unblocked(error);
+        }
+        let Some(id) = conn.backend_id() else {
+            // The shard did not say which client the connection is: the
+            // command ends here (the connection is closed, not pooled).
+            return Ok(match error {
+                Some(error) => Waited::Reply(unblocked_reply(proto, error)),
+                None => Waited::Moved,
+            });
+        };
+        let id = id.to_string();
+        let mode: &[u8] = if error == Some(true) {
+            b"ERROR"
+        } else {
+            b"TIMEOUT"
+        };
+        let mut frame = BytesMut::new();
+        encode_command(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), mode], &mut frame);
+        let frame = frame.freeze();
+        // The shard's `CLIENT UNBLOCK` may overtake the command on its way
+        // (`:0`): it is sent again until the reply comes.
+        let reply = loop {
+            let asked = self
+                .ep
+                .send(crate::protocol::Protocol::Resp2, 0, &frame)
+                .await;
+            if matches!(&asked, Ok(Ok(a)) if reply::integer(&a.frame) == Some(1)) {
+                break conn.recv().await?;
+            }
+            tokio::select! {
+                r = conn.recv() => break r?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        };
+        let nothing = matches!(reply.as_ref(), b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+        Ok(if error.is_none() && nothing {
+            Waited::Moved
+        } else {
+            Waited::Reply(reply)
+        })
+    }
+
+    /// Resolves once a key of the command no longer routes to `shard`
+    /// (checked every 100 ms: the table changes only with a rebalance or
+    /// a reload).
+    async fn routed_away(&self) {
+        if self.keys.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let snap = self.proxy.snapshot();
+            if self
+                .keys
+                .iter()
+                .any(|k| snap.table().route(k).shard != self.shard)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// What Redis 7.0 answers a blocking command ended by `CLIENT UNBLOCK`:
+/// its timeout reply (a nil array, for BLMOVE too), or the UNBLOCKED
+/// error.
+fn unblocked_reply(proto: crate::protocol::Protocol, error: bool) -> Bytes {
+    if error {
+        return Bytes::from_static(b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
+    }
+    if proto == crate::protocol::Protocol::Resp3 {
+        return Bytes::from_static(b"_\r\n");
+    }
+    Bytes::from_static(b"*-1\r\n")
+}
+
+/// Runs `work` (a script or a transaction on a dedicated connection to
+/// `ep`) within the command timeout, except while the shard answers
+/// `BUSY`: it is then running a script past Redis' busy-reply-threshold
+/// (this one, or another client's before it), which ends when it finishes
+/// or is killed (`SCRIPT KILL` / `FUNCTION KILL` through the proxy), and
+/// the reply is then Redis' own (the killed script's error, in EXEC's
+/// array for a transaction). A shard that does not answer at all times
+/// out as before.
+async fn unless_busy<T>(
+    ep: &crate::backend::Endpoint,
+    work: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let timeout = ep.state.options.command_timeout;
+    tokio::pin!(work);
+    loop {
+        if let Ok(r) = tokio::time::timeout(timeout, &mut work).await {
+            return r;
+        }
+        let busy = async {
+            let mut probe = ep.dedicated(crate::protocol::Protocol::Resp2).await?;
+            probe.request(b"*1\r\n$4\r\nPING\r\n").await
+        };
+        let busy = matches!(
+            tokio::time::timeout(timeout, busy).await,
+            Ok(Ok(frame)) if frame.starts_with(b"-BUSY")
+        );
+        if !busy {
+            return Err(BackendError::Timeout {
+                addr: ep.state.addr.clone(),
+                millis: timeout.as_millis() as u64,
+            });
         }
     }
 }

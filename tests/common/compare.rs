@@ -1,0 +1,46 @@
+//! Scenarios run against a plain redis-server and against the proxy, so
+//! that their replies can be compared byte for byte.
+
+use std::time::{Duration, Instant};
+
+use super::cluster::{Cluster, Spec};
+use super::resp::FrameConn;
+
+/// A reply frame as text (for messages and comparisons).
+pub fn text(f: &[u8]) -> String {
+    String::from_utf8_lossy(f).into_owned()
+}
+
+/// Runs `scenario` against one shard directly, then against the proxy (a
+/// two-shard cluster); the second argument names the side.
+pub fn both(mut scenario: impl FnMut(u16, &str)) {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        ..Spec::default()
+    });
+    let direct = c.primaries[0].addr();
+    let port: u16 = direct.rsplit(':').next().unwrap().parse().unwrap();
+    scenario(port, "redis-server");
+    scenario(c.proxy_port, "shardgate");
+}
+
+/// `blocked_clients` of `INFO clients` at `port`.
+pub fn blocked_clients(port: u16) -> u64 {
+    let info = text(&FrameConn::connect(port).call(&["INFO", "clients"]));
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits until `port` reports `n` blocked clients.
+pub fn wait_blocked(port: u16, n: u64, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(port) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{who}: blocked_clients never reached {n}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
