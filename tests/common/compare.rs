@@ -13,11 +13,13 @@ pub fn text(f: &[u8]) -> String {
 
 /// Runs `scenario` against one shard directly, then against the proxy (a
 /// two-shard cluster); the second argument names the side.
-pub fn both(mut scenario: impl FnMut(u16, &str)) {
-    let c = Cluster::start(Spec {
-        shards: 2,
-        ..Spec::default()
-    });
+pub fn both(scenario: impl FnMut(u16, &str)) {
+    both_with(Spec::default(), scenario);
+}
+
+/// [`both`] with the shards started as `spec` says (two shards).
+pub fn both_with(spec: Spec, mut scenario: impl FnMut(u16, &str)) {
+    let c = Cluster::start(Spec { shards: 2, ..spec });
     let direct = c.primaries[0].addr();
     let port: u16 = direct.rsplit(':').next().unwrap().parse().unwrap();
     scenario(port, "redis-server");
