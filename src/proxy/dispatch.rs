@@ -490,7 +490,9 @@ impl Session {
         pass: Pass,
     ) -> Result<Action, ProxyError> {
         let snap = proxy.snapshot();
-        let shard = match self.target(snap.table(), spec, &req, pass)? {
+        let target = self.target(snap.table(), spec, &req, pass)?;
+        keyless_allowed(&snap, spec, target)?;
+        let shard = match target {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
         };
@@ -522,7 +524,7 @@ impl Session {
                     wire: self.wire(),
                 }),
             }
-        } else if spec.is_read() && !pass.reads_primary() {
+        } else if (spec.is_read() || spec.reports_access()) && !pass.reads_primary() {
             let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
@@ -806,6 +808,7 @@ impl Session {
         let verdict = if queueable {
             self.target(snap.table(), spec, &req, Pass::Fresh)
                 .and_then(|target| {
+                    keyless_allowed(&snap, spec, target)?;
                     if by_slot {
                         slot = one_slot(snap.table(), spec, &req, &mut self.key_scratch)?;
                     }
@@ -1047,6 +1050,22 @@ fn unknown_command(args: &[Bytes]) -> String {
 
 fn truncate(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
+}
+
+/// `options.keyless_scripts: refuse`: a script or function call that
+/// declares no key is refused (it would run on the first shard, and any
+/// key it touches there is on whichever shard that is).
+fn keyless_allowed(snap: &Snapshot, spec: &CommandSpec, target: Target) -> Result<(), ProxyError> {
+    if spec.handling == Handling::Script
+        && target == Target::NoKeys
+        && snap.map().options.keyless_scripts == crate::shardmap::KeylessScripts::Refuse
+    {
+        return Err(ProxyError::err(format!(
+            "{} without keys is refused by the shard map (options.keyless_scripts: refuse): declare every key the script reads or writes (numkeys > 0), so that it runs on their shard",
+            spec.name.to_uppercase()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,7 +19,19 @@ pub fn both(scenario: impl FnMut(u16, &str)) {
 
 /// [`both`] with the shards started as `spec` says (two shards).
 pub fn both_with(spec: Spec, mut scenario: impl FnMut(u16, &str)) {
+    let args = spec.server_args.clone();
     let c = Cluster::start(Spec { shards: 2, ..spec });
+    // Replicas start plain: the same `--name value` settings, at run time.
+    for r in &c.replicas {
+        let mut conn = FrameConn::connect(r.port);
+        for pair in args.chunks(2) {
+            if let [name, value] = pair {
+                let name = name.trim_start_matches('-');
+                let reply = conn.call(&["CONFIG", "SET", name, value]);
+                assert_eq!(reply, b"+OK\r\n", "replica CONFIG SET {name} {value}");
+            }
+        }
+    }
     let direct = c.primaries[0].addr();
     let port: u16 = direct.rsplit(':').next().unwrap().parse().unwrap();
     scenario(port, "redis-server");
