@@ -275,3 +275,38 @@ fn read_path_extras_never_answer_from_database_0() {
     assert!(text.starts_with("+OK\r\n+OK\r\n$3\r\none\r\n"), "{text}");
     assert!(text.contains("+OK\r\n$4\r\nzero\r\n"), "{text}");
 }
+
+/// Keyspace notifications name the database the key changed in, and reach
+/// a subscriber of that database's channel through the proxy.
+#[test]
+fn keyspace_notifications_of_another_database() {
+    let c = Cluster::start(Spec {
+        server_args: vec!["--notify-keyspace-events".into(), "KEA".into()],
+        ..Spec::default()
+    });
+    let mut sub = c.client().get_connection().unwrap();
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("__keyspace@3__:nk").unwrap();
+    ps.psubscribe("__keyevent@3__:*").unwrap();
+    ps.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = c.conn();
+    let _: () = w.set("nk", "in-db0").unwrap();
+    select(&mut w, 3).unwrap();
+    let _: () = w.set("nk", "in-db3").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = ps.get_message().unwrap();
+        got.push((
+            m.get_channel_name().to_owned(),
+            m.get_payload::<String>().unwrap(),
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("__keyevent@3__:set".to_owned(), "nk".to_owned()),
+            ("__keyspace@3__:nk".to_owned(), "set".to_owned()),
+        ]
+    );
+}
