@@ -219,6 +219,14 @@ fn rebalance_moves_every_database() {
     let mut admin = proxy.admin();
     let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
     assert!(started.starts_with("OK"), "{started}");
+    // Slowed down, so that most keys of database 4 move when a command
+    // touches them (moves on touch use the client's database).
+    assert_eq!(admin.text(&[b"THROTTLE", b"20"]), "OK");
+    for k in &ks {
+        let v: String = c.get(k).unwrap();
+        assert_eq!(v, "four", "{k} read during the move");
+    }
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
     let t2 = table_of(&m2);
@@ -309,4 +317,26 @@ fn keyspace_notifications_of_another_database() {
             ("__keyspace@3__:nk".to_owned(), "set".to_owned()),
         ]
     );
+}
+
+/// The redis crate selects the URL's database on connect (as ioredis'
+/// `db` and node-redis' `database` options do), and again after a
+/// reconnect.
+#[test]
+fn a_url_database_is_selected_on_connect() {
+    let c = Cluster::start(Spec::default());
+    let url = format!("redis://127.0.0.1:{}/6", c.proxy_port);
+    let client = redis::Client::open(url).unwrap();
+    let mut a = client.get_connection().unwrap();
+    let _: () = a.set("urlk", "six").unwrap();
+    let mut b = client.get_connection().unwrap();
+    let v: String = b.get("urlk").unwrap();
+    assert_eq!(v, "six");
+    let me: String = redis::cmd("CLIENT").arg("INFO").query(&mut b).unwrap();
+    assert!(me.contains(" db=6 "), "{me}");
+    let mut zero = c.conn();
+    let v: Option<String> = zero.get("urlk").unwrap();
+    assert_eq!(v, None);
+    let s = &c.primaries[c.shard_of("urlk")];
+    assert_eq!(on_shard(s, 6, "urlk"), Some("six".into()));
 }
