@@ -6,6 +6,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
+use super::blocked::{Remaining, Waited, Waiting, unblocked_reply};
 use super::dispatch::ExclusiveOp;
 use super::pending::answered;
 use super::session::Session;
@@ -97,8 +98,8 @@ impl Session {
     /// A blocking command, on a dedicated connection to its keys' shard.
     /// If a rebalance moves its keys to another shard while it waits, the
     /// shard ends it (`CLIENT UNBLOCK ... TIMEOUT`) and it is sent again to
-    /// the keys' new shard, where a push now lands (with its full timeout
-    /// again: the time already waited is not taken off).
+    /// the keys' new shard, where a push now lands, with the time left of
+    /// its timeout (see `blocked::remaining`).
     async fn run_blocking(
         &mut self,
         proxy: &Proxy,
@@ -106,10 +107,13 @@ impl Session {
         mut shard: ShardId,
     ) -> Result<Reply, ProxyError> {
         let keys = super::moves::request_keys(req);
+        let started = std::time::Instant::now();
+        let mut again: Option<Request> = None;
         loop {
+            let sent = again.as_ref().unwrap_or(req);
             // Routed again now: a rebalance may have moved the keys since
             // dispatch (or while it waited).
-            shard = self.reroute(proxy, req).await?.unwrap_or(shard);
+            shard = self.reroute(proxy, sent).await?.unwrap_or(shard);
             let ep = self.routed(proxy).shard(shard).primary.clone();
             // Blocking commands keep their arrival order on the way to the
             // shard (see `EndpointState::blocking_order`).
@@ -117,11 +121,11 @@ impl Session {
             let mut conn = self.dedicated(proxy, shard, Runs::Plain).await?;
             let _lent = Lent::new(&ep.state.metrics);
             // INFO blocked_clients: from the moment the command is on its way.
-            let blocks = super::stats::may_block_req(req);
+            let blocks = super::stats::may_block_req(sent);
             let _blocked = blocks.then(|| super::stats::Blocked::new(proxy));
             // A blocking command may wait for long: once it is sent, the
             // table is not held any more (a rebalance would wait for it).
-            conn.send(req.raw(), 1).await?;
+            conn.send(sent.raw(), 1).await?;
             drop(turn);
             self.held = None;
             let me = self.me.clone().filter(|_| blocks);
@@ -135,6 +139,14 @@ impl Session {
                 Ok(Waited::Reply(frame)) => return Ok(Reply::Frame(frame)),
                 Ok(Waited::Moved) => {
                     tracing::debug!(shard = %ep.state.shard, "a blocked command's keys moved to another shard; sending it there");
+                    // With what is left of its timeout.
+                    match super::blocked::remaining(req, started.elapsed()) {
+                        Remaining::Forever => {}
+                        Remaining::Left(r) => again = Some(r),
+                        Remaining::Expired => {
+                            return Ok(Reply::Frame(unblocked_reply(self.proto, false)));
+                        }
+                    }
                 }
                 Err(e) => {
                     ep.state.metrics.backend_error(e.kind());
@@ -440,138 +452,6 @@ impl Session {
             ]));
         }
     }
-}
-
-/// How a blocking command's wait ended.
-enum Waited {
-    /// Its reply (an element, a timeout, an error).
-    Reply(Bytes),
-    /// Its keys moved to another shard; the shard ended it, with nothing.
-    Moved,
-}
-
-/// A blocking command waiting on a dedicated connection to `shard`.
-struct Waiting<'a> {
-    proxy: &'a Proxy,
-    ep: &'a crate::backend::Endpoint,
-    /// The command's keys, whose routes are watched.
-    keys: &'a [Bytes],
-    shard: ShardId,
-}
-
-impl Waiting<'_> {
-    /// The reply of the blocking command sent on `conn`. A `CLIENT
-    /// UNBLOCK` of this client (`me`) meanwhile, or a move of its keys to
-    /// another shard (a rebalance), is passed on to the shard for the
-    /// connection's backend id, so that the shard ends the command as
-    /// Redis does (TIMEOUT: the timeout's nil reply; ERROR: `-UNBLOCKED
-    /// client unblocked via CLIENT UNBLOCK`), atomically with any push: an
-    /// element the shard handed over first is answered, never lost.
-    async fn reply(
-        &self,
-        conn: &mut PooledConn,
-        me: Option<&std::sync::Arc<super::clients::Entry>>,
-        proto: crate::protocol::Protocol,
-    ) -> Result<Waited, BackendError> {
-        struct Unblockable<'a>(Option<&'a super::clients::Entry>);
-        impl Drop for Unblockable<'_> {
-            fn drop(&mut self) {
-                if let Some(me) = self.0 {
-                    me.set_blocked(false);
-                }
-            }
-        }
-        if let Some(me) = me {
-            me.set_blocked(true);
-        }
-        let _unblockable = Unblockable(me.map(|m| &**m));
-        let unblocked = async {
-            match me {
-                Some(me) => me.unblocked().await,
-                None => std::future::pending().await,
-            }
-        };
-        // None: the keys moved away.
-        let error = tokio::select! {
-            r = conn.recv() => return r.map(Waited::Reply),
-            error = unblocked => Some(error),
-            () = self.routed_away() => None,
-        };
-        if let Some(error) = error {
-            self.proxy.metrics.client_unblocked(error);
-        }
-        let Some(id) = conn.backend_id() else {
-            // The shard did not say which client the connection is: the
-            // command ends here (the connection is closed, not pooled).
-            return Ok(match error {
-                Some(error) => Waited::Reply(unblocked_reply(proto, error)),
-                None => Waited::Moved,
-            });
-        };
-        let id = id.to_string();
-        let mode: &[u8] = if error == Some(true) {
-            b"ERROR"
-        } else {
-            b"TIMEOUT"
-        };
-        let mut frame = BytesMut::new();
-        encode_command(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), mode], &mut frame);
-        let frame = frame.freeze();
-        // The shard's `CLIENT UNBLOCK` may overtake the command on its way
-        // (`:0`): it is sent again until the reply comes.
-        let reply = loop {
-            let asked = self
-                .ep
-                .send(crate::protocol::Protocol::Resp2, 0, &frame)
-                .await;
-            if matches!(&asked, Ok(Ok(a)) if reply::integer(&a.frame) == Some(1)) {
-                break conn.recv().await?;
-            }
-            tokio::select! {
-                r = conn.recv() => break r?,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-            }
-        };
-        let nothing = matches!(reply.as_ref(), b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
-        Ok(if error.is_none() && nothing {
-            Waited::Moved
-        } else {
-            Waited::Reply(reply)
-        })
-    }
-
-    /// Resolves once a key of the command no longer routes to `shard`
-    /// (checked every 100 ms: the table changes only with a rebalance or
-    /// a reload).
-    async fn routed_away(&self) {
-        if self.keys.is_empty() {
-            return std::future::pending().await;
-        }
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            let snap = self.proxy.snapshot();
-            if self
-                .keys
-                .iter()
-                .any(|k| snap.table().route(k).shard != self.shard)
-            {
-                return;
-            }
-        }
-    }
-}
-
-/// What Redis 7.0 answers a blocking command ended by `CLIENT UNBLOCK`:
-/// its timeout reply (a nil array, for BLMOVE too), or the UNBLOCKED
-/// error.
-fn unblocked_reply(proto: crate::protocol::Protocol, error: bool) -> Bytes {
-    if error {
-        return Bytes::from_static(b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
-    }
-    if proto == crate::protocol::Protocol::Resp3 {
-        return Bytes::from_static(b"_\r\n");
-    }
-    Bytes::from_static(b"*-1\r\n")
 }
 
 /// Runs `work` (a script or a transaction on a dedicated connection to

@@ -2,6 +2,7 @@
 //! command to its shard(s), and the session state a client carries.
 
 mod access;
+mod blocked;
 pub mod clients;
 mod coalesce;
 mod conn;
