@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::control::Reloader;
 use crate::protocol::{Limits, Protocol, Reply, parse_request};
+use crate::rebalance::RebalanceError;
 
 /// Requests on the admin port are small (a shard map is the biggest):
 /// tight limits.
@@ -221,7 +222,7 @@ async fn plan(reloader: &Reloader, args: &[Bytes]) -> Reply {
     };
     match reloader.rebalancer().plan(&text).await {
         Ok(lines) => Reply::Array(lines.into_iter().map(|l| Reply::Simple(l.into())).collect()),
-        Err(e) => Reply::error(format!("ERR plan refused: {}", one_line(&e))),
+        Err(e) => Reply::error(format!("ERR plan refused: {}", one_line(&e.to_string()))),
     }
 }
 
@@ -235,7 +236,10 @@ async fn rebalance(reloader: &Reloader, args: &[Bytes], peer: SocketAddr) -> Rep
         Ok(summary) => Reply::Simple(summary.into()),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "rebalance refused");
-            Reply::error(format!("ERR rebalance refused: {}", one_line(&e)))
+            Reply::error(format!(
+                "ERR rebalance refused: {}",
+                one_line(&e.to_string())
+            ))
         }
     }
 }
@@ -260,7 +264,7 @@ fn progress(reloader: &Reloader) -> Reply {
     }
 }
 
-fn done(r: Result<(), String>) -> Reply {
+fn done(r: Result<(), RebalanceError>) -> Reply {
     match r {
         Ok(()) => Reply::Ok,
         Err(e) => Reply::error(format!("ERR {e}")),

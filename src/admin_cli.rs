@@ -39,31 +39,56 @@ pub enum Op {
     Throttle(u64),
 }
 
+/// Why an admin command failed (printed, and the exit status is 1).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot reach the admin listener at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("admin connection: {0}")]
+    Protocol(#[from] shardgate::protocol::ProtocolError),
+    #[error("the admin listener closed the connection")]
+    Closed,
+    #[error(
+        "set the admin password in the environment variable {0} (or name another with --password-env)"
+    )]
+    NoPassword(String),
+    #[error("{path}: {source}")]
+    ReadMap {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The admin listener answered with an error (its text).
+    #[error("{0}")]
+    Refused(String),
+    #[error("unexpected {0} reply")]
+    Unexpected(&'static str),
+    #[error("rebalance failed: {0}")]
+    Failed(String),
+    #[error("no rebalance is known to the proxy")]
+    NoRebalance,
+}
+
 struct Client {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Client {
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Bytes, String> {
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Bytes, CliError> {
         let mut frame = BytesMut::new();
         encode_command(args, &mut frame);
-        self.stream
-            .write_all(&frame)
-            .await
-            .map_err(|e| format!("admin connection: {e}"))?;
+        self.stream.write_all(&frame).await?;
         loop {
-            if let Some(n) = scan::frame_len(&self.buf).map_err(|e| e.to_string())? {
+            if let Some(n) = scan::frame_len(&self.buf)? {
                 return Ok(self.buf.split_to(n).freeze());
             }
-            if self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| format!("admin connection: {e}"))?
-                == 0
-            {
-                return Err("the admin listener closed the connection".to_owned());
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(CliError::Closed);
             }
         }
     }
@@ -83,9 +108,11 @@ pub fn run((conn, op): (AdminConn, Op)) -> ExitCode {
     }
 }
 
-fn text(frame: &Bytes) -> Result<String, String> {
+fn text(frame: &Bytes) -> Result<String, CliError> {
     if reply::is_error(frame) {
-        return Err(reply::error_text(frame).unwrap_or_default());
+        return Err(CliError::Refused(
+            reply::error_text(frame).unwrap_or_default(),
+        ));
     }
     if let Some(b) = reply::bulk(frame) {
         return Ok(String::from_utf8_lossy(&b).into_owned());
@@ -100,23 +127,26 @@ fn text(frame: &Bytes) -> Result<String, String> {
         .to_owned())
 }
 
-async fn run_op(conn: AdminConn, op: Op) -> Result<(), String> {
+async fn run_op(conn: AdminConn, op: Op) -> Result<(), CliError> {
     let stream = TcpStream::connect(conn.admin)
         .await
-        .map_err(|e| format!("cannot reach the admin listener at {}: {e}", conn.admin))?;
+        .map_err(|source| CliError::Connect {
+            addr: conn.admin,
+            source,
+        })?;
     let mut c = Client {
         stream,
         buf: BytesMut::new(),
     };
-    let password = std::env::var(&conn.password_env).map_err(|_| {
-        format!(
-            "set the admin password in the environment variable {} (or name another with --password-env)",
-            conn.password_env
-        )
-    })?;
+    let password = std::env::var(&conn.password_env)
+        .map_err(|_| CliError::NoPassword(conn.password_env.clone()))?;
     text(&c.call(&[b"AUTH", password.as_bytes()]).await?)?;
-    let read =
-        |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).map_err(|source| CliError::ReadMap {
+            path: p.display().to_string(),
+            source,
+        })
+    };
     match op {
         Op::Plan(map) => println!(
             "{}",
@@ -147,15 +177,17 @@ async fn run_op(conn: AdminConn, op: Op) -> Result<(), String> {
 }
 
 /// Field/value pairs of PROGRESS.
-async fn progress(c: &mut Client) -> Result<Vec<(String, String)>, String> {
+async fn progress(c: &mut Client) -> Result<Vec<(String, String)>, CliError> {
     let frame = c.call(&[b"PROGRESS"]).await?;
     if reply::is_error(&frame) {
-        return Err(reply::error_text(&frame).unwrap_or_default());
+        return Err(CliError::Refused(
+            reply::error_text(&frame).unwrap_or_default(),
+        ));
     }
     let elems = reply::array_elements(&frame)
         .ok()
         .flatten()
-        .ok_or("unexpected PROGRESS reply")?;
+        .ok_or(CliError::Unexpected("PROGRESS"))?;
     let vals: Vec<String> = elems
         .iter()
         .map(|e| reply::bulk(e).map_or(String::new(), |b| String::from_utf8_lossy(&b).into_owned()))
@@ -177,7 +209,7 @@ fn human(n: u64) -> String {
 }
 
 /// Shows a progress bar until the rebalance ends; Ctrl-C detaches.
-async fn follow(c: &mut Client) -> Result<(), String> {
+async fn follow(c: &mut Client) -> Result<(), CliError> {
     let tty = std::io::stdout().is_terminal();
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     loop {
@@ -223,9 +255,9 @@ async fn follow(c: &mut Client) -> Result<(), String> {
             }
             "failed" => {
                 println!();
-                return Err(format!("rebalance failed: {}", get(&p, "failure")));
+                return Err(CliError::Failed(get(&p, "failure").to_owned()));
             }
-            "none" => return Err("no rebalance is known to the proxy".to_owned()),
+            "none" => return Err(CliError::NoRebalance),
             _ => {}
         }
         tokio::select! {

@@ -12,8 +12,10 @@ use tokio::task::JoinHandle;
 use crate::backend::{Backends, health};
 use crate::context::Context;
 pub use crate::control::{ReloadError, ReloadSummary, Reloader};
+use crate::metrics::http::NotReady;
 use crate::metrics::{self, Metrics};
 use crate::proxy::{ClientConfig, Proxy, TlsAcceptor};
+use crate::rebalance::RebalanceError;
 use crate::rebalance::{self, Rebalancer, state::StateDir};
 use crate::router::{Epoch, RoutingTable};
 use crate::shardmap::MapError;
@@ -40,8 +42,10 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("{0}")]
-    State(String),
+    #[error(transparent)]
+    State(#[from] RebalanceError),
+    #[error("--state-dir and --etcd exclude each other: a fleet keeps its rebalance state in etcd")]
+    StateDirInFleet,
     #[error("fleet: {0}")]
     Fleet(#[from] crate::coord::CoordError),
     /// The first snapshot could not be built (the state directory's map
@@ -154,29 +158,29 @@ impl Running {
 /// Loads and validates the map, builds routing and backends, binds the
 /// client listener and starts serving. Must run inside a tokio runtime.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
-    let state =
-        match &config.state_dir {
-            Some(dir) => Some(StateDir::open(dir).map_err(|e| {
-                StartError::State(format!("state directory {}: {e}", dir.display()))
-            })?),
-            None => None,
-        };
+    let state = match &config.state_dir {
+        Some(dir) => Some(
+            StateDir::open(dir).map_err(|source| RebalanceError::StateDir {
+                path: dir.display().to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let fleet = match &config.fleet {
         Some(f) => {
             if state.is_some() {
-                return Err(StartError::State(
-                    "--state-dir and --etcd exclude each other: a fleet keeps its rebalance state in etcd".to_owned(),
-                ));
+                return Err(StartError::StateDirInFleet);
             }
             let coord = crate::coord::Coord::connect(&f.endpoints, &f.cluster).await?;
             let seed = if config.map_path.as_os_str().is_empty() {
                 None
             } else {
-                Some(std::fs::read_to_string(&config.map_path).map_err(|e| {
-                    StartError::State(format!(
-                        "{}: cannot read the map file: {e}",
-                        config.map_path.display()
-                    ))
+                Some(std::fs::read_to_string(&config.map_path).map_err(|source| {
+                    RebalanceError::ReadMap {
+                        path: config.map_path.display().to_string(),
+                        source,
+                    }
                 })?)
             };
             let state = crate::fleet::initial_state(&coord, seed.as_deref()).await?;
@@ -187,8 +191,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let initial = match &fleet {
         Some((_, _, state)) => rebalance::from_fleet(&state.value),
         None => rebalance::initial(&config.map_path, state.as_ref()),
-    }
-    .map_err(StartError::State)?;
+    }?;
     // In a fleet, the epoch is the fleet state's etcd revision.
     let first_epoch = fleet.as_ref().map_or(Epoch(1), |(_, _, s)| {
         Epoch(u64::try_from(s.revision).unwrap_or(1))
@@ -354,7 +357,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
 
 /// `/readyz`: the map is loaded (it is, once this runs) and at least
 /// `share` of the shards' primaries pass their health check.
-fn ready_check(ctx: &Context, share: f64) -> Result<String, String> {
+fn ready_check(ctx: &Context, share: f64) -> Result<String, NotReady> {
     let snap = ctx.snapshot();
     let shards: Vec<_> = snap
         .backends()
@@ -367,20 +370,18 @@ fn ready_check(ctx: &Context, share: f64) -> Result<String, String> {
         .filter(|s| s.primary.state.is_healthy())
         .count();
     let needed = ((shards.len() as f64) * share.clamp(0.0, 1.0)).ceil() as usize;
-    let detail = format!(
+    let status = format!(
         "map epoch {}, {healthy} of {} shard primaries healthy",
         snap.epoch().0,
         shards.len()
     );
     if ctx.fence.blocks(std::time::Instant::now()) {
-        return Err(format!(
-            "{detail}; fenced: this proxy's etcd lease may have expired"
-        ));
+        return Err(NotReady::Fenced { status });
     }
     if healthy >= needed {
-        Ok(detail)
+        Ok(status)
     } else {
-        Err(format!("{detail}, {needed} needed"))
+        Err(NotReady::TooFewHealthy { status, needed })
     }
 }
 

@@ -50,8 +50,27 @@ pub enum ConfigError {
         path: String,
         line: usize,
         key: String,
-        reason: String,
+        reason: BadValue,
     },
+}
+
+/// Why a key's value is not one its flag takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    /// The TOML type does not fit the flag (see [`values`]).
+    #[error("expected {expected}, found {found_type} `{found}`")]
+    Type {
+        expected: &'static str,
+        found_type: &'static str,
+        found: String,
+    },
+    /// The flag's value parser refused it.
+    #[error("`{value}`: {cause}")]
+    Parser { value: String, cause: String },
+    #[error("`{value}`: expected one of {}", valid.join(", "))]
+    NotOneOf { value: String, valid: Vec<String> },
+    #[error("`{value}` is not a valid value")]
+    Invalid { value: String },
 }
 
 /// The serve subcommand's name and the flag naming the file.
@@ -107,7 +126,7 @@ pub fn merge(args: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>, Config
                 key,
             });
         };
-        let bad = |reason: String| ConfigError::Value {
+        let bad = |reason: BadValue| ConfigError::Value {
             path: path.display().to_string(),
             line,
             key: key.clone(),
@@ -175,7 +194,7 @@ fn hint(key: &str, known: &[&Arg]) -> String {
 /// Other flag types (choices such as `log_format`) take any scalar and
 /// leave the verdict to their value parser. Relative paths are made
 /// relative to the file's directory.
-fn values(arg: &Arg, value: &toml::Value, file: &Path) -> Result<Vec<String>, String> {
+fn values(arg: &Arg, value: &toml::Value, file: &Path) -> Result<Vec<String>, BadValue> {
     use toml::Value as V;
     let parser = arg.get_value_parser().type_id();
     let is_one_of = |types: &[TypeId]| types.iter().any(|t| parser == *t);
@@ -192,23 +211,27 @@ fn values(arg: &Arg, value: &toml::Value, file: &Path) -> Result<Vec<String>, St
     } else {
         Kind::Other
     };
-    let found = |v: &V| format!("found {} `{v}`", v.type_str());
-    let scalar = |v: &V| -> Result<String, String> {
+    let expected = |expected: &'static str, v: &V| BadValue::Type {
+        expected,
+        found_type: v.type_str(),
+        found: v.to_string(),
+    };
+    let scalar = |v: &V| -> Result<String, BadValue> {
         match (kind, v) {
             (Kind::Switch, V::Boolean(b)) => Ok(b.to_string()),
-            (Kind::Switch, _) => Err(format!("expected true or false, {}", found(v))),
+            (Kind::Switch, _) => Err(expected("true or false", v)),
             (Kind::Integer, V::Integer(n)) => Ok(n.to_string()),
-            (Kind::Integer, _) => Err(format!("expected an integer, {}", found(v))),
+            (Kind::Integer, _) => Err(expected("an integer", v)),
             (Kind::Number, V::Integer(n)) => Ok(n.to_string()),
             (Kind::Number, V::Float(x)) => Ok(x.to_string()),
-            (Kind::Number, _) => Err(format!("expected a number, {}", found(v))),
+            (Kind::Number, _) => Err(expected("a number", v)),
             (Kind::Path, V::String(s)) => Ok(match file.parent() {
                 Some(dir) if Path::new(s).is_relative() => dir.join(s).display().to_string(),
                 _ => s.clone(),
             }),
             (Kind::Text | Kind::Other, V::String(s)) => Ok(s.clone()),
             (Kind::Other, V::Integer(_) | V::Float(_) | V::Boolean(_)) => Ok(v.to_string()),
-            (_, _) => Err(format!("expected a string, {}", found(v))),
+            (_, _) => Err(expected("a string", v)),
         }
     };
     match value {
@@ -257,7 +280,7 @@ const TEXT: [TypeId; 6] = [
 ];
 
 /// Runs the flag's own value parser on `value`; the reason when it refuses.
-fn check(arg: &Arg, value: &str) -> Result<(), String> {
+fn check(arg: &Arg, value: &str) -> Result<(), BadValue> {
     let probe = Command::new(CONFIG).no_binary_name(true).arg(
         Arg::new("v")
             .long("v")
@@ -267,15 +290,22 @@ fn check(arg: &Arg, value: &str) -> Result<(), String> {
     match probe.try_get_matches_from([format!("--v={value}")]) {
         Ok(_) => Ok(()),
         Err(e) => {
+            let value = value.to_owned();
             if let Some(cause) = std::error::Error::source(&e) {
-                return Err(format!("`{value}`: {cause}"));
+                return Err(BadValue::Parser {
+                    value,
+                    cause: cause.to_string(),
+                });
             }
             if let Some(clap::error::ContextValue::Strings(valid)) =
                 e.get(clap::error::ContextKind::ValidValue)
             {
-                return Err(format!("`{value}`: expected one of {}", valid.join(", ")));
+                return Err(BadValue::NotOneOf {
+                    value,
+                    valid: valid.clone(),
+                });
             }
-            Err(format!("`{value}` is not a valid value"))
+            Err(BadValue::Invalid { value })
         }
     }
 }

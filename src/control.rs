@@ -154,9 +154,7 @@ impl Reloader {
             drop(snap);
             let revision = coord
                 .update_state(|s| {
-                    if s.rebalance.is_some() {
-                        return Err("a rebalance is moving slots in the fleet; reload the map once it has finished (see STATUS)".to_owned());
-                    }
+                    crate::coord::Refusal::if_rebalancing(s)?;
                     s.map_yaml = text.clone();
                     Ok(())
                 })

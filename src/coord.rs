@@ -98,10 +98,34 @@ pub enum CoordError {
     #[error("etcd key {key} holds an unreadable value: {reason}")]
     Decode { key: String, reason: String },
     /// The caller's check refused the change (e.g. a rebalance already runs).
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("the fleet has no map yet: start a proxy with --map or run `shardgate admin apply`")]
     NoState,
+}
+
+/// Why a change of the fleet state was refused by the caller's check of
+/// the state it read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A rebalance is recorded: it must finish first.
+    #[error(
+        "a rebalance is already running in the fleet ({done} of its (class, slot) pairs done); wait for it to finish or follow it with STATUS"
+    )]
+    RebalanceRunning { done: usize },
+    /// The change is to a rebalance, and none is recorded.
+    #[error("no rebalance is running in the fleet")]
+    NoRebalance,
+}
+
+impl Refusal {
+    /// Refuses when a rebalance is recorded in `state`.
+    pub fn if_rebalancing(state: &FleetState) -> Result<(), Refusal> {
+        match &state.rebalance {
+            Some(r) => Err(Refusal::RebalanceRunning { done: r.done.len() }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A connection to the fleet's etcd, scoped to one cluster name.
@@ -195,7 +219,7 @@ impl Coord {
     /// starts from a fresh read, so a retry cannot apply a change twice.
     pub async fn update_state(
         &self,
-        mut change: impl FnMut(&mut FleetState) -> Result<(), String>,
+        mut change: impl FnMut(&mut FleetState) -> Result<(), Refusal>,
     ) -> Result<i64, CoordError> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(50);
@@ -213,13 +237,13 @@ impl Coord {
 
     async fn try_update_state(
         &self,
-        change: &mut impl FnMut(&mut FleetState) -> Result<(), String>,
+        change: &mut impl FnMut(&mut FleetState) -> Result<(), Refusal>,
     ) -> Result<i64, CoordError> {
         let key = self.state_key();
         loop {
             let current = self.state().await?.ok_or(CoordError::NoState)?;
             let mut next = current.value.clone();
-            change(&mut next).map_err(CoordError::Refused)?;
+            change(&mut next)?;
             if next == current.value {
                 return Ok(current.revision);
             }

@@ -4,8 +4,21 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use shardgate::coord::{Coord, FleetState};
-use shardgate::shardmap::ShardMap;
+use shardgate::coord::{Coord, CoordError, FleetState};
+use shardgate::shardmap::{MapError, ShardMap};
+
+/// Why `admin apply` or `admin fleet` failed.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    #[error("the fleet's current map: {0}")]
+    CurrentMap(MapError),
+    #[error(
+        "{field}: {reason} (a placement change moves keys: submit it with `shardgate admin rebalance`)"
+    )]
+    Placement { field: String, reason: String },
+}
 
 /// Stores the map of `path` in the fleet (see `AdminCommand::Apply`).
 pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
@@ -23,41 +36,30 @@ pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
         Err(e) => return fail(&format!("{}: {e}", path.display())),
     };
     run(async {
-        let coord = Coord::connect(endpoints, cluster)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(current) = coord.state().await.map_err(|e| e.to_string())? else {
+        let coord = Coord::connect(endpoints, cluster).await?;
+        let Some(current) = coord.state().await? else {
             let state = coord
                 .create_state(&FleetState {
                     map_yaml: text.clone(),
                     rebalance: None,
                     last: None,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             return Ok(format!(
                 "OK stored the first map of cluster {cluster} (epoch {})",
                 state.revision
             ));
         };
-        let running = ShardMap::from_yaml(&current.value.map_yaml)
-            .map_err(|e| format!("the fleet's current map: {e}"))?;
-        shardgate::control::reload_check(&running, next).map_err(|(field, reason)| {
-            format!("{field}: {reason} (a placement change moves keys: submit it with `shardgate admin rebalance`)")
-        })?;
+        let running = ShardMap::from_yaml(&current.value.map_yaml).map_err(CliError::CurrentMap)?;
+        shardgate::control::reload_check(&running, next)
+            .map_err(|(field, reason)| CliError::Placement { field, reason })?;
         let revision = coord
             .update_state(|s| {
-                if s.rebalance.is_some() {
-                    return Err(
-                        "a rebalance is moving slots; apply the map once it has finished"
-                            .to_owned(),
-                    );
-                }
+                shardgate::coord::Refusal::if_rebalancing(s)?;
                 s.map_yaml = text.clone();
                 Ok(())
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(format!(
             "OK the fleet serves the map at epoch {revision} once every proxy has applied it"
         ))
@@ -67,11 +69,9 @@ pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
 /// Prints the fleet (see `AdminCommand::Fleet`).
 pub fn status(endpoints: &[String], cluster: &str) -> ExitCode {
     run(async {
-        let coord = Coord::connect(endpoints, cluster)
-            .await
-            .map_err(|e| e.to_string())?;
-        let state = coord.state().await.map_err(|e| e.to_string())?;
-        let members = coord.members().await.map_err(|e| e.to_string())?;
+        let coord = Coord::connect(endpoints, cluster).await?;
+        let state = coord.state().await?;
+        let members = coord.members().await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -110,7 +110,7 @@ pub fn status(endpoints: &[String], cluster: &str) -> ExitCode {
     })
 }
 
-fn run(work: impl std::future::Future<Output = Result<String, String>>) -> ExitCode {
+fn run(work: impl std::future::Future<Output = Result<String, CliError>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,7 +123,7 @@ fn run(work: impl std::future::Future<Output = Result<String, String>>) -> ExitC
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -309,18 +309,31 @@ struct ServeArgs {
     tls_listen: Option<SocketAddr>,
 }
 
+/// Why the client auth could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum AuthSetupError {
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: auth::file::AuthFileError,
+    },
+    #[error("--requirepass-env: environment variable `{0}` is not set or empty")]
+    NoPassword(String),
+}
+
 /// The client auth configured by `--auth-file` or `--requirepass-env`.
-fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, String> {
+fn load_auth(args: &ServeArgs) -> Result<Option<Arc<Auth>>, AuthSetupError> {
     if let Some(path) = &args.auth_file {
-        let auth = auth::file::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let auth = auth::file::load(path).map_err(|source| AuthSetupError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
         return Ok(Some(Arc::new(auth)));
     }
     if let Some(var) = &args.requirepass_env {
         return match std::env::var(var) {
             Ok(pw) if !pw.is_empty() => Ok(Some(Arc::new(Auth::requirepass(pw.as_bytes())))),
-            _ => Err(format!(
-                "--requirepass-env: environment variable `{var}` is not set or empty"
-            )),
+            _ => Err(AuthSetupError::NoPassword(var.clone())),
         };
     }
     Ok(None)

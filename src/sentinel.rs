@@ -35,6 +35,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use crate::backend::connect::connect;
 use crate::backend::health;
 use crate::context::Context;
+use crate::error::BackendError;
 use crate::protocol::request::encode_command;
 use crate::protocol::{Protocol, reply, scan};
 use crate::shardmap::{Discovered, Link, SentinelSource, SentinelView, ShardMap};
@@ -55,8 +56,29 @@ pub enum SentinelError {
     },
 }
 
+/// Why one sentinel gave no usable answer, or the primary it named was
+/// not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer to {command} within {millis} ms")]
+    Timeout { command: &'static str, millis: u128 },
+    /// The sentinel (or the primary) answered with an error.
+    #[error("{0}")]
+    ErrorReply(String),
+    #[error("unexpected {0} reply")]
+    Unexpected(&'static str),
+    #[error("SENTINEL MASTER reply without ip and port")]
+    NoAddress,
+    #[error("ROLE says `{0}`")]
+    NotMaster(String),
+}
+
 /// Each sentinel's answer (or why it gave none), in map order.
-type Answers = Vec<(String, Result<Discovered, String>)>;
+type Answers = Vec<(String, Result<Discovered, AskError>)>;
 
 /// Flags of a replica in `SENTINEL REPLICAS` that keep it out of the map.
 const DOWN_FLAGS: [&str; 3] = ["s_down", "o_down", "disconnected"];
@@ -233,7 +255,7 @@ impl Monitor {
             let src = src.clone();
             asks.spawn(async move { (i, ask_all(&src, timeout).await) });
         }
-        let mut answers: Vec<Option<Answers>> = vec![None; sources.len()];
+        let mut answers: Vec<Option<Answers>> = (0..sources.len()).map(|_| None).collect();
         while let Some(done) = asks.join_next().await {
             if let Ok((i, a)) = done
                 && let Some(slot) = answers.get_mut(i)
@@ -252,7 +274,7 @@ impl Monitor {
         src: &SentinelSource,
         shards: &[String],
         link: &Link,
-        answers: &[(String, Result<Discovered, String>)],
+        answers: &[(String, Result<Discovered, AskError>)],
         timeout: Duration,
     ) {
         let metrics = &self.ctx.metrics;
@@ -359,7 +381,7 @@ impl Monitor {
 
 /// The answer with the greatest config epoch (the first sentinel in map
 /// order among equals).
-fn best(answers: &[(String, Result<Discovered, String>)]) -> Option<(&str, &Discovered)> {
+fn best(answers: &[(String, Result<Discovered, AskError>)]) -> Option<(&str, &Discovered)> {
     let mut out: Option<(&str, &Discovered)> = None;
     for (sentinel, answer) in answers {
         if let Ok(found) = answer
@@ -371,7 +393,7 @@ fn best(answers: &[(String, Result<Discovered, String>)]) -> Option<(&str, &Disc
     out
 }
 
-fn reasons(answers: &[(String, Result<Discovered, String>)]) -> String {
+fn reasons(answers: &[(String, Result<Discovered, AskError>)]) -> String {
     answers
         .iter()
         .filter_map(|(s, a)| a.as_ref().err().map(|e| format!("{s}: {e}")))
@@ -387,7 +409,10 @@ async fn ask_all(source: &Arc<SentinelSource>, timeout: Duration) -> Answers {
         set.spawn(async move {
             let answer = tokio::time::timeout(timeout, ask(&addr, &src, timeout))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+                .unwrap_or(Err(AskError::Timeout {
+                    command: "SENTINEL MASTER",
+                    millis: timeout.as_millis(),
+                }));
             (i, addr, answer)
         });
     }
@@ -406,29 +431,27 @@ async fn ask(
     sentinel: &str,
     src: &SentinelSource,
     timeout: Duration,
-) -> Result<Discovered, String> {
-    let mut stream = connect(sentinel, &src.link, Protocol::Resp2, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Discovered, AskError> {
+    let mut stream = connect(sentinel, &src.link, Protocol::Resp2, timeout).await?;
     let master = src.master.as_bytes();
     let mut out = BytesMut::new();
     encode_command(&[b"SENTINEL", b"MASTER", master], &mut out);
     encode_command(&[b"SENTINEL", b"REPLICAS", master], &mut out);
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
+    stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut reader = FrameReader::default();
-    let master = reader.next(&mut stream).await.map_err(|e| e.to_string())?;
-    let replicas = reader.next(&mut stream).await.map_err(|e| e.to_string())?;
+    let master = reader.next(&mut stream).await?;
+    let replicas = reader.next(&mut stream).await?;
     parse_answer(&master, &replicas)
 }
 
 /// A `SENTINEL MASTER` reply and a `SENTINEL REPLICAS` reply -> what they say.
-fn parse_answer(master: &Bytes, replicas: &Bytes) -> Result<Discovered, String> {
+fn parse_answer(master: &Bytes, replicas: &Bytes) -> Result<Discovered, AskError> {
     if let Some(e) = reply::error_text(master) {
-        return Err(e);
+        return Err(AskError::ErrorReply(e));
     }
-    let m = fields(master).ok_or("unexpected SENTINEL MASTER reply")?;
-    let primary = host_port(&m).ok_or("SENTINEL MASTER reply without ip and port")?;
+    let m = fields(master).ok_or(AskError::Unexpected("SENTINEL MASTER"))?;
+    let primary = host_port(&m).ok_or(AskError::NoAddress)?;
     let config_epoch = m
         .get("config-epoch")
         .and_then(|e| e.parse().ok())
@@ -487,35 +510,25 @@ fn join_host_port(ip: &str, port: &str) -> String {
 }
 
 /// Asks `addr` (with the shard's credentials) whether it is a master.
-async fn verify_master(addr: &str, link: &Link, timeout: Duration) -> Result<(), String> {
+async fn verify_master(addr: &str, link: &Link, timeout: Duration) -> Result<(), AskError> {
     let exchange = async {
-        let mut stream = connect(addr, link, Protocol::Resp2, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"*1\r\n$4\r\nROLE\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
-        let frame = FrameReader::default()
-            .next(&mut stream)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut stream = connect(addr, link, Protocol::Resp2, timeout).await?;
+        stream.write_all(b"*1\r\n$4\r\nROLE\r\n").await?;
+        stream.flush().await?;
+        let frame = FrameReader::default().next(&mut stream).await?;
         role_is_master(&frame)
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer to ROLE within {} ms",
-                timeout.as_millis()
-            ))
-        })
+        .unwrap_or(Err(AskError::Timeout {
+            command: "ROLE",
+            millis: timeout.as_millis(),
+        }))
 }
 
-fn role_is_master(frame: &Bytes) -> Result<(), String> {
+fn role_is_master(frame: &Bytes) -> Result<(), AskError> {
     if let Some(e) = reply::error_text(frame) {
-        return Err(e);
+        return Err(AskError::ErrorReply(e));
     }
     let role = reply::array_elements(frame)
         .ok()
@@ -523,8 +536,10 @@ fn role_is_master(frame: &Bytes) -> Result<(), String> {
         .and_then(|e| e.first().and_then(reply::bulk));
     match role.as_deref() {
         Some(b"master") => Ok(()),
-        Some(other) => Err(format!("ROLE says `{}`", String::from_utf8_lossy(other))),
-        None => Err("unexpected ROLE reply".to_owned()),
+        Some(other) => Err(AskError::NotMaster(
+            String::from_utf8_lossy(other).into_owned(),
+        )),
+        None => Err(AskError::Unexpected("ROLE")),
     }
 }
 
@@ -699,7 +714,10 @@ mod tests {
         assert_eq!(found.replicas, ["127.0.0.1:7002", "[::1]:7004"]);
         let unknown = Bytes::from_static(b"-ERR No such master with that name\r\n");
         assert_eq!(
-            parse_answer(&unknown, &replicas).err().as_deref(),
+            parse_answer(&unknown, &replicas)
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
             Some("ERR No such master with that name")
         );
     }
@@ -713,7 +731,7 @@ mod tests {
         };
         let answers = vec![
             ("a".to_owned(), Ok(d("x:1", 1))),
-            ("b".to_owned(), Err("down".to_owned())),
+            ("b".to_owned(), Err(AskError::ErrorReply("down".to_owned()))),
             ("c".to_owned(), Ok(d("y:1", 2))),
             ("d".to_owned(), Ok(d("z:1", 2))),
         ];
@@ -732,10 +750,10 @@ mod tests {
         );
         assert!(parse_switch("s:1", b"m1 127.0.0.1").is_none());
         let master = Bytes::from_static(b"*3\r\n$6\r\nmaster\r\n:10\r\n*0\r\n");
-        assert_eq!(role_is_master(&master), Ok(()));
+        assert!(role_is_master(&master).is_ok());
         let slave = Bytes::from_static(
             b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:7001\r\n$9\r\nconnected\r\n:10\r\n",
         );
-        assert_eq!(role_is_master(&slave), Err("ROLE says `slave`".to_owned()));
+        assert!(matches!(role_is_master(&slave), Err(AskError::NotMaster(r)) if r == "slave"));
     }
 }

@@ -106,14 +106,6 @@ pub enum MigrateError {
     },
 }
 
-/// The rebalancer still reports its errors as text (its own error types
-/// are another change): it turns ours into their message.
-impl From<MigrateError> for String {
-    fn from(e: MigrateError) -> String {
-        e.to_string()
-    }
-}
-
 /// Bounded request on a dedicated connection: `frames` holds `replies`
 /// requests, and every reply must have arrived within `timeout`.
 pub async fn request(

@@ -26,10 +26,24 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// (what its own listener would do).
 const UPKEEP: Duration = Duration::from_secs(5);
 
-/// The check behind `/readyz`: `Ok(detail)` when ready, `Err(reason)` when
+/// The check behind `/readyz`: `Ok(status)` when ready, `Err(why)` when
 /// not. Set once by `app` when the proxy has started (the listener opens
 /// before, and answers 503 until then).
-pub type ReadyCheck = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub type ReadyCheck = Box<dyn Fn() -> Result<String, NotReady> + Send + Sync>;
+
+/// Why `/readyz` answers 503. `status` is the line a ready proxy answers
+/// (map epoch, healthy primaries).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("starting: the map is not loaded yet")]
+    Starting,
+    /// A fleet member that may have lost its etcd lease.
+    #[error("{status}; fenced: this proxy's etcd lease may have expired")]
+    Fenced { status: String },
+    /// Fewer shard primaries pass their health check than configured.
+    #[error("{status}, {needed} needed")]
+    TooFewHealthy { status: String, needed: usize },
+}
 
 /// Where `app` installs the [`ReadyCheck`].
 #[derive(Clone, Default)]
@@ -49,10 +63,10 @@ impl Readiness {
         let _ = self.0.set(check);
     }
 
-    fn check(&self) -> Result<String, String> {
+    fn check(&self) -> Result<String, NotReady> {
         match self.0.get() {
             Some(check) => check(),
-            None => Err("starting: the map is not loaded yet".to_owned()),
+            None => Err(NotReady::Starting),
         }
     }
 }

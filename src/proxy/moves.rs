@@ -277,17 +277,18 @@ impl Session {
             db: self.db,
         };
         let moved = match source.dedicated(wire).await {
-            Ok(mut conn) => move_big_key(
-                &proxy.ctx.fences,
-                &mut conn,
-                &target,
-                self.db,
-                m.key,
-                timeout,
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(mut conn) => {
+                move_big_key(
+                    &proxy.ctx.fences,
+                    &mut conn,
+                    &target,
+                    self.db,
+                    m.key,
+                    timeout,
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
         };
         match moved {
             Ok(BigKeyMove::Pieces(_) | BigKeyMove::Whole) => {

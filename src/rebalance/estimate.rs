@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::Plan;
 use super::mover::BIG_KEY_BYTES;
+use crate::backend::migrate::MigrateError;
 use crate::context::Context;
+use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{ShardId, Slot};
 
@@ -28,16 +30,29 @@ pub struct Estimate {
     pub errors: Vec<String>,
 }
 
-async fn ask(ctx: &Context, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String> {
+/// Sends `step` (its name) with `args` to shard `id`'s primary.
+async fn ask(
+    ctx: &Context,
+    id: ShardId,
+    step: &'static str,
+    args: &[&[u8]],
+) -> Result<Bytes, MigrateError> {
     let mut frame = bytes::BytesMut::new();
     encode_command(args, &mut frame);
     let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
     match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
         Ok(Ok(a)) if !reply::is_error(&a.frame) => Ok(a.frame),
-        Ok(Ok(a)) => Err(reply::error_text(&a.frame).unwrap_or_default()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("connection task stopped".to_owned()),
+        Ok(Ok(a)) => Err(MigrateError::Refused {
+            step,
+            addr: ep.state.addr.clone(),
+            reason: reply::error_text(&a.frame).unwrap_or_default(),
+        }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(MigrateError::Backend(BackendError::ConnectionLost {
+            addr: ep.state.addr.clone(),
+            reason: "connection task stopped".to_owned(),
+        })),
     }
 }
 
@@ -45,11 +60,17 @@ async fn ask(ctx: &Context, id: ShardId, args: &[&[u8]]) -> Result<Bytes, String
 async fn sample_shard(
     ctx: &Context,
     id: ShardId,
-) -> Result<(u64, f64, Vec<(String, u64)>), String> {
-    let dbsize = ask(ctx, id, &[b"DBSIZE"]).await?;
+) -> Result<(u64, f64, Vec<(String, u64)>), MigrateError> {
+    let dbsize = ask(ctx, id, "DBSIZE", &[b"DBSIZE"]).await?;
     let keys = reply::integer(&dbsize).unwrap_or(0).max(0) as u64;
     let count = SAMPLE.to_string();
-    let scan = ask(ctx, id, &[b"SCAN", b"0", b"COUNT", count.as_bytes()]).await?;
+    let scan = ask(
+        ctx,
+        id,
+        "SCAN",
+        &[b"SCAN", b"0", b"COUNT", count.as_bytes()],
+    )
+    .await?;
     let sample: Vec<Bytes> = reply::array_elements(&scan)
         .ok()
         .flatten()

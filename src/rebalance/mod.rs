@@ -12,7 +12,9 @@
 //! The data path's half (a command on a key of a migrating slot moves the
 //! key first) is in `proxy::moves`.
 
+mod error;
 mod estimate;
+pub use error::RebalanceError;
 pub use estimate::human_bytes;
 mod mover;
 pub mod plan;
@@ -33,7 +35,7 @@ pub use plan::Plan;
 use state::{Saved, StateDir};
 use store::Store;
 
-use crate::coord::{Coord, FleetState, RebalanceState, Versioned};
+use crate::coord::{Coord, FleetState, RebalanceState, Refusal, Versioned};
 
 /// How the last (or running) rebalance stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,11 +424,15 @@ pub struct Initial {
 
 /// Reads the map to serve: a running rebalance in the state directory,
 /// else the state directory's `current.yaml`, else the `--map` file.
-pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, String> {
-    let parse =
-        |what: &str, text: &str| ShardMap::from_yaml(text).map_err(|e| format!("{what}: {e}"));
+pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, RebalanceError> {
+    let parse = |what: &str, text: &str| {
+        ShardMap::from_yaml(text).map_err(RebalanceError::invalid_map(what))
+    };
     if let Some(st) = state {
-        let io = |e: std::io::Error| format!("state directory {}: {e}", st.path().display());
+        let io = |source| RebalanceError::StateDir {
+            path: st.path().display().to_string(),
+            source,
+        };
         if let Some(saved) = st.saved().map_err(io)? {
             return resuming(
                 saved,
@@ -443,8 +449,10 @@ pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, Str
             });
         }
     }
-    let text = std::fs::read_to_string(map_path)
-        .map_err(|e| format!("{}: cannot read the map file: {e}", map_path.display()))?;
+    let text = std::fs::read_to_string(map_path).map_err(|source| RebalanceError::ReadMap {
+        path: map_path.display().to_string(),
+        source,
+    })?;
     let map = parse(&map_path.display().to_string(), &text)?;
     Ok(Initial {
         map: Arc::new(map),
@@ -455,14 +463,17 @@ pub fn initial(map_path: &Path, state: Option<&StateDir>) -> Result<Initial, Str
 }
 
 /// A rebalance to resume, from its saved state.
-fn resuming(saved: Saved, source: String) -> Result<Initial, String> {
-    let parse =
-        |what: &str, text: &str| ShardMap::from_yaml(text).map_err(|e| format!("{what}: {e}"));
+fn resuming(saved: Saved, source: String) -> Result<Initial, RebalanceError> {
+    let parse = |what: &str, text: &str| {
+        ShardMap::from_yaml(text).map_err(RebalanceError::invalid_map(what))
+    };
     let from = parse("rebalance source map", &saved.source_yaml)?;
     let target = parse("rebalance target map", &saved.target_yaml)?;
     let base = RoutingTable::compile(Arc::new(from), Epoch(0));
-    let plan =
-        plan::plan(&base, &target).map_err(|e| format!("{source}: the saved rebalance: {e}"))?;
+    let plan = plan::plan(&base, &target).map_err(|e| RebalanceError::SavedPlan {
+        source_name: source.clone(),
+        source: e,
+    })?;
     Ok(Initial {
         map: plan.merged.clone(),
         yaml: saved.source_yaml.clone(),
@@ -472,7 +483,7 @@ fn resuming(saved: Saved, source: String) -> Result<Initial, String> {
 }
 
 /// What the fleet state in etcd says to serve (see [`crate::coord`]).
-pub fn from_fleet(state: &crate::coord::FleetState) -> Result<Initial, String> {
+pub fn from_fleet(state: &crate::coord::FleetState) -> Result<Initial, RebalanceError> {
     match &state.rebalance {
         Some(r) => resuming(
             Saved::from(r),
@@ -480,7 +491,7 @@ pub fn from_fleet(state: &crate::coord::FleetState) -> Result<Initial, String> {
         ),
         None => {
             let map = ShardMap::from_yaml(&state.map_yaml)
-                .map_err(|e| format!("the fleet state's map: {e}"))?;
+                .map_err(RebalanceError::invalid_map("the fleet state's map"))?;
             Ok(Initial {
                 map: Arc::new(map),
                 yaml: state.map_yaml.clone(),
@@ -564,8 +575,8 @@ impl Rebalancer {
 
     /// Plans `yaml` against the running map and estimates keys and bytes
     /// from the shards. Returns the report lines.
-    pub async fn plan(&self, yaml: &str) -> Result<Vec<String>, String> {
-        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+    pub async fn plan(&self, yaml: &str) -> Result<Vec<String>, RebalanceError> {
+        let next = ShardMap::from_yaml(yaml).map_err(RebalanceError::invalid_map("invalid map"))?;
         let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
         drop(snap);
@@ -575,26 +586,25 @@ impl Rebalancer {
 
     /// Starts moving to `yaml`. Refused while another rebalance runs,
     /// without a state directory, or for any reason [`plan::plan`] gives.
-    pub async fn start(self: &Arc<Self>, yaml: &str) -> Result<String, String> {
+    pub async fn start(self: &Arc<Self>, yaml: &str) -> Result<String, RebalanceError> {
         let _writer = self.writer.lock().await;
         if let Some(job) = lock(&self.job).as_ref()
             && job.running()
         {
             let p = job.progress(self.ctx.metrics.moved_on_touch());
-            return Err(format!(
-                "a rebalance is already running ({} of {} slots done, {} keys moved); wait for it to finish or follow it with STATUS",
-                p.slots_done,
-                p.slots_total,
-                p.keys_moved + p.keys_moved_on_touch
-            ));
+            return Err(RebalanceError::AlreadyRunning {
+                done: p.slots_done,
+                total: p.slots_total,
+                keys: p.keys_moved + p.keys_moved_on_touch,
+            });
         }
         if let Some(coord) = &self.fleet {
             return self.start_in_fleet(coord, yaml).await;
         }
         let Some(state) = self.state.clone() else {
-            return Err("the proxy runs without --state-dir; a rebalance needs one so that a restarted proxy can finish the move".to_owned());
+            return Err(RebalanceError::NoStateDir);
         };
-        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+        let next = ShardMap::from_yaml(yaml).map_err(RebalanceError::invalid_map("invalid map"))?;
         let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0 + 1;
@@ -604,7 +614,7 @@ impl Rebalancer {
         state
             .blocking(move |st| st.begin(&source_yaml, &target))
             .await
-            .map_err(|e| format!("cannot write the state directory: {e}"))?;
+            .map_err(RebalanceError::Begin)?;
         let summary = format!(
             "OK rebalance started: {} of {} (class, slot) pairs move, from map epoch {}",
             plan.moves.len(),
@@ -624,20 +634,15 @@ impl Rebalancer {
     /// A rebalance of the fleet: validated here, recorded in etcd (one
     /// transaction, so two admins cannot both start one); the proxy that
     /// holds the mover's election runs it, every proxy publishes it.
-    async fn start_in_fleet(&self, coord: &Coord, yaml: &str) -> Result<String, String> {
-        let next = ShardMap::from_yaml(yaml).map_err(|e| format!("invalid map: {e}"))?;
+    async fn start_in_fleet(&self, coord: &Coord, yaml: &str) -> Result<String, RebalanceError> {
+        let next = ShardMap::from_yaml(yaml).map_err(RebalanceError::invalid_map("invalid map"))?;
         let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0;
         drop(snap);
         let revision = coord
             .update_state(|s| {
-                if let Some(r) = &s.rebalance {
-                    return Err(format!(
-                        "a rebalance is already running in the fleet ({} of its (class, slot) pairs done); wait for it to finish or follow it with STATUS",
-                        r.done.len()
-                    ));
-                }
+                Refusal::if_rebalancing(s)?;
                 s.rebalance = Some(RebalanceState {
                     source_yaml: s.map_yaml.clone(),
                     target_yaml: yaml.to_owned(),
@@ -645,8 +650,7 @@ impl Rebalancer {
                 });
                 Ok(())
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         tracing::info!(
             moves = plan.moves.len(),
             added = ?plan.added,
@@ -782,7 +786,7 @@ impl Rebalancer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "rebalance failed; the proxy keeps serving the slots where they are");
-                    job.set_phase(Phase::Failed(e));
+                    job.set_phase(Phase::Failed(e.to_string()));
                 }
             }
             let p = job.progress(me.ctx.metrics.moved_on_touch());
@@ -810,10 +814,10 @@ impl Rebalancer {
         }
     }
 
-    fn running_job(&self) -> Result<Arc<Job>, String> {
+    fn running_job(&self) -> Result<Arc<Job>, RebalanceError> {
         match lock(&self.job).as_ref() {
             Some(j) if j.running() => Ok(j.clone()),
-            _ => Err("no rebalance is running".to_owned()),
+            _ => Err(RebalanceError::NotRunning),
         }
     }
 
@@ -823,23 +827,22 @@ impl Rebalancer {
         &self,
         coord: &Coord,
         change: impl Fn(&mut RebalanceState),
-    ) -> Result<(), String> {
+    ) -> Result<(), RebalanceError> {
         coord
             .update_state(|s| match s.rebalance.as_mut() {
                 Some(r) => {
                     change(r);
                     Ok(())
                 }
-                None => Err("no rebalance is running".to_owned()),
+                None => Err(Refusal::NoRebalance),
             })
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(())
     }
 
     /// Pauses the mover (slots being moved stay `Migrating`: commands still
     /// move their keys on touch).
-    pub async fn pause(&self) -> Result<(), String> {
+    pub async fn pause(&self) -> Result<(), RebalanceError> {
         if let Some(coord) = &self.fleet {
             self.fleet_control(coord, |r| r.paused = true).await?;
             tracing::info!("rebalance paused (fleet)");
@@ -852,7 +855,7 @@ impl Rebalancer {
         Ok(())
     }
 
-    pub async fn resume_mover(&self) -> Result<(), String> {
+    pub async fn resume_mover(&self) -> Result<(), RebalanceError> {
         if let Some(coord) = &self.fleet {
             self.fleet_control(coord, |r| r.paused = false).await?;
             tracing::info!("rebalance resumed (fleet)");
@@ -866,7 +869,7 @@ impl Rebalancer {
     }
 
     /// Limits the mover to `keys_per_sec` (0: no limit).
-    pub async fn throttle(&self, keys_per_sec: u64) -> Result<(), String> {
+    pub async fn throttle(&self, keys_per_sec: u64) -> Result<(), RebalanceError> {
         if let Some(coord) = &self.fleet {
             self.fleet_control(coord, |r| r.throttle = keys_per_sec)
                 .await?;

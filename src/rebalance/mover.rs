@@ -29,12 +29,13 @@ use bytes::{Bytes, BytesMut};
 use super::plan::{self, Plan};
 use super::state::Saved;
 use super::store::{Store, UnitsKind};
-use super::{Job, Phase, Rebalancer, UnitState, Verification, overlay_table};
+use super::{Job, Phase, RebalanceError, Rebalancer, UnitState, Verification, overlay_table};
 use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
-    BigKeyMove, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
+    BigKeyMove, MigrateError, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
 };
 use crate::backend::{Backends, Db, Endpoint, Wire, health};
+use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{Epoch, RoutingTable, ShardId};
 use crate::shardmap::{ShardMap, ShardPhase};
@@ -112,17 +113,13 @@ impl Work {
     }
 }
 
-fn io(what: &str) -> impl Fn(super::store::StoreError) -> String + '_ {
-    move |e| format!("cannot record {what}: {e}")
-}
-
 /// Runs a rebalance to its end. Returns the target map's YAML (now in
 /// force) or why it stopped.
 pub(super) async fn run(
     rb: &Arc<Rebalancer>,
     job: &Arc<Job>,
     mut work: Work,
-) -> Result<String, String> {
+) -> Result<String, RebalanceError> {
     let ctx = &rb.ctx;
     if let Store::Dir(_) = &work.state {
         // The endpoints of added shards, before any table routes to them.
@@ -130,7 +127,7 @@ pub(super) async fn run(
         let (old, next) = rebuild_backends(rb, &work.plan.merged);
         ctx.snapshot
             .publish_backends(next.clone())
-            .map_err(|e| format!("cannot install the merged map's backends: {e}"))?;
+            .map_err(RebalanceError::Install)?;
         installed(rb, &old, &next);
     }
     job.done
@@ -146,7 +143,7 @@ pub(super) async fn run(
         }
         wait_unpaused(job).await;
         if !rb.may_move() {
-            return Err(super::store::StoreError::LostLease.to_string());
+            return Err(super::store::StoreError::LostLease.into());
         }
         let from = work.plan.moves[window[0]].from;
         let fresh: Vec<usize> = window
@@ -165,7 +162,7 @@ pub(super) async fn run(
                 .state
                 .log_units(&ctx.fence, UnitsKind::Migrating, units)
                 .await
-                .map_err(io("a window"))?;
+                .map_err(RebalanceError::record("a window"))?;
             for &i in &fresh {
                 work.states[i] = UnitState::Migrating;
             }
@@ -183,11 +180,11 @@ pub(super) async fn run(
                 Store::Fleet(coord) => {
                     super::store::wait_acks(&rb.ctx, coord, version, || rb.may_move())
                         .await
-                        .map_err(io("the window's acknowledgements"))?;
+                        .map_err(RebalanceError::record("the window's acknowledgements"))?;
                     work.state
                         .log_units(&ctx.fence, UnitsKind::Confirmed, work.units(&window))
                         .await
-                        .map_err(io("a confirmed window"))?;
+                        .map_err(RebalanceError::record("a confirmed window"))?;
                 }
             }
         }
@@ -204,7 +201,7 @@ pub(super) async fn run(
         work.state
             .log_units(&ctx.fence, UnitsKind::Done, units)
             .await
-            .map_err(io("a finished window"))?;
+            .map_err(RebalanceError::record("a finished window"))?;
         for &i in &window {
             work.states[i] = UnitState::Done;
         }
@@ -232,12 +229,10 @@ pub(super) async fn run(
         let finished = Arc::new(plan::finished(&work.plan.merged));
         let epoch = Epoch(ctx.snapshot().epoch().0 + 1);
         let (old, next) = rebuild_backends(rb, &finished);
-        ctx.snapshot
-            .publish(
-                RoutingTable::compile(finished.clone(), epoch),
-                Some(next.clone()),
-            )
-            .map_err(|e| e.to_string())?;
+        ctx.snapshot.publish(
+            RoutingTable::compile(finished.clone(), epoch),
+            Some(next.clone()),
+        )?;
         installed(rb, &old, &next);
         ctx.metrics.map_epoch(epoch.0);
     }
@@ -255,14 +250,13 @@ pub(super) async fn run(
     work.state
         .finish(&ctx.fence, work.target_yaml.clone(), outcome)
         .await
-        .map_err(io("the finished rebalance"))?;
+        .map_err(RebalanceError::record("the finished rebalance"))?;
     if !v.ok() {
-        return Err(format!(
-            "verification failed: {} keys left on the shards they moved from, {} keys on a shard that does not own them, shards not scanned: [{}]",
-            v.left_behind,
-            v.misplaced,
-            v.unscanned.join(", ")
-        ));
+        return Err(RebalanceError::Verification {
+            left_behind: v.left_behind,
+            misplaced: v.misplaced,
+            unscanned: v.unscanned.clone(),
+        });
     }
     Ok(work.target_yaml)
 }
@@ -293,12 +287,10 @@ fn installed(rb: &Rebalancer, old: &Backends, next: &Arc<Backends>) {
 }
 
 /// Publishes the work's current table; returns the one it replaced.
-fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, String> {
+fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, RebalanceError> {
     let snapshot = &rb.ctx.snapshot;
     let epoch = Epoch(snapshot.load().epoch().0 + 1);
-    let old = snapshot
-        .publish(work.table(epoch), None)
-        .map_err(|e| format!("cannot publish the routing table: {e}"))?;
+    let old = snapshot.publish(work.table(epoch), None)?;
     rb.ctx.metrics.map_epoch(epoch.0);
     Ok(old)
 }
@@ -368,12 +360,17 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
 
 /// The databases of `ep` that hold keys (`INFO keyspace`), database 0
 /// always among them.
-pub(super) async fn databases_with_keys(ep: &Endpoint) -> Result<Vec<Db>, String> {
+pub(super) async fn databases_with_keys(ep: &Endpoint) -> Result<Vec<Db>, BackendError> {
     let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
     let info = match ep.send(Protocol::Resp2, 0, &frame).await {
         Ok(Ok(a)) => a.frame,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("connection task stopped".to_owned()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(BackendError::ConnectionLost {
+                addr: ep.state.addr.clone(),
+                reason: "connection task stopped".to_owned(),
+            });
+        }
     };
     let text = reply::bulk(&info).unwrap_or_default();
     let mut dbs = vec![Db(0)];
@@ -418,7 +415,7 @@ async fn move_window_db(
                 continue;
             }
         };
-        let result: Result<(), String> = async {
+        let result: Result<(), MigrateError> = async {
             loop {
                 wait_unpaused(job).await;
                 let mut frame = BytesMut::new();
@@ -472,7 +469,7 @@ async fn move_batch(
     db: Db,
     keys: &[Bytes],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), MigrateError> {
     let target = &*target_ep.state;
     let mut frames = BytesMut::new();
     for k in keys {
@@ -506,7 +503,13 @@ async fn move_batch(
                     .rebalance_moved(small.len() as u64, small_bytes);
             }
             Migrated::NoKey => {}
-            Migrated::Failed(e) => return Err(format!("MIGRATE to {}: {e}", target.addr)),
+            Migrated::Failed(reason) => {
+                return Err(MigrateError::Refused {
+                    step: "MIGRATE",
+                    addr: target.addr.clone(),
+                    reason,
+                });
+            }
         }
         throttle(job, small.len()).await;
     }
@@ -651,9 +654,12 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
                 let mut frame = BytesMut::new();
                 encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
                 let step = match ep.send(wire, 0, &frame.freeze()).await {
-                    Ok(Ok(a)) => scan_reply(&a.frame).map_err(String::from),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("connection task stopped".to_owned()),
+                    Ok(Ok(a)) => scan_reply(&a.frame),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(MigrateError::Backend(BackendError::ConnectionLost {
+                        addr: ep.state.addr.clone(),
+                        reason: "connection task stopped".to_owned(),
+                    })),
                 };
                 let (next, keys) = match step {
                     Ok(r) => r,

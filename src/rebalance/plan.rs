@@ -81,9 +81,9 @@ pub fn finished(merged: &ShardMap) -> ShardMap {
 /// Refuses, naming why: a rebalance already running, a changed slot count,
 /// changed rule patterns, a shard whose kind changes, and slots that would
 /// move to or from a postgres shard.
-pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
+pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, PlanError> {
     if current.has_overlay() {
-        return Err("a rebalance is running; wait for it to finish (see STATUS)".to_owned());
+        return Err(PlanError::Running);
     }
     let base = current.map();
     for (i, n) in next.shards.iter().enumerate() {
@@ -91,21 +91,20 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
             && b.phase != ShardPhase::Removed
             && b.kind != n.kind
         {
-            return Err(format!(
-                "shards[{i}].kind: shard `{}` is {} in the running map and {} in the new one; a shard's kind cannot change",
-                n.name,
-                kind_name(b.kind),
-                kind_name(n.kind)
-            ));
+            return Err(PlanError::KindChanged {
+                index: i,
+                shard: n.name.clone(),
+                from: kind_name(b.kind),
+                to: kind_name(n.kind),
+            });
         }
     }
     let merged = Arc::new(merge(base, next));
     if merged.shards.len() > crate::shardmap::validate::MAX_SHARDS {
-        return Err(format!(
-            "shards: the running map and this one together hold {} shards (removed ones included); at most {}",
-            merged.shards.len(),
-            crate::shardmap::validate::MAX_SHARDS
-        ));
+        return Err(PlanError::TooManyShards {
+            count: merged.shards.len(),
+            max: crate::shardmap::validate::MAX_SHARDS,
+        });
     }
     let table = RoutingTable::compile(merged.clone(), Epoch(current.epoch().0 + 1));
     let moves = current.moves_to(&table)?;
@@ -115,11 +114,10 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
         for id in [m.from, m.to] {
             let s = &merged.shards[id.0 as usize];
             if s.kind == ShardKind::Postgres {
-                return Err(format!(
-                    "shard `{}` is a postgres shard: slots move with Redis' MIGRATE, so only between Redis shards (this map moves slots {} it)",
-                    s.name,
-                    if id == m.from { "away from" } else { "onto" }
-                ));
+                return Err(PlanError::Postgres {
+                    shard: s.name.clone(),
+                    direction: if id == m.from { "away from" } else { "onto" },
+                });
             }
         }
         *pairs.entry((name(m.from), name(m.to))).or_default() += 1;
@@ -149,6 +147,36 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, String> {
         table: Arc::new(table),
         moves,
     })
+}
+
+/// Why a new map cannot be rebalanced to (the admin's `REBALANCE` and
+/// `PLAN` answer with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("a rebalance is running; wait for it to finish (see STATUS)")]
+    Running,
+    #[error(
+        "shards[{index}].kind: shard `{shard}` is {from} in the running map and {to} in the new one; a shard's kind cannot change"
+    )]
+    KindChanged {
+        index: usize,
+        shard: String,
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error(
+        "shards: the running map and this one together hold {count} shards (removed ones included); at most {max}"
+    )]
+    TooManyShards { count: usize, max: usize },
+    #[error(transparent)]
+    Incomparable(#[from] crate::router::Incomparable),
+    #[error(
+        "shard `{shard}` is a postgres shard: slots move with Redis' MIGRATE, so only between Redis shards (this map moves slots {direction} it)"
+    )]
+    Postgres {
+        shard: String,
+        direction: &'static str,
+    },
 }
 
 fn kind_name(k: ShardKind) -> &'static str {
@@ -268,22 +296,39 @@ mod tests {
     fn refusals_name_the_reason() {
         let t = table(MAP);
         let slots = ShardMap::from_yaml(&MAP.replace("slots: 256", "slots: 512")).unwrap();
+        let err = plan(&t, &slots).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::Incomparable(crate::router::Incomparable::Slots { from: 256, to: 512 })
+        );
         assert!(
-            plan(&t, &slots)
-                .unwrap_err()
-                .starts_with("slots: changed from 256 to 512")
+            err.to_string()
+                .starts_with("slots: changed from 256 to 512"),
+            "{err}"
         );
         let rules = ShardMap::from_yaml(&MAP.replace("\"eu:\"", "\"europe:\"")).unwrap();
+        let err = plan(&t, &rules).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::Incomparable(crate::router::Incomparable::Patterns)
+        );
         assert!(
-            plan(&t, &rules)
-                .unwrap_err()
-                .starts_with("placement: the rules' key patterns")
+            err.to_string()
+                .starts_with("placement: the rules' key patterns"),
+            "{err}"
         );
         let pg = with_shard(MAP, "p", "us", 7005).replace(
             "  - name: p\n    region: us\n    primary: 127.0.0.1:7005\n",
             "  - name: p\n    region: us\n    kind: postgres\n    primary: postgres://u@127.0.0.1:7005/db\n",
         );
         let err = plan(&t, &ShardMap::from_yaml(&pg).unwrap()).unwrap_err();
-        assert!(err.contains("shard `p` is a postgres shard"), "{err}");
+        assert!(
+            matches!(&err, PlanError::Postgres { shard, direction: "onto" } if shard == "p"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("shard `p` is a postgres shard"),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::state::StateDir;
 use crate::context::{Context, Fence};
-use crate::coord::{Coord, CoordError};
+use crate::coord::{Coord, CoordError, Refusal};
 
 /// The records of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Store {
                 retrying(fence, || {
                     coord.update_state(|s| {
                         let Some(r) = s.rebalance.as_mut() else {
-                            return Err("the rebalance is no longer in the fleet state".to_owned());
+                            return Err(Refusal::NoRebalance);
                         };
                         let list = match kind {
                             UnitsKind::Migrating => &mut r.migrating,
@@ -107,7 +107,7 @@ impl Store {
                             if s.map_yaml == target_yaml {
                                 return Ok(());
                             }
-                            return Err("the rebalance is no longer in the fleet state".to_owned());
+                            return Err(Refusal::NoRebalance);
                         }
                         s.map_yaml = target_yaml.clone();
                         s.rebalance = None;

@@ -13,7 +13,7 @@ pub mod placement;
 pub mod table;
 
 pub use placement::{explicit_hash_tag, hash_tag, key_hash};
-pub use table::{ClassMove, Overlay, Placement, Route, RoutingTable};
+pub use table::{ClassMove, Incomparable, Overlay, Placement, Route, RoutingTable};
 
 /// A slot: `key_hash(key) % slots`, the unit of placement and migration.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

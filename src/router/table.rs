@@ -58,6 +58,18 @@ pub struct ClassMove {
     pub to: ShardId,
 }
 
+/// Why keys cannot move from one table to another: they classify keys
+/// differently (see [`RoutingTable::moves_to`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Incomparable {
+    #[error("slots: changed from {from} to {to}; slots never change for a keyspace")]
+    Slots { from: u32, to: u32 },
+    #[error(
+        "placement: the rules' key patterns (hash_tag_prefix / key_prefix, in order) must stay the same in a rebalance; only their regions may change"
+    )]
+    Patterns,
+}
+
 /// Overlay encoding: no entry.
 const OV_NONE: u32 = u32::MAX;
 /// Overlay encoding: pending, the low bits are the shard served.
@@ -266,15 +278,15 @@ impl RoutingTable {
     /// the same slot count and the same rule patterns in the same order
     /// (rules may point at other regions, the default placement may
     /// change). Overlays are ignored: `self`'s compiled owners count.
-    pub fn moves_to(&self, next: &RoutingTable) -> Result<Vec<ClassMove>, String> {
+    pub fn moves_to(&self, next: &RoutingTable) -> Result<Vec<ClassMove>, Incomparable> {
         if self.slots != next.slots {
-            return Err(format!(
-                "slots: changed from {} to {}; slots never change for a keyspace",
-                self.slots, next.slots
-            ));
+            return Err(Incomparable::Slots {
+                from: self.slots,
+                to: next.slots,
+            });
         }
         if !self.same_patterns(next) {
-            return Err("placement: the rules' key patterns (hash_tag_prefix / key_prefix, in order) must stay the same in a rebalance; only their regions may change".to_owned());
+            return Err(Incomparable::Patterns);
         }
         let n = self.slots as usize;
         let mut moves = Vec::new();

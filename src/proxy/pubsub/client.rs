@@ -235,7 +235,7 @@ pub fn unsubscribe(
 }
 
 /// Answers `PUBSUB <subcommand>` from this proxy's subscriptions.
-pub fn introspect(hub: &Hub, args: &[Bytes]) -> Result<crate::protocol::Reply, String> {
+pub fn introspect(hub: &Hub, args: &[Bytes]) -> Result<crate::protocol::Reply, ProxyError> {
     use crate::protocol::Reply;
     let sub = args
         .get(1)
@@ -263,9 +263,9 @@ pub fn introspect(hub: &Hub, args: &[Bytes]) -> Result<crate::protocol::Reply, S
     match (sub.as_slice(), args.len()) {
         (b"channels", 2 | 3) => Ok(matching(Topic::Channel, args.get(2))),
         (b"shardchannels", 2 | 3) => Ok(matching(Topic::Shard, args.get(2))),
-        (b"channels" | b"shardchannels", _) => Err(format!(
+        (b"channels" | b"shardchannels", _) => Err(ProxyError::err(format_args!(
             "unknown subcommand or wrong number of arguments for '{given}'. Try PUBSUB HELP."
-        )),
+        ))),
         (b"numsub", _) => Ok(numsub(Topic::Channel)),
         (b"shardnumsub", _) => Ok(numsub(Topic::Shard)),
         (b"numpat", 2) => Ok(Reply::Int(
@@ -280,11 +280,13 @@ pub fn introspect(hub: &Hub, args: &[Bytes]) -> Result<crate::protocol::Reply, S
                 .map(|l| Reply::Simple((*l).into()))
                 .collect(),
         )),
-        (b"numpat" | b"help", _) => Err(format!(
+        (b"numpat" | b"help", _) => Err(ProxyError::err(format_args!(
             "wrong number of arguments for 'pubsub|{}' command",
             String::from_utf8_lossy(&sub)
-        )),
-        _ => Err(format!("unknown subcommand '{given}'. Try PUBSUB HELP.")),
+        ))),
+        _ => Err(ProxyError::err(format_args!(
+            "unknown subcommand '{given}'. Try PUBSUB HELP."
+        ))),
     }
 }
 
@@ -411,20 +413,9 @@ impl Session {
                         merge: Merge::Offset(local - link),
                     }
                 };
-                Ok(Action::Queue(Pending {
-                    kind,
-                    spec: Some(spec),
-                    proto: self.proto,
-                    started: self.request_started,
-                    raw: None,
-                    shard: None,
-                    backend_us: None,
-                }))
+                Ok(Action::Queue(self.pending(spec, kind, None)))
             }
-            PubSubKind::Introspect => match introspect(&proxy.pubsub, args) {
-                Ok(r) => Ok(self.reply(spec, r)),
-                Err(e) => Err(ProxyError::err(e)),
-            },
+            PubSubKind::Introspect => introspect(&proxy.pubsub, args).map(|r| self.reply(spec, r)),
         }
     }
 }

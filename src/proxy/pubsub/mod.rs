@@ -60,7 +60,7 @@ use link::run_link;
 
 use super::Proxy;
 use super::dispatch::Action;
-use super::pending::{Merge, Part, Pending, PendingKind};
+use super::pending::{Merge, Part, PendingKind};
 use super::session::Session;
 use crate::backend::EndpointState;
 use crate::command::{CommandSpec, Handling, LocalKind, PubSubKind, Topic};
