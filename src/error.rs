@@ -34,6 +34,15 @@ pub enum BackendError {
     /// dedicated connections for MULTI, WATCH, blocking commands or scripts).
     #[error("backend {addr} cannot serve this: {reason}")]
     Unsupported { addr: String, reason: String },
+    /// The endpoint refused `SELECT` of the database a connection was
+    /// opened for (`DB index is out of range`: the shard has fewer
+    /// databases). The endpoint is up: this does not count against it.
+    #[error("backend {addr} refused database {db}: {reason}")]
+    NoSuchDb {
+        addr: String,
+        db: u32,
+        reason: String,
+    },
     /// No dedicated connection could be taken from the pool in time.
     #[error("no free dedicated connection to backend {addr}: {reason}")]
     PoolExhausted { addr: String, reason: String },
@@ -62,6 +71,7 @@ impl BackendError {
             BackendError::Query { .. } => "query",
             BackendError::Unsupported { .. } => "unsupported",
             BackendError::Acl { .. } => "acl",
+            BackendError::NoSuchDb { .. } => "no_such_db",
         }
     }
 
@@ -70,7 +80,9 @@ impl BackendError {
     pub fn never_sent(&self) -> bool {
         matches!(
             self,
-            BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
+            BackendError::Unavailable { .. }
+                | BackendError::PoolExhausted { .. }
+                | BackendError::NoSuchDb { .. }
         )
     }
 

@@ -305,3 +305,112 @@ fn read_reply(s: &mut TcpStream) -> Vec<u8> {
     }
     out
 }
+
+/// A client blocked in BLPOP on a key whose slot a rebalance moves to a
+/// new shard is woken by a push after the move (the push lands on the new
+/// owner): the proxy ends the command on the old shard and sends it to
+/// the new one. No element is lost or served twice.
+#[test]
+fn a_blocked_client_follows_its_key_to_the_new_owner_during_a_rebalance() {
+    use common::rebalance::{Proxy, map_yaml, owner_name, table_of, wait_done, write};
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = common::TempDir::new("blocking-rebalance");
+    let all: Vec<(&str, &RedisServer)> = ["s0", "s1", "s2"].into_iter().zip(&servers).collect();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
+    let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
+    let t2 = table_of(&m2);
+    let key = (0..)
+        .map(|i| format!("bq{i}"))
+        .find(|k| owner_name(&t2, k) == "s2")
+        .unwrap();
+    let proxy = Proxy::start(dir.path(), &m1);
+    let mut c = proxy.client().get_connection().unwrap();
+    // Keys for the mover, so the move takes a while.
+    for i in 0..2000 {
+        let _: () = c.set(format!("fill{i}"), i).unwrap();
+    }
+    let port = proxy.port;
+    let waiter = std::thread::spawn({
+        let key = key.clone();
+        move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.write_all(&resp(&["BLPOP", &key, "0"])).unwrap();
+            read_reply(&mut s)
+        }
+    });
+    let source = &servers[if owner_name(&table_of(&m1), &key) == "s0" {
+        0
+    } else {
+        1
+    }];
+    wait_blocked(source, 1);
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    // The command now waits on the new owner.
+    wait_blocked(&servers[2], 1);
+    assert_eq!(blocked_on(source), 0);
+    let n: i64 = c.rpush(&key, "after-move").unwrap();
+    assert_eq!(n, 1);
+    let got = waiter.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("after-move"), "{text}");
+    let left: i64 = c.llen(&key).unwrap();
+    assert_eq!(left, 0, "served once, not left behind");
+}
+
+/// A blocked command moved to its keys' new shard keeps what was left of
+/// its timeout: it times out when it would have without the move.
+#[test]
+fn a_moved_blocked_command_keeps_the_time_left_of_its_timeout() {
+    use common::rebalance::{Proxy, map_yaml, owner_name, table_of, wait_done, write};
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = common::TempDir::new("blocking-rebalance-timeout");
+    let all: Vec<(&str, &RedisServer)> = ["s0", "s1", "s2"].into_iter().zip(&servers).collect();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
+    let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
+    let key = (0..)
+        .map(|i| format!("bt{i}"))
+        .find(|k| owner_name(&table_of(&m2), k) == "s2")
+        .unwrap();
+    let proxy = Proxy::start(dir.path(), &m1);
+    let port = proxy.port;
+    let t0 = Instant::now();
+    let waiter = std::thread::spawn({
+        let key = key.clone();
+        move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(&resp(&["BLPOP", &key, "4"])).unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 64];
+            while !out.ends_with(b"\r\n") {
+                let n = s.read(&mut buf).expect("reply");
+                assert!(n > 0, "connection closed");
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        }
+    });
+    let source = &servers[if owner_name(&table_of(&m1), &key) == "s0" {
+        0
+    } else {
+        1
+    }];
+    wait_blocked(source, 1);
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    wait_done(&proxy);
+    wait_blocked(&servers[2], 1);
+    let got = waiter.join().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(got, b"*-1\r\n");
+    assert!(
+        took >= Duration::from_millis(3800) && took < Duration::from_millis(5500),
+        "timed out after {took:?}, not about 4 s"
+    );
+}

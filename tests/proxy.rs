@@ -519,10 +519,11 @@ fn proxy_answers_connection_commands_itself() {
     assert!(id > 0);
     let echo: String = redis::cmd("ECHO").arg("hi").query(&mut con).unwrap();
     assert_eq!(echo, "hi");
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut con).unwrap();
     let _: () = redis::cmd("SELECT").arg(0).query(&mut con).unwrap();
     assert!(
         redis::cmd("SELECT")
-            .arg(1)
+            .arg(16)
             .query::<Value>(&mut con)
             .is_err()
     );

@@ -275,6 +275,12 @@ enum Route {
 const SERVED_DIRECTLY: &[&str] = &[
     "publish",
     "spublish",
+    // The proxy answers these for its own clients; a script must not
+    // switch its connection's database or pause or unblock the shard's.
+    "select",
+    "client|pause",
+    "client|unpause",
+    "client|unblock",
     "client|tracking",
     "client|caching",
     "client|getredir",

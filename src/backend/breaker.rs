@@ -139,7 +139,8 @@ impl Breaker {
             | BackendError::PoolExhausted { .. }
             | BackendError::Query { .. }
             | BackendError::Unsupported { .. }
-            | BackendError::Acl { .. } => false,
+            | BackendError::Acl { .. }
+            | BackendError::NoSuchDb { .. } => false,
         };
         if !opens {
             return;

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::{Db, Wire};
 use crate::error::BackendError;
 use crate::protocol::request::encode_command;
 use crate::protocol::{Protocol, reply, scan};
@@ -16,13 +17,27 @@ use crate::shardmap::Link;
 use crate::tls::{BackendStream, MaybeTls};
 
 /// Connects to `addr` as `link` says (TLS, credentials) and switches the
-/// connection to `proto`.
+/// connection to `proto` (in database 0).
 pub async fn connect(
     addr: &str,
     link: &Link,
     proto: Protocol,
     timeout: Duration,
 ) -> Result<BackendStream, BackendError> {
+    connect_wire(addr, link, Wire::from(proto), timeout).await
+}
+
+/// [`connect`], then `SELECT` of `wire.db` when it is not database 0 (sent
+/// in the same write as the handshake). A shard that refuses the database
+/// answers [`BackendError::NoSuchDb`]: it is up, and its breaker must not
+/// count the refusal.
+pub async fn connect_wire(
+    addr: &str,
+    link: &Link,
+    wire: Wire,
+    timeout: Duration,
+) -> Result<BackendStream, BackendError> {
+    let proto = wire.proto;
     let unavailable = |reason: String| BackendError::Unavailable {
         addr: addr.to_owned(),
         reason,
@@ -51,16 +66,52 @@ pub async fn connect(
             }
         }
     };
-    let Some(hello) = handshake(link, proto) else {
+    let hello = handshake(link, proto);
+    let select = (wire.db != Db(0)).then(|| {
+        let mut out = BytesMut::new();
+        let n = wire.db.0.to_string();
+        encode_command(&[b"SELECT", n.as_bytes()], &mut out);
+        out
+    });
+    if hello.is_none() && select.is_none() {
         return Ok(stream);
-    };
+    }
     let exchange = async {
-        stream.write_all(&hello).await?;
+        let mut out = hello.clone().unwrap_or_default();
+        out.extend_from_slice(select.as_deref().unwrap_or_default());
+        stream.write_all(&out).await?;
         stream.flush().await?;
-        read_one_frame(&mut stream).await
+        // One buffer for both replies: a read may carry both.
+        let mut buf = BytesMut::with_capacity(1024);
+        let first = match hello {
+            Some(_) => Some(read_frame_from(&mut stream, &mut buf).await?),
+            None => None,
+        };
+        let selected = match select {
+            Some(_) => Some(read_frame_from(&mut stream, &mut buf).await?),
+            None => None,
+        };
+        Ok::<_, std::io::Error>((first, selected))
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(frame)) if reply::is_error(&frame) => {
+    let frame = match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((first, Some(selected)))) if reply::is_error(&selected) => {
+            // Only when the handshake itself passed: else its error says more.
+            if first.as_ref().is_none_or(|f| !reply::is_error(f)) {
+                return Err(BackendError::NoSuchDb {
+                    addr: addr.to_owned(),
+                    db: wire.db.0,
+                    reason: reply::error_text(&selected).unwrap_or_default(),
+                });
+            }
+            first
+        }
+        Ok(Ok((first, _))) => first,
+        Ok(Err(e)) => return Err(unavailable(format!("handshake failed: {e}"))),
+        Err(_) => return Err(unavailable("handshake timed out".to_owned())),
+    };
+    match frame {
+        None => Ok(stream),
+        Some(frame) if reply::is_error(&frame) => {
             let text = reply::error_text(&frame).unwrap_or_default();
             let what = if link.auth.is_some() {
                 "authentication failed"
@@ -69,9 +120,7 @@ pub async fn connect(
             };
             Err(unavailable(format!("{what}: {text}")))
         }
-        Ok(Ok(_)) => Ok(stream),
-        Ok(Err(e)) => Err(unavailable(format!("handshake failed: {e}"))),
-        Err(_) => Err(unavailable("handshake timed out".to_owned())),
+        Some(_) => Ok(stream),
     }
 }
 
@@ -106,9 +155,16 @@ fn handshake(link: &Link, proto: Protocol) -> Option<BytesMut> {
 /// Reads exactly one reply frame (used only during handshakes and health
 /// checks, where nothing else is in flight).
 pub async fn read_one_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<BytesMut> {
-    let mut buf = BytesMut::with_capacity(1024);
+    read_frame_from(stream, &mut BytesMut::with_capacity(1024)).await
+}
+
+/// Reads the next reply frame, keeping in `buf` what was read past it.
+async fn read_frame_from<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> std::io::Result<BytesMut> {
     loop {
-        match scan::frame_len(&buf) {
+        match scan::frame_len(buf) {
             Ok(Some(n)) => return Ok(buf.split_to(n)),
             Ok(None) => {}
             Err(e) => {
@@ -118,7 +174,7 @@ pub async fn read_one_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Re
                 ));
             }
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }

@@ -24,12 +24,12 @@ use deadpool::Runtime;
 use deadpool::managed::{self, Manager, Metrics as PoolMetrics, RecycleError, RecycleResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use super::EndpointState;
 use super::acl::BackendAcl;
 use super::breaker::Admit;
-use super::connect::connect;
+use super::connect::connect_wire;
+use super::{EndpointState, Wire};
 use crate::error::BackendError;
-use crate::protocol::{Protocol, scan};
+use crate::protocol::scan;
 use crate::tls::BackendStream;
 
 /// One dedicated connection.
@@ -42,12 +42,21 @@ pub struct DedicatedConn {
     unread: usize,
     /// A WATCH (or other session state) is active on the backend.
     pub stateful: bool,
+    /// The backend's `CLIENT ID` of this connection (asked once, when it
+    /// is made): `CLIENT UNBLOCK` of a proxy client blocked here is sent to
+    /// the shard for it. `None` if the shard did not say.
+    backend_id: Option<i64>,
 }
 
 impl DedicatedConn {
     /// The endpoint this connection goes to (for error messages).
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The backend's id of this connection (see `backend_id`).
+    pub fn backend_id(&self) -> Option<i64> {
+        self.backend_id
     }
 
     /// Writes one or more complete request frames.
@@ -170,7 +179,8 @@ impl Drop for PooledConn {
 /// deadpool manager creating dedicated connections to one endpoint.
 pub struct DedicatedManager {
     endpoint: Arc<EndpointState>,
-    proto: Protocol,
+    /// Protocol and database of every connection of the pool.
+    wire: Wire,
     /// For a pool of a backend ACL user (scripts and transactions): the
     /// users and the proxy user whose backend user each connection logs in
     /// as (see [`super::acl`]). `None`: the shard map's credentials.
@@ -186,10 +196,12 @@ impl Manager for DedicatedManager {
         if ep.breaker.admit() == Admit::No {
             return Err(ep.breaker.refusal(&ep.addr));
         }
-        let result = connect(&ep.addr, &ep.link, self.proto, ep.options.connect_timeout).await;
+        let result = connect_wire(&ep.addr, &ep.link, self.wire, ep.options.connect_timeout).await;
         ep.metrics.connect_attempt(result.is_ok());
         let stream = match result {
             Ok(s) => s,
+            // The shard is up; it has fewer databases.
+            Err(e @ BackendError::NoSuchDb { .. }) => return Err(e),
             Err(e) => {
                 ep.breaker.failure(&e, &ep.addr, &ep.metrics);
                 return Err(e);
@@ -203,6 +215,23 @@ impl Manager for DedicatedManager {
             metrics: ep.metrics.clone(),
             unread: 0,
             stateful: false,
+            backend_id: None,
+        };
+        // Before any login as a backend ACL user, which may not run CLIENT.
+        let id = tokio::time::timeout(
+            ep.options.connect_timeout,
+            conn.request(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n"),
+        )
+        .await;
+        conn.backend_id = match id {
+            Ok(Ok(frame)) => crate::protocol::reply::integer(&frame),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(BackendError::Timeout {
+                    addr: ep.addr.clone(),
+                    millis: ep.options.connect_timeout.as_millis() as u64,
+                });
+            }
         };
         if let Some((acl, proxy_user)) = &self.user {
             let user = acl.user(proxy_user).ok_or_else(|| BackendError::Acl {
@@ -255,10 +284,10 @@ pub async fn checkout(
 }
 
 /// Builds the pool for one endpoint and protocol version.
-pub fn pool(endpoint: Arc<EndpointState>, proto: Protocol) -> DedicatedPool {
+pub fn pool(endpoint: Arc<EndpointState>, wire: Wire) -> DedicatedPool {
     build(DedicatedManager {
         endpoint,
-        proto,
+        wire,
         user: None,
     })
 }
@@ -267,13 +296,13 @@ pub fn pool(endpoint: Arc<EndpointState>, proto: Protocol) -> DedicatedPool {
 /// `proxy_user` (see [`super::acl`]).
 pub fn user_pool(
     endpoint: Arc<EndpointState>,
-    proto: Protocol,
+    wire: Wire,
     acl: Arc<BackendAcl>,
     proxy_user: String,
 ) -> DedicatedPool {
     build(DedicatedManager {
         endpoint,
-        proto,
+        wire,
         user: Some((acl, proxy_user)),
     })
 }

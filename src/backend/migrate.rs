@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::dedicated::PooledConn;
 use super::fence::KeyFences;
-use super::{Endpoint, EndpointState};
+use super::{Db, Endpoint, EndpointState, Wire};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 
@@ -31,24 +31,25 @@ pub enum Migrated {
     Failed(String),
 }
 
-/// Encodes `MIGRATE host port "" 0 timeout REPLACE [AUTH2 user pw | AUTH pw]
-/// KEYS key...`, to be sent to the source primary, moving `keys` to
-/// `target` (a primary, reached by the source at the address the map
-/// gives). `REPLACE` only matters after a move that restored the key on the
+/// Encodes `MIGRATE host port "" db timeout REPLACE [AUTH2 user pw | AUTH pw]
+/// KEYS key...`, to be sent to the source primary on a connection of
+/// database `db`, moving `keys` to `target` (a primary, reached by the
+/// source at the address the map gives) into the same database. `REPLACE` only matters after a move that restored the key on the
 /// target but failed before deleting it on the source: both copies are then
 /// the same, since no command uses a key before its move succeeded.
-pub fn migrate_frame(target: &EndpointState, keys: &[&[u8]], timeout_ms: u64) -> Bytes {
+pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms: u64) -> Bytes {
     let (host, port) = match target.addr.rsplit_once(':') {
         Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
         None => (target.addr.as_str(), "6379"),
     };
     let timeout = timeout_ms.max(1).to_string();
+    let db = db.0.to_string();
     let mut args: Vec<&[u8]> = vec![
         b"MIGRATE",
         host.as_bytes(),
         port.as_bytes(),
         b"",
-        b"0",
+        db.as_bytes(),
         timeout.as_bytes(),
         b"REPLACE",
     ];
@@ -165,11 +166,12 @@ pub async fn move_big_key(
     fences: &KeyFences,
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
+    db: Db,
     key: &Bytes,
     timeout: Duration,
 ) -> Result<BigKeyMove, MigrateError> {
     fences.fence(key).await;
-    let moved = move_fenced(conn, target, key, timeout).await;
+    let moved = move_fenced(conn, target, db, key, timeout).await;
     fences.lift(key);
     moved
 }
@@ -177,15 +179,16 @@ pub async fn move_big_key(
 async fn move_fenced(
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
+    db: Db,
     key: &Bytes,
     timeout: Duration,
 ) -> Result<BigKeyMove, MigrateError> {
-    match copy_in_pieces(conn, target, key, timeout).await? {
+    match copy_in_pieces(conn, target, db, key, timeout).await? {
         Copied::Pieces(n) => Ok(BigKeyMove::Pieces(n)),
         Copied::Gone => Ok(BigKeyMove::Gone),
         Copied::Whole => {
             let ms = BIG_KEY_MIGRATE_TIMEOUT.as_millis() as u64;
-            let frame = migrate_frame(&target.state, &[key.as_ref()], ms);
+            let frame = migrate_frame(&target.state, db, &[key.as_ref()], ms);
             let r = request(conn, &frame, 1, BIG_KEY_MIGRATE_TIMEOUT * 2).await?;
             match migrated(&r[0]) {
                 Migrated::Moved => Ok(BigKeyMove::Whole),
@@ -294,6 +297,7 @@ fn encode(args: &[&[u8]]) -> BytesMut {
 async fn copy_in_pieces(
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
+    db: Db,
     key: &Bytes,
     timeout: Duration,
 ) -> Result<Copied, MigrateError> {
@@ -305,7 +309,12 @@ async fn copy_in_pieces(
     };
     let r = request(conn, &encode(&[b"PEXPIRETIME", key]), 1, timeout).await?;
     let expire_at = reply::integer(&r[0]).unwrap_or(-1);
-    let mut out = target.dedicated(Protocol::Resp2).await?;
+    let mut out = target
+        .dedicated(Wire {
+            proto: Protocol::Resp2,
+            db,
+        })
+        .await?;
     let addr = &target.state.addr;
     on_target(&mut out, addr, "DEL", &[b"DEL", key], timeout).await?;
     let mut pieces = 0;

@@ -38,6 +38,29 @@ use crate::shardmap::{Options, ReadPolicy, SentinelView, ShardKind, ShardMap, Sh
 use dedicated::{DedicatedPool, PooledConn};
 use mux::{MuxConn, ReplyRx};
 
+/// A Redis logical database (`SELECT n`): part of the key of every backend
+/// connection, since a connection's database is connection state. A
+/// newtype so that it never mixes with shard or slot numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Db(pub u32);
+
+/// What a backend connection must be to carry a client's request: the
+/// protocol version it speaks and the database it has selected. Every
+/// connection (multiplexed or dedicated) is kept under this key; database
+/// 0's multiplexed connections are made up front, the others' on first use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Wire {
+    pub proto: Protocol,
+    pub db: Db,
+}
+
+impl From<Protocol> for Wire {
+    /// Database 0 (every client's database until it sends `SELECT`).
+    fn from(proto: Protocol) -> Wire {
+        Wire { proto, db: Db(0) }
+    }
+}
+
 /// Whether an endpoint is a shard's primary or one of its replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -164,8 +187,23 @@ pub struct Endpoint {
 /// One request's way to an endpoint (see [`Endpoint::send`]).
 enum Conn<'a> {
     Mux(&'a MuxConn),
+    /// A connection of another database than 0 (taken from the map of
+    /// lazily made ones: a handle, cheap to clone).
+    OtherDb(MuxConn),
     Postgres(&'a PgEndpoint),
+    /// A database other than 0 on a postgres shard.
+    NoDb,
     Removed,
+}
+
+/// The connections of an endpoint's databases other than 0, made on first
+/// use (see [`Wire`]).
+#[derive(Default)]
+struct OtherDbs {
+    /// Multiplexed connections, by connection key and serving thread.
+    mux: std::sync::Mutex<HashMap<(Wire, usize), Vec<MuxConn>>>,
+    /// Dedicated pools (the shard map's credentials), by connection key.
+    pools: std::sync::Mutex<HashMap<Wire, DedicatedPool>>,
 }
 
 /// How requests reach the endpoint, by shard kind.
@@ -181,9 +219,13 @@ enum Conns {
         flights_resp3: Vec<Arc<coalesce::Flights>>,
         pool_resp2: DedicatedPool,
         pool_resp3: DedicatedPool,
+        /// Connections of databases other than 0 (boxed: most
+        /// deployments use database 0 only).
+        other_dbs: Box<OtherDbs>,
         /// Pools of connections logged in as a backend ACL user (scripts
-        /// and transactions), by proxy user and protocol, made on first use.
-        user_pools: std::sync::Mutex<HashMap<(String, Protocol), DedicatedPool>>,
+        /// and transactions), by proxy user and connection key, made on
+        /// first use.
+        user_pools: std::sync::Mutex<HashMap<(String, Wire), DedicatedPool>>,
     },
     Postgres(PgEndpoint),
     /// A shard a finished rebalance removed: no connections; nothing routes
@@ -197,9 +239,9 @@ impl Endpoint {
             ShardKind::Redis => {
                 let n = state.options.connections_per_endpoint.max(1);
                 let workers = crate::workers::handles();
-                let group = |p, on| {
+                let group = |p: Protocol, on| {
                     (0..n)
-                        .map(|_| MuxConn::spawn(state.clone(), p, on))
+                        .map(|_| MuxConn::spawn(state.clone(), p.into(), on))
                         .collect()
                 };
                 let muxes = |p| -> Vec<Vec<MuxConn>> {
@@ -219,8 +261,9 @@ impl Endpoint {
                     mux_resp3: muxes(Protocol::Resp3),
                     flights_resp2: flights(),
                     flights_resp3: flights(),
-                    pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2),
-                    pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3),
+                    pool_resp2: dedicated::pool(state.clone(), Protocol::Resp2.into()),
+                    pool_resp3: dedicated::pool(state.clone(), Protocol::Resp3.into()),
+                    other_dbs: Box::default(),
                     user_pools: std::sync::Mutex::new(HashMap::new()),
                 }
             }
@@ -262,11 +305,14 @@ impl Endpoint {
     /// Sends one request frame over the multiplexed connection (Redis) or
     /// lane (PostgreSQL) assigned to `client` (a client always uses the same
     /// one per endpoint, so its requests to one endpoint stay in order).
-    pub fn send(&self, proto: Protocol, client: u64, frame: &Bytes) -> ReplyRx {
-        match self.conn_for(proto, client) {
+    pub fn send(&self, wire: impl Into<Wire>, client: u64, frame: &Bytes) -> ReplyRx {
+        let wire = wire.into();
+        match self.conn_for(wire, client) {
             Conn::Mux(mux) => mux.send(frame),
-            Conn::Postgres(pg) => pg.send(proto, client, frame.clone()),
-            Conn::Removed => self.refuse(),
+            Conn::OtherDb(mux) => mux.send(frame),
+            Conn::Postgres(pg) => pg.send(wire.proto, client, frame.clone()),
+            Conn::NoDb => self.refuse(self.no_db(wire.db)),
+            Conn::Removed => self.refuse(self.removed()),
         }
     }
 
@@ -275,18 +321,21 @@ impl Endpoint {
     /// outgoing bytes, with no frame of its own.
     pub fn send_encoded(
         &self,
-        proto: Protocol,
+        wire: impl Into<Wire>,
         client: u64,
         encode: impl FnOnce(&mut BytesMut),
     ) -> ReplyRx {
-        match self.conn_for(proto, client) {
+        let wire = wire.into();
+        match self.conn_for(wire, client) {
             Conn::Mux(mux) => mux.send_encoded(encode),
+            Conn::OtherDb(mux) => mux.send_encoded(encode),
             Conn::Postgres(pg) => {
                 let mut frame = BytesMut::new();
                 encode(&mut frame);
-                pg.send(proto, client, frame.freeze())
+                pg.send(wire.proto, client, frame.freeze())
             }
-            Conn::Removed => self.refuse(),
+            Conn::NoDb => self.refuse(self.no_db(wire.db)),
+            Conn::Removed => self.refuse(self.removed()),
         }
     }
 
@@ -295,20 +344,26 @@ impl Endpoint {
     /// [`coalesce`]; `started`: when it was routed). The request of a read
     /// that leads goes down `client`'s own connection, as it would alone.
     /// PostgreSQL endpoints do not coalesce (`None`).
+    /// Flights are kept for database 0 only (they are keyed by request
+    /// bytes): a read of another database goes alone.
     pub fn read_coalesced(
         &self,
-        proto: Protocol,
+        wire: Wire,
         client: u64,
         frame: &Bytes,
         started: std::time::Instant,
         may_join: coalesce::MayJoin,
     ) -> (ReplyRx, Option<coalesce::Coalesced>) {
+        let proto = wire.proto;
+        if wire.db != Db(0) {
+            return (self.send(wire, client, frame), None);
+        }
         let flights = match (&self.conns, proto) {
             (Conns::Redis { flights_resp2, .. }, Protocol::Resp2) => flights_resp2,
             (Conns::Redis { flights_resp3, .. }, Protocol::Resp3) => flights_resp3,
             _ => return (self.send(proto, client, frame), None),
         };
-        let Conn::Mux(mux) = self.conn_for(proto, client) else {
+        let Conn::Mux(mux) = self.conn_for(wire, client) else {
             return (self.send(proto, client, frame), None);
         };
         let flights = &flights[crate::workers::current() % flights.len()];
@@ -324,11 +379,17 @@ impl Endpoint {
     }
 
     /// Where a request of `client` goes: on a Redis endpoint, the
-    /// multiplexed connection that client uses on this serving thread.
-    fn conn_for(&self, proto: Protocol, client: u64) -> Conn<'_> {
-        let conns = match (&self.conns, proto) {
+    /// multiplexed connection that client uses on this serving thread (of
+    /// its database: another database than 0 gets its connections on
+    /// first use).
+    fn conn_for(&self, wire: Wire, client: u64) -> Conn<'_> {
+        let conns = match (&self.conns, wire.proto) {
+            (Conns::Redis { other_dbs, .. }, _) if wire.db != Db(0) => {
+                return Conn::OtherDb(self.other_db(&other_dbs.mux, wire, client));
+            }
             (Conns::Redis { mux_resp2, .. }, Protocol::Resp2) => mux_resp2,
             (Conns::Redis { mux_resp3, .. }, Protocol::Resp3) => mux_resp3,
+            (Conns::Postgres(_), _) if wire.db != Db(0) => return Conn::NoDb,
             (Conns::Postgres(pg), _) => return Conn::Postgres(pg),
             (Conns::Removed, _) => return Conn::Removed,
         };
@@ -336,11 +397,42 @@ impl Endpoint {
         Conn::Mux(&group[(client as usize) % group.len()])
     }
 
-    /// The reply of a request sent to a removed shard.
-    fn refuse(&self) -> ReplyRx {
+    /// The multiplexed connection of `client` in a database other than 0
+    /// on this serving thread, made (with its group) on first use.
+    fn other_db(
+        &self,
+        mux_dbs: &std::sync::Mutex<HashMap<(Wire, usize), Vec<MuxConn>>>,
+        wire: Wire,
+        client: u64,
+    ) -> MuxConn {
+        let workers = crate::workers::handles();
+        let worker = crate::workers::current() % workers.len().max(1);
+        let mut conns = mux_dbs.lock().unwrap_or_else(|p| p.into_inner());
+        let group = conns.entry((wire, worker)).or_insert_with(|| {
+            let n = self.state.options.connections_per_endpoint.max(1);
+            (0..n)
+                .map(|_| MuxConn::spawn(self.state.clone(), wire, workers.get(worker)))
+                .collect()
+        });
+        group[(client as usize) % group.len()].clone()
+    }
+
+    /// The reply of a request that cannot be sent: `err` at once.
+    fn refuse(&self, err: BackendError) -> ReplyRx {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = tx.send(Err(self.removed()));
+        let _ = tx.send(Err(err));
         rx
+    }
+
+    /// A postgres shard asked for another database than 0.
+    fn no_db(&self, db: Db) -> BackendError {
+        BackendError::Unsupported {
+            addr: self.state.addr.clone(),
+            reason: format!(
+                "shard {} is a PostgreSQL shard and has database 0 only, not {}",
+                self.state.shard, db.0
+            ),
+        }
     }
 
     fn removed(&self) -> BackendError {
@@ -397,13 +489,21 @@ impl Endpoint {
 
     /// Takes a dedicated connection from this endpoint's pool (logged in
     /// with the shard map's credentials).
-    pub async fn dedicated(&self, proto: Protocol) -> Result<PooledConn, BackendError> {
-        let pool = match (&self.conns, proto) {
-            (Conns::Redis { pool_resp2, .. }, Protocol::Resp2) => pool_resp2,
-            (Conns::Redis { pool_resp3, .. }, Protocol::Resp3) => pool_resp3,
+    pub async fn dedicated(&self, wire: impl Into<Wire>) -> Result<PooledConn, BackendError> {
+        let wire = wire.into();
+        let pool = match (&self.conns, wire.proto) {
+            (Conns::Redis { other_dbs, .. }, _) if wire.db != Db(0) => {
+                let mut pools = other_dbs.pools.lock().unwrap_or_else(|p| p.into_inner());
+                pools
+                    .entry(wire)
+                    .or_insert_with(|| dedicated::pool(self.state.clone(), wire))
+                    .clone()
+            }
+            (Conns::Redis { pool_resp2, .. }, Protocol::Resp2) => pool_resp2.clone(),
+            (Conns::Redis { pool_resp3, .. }, Protocol::Resp3) => pool_resp3.clone(),
             _ => return Err(self.no_dedicated()),
         };
-        self.take(pool).await
+        self.take(&pool).await
     }
 
     /// Takes a dedicated connection logged in as the backend ACL user of
@@ -412,7 +512,7 @@ impl Endpoint {
     /// the commands a script runs (see [`acl`]).
     pub async fn dedicated_as(
         &self,
-        proto: Protocol,
+        wire: Wire,
         users: &Arc<acl::BackendAcl>,
         proxy_user: &str,
     ) -> Result<PooledConn, BackendError> {
@@ -421,16 +521,16 @@ impl Endpoint {
         };
         let pool = {
             let mut pools = user_pools.lock().unwrap_or_else(|p| p.into_inner());
-            match pools.get(&(proxy_user.to_owned(), proto)) {
+            match pools.get(&(proxy_user.to_owned(), wire)) {
                 Some(p) => p.clone(),
                 None => {
                     let p = dedicated::user_pool(
                         self.state.clone(),
-                        proto,
+                        wire,
                         users.clone(),
                         proxy_user.to_owned(),
                     );
-                    pools.insert((proxy_user.to_owned(), proto), p.clone());
+                    pools.insert((proxy_user.to_owned(), wire), p.clone());
                     p
                 }
             }

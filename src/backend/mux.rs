@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::breaker::Admit;
-use super::{EndpointState, connect::connect};
+use super::{EndpointState, Wire, connect::connect_wire};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, scan};
 
@@ -251,10 +251,10 @@ impl MuxConn {
     /// it connects lazily on the first request.
     pub fn spawn(
         endpoint: Arc<EndpointState>,
-        proto: Protocol,
+        wire: Wire,
         on: Option<&tokio::runtime::Handle>,
     ) -> MuxConn {
-        MuxConn::spawn_with(endpoint, proto, on, None)
+        MuxConn::spawn_with(endpoint, wire, on, None)
     }
 
     /// [`MuxConn::spawn`] of a RESP3 connection whose server pushes go to
@@ -264,17 +264,17 @@ impl MuxConn {
         on: Option<&tokio::runtime::Handle>,
         sink: Arc<dyn PushSink>,
     ) -> MuxConn {
-        MuxConn::spawn_with(endpoint, Protocol::Resp3, on, Some(sink))
+        MuxConn::spawn_with(endpoint, Protocol::Resp3.into(), on, Some(sink))
     }
 
     fn spawn_with(
         endpoint: Arc<EndpointState>,
-        proto: Protocol,
+        wire: Wire,
         on: Option<&tokio::runtime::Handle>,
         sink: Option<Arc<dyn PushSink>>,
     ) -> MuxConn {
         let shared = Arc::new(Shared::new(&endpoint.addr));
-        let task = supervise(endpoint.clone(), proto, shared.clone(), sink);
+        let task = supervise(endpoint.clone(), wire, shared.clone(), sink);
         match on {
             Some(h) => drop(h.spawn(task)),
             None => drop(tokio::spawn(task)),
@@ -316,7 +316,7 @@ impl MuxConn {
 
 async fn supervise(
     ep: Arc<EndpointState>,
-    proto: Protocol,
+    wire: Wire,
     shared: Arc<Shared>,
     sink: Option<Arc<dyn PushSink>>,
 ) {
@@ -327,13 +327,16 @@ async fn supervise(
         }
         // A server that refuses the push subscription (an ACL without
         // CLIENT, say) is up: that failure does not open its breaker.
-        let opened = match connect(&ep.addr, &ep.link, proto, ep.options.connect_timeout).await {
+        let opened = match connect_wire(&ep.addr, &ep.link, wire, ep.options.connect_timeout).await
+        {
             Ok(stream) => match &sink {
                 Some(sink) => subscribe(&ep, stream, sink.as_ref())
                     .await
                     .map_err(|(e, refused)| (e, !refused)),
                 None => Ok(stream),
             },
+            // A shard with fewer databases is up.
+            Err(e @ BackendError::NoSuchDb { .. }) => Err((e, false)),
             Err(e) => Err((e, true)),
         };
         match opened {
@@ -813,7 +816,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_could_not_connect_was_never_sent() {
         // Nothing listens on port 1: the connect fails before any byte is written.
-        let conn = MuxConn::spawn(endpoint(), Protocol::Resp2, None);
+        let conn = MuxConn::spawn(endpoint(), Protocol::Resp2.into(), None);
         let e = reply(conn.send(PING)).await.unwrap_err();
         assert!(
             matches!(&e, BackendError::Unavailable { addr, .. } if addr == "127.0.0.1:1"),

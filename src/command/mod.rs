@@ -384,6 +384,15 @@ impl CommandSpec {
         self.flags.contains(Flags::READ) && !self.flags.contains(Flags::WRITE)
     }
 
+    /// Whether the command reports a key's access state (OBJECT FREQ,
+    /// IDLETIME: LFU counter and LRU clock), which each endpoint keeps for
+    /// the accesses it served: it goes where the client's reads of the
+    /// key go (the read policy), so that with replica reads it counts the
+    /// reads the client made, as one Redis server would.
+    pub fn reports_access(&self) -> bool {
+        self.name == "object"
+    }
+
     /// Whether one run's reply may answer an identical request of another
     /// client that arrived while it ran (`options.coalesce_reads`): a
     /// forwarded or split read that does not block, whose reply is a

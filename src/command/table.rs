@@ -129,7 +129,12 @@ const CLUSTER: Handling =
     Handling::Unsupported("shardgate is a single Redis endpoint, not a cluster node");
 const ADMIN_ONLY: Handling =
     Handling::Unsupported("administrative command; run it on the backend servers directly");
-const ONE_DB: Handling = Handling::Unsupported("only database 0 exists behind the proxy");
+const SWAP_DB: Handling = Handling::Unsupported(
+    "SWAPDB would swap the databases of one shard after another, never of all shards at once; run it on every shard directly while no client uses them",
+);
+const MOVE_DB: Handling = Handling::Unsupported(
+    "a key's copy in another database may still be on its old shard during a rebalance, which MOVE cannot see",
+);
 const PLACED: Handling = Handling::Unsupported("keys are placed by the proxy's shard map");
 const PER_SHARD: Handling = Handling::Unsupported("replication acknowledgements are per shard");
 const DEBUGGING: Handling = Handling::Unsupported("debugging command");
@@ -245,7 +250,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("migrate", -6, W | MOV, A_KEYSPACE | A_WRITE | A_SLOW | A_DANGEROUS, range(3, 3, 1), PLACED),
     cmd("module", -2, 0, A_SLOW, KeySpec::None, ADMIN_ONLY),
     cmd("monitor", 1, ADM | NS | LD | ST, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, Handling::Local(LocalKind::Monitor)),
-    cmd("move", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST, range(1, 1, 1), ONE_DB),
+    cmd("move", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST, range(1, 1, 1), MOVE_DB),
     cmd("mset", -3, W | OOM, A_WRITE | A_STRING | A_SLOW, range(1, -1, 2), Handling::Split(SplitKind::Mset)),
     cmd("msetnx", -3, W | OOM, A_WRITE | A_STRING | A_SLOW, range(1, -1, 2), Handling::Forward),
     cmd("multi", 1, NS | LD | ST | F | AB, A_FAST | A_TRANSACTION, KeySpec::None, Handling::Transaction(TxKind::Multi)),
@@ -320,7 +325,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("sunion", -2, R, A_READ | A_SET | A_SLOW, range(1, -1, 1), Handling::Forward),
     cmd("sunionstore", -3, W | OOM, A_WRITE | A_SET | A_SLOW, range(1, -1, 1), Handling::Forward),
     cmd("sunsubscribe", -1, PS | NS | LD | ST, A_PUBSUB | A_SLOW, range(1, -1, 1), Handling::PubSub(PubSubKind::Unsubscribe(Topic::Shard))),
-    cmd("swapdb", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST | A_DANGEROUS, KeySpec::None, ONE_DB),
+    cmd("swapdb", 3, W | F, A_KEYSPACE | A_WRITE | A_FAST | A_DANGEROUS, KeySpec::None, SWAP_DB),
     cmd("sync", 1, ADM | NS | NAL | NM, A_ADMIN | A_SLOW | A_DANGEROUS, KeySpec::None, ADMIN_ONLY),
     cmd("time", 1, LD | ST | F, A_FAST, KeySpec::None, Handling::Local(LocalKind::Time)),
     cmd("touch", -2, R | F, A_KEYSPACE | A_READ | A_FAST, range(1, -1, 1), Handling::Split(SplitKind::SumInt)),

@@ -134,6 +134,10 @@ pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
 
 /// Clients currently waiting in a blocking command (BLPOP, XREAD BLOCK ...).
 pub const BLOCKED_CLIENTS: &str = "shardgate_blocked_clients";
+/// Clients whose next command waits for a `CLIENT PAUSE` to end.
+pub const PAUSED_CLIENTS: &str = "shardgate_paused_clients";
+/// `CLIENT UNBLOCK`s of this proxy's clients blocked in a blocking command.
+pub const CLIENT_UNBLOCKS: &str = "shardgate_client_unblocks_total";
 /// Commands that took longer than `--slowlog-log-slower-than` (each one
 /// added to the proxy's SLOWLOG).
 pub const SLOWLOG_ENTRIES: &str = "shardgate_slowlog_entries_total";
@@ -372,7 +376,17 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         BLOCKED_CLIENTS,
         "gauge",
-        "Clients currently waiting in a blocking command (BLPOP, BLMOVE, XREAD BLOCK ...)",
+        "Clients currently waiting in a blocking command (BLPOP, BLMOVE, XREAD BLOCK ...) or for a CLIENT PAUSE to end",
+    ),
+    (
+        PAUSED_CLIENTS,
+        "gauge",
+        "Clients whose next command waits for a CLIENT PAUSE of this proxy to end",
+    ),
+    (
+        CLIENT_UNBLOCKS,
+        "counter",
+        "CLIENT UNBLOCKs of this proxy's clients blocked in a blocking command, by mode (timeout, error)",
     ),
     (
         SLOWLOG_ENTRIES,
@@ -579,6 +593,8 @@ pub struct Metrics {
     fleet_renewals: [Counter; 2],
     fleet_ack_wait: metrics::Histogram,
     blocked_clients: Gauge,
+    paused_clients: Gauge,
+    client_unblocks: [Counter; 2],
     slowlog_entries: Counter,
     slowlog_length: Gauge,
     /// Keys moved on touch since start (also shown by the admin STATUS).
@@ -631,6 +647,8 @@ impl Metrics {
             fleet_renewals: ["ok", "error"].map(|o| counter!(FLEET_LEASE_RENEWALS, "outcome" => o)),
             fleet_ack_wait: metrics::histogram!(FLEET_ACK_WAIT),
             blocked_clients: gauge!(BLOCKED_CLIENTS),
+            paused_clients: gauge!(PAUSED_CLIENTS),
+            client_unblocks: ["timeout", "error"].map(|m| counter!(CLIENT_UNBLOCKS, "mode" => m)),
             slowlog_entries: counter!(SLOWLOG_ENTRIES),
             slowlog_length: gauge!(SLOWLOG_LENGTH),
             touch_moves: std::sync::atomic::AtomicU64::new(0),
@@ -763,6 +781,16 @@ impl Metrics {
     /// A client entered (+1) or left (-1) a blocking command.
     pub fn blocked_delta(&self, delta: f64) {
         self.blocked_clients.increment(delta);
+    }
+
+    /// A client began (+1) or ended (-1) waiting for a `CLIENT PAUSE`.
+    pub fn paused_delta(&self, delta: f64) {
+        self.paused_clients.increment(delta);
+    }
+
+    /// A `CLIENT UNBLOCK` of a blocked client (`error`: ERROR mode).
+    pub fn client_unblocked(&self, error: bool) {
+        self.client_unblocks[usize::from(error)].increment(1);
     }
 
     /// A command went into the slow log, which now holds `len` entries.

@@ -14,11 +14,15 @@
 //! subscriptions, MULTI).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::Notify;
+
+/// [`Entry::request_unblock`]'s modes.
+const UNBLOCK_TIMEOUT: u8 = 1;
+const UNBLOCK_ERROR: u8 = 2;
 
 /// Usage changes smaller than this are not reported.
 pub const GRANULE: usize = 64 * 1024;
@@ -31,6 +35,8 @@ pub struct Info {
     pub lib_name: String,
     pub lib_ver: String,
     pub resp: u8,
+    /// The database `SELECT` chose.
+    pub db: u32,
     pub sub: usize,
     pub psub: usize,
     pub ssub: usize,
@@ -47,6 +53,13 @@ pub struct Entry {
     evicted: AtomicBool,
     killed: AtomicBool,
     wake: Notify,
+    /// In a blocking command now, on its way to the shard or waiting there
+    /// (what `CLIENT UNBLOCK` applies to).
+    blocked: AtomicBool,
+    /// `CLIENT UNBLOCK` asked for the blocking command to end: 0 no,
+    /// [`UNBLOCK_TIMEOUT`] or [`UNBLOCK_ERROR`].
+    unblock: AtomicU8,
+    unblock_wake: Notify,
     /// Milliseconds after the registry's start of the last command.
     last_active_ms: AtomicU64,
     /// Index + 1 in the command table of the last command (0: none yet).
@@ -83,6 +96,48 @@ impl Entry {
         now.saturating_duration_since(self.connected)
     }
 
+    /// The client entered (true) or left (false) a blocking command.
+    pub fn set_blocked(&self, on: bool) {
+        self.unblock.store(0, Ordering::Relaxed);
+        self.blocked.store(on, Ordering::Release);
+    }
+
+    /// `CLIENT UNBLOCK id TIMEOUT|ERROR`: whether the client was blocked
+    /// (and not already asked to unblock); its blocking command then ends
+    /// as Redis ends it (see `exclusive`).
+    pub fn request_unblock(&self, error: bool) -> bool {
+        if !self.blocked.load(Ordering::Acquire) {
+            return false;
+        }
+        let mode = if error {
+            UNBLOCK_ERROR
+        } else {
+            UNBLOCK_TIMEOUT
+        };
+        let asked = self
+            .unblock
+            .compare_exchange(0, mode, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if asked {
+            self.unblock_wake.notify_waiters();
+        }
+        asked
+    }
+
+    /// Resolves when `CLIENT UNBLOCK` asked this client's blocking command
+    /// to end; true for the ERROR mode.
+    pub async fn unblocked(&self) -> bool {
+        loop {
+            let woken = self.unblock_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.unblock.load(Ordering::Acquire) {
+                0 => woken.await,
+                n => return n == UNBLOCK_ERROR,
+            }
+        }
+    }
+
     /// `CLIENT KILL`: the client closes at its next wake-up.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
@@ -108,12 +163,13 @@ impl Entry {
             (false, false) => "N",
         };
         format!(
-            "id={} addr={} laddr= fd=-1 name={} age={} idle={} flags={flags} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r cmd={cmd} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr= fd=-1 name={} age={} idle={} flags={flags} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem={} events=r cmd={cmd} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             i.name,
             now.saturating_duration_since(self.connected).as_secs(),
             idle_ms / 1000,
+            i.db,
             i.sub,
             i.psub,
             i.ssub,
@@ -173,6 +229,9 @@ impl Clients {
             evicted: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             wake: Notify::new(),
+            blocked: AtomicBool::new(false),
+            unblock: AtomicU8::new(0),
+            unblock_wake: Notify::new(),
             last_active_ms: AtomicU64::new(self.started.elapsed().as_millis() as u64),
             last_cmd: AtomicUsize::new(0),
             info: Mutex::new(Info {

@@ -23,7 +23,7 @@ impl Session {
         frame: &Bytes,
     ) -> ReplyRx {
         if !coalesces(snap, spec) {
-            return ep.send(self.proto, self.id, frame);
+            return ep.send(self.wire(), self.id, frame);
         }
         // A replica read of a client that wrote was let through by its
         // position (read-your-writes) as of the replica's last probe: a
@@ -35,7 +35,7 @@ impl Session {
         } else {
             self.may_join()
         };
-        ep.read_coalesced(self.proto, self.id, frame, self.request_started, join)
+        ep.read_coalesced(self.wire(), self.id, frame, self.request_started, join)
             .0
     }
 
@@ -51,7 +51,7 @@ impl Session {
         encode: impl FnOnce(&mut BytesMut),
     ) -> ReplyRx {
         if !coalesces(snap, spec) {
-            return ep.send_encoded(self.proto, self.id, encode);
+            return ep.send_encoded(self.wire(), self.id, encode);
         }
         let mut frame = BytesMut::new();
         encode(&mut frame);

@@ -166,58 +166,67 @@ impl Client<'_> {
                 &proxy.config.limits
             };
             match parse_request(&mut self.rbuf, limits) {
-                Ok(Some(req)) => match self.session.dispatch(
-                    self.proxy,
-                    req,
-                    *arrived.get_or_insert_with(std::time::Instant::now),
-                ) {
-                    Action::Queue(p) => {
-                        if p.is_backend_write() {
-                            self.session.writes.sent();
-                        } else if p.is_backend_read() {
-                            self.session.writes.read_sent();
-                        }
-                        self.pending.push_back(p);
-                    }
-                    Action::Close(p) => {
-                        self.pending.push_back(p);
+                Ok(Some(req)) => {
+                    if proxy.pause.holds(|| self.session.may_write(&req)) {
+                        // CLIENT PAUSE: earlier replies go out, this
+                        // command waits (see `pause`).
                         self.drain().await.map_err(End::from)?;
-                        return Ok(false);
-                    }
-                    Action::Exclusive(op, spec) => {
-                        self.drain().await.map_err(End::from)?;
-                        let started = std::time::Instant::now();
-                        let Some(reply) = self.run_exclusive(op).await? else {
-                            return Ok(false);
-                        };
-                        // EXEC, DISCARD and the like end a transaction.
-                        self.session.sync_info();
-                        if !spec.is_read() {
-                            self.session.writes.answered(std::time::Instant::now());
-                        } else {
-                            // Not counted as sent; only its time matters.
-                            self.session.writes.read_answered(std::time::Instant::now());
-                        }
-                        let raw = self.session.exclusive_raw.take();
-                        let finished = Finished {
-                            spec: Some(spec),
-                            ok: !crate::protocol::reply::is_error(&reply),
-                            rejected: false,
-                            reply: &reply,
-                            elapsed: started.elapsed(),
-                            raw: raw.as_ref(),
-                            shard: None,
-                            backend_us: None,
-                        };
-                        self.proxy
-                            .command_finished(finished, Peer::of(&self.session));
-                        self.wbuf.extend_from_slice(&reply);
-                        self.flush().await.map_err(End::from)?;
-                        // Time passed (a blocking command may have waited):
-                        // what is parsed next takes a fresh reading.
+                        self.wait_unpaused(self.session.may_write(&req)).await?;
                         arrived = None;
                     }
-                },
+                    match self.session.dispatch(
+                        self.proxy,
+                        req,
+                        *arrived.get_or_insert_with(std::time::Instant::now),
+                    ) {
+                        Action::Queue(p) => {
+                            if p.is_backend_write() {
+                                self.session.writes.sent();
+                            } else if p.is_backend_read() {
+                                self.session.writes.read_sent();
+                            }
+                            self.pending.push_back(p);
+                        }
+                        Action::Close(p) => {
+                            self.pending.push_back(p);
+                            self.drain().await.map_err(End::from)?;
+                            return Ok(false);
+                        }
+                        Action::Exclusive(op, spec) => {
+                            self.drain().await.map_err(End::from)?;
+                            let started = std::time::Instant::now();
+                            let Some(reply) = self.run_exclusive(op).await? else {
+                                return Ok(false);
+                            };
+                            // EXEC, DISCARD and the like end a transaction.
+                            self.session.sync_info();
+                            if !spec.is_read() {
+                                self.session.writes.answered(std::time::Instant::now());
+                            } else {
+                                // Not counted as sent; only its time matters.
+                                self.session.writes.read_answered(std::time::Instant::now());
+                            }
+                            let raw = self.session.exclusive_raw.take();
+                            let finished = Finished {
+                                spec: Some(spec),
+                                ok: !crate::protocol::reply::is_error(&reply),
+                                rejected: false,
+                                reply: &reply,
+                                elapsed: started.elapsed(),
+                                raw: raw.as_ref(),
+                                shard: None,
+                                backend_us: None,
+                            };
+                            self.proxy
+                                .command_finished(finished, Peer::of(&self.session));
+                            self.wbuf.extend_from_slice(&reply);
+                            self.flush().await.map_err(End::from)?;
+                            // Time passed (a blocking command may have waited):
+                            // what is parsed next takes a fresh reading.
+                            arrived = None;
+                        }
+                    }
+                }
                 Ok(None) => {
                     if self.rbuf.len() > self.proxy.config.max_query_buffer {
                         // Redis' client-query-buffer-limit: close, no reply.
@@ -559,6 +568,44 @@ impl Client<'_> {
             }
         }
         self.flush().await
+    }
+
+    /// Waits while a `CLIENT PAUSE` holds the next command (`may_write`:
+    /// whether it may write), counted in `blocked_clients` and
+    /// `shardgate_paused_clients`, still watching the socket (a client that
+    /// half-closes keeps its command, which runs after the pause).
+    async fn wait_unpaused(&mut self, may_write: bool) -> Result<(), End> {
+        let proxy = self.proxy;
+        let _blocked = super::stats::Blocked::new(proxy);
+        proxy.metrics.paused_delta(1.0);
+        struct Unpaused<'a>(&'a super::Proxy);
+        impl Drop for Unpaused<'_> {
+            fn drop(&mut self) {
+                self.0.metrics.paused_delta(-1.0);
+            }
+        }
+        let _paused = Unpaused(proxy);
+        let wait = proxy.pause.wait(may_write);
+        tokio::pin!(wait);
+        loop {
+            if self.eof {
+                wait.await;
+                return Ok(());
+            }
+            tokio::select! {
+                () = &mut wait => return Ok(()),
+                why = self.memory.closing() => return Err(End::from(why)),
+                r = read_some(&mut self.rd, &mut self.rbuf) => match r {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => {
+                        if self.rbuf.len() > self.proxy.config.max_query_buffer {
+                            return Err(End::Limit("query_buffer"));
+                        }
+                    }
+                    Err(e) => return Err(End::Io(e)),
+                },
+            }
+        }
     }
 
     /// Runs an exclusive operation while watching the client socket: if the

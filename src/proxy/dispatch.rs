@@ -48,6 +48,8 @@ pub enum ExclusiveOp {
     /// A key of the request is in a migrating slot: move it to its new
     /// shard first, then route the request again ([`Pass::Moved`]).
     MoveFirst(Request, &'static CommandSpec),
+    /// SELECT of a database other than 0, once a shard accepted it.
+    Select(crate::backend::Db),
 }
 
 /// The dispatcher's decision for one request.
@@ -407,8 +409,10 @@ impl Session {
             t => t.shard().unwrap_or(ShardId(0)),
         };
         // A first pass routed to `Shard`: the key's slot is not migrating.
+        // The near cache holds database 0's values.
         if pass == Pass::Fresh
             && spec.name == "get"
+            && self.db == crate::backend::Db(0)
             && let Some(cache) = &snap.shard(shard).primary.cache
             && let Some(p) = self.read_cached(snap, cache, spec, shard, &req)
         {
@@ -454,6 +458,7 @@ impl Session {
                     primary: snap.shard(shard).primary.clone(),
                     frame: frame.clone(),
                     client: self.id,
+                    wire: self.wire(),
                 }),
             },
         };
@@ -486,7 +491,9 @@ impl Session {
         req: Request,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
-        let shard = match self.target(snap.table(), spec, &req, pass)? {
+        let target = self.target(snap.table(), spec, &req, pass)?;
+        keyless_allowed(snap, spec, target)?;
+        let shard = match target {
             Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
             t => t.shard().unwrap_or(ShardId(0)),
         };
@@ -515,15 +522,17 @@ impl Session {
                     primary: backends.primary.clone(),
                     frame: frame.clone(),
                     client: self.id,
+                    wire: self.wire(),
                 }),
             }
-        } else if spec.is_read() && !pass.reads_primary() {
+        } else if (spec.is_read() || spec.reports_access()) && !pass.reads_primary() {
             let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
             let retry = (ep.state.role == Role::Replica).then(|| Retry {
                 primary: backends.primary.clone(),
                 frame: frame.clone(),
                 client: self.id,
+                wire: self.wire(),
             });
             PendingKind::Backend {
                 rx: self.send_read(snap, spec, ep, frame),
@@ -531,7 +540,7 @@ impl Session {
             }
         } else {
             PendingKind::Backend {
-                rx: backends.primary.send(self.proto, self.id, frame),
+                rx: backends.primary.send(self.wire(), self.id, frame),
                 retry: None,
             }
         };
@@ -560,7 +569,7 @@ impl Session {
         if spec.is_read() {
             ep.state.metrics.read_served();
         }
-        Part::new(ep.send_encoded(self.proto, self.id, encode))
+        Part::new(ep.send_encoded(self.wire(), self.id, encode))
     }
 
     /// For a client with `CLIENT TRACKING` on whose keys of this read are
@@ -574,7 +583,12 @@ impl Session {
         backends: &'b crate::backend::ShardBackends,
     ) -> Option<&'b crate::backend::tracking::TrackingConn> {
         let t = self.tracking.as_ref()?;
-        if !spec.is_read() || !t.tracks_now() || self.writes.state() == WriteState::InFlight {
+        // The tracking connection is one of database 0.
+        if !spec.is_read()
+            || !t.tracks_now()
+            || self.writes.state() == WriteState::InFlight
+            || self.db != crate::backend::Db(0)
+        {
             return None;
         }
         let tc = backends.primary.tracking.as_deref()?;
@@ -600,7 +614,8 @@ impl Session {
         }
         let snap = proxy.snapshot();
         let through_stream = matches!(spec.handling, Handling::Forward | Handling::Split(_))
-            && self.writes.state() != WriteState::InFlight;
+            && self.writes.state() != WriteState::InFlight
+            && self.db == crate::backend::Db(0);
         let mut tracked = SmallVec::<[Bytes; 4]>::new();
         let mut untracked = SmallVec::<[Bytes; 4]>::new();
         for &i in &self.key_scratch {
@@ -765,17 +780,33 @@ impl Session {
     /// A command inside MULTI: checked now, sent at EXEC (which moves keys
     /// in migrating slots first).
     fn queue_in_tx(&mut self, proxy: &Proxy, spec: &'static CommandSpec, req: Request) -> Action {
+        let snap = proxy.snapshot();
         let queueable = match spec.handling {
             Handling::Forward | Handling::Split(_) | Handling::Blocking | Handling::Script => true,
             Handling::Local(k) => matches!(k, LocalKind::Ping | LocalKind::Echo),
+            // Runs in the transaction on its shard, then on every other
+            // shard once EXEC succeeded (see `exclusive`).
+            Handling::Fanout(FanoutKind::Flush) => {
+                if !snap.map().options.allow_flush {
+                    let e = ProxyError::err(format!(
+                        "{} is disabled by the shard map (set options.allow_flush: true to enable it)",
+                        spec.name.to_uppercase()
+                    ));
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.aborted = true;
+                    }
+                    return self.fail(Some(spec), e);
+                }
+                true
+            }
             _ => false,
         };
-        let snap = proxy.snapshot();
         let by_slot = snap.map().options.crossslot == CrossSlot::Slot;
         let mut slot = None;
         let verdict = if queueable {
             self.target(snap.table(), spec, &req, Pass::Fresh)
                 .and_then(|target| {
+                    keyless_allowed(&snap, spec, target)?;
                     if by_slot {
                         slot = one_slot(snap.table(), spec, &req, &mut self.key_scratch)?;
                     }
@@ -1021,6 +1052,22 @@ fn unknown_command(args: &[Bytes]) -> String {
 
 fn truncate(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned()
+}
+
+/// `options.keyless_scripts: refuse`: a script or function call that
+/// declares no key is refused (it would run on the first shard, and any
+/// key it touches there is on whichever shard that is).
+fn keyless_allowed(snap: &Snapshot, spec: &CommandSpec, target: Target) -> Result<(), ProxyError> {
+    if spec.handling == Handling::Script
+        && target == Target::NoKeys
+        && snap.map().options.keyless_scripts == crate::shardmap::KeylessScripts::Refuse
+    {
+        return Err(ProxyError::err(format!(
+            "{} without keys is refused by the shard map (options.keyless_scripts: refuse): declare every key the script reads or writes (numkeys > 0), so that it runs on their shard",
+            spec.name.to_uppercase()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
+use super::blocked::{Remaining, Waited, Waiting, unblocked_reply};
 use super::dispatch::ExclusiveOp;
 use super::pending::answered;
 use super::session::Session;
@@ -32,6 +33,7 @@ impl Session {
             ExclusiveOp::Randomkey => self.randomkey(proxy).await,
             ExclusiveOp::Scan(req, shard, cursor) => self.scan(proxy, &req, shard, cursor).await,
             ExclusiveOp::MoveFirst(req, spec) => return self.move_first(proxy, req, spec).await,
+            ExclusiveOp::Select(db) => self.select_checked(proxy, db).await,
         };
         self.held = None;
         let reply = result.unwrap_or_else(|e| e.to_reply());
@@ -62,11 +64,11 @@ impl Session {
         let conn = match runs {
             Runs::Scripted => {
                 let user = Proxy::backend_user_of(self.user.as_deref());
-                ep.dedicated_as(self.proto, &proxy.backend_acl, user)
+                ep.dedicated_as(self.wire(), &proxy.backend_acl, user)
                     .await
                     .inspect_err(|e| ep.state.metrics.backend_error(e.kind()))?
             }
-            Runs::Plain => ep.dedicated(self.proto).await?,
+            Runs::Plain => ep.dedicated(self.wire()).await?,
         };
         Ok(conn)
     }
@@ -80,52 +82,80 @@ impl Session {
         shard: ShardId,
         timed: bool,
     ) -> Result<Reply, ProxyError> {
+        if !timed {
+            return self.run_blocking(proxy, req, shard).await;
+        }
         // Routed again now: a rebalance may have moved the keys since dispatch.
         let shard = self.reroute(proxy, req).await?.unwrap_or(shard);
         let ep = self.routed(proxy).shard(shard).primary.clone();
-        // Blocking commands keep their arrival order on the way to the shard
-        // (see `EndpointState::blocking_order`).
-        let turn = if timed {
-            None
-        } else {
-            Some(ep.state.blocking_order.lock().await)
-        };
-        let runs = if timed { Runs::Scripted } else { Runs::Plain };
-        let mut conn = self.dedicated(proxy, shard, runs).await?;
+        let mut conn = self.dedicated(proxy, shard, Runs::Scripted).await?;
         let _lent = Lent::new(&ep.state.metrics);
-        // INFO blocked_clients: from the moment the command is on its way.
-        let _blocked =
-            (!timed && super::stats::may_block_req(req)).then(|| super::stats::Blocked::new(proxy));
-        if !timed {
-            // A blocking command may wait for long: once it is sent, the
-            // table is not held any more (a rebalance would wait for it).
-            conn.send(req.raw(), 1).await?;
-            drop(turn);
-            self.held = None;
-        }
-        let run = async {
-            if timed {
-                conn.request(req.raw()).await
-            } else {
-                conn.recv().await
-            }
-        };
-        let result = if timed {
-            let timeout = ep.state.options.command_timeout;
-            match tokio::time::timeout(timeout, run).await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::Timeout {
-                    addr: ep.state.addr.clone(),
-                    millis: timeout.as_millis() as u64,
-                }),
-            }
-        } else {
-            run.await
-        };
+        let result = unless_busy(&ep, conn.request(req.raw())).await;
         if let Err(e) = &result {
             ep.state.metrics.backend_error(e.kind());
         }
         Ok(Reply::Frame(result?))
+    }
+
+    /// A blocking command, on a dedicated connection to its keys' shard.
+    /// If a rebalance moves its keys to another shard while it waits, the
+    /// shard ends it (`CLIENT UNBLOCK ... TIMEOUT`) and it is sent again to
+    /// the keys' new shard, where a push now lands, with the time left of
+    /// its timeout (see `blocked::remaining`).
+    async fn run_blocking(
+        &mut self,
+        proxy: &Proxy,
+        req: &Request,
+        mut shard: ShardId,
+    ) -> Result<Reply, ProxyError> {
+        let keys = super::moves::request_keys(req);
+        let started = std::time::Instant::now();
+        let mut again: Option<Request> = None;
+        loop {
+            let sent = again.as_ref().unwrap_or(req);
+            // Routed again now: a rebalance may have moved the keys since
+            // dispatch (or while it waited).
+            shard = self.reroute(proxy, sent).await?.unwrap_or(shard);
+            let ep = self.routed(proxy).shard(shard).primary.clone();
+            // Blocking commands keep their arrival order on the way to the
+            // shard (see `EndpointState::blocking_order`).
+            let turn = ep.state.blocking_order.lock().await;
+            let mut conn = self.dedicated(proxy, shard, Runs::Plain).await?;
+            let _lent = Lent::new(&ep.state.metrics);
+            // INFO blocked_clients: from the moment the command is on its way.
+            let blocks = super::stats::may_block_req(sent);
+            let _blocked = blocks.then(|| super::stats::Blocked::new(proxy));
+            // A blocking command may wait for long: once it is sent, the
+            // table is not held any more (a rebalance would wait for it).
+            conn.send(sent.raw(), 1).await?;
+            drop(turn);
+            self.held = None;
+            let me = self.me.clone().filter(|_| blocks);
+            let watch = Waiting {
+                proxy,
+                ep: &ep,
+                keys: &keys,
+                shard,
+            };
+            match watch.reply(&mut conn, me.as_ref(), self.proto).await {
+                Ok(Waited::Reply(frame)) => return Ok(Reply::Frame(frame)),
+                Ok(Waited::Moved) => {
+                    tracing::debug!(shard = %ep.state.shard, "a blocked command's keys moved to another shard; sending it there");
+                    // With what is left of its timeout.
+                    match super::blocked::remaining(req, started.elapsed()) {
+                        Remaining::Forever => {}
+                        Remaining::Left(r) => again = Some(r),
+                        Remaining::Expired => {
+                            return Ok(Reply::Frame(unblocked_reply(self.proto, false)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    ep.state.metrics.backend_error(e.kind());
+                    return Err(e.into());
+                }
+            }
+        }
     }
 
     async fn watch(
@@ -179,6 +209,7 @@ impl Session {
         if was_reset {
             // RESET with a transaction or WATCH pending.
             self.proto = crate::protocol::Protocol::Resp2;
+            self.db = crate::backend::Db(0);
             self.name = None;
             return Ok(Reply::Simple("RESET".into()));
         }
@@ -248,7 +279,6 @@ impl Session {
         frames.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let n = tx.queued.len() + 2;
         let primary = snap.shard(shard).primary.clone();
-        let timeout = primary.state.options.command_timeout;
         let run = async {
             conn.send(&frames, n).await?;
             let mut last = Bytes::new();
@@ -257,18 +287,26 @@ impl Session {
             }
             Ok::<Bytes, BackendError>(last)
         };
-        let exec_reply = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(BackendError::Timeout {
-                    addr: primary.state.addr.clone(),
-                    millis: timeout.as_millis() as u64,
-                }
-                .into());
-            }
-        };
+        let exec_reply = unless_busy(&primary, run).await?;
         // EXEC always ends the WATCH.
         conn.stateful = false;
+        // FLUSHALL / FLUSHDB ran in the transaction on its shard; the
+        // other shards follow once it ran (not atomically with it).
+        let flushes: Vec<&Request> = tx
+            .queued
+            .iter()
+            .filter(|r| {
+                crate::command::lookup(r.name()).is_some_and(|s| {
+                    matches!(
+                        s.handling,
+                        crate::command::Handling::Fanout(crate::command::FanoutKind::Flush)
+                    )
+                })
+            })
+            .collect();
+        if !flushes.is_empty() && matches!(reply::array_elements(&exec_reply), Ok(Some(_))) {
+            self.flush_others(&snap, shard, &flushes).await?;
+        }
         Ok(Reply::Frame(exec_reply))
     }
 
@@ -300,6 +338,36 @@ impl Session {
         Ok(Reply::Frame(frame))
     }
 
+    /// Runs the FLUSHALL / FLUSHDB of a transaction that ran on `ran_on`
+    /// on every other shard.
+    async fn flush_others(
+        &self,
+        snap: &Snapshot,
+        ran_on: ShardId,
+        flushes: &[&Request],
+    ) -> Result<(), ProxyError> {
+        let backends = snap.backends();
+        let mut waits = Vec::new();
+        for i in 0..backends.shards().len() {
+            let id = ShardId(i as u16);
+            if id == ran_on || !backends.holds_keys(id) {
+                continue;
+            }
+            for r in flushes {
+                waits.push(
+                    backends
+                        .shard(id)
+                        .primary
+                        .send(self.wire(), self.id, r.raw()),
+                );
+            }
+        }
+        for w in waits {
+            answered(w.await)?;
+        }
+        Ok(())
+    }
+
     /// RANDOMKEY: asks shards, starting at a random one, until one has a key.
     async fn randomkey(&self, proxy: &Proxy) -> Result<Reply, ProxyError> {
         let all = proxy.backends();
@@ -317,7 +385,7 @@ impl Session {
             }
             let reply = s
                 .read_endpoint_after(self.id, self.read_floor(s))
-                .send(self.proto, self.id, &frame)
+                .send(self.wire(), self.id, &frame)
                 .await;
             let reply = answered(reply)?;
             if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
@@ -391,7 +459,7 @@ impl Session {
             let backends = all.shard(shard);
             let ep = backends.read_endpoint_after(self.id, self.read_floor(backends));
             ep.state.metrics.read_served();
-            let reply = ep.send(self.proto, self.id, &frame.freeze()).await;
+            let reply = ep.send(self.wire(), self.id, &frame.freeze()).await;
             let reply = answered(reply)?;
             if reply::is_error(&reply) {
                 return Ok(Reply::Frame(reply));
@@ -427,6 +495,41 @@ impl Session {
                 Reply::Bulk(Bytes::from(client_cursor.to_string())),
                 Reply::Frame(keys),
             ]));
+        }
+    }
+}
+
+/// Runs `work` (a script or a transaction on a dedicated connection to
+/// `ep`) within the command timeout, except while the shard answers
+/// `BUSY`: it is then running a script past Redis' busy-reply-threshold
+/// (this one, or another client's before it), which ends when it finishes
+/// or is killed (`SCRIPT KILL` / `FUNCTION KILL` through the proxy), and
+/// the reply is then Redis' own (the killed script's error, in EXEC's
+/// array for a transaction). A shard that does not answer at all times
+/// out as before.
+async fn unless_busy<T>(
+    ep: &crate::backend::Endpoint,
+    work: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let timeout = ep.state.options.command_timeout;
+    tokio::pin!(work);
+    loop {
+        if let Ok(r) = tokio::time::timeout(timeout, &mut work).await {
+            return r;
+        }
+        let busy = async {
+            let mut probe = ep.dedicated(crate::protocol::Protocol::Resp2).await?;
+            probe.request(b"*1\r\n$4\r\nPING\r\n").await
+        };
+        let busy = matches!(
+            tokio::time::timeout(timeout, busy).await,
+            Ok(Ok(frame)) if frame.starts_with(b"-BUSY")
+        );
+        if !busy {
+            return Err(BackendError::Timeout {
+                addr: ep.state.addr.clone(),
+                millis: timeout.as_millis() as u64,
+            });
         }
     }
 }

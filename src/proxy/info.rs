@@ -6,7 +6,7 @@
 //! commandstats, errorstats, proxy. Over the shards' primaries:
 //! `redis_version` (the lowest any shard runs), `shards_used_memory`, the
 //! keyspace counters of stats (`keyspace_hits`, `keyspace_misses`,
-//! `expired_keys`, `evicted_keys`) and keyspace (`db0` keys and expires
+//! `expired_keys`, `evicted_keys`) and keyspace (each database's keys and expires
 //! summed, `avg_ttl` averaged by expires). The shards are asked only for
 //! the sections the request needs, in one `INFO` per primary.
 
@@ -68,6 +68,15 @@ fn sections(args: &[Bytes]) -> BTreeSet<String> {
     want
 }
 
+/// One database's `INFO keyspace` line, summed over the shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DbFigures {
+    keys: u64,
+    expires: u64,
+    /// Sum of avg_ttl * expires, for the average weighted by expires.
+    ttl_weight: u128,
+}
+
 /// What the shards' primaries said, summed.
 #[derive(Debug, Default)]
 struct ShardFigures {
@@ -78,10 +87,8 @@ struct ShardFigures {
     misses: u64,
     expired: u64,
     evicted: u64,
-    keys: u64,
-    expires: u64,
-    /// Sum of avg_ttl * expires, for the average weighted by expires.
-    ttl_weight: u128,
+    /// Per database (`SELECT n`), its keys summed.
+    dbs: std::collections::BTreeMap<u32, DbFigures>,
     /// Shards that did not answer (down, or an error reply).
     failed: usize,
 }
@@ -108,7 +115,14 @@ impl ShardFigures {
         self.misses += num("keyspace_misses");
         self.expired += num("expired_keys");
         self.evicted += num("evicted_keys");
-        if let Some(line) = field("db0") {
+        for line in text.lines() {
+            let Some((db, line)) = line
+                .strip_prefix("db")
+                .and_then(|l| l.split_once(':'))
+                .and_then(|(n, rest)| Some((n.parse::<u32>().ok()?, rest)))
+            else {
+                continue;
+            };
             let (mut keys, mut expires, mut ttl) = (0u64, 0u64, 0u64);
             for kv in line.split(',') {
                 let v = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
@@ -119,9 +133,10 @@ impl ShardFigures {
                     _ => {}
                 }
             }
-            self.keys += keys;
-            self.expires += expires;
-            self.ttl_weight += u128::from(ttl) * u128::from(expires);
+            let f = self.dbs.entry(db).or_default();
+            f.keys += keys;
+            f.expires += expires;
+            f.ttl_weight += u128::from(ttl) * u128::from(expires);
         }
     }
 }
@@ -208,7 +223,7 @@ impl Session {
             .collect();
         let waits: Vec<_> = live
             .iter()
-            .map(|s| s.primary.send(self.proto, self.id, &frame))
+            .map(|s| s.primary.send(self.wire(), self.id, &frame))
             .collect();
         let mut figures = ShardFigures::default();
         for (w, shard) in waits.into_iter().zip(live) {
@@ -217,7 +232,7 @@ impl Session {
                 // Before Redis 7, INFO took one section: plain INFO has
                 // all of these.
                 let plain = Bytes::from_static(b"*1\r\n$4\r\nINFO\r\n");
-                let again = shard.primary.send(self.proto, self.id, &plain).await;
+                let again = shard.primary.send(self.wire(), self.id, &plain).await;
                 text = answered(again).ok().and_then(|f| reply::bulk(&f));
             }
             match text {
@@ -238,7 +253,7 @@ impl Session {
             .shards()
             .iter()
             .filter(|s| s.phase != ShardPhase::Removed)
-            .map(|s| s.primary.send(self.proto, self.id, &frame))
+            .map(|s| s.primary.send(self.wire(), self.id, &frame))
             .collect();
         let mut merged = memory::Stats::default();
         for w in waits {
@@ -300,16 +315,16 @@ fn section(t: &mut String, proxy: &Proxy, name: &str, shards: &ShardFigures) {
         "proxy" => t.push_str(&proxy.describe()),
         "keyspace" => {
             t.push_str("# Keyspace\r\n");
-            if shards.keys > 0 {
-                let avg_ttl = if shards.expires > 0 {
-                    shards.ttl_weight / u128::from(shards.expires)
+            for (db, f) in shards.dbs.iter().filter(|(_, f)| f.keys > 0) {
+                let avg_ttl = if f.expires > 0 {
+                    f.ttl_weight / u128::from(f.expires)
                 } else {
                     0
                 };
                 let _ = write!(
                     t,
-                    "db0:keys={},expires={},avg_ttl={avg_ttl}\r\n",
-                    shards.keys, shards.expires
+                    "db{db}:keys={},expires={},avg_ttl={avg_ttl}\r\n",
+                    f.keys, f.expires
                 );
             }
         }
@@ -574,10 +589,15 @@ mod tests {
     fn shard_figures_sum_and_take_the_lowest_version() {
         let mut f = ShardFigures::default();
         f.add("redis_version:7.2.4\r\nused_memory:100\r\nkeyspace_hits:3\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n");
-        f.add("redis_version:7.0.15\r\nused_memory:50\r\nkeyspace_hits:4\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\n");
+        f.add("redis_version:7.0.15\r\nused_memory:50\r\nkeyspace_hits:4\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n");
+        assert_eq!(f.dbs[&3].keys, 1);
         assert_eq!(f.version.as_deref(), Some("7.0.15"));
-        assert_eq!((f.used_memory, f.hits, f.keys, f.expires), (150, 7, 15, 4));
-        assert_eq!(f.ttl_weight / u128::from(f.expires), 2000);
+        let db0 = f.dbs[&0];
+        assert_eq!(
+            (f.used_memory, f.hits, db0.keys, db0.expires),
+            (150, 7, 15, 4)
+        );
+        assert_eq!(db0.ttl_weight / u128::from(db0.expires), 2000);
         assert_eq!(human(1536), "1.50K");
         assert_eq!(human(10), "10B");
     }

@@ -45,16 +45,7 @@ impl Session {
                 )),
             },
             LocalKind::Echo => Ok(Reply::Bulk(args[1].clone())),
-            LocalKind::Select => match std::str::from_utf8(&args[1])
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                Some(0) => Ok(Reply::Ok),
-                Some(_) => Err(ProxyError::err(
-                    "DB index is out of range (shardgate serves database 0 only)",
-                )),
-                None => Err(ProxyError::err("value is not an integer or out of range")),
-            },
+            LocalKind::Select => return self.select(proxy, spec, &args[1]),
             LocalKind::Quit => {
                 return Action::Close(Pending::ready(
                     &Reply::Ok,
@@ -114,6 +105,7 @@ impl Session {
                     return Action::Exclusive(ExclusiveOp::Discard, spec);
                 }
                 self.proto = Protocol::Resp2;
+                self.db = crate::backend::Db(0);
                 self.name = None;
                 Ok(Reply::Simple("RESET".into()))
             }
@@ -275,12 +267,16 @@ impl Session {
             b"GETREDIR" => {
                 arity(2).map(|_| Reply::Int(if self.tracking.is_some() { 0 } else { -1 }))
             }
-            b"PAUSE" | b"REPLY" | b"UNBLOCK" | b"UNPAUSE" | b"NO-EVICT-ALL" => {
-                Err(ProxyError::err(format!(
-                    "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO, LIST, KILL, TRACKING, CACHING, TRACKINGINFO, GETREDIR are)",
-                    String::from_utf8_lossy(&sub)
-                )))
-            }
+            b"PAUSE" => super::pause::client_pause(proxy, &args[2..]),
+            b"UNPAUSE" => arity(2).map(|_| {
+                proxy.pause.unpause();
+                Reply::Ok
+            }),
+            b"UNBLOCK" => super::pause::client_unblock(proxy, &args[2..]),
+            b"REPLY" | b"NO-EVICT-ALL" => Err(ProxyError::err(format!(
+                "CLIENT {} is not supported by shardgate (ID, GETNAME, SETNAME, SETINFO, INFO, LIST, KILL, PAUSE, UNPAUSE, UNBLOCK, TRACKING, CACHING, TRACKINGINFO, GETREDIR are)",
+                String::from_utf8_lossy(&sub)
+            ))),
             _ => Err(ProxyError::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
                 String::from_utf8_lossy(&args[1])
@@ -508,10 +504,11 @@ impl Session {
                 .unwrap_or_default()
         };
         format!(
-            "id={} addr={} name={} db=0 multi={} resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} name={} db={} multi={} resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             s(&self.name),
+            self.db.0,
             self.tx
                 .as_ref()
                 .map(|t| t.queued.len() as i64)

@@ -2,6 +2,7 @@
 //! command to its shard(s), and the session state a client carries.
 
 mod access;
+mod blocked;
 pub mod clients;
 mod coalesce;
 mod conn;
@@ -11,8 +12,10 @@ mod info;
 mod local;
 mod monitor;
 mod moves;
+mod pause;
 mod pending;
 pub mod pubsub;
+mod select;
 mod session;
 pub mod slowlog;
 mod stats;
@@ -233,6 +236,8 @@ pub struct Proxy {
     /// Which clients with `CLIENT TRACKING` on read which keys (see
     /// [`tracking`]).
     pub tracking: Arc<tracking::Table>,
+    /// `CLIENT PAUSE` of this proxy's clients (see [`pause`]).
+    pause: pause::Pause,
 }
 
 impl Proxy {
@@ -260,6 +265,7 @@ impl Proxy {
             slowlog: slowlog::Slowlog::new(config.slowlog),
             config,
             tracking: Arc::default(),
+            pause: pause::Pause::default(),
         }
     }
 

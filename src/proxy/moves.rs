@@ -13,12 +13,12 @@ use super::Proxy;
 use super::dispatch::{Action, ExclusiveOp, Pass};
 use super::pending::answered;
 use super::session::Session;
-use crate::backend::Backends;
 use crate::backend::fence::Touch;
 use crate::backend::migrate::{
     BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_frame, migrated, move_big_key,
 };
 use crate::backend::mux::ReplyRx;
+use crate::backend::{Backends, Wire};
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, lookup};
 use crate::error::ProxyError;
@@ -205,7 +205,7 @@ impl Session {
                 let mut frame = BytesMut::new();
                 encode_command(&[b"MEMORY", b"USAGE", m.key], &mut frame);
                 let source = &backends.shard(m.from).primary;
-                (*m, source.send(self.proto, self.id, &frame.freeze()))
+                (*m, source.send(self.wire(), self.id, &frame.freeze()))
             })
             .collect();
         let mut sized = Vec::with_capacity(asked.len());
@@ -244,8 +244,8 @@ impl Session {
             let target = &backends.shard(m.to).primary;
             let source = &backends.shard(m.from).primary;
             let timeout = source.state.options.command_timeout.as_millis() as u64;
-            let frame = migrate_frame(&target.state, &[m.key.as_ref()], timeout);
-            waits.push((*m, source.send(self.proto, self.id, &frame)));
+            let frame = migrate_frame(&target.state, self.db, &[m.key.as_ref()], timeout);
+            waits.push((*m, source.send(self.wire(), self.id, &frame)));
         }
         for (m, rx) in waits {
             let outcome = match answered(rx.await) {
@@ -272,9 +272,21 @@ impl Session {
         let source = backends.shard(m.from).primary.clone();
         let target = backends.shard(m.to).primary.clone();
         let timeout = source.state.options.command_timeout;
-        let moved = match source.dedicated(Protocol::Resp2).await {
+        let wire = Wire {
+            proto: Protocol::Resp2,
+            db: self.db,
+        };
+        let moved = match source.dedicated(wire).await {
             Ok(mut conn) => {
-                move_big_key(&proxy.ctx.fences, &mut conn, &target, m.key, timeout).await
+                move_big_key(
+                    &proxy.ctx.fences,
+                    &mut conn,
+                    &target,
+                    self.db,
+                    m.key,
+                    timeout,
+                )
+                .await
             }
             Err(e) => Err(e.into()),
         };

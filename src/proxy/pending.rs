@@ -63,6 +63,8 @@ pub struct Retry {
     pub primary: Arc<Endpoint>,
     pub frame: Bytes,
     pub client: u64,
+    /// The client's protocol and database, for the request to the primary.
+    pub wire: crate::backend::Wire,
 }
 
 /// One sub-request of a gathered reply.
@@ -186,7 +188,7 @@ impl Pending {
                     }
                     Err(ProxyError::Backend(e)) if e.read_may_retry() && retry.is_some() => {
                         if let Some(r) = retry.take() {
-                            *rx = r.primary.send(self.proto, r.client, &r.frame);
+                            *rx = r.primary.send(r.wire, r.client, &r.frame);
                         }
                         self.poll_into(cx, out)
                     }

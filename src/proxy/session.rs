@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::auth::User;
 use crate::backend::dedicated::PooledConn;
 use crate::backend::pg::transaction::Watched;
-use crate::backend::{OwnWrites, ReadFloor, ShardBackends};
+use crate::backend::{Db, OwnWrites, ReadFloor, ShardBackends, Wire};
 use crate::protocol::{Protocol, Request};
 use crate::router::ShardId;
 use crate::snapshot::Snapshot;
@@ -29,6 +29,10 @@ pub struct Tx {
 pub struct Session {
     pub(super) id: u64,
     pub(super) proto: Protocol,
+    /// The database `SELECT` chose (0 until then; `RESET` returns to 0,
+    /// as Redis does). Every backend connection this client's requests
+    /// use is one of this database (see [`crate::backend::Wire`]).
+    pub(super) db: Db,
     pub(super) name: Option<Bytes>,
     pub(super) lib_name: Option<Bytes>,
     pub(super) lib_ver: Option<Bytes>,
@@ -215,12 +219,22 @@ impl Session {
             .or(self.pg_watch.as_ref().map(|(s, _)| *s))
     }
 
+    /// The connection key of this client's requests: its protocol and
+    /// database.
+    pub(super) fn wire(&self) -> Wire {
+        Wire {
+            proto: self.proto,
+            db: self.db,
+        }
+    }
+
     /// A fresh RESP2 session.
     pub(super) fn new(id: u64, addr: String) -> Session {
         let peer_ip = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         Session {
             id,
             proto: Protocol::Resp2,
+            db: Db(0),
             name: None,
             lib_name: None,
             lib_ver: None,
@@ -301,6 +315,7 @@ impl Session {
             lib_name: text(&self.lib_name),
             lib_ver: text(&self.lib_ver),
             resp: if self.proto == Protocol::Resp3 { 3 } else { 2 },
+            db: self.db.0,
             sub,
             psub,
             ssub,

@@ -34,7 +34,7 @@ use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
     BigKeyMove, MigrateError, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
 };
-use crate::backend::{Backends, Endpoint, health};
+use crate::backend::{Backends, Db, Endpoint, Wire, health};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{Epoch, RoutingTable, ShardId};
@@ -329,9 +329,10 @@ async fn wait_unpaused(job: &Job) {
     let _ = rx.wait_for(|p| !*p).await;
 }
 
-/// Moves every key of the window from `from` (step 3). Retries until it is
-/// done: a failure leaves keys on the source, where commands still find
-/// and move them.
+/// Moves every key of the window from `from` (step 3), database by
+/// database (clients may `SELECT` any database; each moves into the same
+/// database on its target). Retries until it is done: a failure leaves
+/// keys on the source, where commands still find and move them.
 async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, window: &[usize]) {
     let targets: HashMap<(u32, u32), ShardId> = window
         .iter()
@@ -340,14 +341,72 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
             ((m.class, m.slot.0), m.to)
         })
         .collect();
+    let mut backoff = Duration::from_millis(100);
+    let dbs = loop {
+        let ep = rb.ctx.backends().shard(from).primary.clone();
+        match databases_with_keys(&ep).await {
+            Ok(dbs) => break dbs,
+            Err(e) => {
+                fail(rb, job, format!("source {}: {e}", ep.state.addr)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    for db in dbs {
+        move_window_db(rb, job, work, from, &targets, db).await;
+    }
+}
+
+/// The databases of `ep` that hold keys (`INFO keyspace`), database 0
+/// always among them.
+pub(super) async fn databases_with_keys(ep: &Endpoint) -> Result<Vec<Db>, BackendError> {
+    let frame = Bytes::from_static(b"*2\r\n$4\r\nINFO\r\n$8\r\nkeyspace\r\n");
+    let info = match ep.send(Protocol::Resp2, 0, &frame).await {
+        Ok(Ok(a)) => a.frame,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(BackendError::ConnectionLost {
+                addr: ep.state.addr.clone(),
+                reason: "connection task stopped".to_owned(),
+            });
+        }
+    };
+    let text = reply::bulk(&info).unwrap_or_default();
+    let mut dbs = vec![Db(0)];
+    for line in String::from_utf8_lossy(&text).lines() {
+        let n = line
+            .strip_prefix("db")
+            .and_then(|l| l.split_once(':'))
+            .and_then(|(n, _)| n.parse::<u32>().ok());
+        if let Some(n) = n.filter(|&n| n != 0) {
+            dbs.push(Db(n));
+        }
+    }
+    Ok(dbs)
+}
+
+/// [`move_window`] in one database.
+async fn move_window_db(
+    rb: &Rebalancer,
+    job: &Job,
+    work: &Work,
+    from: ShardId,
+    targets: &HashMap<(u32, u32), ShardId>,
+    db: Db,
+) {
     let classify = &work.plan.table;
+    let wire = Wire {
+        proto: Protocol::Resp2,
+        db,
+    };
     let mut cursor = Bytes::from_static(b"0");
     let mut backoff = Duration::from_millis(100);
     loop {
         let backends = rb.ctx.backends();
         let ep = backends.shard(from).primary.clone();
         let timeout = ep.state.options.command_timeout;
-        let mut conn = match ep.dedicated(Protocol::Resp2).await {
+        let mut conn = match ep.dedicated(wire).await {
             Ok(c) => c,
             Err(e) => {
                 fail(rb, job, format!("source {}: {e}", ep.state.addr)).await;
@@ -373,7 +432,7 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
                 for (to, keys) in groups {
                     let target = backends.shard(to).primary.clone();
                     for chunk in keys.chunks(BATCH) {
-                        move_batch(rb, job, &mut conn, &target, chunk, timeout).await?;
+                        move_batch(rb, job, &mut conn, &target, db, chunk, timeout).await?;
                     }
                 }
                 cursor = next;
@@ -407,6 +466,7 @@ async fn move_batch(
     job: &Job,
     conn: &mut PooledConn,
     target_ep: &Arc<Endpoint>,
+    db: Db,
     keys: &[Bytes],
     timeout: Duration,
 ) -> Result<(), MigrateError> {
@@ -432,7 +492,7 @@ async fn move_batch(
     }
     if !small.is_empty() {
         let ms = timeout.as_millis() as u64;
-        let frame = migrate_frame(target, &small, ms);
+        let frame = migrate_frame(target, db, &small, ms);
         let r = request(conn, &frame, 1, timeout * 2).await?;
         match migrated(&r[0]) {
             Migrated::Moved => {
@@ -455,7 +515,7 @@ async fn move_batch(
     }
     for (k, n) in big {
         let t0 = Instant::now();
-        let how = match move_big_key(&rb.ctx.fences, conn, target_ep, k, timeout).await? {
+        let how = match move_big_key(&rb.ctx.fences, conn, target_ep, db, k, timeout).await? {
             BigKeyMove::Pieces(pieces) => {
                 format!("copied in {pieces} pieces; the source was never blocked for long")
             }
@@ -573,54 +633,69 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
         }
         let id = ShardId(i as u16);
         let mut found = 0u64;
-        let mut cursor = Bytes::from_static(b"0");
-        let mut attempts = 0;
-        loop {
-            let ep = rb.ctx.backends().shard(id).primary.clone();
-            let mut frame = BytesMut::new();
-            encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
-            let step = match ep.send(Protocol::Resp2, 0, &frame.freeze()).await {
-                Ok(Ok(a)) => scan_reply(&a.frame),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(MigrateError::Backend(BackendError::ConnectionLost {
-                    addr: ep.state.addr.clone(),
-                    reason: "connection task stopped".to_owned(),
-                })),
+        let dbs = match shard.kind {
+            crate::shardmap::ShardKind::Redis => {
+                let ep = rb.ctx.backends().shard(id).primary.clone();
+                databases_with_keys(&ep)
+                    .await
+                    .unwrap_or_else(|_| vec![Db(0)])
+            }
+            crate::shardmap::ShardKind::Postgres => vec![Db(0)],
+        };
+        for db in dbs {
+            let wire = Wire {
+                proto: Protocol::Resp2,
+                db,
             };
-            let (next, keys) = match step {
-                Ok(r) => r,
-                Err(e) if attempts < 5 => {
-                    attempts += 1;
-                    rb.ctx.metrics.rebalance_mover_error("verify");
-                    tracing::warn!(shard = %shard.name, error = %e, "rebalance verification: scan failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+            let mut cursor = Bytes::from_static(b"0");
+            let mut attempts = 0;
+            loop {
+                let ep = rb.ctx.backends().shard(id).primary.clone();
+                let mut frame = BytesMut::new();
+                encode_command(&[b"SCAN", &cursor, b"COUNT", b"1000"], &mut frame);
+                let step = match ep.send(wire, 0, &frame.freeze()).await {
+                    Ok(Ok(a)) => scan_reply(&a.frame),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(MigrateError::Backend(BackendError::ConnectionLost {
+                        addr: ep.state.addr.clone(),
+                        reason: "connection task stopped".to_owned(),
+                    })),
+                };
+                let (next, keys) = match step {
+                    Ok(r) => r,
+                    Err(e) if attempts < 5 => {
+                        attempts += 1;
+                        rb.ctx.metrics.rebalance_mover_error("verify");
+                        tracing::warn!(shard = %shard.name, error = %e, "rebalance verification: scan failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        rb.ctx.metrics.rebalance_mover_error("verify");
+                        tracing::error!(shard = %shard.name, error = %e, "rebalance verification could not scan a shard");
+                        v.unscanned.push(shard.name.clone());
+                        break;
+                    }
+                };
+                for k in keys {
+                    let unit = (finished.class_of(&k), finished.slot_of(&k).0);
+                    if finished.route(&k).shard == id {
+                        found += 1;
+                        v.in_moved_slots += u64::from(moved.contains_key(&unit));
+                        continue;
+                    }
+                    v.misplaced += 1;
+                    if moved.get(&unit) == Some(&id) {
+                        v.left_behind += 1;
+                    }
+                    if v.misplaced <= 10 {
+                        tracing::error!(key = %String::from_utf8_lossy(&k), shard = %shard.name, "rebalance verification: key on a shard that does not own it");
+                    }
                 }
-                Err(e) => {
-                    rb.ctx.metrics.rebalance_mover_error("verify");
-                    tracing::error!(shard = %shard.name, error = %e, "rebalance verification could not scan a shard");
-                    v.unscanned.push(shard.name.clone());
+                cursor = next;
+                if cursor.as_ref() == b"0" {
                     break;
                 }
-            };
-            for k in keys {
-                let unit = (finished.class_of(&k), finished.slot_of(&k).0);
-                if finished.route(&k).shard == id {
-                    found += 1;
-                    v.in_moved_slots += u64::from(moved.contains_key(&unit));
-                    continue;
-                }
-                v.misplaced += 1;
-                if moved.get(&unit) == Some(&id) {
-                    v.left_behind += 1;
-                }
-                if v.misplaced <= 10 {
-                    tracing::error!(key = %String::from_utf8_lossy(&k), shard = %shard.name, "rebalance verification: key on a shard that does not own it");
-                }
-            }
-            cursor = next;
-            if cursor.as_ref() == b"0" {
-                break;
             }
         }
         if shard.phase == ShardPhase::Active {

@@ -189,6 +189,9 @@ pub struct Options {
     /// What the keys of one multi-key command, transaction or script must
     /// share (`options.crossslot`).
     pub crossslot: CrossSlot,
+    /// What becomes of scripts and functions that declare no key
+    /// (`options.keyless_scripts`).
+    pub keyless_scripts: KeylessScripts,
     /// Bytes of values the near cache keeps per Redis shard primary; 0
     /// turns it off (see `backend::cache`).
     pub near_cache_bytes: u64,
@@ -220,6 +223,22 @@ pub enum CrossSlot {
     /// one slot (hash tags), so what works cannot stop working after a
     /// rebalance; MGET and friends across slots are refused too.
     Slot,
+}
+
+/// `options.keyless_scripts`: EVAL / EVALSHA / FCALL (and their `_RO`
+/// forms) with no declared key. The proxy routes a script by its declared
+/// keys; one that declares none runs on the first shard, and any key it
+/// reads or writes there (`redis.call('GET', ARGV[1])`) is on whichever
+/// shard that happens to be: a silent wrong answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeylessScripts {
+    /// Run on the first shard (today's behaviour, and right for scripts
+    /// that touch no key).
+    #[default]
+    Allow,
+    /// Refused with `-ERR`: no shard is one where a keyless script cannot
+    /// touch data, so the only safe answer is to ask for its keys.
+    Refuse,
 }
 
 /// A refused map: which field, and why.

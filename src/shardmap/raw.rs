@@ -254,6 +254,10 @@ pub struct RawOptions {
     /// `shard` (default) or `slot`: what keys of one command must share.
     #[serde(default)]
     pub crossslot: Option<String>,
+    /// `allow` (default) or `refuse`: scripts and functions that declare
+    /// no key.
+    #[serde(default)]
+    pub keyless_scripts: Option<String>,
     /// Bytes of values the near cache keeps per shard primary (0: off).
     #[serde(default)]
     pub near_cache_bytes: Option<i64>,

@@ -506,6 +506,16 @@ fn options(raw: RawOptions) -> Result<Options, MapError> {
                 });
             }
         },
+        keyless_scripts: match raw.keyless_scripts.as_deref() {
+            None | Some("allow") => super::KeylessScripts::Allow,
+            Some("refuse") => super::KeylessScripts::Refuse,
+            Some(other) => {
+                return Err(MapError {
+                    path: "options.keyless_scripts".to_owned(),
+                    reason: format!("must be `allow` or `refuse`, got `{other}`"),
+                });
+            }
+        },
     })
 }
 
@@ -735,6 +745,10 @@ mod tests {
         let (p, why) = refused(&y);
         assert_eq!(p, "options.crossslot");
         assert!(why.contains("`shard` or `slot`"), "{why}");
+        let y = BASE.to_owned() + "options:\n  keyless_scripts: maybe\n";
+        let (p, why) = refused(&y);
+        assert_eq!(p, "options.keyless_scripts");
+        assert!(why.contains("`allow` or `refuse`"), "{why}");
         let y = BASE.to_owned() + "options:\n  coalesce_reads: sometimes\n";
         let (p, _) = refused(&y);
         assert_eq!(p, "options.coalesce_reads");

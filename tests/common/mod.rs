@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod compare;
 pub mod etcd;
 pub mod history;
 pub mod postgres;

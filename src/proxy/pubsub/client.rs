@@ -402,7 +402,7 @@ impl Session {
                 })?;
                 let backends = snap.shard(shard);
                 let (local, link) = proxy.pubsub.receivers(topic, channel, &backends.name);
-                let rx = backends.primary.send(self.proto, self.id, req.raw());
+                let rx = backends.primary.send(self.wire(), self.id, req.raw());
                 let kind = if local == link {
                     PendingKind::Backend { rx, retry: None }
                 } else {
