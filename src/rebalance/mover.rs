@@ -707,3 +707,146 @@ async fn verify(rb: &Rebalancer, work: &Work) -> Verification {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::Slot;
+    use std::collections::BTreeSet;
+
+    /// Two shards, then a third (slots move only onto it), 256 slots.
+    const MAP: &str = "slots: 256\nregions:\n  - name: us\nshards:\n  - name: a\n    region: us\n    primary: 127.0.0.1:7001\n  - name: b\n    region: us\n    primary: 127.0.0.1:7002\n";
+
+    fn work(saved: Option<&Saved>) -> (Work, tempdir::Dir) {
+        let current = RoutingTable::compile(Arc::new(ShardMap::from_yaml(MAP).unwrap()), Epoch(1));
+        let next = MAP.to_owned() + "  - name: c\n    region: us\n    primary: 127.0.0.1:7003\n";
+        let plan = plan::plan(&current, &ShardMap::from_yaml(&next).unwrap()).unwrap();
+        let dir = tempdir::Dir::new();
+        let state = Store::Dir(super::super::state::StateDir::open(dir.path()).unwrap());
+        (Work::new(plan, saved, state, next), dir)
+    }
+
+    /// A directory removed when dropped.
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("shardgate-mover-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn unit(w: &Work, i: usize) -> (u32, u32) {
+        (w.plan.moves[i].class, w.plan.moves[i].slot.0)
+    }
+
+    #[test]
+    fn windows_take_one_source_at_a_time_until_every_unit_is_done() {
+        let (mut w, _dir) = work(None);
+        assert!(w.plan.moves.len() > 1);
+        let sources: BTreeSet<ShardId> = w.plan.moves.iter().map(|m| m.from).collect();
+        assert_eq!(sources.len(), 2, "slots come from both old shards");
+        let mut windows = 0;
+        let mut seen = BTreeSet::new();
+        loop {
+            let window = w.next_window();
+            if window.is_empty() {
+                break;
+            }
+            windows += 1;
+            assert!(window.len() <= WINDOW);
+            let from = w.plan.moves[window[0]].from;
+            for &i in &window {
+                assert_eq!(w.plan.moves[i].from, from, "one source per window");
+                assert_eq!(w.states[i], UnitState::Pending);
+                assert!(seen.insert(i), "a unit is in one window only");
+                w.states[i] = UnitState::Done;
+            }
+        }
+        assert_eq!(seen.len(), w.plan.moves.len(), "every unit moved");
+        assert_eq!(windows, 2);
+        assert_eq!(w.count(UnitState::Done), w.plan.moves.len());
+    }
+
+    #[test]
+    fn a_resumed_move_finishes_the_window_a_crash_left_migrating_first() {
+        let (fresh, _dir) = work(None);
+        let n = fresh.plan.moves.len();
+        // Three units of the second source were migrating, the first unit
+        // of the other source done.
+        let second = fresh.plan.moves.iter().map(|m| m.from).max().unwrap();
+        let done = (0..n)
+            .find(|&i| fresh.plan.moves[i].from != second)
+            .unwrap();
+        let migrating: BTreeSet<(u32, u32)> = (0..n)
+            .filter(|&i| fresh.plan.moves[i].from == second)
+            .take(3)
+            .map(|i| unit(&fresh, i))
+            .collect();
+        let saved = Saved {
+            source_yaml: String::new(),
+            target_yaml: String::new(),
+            migrating: migrating.iter().copied().collect(),
+            done: [unit(&fresh, done)].into_iter().collect(),
+            paused: false,
+            throttle: 0,
+        };
+        let (mut w, _dir2) = work(Some(&saved));
+        assert_eq!(w.states[done], UnitState::Done);
+        let first = w.next_window();
+        let got: BTreeSet<(u32, u32)> = first.iter().map(|&i| unit(&w, i)).collect();
+        assert_eq!(got, migrating, "the migrating units, and only them");
+        for &i in &first {
+            w.states[i] = UnitState::Done;
+        }
+        let next = w.next_window();
+        assert!(!next.is_empty());
+        assert!(next.iter().all(|&i| w.states[i] == UnitState::Pending));
+        assert!(!next.contains(&done), "a done unit never moves again");
+    }
+
+    #[test]
+    fn the_published_table_routes_each_unit_by_its_state() {
+        let (mut w, _dir) = work(None);
+        let (p, m, d) = (0, 1, 2);
+        w.states[m] = UnitState::Migrating;
+        w.states[d] = UnitState::Done;
+        let t = w.table(Epoch(9));
+        assert_eq!(t.epoch(), Epoch(9));
+        let route = |i: usize| {
+            let mv = &w.plan.moves[i];
+            (t.route_of(mv.class, Slot(mv.slot.0)), mv.from, mv.to)
+        };
+        // Pending: still the source's, nothing moves yet.
+        let (r, from, _) = route(p);
+        assert_eq!((r.shard, r.moving_from), (from, None));
+        // Migrating: the target's, moving from the source (commands move
+        // the key first).
+        let (r, from, to) = route(m);
+        assert_eq!((r.shard, r.moving_from), (to, Some(from)));
+        // Done: the target's.
+        let (r, _, to) = route(d);
+        assert_eq!((r.shard, r.moving_from), (to, None));
+    }
+
+    #[test]
+    fn replication_fields_are_read_from_info() {
+        let info = "# Replication\r\nrole:master\r\nmaster_repl_offset:1234\r\nslave0:ip=x\r\n";
+        assert_eq!(field(info, "master_repl_offset"), Some(1234));
+        assert_eq!(field(info, "role"), None, "not a number");
+        assert_eq!(field(info, "missing"), None);
+    }
+}
