@@ -16,22 +16,8 @@ set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is missing: bash scripts/setup.sh" >&2; exit 1; }
 T=${T:-get}; N=${N:-100000}
-tmp=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rports=()
-for _ in 0 1 2 3; do
-  p=$(free_port)
-  redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null 2>&1 &
-  pids+=($!); rports+=("$p")
-done
-sleep 0.5
-{
-  printf 'regions:\n  - name: r\nshards:\n'
-  i=0
-  for p in "${rports[@]}"; do printf '  - name: s%s\n    region: r\n    primary: 127.0.0.1:%s\n' $i "$p"; i=$((i + 1)); done
-} >"$tmp/map.yaml"
+. "$(dirname "$0")/lib-bench.sh"
+start_shards
 labels=()
 for spec in "$@"; do
   label=${spec%%=*}; bin=${spec#*=}; labels+=("$label")

@@ -395,40 +395,14 @@ fn transactions_on_a_postgres_shard_answer_as_on_a_redis_shard() {
 }
 
 /// Every write command postgres shards implement (`K`: the key), as in
-/// `tests/pg_race.rs`.
-const WRITES: &[&str] = &[
-    "SET K s",
-    "SET K s2 NX",
-    "SET K s3 XX",
-    "SET K s4 GET",
-    "SET K s5 EX 1000",
-    "SET K s6 KEEPTTL",
-    "SETNX K n",
-    "SETEX K 1000 e",
-    "GETSET K g",
-    "GETDEL K",
-    "GETEX K EX 1000",
-    "GETEX K PERSIST",
-    "APPEND K a",
-    "INCR K",
-    "DECRBY K 3",
-    "INCRBYFLOAT K 1.5",
-    "SETRANGE K 1 r",
-    "MSET K m",
-    "MSETNX K x",
-    "DEL K",
-    "UNLINK K",
-    "EXPIRE K 1000",
-    "PEXPIREAT K 1",
-    "PERSIST K",
-    "HSET K f h",
-    "HSETNX K f2 n",
-    "HSETNX K f n",
-    "HDEL K f",
-    "HDEL K nothere",
-    "HINCRBY K f 2",
-    "HINCRBYFLOAT K f 0.5",
-];
+/// `tests/pg_race.rs`, and two that write nothing (a field that is there,
+/// one that is not): they must not fail another client's WATCH either.
+fn writes() -> impl Iterator<Item = &'static str> {
+    common::postgres::WRITES
+        .iter()
+        .copied()
+        .chain(["HSETNX K f n", "HDEL K nothere"])
+}
 
 /// Every write command on every kind of key (missing, string, string with
 /// a TTL, hash): inside MULTI (replies and the state after EXEC), and by
@@ -447,7 +421,7 @@ fn every_write_inside_exec_and_against_watch_answers_as_redis() {
     ];
     let mut compared = 0;
     for start in starts {
-        for w in WRITES {
+        for w in writes() {
             let w = w.replace('K', "{T}K");
             let mut inside: Vec<Step> = start.iter().map(|s| On(0, s)).collect();
             inside.extend([

@@ -29,43 +29,10 @@ use std::time::{Duration, Instant};
 
 use common::RedisServer;
 use common::postgres::PgServer;
+use common::postgres::WRITES;
 use common::resp::FrameConn;
 use shardgate::router::placement::key_hash;
 use sqlx::Row as _;
-
-/// Every write command postgres shards implement (`K` is the key). Values
-/// differ between commands so that the final state tells who wrote last.
-const WRITES: &[&str] = &[
-    "SET K s",
-    "SET K s2 NX",
-    "SET K s3 XX",
-    "SET K s4 GET",
-    "SET K s5 EX 1000",
-    "SET K s6 KEEPTTL",
-    "SETNX K n",
-    "SETEX K 1000 e",
-    "GETSET K g",
-    "GETDEL K",
-    "GETEX K EX 1000",
-    "GETEX K PERSIST",
-    "APPEND K a",
-    "INCR K",
-    "DECRBY K 3",
-    "INCRBYFLOAT K 1.5",
-    "SETRANGE K 1 r",
-    "MSET K m",
-    "MSETNX K x",
-    "DEL K",
-    "UNLINK K",
-    "EXPIRE K 1000",
-    "PEXPIREAT K 1",
-    "PERSIST K",
-    "HSET K f h",
-    "HSETNX K f2 n",
-    "HDEL K f",
-    "HINCRBY K f 2",
-    "HINCRBYFLOAT K f 0.5",
-];
 
 /// What the key holds before the race.
 #[derive(Clone, Copy, Debug)]

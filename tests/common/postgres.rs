@@ -247,3 +247,39 @@ impl Drop for PgServer {
         self.stop();
     }
 }
+
+/// Every write command postgres shards implement (`K` is the key), for
+/// tests that run each of them (`tests/pg_race.rs`, `tests/pg_multi.rs`).
+/// Values differ between commands so that a final state tells who wrote
+/// last.
+pub const WRITES: &[&str] = &[
+    "SET K s",
+    "SET K s2 NX",
+    "SET K s3 XX",
+    "SET K s4 GET",
+    "SET K s5 EX 1000",
+    "SET K s6 KEEPTTL",
+    "SETNX K n",
+    "SETEX K 1000 e",
+    "GETSET K g",
+    "GETDEL K",
+    "GETEX K EX 1000",
+    "GETEX K PERSIST",
+    "APPEND K a",
+    "INCR K",
+    "DECRBY K 3",
+    "INCRBYFLOAT K 1.5",
+    "SETRANGE K 1 r",
+    "MSET K m",
+    "MSETNX K x",
+    "DEL K",
+    "UNLINK K",
+    "EXPIRE K 1000",
+    "PEXPIREAT K 1",
+    "PERSIST K",
+    "HSET K f h",
+    "HSETNX K f2 n",
+    "HDEL K f",
+    "HINCRBY K f 2",
+    "HINCRBYFLOAT K f 0.5",
+];
