@@ -75,3 +75,19 @@ def test_metrics_of_observability(deployment, harness_only, proxy):
         time.sleep(0.2)
         with urllib.request.urlopen(deployment.metrics_url, timeout=5) as r:
             text = r.read().decode()
+
+
+def test_info_persistence_counts_writes_since_the_last_save(deployment, proxy_only, proxy):
+    # Redis' "dirty" counter, summed over the shards: every write through
+    # the proxy counts once, on the shard it ran on.
+    before = proxy.info("persistence")
+    for name in ("loading", "rdb_changes_since_last_save", "rdb_bgsave_in_progress",
+                 "rdb_last_save_time", "aof_enabled", "aof_rewrite_in_progress"):
+        assert isinstance(before[name], int), (name, before)
+    assert before["rdb_last_bgsave_status"] == "ok", before
+    for i in range(25):
+        proxy.set(f"dirty:{{t{i}}}", "v")
+    after = proxy.info("persistence")
+    # Other tests may write meanwhile (the suite runs in parallel).
+    assert after["rdb_changes_since_last_save"] - before["rdb_changes_since_last_save"] >= 25
+    assert "rdb_changes_since_last_save" in proxy.info()

@@ -6,8 +6,9 @@
 //! commandstats, errorstats, proxy. Over the shards' primaries:
 //! `redis_version` (the lowest any shard runs), `shards_used_memory`, the
 //! keyspace counters of stats (`keyspace_hits`, `keyspace_misses`,
-//! `expired_keys`, `evicted_keys`) and keyspace (each database's keys and expires
-//! summed, `avg_ttl` averaged by expires). The shards are asked only for
+//! `expired_keys`, `evicted_keys`), persistence (writes since the last
+//! save summed, the oldest save, any shard loading or saving) and keyspace
+//! (each database's keys and expires summed, `avg_ttl` averaged by expires). The shards are asked only for
 //! the sections the request needs, in one `INFO` per primary.
 
 use std::collections::BTreeSet;
@@ -29,10 +30,11 @@ use crate::shardmap::ShardPhase;
 
 /// Sections of `INFO` with no argument and of `INFO default` (Redis 7's
 /// default set, those the proxy has, and its own).
-const DEFAULT: [&str; 9] = [
+const DEFAULT: [&str; 10] = [
     "server",
     "clients",
     "memory",
+    "persistence",
     "stats",
     "replication",
     "cpu",
@@ -87,6 +89,18 @@ struct ShardFigures {
     misses: u64,
     expired: u64,
     evicted: u64,
+    /// Writes since each shard's last save (Redis' `dirty`), summed.
+    changes_since_save: u64,
+    /// The oldest last successful save of a shard (Unix seconds).
+    last_save: Option<u64>,
+    /// A shard is loading its data, saving, or rewriting its AOF.
+    loading: bool,
+    saving: bool,
+    aof_rewriting: bool,
+    /// Every shard that answered runs with `appendonly yes`.
+    aof_everywhere: Option<bool>,
+    /// A shard's last background save failed.
+    save_failed: bool,
     /// Per database (`SELECT n`), its keys summed.
     dbs: std::collections::BTreeMap<u32, DbFigures>,
     /// Shards that did not answer (down, or an error reply).
@@ -115,6 +129,17 @@ impl ShardFigures {
         self.misses += num("keyspace_misses");
         self.expired += num("expired_keys");
         self.evicted += num("evicted_keys");
+        if field("rdb_changes_since_last_save").is_some() {
+            self.changes_since_save += num("rdb_changes_since_last_save");
+            let saved = num("rdb_last_save_time");
+            self.last_save = Some(self.last_save.map_or(saved, |t| t.min(saved)));
+            self.loading |= num("loading") > 0;
+            self.saving |= num("rdb_bgsave_in_progress") > 0;
+            self.aof_rewriting |= num("aof_rewrite_in_progress") > 0;
+            let aof = num("aof_enabled") > 0;
+            self.aof_everywhere = Some(self.aof_everywhere.unwrap_or(true) && aof);
+            self.save_failed |= field("rdb_last_bgsave_status").is_some_and(|v| v != "ok");
+        }
         for line in text.lines() {
             let Some((db, line)) = line
                 .strip_prefix("db")
@@ -165,10 +190,11 @@ fn human(n: u64) -> String {
 
 /// Every section, in the order INFO writes them (Redis' order, the
 /// proxy's own before the keyspace).
-const ORDER: [&str; 10] = [
+const ORDER: [&str; 11] = [
     "server",
     "clients",
     "memory",
+    "persistence",
     "stats",
     "replication",
     "cpu",
@@ -178,7 +204,7 @@ const ORDER: [&str; 10] = [
     "keyspace",
 ];
 /// The sections that need the shards' figures.
-const FROM_SHARDS: [&str; 4] = ["server", "memory", "stats", "keyspace"];
+const FROM_SHARDS: [&str; 5] = ["server", "memory", "persistence", "stats", "keyspace"];
 
 impl Session {
     /// INFO [section ...]: the proxy's own sections and the shards' summed
@@ -294,6 +320,7 @@ fn section(t: &mut String, proxy: &Proxy, name: &str, shards: &ShardFigures) {
                 human(shards.used_memory),
             );
         }
+        "persistence" => persistence(t, shards),
         "stats" => stats_section(t, proxy, shards),
         // The proxy is the one "server" its clients see; the shards'
         // replicas are in the Proxy section.
@@ -342,6 +369,25 @@ fn server(t: &mut String, proxy: &Proxy, shards: &ShardFigures) {
         usize::BITS,
         std::process::id(),
         uptime / 86_400,
+    );
+}
+
+/// The shards' persistence, combined as a client reads one server's:
+/// writes since the last save summed (Redis' `dirty`, which test suites
+/// and tools watch), the oldest last save, and whether any shard is
+/// loading, saving or failed its last save.
+fn persistence(t: &mut String, shards: &ShardFigures) {
+    let flag = |b: bool| u8::from(b);
+    let _ = write!(
+        t,
+        "# Persistence\r\nloading:{}\r\nasync_loading:0\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:{}\r\nrdb_last_save_time:{}\r\nrdb_last_bgsave_status:{}\r\naof_enabled:{}\r\naof_rewrite_in_progress:{}\r\n",
+        flag(shards.loading),
+        shards.changes_since_save,
+        flag(shards.saving),
+        shards.last_save.unwrap_or(0),
+        if shards.save_failed { "err" } else { "ok" },
+        flag(shards.aof_everywhere.unwrap_or(false)),
+        flag(shards.aof_rewriting),
     );
 }
 
@@ -598,6 +644,22 @@ mod tests {
             (150, 7, 15, 4)
         );
         assert_eq!(db0.ttl_weight / u128::from(db0.expires), 2000);
+        // Persistence: changes summed, the oldest save, any shard saving.
+        assert_eq!(f.changes_since_save, 0);
+        f.add("loading:0\r\nrdb_changes_since_last_save:7\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:200\r\nrdb_last_bgsave_status:ok\r\naof_enabled:1\r\n");
+        f.add("loading:0\r\nrdb_changes_since_last_save:5\r\nrdb_bgsave_in_progress:1\r\nrdb_last_save_time:100\r\nrdb_last_bgsave_status:ok\r\naof_enabled:0\r\n");
+        let mut t = String::new();
+        persistence(&mut t, &f);
+        assert!(t.starts_with("# Persistence\r\nloading:0\r\n"), "{t}");
+        for line in [
+            "rdb_changes_since_last_save:12",
+            "rdb_bgsave_in_progress:1",
+            "rdb_last_save_time:100",
+            "rdb_last_bgsave_status:ok",
+            "aof_enabled:0",
+        ] {
+            assert!(t.contains(&format!("{line}\r\n")), "{line} in {t}");
+        }
         assert_eq!(human(1536), "1.50K");
         assert_eq!(human(10), "10B");
     }
