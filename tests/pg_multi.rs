@@ -594,3 +594,52 @@ fn bulks(frame: &[u8]) -> Vec<Option<String>> {
     }
     out
 }
+
+/// `shardgate_pg_transactions_total` counts each EXEC on a postgres shard
+/// by outcome (the binary, with its metrics listener).
+#[test]
+fn pg_transactions_are_counted_by_outcome() {
+    use std::io::{Read, Write};
+    let pg = common::postgres::PgServer::start();
+    let dir = common::TempDir::new("pg-tx-metrics");
+    let map = dir.path().join("map.yaml");
+    std::fs::write(
+        &map,
+        format!(
+            "regions:\n  - name: us\nshards:\n  - name: pgs\n    kind: postgres\n    region: us\n    primary: {}\n",
+            pg.dsn()
+        ),
+    )
+    .unwrap();
+    let mport = common::free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let (_proxy, port) = common::spawn_proxy(
+        env!("CARGO_BIN_EXE_shardgate"),
+        &map,
+        &["--metrics-listen", &maddr],
+    );
+    let mut a = FrameConn::connect(port);
+    let mut b = FrameConn::connect(port);
+    // Committed.
+    assert_eq!(a.call(&["MULTI"]), b"+OK\r\n");
+    assert_eq!(a.call(&["SET", "m", "1"]), b"+QUEUED\r\n");
+    assert_eq!(a.call(&["EXEC"]), b"*1\r\n+OK\r\n");
+    // The WATCHed key changed: nil, counted as watch_failed.
+    assert_eq!(a.call(&["WATCH", "m"]), b"+OK\r\n");
+    assert_eq!(b.call(&["SET", "m", "2"]), b"+OK\r\n");
+    assert_eq!(a.call(&["MULTI"]), b"+OK\r\n");
+    assert_eq!(a.call(&["INCR", "m"]), b"+QUEUED\r\n");
+    assert_eq!(a.call(&["EXEC"]), b"*-1\r\n");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let count = |outcome: &str| -> Option<u64> {
+        body.lines()
+            .filter(|l| l.starts_with("shardgate_pg_transactions_total{"))
+            .find(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(count("committed"), Some(1), "{body}");
+    assert_eq!(count("watch_failed"), Some(1), "{body}");
+}

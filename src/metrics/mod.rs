@@ -214,6 +214,9 @@ pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 /// shard that is known only then).
 pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
 
+/// Metrics of postgres shards only (a map without one has none).
+pub const POSTGRES_ONLY: [&str; 1] = [PG_TRANSACTIONS];
+
 /// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
 pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
 /// Pub/sub messages written to this proxy's clients.

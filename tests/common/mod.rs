@@ -380,6 +380,28 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
+/// Whether process `pid` has a socket listening on 127.0.0.1:`port` (its
+/// inode in `/proc/net/tcp` among the process' descriptors).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let Some(inode) = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+            .then(|| f.get(9).map(|s| (*s).to_owned()))
+            .flatten()
+    }) else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == want))
+    })
+}
+
 /// Starts the `shardgate` binary (`bin`: `env!("CARGO_BIN_EXE_shardgate")`)
 /// with `serve --map MAP --listen 127.0.0.1:PORT` and `extra` arguments, and
 /// waits until it listens. Returns the process (killed on drop) and the port.
@@ -394,17 +416,33 @@ pub fn spawn_proxy_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (KillOnDrop, u16) {
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["serve", "--map"])
-        .arg(map)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn shardgate");
-    let child = KillOnDrop(child);
-    wait_for_port(port);
-    (child, port)
+    // A free port may be taken by another test's process before the proxy
+    // binds it: the proxy then exits while a plain connect finds the other
+    // listener. So wait until the proxy itself listens (its socket in
+    // /proc), and start again on another port if it exited.
+    for _ in 0..3 {
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["serve", "--map"])
+            .arg(map)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shardgate");
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.0.try_wait().expect("child status").is_some() {
+                break;
+            }
+            if listens_on(child.0.id(), port) {
+                return (child, port);
+            }
+            assert!(Instant::now() < deadline, "port {port} never opened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("shardgate exited at start three times (a port it was given taken?)");
 }
