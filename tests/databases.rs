@@ -222,6 +222,30 @@ fn rebalance_moves_every_database() {
     // Slowed down, so that most keys of database 4 move when a command
     // touches them (moves on touch use the client's database).
     assert_eq!(admin.text(&[b"THROTTLE", b"20"]), "OK");
+    // COPY into database 0 (from 4) while the slots move: a key whose slot
+    // is migrating answers TRYAGAIN (its database-0 copy may still be on
+    // the old shard, and the mover would bring it over the new copy);
+    // retried once the slots moved, every copy stays.
+    let copy = |c: &mut redis::Connection, k: &str| -> redis::RedisResult<i64> {
+        redis::cmd("COPY")
+            .arg(k)
+            .arg(k)
+            .arg("DB")
+            .arg(0)
+            .arg("REPLACE")
+            .query(c)
+    };
+    let mut retry = Vec::new();
+    for k in &ks[..40] {
+        match copy(&mut c, k) {
+            Ok(n) => assert_eq!(n, 1, "{k}"),
+            Err(e) => {
+                assert_eq!(e.code(), Some("TRYAGAIN"), "{k}: {e}");
+                retry.push(k);
+            }
+        }
+    }
+    assert!(!retry.is_empty(), "some of 40 keys are in migrating slots");
     for k in &ks {
         let v: String = c.get(k).unwrap();
         assert_eq!(v, "four", "{k} read during the move");
@@ -229,6 +253,15 @@ fn rebalance_moves_every_database() {
     assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
+    for k in &retry {
+        assert_eq!(copy(&mut c, k).unwrap(), 1, "{k} once its slot moved");
+    }
+    select(&mut c, 0).unwrap();
+    for k in &ks[..40] {
+        let v: String = c.get(k).unwrap();
+        assert_eq!(v, "four", "{k}: the copy into database 0 stayed");
+    }
+    select(&mut c, 4).unwrap();
     let t2 = table_of(&m2);
     let mut moved = 0;
     for k in &ks {

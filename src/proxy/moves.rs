@@ -18,7 +18,7 @@ use crate::backend::migrate::{
     BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_frame, migrated, move_big_key,
 };
 use crate::backend::mux::ReplyRx;
-use crate::backend::{Backends, Wire};
+use crate::backend::{Backends, Db, Wire};
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, lookup};
 use crate::error::ProxyError;
@@ -92,6 +92,17 @@ impl Session {
         mut req: Request,
         spec: &'static CommandSpec,
     ) -> Bytes {
+        if let Some(db) = copy_to_other_db(&req, spec, self.db) {
+            // Only the client's own database moves first: the destination's
+            // copy in `db` may still be on the old shard, and the mover
+            // would later bring it over the new one.
+            return self.encode(
+                ProxyError::tryagain(format_args!(
+                    "COPY ... DB {db} on a key whose slot is moving between shards; retry once the slot has moved"
+                ))
+                .to_reply(),
+            );
+        }
         for _ in 0..MAX_ROUNDS {
             let keys = request_keys(&req);
             // An older round's table must not be held while waiting.
@@ -148,6 +159,13 @@ impl Session {
         let keys = request_keys(req);
         self.held = None;
         let snap = movable_snapshot(proxy, &keys).await?;
+        if let Some(db) = lookup(req.name()).and_then(|spec| copy_to_other_db(req, spec, self.db))
+            && !moving_keys(snap.table(), &keys).is_empty()
+        {
+            return Err(ProxyError::tryagain(format_args!(
+                "COPY ... DB {db} on a key whose slot is moving between shards; retry once the slot has moved"
+            )));
+        }
         self.held = Some(snap.clone());
         self.move_keys(proxy, &snap, &keys).await?;
         shard_of(snap.table(), keys.iter().map(|k| k.as_ref()))
@@ -387,4 +405,22 @@ pub(super) fn shard_of<'a>(
         }
     }
     Ok(shard)
+}
+
+/// The database `COPY src dst DB n` writes to, when it is not the client's
+/// own (`current`).
+fn copy_to_other_db(req: &Request, spec: &CommandSpec, current: Db) -> Option<u32> {
+    if spec.name != "copy" {
+        return None;
+    }
+    let args = req.args();
+    let at = args
+        .iter()
+        .skip(3)
+        .position(|a| a.eq_ignore_ascii_case(b"DB"))?;
+    let db: u32 = std::str::from_utf8(args.get(3 + at + 1)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    (db != current.0).then_some(db)
 }
