@@ -235,6 +235,12 @@ fn rebalance_moves_every_database() {
             .arg("REPLACE")
             .query(c)
     };
+    // (Once the mover has published its first window as migrating.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while admin.progress()["slots_migrating"] == "0" {
+        assert!(std::time::Instant::now() < deadline, "no window migrates");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut retry = Vec::new();
     for k in &ks[..40] {
         match copy(&mut c, k) {
