@@ -427,8 +427,9 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
         &model.errors[..model.errors.len().min(10)]
     );
     assert!(
-        shared.tryagain.lock().unwrap().is_empty(),
-        "no member was fenced"
+        shared.fenced().is_empty(),
+        "no member was fenced: {:?}",
+        shared.tryagain.lock().unwrap()
     );
     assert!(keys_on(&fleet.servers[1]).is_empty(), "s1 was drained");
     // Every member checks the same history against the same placement.
@@ -493,8 +494,9 @@ fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
         &model.errors[..model.errors.len().min(10)]
     );
     assert!(
-        shared.tryagain.lock().unwrap().is_empty(),
-        "no surviving member was fenced"
+        shared.fenced().is_empty(),
+        "no surviving member was fenced: {:?}",
+        shared.tryagain.lock().unwrap()
     );
     let mut fixed = filler();
     fixed.extend((0..3).map(|i| format!("probe:p{i}")));
@@ -560,7 +562,7 @@ fn a_member_frozen_past_its_lease_fences_itself_and_rejoins() {
     let port = fleet.members[frozen].port;
     let tryagain = shared.tryagain.lock().unwrap().clone();
     assert!(
-        tryagain.iter().all(|(p, _)| *p == port),
+        tryagain.iter().all(|(p, _, _)| *p == port),
         "only the frozen member answered TRYAGAIN"
     );
     assert!(
@@ -568,7 +570,7 @@ fn a_member_frozen_past_its_lease_fences_itself_and_rejoins() {
         "the frozen member refused keys after its lease expired\n{}",
         fleet.members[frozen].log_text()
     );
-    let last = tryagain.iter().map(|(_, t)| *t).max().unwrap();
+    let last = tryagain.iter().map(|(_, t, _)| *t).max().unwrap();
     assert!(
         last.saturating_duration_since(resumed) < Duration::from_secs(20),
         "TRYAGAIN stopped {:?} after the resume ({} replies)",
@@ -660,8 +662,9 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
 
     assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
     assert!(
-        shared.tryagain.lock().unwrap().is_empty(),
-        "no member fenced itself during an outage shorter than its lease"
+        shared.fenced().is_empty(),
+        "no member fenced itself during an outage shorter than its lease: {:?}",
+        shared.tryagain.lock().unwrap()
     );
     assert!(
         model.errors.is_empty(),
@@ -704,8 +707,9 @@ fn losing_one_of_three_etcd_members_changes_nothing() {
     let (shared, model) = load.stop();
     assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
     assert!(
-        shared.tryagain.lock().unwrap().is_empty(),
-        "no member fenced itself while etcd kept its quorum"
+        shared.fenced().is_empty(),
+        "no member fenced itself while etcd kept its quorum: {:?}",
+        shared.tryagain.lock().unwrap()
     );
     assert!(
         model.errors.is_empty(),

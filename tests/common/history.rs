@@ -60,10 +60,24 @@ pub struct Shared {
     /// Per counter: acknowledged INCRs, and INCRs without an answer.
     pub incr_acked: Vec<AtomicU64>,
     pub incr_unknown: Vec<AtomicU64>,
-    /// `-TRYAGAIN` replies (a fenced fleet member): the proxy's port and
-    /// when the reply came. The command did not run.
-    pub tryagain: Mutex<Vec<(u16, Instant)>>,
+    /// `-TRYAGAIN` replies: the proxy's port, when the reply came and its
+    /// text. The command did not run.
+    pub tryagain: Mutex<Vec<(u16, Instant, String)>>,
     model: Mutex<Model>,
+}
+
+impl Shared {
+    /// The `-TRYAGAIN` replies of a fenced member (one that may have lost
+    /// its etcd lease), as opposed to a key move that failed and is retried.
+    pub fn fenced(&self) -> Vec<(u16, Instant, String)> {
+        self.tryagain
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, text)| text.contains("lost contact with the fleet's etcd"))
+            .cloned()
+            .collect()
+    }
 }
 
 pub fn version_of(v: &Option<String>) -> u64 {
@@ -111,7 +125,7 @@ fn worker(id: usize, ports: Vec<u16>, shared: Arc<Shared>) {
                 reset = true;
             } else if e.code() == Some("TRYAGAIN") {
                 let mut t = shared.tryagain.lock().unwrap();
-                t.push((port, Instant::now()));
+                t.push((port, Instant::now(), e.to_string()));
             } else {
                 local.errors.push(format!("{what}: {e}"));
             }
