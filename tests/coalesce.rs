@@ -82,17 +82,7 @@ fn coalesced() -> (u64, u64, u64) {
 
 /// Commands the proxy has counted (`INFO commandstats` of the proxy).
 fn proxy_calls(c: &Cluster, cmd: &str) -> u64 {
-    let mut con = c.conn();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut con)
-        .expect("proxy info");
-    let prefix = format!("cmdstat_{cmd}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    common::cluster::calls_on(&mut c.conn(), cmd)
 }
 
 /// How long [`while_paused`] pauses the shards. Redis cannot be unpaused

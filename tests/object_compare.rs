@@ -61,6 +61,18 @@ fn compare(server_args: &[&str], replicas: bool) {
     );
 }
 
+/// An LFU policy where every access counts, without decay: the counter
+/// drops once a minute boundary passes between accesses, which made the
+/// two servers differ by one.
+const LFU: &[&str] = &[
+    "--maxmemory-policy",
+    "allkeys-lfu",
+    "--lfu-log-factor",
+    "0",
+    "--lfu-decay-time",
+    "0",
+];
+
 #[test]
 fn object_under_the_default_policy() {
     compare(&[], false);
@@ -68,35 +80,11 @@ fn object_under_the_default_policy() {
 
 #[test]
 fn object_freq_under_an_lfu_policy() {
-    compare(
-        // No decay: the counter drops once a minute boundary passes
-        // between accesses, which made the two servers differ by one.
-        &[
-            "--maxmemory-policy",
-            "allkeys-lfu",
-            "--lfu-log-factor",
-            "0",
-            "--lfu-decay-time",
-            "0",
-        ],
-        false,
-    );
+    compare(LFU, false);
 }
 
 #[test]
 fn object_reports_the_access_state_where_the_clients_reads_went() {
-    compare(
-        // No decay: the counter drops once a minute boundary passes
-        // between accesses, which made the two servers differ by one.
-        &[
-            "--maxmemory-policy",
-            "allkeys-lfu",
-            "--lfu-log-factor",
-            "0",
-            "--lfu-decay-time",
-            "0",
-        ],
-        true,
-    );
+    compare(LFU, true);
     compare(&[], true);
 }

@@ -330,9 +330,15 @@ impl RawConn {
 /// `INFO commandstats` calls of `cmd` (lower-case) on a server.
 pub fn calls(server: &RedisServer, cmd: &str) -> u64 {
     let mut c = server.client().get_connection().expect("direct connect");
+    calls_on(&mut c, cmd)
+}
+
+/// `INFO commandstats` calls of `cmd` (lower-case) on a connection's
+/// server: a shard, or the proxy (which counts its own).
+pub fn calls_on(c: &mut redis::Connection, cmd: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query(&mut c)
+        .query(c)
         .expect("info");
     let prefix = format!("cmdstat_{cmd}:calls=");
     info.lines()
