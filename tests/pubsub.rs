@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -337,6 +337,12 @@ fn a_subscriber_that_stops_reading_is_closed() {
     // A healthy subscriber of the same channel.
     let client = c.client();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // The publisher stays at most `AHEAD` messages (80 KB) ahead of the
+    // healthy subscriber, so that one never nears the limit, however the
+    // machine schedules its thread; the stuck one falls behind by all.
+    const AHEAD: usize = 8;
+    let received = Arc::new(AtomicUsize::new(0));
+    let seen = received.clone();
     let reader = std::thread::spawn(move || {
         let mut ok = client.get_connection().unwrap();
         let mut ps = ok.as_pubsub();
@@ -350,13 +356,23 @@ fn a_subscriber_that_stops_reading_is_closed() {
                 .expect("the reading subscriber keeps its messages");
             assert_eq!(m.get_payload_bytes().len(), 10_000);
             count += 1;
+            seen.store(count, Ordering::Release);
         }
         count
     });
     ready_rx.recv().unwrap();
     let mut conn = c.conn();
     let payload = vec![b'x'; 10_000];
-    for _ in 0..2000 {
+    for sent in 0..2000usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent.saturating_sub(received.load(Ordering::Acquire)) > AHEAD {
+            assert!(
+                Instant::now() < deadline && !reader.is_finished(),
+                "the healthy subscriber stopped at {} messages",
+                received.load(Ordering::Acquire)
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
         let _: i64 = redis::cmd("PUBLISH")
             .arg("bulk")
             .arg(&payload)
