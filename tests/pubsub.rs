@@ -401,3 +401,51 @@ fn a_subscriber_that_stops_reading_is_closed() {
         "the stuck subscriber got everything ({drained} bytes)"
     );
 }
+
+/// Once an (P|S)UNSUBSCRIBE is answered, a PUBLISH no longer counts that
+/// subscriber, as in Redis: the reply waits until the shard dropped the
+/// hub's subscription. Every kind, many rounds (the race was a fraction of
+/// a millisecond wide).
+#[test]
+fn a_publish_after_an_unsubscribe_counts_nobody() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        ..Spec::default()
+    });
+    let mut sub = TcpStream::connect(("127.0.0.1", c.proxy_port)).unwrap();
+    let mut conn = c.conn();
+    let send = |sub: &mut TcpStream, args: &[&str]| {
+        let mut out = BytesMut::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        encode_command(&args, &mut out);
+        sub.write_all(&out).unwrap();
+        read_frames(sub, 1);
+    };
+    let kinds = [
+        ("SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", ""),
+        ("SSUBSCRIBE", "SUNSUBSCRIBE", "SPUBLISH", ""),
+        ("PSUBSCRIBE", "PUNSUBSCRIBE", "PUBLISH", "*"),
+    ];
+    for round in 0..100 {
+        for (on, off, publish, suffix) in kinds {
+            let channel = format!("{{u{round}}}{on}");
+            let topic = format!("{channel}{suffix}");
+            send(&mut sub, &[on, &topic]);
+            let n: i64 = redis::cmd(publish)
+                .arg(&channel)
+                .arg("m")
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(n, 1, "{publish} after {on} {topic}");
+            // The message, then the unsubscription.
+            read_frames(&mut sub, 1);
+            send(&mut sub, &[off, &topic]);
+            let n: i64 = redis::cmd(publish)
+                .arg(&channel)
+                .arg("m")
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(n, 0, "{publish} after {off} {topic} (round {round})");
+        }
+    }
+}

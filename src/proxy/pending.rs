@@ -50,10 +50,10 @@ pub enum PendingKind {
     Backend { rx: ReplyRx, retry: Option<Retry> },
     /// A split or fanned-out command: every part, then a merge.
     Gather { parts: Vec<Part>, merge: Merge },
-    /// (P|S)SUBSCRIBE: the confirmations, once the shards confirmed (see
-    /// `pubsub`; messages wait while one of these is queued).
+    /// (P|S)(UN)SUBSCRIBE: the confirmations, once the shards confirmed
+    /// (see `pubsub`; messages wait while one of these is queued).
     Subscribed {
-        wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+        wait: super::pubsub::Confirmation,
         reply: Bytes,
     },
 }

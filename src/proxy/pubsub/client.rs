@@ -171,7 +171,7 @@ pub fn subscribe(
     topic: Topic,
     names: &[Bytes],
     proto: Protocol,
-) -> (Bytes, Pin<Box<dyn Future<Output = ()> + Send>>) {
+) -> (Bytes, Confirmation) {
     let mut fresh = Vec::new();
     let mut out = BytesMut::new();
     for name in names {
@@ -194,13 +194,15 @@ pub fn subscribe(
     (out.freeze(), wait)
 }
 
-/// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE (no names: all of the kind).
+/// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE (no names: all of the kind):
+/// the confirmations, and what to wait for before sending them (the
+/// shards dropping what no other local client holds).
 pub fn unsubscribe(
     subs: &mut Subscriptions,
     topic: Topic,
     names: &[Bytes],
     proto: Protocol,
-) -> Bytes {
+) -> (Bytes, Option<Confirmation>) {
     let names: Vec<Bytes> = if names.is_empty() {
         let mut all: Vec<Bytes> = subs.set(topic).iter().cloned().collect();
         all.sort();
@@ -211,7 +213,7 @@ pub fn unsubscribe(
     let mut out = BytesMut::new();
     if names.is_empty() {
         confirmation(&mut out, proto, verb(topic, false), None, subs.count(topic));
-        return out.freeze();
+        return (out.freeze(), None);
     }
     let mut gone = Vec::new();
     for name in &names {
@@ -230,8 +232,15 @@ pub fn unsubscribe(
         .ctx
         .metrics
         .pubsub_subscriptions(topic_index(topic), -(gone.len() as f64));
-    subs.hub.unsubscribe(subs.id, topic, &gone);
-    out.freeze()
+    let dropped = subs.hub.unsubscribe(subs.id, topic, &gone);
+    if dropped.is_empty() {
+        return (out.freeze(), None);
+    }
+    let hub = subs.hub.clone();
+    (
+        out.freeze(),
+        Some(Box::pin(async move { hub.unsubscribed(dropped).await })),
+    )
 }
 
 /// Answers `PUBSUB <subcommand>` from this proxy's subscriptions.
@@ -371,7 +380,7 @@ impl Session {
                 )))
             }
             PubSubKind::Unsubscribe(topic) => {
-                let reply = match self.pubsub.as_mut() {
+                let (reply, wait) = match self.pubsub.as_mut() {
                     Some(subs) => unsubscribe(subs, topic, &args[1..], self.proto),
                     None => {
                         // Never subscribed: Redis still confirms each name.
@@ -382,17 +391,17 @@ impl Session {
                         for name in &args[1..] {
                             confirmation(&mut out, self.proto, verb(topic, false), Some(name), 0);
                         }
-                        out.freeze()
+                        (out.freeze(), None)
                     }
                 };
                 if self.pubsub.as_ref().is_some_and(|s| !s.active()) {
                     self.pubsub = None;
                 }
-                Ok(Action::Queue(self.pending(
-                    spec,
-                    PendingKind::Ready(reply),
-                    None,
-                )))
+                let kind = match wait {
+                    Some(wait) => PendingKind::Subscribed { wait, reply },
+                    None => PendingKind::Ready(reply),
+                };
+                Ok(Action::Queue(self.pending(spec, kind, None)))
             }
             PubSubKind::Publish(topic) => {
                 let channel = &args[1];

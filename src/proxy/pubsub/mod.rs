@@ -77,6 +77,9 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(5);
 /// Longest a SUBSCRIBE waits for its shards to confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// What a (P|S)(UN)SUBSCRIBE reply waits for: the shards' confirmations.
+pub type Confirmation = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A topic: its namespace and name.
 type TopicKey = (Topic, Bytes);
 
@@ -221,12 +224,7 @@ impl Hub {
     /// Subscribes client `id` to `names` of `topic` (names it did not hold
     /// yet). The future resolves once every shard involved confirmed (or
     /// its link is down: the subscription is then made when it is back).
-    fn subscribe(
-        self: &Arc<Self>,
-        id: u64,
-        topic: Topic,
-        names: &[Bytes],
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn subscribe(self: &Arc<Self>, id: u64, topic: Topic, names: &[Bytes]) -> Confirmation {
         let mut needs = Vec::new();
         {
             let mut st = self.lock();
@@ -310,9 +308,12 @@ impl Hub {
         }
     }
 
-    /// Drops client `id` from `topic`'s `names`.
-    fn unsubscribe(&self, id: u64, topic: Topic, names: &[Bytes]) {
+    /// Drops client `id` from `topic`'s `names`. Returns the (shard,
+    /// topic) subscriptions the links were told to drop: the client's
+    /// reply waits for them (see [`Hub::unsubscribed`]).
+    fn unsubscribe(&self, id: u64, topic: Topic, names: &[Bytes]) -> Vec<(String, TopicKey)> {
         let mut st = self.lock();
+        let mut dropped = Vec::new();
         for name in names {
             let key = (topic, name.clone());
             let Some(t) = st.topics.get_mut(&key) else {
@@ -326,6 +327,36 @@ impl Hub {
             st.topics.remove(&key);
             for shard in shards {
                 unwant(&mut st, &shard, &key);
+                dropped.push((shard, key.clone()));
+            }
+        }
+        dropped
+    }
+
+    /// Waits until each dropped (shard, topic) is confirmed gone on its
+    /// shard (or its link is down, or another client wants it again), so
+    /// that once a client's UNSUBSCRIBE is answered the shard no longer
+    /// counts this proxy for it in a PUBLISH reply, as in Redis.
+    async fn unsubscribed(&self, dropped: Vec<(String, TopicKey)>) {
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        loop {
+            let notified = self.confirmed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let done = {
+                let st = self.lock();
+                dropped.iter().all(|(shard, key)| {
+                    st.links
+                        .get(shard)
+                        .is_none_or(|l| l.down || !l.active.contains(key) || l.wanted.contains(key))
+                })
+            };
+            if done {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::debug!("an unsubscription was not confirmed in time; answering anyway");
+                return;
             }
         }
     }
@@ -333,7 +364,8 @@ impl Hub {
     /// Forgets a client and every subscription it held.
     fn remove_client(&self, id: u64, held: Vec<(Topic, Bytes)>) {
         for (topic, name) in held {
-            self.unsubscribe(id, topic, std::slice::from_ref(&name));
+            // Nobody waits for the reply of a client that is gone.
+            let _ = self.unsubscribe(id, topic, std::slice::from_ref(&name));
         }
         self.lock().clients.remove(&id);
     }
@@ -544,9 +576,7 @@ impl Hub {
                 link.active.remove(&key);
             }
         }
-        if on {
-            self.confirmed.notify_waiters();
-        }
+        self.confirmed.notify_waiters();
     }
 
     /// Whether the link of `shard` is still part of the hub (it exits otherwise).
