@@ -36,7 +36,7 @@
 //! app -> admin -> control -> rebalance -> context -> snapshot -> backend -> router -> shardmap
 //!    \-> proxy --------------------------/                        \-> protocol, metrics, tls
 //!    \-> sentinel -----------------------/
-//!  proxy -> auth, command; metrics -> command; backend -> command (SCAN cursors); error -> protocol
+//!  proxy -> auth, command, otel; metrics -> command; backend -> command (SCAN cursors); error -> protocol
 //! ```
 //!
 //! Shard failover: a shard may follow a Redis Sentinel group instead of
@@ -75,6 +75,7 @@ pub mod coord;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
+pub mod otel;
 pub mod protocol;
 pub mod proxy;
 pub mod rebalance;

@@ -276,6 +276,18 @@ struct ServeArgs {
     /// ... and this many entries are kept.
     #[arg(long, default_value_t = 128)]
     slowlog_max_len: usize,
+    /// OpenTelemetry collector (OTLP over gRPC, e.g. http://127.0.0.1:4317)
+    /// to export tail-sampled spans to: only requests that were slow or
+    /// failed are traced. Off when not given.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// With --otlp-endpoint: trace requests slower than this many
+    /// microseconds, parse to reply (negative: none for slowness).
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    trace_slower_than_us: i64,
+    /// With --otlp-endpoint: trace requests answered with an error.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    trace_errors: bool,
     /// YAML file with the `default` user's password and named users with
     /// their command rules; clients must then AUTH.
     #[arg(long, conflicts_with = "requirepass_env")]
@@ -572,6 +584,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
+        // Built on the control runtime, which outlives every request: the
+        // exporter's gRPC connections live there.
+        let traces = match shardgate::otel::Traces::start(&shardgate::otel::TraceConfig {
+            endpoint: args.otlp_endpoint.clone(),
+            slower_than: u64::try_from(args.trace_slower_than_us)
+                .ok()
+                .map(Duration::from_micros),
+            errors: args.trace_errors,
+            instance: args
+                .proxy_id
+                .clone()
+                .unwrap_or_else(|| args.listen.to_string()),
+        }) {
+            Ok(t) => t.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start tracing");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(endpoint) = &args.otlp_endpoint {
+            tracing::info!(%endpoint, slower_than_us = args.trace_slower_than_us, errors = args.trace_errors, "tail-sampled traces exported over OTLP");
+        }
         let mut readiness = None;
         if let Some(addr) = args.metrics_listen {
             match app::install_metrics_exporter(addr) {
@@ -631,6 +665,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                     soft_for: Duration::from_secs(args.output_buffer_soft_seconds),
                 },
                 maxmemory_clients: args.maxmemory_clients,
+                traces: traces.clone(),
             },
         };
         // Installed before the listener opens, so an early SIGHUP never
@@ -669,6 +704,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             let _ = stop.send(true);
         });
         running.wait().await;
+        if let Some(traces) = traces {
+            // Blocks until the queue is exported (bounded by the exporter's
+            // timeout).
+            tokio::task::block_in_place(|| traces.shutdown());
+        }
         ExitCode::SUCCESS
     });
     // Every client has been served or dropped: the serving threads go.

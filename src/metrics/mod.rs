@@ -143,6 +143,10 @@ pub const CLIENT_UNBLOCKS: &str = "shardgate_client_unblocks_total";
 pub const SLOWLOG_ENTRIES: &str = "shardgate_slowlog_entries_total";
 /// Entries in the proxy's SLOWLOG now (at most `--slowlog-max-len`).
 pub const SLOWLOG_LENGTH: &str = "shardgate_slowlog_length";
+/// Requests traced (exported as OpenTelemetry spans), by why (slow, error).
+pub const TRACE_SPANS: &str = "shardgate_trace_spans_total";
+/// Series that exist only when tracing is on (`--otlp-endpoint`).
+pub const TRACING_ONLY: [&str; 1] = [TRACE_SPANS];
 /// How far a replica is behind its primary, in seconds, as its health
 /// check last judged it: by replication offsets (see `backend::lag`) when
 /// the primary's log can tell, else `master_last_io_seconds_ago`.
@@ -400,6 +404,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         SLOWLOG_LENGTH,
         "gauge",
         "Entries in the proxy's SLOWLOG (at most --slowlog-max-len)",
+    ),
+    (
+        TRACE_SPANS,
+        "counter",
+        "Requests traced as OpenTelemetry spans (--otlp-endpoint), by why: slow (over --trace-slower-than-us) or error (an error reply)",
     ),
     (
         REPLICA_LAG_SECONDS,
@@ -800,6 +809,11 @@ impl Metrics {
     pub fn slowlog_entry(&self, len: usize) {
         self.slowlog_entries.increment(1);
         self.slowlog_length.set(len as f64);
+    }
+
+    /// A request was traced, for `reason` (slow, error).
+    pub fn trace_span(&self, reason: &'static str) {
+        metrics::counter!(TRACE_SPANS, "reason" => reason).increment(1);
     }
 
     /// The slow log was emptied (SLOWLOG RESET).

@@ -207,6 +207,7 @@ impl Client<'_> {
                                 self.session.writes.read_answered(std::time::Instant::now());
                             }
                             let raw = self.session.exclusive_raw.take();
+                            let trip = self.session.exclusive_trip.take();
                             let finished = Finished {
                                 spec: Some(spec),
                                 ok: !crate::protocol::reply::is_error(&reply),
@@ -214,8 +215,8 @@ impl Client<'_> {
                                 reply: &reply,
                                 elapsed: started.elapsed(),
                                 raw: raw.as_ref(),
-                                shard: None,
-                                backend_us: None,
+                                shard: trip.map(|(shard, _)| shard),
+                                backend_us: trip.map(|(_, us)| us),
                             };
                             self.proxy
                                 .command_finished(finished, Peer::of(&self.session));

@@ -90,10 +90,13 @@ impl Session {
         let ep = self.routed(proxy).shard(shard).primary.clone();
         let mut conn = self.dedicated(proxy, shard, Runs::Scripted).await?;
         let _lent = Lent::new(&ep.state.metrics);
+        let sent = std::time::Instant::now();
         let result = unless_busy(&ep, conn.request(req.raw())).await;
         if let Err(e) = &result {
             ep.state.metrics.backend_error(e.kind());
         }
+        let took = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+        self.exclusive_trip = Some((shard, took));
         Ok(Reply::Frame(result?))
     }
 

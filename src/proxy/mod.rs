@@ -90,6 +90,8 @@ pub struct ClientConfig {
     /// unwritten replies); past it, the largest are closed (Redis'
     /// `maxmemory-clients`). 0: unbounded.
     pub maxmemory_clients: usize,
+    /// Tail-sampled tracing (`--otlp-endpoint`); `None`: off.
+    pub traces: Option<Arc<crate::otel::Traces>>,
 }
 
 /// Output buffer limits of one client; 0 turns a limit off.
@@ -124,6 +126,7 @@ impl Default for ClientConfig {
                 soft_for: Duration::from_secs(60),
             },
             maxmemory_clients: 1 << 30,
+            traces: None,
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Session {
     /// The request of the exclusive operation being run, kept for the
     /// slow log (see [`Session::dispatch`]).
     pub(super) exclusive_raw: Option<Bytes>,
+    /// The shard an exclusive operation ran its command on and that
+    /// round trip in µs (for the slow log and traces).
+    pub(super) exclusive_trip: Option<(ShardId, u32)>,
     /// Pub/sub subscriptions and the queue of their messages (boxed: most
     /// clients never subscribe).
     pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
@@ -250,6 +253,7 @@ impl Session {
             peer_ip,
             held: None,
             exclusive_raw: None,
+            exclusive_trip: None,
             pubsub: None,
             me: None,
             monitor: None,

@@ -15,6 +15,7 @@ use super::Proxy;
 use super::session::Session;
 use crate::command::{CommandSpec, Handling};
 use crate::metrics::hot::{self, Outcome};
+use crate::otel::{Sampled, TracedRequest};
 
 /// Samples kept for the instantaneous rates (Redis' `STATS_METRIC_SAMPLES`).
 const SAMPLES: usize = 16;
@@ -181,18 +182,38 @@ impl Proxy {
         if !ok {
             count_error(reply_bytes);
         }
+        let shard_name = || {
+            shard.and_then(|id| {
+                self.backends()
+                    .shards()
+                    .get(usize::from(id.0))
+                    .map(|s| s.name.clone())
+            })
+        };
+        // A blocking command's time is the client's own wait.
+        if let Some(traces) = &self.config.traces
+            && let Some(why) = traces.wants(elapsed, ok)
+            && !(why == Sampled::Slow
+                && spec.is_some_and(|s| matches!(s.handling, Handling::Blocking)))
+        {
+            let shard = shard_name();
+            traces.record(TracedRequest {
+                command: spec.map_or("unknown", |s| s.name),
+                elapsed,
+                backend: backend_us.map(|us| Duration::from_micros(u64::from(us))),
+                shard: shard.as_deref(),
+                client: peer.addr,
+                error: (!ok).then_some(reply_bytes),
+                why,
+            });
+            self.metrics.trace_span(why.as_str());
+        }
         if self.slowlog.is_slow(elapsed)
             && let (Some(raw), Some(spec)) = (raw, spec)
             && !spec.flags.contains(crate::command::Flags::SKIP_SLOWLOG)
             && !matches!(spec.handling, Handling::Blocking)
         {
-            let shard = shard.and_then(|id| {
-                let backends = self.backends();
-                backends
-                    .shards()
-                    .get(usize::from(id.0))
-                    .map(|s| s.name.clone())
-            });
+            let shard = shard_name();
             self.slowlog.record(
                 &self.metrics,
                 raw,
