@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::etcd::Etcd;
 use common::history::{Load, check, connect};
 use common::rebalance::{ADMIN_PW, Admin, BIN, keys_on, map_yaml, owner_name, table_of, write};
+use common::sentinel::SentinelServer;
 use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
 
 /// Keys written before the clients start, so the mover has work.
@@ -726,4 +727,121 @@ fn losing_one_of_three_etcd_members_changes_nothing() {
         &fleet.shards(&[0, 1, 2]),
         &fixed,
     );
+}
+
+/// The primary a member uses for shard 0 (`INFO proxy`).
+fn member_primary(port: u16) -> String {
+    let Ok(mut c) = connect(port) else {
+        return String::new();
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("proxy")
+        .query(&mut c)
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("shard0:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("primary=")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A fleet whose shard follows a Sentinel group: every member asks Sentinel
+/// on its own, and when the primary dies each follows the promotion without
+/// a map change (the fleet's epoch stays), and writes through one member are
+/// read through the other on the new primary.
+#[test]
+fn every_member_follows_a_sentinel_failover_without_a_map_change() {
+    const MASTER: &str = "fleetmaster";
+    let dir = TempDir::new("fleet-sentinel");
+    let etcd = vec![Etcd::start()];
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinel = SentinelServer::start(MASTER, primary.port, 1);
+    sentinel.wait_for_group(MASTER, 1, 0);
+    let map = write(
+        dir.path(),
+        "map.yaml",
+        &format!(
+            "regions:\n  - name: us\noptions:\n  connect_timeout_ms: 500\n  command_timeout_ms: 1000\n  health_check_interval_ms: 200\n  sentinel_check_interval_ms: 1000\nshards:\n  - name: s0\n    region: us\n    sentinel:\n      addrs: [{}]\n      master: {MASTER}\n",
+            sentinel.addr()
+        ),
+    );
+    let members: Vec<Member> = (0..2)
+        .map(|i| {
+            let seed = (i == 0).then_some(map.as_path());
+            Member::start(
+                dir.path(),
+                &etcd,
+                "fleet-sentinel",
+                &format!("p{i}"),
+                seed,
+                6,
+            )
+        })
+        .collect();
+    let logs = || {
+        members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.id, m.log_text()))
+            .collect::<String>()
+    };
+    for m in &members {
+        assert_eq!(member_primary(m.port), primary.addr(), "{}", logs());
+    }
+    let epoch = members[0].map_epoch();
+    let mut c0 = connect(members[0].port).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("before")
+        .arg("1")
+        .query(&mut c0)
+        .unwrap();
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query(&mut c0)
+        .unwrap_or(0);
+
+    primary.kill();
+    // Both members route to the promoted replica on their own.
+    let deadline = Instant::now() + PATIENCE;
+    for m in &members {
+        while member_primary(m.port) != replica.addr() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not follow the failover to {}\n{}",
+                m.id,
+                replica.addr(),
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // A write through one member is read through the other, on the new
+    // primary; the replicated write from before is there.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let wrote = connect(members[0].port)
+            .and_then(|mut c| redis::cmd("SET").arg("after").arg("2").query::<()>(&mut c));
+        if wrote.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes never resumed: {wrote:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c1 = connect(members[1].port).unwrap();
+    let got: (Option<String>, Option<String>) = redis::cmd("MGET")
+        .arg("before")
+        .arg("after")
+        .query(&mut c1)
+        .unwrap();
+    assert_eq!(got, (Some("1".into()), Some("2".into())));
+    let direct: Option<String> = redis::cmd("GET")
+        .arg("after")
+        .query(&mut replica.connection())
+        .unwrap();
+    assert_eq!(direct.as_deref(), Some("2"));
+    // A failover is not a map change: the fleet's epoch is the same.
+    for m in &members {
+        assert_eq!(m.map_epoch(), epoch, "{}", m.id);
+    }
 }
