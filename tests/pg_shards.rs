@@ -783,3 +783,76 @@ fn a_key_that_stops_being_a_hash_loses_its_fields() {
         assert_eq!(p.call(&["HLEN", key]), b":1\r\n");
     }
 }
+
+/// A client whose write waits on a row lock (another session holds the
+/// key's row) delays no other client: each client has its own lane, so
+/// more clients than the pool has connections all get their replies while
+/// the first still waits; it completes once the lock goes.
+#[test]
+fn a_client_waiting_on_a_row_lock_delays_no_other_client() {
+    let c = Cluster::start(Spec {
+        shards: 0,
+        pg_shards: 1,
+        extra_options: "  pg_pool_size: 4\n",
+        ..Spec::default()
+    });
+    let pg = &c.pg[0];
+    let mut con = c.conn();
+    let _: () = con.set("locked", "v0").unwrap();
+    // Another session holds the row's lock (until it is terminated).
+    let mut holder = std::process::Command::new(common::postgres::bin_dir().join("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-p", &pg.port.to_string()])
+        .args([
+            "-c",
+            "BEGIN; SELECT 1 FROM kv WHERE key = 'locked'::bytea FOR UPDATE; SELECT pg_sleep(600);",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = |what: &str| -> usize {
+        pg.query(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {what} AND pid <> pg_backend_pid()"
+        ))
+        .parse()
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting("wait_event = 'PgSleep'") == 0 {
+        assert!(Instant::now() < deadline, "the lock holder never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The blocked client.
+    let blocked_client = c.client();
+    let blocked = std::thread::spawn(move || {
+        let mut con = blocked_client.get_connection().unwrap();
+        con.set::<_, _, ()>("locked", "v1")
+    });
+    while waiting("wait_event_type = 'Lock'") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SET never waited on the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Twice as many clients as connections (so, before, some shared the
+    // blocked client's lane), each writing and reading its own key.
+    for i in 0..8 {
+        let mut other = c.client().get_connection().unwrap();
+        let _: () = other.set(format!("free{i}"), i).unwrap();
+        let got: i64 = other.get(format!("free{i}")).unwrap();
+        assert_eq!(got, i);
+    }
+    assert!(
+        !blocked.is_finished(),
+        "the blocked SET returned while the lock was held"
+    );
+    assert_eq!(waiting("wait_event_type = 'Lock'"), 1);
+    // The lock goes: the waiting SET completes.
+    pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'");
+    let _ = holder.wait();
+    blocked.join().unwrap().unwrap();
+    let got: String = con.get("locked").unwrap();
+    assert_eq!(got, "v1");
+}

@@ -2,17 +2,21 @@
 //! hashes in the key-value schema of `migrations/`, behind the same
 //! [`crate::backend::Endpoint::send`] interface as a Redis endpoint.
 //!
-//! A request frame goes into one of the endpoint's *lanes*: `pg_pool_size`
-//! tasks, each running its requests one after the other. A client always uses
-//! lane `client_id % lanes`, so a client's pipelined requests to one endpoint
-//! run in order (SET then GET), while different clients run concurrently on
-//! the endpoint's one sqlx pool (`pg_pool_size` connections, plus three for
-//! the health check, the reaper and the read-your-writes position prober). Each lane parses the frame, runs the command
-//! ([`commands`]) within `command_timeout`, and encodes the [`Reply`] for the
-//! client's protocol, so split/merge, fan-out, read policy and metrics work
-//! unchanged on mixed maps. A lane also runs a client's WATCH (row
-//! versions) and EXEC (the queued commands as one PostgreSQL transaction,
-//! [`transaction`]), in order with its other requests.
+//! A request frame goes into its client's *lane* on the endpoint: a task of
+//! that client alone, running its requests one after the other, so a
+//! client's pipelined requests to one endpoint run in order (SET then GET).
+//! Different clients' lanes run concurrently on the endpoint's one sqlx
+//! pool (`pg_pool_size` connections, plus three for the health check, the
+//! reaper and the read-your-writes position prober), so a client waiting on
+//! a row lock (another transaction holds its key) holds one connection and
+//! delays no other client. A lane starts with its client's first request
+//! and ends after [`LANE_IDLE`] without one. Each lane parses the frame,
+//! runs the command ([`commands`]) within `command_timeout`, and encodes
+//! the [`Reply`] for the client's protocol, so split/merge, fan-out, read
+//! policy and metrics work unchanged on mixed maps. A lane also runs a
+//! client's WATCH (row versions) and EXEC (the queued commands as one
+//! PostgreSQL transaction, [`transaction`]), in order with its other
+//! requests.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -48,8 +52,9 @@ mod options;
 pub mod transaction;
 pub mod values;
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -66,6 +71,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Expired rows the reaper deletes per statement.
 const REAP_BATCH: i64 = 1000;
+
+/// A client's lane ends after this long without a request (the next one
+/// starts it again).
+pub const LANE_IDLE: Duration = Duration::from_secs(30);
 
 /// One unit of a lane's work.
 enum Job {
@@ -88,13 +97,20 @@ enum Job {
     },
 }
 
-/// One PostgreSQL endpoint: its pool and its ordered lanes.
+/// One PostgreSQL endpoint: its pool and its clients' ordered lanes.
 pub struct PgEndpoint {
-    lanes: Vec<mpsc::UnboundedSender<Job>>,
+    lanes: Arc<Lanes>,
     pool: PgPool,
     /// The endpoint (its DSN without the password), to name it in errors.
     addr: String,
+    state: Arc<EndpointState>,
+    slots: u32,
+    /// Where lanes run (the runtime that created the endpoint and its pool).
+    runtime: tokio::runtime::Handle,
 }
+
+/// The lanes of the clients that sent a request lately, by client id.
+type Lanes = Mutex<HashMap<u64, mpsc::UnboundedSender<Job>>>;
 
 impl PgEndpoint {
     /// Creates the pool (connections open lazily) and starts the lanes.
@@ -117,17 +133,13 @@ impl PgEndpoint {
             .min_connections(0)
             .acquire_timeout(state.options.connect_timeout)
             .connect_lazy_with(options);
-        let senders = (0..lanes)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(lane(state.clone(), pool.clone(), slots, rx));
-                tx
-            })
-            .collect();
         PgEndpoint {
-            lanes: senders,
+            lanes: Arc::default(),
             pool,
             addr: state.addr.clone(),
+            state,
+            slots,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -172,8 +184,21 @@ impl PgEndpoint {
         rx
     }
 
+    /// Queues `job` on `client`'s lane, starting the lane if it has none.
     fn queue(&self, client: u64, job: Job) {
-        let lane = &self.lanes[(client as usize) % self.lanes.len()];
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let lane = lanes.entry(client).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.runtime.spawn(lane(
+                self.state.clone(),
+                self.pool.clone(),
+                self.slots,
+                client,
+                rx,
+                Arc::downgrade(&self.lanes),
+            ));
+            tx
+        });
         if let Err(mpsc::error::SendError(job)) = lane.send(job) {
             let e = self.lane_stopped();
             match job {
@@ -200,19 +225,38 @@ impl PgEndpoint {
     }
 }
 
-/// Runs one lane's requests in order.
+/// Runs one client's requests in order; ends after [`LANE_IDLE`] without
+/// one (or when the endpoint is dropped).
 async fn lane(
     state: Arc<EndpointState>,
     pool: PgPool,
     slots: u32,
+    client: u64,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    lanes: std::sync::Weak<Lanes>,
 ) {
     let ctx = commands::Ctx {
         pool: &pool,
         slots,
         exec: None,
     };
-    while let Some(job) = rx.recv().await {
+    loop {
+        let job = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: leave the table, unless a job arrived meanwhile
+                // (jobs are queued under the table's lock, so none can
+                // arrive once the entry is gone).
+                let Some(lanes) = lanes.upgrade() else { return };
+                let mut lanes = lanes.lock().unwrap_or_else(|e| e.into_inner());
+                if rx.is_empty() {
+                    lanes.remove(&client);
+                    return;
+                }
+                continue;
+            }
+        };
         let started = Instant::now();
         match job {
             Job::Command {
