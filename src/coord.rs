@@ -48,7 +48,14 @@ pub struct FleetState {
     /// PROGRESS on any proxy reports the outcome).
     #[serde(default)]
     pub last: Option<FinishedRebalance>,
+    /// Ids of the last writes (see [`Coord::update_state`]), newest last:
+    /// a writer whose reply was lost finds its own write by its id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<u64>,
 }
+
+/// Write ids a [`FleetState`] keeps.
+const WRITE_IDS: usize = 16;
 
 /// The outcome of a finished rebalance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -215,16 +222,40 @@ impl Coord {
     ///
     /// An etcd error (a leader election in a three-member etcd answers
     /// "leader changed" for a moment, a member going away breaks a
-    /// connection) is retried for up to [`TRANSIENT_RETRY`]: every attempt
-    /// starts from a fresh read, so a retry cannot apply a change twice.
+    /// connection, a reply times out on a loaded machine) is retried for
+    /// up to [`TRANSIENT_RETRY`]. A write whose reply was lost may have
+    /// been applied: each write records a random id in the state, and an
+    /// attempt that finds its id there returns that revision instead of
+    /// applying the change again (which would, say, refuse a REBALANCE
+    /// because the rebalance it just recorded is running).
     pub async fn update_state(
         &self,
+        change: impl FnMut(&mut FleetState) -> Result<(), Refusal>,
+    ) -> Result<i64, CoordError> {
+        let mut id = [0u8; 8];
+        // A time-derived id if the system has no randomness to give.
+        if getrandom::fill(&mut id).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            id = (now.as_nanos() as u64 ^ u64::from(std::process::id())).to_ne_bytes();
+        }
+        self.update_state_as(u64::from_ne_bytes(id), change).await
+    }
+
+    /// [`Coord::update_state`] with the write's id chosen by the caller:
+    /// a call that finds `id` among the state's last writes returns that
+    /// revision without applying `change` (the write was made, by an
+    /// earlier attempt whose reply was lost).
+    pub async fn update_state_as(
+        &self,
+        id: u64,
         mut change: impl FnMut(&mut FleetState) -> Result<(), Refusal>,
     ) -> Result<i64, CoordError> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.try_update_state(&mut change).await {
+            match self.try_update_state(&mut change, id).await {
                 Err(CoordError::Etcd(e)) if started.elapsed() < TRANSIENT_RETRY => {
                     tracing::debug!(error = %e, "fleet state write failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -238,15 +269,23 @@ impl Coord {
     async fn try_update_state(
         &self,
         change: &mut impl FnMut(&mut FleetState) -> Result<(), Refusal>,
+        id: u64,
     ) -> Result<i64, CoordError> {
         let key = self.state_key();
         loop {
             let current = self.state().await?.ok_or(CoordError::NoState)?;
+            if current.value.writes.contains(&id) {
+                // An earlier attempt was applied; its reply was lost.
+                return Ok(current.revision);
+            }
             let mut next = current.value.clone();
             change(&mut next)?;
             if next == current.value {
                 return Ok(current.revision);
             }
+            next.writes.push(id);
+            let excess = next.writes.len().saturating_sub(WRITE_IDS);
+            next.writes.drain(..excess);
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     key.clone(),
@@ -322,6 +361,16 @@ mod tests {
                 keys: vec![("a".into(), 2)],
                 ..FinishedRebalance::default()
             }),
+            writes: Vec::new(),
+        };
+        let back: FleetState = decode("k", &encode(&s)).unwrap();
+        assert_eq!(back, s);
+        // A state written before write ids existed still reads.
+        let old: FleetState = decode("k", br#"{"map_yaml":"m","rebalance":null}"#).unwrap();
+        assert!(old.writes.is_empty());
+        let s = FleetState {
+            writes: vec![7, 9],
+            ..s
         };
         let back: FleetState = decode("k", &encode(&s)).unwrap();
         assert_eq!(back, s);

@@ -96,6 +96,7 @@ pub async fn initial_state(
             map_yaml: map_yaml.to_owned(),
             rebalance: None,
             last: None,
+            writes: Vec::new(),
         })
         .await
 }

@@ -43,6 +43,7 @@ pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
                     map_yaml: text.clone(),
                     rebalance: None,
                     last: None,
+                    writes: Vec::new(),
                 })
                 .await?;
             return Ok(format!(

@@ -1,0 +1,74 @@
+//! The fleet state in a real etcd: a write whose reply was lost is not
+//! applied twice when it is retried.
+
+mod common;
+
+use common::etcd::Etcd;
+use shardgate::coord::{Coord, CoordError, FleetState, RebalanceState, Refusal};
+
+/// A REBALANCE's change: refused while one is recorded.
+fn start_rebalance(s: &mut FleetState) -> Result<(), Refusal> {
+    Refusal::if_rebalancing(s)?;
+    s.rebalance = Some(RebalanceState {
+        target_yaml: "next".into(),
+        ..RebalanceState::default()
+    });
+    Ok(())
+}
+
+#[test]
+fn a_retried_write_finds_itself_instead_of_applying_twice() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = Coord::connect(&[etcd.url()], "retry").await.unwrap();
+        coord
+            .create_state(&FleetState {
+                map_yaml: "m".into(),
+                ..FleetState::default()
+            })
+            .await
+            .unwrap();
+        let first = coord.update_state_as(7, start_rebalance).await.unwrap();
+        // The same write again, as after a reply lost on the way back: it
+        // finds itself, even after other writes, and changes nothing.
+        let other = coord
+            .update_state_as(8, |s| {
+                s.map_yaml = "m2".into();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(other > first);
+        let again = coord.update_state_as(7, start_rebalance).await.unwrap();
+        assert_eq!(again, other, "no new revision");
+        // A different REBALANCE is refused, as it must be.
+        let refused = coord.update_state_as(9, start_rebalance).await;
+        assert!(
+            matches!(
+                refused,
+                Err(CoordError::Refused(Refusal::RebalanceRunning { .. }))
+            ),
+            "{refused:?}"
+        );
+        // Random ids: two calls of update_state are two writes.
+        let a = coord
+            .update_state(|s| {
+                s.map_yaml.push('a');
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let b = coord
+            .update_state(|s| {
+                s.map_yaml.push('b');
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(b > a);
+        let state = coord.state().await.unwrap().unwrap().value;
+        assert_eq!(state.map_yaml, "m2ab");
+        assert!(state.writes.len() <= 16 && state.writes.contains(&8));
+    });
+}
