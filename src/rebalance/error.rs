@@ -5,6 +5,7 @@
 
 use super::plan::PlanError;
 use super::store::StoreError;
+use crate::backend::copy::Stays;
 use crate::coord::CoordError;
 use crate::shardmap::MapError;
 use crate::snapshot::PublishError;
@@ -43,6 +44,12 @@ pub enum RebalanceError {
         total: usize,
         keys: u64,
     },
+    /// A sample of the keys that would move found one that its new shard
+    /// cannot hold (a list, set, ... moving to a postgres shard).
+    #[error(
+        "shard {shard}: {source} (found in a sample of the keys this map moves onto a postgres shard; nothing moved)"
+    )]
+    Unmovable { shard: String, source: Stays },
     #[error("no rebalance is running")]
     NotRunning,
     #[error(

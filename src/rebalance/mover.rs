@@ -19,7 +19,7 @@
 //! table (removed shards become placeholders) and the state directory's
 //! `current.yaml`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use super::plan::{self, Plan};
 use super::state::Saved;
 use super::store::{Store, UnitsKind};
 use super::{Job, Phase, RebalanceError, Rebalancer, UnitState, Verification, overlay_table};
+use crate::backend::copy::{Copied, CopyError, Stays, copy_key, needs_copy};
 use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
     BigKeyMove, MigrateError, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
@@ -38,7 +39,7 @@ use crate::backend::{Backends, Db, Endpoint, Wire, health};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{Epoch, RoutingTable, ShardId};
-use crate::shardmap::{ShardMap, ShardPhase};
+use crate::shardmap::{ShardKind, ShardMap, ShardPhase};
 
 pub use crate::backend::migrate::BIG_KEY_BYTES;
 /// Most (class, slot) pairs moved in one window.
@@ -192,7 +193,13 @@ pub(super) async fn run(
         report(rb, &work, true);
         let started = Instant::now();
         let moved_before = job.keys.load(Ordering::Relaxed);
-        move_window(rb, job, &work, from, &window).await;
+        loop {
+            let stuck = move_window(rb, job, &work, from, &window).await;
+            if stuck.is_empty() {
+                break;
+            }
+            hold_back(rb, job, &stuck).await;
+        }
         let targets: HashSet<ShardId> = window.iter().map(|&i| work.plan.moves[i].to).collect();
         for t in targets {
             wait_replicas(rb, t).await;
@@ -324,6 +331,32 @@ async fn barrier(rb: &Rebalancer, job: &Job, old: Arc<RoutingTable>, source: Sha
     }
 }
 
+/// Some keys of a window cannot move to their target (see
+/// [`Stays`]): they stay on their source, where commands still reach them,
+/// and the window cannot finish. The mover pauses (PROGRESS shows the
+/// first of them as `last_error`, the metrics count them under
+/// `stage="unsupported"`) until an operator has dealt with the keys and
+/// resumes; then the window is scanned again.
+async fn hold_back(rb: &Rebalancer, job: &Job, stuck: &[Stays]) {
+    let first = &stuck[0];
+    tracing::error!(
+        keys = stuck.len(),
+        first = %first,
+        "rebalance paused: keys of the moving slots cannot move to their new shard; they stay on their old one (RESUME once they are deleted or changed)"
+    );
+    job.error(format!(
+        "paused: {} key(s) cannot move; first: {first}",
+        stuck.len()
+    ));
+    if let Err(e) = rb.pause().await {
+        tracing::warn!(error = %e, "cannot record the rebalance's pause");
+        job.paused.send_replace(true);
+    }
+    // In a fleet, the pause reaches the mover through etcd.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_unpaused(job).await;
+}
+
 async fn wait_unpaused(job: &Job) {
     let mut rx = job.paused.subscribe();
     let _ = rx.wait_for(|p| !*p).await;
@@ -332,8 +365,15 @@ async fn wait_unpaused(job: &Job) {
 /// Moves every key of the window from `from` (step 3), database by
 /// database (clients may `SELECT` any database; each moves into the same
 /// database on its target). Retries until it is done: a failure leaves
-/// keys on the source, where commands still find and move them.
-async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, window: &[usize]) {
+/// keys on the source, where commands still find and move them. Returns
+/// the keys that cannot move at all (see [`Stays`]).
+async fn move_window(
+    rb: &Rebalancer,
+    job: &Job,
+    work: &Work,
+    from: ShardId,
+    window: &[usize],
+) -> Vec<Stays> {
     let targets: HashMap<(u32, u32), ShardId> = window
         .iter()
         .map(|&i| {
@@ -341,6 +381,11 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
             ((m.class, m.slot.0), m.to)
         })
         .collect();
+    let mut stuck = Vec::new();
+    if rb.ctx.backends().shard(from).primary.kind() == Some(ShardKind::Postgres) {
+        move_window_pg(rb, job, work, from, &targets, &mut stuck).await;
+        return stuck;
+    }
     let mut backoff = Duration::from_millis(100);
     let dbs = loop {
         let ep = rb.ctx.backends().shard(from).primary.clone();
@@ -354,8 +399,9 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
         }
     };
     for db in dbs {
-        move_window_db(rb, job, work, from, &targets, db).await;
+        move_window_db(rb, job, work, from, &targets, db, &mut stuck).await;
     }
+    stuck
 }
 
 /// The databases of `ep` that hold keys (`INFO keyspace`), database 0
@@ -394,6 +440,7 @@ async fn move_window_db(
     from: ShardId,
     targets: &HashMap<(u32, u32), ShardId>,
     db: Db,
+    stuck: &mut Vec<Stays>,
 ) {
     let classify = &work.plan.table;
     let wire = Wire {
@@ -431,6 +478,10 @@ async fn move_window_db(
                 }
                 for (to, keys) in groups {
                     let target = backends.shard(to).primary.clone();
+                    if needs_copy(&ep, &target) {
+                        copy_keys(rb, job, &ep, &target, db, keys, stuck).await?;
+                        continue;
+                    }
                     for chunk in keys.chunks(BATCH) {
                         move_batch(rb, job, &mut conn, &target, db, chunk, timeout).await?;
                     }
@@ -451,6 +502,149 @@ async fn move_window_db(
             }
         }
     }
+}
+
+/// [`move_window`] from a postgres source: its keys are found slot by
+/// slot the way its `SCAN` walks them (a cursor below the slot count
+/// starts that slot; a returned cursor names the slot it continues in), so
+/// only the window's slots are read; each key moves by [`copy_key`].
+async fn move_window_pg(
+    rb: &Rebalancer,
+    job: &Job,
+    work: &Work,
+    from: ShardId,
+    targets: &HashMap<(u32, u32), ShardId>,
+    stuck: &mut Vec<Stays>,
+) {
+    let classify = &work.plan.table;
+    let slots = u64::from(work.plan.slots.max(1));
+    let window: BTreeSet<u64> = targets.keys().map(|&(_, s)| u64::from(s)).collect();
+    let wire = Wire {
+        proto: Protocol::Resp2,
+        db: Db(0),
+    };
+    let mut cursor = window.first().copied();
+    let mut backoff = Duration::from_millis(100);
+    while let Some(at) = cursor {
+        wait_unpaused(job).await;
+        let backends = rb.ctx.backends();
+        let ep = backends.shard(from).primary.clone();
+        let result: Result<Option<u64>, MigrateError> = async {
+            let at = at.to_string();
+            let mut frame = BytesMut::new();
+            encode_command(&[b"SCAN", at.as_bytes(), b"COUNT", b"1000"], &mut frame);
+            let step = match ep.send(wire, 0, &frame.freeze()).await {
+                Ok(Ok(a)) => scan_reply(&a.frame)?,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(BackendError::ConnectionLost {
+                        addr: ep.state.addr.clone(),
+                        reason: "connection task stopped".to_owned(),
+                    }
+                    .into());
+                }
+            };
+            let (next, keys) = step;
+            let mut groups: HashMap<ShardId, Vec<Bytes>> = HashMap::new();
+            for k in keys {
+                let unit = (classify.class_of(&k), classify.slot_of(&k).0);
+                if let Some(to) = targets.get(&unit) {
+                    groups.entry(*to).or_default().push(k);
+                }
+            }
+            for (to, keys) in groups {
+                let target = backends.shard(to).primary.clone();
+                copy_keys(rb, job, &ep, &target, Db(0), keys, stuck).await?;
+            }
+            let next: u64 = std::str::from_utf8(&next)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| MigrateError::Unexpected {
+                    command: "SCAN",
+                    reply: String::from_utf8_lossy(&next).into_owned(),
+                })?;
+            if next == 0 {
+                return Ok(None);
+            }
+            // Within a window slot: go on; else jump to the next one.
+            let slot = next % slots;
+            Ok(if window.contains(&slot) {
+                Some(next)
+            } else {
+                window.range(slot..).next().copied()
+            })
+        }
+        .await;
+        match result {
+            Ok(next) => {
+                cursor = next;
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                fail(rb, job, format!("moving from {}: {e}", ep.state.addr)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Keys copied at once by [`copy_keys`] (each on its own lane or
+/// connection: a copy is a few round trips).
+const COPIES: usize = 16;
+
+/// Moves `keys` (database `db`) from `source` to `target` by
+/// [`copy_key`], [`COPIES`] at a time. Keys that cannot move are added to
+/// `stuck` (counted, and left on the source); the first failed step stops
+/// the batch (the caller retries: a key not copied is whole on its source).
+async fn copy_keys(
+    rb: &Rebalancer,
+    job: &Job,
+    source: &Arc<Endpoint>,
+    target: &Arc<Endpoint>,
+    db: Db,
+    keys: Vec<Bytes>,
+    stuck: &mut Vec<Stays>,
+) -> Result<(), MigrateError> {
+    for chunk in keys.chunks(COPIES) {
+        let mut copies = tokio::task::JoinSet::new();
+        for (i, key) in chunk.iter().enumerate() {
+            let (ctx, src, dst, key) =
+                (rb.ctx.clone(), source.clone(), target.clone(), key.clone());
+            copies
+                .spawn(async move { copy_key(&ctx.fences, &src, &dst, db, i as u64, &key).await });
+        }
+        let mut failed = None;
+        while let Some(done) = copies.join_next().await {
+            match done {
+                Ok(Ok(Copied::Moved { bytes })) => {
+                    job.keys.fetch_add(1, Ordering::Relaxed);
+                    job.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    rb.ctx.metrics.rebalance_moved(1, bytes);
+                }
+                Ok(Ok(Copied::Gone)) => {}
+                Ok(Err(CopyError::Stays(why))) => {
+                    rb.ctx.metrics.rebalance_mover_error("unsupported");
+                    tracing::warn!(error = %why, "rebalance mover: a key cannot move");
+                    stuck.push(why);
+                }
+                Ok(Err(CopyError::Step(e))) => {
+                    failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    failed.get_or_insert(MigrateError::Unexpected {
+                        command: "key copy",
+                        reply: e.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        throttle(job, chunk.len()).await;
+    }
+    Ok(())
 }
 
 async fn fail(rb: &Rebalancer, job: &Job, e: String) {

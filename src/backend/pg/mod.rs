@@ -172,6 +172,25 @@ impl PgEndpoint {
         rx
     }
 
+    /// Waits until every job queued on any lane before the call has run
+    /// (a `PING` queued behind them on each lane): the rebalancer's barrier
+    /// before the keys of a window move off this shard.
+    pub async fn barrier(&self) -> Result<(), BackendError> {
+        let pings: Vec<ReplyRx> = (0..self.lanes.len() as u64)
+            .map(|lane| {
+                self.send(
+                    Protocol::Resp2,
+                    lane,
+                    Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+                )
+            })
+            .collect();
+        for rx in pings {
+            rx.await.unwrap_or_else(|_| Err(self.lane_stopped()))?;
+        }
+        Ok(())
+    }
+
     fn queue(&self, client: u64, job: Job) {
         let lane = &self.lanes[(client as usize) % self.lanes.len()];
         if let Err(mpsc::error::SendError(job)) = lane.send(job) {
