@@ -219,8 +219,10 @@ impl Session {
     ) -> Option<Bytes> {
         let first = stuck.into_iter().next()?;
         let alone = keys.iter().all(|k| *k == first.key);
-        let plain =
-            matches!(spec.handling, Handling::Forward) && !spec.flags.contains(Flags::BLOCKING);
+        // Forwarded as the client sent it: a command a Redis server runs
+        // alone (a split command whose keys are all this one key included).
+        let plain = matches!(spec.handling, Handling::Forward | Handling::Split(_))
+            && !spec.flags.contains(Flags::BLOCKING);
         if !alone || !plain {
             return Some(self.encode(ProxyError::tryagain(&first.why).to_reply()));
         }

@@ -131,6 +131,7 @@ pub(super) async fn run(
             .map_err(RebalanceError::Install)?;
         installed(rb, &old, &next);
     }
+    prepare_postgres_targets(rb, job, &work).await;
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
@@ -268,6 +269,30 @@ pub(super) async fn run(
     Ok(work.target_yaml)
 }
 
+/// Applies the schema migrations on the primary of every postgres shard
+/// slots move onto (an added shard was never prepared at startup), before
+/// any table routes a key there. Retries until it is done: nothing can
+/// move there before.
+async fn prepare_postgres_targets(rb: &Rebalancer, job: &Job, work: &Work) {
+    let targets: BTreeSet<ShardId> = work.plan.moves.iter().map(|m| m.to).collect();
+    for id in targets {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let ep = rb.ctx.backends().shard(id).primary.clone();
+            let Some(pg) = ep.postgres() else { break };
+            match crate::backend::pg::prepare_primary(&ep.state, pg.pool()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let why = format!("preparing postgres shard {}: {e}", ep.state.shard);
+                    fail(rb, job, why).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 /// Counts for metrics.
 fn report(rb: &Rebalancer, work: &Work, running: bool) {
     rb.ctx.metrics.rebalance_slots(
@@ -290,6 +315,7 @@ fn rebuild_backends(rb: &Rebalancer, map: &ShardMap) -> (Arc<Backends>, Arc<Back
 fn installed(rb: &Rebalancer, old: &Backends, next: &Arc<Backends>) {
     let added = next.added_since(old);
     health::spawn_all(&added, rb.shutdown.subscribe());
+    crate::backend::pg::spawn_reapers(&added, &rb.shutdown);
     old.retire_missing(next);
 }
 
