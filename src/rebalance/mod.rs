@@ -654,7 +654,17 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0;
         drop(snap);
-        refuse_unmovable(&self.ctx, &plan).await?;
+        let postgres = plan
+            .moves
+            .iter()
+            .flat_map(|m| [m.from, m.to])
+            .map(|id| &plan.merged.shards[id.0 as usize])
+            .find(|s| s.kind == crate::shardmap::ShardKind::Postgres);
+        if let Some(s) = postgres {
+            return Err(RebalanceError::PostgresInFleet {
+                shard: s.name.clone(),
+            });
+        }
         let revision = coord
             .update_state(|s| {
                 Refusal::if_rebalancing(s)?;

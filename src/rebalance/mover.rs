@@ -10,7 +10,11 @@
 //!    writes a key of the window on the source;
 //! 3. the source is scanned (`SCAN`) and the window's keys move in batches
 //!    (`MIGRATE ... REPLACE KEYS`, atomic on the source, TTLs kept),
-//!    throttled, pausable; commands meanwhile move the keys they touch;
+//!    throttled, pausable; commands meanwhile move the keys they touch.
+//!    To or from a postgres shard, each key is copied with commands under
+//!    its fence instead (`backend::copy`), and a postgres source is read
+//!    slot by slot; keys a postgres target cannot hold stay on their source
+//!    and pause the mover (`hold_back`) until an operator resumes;
 //! 4. the targets' replicas catch up with their primaries, so a read sent
 //!    to a replica once the slot is stable finds the moved keys;
 //! 5. the window is logged done and published as `Stable(to)`.
