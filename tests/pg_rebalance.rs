@@ -299,6 +299,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     let moved: u64 = p["keys_moved"].parse().unwrap();
     assert!(moved >= FILL as u64, "the mover moved the keys: {p:?}");
+    let mut touched: u64 = p["keys_moved_on_touch"].parse().unwrap();
     assert!(keys_on(&s0).is_empty(), "s0 still holds keys");
     let (n0, n1) = (pg_keys(&p0), pg_keys(&p1));
     assert!(n0 > 500 && n1 > 500, "keys on p0 {n0}, p1 {n1}");
@@ -310,6 +311,8 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     rebalance(&mut admin, &m3);
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
+    touched += p["keys_moved_on_touch"].parse::<u64>().unwrap();
+    assert!(touched > 0, "the clients' commands moved keys too");
     assert_eq!(pg_keys(&p1), 0, "p1 was drained");
     assert!(keys_on(&s1).len() > 500, "s1 holds its share");
     seeded.check(&proxy, "after PostgreSQL -> PostgreSQL and Redis");

@@ -217,6 +217,10 @@ pub async fn copy_fenced(
     client: u64,
     key: &Bytes,
 ) -> Result<Copied, CopyError> {
+    if db != Db(0) && source.kind() == Some(ShardKind::Postgres) {
+        // A postgres shard holds database 0 only: nothing to move.
+        return Ok(Copied::Gone);
+    }
     let src = side(source, db, client);
     let dst = side(target, db, client);
     let t = KeyType::parse(&src.ask("TYPE", &[b"TYPE", key]).await?);

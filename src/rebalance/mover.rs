@@ -593,16 +593,7 @@ async fn move_window_pg(
                     command: "SCAN",
                     reply: String::from_utf8_lossy(&next).into_owned(),
                 })?;
-            if next == 0 {
-                return Ok(None);
-            }
-            // Within a window slot: go on; else jump to the next one.
-            let slot = next % slots;
-            Ok(if window.contains(&slot) {
-                Some(next)
-            } else {
-                window.range(slot..).next().copied()
-            })
+            Ok(next_pg_cursor(next, slots, &window))
         }
         .await;
         match result {
@@ -616,6 +607,23 @@ async fn move_window_pg(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Where the scan of a postgres source's window goes on after a `SCAN`
+/// answered cursor `next`: there, while it is in a window slot (a postgres
+/// cursor is `prefix * slots + slot`, see `backend::pg::keyspace`); else
+/// at the start of the next window slot (a cursor below `slots` starts
+/// that slot); `None` when the scan is over.
+fn next_pg_cursor(next: u64, slots: u64, window: &BTreeSet<u64>) -> Option<u64> {
+    if next == 0 {
+        return None;
+    }
+    let slot = next % slots;
+    if window.contains(&slot) {
+        Some(next)
+    } else {
+        window.range(slot..).next().copied()
     }
 }
 
@@ -1064,6 +1072,22 @@ mod tests {
         // Done: the target's.
         let (r, _, to) = route(d);
         assert_eq!((r.shard, r.moving_from), (to, None));
+    }
+
+    #[test]
+    fn a_postgres_source_is_scanned_only_in_the_windows_slots() {
+        let window: BTreeSet<u64> = [3, 7, 8].into_iter().collect();
+        let slots = 16;
+        // Within slot 3 (prefix 5): go on there.
+        assert_eq!(next_pg_cursor(5 * slots + 3, slots, &window), Some(83));
+        // The scan reached slot 4 (not in the window): jump to slot 7.
+        assert_eq!(next_pg_cursor(4, slots, &window), Some(7));
+        assert_eq!(next_pg_cursor(2 * slots + 5, slots, &window), Some(7));
+        // Slot 8 starts right after 7.
+        assert_eq!(next_pg_cursor(8, slots, &window), Some(8));
+        // Past the last window slot, or the end of the table: done.
+        assert_eq!(next_pg_cursor(9, slots, &window), None);
+        assert_eq!(next_pg_cursor(0, slots, &window), None);
     }
 
     #[test]
