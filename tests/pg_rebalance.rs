@@ -26,7 +26,7 @@ enum Shard<'a> {
 
 fn yaml(shards: &[(&str, Shard<'_>)]) -> String {
     let mut y = String::from(
-        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 5000\n  pg_pool_size: 8\nshards:\n",
+        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 10000\n  pg_pool_size: 8\nshards:\n",
     );
     for (name, s) in shards {
         match s {
