@@ -232,28 +232,34 @@ impl Session {
             .shard(snap.table().route(&first.key).shard)
             .primary
             .clone();
-        let fences = &proxy.ctx.fences;
-        fences.fence(&first.key).await;
-        let out = match copy::stays(&source, &target, self.db, self.id, &first.key).await {
-            Ok(Some(_)) => {
-                let rx = source.send(self.wire(), self.id, req.raw());
-                Some(match answered(rx.await) {
-                    Ok(frame) => frame,
-                    Err(e) => self.encode(e.to_reply()),
-                })
-            }
+        let (ctx, db, id, wire, raw) = (
+            proxy.ctx.clone(),
+            self.db,
+            self.id,
+            self.wire(),
+            req.raw().clone(),
+        );
+        // A task of its own, as a copy (see `copy`): the fence must be
+        // lifted even if the client hangs up meanwhile.
+        let run = tokio::spawn(async move {
+            let key = first.key;
+            ctx.fences.fence(&key).await;
+            let out = match copy::stays(&source, &target, db, id, &key).await {
+                Ok(Some(_)) => Some(answered(source.send(wire, id, &raw).await)),
+                Ok(None) => None,
+                Err(e) => Some(Err(ProxyError::tryagain(format_args!(
+                    "key is moving between shards and its type could not be read: {e}"
+                )))),
+            };
+            ctx.fences.lift(&key);
+            out
+        });
+        match run.await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(e))) => Some(self.encode(e.to_reply())),
             Ok(None) => None,
-            Err(e) => Some(
-                self.encode(
-                    ProxyError::tryagain(format_args!(
-                        "key is moving between shards and its type could not be read: {e}"
-                    ))
-                    .to_reply(),
-                ),
-            ),
-        };
-        fences.lift(&first.key);
-        out
+            Err(e) => Some(self.encode(ProxyError::internal(e.to_string()).to_reply())),
+        }
     }
 
     /// Moves every key of `keys` whose slot is migrating under `snap`'s
@@ -320,18 +326,25 @@ impl Session {
         m: KeyMove<'_>,
         failures: &mut Failures<'_>,
     ) {
-        let source = &backends.shard(m.from).primary;
-        let target = &backends.shard(m.to).primary;
-        let fences = &proxy.ctx.fences;
-        match copy::copy_key(fences, source, target, self.db, self.id, m.key).await {
-            Ok(Copied::Moved { .. }) => proxy.metrics.rebalance_moved_on_touch(1),
-            Ok(Copied::Gone) => {}
-            Err(CopyError::Stays(why)) => failures.stuck.push(Stuck {
+        let source = backends.shard(m.from).primary.clone();
+        let target = backends.shard(m.to).primary.clone();
+        let (ctx, db, id, key) = (proxy.ctx.clone(), self.db, self.id, m.key.clone());
+        // A task of its own: the command is dropped if its client hangs
+        // up, and a copy cut short would leave the key fenced for good (or
+        // its requests already sent landing after another copy).
+        let copy = tokio::spawn(async move {
+            copy::copy_key(&ctx.fences, &source, &target, db, id, &key).await
+        });
+        match copy.await {
+            Ok(Ok(Copied::Moved { .. })) => proxy.metrics.rebalance_moved_on_touch(1),
+            Ok(Ok(Copied::Gone)) => {}
+            Ok(Err(CopyError::Stays(why))) => failures.stuck.push(Stuck {
                 key: m.key.clone(),
                 from: m.from,
                 why,
             }),
-            Err(CopyError::Step(e)) => failures.record(m, e),
+            Ok(Err(CopyError::Step(e))) => failures.record(m, e),
+            Err(e) => failures.record(m, e),
         }
     }
 

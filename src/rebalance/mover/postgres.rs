@@ -179,16 +179,19 @@ pub(super) async fn copy_keys(
     stuck: &mut Vec<Stays>,
 ) -> Result<(), MigrateError> {
     for chunk in keys.chunks(COPIES) {
-        let mut copies = tokio::task::JoinSet::new();
+        // Tasks of their own, not aborted if the mover stops: a copy cut
+        // short would leave its key fenced (see `proxy::moves`).
+        let mut copies = Vec::with_capacity(chunk.len());
         for (i, key) in chunk.iter().enumerate() {
             let (ctx, src, dst, key) =
                 (rb.ctx.clone(), source.clone(), target.clone(), key.clone());
-            copies
-                .spawn(async move { copy_key(&ctx.fences, &src, &dst, db, i as u64, &key).await });
+            copies.push(tokio::spawn(async move {
+                copy_key(&ctx.fences, &src, &dst, db, i as u64, &key).await
+            }));
         }
         let mut failed = None;
-        while let Some(done) = copies.join_next().await {
-            match done {
+        for copy in copies {
+            match copy.await {
                 Ok(Ok(Copied::Moved { bytes })) => {
                     job.keys.fetch_add(1, Ordering::Relaxed);
                     job.bytes.fetch_add(bytes, Ordering::Relaxed);
