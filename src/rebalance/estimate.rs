@@ -83,14 +83,21 @@ async fn sample_shard(
         .iter()
         .filter_map(reply::bulk)
         .collect();
-    // Every MEMORY USAGE is queued at once: one round trip in all.
+    // Every MEMORY USAGE is queued at once: one round trip in all. A
+    // postgres shard has no MEMORY USAGE: a key's size there is its length
+    // plus its string's (`STRLEN`; a hash counts as its key only).
     let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
+    let postgres = ep.kind() == Some(ShardKind::Postgres);
     let waits: Vec<_> = sample
         .iter()
         .map(|k| {
             let mut frame = bytes::BytesMut::new();
-            encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
+            if postgres {
+                encode_command(&[b"STRLEN", k], &mut frame);
+            } else {
+                encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
+            }
             (k.clone(), ep.send(Protocol::Resp2, 0, &frame.freeze()))
         })
         .collect();
@@ -100,6 +107,7 @@ async fn sample_shard(
             Ok(Ok(a)) => reply::integer(&a.frame).unwrap_or(0).max(0) as u64,
             _ => 0,
         };
+        let n = if postgres { n + k.len() as u64 } else { n };
         sizes.push((k, n));
     }
     let total: u64 = sizes.iter().map(|(_, n)| n).sum();
