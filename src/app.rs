@@ -219,6 +219,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.client.zone.as_deref(),
     ));
     let snapshot = Published::new(Snapshot::new(Arc::new(table), backends.clone())?);
+    if initial.resume.is_some() {
+        wait_previous_postgres_statements(&backends).await;
+    }
     prepare_postgres(&backends).await?;
     let acceptor = match &config.tls {
         Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
@@ -420,6 +423,27 @@ async fn prepare_postgres(backends: &Backends) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+/// Resuming a rebalance: before serving (first thing on the new pools),
+/// waits until the statements a previous (killed) process sent to the
+/// postgres primaries have ended
+/// (see [`crate::backend::pg::wait_previous_statements`]), at most twice
+/// the command timeout (the statement timeout of every connection) plus 5 s.
+async fn wait_previous_postgres_statements(backends: &Backends) {
+    for s in backends.shards() {
+        let Some(pg) = s.primary.postgres() else {
+            continue;
+        };
+        let limit = s.primary.state.options.command_timeout * 2 + std::time::Duration::from_secs(5);
+        if !crate::backend::pg::wait_previous_statements(pg.pool(), limit).await {
+            tracing::warn!(
+                shard = %s.name,
+                endpoint = %s.primary.state.addr,
+                "statements of an earlier shardgate process may still run on this postgres primary (or it could not be asked); resuming the rebalance anyway"
+            );
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {

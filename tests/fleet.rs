@@ -845,3 +845,27 @@ fn every_member_follows_a_sentinel_failover_without_a_map_change() {
         assert_eq!(m.map_epoch(), epoch, "{}", m.id);
     }
 }
+
+/// In a fleet, slots do not move to or from postgres shards yet (a key
+/// copied with commands is fenced by one proxy only): refused, naming the
+/// shard and why, and nothing changes.
+#[test]
+fn a_fleet_refuses_moves_to_postgres_shards() {
+    let dir = TempDir::new("fleet-pg");
+    let etcd = vec![Etcd::start()];
+    let s0 = RedisServer::start();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&[("s0", &s0)]));
+    let member = Member::start(dir.path(), &etcd, "fleet-pg", "p0", Some(&m1), 6);
+    let pg = format!(
+        "{}  - name: pg0\n    region: us\n    kind: postgres\n    primary: postgres://u@127.0.0.1:{}/db\n",
+        map_yaml(&[("s0", &s0)]),
+        free_port()
+    );
+    let refused = member.admin().text(&[b"REBALANCE", pg.as_bytes()]);
+    assert!(
+        refused.starts_with("ERR rebalance refused: shard `pg0` is a postgres shard: in a fleet"),
+        "{refused}"
+    );
+    let p = member.admin().progress();
+    assert_eq!(p["state"], "none", "nothing started: {p:?}");
+}

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod cache;
 pub mod coalesce;
 pub mod connect;
+pub mod copy;
 pub mod dedicated;
 pub mod fence;
 pub mod health;
@@ -443,19 +444,21 @@ impl Endpoint {
     }
 
     /// Waits until every request queued on this endpoint's multiplexed
-    /// connections before the call has been answered: a `PING` goes down
-    /// each connection behind them (Redis answers a connection in order).
+    /// connections (a postgres endpoint: its lanes) before the call has
+    /// been answered: a `PING` goes down each connection behind them (Redis
+    /// answers a connection in order, a lane runs its jobs in order).
     /// The rebalancer uses it so that no write routed by an older table can
     /// land on a source after its keys start moving. Errors if a connection
     /// could not carry the `PING` (the caller retries).
     pub async fn barrier(&self) -> Result<(), BackendError> {
-        let Conns::Redis {
-            mux_resp2,
-            mux_resp3,
-            ..
-        } = &self.conns
-        else {
-            return Ok(());
+        let (mux_resp2, mux_resp3) = match &self.conns {
+            Conns::Redis {
+                mux_resp2,
+                mux_resp3,
+                ..
+            } => (mux_resp2, mux_resp3),
+            Conns::Postgres(pg) => return pg.barrier().await,
+            Conns::Removed => return Ok(()),
         };
         let pings: Vec<ReplyRx> = mux_resp2
             .iter()

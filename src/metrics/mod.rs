@@ -112,8 +112,10 @@ pub const REBALANCE_KEYS: &str = "shardgate_rebalance_keys_moved_total";
 pub const REBALANCE_BYTES: &str = "shardgate_rebalance_bytes_moved_total";
 /// Rebalancing failures, by stage.
 pub const REBALANCE_ERRORS: &str = "shardgate_rebalance_errors_total";
-/// Values of the `stage` label of [`REBALANCE_ERRORS`].
-pub const REBALANCE_STAGES: [&str; 4] = ["mover", "touch", "barrier", "verify"];
+/// Values of the `stage` label of [`REBALANCE_ERRORS`]. `unsupported`: a
+/// key that cannot live on its target (a list, set, ... moving to a
+/// postgres shard) stays on its source and holds its window back.
+pub const REBALANCE_STAGES: [&str; 5] = ["mover", "touch", "barrier", "verify", "unsupported"];
 /// 1 while a rebalance runs (paused included).
 pub const REBALANCE_RUNNING: &str = "shardgate_rebalance_running";
 /// Keys the last verification found on a shard that does not own them.
@@ -594,7 +596,7 @@ pub struct Metrics {
     rebalance_slots: [Gauge; 3],
     rebalance_keys: [Counter; 2],
     rebalance_bytes: Counter,
-    rebalance_errors: [Counter; 4],
+    rebalance_errors: [Counter; 5],
     rebalance_running: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
@@ -727,7 +729,8 @@ impl Metrics {
         self.rebalance_bytes.increment(bytes);
     }
 
-    /// A rebalancing step failed (`mover`, `touch`, `barrier`, `verify`).
+    /// A rebalancing step failed (`mover`, `touch`, `barrier`, `verify`), or
+    /// a key could not move to its target (`unsupported`).
     pub fn rebalance_mover_error(&self, stage: &'static str) {
         if let Some(i) = REBALANCE_STAGES.iter().position(|s| *s == stage) {
             self.rebalance_errors[i].increment(1);

@@ -1,6 +1,8 @@
 //! The client side of an online rebalance: a command on a key of a
 //! migrating slot first moves the key from its old shard to its new one
-//! (`MIGRATE`, atomic on the source), then runs on the new shard.
+//! (`MIGRATE`, atomic on the source, between Redis shards; to or from a
+//! postgres shard, a copy with commands under the key's fence, see
+//! `backend::copy`), then runs on the new shard.
 //!
 //! The moves run with the session to itself (an exclusive operation),
 //! holding the routing table they were decided with until the command is
@@ -13,6 +15,7 @@ use super::Proxy;
 use super::dispatch::{Action, ExclusiveOp, Pass};
 use super::pending::answered;
 use super::session::Session;
+use crate::backend::copy::{self, Copied, CopyError, Stays};
 use crate::backend::fence::Touch;
 use crate::backend::migrate::{
     BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_frame, migrated, move_big_key,
@@ -20,7 +23,7 @@ use crate::backend::migrate::{
 use crate::backend::mux::ReplyRx;
 use crate::backend::{Backends, Db, Wire};
 use crate::command::keys::key_indices;
-use crate::command::{CommandSpec, lookup};
+use crate::command::{CommandSpec, Flags, Handling, lookup};
 use crate::error::ProxyError;
 use crate::protocol::{Protocol, Reply, Request, reply, request::encode_command};
 use crate::router::{RoutingTable, ShardId};
@@ -58,6 +61,19 @@ struct Failures<'a> {
     proxy: &'a Proxy,
     backends: &'a Backends,
     first: Option<ProxyError>,
+    /// Keys that cannot move at all (not failures: they stay on their
+    /// source, see [`Stuck`]).
+    stuck: Vec<Stuck>,
+}
+
+/// A key of a migrating slot that cannot live on its new shard (a list,
+/// set, ... moving to a postgres shard; see [`Stays`]): it stays on its
+/// old shard, where a command on it alone still runs
+/// ([`Session::run_on_source`]).
+pub(super) struct Stuck {
+    key: Bytes,
+    from: ShardId,
+    why: Stays,
 }
 
 impl Failures<'_> {
@@ -78,8 +94,8 @@ impl Failures<'_> {
         });
     }
 
-    fn into_result(self) -> Result<(), ProxyError> {
-        self.first.map_or(Ok(()), Err)
+    fn into_result(self) -> Result<Vec<Stuck>, ProxyError> {
+        self.first.map_or(Ok(self.stuck), Err)
     }
 }
 
@@ -112,9 +128,22 @@ impl Session {
                 Err(e) => return self.encode(e.to_reply()),
             };
             self.held = Some(snap.clone());
-            if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
-                self.held = None;
-                return self.encode(e.to_reply());
+            match self.move_keys(proxy, &snap, &keys).await {
+                Ok(stuck) if stuck.is_empty() => {}
+                Ok(stuck) => {
+                    let out = self.run_on_source(proxy, &snap, &req, spec, &keys, stuck);
+                    let out = Box::pin(out).await;
+                    self.held = None;
+                    match out {
+                        Some(out) => return out,
+                        // The key changed meanwhile: move it again.
+                        None => continue,
+                    }
+                }
+                Err(e) => {
+                    self.held = None;
+                    return self.encode(e.to_reply());
+                }
             }
             // As at dispatch: a fleet member that may have lost its lease
             // routes no keys (the move itself ran under the held table).
@@ -167,8 +196,70 @@ impl Session {
             )));
         }
         self.held = Some(snap.clone());
-        self.move_keys(proxy, &snap, &keys).await?;
+        if let Some(stuck) = self.move_keys(proxy, &snap, &keys).await?.first() {
+            return Err(ProxyError::tryagain(&stuck.why));
+        }
         shard_of(snap.table(), keys.iter().map(|k| k.as_ref()))
+    }
+
+    /// A command whose key cannot move to its new shard (`stuck`): when it
+    /// is a plain command on that one key, it runs on the key's old shard,
+    /// under the key's fence (so no copy or other such command of the key
+    /// runs meanwhile, and the key's type was checked under it); any other
+    /// command gets `-TRYAGAIN` naming the key and why. `None`: the key is
+    /// no longer stuck (deleted or changed meanwhile): move it again.
+    async fn run_on_source(
+        &mut self,
+        proxy: &Proxy,
+        snap: &Snapshot,
+        req: &Request,
+        spec: &'static CommandSpec,
+        keys: &[Bytes],
+        stuck: Vec<Stuck>,
+    ) -> Option<Bytes> {
+        let first = stuck.into_iter().next()?;
+        let alone = keys.iter().all(|k| *k == first.key);
+        // Forwarded as the client sent it: a command a Redis server runs
+        // alone (a split command whose keys are all this one key included).
+        let plain = matches!(spec.handling, Handling::Forward | Handling::Split(_))
+            && !spec.flags.contains(Flags::BLOCKING);
+        if !alone || !plain {
+            return Some(self.encode(ProxyError::tryagain(&first.why).to_reply()));
+        }
+        let backends = snap.backends();
+        let source = backends.shard(first.from).primary.clone();
+        let target = backends
+            .shard(snap.table().route(&first.key).shard)
+            .primary
+            .clone();
+        let (ctx, db, id, wire, raw) = (
+            proxy.ctx.clone(),
+            self.db,
+            self.id,
+            self.wire(),
+            req.raw().clone(),
+        );
+        // A task of its own, as a copy (see `copy`): the fence must be
+        // lifted even if the client hangs up meanwhile.
+        let run = tokio::spawn(async move {
+            let key = first.key;
+            ctx.fences.fence(&key).await;
+            let out = match copy::stays(&source, &target, db, id, &key).await {
+                Ok(Some(_)) => Some(answered(source.send(wire, id, &raw).await)),
+                Ok(None) => None,
+                Err(e) => Some(Err(ProxyError::tryagain(format_args!(
+                    "key is moving between shards and its type could not be read: {e}"
+                )))),
+            };
+            ctx.fences.lift(&key);
+            out
+        });
+        match run.await {
+            Ok(Some(Ok(frame))) => Some(frame),
+            Ok(Some(Err(e))) => Some(self.encode(e.to_reply())),
+            Ok(None) => None,
+            Err(e) => Some(self.encode(ProxyError::internal(e.to_string()).to_reply())),
+        }
     }
 
     /// Moves every key of `keys` whose slot is migrating under `snap`'s
@@ -183,17 +274,33 @@ impl Session {
         proxy: &Proxy,
         snap: &Snapshot,
         keys: &[Bytes],
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Vec<Stuck>, ProxyError> {
         let backends = snap.backends();
-        let moving = moving_keys(snap.table(), keys);
+        let mut moving = moving_keys(snap.table(), keys);
         if moving.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut failures = Failures {
             proxy,
             backends,
             first: None,
+            stuck: Vec::new(),
         };
+        // To or from a postgres shard: copied with commands.
+        let (copied, migrated): (Vec<KeyMove<'_>>, Vec<KeyMove<'_>>) =
+            moving.drain(..).partition(|m| {
+                copy::needs_copy(
+                    &backends.shard(m.from).primary,
+                    &backends.shard(m.to).primary,
+                )
+            });
+        for m in copied {
+            self.copy(proxy, backends, m, &mut failures).await;
+        }
+        let moving = migrated;
+        if moving.is_empty() {
+            return failures.into_result();
+        }
         let sized = self.sizes(backends, &moving, &mut failures).await;
         let small: Vec<KeyMove<'_>> = sized
             .iter()
@@ -208,6 +315,37 @@ impl Session {
             }
         }
         failures.into_result()
+    }
+
+    /// A key to or from a postgres shard, copied with commands under its
+    /// fence (see `backend::copy`).
+    async fn copy(
+        &self,
+        proxy: &Proxy,
+        backends: &Backends,
+        m: KeyMove<'_>,
+        failures: &mut Failures<'_>,
+    ) {
+        let source = backends.shard(m.from).primary.clone();
+        let target = backends.shard(m.to).primary.clone();
+        let (ctx, db, id, key) = (proxy.ctx.clone(), self.db, self.id, m.key.clone());
+        // A task of its own: the command is dropped if its client hangs
+        // up, and a copy cut short would leave the key fenced for good (or
+        // its requests already sent landing after another copy).
+        let copy = tokio::spawn(async move {
+            copy::copy_key(&ctx.fences, &source, &target, db, id, &key).await
+        });
+        match copy.await {
+            Ok(Ok(Copied::Moved { .. })) => proxy.metrics.rebalance_moved_on_touch(1),
+            Ok(Ok(Copied::Gone)) => {}
+            Ok(Err(CopyError::Stays(why))) => failures.stuck.push(Stuck {
+                key: m.key.clone(),
+                from: m.from,
+                why,
+            }),
+            Ok(Err(CopyError::Step(e))) => failures.record(m, e),
+            Err(e) => failures.record(m, e),
+        }
     }
 
     /// Step 1: the size of each key on its source.

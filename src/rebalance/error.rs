@@ -5,6 +5,7 @@
 
 use super::plan::PlanError;
 use super::store::StoreError;
+use crate::backend::copy::Stays;
 use crate::coord::CoordError;
 use crate::shardmap::MapError;
 use crate::snapshot::PublishError;
@@ -43,6 +44,19 @@ pub enum RebalanceError {
         total: usize,
         keys: u64,
     },
+    /// A sample of the keys that would move found one that its new shard
+    /// cannot hold (a list, set, ... moving to a postgres shard).
+    #[error(
+        "shard {shard}: {source} (found in a sample of the keys this map moves onto a postgres shard; nothing moved)"
+    )]
+    Unmovable { shard: String, source: Stays },
+    /// In a fleet, keys do not move to or from postgres shards yet: such a
+    /// key is copied with commands, fenced by the proxy that copies it, and
+    /// the other proxies of the fleet do not see that fence.
+    #[error(
+        "shard `{shard}` is a postgres shard: in a fleet, slots cannot move to or from postgres shards yet (their keys are copied under a fence that only one proxy sees); move them with a single proxy and --state-dir"
+    )]
+    PostgresInFleet { shard: String },
     #[error("no rebalance is running")]
     NotRunning,
     #[error(

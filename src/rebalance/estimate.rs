@@ -8,11 +8,14 @@ use bytes::Bytes;
 
 use super::Plan;
 use super::mover::BIG_KEY_BYTES;
-use crate::backend::migrate::MigrateError;
+use crate::backend::copy::Stays;
+use crate::backend::migrate::{MigrateError, scan_reply};
+use crate::backend::{Db, Wire};
 use crate::context::Context;
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{ShardId, Slot};
+use crate::shardmap::ShardKind;
 
 /// Keys sampled per source shard.
 const SAMPLE: usize = 1000;
@@ -80,14 +83,21 @@ async fn sample_shard(
         .iter()
         .filter_map(reply::bulk)
         .collect();
-    // Every MEMORY USAGE is queued at once: one round trip in all.
+    // Every MEMORY USAGE is queued at once: one round trip in all. A
+    // postgres shard has no MEMORY USAGE: a key's size there is its length
+    // plus its string's (`STRLEN`; a hash counts as its key only).
     let backends = ctx.backends();
     let ep = &backends.shard(id).primary;
+    let postgres = ep.kind() == Some(ShardKind::Postgres);
     let waits: Vec<_> = sample
         .iter()
         .map(|k| {
             let mut frame = bytes::BytesMut::new();
-            encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
+            if postgres {
+                encode_command(&[b"STRLEN", k], &mut frame);
+            } else {
+                encode_command(&[b"MEMORY", b"USAGE", k], &mut frame);
+            }
             (k.clone(), ep.send(Protocol::Resp2, 0, &frame.freeze()))
         })
         .collect();
@@ -97,6 +107,7 @@ async fn sample_shard(
             Ok(Ok(a)) => reply::integer(&a.frame).unwrap_or(0).max(0) as u64,
             _ => 0,
         };
+        let n = if postgres { n + k.len() as u64 } else { n };
         sizes.push((k, n));
     }
     let total: u64 = sizes.iter().map(|(_, n)| n).sum();
@@ -168,6 +179,77 @@ pub async fn estimate(ctx: &Context, plan: &Plan) -> Estimate {
         est.pairs.push((k, (k as f64 * avg) as u64));
     }
     est
+}
+
+/// Keys of a sample that cannot move to their postgres target (see
+/// [`Stays`]): per Redis source that moves slots onto a postgres shard, a
+/// `SCAN` of up to [`SAMPLE`] keys in each of its databases, and `TYPE`
+/// of those in slots moving to a postgres shard. Finds such keys before
+/// anything moves (the mover still checks every key it moves).
+pub async fn unmovable(ctx: &Context, plan: &Plan) -> Vec<(String, Stays)> {
+    let merged = &plan.merged;
+    let to_pg: HashMap<(u32, u32), ShardId> = plan
+        .moves
+        .iter()
+        .filter(|m| merged.shards[m.to.0 as usize].kind == ShardKind::Postgres)
+        .filter(|m| merged.shards[m.from.0 as usize].kind == ShardKind::Redis)
+        .map(|m| ((m.class, m.slot.0), m.from))
+        .collect();
+    let mut sources: Vec<ShardId> = to_pg.values().copied().collect();
+    sources.sort();
+    sources.dedup();
+    let mut found = Vec::new();
+    let backends = ctx.backends();
+    for id in sources {
+        let ep = backends.shard(id).primary.clone();
+        let name = &merged.shards[id.0 as usize].name;
+        let dbs = super::mover::databases_with_keys(&ep)
+            .await
+            .unwrap_or_else(|_| vec![Db(0)]);
+        for db in dbs {
+            let wire = Wire {
+                proto: Protocol::Resp2,
+                db,
+            };
+            let count = SAMPLE.to_string();
+            let mut frame = bytes::BytesMut::new();
+            encode_command(&[b"SCAN", b"0", b"COUNT", count.as_bytes()], &mut frame);
+            let Ok(Ok(a)) = ep.send(wire, 0, &frame.freeze()).await else {
+                continue;
+            };
+            let Ok((_, keys)) = scan_reply(&a.frame) else {
+                continue;
+            };
+            let table = &plan.table;
+            let moving = keys
+                .into_iter()
+                .filter(|k| to_pg.get(&(table.class_of(k), table.slot_of(k).0)) == Some(&id));
+            // Every TYPE is queued at once: one round trip in all.
+            let waits: Vec<_> = moving
+                .map(|k| {
+                    let mut frame = bytes::BytesMut::new();
+                    encode_command(&[b"TYPE", &k], &mut frame);
+                    (k, ep.send(wire, 0, &frame.freeze()))
+                })
+                .collect();
+            for (k, rx) in waits {
+                let Ok(Ok(a)) = rx.await else { continue };
+                let kind = String::from_utf8_lossy(a.frame.get(1..).unwrap_or_default())
+                    .trim_end()
+                    .to_owned();
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let why = match kind.as_str() {
+                    "none" => continue,
+                    "string" | "hash" if db == Db(0) => continue,
+                    "string" | "hash" => Stays::Database { key, db: db.0 },
+                    _ => Stays::Type { key, kind },
+                };
+                found.push((name.clone(), why));
+                break;
+            }
+        }
+    }
+    found
 }
 
 /// Human units for bytes.

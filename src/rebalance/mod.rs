@@ -349,6 +349,15 @@ impl FleetView {
     }
 }
 
+/// Refuses a plan whose sampled keys include one its postgres target
+/// cannot hold (see [`estimate::unmovable`]).
+async fn refuse_unmovable(ctx: &Context, plan: &Plan) -> Result<(), RebalanceError> {
+    match estimate::unmovable(ctx, plan).await.into_iter().next() {
+        Some((shard, source)) => Err(RebalanceError::Unmovable { shard, source }),
+        None => Ok(()),
+    }
+}
+
 /// Locks a mutex, going on after a panic elsewhere (the data is counters).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -581,7 +590,11 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         drop(snap);
         let est = estimate::estimate(&self.ctx, &plan).await;
-        Ok(estimate::report(&plan, &est))
+        let mut lines = estimate::report(&plan, &est);
+        for (shard, why) in estimate::unmovable(&self.ctx, &plan).await {
+            lines.push(format!("refused: shard {shard}: {why}"));
+        }
+        Ok(lines)
     }
 
     /// Starts moving to `yaml`. Refused while another rebalance runs,
@@ -609,6 +622,7 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0 + 1;
         drop(snap);
+        refuse_unmovable(&self.ctx, &plan).await?;
         let source_yaml = lock(&self.current_yaml).clone();
         let target = yaml.to_owned();
         state
@@ -640,6 +654,17 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0;
         drop(snap);
+        let postgres = plan
+            .moves
+            .iter()
+            .flat_map(|m| [m.from, m.to])
+            .map(|id| &plan.merged.shards[id.0 as usize])
+            .find(|s| s.kind == crate::shardmap::ShardKind::Postgres);
+        if let Some(s) = postgres {
+            return Err(RebalanceError::PostgresInFleet {
+                shard: s.name.clone(),
+            });
+        }
         let revision = coord
             .update_state(|s| {
                 Refusal::if_rebalancing(s)?;

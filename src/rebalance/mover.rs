@@ -10,7 +10,11 @@
 //!    writes a key of the window on the source;
 //! 3. the source is scanned (`SCAN`) and the window's keys move in batches
 //!    (`MIGRATE ... REPLACE KEYS`, atomic on the source, TTLs kept),
-//!    throttled, pausable; commands meanwhile move the keys they touch;
+//!    throttled, pausable; commands meanwhile move the keys they touch.
+//!    To or from a postgres shard, each key is copied with commands under
+//!    its fence instead (`backend::copy`), and a postgres source is read
+//!    slot by slot; keys a postgres target cannot hold stay on their source
+//!    and pause the mover (`hold_back`) until an operator resumes;
 //! 4. the targets' replicas catch up with their primaries, so a read sent
 //!    to a replica once the slot is stable finds the moved keys;
 //! 5. the window is logged done and published as `Stable(to)`.
@@ -30,6 +34,7 @@ use super::plan::{self, Plan};
 use super::state::Saved;
 use super::store::{Store, UnitsKind};
 use super::{Job, Phase, RebalanceError, Rebalancer, UnitState, Verification, overlay_table};
+use crate::backend::copy::{Stays, needs_copy};
 use crate::backend::dedicated::PooledConn;
 use crate::backend::migrate::{
     BigKeyMove, MigrateError, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
@@ -38,7 +43,11 @@ use crate::backend::{Backends, Db, Endpoint, Wire, health};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::router::{Epoch, RoutingTable, ShardId};
-use crate::shardmap::{ShardMap, ShardPhase};
+use crate::shardmap::{ShardKind, ShardMap, ShardPhase};
+
+mod postgres;
+
+use postgres::{copy_keys, hold_back, move_window_pg, prepare_postgres_targets};
 
 pub use crate::backend::migrate::BIG_KEY_BYTES;
 /// Most (class, slot) pairs moved in one window.
@@ -130,6 +139,7 @@ pub(super) async fn run(
             .map_err(RebalanceError::Install)?;
         installed(rb, &old, &next);
     }
+    prepare_postgres_targets(rb, job, &work).await;
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
@@ -192,7 +202,13 @@ pub(super) async fn run(
         report(rb, &work, true);
         let started = Instant::now();
         let moved_before = job.keys.load(Ordering::Relaxed);
-        move_window(rb, job, &work, from, &window).await;
+        loop {
+            let stuck = move_window(rb, job, &work, from, &window).await;
+            if stuck.is_empty() {
+                break;
+            }
+            hold_back(rb, job, &stuck).await;
+        }
         let targets: HashSet<ShardId> = window.iter().map(|&i| work.plan.moves[i].to).collect();
         for t in targets {
             wait_replicas(rb, t).await;
@@ -283,6 +299,7 @@ fn rebuild_backends(rb: &Rebalancer, map: &ShardMap) -> (Arc<Backends>, Arc<Back
 fn installed(rb: &Rebalancer, old: &Backends, next: &Arc<Backends>) {
     let added = next.added_since(old);
     health::spawn_all(&added, rb.shutdown.subscribe());
+    crate::backend::pg::spawn_reapers(&added, &rb.shutdown);
     old.retire_missing(next);
 }
 
@@ -332,8 +349,15 @@ async fn wait_unpaused(job: &Job) {
 /// Moves every key of the window from `from` (step 3), database by
 /// database (clients may `SELECT` any database; each moves into the same
 /// database on its target). Retries until it is done: a failure leaves
-/// keys on the source, where commands still find and move them.
-async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, window: &[usize]) {
+/// keys on the source, where commands still find and move them. Returns
+/// the keys that cannot move at all (see [`Stays`]).
+async fn move_window(
+    rb: &Rebalancer,
+    job: &Job,
+    work: &Work,
+    from: ShardId,
+    window: &[usize],
+) -> Vec<Stays> {
     let targets: HashMap<(u32, u32), ShardId> = window
         .iter()
         .map(|&i| {
@@ -341,6 +365,11 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
             ((m.class, m.slot.0), m.to)
         })
         .collect();
+    let mut stuck = Vec::new();
+    if rb.ctx.backends().shard(from).primary.kind() == Some(ShardKind::Postgres) {
+        move_window_pg(rb, job, work, from, &targets, &mut stuck).await;
+        return stuck;
+    }
     let mut backoff = Duration::from_millis(100);
     let dbs = loop {
         let ep = rb.ctx.backends().shard(from).primary.clone();
@@ -354,8 +383,9 @@ async fn move_window(rb: &Rebalancer, job: &Job, work: &Work, from: ShardId, win
         }
     };
     for db in dbs {
-        move_window_db(rb, job, work, from, &targets, db).await;
+        move_window_db(rb, job, work, from, &targets, db, &mut stuck).await;
     }
+    stuck
 }
 
 /// The databases of `ep` that hold keys (`INFO keyspace`), database 0
@@ -394,6 +424,7 @@ async fn move_window_db(
     from: ShardId,
     targets: &HashMap<(u32, u32), ShardId>,
     db: Db,
+    stuck: &mut Vec<Stays>,
 ) {
     let classify = &work.plan.table;
     let wire = Wire {
@@ -431,6 +462,10 @@ async fn move_window_db(
                 }
                 for (to, keys) in groups {
                     let target = backends.shard(to).primary.clone();
+                    if needs_copy(&ep, &target) {
+                        copy_keys(rb, job, &ep, &target, db, keys, stuck).await?;
+                        continue;
+                    }
                     for chunk in keys.chunks(BATCH) {
                         move_batch(rb, job, &mut conn, &target, db, chunk, timeout).await?;
                     }

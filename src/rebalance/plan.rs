@@ -79,8 +79,11 @@ pub fn finished(merged: &ShardMap) -> ShardMap {
 
 /// Plans the move from the running table `current` to `next` (validated).
 /// Refuses, naming why: a rebalance already running, a changed slot count,
-/// changed rule patterns, a shard whose kind changes, and slots that would
-/// move to or from a postgres shard.
+/// changed rule patterns, and a shard whose kind changes. Slots move
+/// between shards of any kinds (Redis and PostgreSQL, see
+/// `backend::copy`); whether the keys' types fit a postgres target is
+/// checked on a sample before the move starts (`estimate`) and for each
+/// key as it moves.
 pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, PlanError> {
     if current.has_overlay() {
         return Err(PlanError::Running);
@@ -111,15 +114,6 @@ pub fn plan(current: &RoutingTable, next: &ShardMap) -> Result<Plan, PlanError> 
     let name = |id: crate::router::ShardId| merged.shards[id.0 as usize].name.clone();
     let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
     for m in &moves {
-        for id in [m.from, m.to] {
-            let s = &merged.shards[id.0 as usize];
-            if s.kind == ShardKind::Postgres {
-                return Err(PlanError::Postgres {
-                    shard: s.name.clone(),
-                    direction: if id == m.from { "away from" } else { "onto" },
-                });
-            }
-        }
         *pairs.entry((name(m.from), name(m.to))).or_default() += 1;
     }
     let active = |m: &ShardMap, n: &str| {
@@ -170,13 +164,6 @@ pub enum PlanError {
     TooManyShards { count: usize, max: usize },
     #[error(transparent)]
     Incomparable(#[from] crate::router::Incomparable),
-    #[error(
-        "shard `{shard}` is a postgres shard: slots move with Redis' MIGRATE, so only between Redis shards (this map moves slots {direction} it)"
-    )]
-    Postgres {
-        shard: String,
-        direction: &'static str,
-    },
 }
 
 fn kind_name(k: ShardKind) -> &'static str {
@@ -321,14 +308,16 @@ mod tests {
             "  - name: p\n    region: us\n    primary: 127.0.0.1:7005\n",
             "  - name: p\n    region: us\n    kind: postgres\n    primary: postgres://u@127.0.0.1:7005/db\n",
         );
-        let err = plan(&t, &ShardMap::from_yaml(&pg).unwrap()).unwrap_err();
-        assert!(
-            matches!(&err, PlanError::Postgres { shard, direction: "onto" } if shard == "p"),
-            "{err}"
+        // Slots move onto (and off) postgres shards like any other.
+        let p = plan(&t, &ShardMap::from_yaml(&pg).unwrap()).unwrap();
+        assert_eq!(p.added, vec!["p".to_owned()]);
+        assert!(p.pairs.iter().all(|(_, to, _)| to == "p"));
+        // A shard's kind still cannot change.
+        let kind = MAP.replace(
+            "  - name: b\n    region: us\n    primary: 127.0.0.1:7002\n",
+            "  - name: b\n    region: us\n    kind: postgres\n    primary: postgres://u@127.0.0.1:7002/db\n",
         );
-        assert!(
-            err.to_string().contains("shard `p` is a postgres shard"),
-            "{err}"
-        );
+        let err = plan(&t, &ShardMap::from_yaml(&kind).unwrap()).unwrap_err();
+        assert!(matches!(err, PlanError::KindChanged { .. }), "{err}");
     }
 }

@@ -339,6 +339,14 @@ pub fn check(
     servers: &[(&str, &RedisServer)],
     fixed: &HashSet<String>,
 ) {
+    check_model(port, shared, model);
+    check_placement(shared, model, map, servers, fixed);
+}
+
+/// The checks of [`check`] through the proxy on `port` alone (any kind of
+/// shard): no violation, every acknowledged INCR counted, values, TTLs, no
+/// deleted key back.
+pub fn check_model(port: u16, shared: &Shared, model: &Model) {
     assert!(
         model.violations.is_empty(),
         "read or write violations: {:?}",
@@ -381,6 +389,16 @@ pub fn check(
         let n: i64 = redis::cmd("EXISTS").arg(k).query(&mut c).unwrap();
         assert_eq!(n, 0, "deleted key {k} is back");
     }
+}
+
+/// The placement checks of [`check`], on the Redis `servers` directly.
+fn check_placement(
+    shared: &Shared,
+    model: &Model,
+    map: &Path,
+    servers: &[(&str, &RedisServer)],
+    fixed: &HashSet<String>,
+) {
     // Placement: every key is on its owner under the final map, and the
     // keys per shard agree with the model.
     let table = RoutingTable::compile(Arc::new(ShardMap::load(map).unwrap()), Epoch(1));

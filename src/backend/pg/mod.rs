@@ -184,6 +184,33 @@ impl PgEndpoint {
         rx
     }
 
+    /// Waits until every job queued on any lane before the call has run
+    /// (a `PING` queued behind them on each client's lane): the
+    /// rebalancer's barrier before the keys of a window move off this
+    /// shard. A lane that ended had nothing queued.
+    pub async fn barrier(&self) -> Result<(), BackendError> {
+        let pings: Vec<ReplyRx> = {
+            let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            lanes
+                .values()
+                .filter_map(|lane| {
+                    let (reply, rx) = oneshot::channel();
+                    lane.send(Job::Command {
+                        frame: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+                        proto: Protocol::Resp2,
+                        reply,
+                    })
+                    .ok()
+                    .map(|()| rx)
+                })
+                .collect()
+        };
+        for rx in pings {
+            rx.await.unwrap_or_else(|_| Err(self.lane_stopped()))?;
+        }
+        Ok(())
+    }
+
     /// Queues `job` on `client`'s lane, starting the lane if it has none.
     fn queue(&self, client: u64, job: Job) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -384,6 +411,33 @@ pub fn backend_error(addr: &str, e: sqlx::Error) -> BackendError {
             addr,
             reason: other.to_string(),
         },
+    }
+}
+
+/// Waits (at most `limit`) until no connection of an earlier shardgate
+/// process is left on this primary: a backend of application `shardgate`
+/// that started before this pool's first connection. A killed proxy's
+/// statements already sent keep running after it died (the `SET` of a key
+/// being copied, say), even one still unread in its backend's socket (that
+/// backend looks idle); each such backend ends once it has run them and
+/// reads the closed socket. A restarted proxy that resumes a rebalance
+/// waits for them before it serves, so that none lands after it moved the
+/// key again. Call it first on a new pool (so that its connection is the
+/// process's first). Returns whether none was left (false: timed out, for
+/// example because another proxy uses this database, or the query failed).
+pub async fn wait_previous_statements(pool: &PgPool, limit: Duration) -> bool {
+    const LEFT: &str = "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'shardgate' AND pid <> pg_backend_pid() \
+         AND backend_start < (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())";
+    let started = Instant::now();
+    loop {
+        match sqlx::query_scalar::<_, i64>(LEFT).fetch_one(pool).await {
+            Ok(0) => return true,
+            Ok(_) if started.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) | Err(_) => return false,
+        }
     }
 }
 
