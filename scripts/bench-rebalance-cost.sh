@@ -3,7 +3,8 @@
 # a 4th added, `redis-benchmark` GET at 20 clients through the proxy, the
 # same number of requests before the move and while it runs. Prints, side by
 # side: p50/p95/p99 and throughput before and during, their ratios, the
-# mover's keys/s, keys moved by commands, and the proxy's CPU per request.
+# mover's keys/s, keys moved by commands, and the CPU per request of the
+# proxy and of the four redis-servers (mover included).
 #
 # Usage: scripts/bench-rebalance-cost.sh [--fleet] [--keys N] [--requests N]
 #   --fleet      the proxy is a fleet member (a single-node etcd holds the
@@ -72,17 +73,21 @@ redis-benchmark -p "$port" -t set -n $((range * 3)) -r "$range" -d 64 -P 64 -c 8
 total=0
 for p in "${ports[@]:0:3}"; do total=$((total + $(redis-cli -p "$p" dbsize))); done
 
-cpu() { awk '{print $14 + $15}' "/proc/$proxy/stat"; }   # user + system, clock ticks
-get_run() { # label -> "label,rps,avg,min,p50,p95,p99,max,cpu_ticks,start,end"
-  local c0 c1 t0 t1 line
-  c0=$(cpu); t0=$(date +%s.%N)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system, clock ticks
+redis_pids=("${pids[@]:0:4}")
+redis_cpu() { local t=0 p; for p in "${redis_pids[@]}"; do t=$((t + $(cpu "$p"))); done; echo "$t"; }
+get_run() { # label -> "label,rps,avg,min,p50,p95,p99,max,proxy_ticks,start,end,redis_ticks"
+  local c0 c1 r0 r1 t0 t1 line
+  c0=$(cpu "$proxy"); r0=$(redis_cpu); t0=$(date +%s.%N)
   line=$(redis-benchmark -p "$port" -t get -n "$REQUESTS" -r "$range" -c 20 --csv 2>/dev/null | tail -1)
-  t1=$(date +%s.%N); c1=$(cpu)
-  echo "$1,${line#\"GET\",},$((c1 - c0)),$t0,$t1" | tr -d '"'
+  t1=$(date +%s.%N); c1=$(cpu "$proxy"); r1=$(redis_cpu)
+  echo "$1,${line#\"GET\",},$((c1 - c0)),$t0,$t1,$((r1 - r0))" | tr -d '"'
 }
 get_run warmup >/dev/null
 before=$(get_run before)
+GETS=${GETS:-1}
 metric() { curl -s "127.0.0.1:$metrics/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+move_c0=$(cpu "$proxy"); move_r0=$(redis_cpu)
 SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" --admin "127.0.0.1:$admin" \
   > "$WORK/rebalance.txt" 2>&1 & reb=$!
 if [ "$THROTTLE" != 0 ]; then
@@ -91,22 +96,24 @@ fi
 # The GETs start when the first window is migrating.
 until [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "" ] &&
       [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "0" ]; do sleep 0.02; done
-during=$(get_run during)
+if [ "$GETS" = 1 ]; then during=$(get_run during); else during=$before; fi
 if [ "$THROTTLE" != 0 ]; then
   SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin throttle 0 --admin "127.0.0.1:$admin" >/dev/null
 fi
 wait "$reb"
+move_cpu="$(( $(cpu "$proxy") - move_c0 )) $(( $(redis_cpu) - move_r0 ))"
 touch_moves=$(metric 'shardgate_rebalance_keys_moved_total{how="touch"}')
 reads=$(curl -s "127.0.0.1:$metrics/metrics" | grep '^shardgate_rebalance_migrating_reads_total' || true)
 python3 - "$WORK/proxy.log" "$before" "$during" "$total" "$(getconf CLK_TCK)" "$REQUESTS" \
-  "${touch_moves:-0}" "$FLEET" "$reads" <<'PY'
+  "${touch_moves:-0}" "$FLEET" "$reads" "$move_cpu" <<'PY'
 import datetime, re, sys
-log, before, during, total, tck, n, touch, fleet, reads = sys.argv[1:]
+log, before, during, total, tck, n, touch, fleet, reads, move_cpu = sys.argv[1:]
 tck, n = int(tck), int(n)
 def parse(s):
     f = s.split(",")
     return dict(rps=float(f[1]), p50=float(f[4]), p95=float(f[5]), p99=float(f[6]), mx=float(f[7]),
-                cpu_us=int(f[8]) / tck * 1e6 / n, start=float(f[9]), end=float(f[10]))
+                cpu_us=int(f[8]) / tck * 1e6 / n, start=float(f[9]), end=float(f[10]),
+                redis_us=int(f[11]) / tck * 1e6 / n)
 b, d = parse(before), parse(during)
 keys = secs = 0.0
 first = last = None
@@ -125,9 +132,11 @@ if first is not None:
     overlap = max(0.0, min(last, d["end"]) - max(first, d["start"])) / (d["end"] - d["start"])
 print(f"mode: {'fleet (etcd)' if fleet == '1' else 'single proxy (--state-dir)'}; {int(total):,} keys of 64 B over 3 shards -> 4; {n:,} GETs per run, 20 clients")
 print(f"{'':12} {'before':>9} {'during':>9} {'ratio':>7}")
-for k, name in [("p50", "p50 ms"), ("p95", "p95 ms"), ("p99", "p99 ms"), ("mx", "max ms"), ("rps", "GET/s"), ("cpu_us", "CPU us/req")]:
+for k, name in [("p50", "p50 ms"), ("p95", "p95 ms"), ("p99", "p99 ms"), ("mx", "max ms"), ("rps", "GET/s"), ("cpu_us", "CPU us/req"), ("redis_us", "shards us/req")]:
     print(f"{name:12} {b[k]:>9.3f} {d[k]:>9.3f} {d[k] / b[k]:>6.2f}x")
 print(f"mover: {int(keys):,} keys in {secs:.2f} s = {keys / max(secs, 1e-9):,.0f} keys/s; moved by commands: {int(float(touch)):,}")
+pc, rc = (int(x) / int(tck) for x in move_cpu.split())
+print(f"CPU of the whole rebalance (GETs included): proxy {pc:.2f} s, shards {rc:.2f} s")
 print(f"the 'during' run overlapped the windows for {overlap * 100:.0f}% of its time")
 if reads.strip():
     print("reads of migrating slots: " + "; ".join(l.split("{")[1].replace("}", "=").replace('"', "") for l in reads.strip().splitlines()))
