@@ -147,11 +147,12 @@ impl Pending {
     }
 
     /// Whether this is a read sent to a backend (counted like writes, see
-    /// [`super::session::Writes`]).
+    /// [`super::session::Writes`]; a migrating read too, so that a later
+    /// read of the client shares no request older than it).
     pub fn is_backend_read(&self) -> bool {
         matches!(
             self.kind,
-            PendingKind::Backend { .. } | PendingKind::Gather { .. }
+            PendingKind::Backend { .. } | PendingKind::Gather { .. } | PendingKind::Computed(_)
         ) && self.spec.is_some_and(|s| s.is_read())
     }
 
