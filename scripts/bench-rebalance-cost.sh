@@ -14,6 +14,8 @@
 #                of random keys, so about N end up stored)
 #   --requests N GETs per run (default 100,000)
 #   --throttle N the mover's throttle, keys/s (default 0: none)
+# Environment: SHARDGATE_BIN=path measures that binary (no build); GETS=0
+# skips the GETs during the move (the mover alone, and its CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLEET=0 KEYS=1000000 REQUESTS=100000 THROTTLE=0
