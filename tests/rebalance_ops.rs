@@ -333,7 +333,8 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
     };
     let before: Vec<u64> = replicas.iter().map(replica_gets).collect();
     let p = admin.progress();
-    let mut touched = 0;
+    // Reads of keys not moved yet: answered by the source's primary, and
+    // they move nothing (the ASK-like read of `proxy::moves`).
     for k in &moving {
         let v: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
         assert_eq!(
@@ -341,19 +342,38 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
             Some(format!("v-{k}").as_str()),
             "{k} read during its move"
         );
-        touched += 1;
+    }
+    assert_eq!(
+        admin.progress()["keys_moved_on_touch"],
+        "0",
+        "reads move no key"
+    );
+    // Writes move their key first.
+    let written = &moving[..20];
+    for k in written {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(format!("v-{k}"))
+            .query(&mut c)
+            .unwrap();
+    }
+    // Reads of moved keys: answered by the target's primary.
+    for k in &moving {
+        let v: Option<String> = redis::cmd("GET").arg(k).query(&mut c).unwrap();
+        assert_eq!(v.as_deref(), Some(format!("v-{k}").as_str()));
     }
     let p2 = admin.progress();
     let migrating: usize = p["slots_migrating"].parse().unwrap();
     assert!(migrating > 0);
-    // Reads of keys in Migrating slots went to s2's primary, not a replica.
+    // Reads of keys in Migrating slots went to s2's primary, not a replica
+    // (keys of slots still pending are read from their source's replicas).
     assert_eq!(
         replica_gets(&replicas[2]),
         before[2],
         "a migrating read went to the new shard's replica"
     );
     let on_touch: u64 = p2["keys_moved_on_touch"].parse().unwrap();
-    assert!(on_touch > 0 && on_touch <= touched, "{p2:?}");
+    assert!(on_touch > 0 && on_touch <= written.len() as u64, "{p2:?}");
     let body = ureq_get(metrics_port);
     let metric = |name: &str| -> f64 {
         body.lines()
@@ -365,6 +385,20 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
         metric("shardgate_rebalance_keys_moved_total{how=\"touch\"}") as u64,
         on_touch
     );
+    let reads = |found: &str| {
+        metric(&format!(
+            "shardgate_rebalance_migrating_reads_total{{found=\"{found}\"}}"
+        )) as u64
+    };
+    // Each read of a migrating key counted once (keys of the window still
+    // pending are read as usual; the mover, throttled then paused, may have
+    // moved a batch before the first reads).
+    assert!(
+        reads("source") + reads("target") + reads("neither") <= 2 * moving.len() as u64,
+        "{body}"
+    );
+    assert!(reads("source") > 0, "{body}");
+    assert!(reads("target") >= on_touch, "{body}");
     assert_eq!(metric("shardgate_rebalance_running"), 1.0);
     assert!(metric("shardgate_rebalance_slots{state=\"migrating\"}") > 0.0);
     assert!(metric("shardgate_map_epoch") >= 2.0);

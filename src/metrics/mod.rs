@@ -110,6 +110,12 @@ pub const SLOT_STATES: [&str; 3] = ["pending", "migrating", "done"];
 pub const REBALANCE_KEYS: &str = "shardgate_rebalance_keys_moved_total";
 /// Bytes moved by the background mover (`MEMORY USAGE` before each move).
 pub const REBALANCE_BYTES: &str = "shardgate_rebalance_bytes_moved_total";
+/// Reads of keys in migrating slots answered without moving the key, by
+/// which shard had it (`source`: not moved yet; `target`: moved already;
+/// `neither`: absent from both, read again in order).
+pub const REBALANCE_READS: &str = "shardgate_rebalance_migrating_reads_total";
+/// Values of the `found` label of [`REBALANCE_READS`].
+pub const READ_FOUND: [&str; 3] = ["source", "target", "neither"];
 /// Rebalancing failures, by stage.
 pub const REBALANCE_ERRORS: &str = "shardgate_rebalance_errors_total";
 /// Values of the `stage` label of [`REBALANCE_ERRORS`]. `unsupported`: a
@@ -367,6 +373,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Bytes moved by the rebalance mover (MEMORY USAGE of each key before its move)",
     ),
     (
+        REBALANCE_READS,
+        "counter",
+        "Reads of keys in migrating slots answered without moving the key, by where it was found: source (not moved yet), target (moved already), neither",
+    ),
+    (
         REBALANCE_ERRORS,
         "counter",
         "Rebalancing failures by stage: mover, touch, barrier, verify (each retried or reported)",
@@ -595,6 +606,7 @@ pub struct Metrics {
     auth_failures: [Counter; 3],
     rebalance_slots: [Gauge; 3],
     rebalance_keys: [Counter; 2],
+    rebalance_reads: [Counter; 3],
     rebalance_bytes: Counter,
     rebalance_errors: [Counter; 5],
     rebalance_running: Gauge,
@@ -645,6 +657,7 @@ impl Metrics {
             auth_failures: AUTH_FAILURE_REASONS.map(|r| counter!(AUTH_FAILURES, "reason" => r)),
             rebalance_slots: SLOT_STATES.map(|s| gauge!(REBALANCE_SLOTS, "state" => s)),
             rebalance_keys: ["mover", "touch"].map(|h| counter!(REBALANCE_KEYS, "how" => h)),
+            rebalance_reads: READ_FOUND.map(|f| counter!(REBALANCE_READS, "found" => f)),
             rebalance_bytes: counter!(REBALANCE_BYTES),
             rebalance_errors: REBALANCE_STAGES.map(|s| counter!(REBALANCE_ERRORS, "stage" => s)),
             rebalance_running: gauge!(REBALANCE_RUNNING),
@@ -721,6 +734,14 @@ impl Metrics {
     /// Keys moved on touch since the proxy started.
     pub fn moved_on_touch(&self) -> u64 {
         self.touch_moves.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A read of a key in a migrating slot was answered without moving
+    /// the key; `found` is one of [`READ_FOUND`].
+    pub fn rebalance_read(&self, found: &'static str) {
+        if let Some(i) = READ_FOUND.iter().position(|f| *f == found) {
+            self.rebalance_reads[i].increment(1);
+        }
     }
 
     /// The mover moved `keys` keys of `bytes` bytes.

@@ -328,6 +328,12 @@ pub fn bulk(frame: &Bytes) -> Option<Bytes> {
     }
 }
 
+/// Whether the frame is a nil reply: RESP2's null bulk string or array
+/// (`$-1`, `*-1`) or RESP3's null (`_`).
+pub fn is_nil(frame: &[u8]) -> bool {
+    frame.starts_with(b"$-1\r\n") || frame.starts_with(b"*-1\r\n") || frame.starts_with(b"_\r\n")
+}
+
 /// Whether the frame is an error reply (`-` simple or `!` RESP3 blob error).
 pub fn is_error(frame: &[u8]) -> bool {
     let b = match frame.first() {

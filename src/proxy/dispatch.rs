@@ -329,13 +329,13 @@ impl Session {
             return self.fail(Some(spec), e);
         }
         let result = match spec.handling {
-            Handling::Forward => self.forward(&snap, spec, req, pass),
+            Handling::Forward => self.forward(proxy, &snap, spec, req, pass),
             Handling::Split(kind) => self.split(&snap, spec, req, kind, pass),
             Handling::Blocking => self.blocking(&snap, spec, req, pass),
             Handling::Transaction(kind) => self.transaction(proxy, spec, req, kind, pass),
             Handling::Script => self.script(&snap, spec, req, pass),
-            Handling::Fanout(FanoutKind::Memory) => self.memory(&snap, spec, req, pass),
-            Handling::Fanout(kind) => self.fanout(&snap, spec, req, kind),
+            Handling::Fanout(FanoutKind::Memory) => self.memory(proxy, &snap, spec, req, pass),
+            Handling::Fanout(kind) => self.fanout(proxy, &snap, spec, req, kind),
             Handling::PubSub(kind) => self.pubsub(proxy, spec, req, kind),
             Handling::Local(kind) => {
                 let action = self.local(proxy, spec, req, kind);
@@ -399,13 +399,19 @@ impl Session {
 
     fn forward(
         &mut self,
+        proxy: &Proxy,
         snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
         pass: Pass,
     ) -> Result<Action, ProxyError> {
         let shard = match self.target(snap.table(), spec, &req, pass)? {
-            Target::MoveFirst { .. } => return Ok(move_first(req, spec)),
+            Target::MoveFirst { .. } => {
+                return Ok(match self.read_migrating(proxy, snap, spec, &req) {
+                    Some(p) => Action::Queue(p),
+                    None => move_first(req, spec),
+                });
+            }
             t => t.shard().unwrap_or(ShardId(0)),
         };
         // A first pass routed to `Shard`: the key's slot is not migrating.
@@ -864,6 +870,7 @@ impl Session {
 
     fn fanout(
         &mut self,
+        proxy: &Proxy,
         snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
@@ -890,7 +897,7 @@ impl Session {
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::SumInt))
             }
             FanoutKind::Randomkey => Ok(Action::Exclusive(ExclusiveOp::Randomkey, spec)),
-            FanoutKind::Memory => self.memory(snap, spec, req, Pass::Fresh),
+            FanoutKind::Memory => self.memory(proxy, snap, spec, req, Pass::Fresh),
             FanoutKind::Flush => {
                 if !snap.map().options.allow_flush {
                     return Err(ProxyError::err(format!(
@@ -969,6 +976,7 @@ impl Session {
     /// DOCTOR, ...) forwarded like any command, by key if it names one.
     fn memory(
         &mut self,
+        proxy: &Proxy,
         snap: &Snapshot,
         spec: &'static CommandSpec,
         req: Request,
@@ -981,7 +989,7 @@ impl Session {
         if stats && req.args().len() == 2 {
             return Ok(Action::Exclusive(ExclusiveOp::MemoryStats, spec));
         }
-        self.forward(snap, spec, req, pass)
+        self.forward(proxy, snap, spec, req, pass)
     }
 }
 
@@ -1240,9 +1248,10 @@ mod tests {
         let t = migrating("user:1");
         let (a, b) = keys_apart(&t);
         let p = proxy(t);
-        // Every command kind that names keys moves them first.
+        // Every command kind that names keys moves them first...
         for args in [
-            &["GET", "user:1"][..],
+            &["SET", "user:1", "v"][..],
+            &["STRLEN", "user:1"],
             &["MGET", "user:1", "x"],
             &["BLPOP", "user:1", "0"],
             &["EVAL", "return 1", "1", "user:1"],
@@ -1255,6 +1264,20 @@ mod tests {
                 }
                 _ => panic!("{args:?} does not move first"),
             }
+        }
+        // ...except reads whose reply proves where the key is: they ask the
+        // source and the target at once, in the pipeline (see `moves`).
+        for args in [&["GET", "user:1"][..], &["HGET", "user:1", "f"]] {
+            assert!(
+                matches!(
+                    dispatch(&p, args),
+                    Action::Queue(Pending {
+                        kind: PendingKind::Computed(_),
+                        ..
+                    })
+                ),
+                "{args:?} is not read on both shards"
+            );
         }
         assert!(
             error_text(dispatch(&p, &["SINTER", &a, &b])).starts_with("-CROSSSLOT "),

@@ -8,12 +8,16 @@
 //! holding the routing table they were decided with until the command is
 //! answered, so the rebalancer's barrier (see `rebalance`) also waits for
 //! them.
+//!
+//! Reads whose reply proves the key is there ([`PRESENCE_READS`]) do not
+//! move it: they go to both shards at once ([`Session::read_migrating`]),
+//! like Redis Cluster's `ASK`, and leave the move to the mover.
 
 use bytes::{Bytes, BytesMut};
 
 use super::Proxy;
 use super::dispatch::{Action, ExclusiveOp, Pass};
-use super::pending::answered;
+use super::pending::{Pending, PendingKind, answered};
 use super::session::Session;
 use crate::backend::copy::{self, Copied, CopyError, Stays};
 use crate::backend::fence::Touch;
@@ -37,6 +41,12 @@ const MAX_ROUNDS: usize = 8;
 /// before `-TRYAGAIN` (see `context::HeldMoves`): the mover waits for every
 /// live proxy, at most until a silent one's lease expires.
 const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
+/// Single-key reads whose reply is something other than nil only when the
+/// key exists on the shard that answers (`GET` of a missing key is nil;
+/// `HGET` of a missing field is nil too, which only makes the proof
+/// one-sided: a non-nil reply still proves the key is there).
+const PRESENCE_READS: [&str; 4] = ["get", "hget", "zscore", "lindex"];
+
 /// One key to move: from its old shard to its new one.
 #[derive(Clone, Copy)]
 struct KeyMove<'a> {
@@ -100,6 +110,73 @@ impl Failures<'_> {
 }
 
 impl Session {
+    /// A read of a key in a migrating slot, answered without moving the
+    /// key and without draining the client's pipeline: the read goes to the
+    /// key's source and target primaries at once. `None` for any other
+    /// request (it moves its key first: [`Session::move_first`]).
+    ///
+    /// Why this is exact: from the moment the slot migrates, nothing writes
+    /// the key on its source (the barrier), and nothing writes it on its
+    /// target before `MIGRATE` removed it from its source (writes move
+    /// first). So a non-nil reply from the source is the key's value at the
+    /// time the source answered; a nil one from the source and a non-nil one
+    /// from the target is the value the target held when it answered, the
+    /// key having moved before that. Both nil is not a proof (the target may
+    /// have answered before the key arrived and the source after it left):
+    /// the read is then sent again, to the source first and once it has
+    /// answered to the target, which is exact. Replicas are not read (a
+    /// source replica may still hold a key that has moved).
+    pub(super) fn read_migrating(
+        &self,
+        proxy: &Proxy,
+        snap: &Snapshot,
+        spec: &'static CommandSpec,
+        req: &Request,
+    ) -> Option<Pending> {
+        if !PRESENCE_READS.contains(&spec.name) || self.tracking.is_some() {
+            return None;
+        }
+        let route = snap.table().route(req.args().get(1)?);
+        let from = route.moving_from?;
+        let (source, target) = (snap.shard(from), snap.shard(route.shard));
+        if source.kind != crate::shardmap::ShardKind::Redis
+            || target.kind != crate::shardmap::ShardKind::Redis
+        {
+            return None;
+        }
+        let (source, target) = (source.primary.clone(), target.primary.clone());
+        let (wire, client, frame) = (self.wire(), self.id, req.raw().clone());
+        let metrics = proxy.metrics.clone();
+        let at_once = (
+            source.send(wire, client, &frame),
+            target.send(wire, client, &frame),
+        );
+        let reply = async move {
+            let (on_source, on_target) = at_once;
+            let s = answered(on_source.await)?;
+            if !reply::is_nil(&s) {
+                metrics.rebalance_read("source");
+                return Ok(s);
+            }
+            let t = answered(on_target.await)?;
+            if !reply::is_nil(&t) {
+                metrics.rebalance_read("target");
+                return Ok(t);
+            }
+            metrics.rebalance_read("neither");
+            let s = answered(source.send(wire, client, &frame).await)?;
+            if !reply::is_nil(&s) {
+                return Ok(s);
+            }
+            answered(target.send(wire, client, &frame).await)
+        };
+        Some(self.pending(
+            spec,
+            PendingKind::Computed(Box::pin(reply)),
+            Some(route.shard),
+        ))
+    }
+
     /// Moves the request's keys that are in migrating slots, then runs it
     /// on their new shard. Returns the encoded reply.
     pub(super) async fn move_first(

@@ -50,6 +50,10 @@ pub enum PendingKind {
     Backend { rx: ReplyRx, retry: Option<Retry> },
     /// A split or fanned-out command: every part, then a merge.
     Gather { parts: Vec<Part>, merge: Merge },
+    /// A reply that takes more than one backend request, computed by its
+    /// own future (a read of a key in a migrating slot, see `moves`): the
+    /// frame in the client's protocol, or the error to encode.
+    Computed(Pin<Box<dyn Future<Output = Result<Bytes, ProxyError>> + Send>>),
     /// (P|S)(UN)SUBSCRIBE: the confirmations, once the shards confirmed
     /// (see `pubsub`; messages wait while one of these is queued).
     Subscribed {
@@ -143,11 +147,12 @@ impl Pending {
     }
 
     /// Whether this is a read sent to a backend (counted like writes, see
-    /// [`super::session::Writes`]).
+    /// [`super::session::Writes`]; a migrating read too, so that a later
+    /// read of the client shares no request older than it).
     pub fn is_backend_read(&self) -> bool {
         matches!(
             self.kind,
-            PendingKind::Backend { .. } | PendingKind::Gather { .. }
+            PendingKind::Backend { .. } | PendingKind::Gather { .. } | PendingKind::Computed(_)
         ) && self.spec.is_some_and(|s| s.is_read())
     }
 
@@ -198,6 +203,18 @@ impl Pending {
                     }
                 }
             }
+            PendingKind::Computed(reply) => match reply.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(frame)) => {
+                    self.answered_at = Some(Instant::now());
+                    out.extend_from_slice(&frame);
+                    Poll::Ready(!reply::is_error(&frame))
+                }
+                Poll::Ready(Err(e)) => {
+                    e.to_reply().encode(self.proto, out);
+                    Poll::Ready(false)
+                }
+            },
             PendingKind::Subscribed { wait, reply } => match wait.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(()) => {
