@@ -270,6 +270,7 @@ fn rebalance(admin: &mut Admin, map: &Path) {
 /// Redis -> two postgres shards, then postgres -> postgres and postgres ->
 /// Redis in one map change, with clients running throughout.
 #[test]
+#[ignore = "moves to and from postgres shards are off: CI saw one acknowledged INCR lost in this test (issue 15); run with --ignored to work on it"]
 fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     let (s0, s1) = (RedisServer::start(), RedisServer::start());
     let (p0, p1) = (PgServer::start(), PgServer::start());
@@ -337,6 +338,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
 /// of a PostgreSQL -> Redis move; each restart resumes from the state
 /// directory and nothing is lost.
 #[test]
+#[ignore = "moves to and from postgres shards are off: CI saw one acknowledged INCR lost in this test (issue 15); run with --ignored to work on it"]
 fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
     let (s0, s1) = (RedisServer::start(), RedisServer::start());
     let p0 = PgServer::start();
@@ -402,6 +404,7 @@ fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
 /// where commands still reach it; once deleted, the move resumes and
 /// finishes.
 #[test]
+#[ignore = "moves to and from postgres shards are off: CI saw one acknowledged INCR lost in this test (issue 15); run with --ignored to work on it"]
 fn keys_a_postgres_shard_cannot_hold_stay_on_their_source() {
     let (s0, s1) = (RedisServer::start(), RedisServer::start());
     let p0 = PgServer::start();
@@ -507,4 +510,24 @@ fn keys_a_postgres_shard_cannot_hold_stay_on_their_source() {
             .unwrap();
         assert_eq!(v, format!("f{i}"));
     }
+}
+
+/// Until the race the first test once showed is found, a map that moves
+/// slots onto (or off) a postgres shard is refused, naming the shard and
+/// why, and nothing moves.
+#[test]
+fn moves_to_postgres_shards_are_refused_for_now() {
+    let s0 = RedisServer::start();
+    let p0 = PgServer::start();
+    let dir = TempDir::new("pg-rebalance-off");
+    let m1 = write(dir.path(), "m1.yaml", &yaml(&[("s0", Shard::Redis(&s0))]));
+    let m2 = write(dir.path(), "m2.yaml", &yaml(&[("p0", Shard::Pg(&p0))]));
+    let proxy = Proxy::start(dir.path(), &m1);
+    let mut admin = proxy.admin();
+    let refused = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(
+        refused.starts_with("ERR rebalance refused: shard `p0` is a postgres shard: moving slots to or from postgres shards is off"),
+        "{refused}"
+    );
+    assert_eq!(admin.progress()["state"], "none");
 }

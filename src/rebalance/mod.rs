@@ -622,6 +622,9 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0 + 1;
         drop(snap);
+        if let Some(shard) = postgres_in(&plan) {
+            return Err(RebalanceError::PostgresMovesOff { shard });
+        }
         refuse_unmovable(&self.ctx, &plan).await?;
         let source_yaml = lock(&self.current_yaml).clone();
         let target = yaml.to_owned();
@@ -654,16 +657,8 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0;
         drop(snap);
-        let postgres = plan
-            .moves
-            .iter()
-            .flat_map(|m| [m.from, m.to])
-            .map(|id| &plan.merged.shards[id.0 as usize])
-            .find(|s| s.kind == crate::shardmap::ShardKind::Postgres);
-        if let Some(s) = postgres {
-            return Err(RebalanceError::PostgresInFleet {
-                shard: s.name.clone(),
-            });
+        if let Some(shard) = postgres_in(&plan) {
+            return Err(RebalanceError::PostgresInFleet { shard });
         }
         let revision = coord
             .update_state(|s| {
@@ -976,4 +971,14 @@ impl Rebalancer {
         }
         text
     }
+}
+
+/// The first postgres shard that `plan` moves slots to or from.
+fn postgres_in(plan: &plan::Plan) -> Option<String> {
+    plan.moves
+        .iter()
+        .flat_map(|m| [m.from, m.to])
+        .map(|id| &plan.merged.shards[id.0 as usize])
+        .find(|s| s.kind == crate::shardmap::ShardKind::Postgres)
+        .map(|s| s.name.clone())
 }
