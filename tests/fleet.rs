@@ -17,7 +17,7 @@ use common::etcd::Etcd;
 use common::history::{Load, check, connect};
 use common::rebalance::{ADMIN_PW, Admin, BIN, keys_on, map_yaml, owner_name, table_of, write};
 use common::sentinel::SentinelServer;
-use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
+use common::{KillOnDrop, RedisServer, TempDir, free_port};
 
 /// Keys written before the clients start, so the mover has work.
 const FILLER: usize = 6_000;
@@ -47,46 +47,69 @@ impl Member {
         seed: Option<&Path>,
         ttl_secs: u64,
     ) -> Member {
-        let (port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
-        let log_path = dir.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path).expect("member log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve");
-        if let Some(map) = seed {
-            cmd.arg("--map").arg(map);
+        // A free port may be taken by another test's process before the
+        // member binds it: the member then exits. Wait until the member
+        // itself listens, and start it again on other ports if it exited.
+        for _ in 0..3 {
+            let (port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
+            let log_path = dir.join(format!("{id}.log"));
+            let log = std::fs::File::create(&log_path).expect("member log");
+            let mut cmd = Command::new(BIN);
+            cmd.arg("serve");
+            if let Some(map) = seed {
+                cmd.arg("--map").arg(map);
+            }
+            let child = cmd
+                .args([
+                    "--etcd",
+                    &Etcd::urls(etcd),
+                    "--cluster",
+                    cluster,
+                    "--proxy-id",
+                    id,
+                ])
+                .args(["--lease-ttl-secs", &ttl_secs.to_string()])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+                .args(["--admin-password-env", "SG_TEST_ADMIN_PW"])
+                .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+                .env("SG_TEST_ADMIN_PW", ADMIN_PW)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn shardgate");
+            let mut m = Member {
+                id: id.to_owned(),
+                child: Some(KillOnDrop(child)),
+                port,
+                admin_port,
+                metrics_port,
+                log: log_path,
+            };
+            let pid = m.child.as_ref().map_or(0, |c| c.0.id());
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let exited = m
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.0.try_wait().ok().flatten().is_some());
+                if exited {
+                    break;
+                }
+                if common::listens_on(pid, m.port) && common::listens_on(pid, m.admin_port) {
+                    m.wait_serving();
+                    return m;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} never listened\n{}",
+                    m.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        let child = cmd
-            .args([
-                "--etcd",
-                &Etcd::urls(etcd),
-                "--cluster",
-                cluster,
-                "--proxy-id",
-                id,
-            ])
-            .args(["--lease-ttl-secs", &ttl_secs.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--admin-password-env", "SG_TEST_ADMIN_PW"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .env("SG_TEST_ADMIN_PW", ADMIN_PW)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn shardgate");
-        let m = Member {
-            id: id.to_owned(),
-            child: Some(KillOnDrop(child)),
-            port,
-            admin_port,
-            metrics_port,
-            log: log_path,
-        };
-        wait_for_port(m.port);
-        wait_for_port(m.admin_port);
-        m.wait_serving();
-        m
+        panic!("member {id} exited at start three times (a port it was given taken?)");
     }
 
     /// Polls a write until the member routes keys (it holds a lease).
