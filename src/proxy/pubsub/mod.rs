@@ -259,24 +259,29 @@ impl Hub {
 
     /// Waits until each (shard, topic) is confirmed or its link is down.
     async fn confirmation(&self, needs: Vec<(String, TopicKey)>) {
+        self.wait_links("a subscription", |links| {
+            needs.iter().all(|(shard, key)| {
+                links
+                    .get(shard)
+                    .is_none_or(|l| l.down || l.active.contains(key))
+            })
+        })
+        .await
+    }
+
+    /// Waits until `done` holds of the links (checked again whenever a link
+    /// confirms something or goes down), at most [`CONFIRM_TIMEOUT`].
+    async fn wait_links(&self, what: &str, done: impl Fn(&HashMap<String, Link>) -> bool) {
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         loop {
             let notified = self.confirmed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let done = {
-                let st = self.lock();
-                needs.iter().all(|(shard, key)| {
-                    st.links
-                        .get(shard)
-                        .is_none_or(|l| l.down || l.active.contains(key))
-                })
-            };
-            if done {
+            if done(&self.lock().links) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::debug!("a subscription was not confirmed in time; answering anyway");
+                tracing::debug!("{what} was not confirmed in time; answering anyway");
                 return;
             }
         }
@@ -338,27 +343,14 @@ impl Hub {
     /// that once a client's UNSUBSCRIBE is answered the shard no longer
     /// counts this proxy for it in a PUBLISH reply, as in Redis.
     async fn unsubscribed(&self, dropped: Vec<(String, TopicKey)>) {
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        loop {
-            let notified = self.confirmed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let done = {
-                let st = self.lock();
-                dropped.iter().all(|(shard, key)| {
-                    st.links
-                        .get(shard)
-                        .is_none_or(|l| l.down || !l.active.contains(key) || l.wanted.contains(key))
-                })
-            };
-            if done {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::debug!("an unsubscription was not confirmed in time; answering anyway");
-                return;
-            }
-        }
+        self.wait_links("an unsubscription", |links| {
+            dropped.iter().all(|(shard, key)| {
+                links
+                    .get(shard)
+                    .is_none_or(|l| l.down || !l.active.contains(key) || l.wanted.contains(key))
+            })
+        })
+        .await
     }
 
     /// Forgets a client and every subscription it held.
