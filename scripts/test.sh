@@ -3,8 +3,18 @@
 # integration tests (real redis-server processes on loopback), then the
 # Python end-to-end suite (redis-py against the proxy and a plain Redis).
 # Builds once; tests run in parallel where independent.
+# `--image` also builds the container image from deploy/Dockerfile with
+# podman and checks it (scripts/test-image.sh: about 10 minutes more, most
+# of it the release build inside the image, so not in every CI run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+image=0
+for arg in "$@"; do
+  case "$arg" in
+    --image) image=1 ;;
+    *) echo "usage: scripts/test.sh [--image]" >&2; exit 2 ;;
+  esac
+done
 bash scripts/setup.sh
 
 echo "== build"
@@ -27,3 +37,8 @@ SHARDGATE_BIN="$PWD/target/debug/shardgate" python3 -m pytest -q -n 2 integratio
 
 echo "== fuzz (short; scripts/fuzz.sh SECONDS for longer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+
+if [ "$image" = 1 ]; then
+  echo "== container image (podman)"
+  bash scripts/test-image.sh
+fi
