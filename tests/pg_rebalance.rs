@@ -24,9 +24,12 @@ enum Shard<'a> {
     Pg(&'a PgServer),
 }
 
+/// A map of `shards`. Timeouts are generous: on a loaded 2-core machine a
+/// postgres pool waited more than the default 1 s `connect_timeout_ms` for
+/// a connection (`pool timed out`), which is not what these tests check.
 fn yaml(shards: &[(&str, Shard<'_>)]) -> String {
     let mut y = String::from(
-        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 10000\n  pg_pool_size: 8\nshards:\n",
+        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 10000\n  connect_timeout_ms: 5000\n  pg_pool_size: 8\nshards:\n",
     );
     for (name, s) in shards {
         match s {
