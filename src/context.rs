@@ -38,12 +38,16 @@ pub struct Context {
     pub held_moves: HeldMoves,
 }
 
-/// In a fleet, the (class, slot) pairs this proxy publishes as `Migrating`
-/// that the mover has not confirmed yet (see `coord::RebalanceState`):
-/// until every live proxy has published a window, another one may still
-/// write its keys on their old shard, so a key moved on touch meanwhile
-/// would be overwritten (`MIGRATE ... REPLACE`) or left behind. Commands on
-/// those keys wait for the confirmation. Always empty for a single proxy.
+/// The (class, slot) pairs published as `Migrating` whose keys must not
+/// move on touch yet: in a fleet, those the mover has not confirmed (see
+/// `coord::RebalanceState`): until every live proxy has published a
+/// window, another one may still write its keys on their old shard; with a
+/// single proxy, the window whose barrier has not ended (a request this
+/// proxy routed by an earlier table may still be queued on the old shard).
+/// A key moved on touch meanwhile would be overwritten (`MIGRATE ...
+/// REPLACE`), left behind, or, copied to or from a postgres shard, lose the
+/// write that landed between the copy's read and its `UNLINK`. Commands on
+/// those keys wait until the units are released.
 #[derive(Default)]
 pub struct HeldMoves {
     units: arc_swap::ArcSwap<HashSet<(u32, u32)>>,

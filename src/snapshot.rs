@@ -12,7 +12,7 @@
 //! [`Published::publish`], which checks the epoch and slot count under one
 //! writer lock, like undermoon's epoch-guarded map updates.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::backend::{Backends, ShardBackends};
 use crate::router::{Epoch, RouterError, RoutingTable, ShardId};
@@ -107,6 +107,13 @@ pub struct Published {
     /// Bumped after every store, for the few that follow changes as they
     /// happen (the pub/sub hub) instead of loading per request.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Every snapshot replaced so far that someone may still hold (weak:
+    /// this list keeps none alive; dead ones are dropped at each store).
+    /// A request routed by a replaced snapshot may not have reached its
+    /// backend yet while that snapshot is held: the rebalancer's barrier
+    /// waits for all of them, not only for the one its publish replaced
+    /// (see [`Published::replaced_held`]).
+    replaced: Mutex<Vec<Weak<Snapshot>>>,
 }
 
 impl Published {
@@ -116,6 +123,7 @@ impl Published {
             current: arc_swap::ArcSwap::from_pointee(first),
             write: Mutex::new(()),
             changes: tokio::sync::watch::Sender::new(0),
+            replaced: Mutex::new(Vec::new()),
         }
     }
 
@@ -125,8 +133,46 @@ impl Published {
     }
 
     fn store(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
+        let old = self.current.swap(Arc::new(next));
+        {
+            let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+            replaced.retain(|w| w.strong_count() > 0);
+            replaced.push(Arc::downgrade(&old));
+        }
+        drop(old);
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Replaced snapshots still held whose table's epoch is `upto` or
+    /// older. A session holds its snapshot from routing a request until the
+    /// request is queued on its backend connection or lane (and across an
+    /// exclusive operation, until its last request is answered), so once
+    /// this is 0, every request routed by such a table is queued. The
+    /// rebalancer's barrier waits for this: the table its publish replaced
+    /// is not enough, since a publish without a barrier (a window turning
+    /// stable) may have come in between, and a session still routing with
+    /// the table before it would send a key of the next window to its old
+    /// shard after the barrier.
+    pub fn replaced_held(&self, upto: Epoch) -> usize {
+        let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        replaced
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| s.epoch() <= upto)
+            .count()
+    }
+
+    /// Calls `f` with each replaced snapshot still held whose table's epoch
+    /// is `upto` or older (the barrier collects the endpoints their
+    /// requests may be queued on). `f` must not keep it.
+    pub fn each_replaced_held(&self, upto: Epoch, mut f: impl FnMut(&Snapshot)) {
+        let held: Vec<Arc<Snapshot>> = {
+            let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+            replaced.iter().filter_map(Weak::upgrade).collect()
+        };
+        for s in held.iter().filter(|s| s.epoch() <= upto) {
+            f(s);
+        }
     }
 
     /// The current snapshot for the duration of one request. A guard, not an
@@ -271,6 +317,38 @@ mod tests {
         assert!(p.publish_backends(backends(&added)).is_ok());
         assert_eq!(p.load().backends().shards().len(), 3);
         assert_eq!(p.load().epoch(), Epoch(5));
+    }
+
+    #[tokio::test]
+    async fn every_replaced_snapshot_still_held_counts_not_only_the_last() {
+        // A window's `Migrating` publish may follow a publish without a
+        // barrier (the previous window turning stable): a session that
+        // loaded the snapshot before that one, and has not queued its
+        // request yet, must hold the barrier back too (issue 15).
+        let p = published();
+        let guard = p.load();
+        let kept = p.load_full();
+        p.publish(table(MAP, 6), None).expect("newer");
+        p.publish_backends(backends(MAP)).expect("same shards");
+        let old = p.publish(table(MAP, 7), None).expect("newer");
+        assert_eq!(old.epoch(), Epoch(6));
+        // Nobody holds the table the last publish replaced...
+        assert_eq!(Arc::strong_count(&old), 1);
+        // ...but epoch 5 is still routed with, by a guard and an `Arc`.
+        assert_eq!(p.replaced_held(Epoch(6)), 1);
+        assert_eq!(p.replaced_held(Epoch(4)), 0);
+        let mut seen = Vec::new();
+        p.each_replaced_held(Epoch(6), |s| seen.push(s.epoch()));
+        assert_eq!(seen, vec![Epoch(5)]);
+        drop(kept);
+        assert_eq!(p.replaced_held(Epoch(6)), 1, "the guard still holds it");
+        drop(guard);
+        assert_eq!(p.replaced_held(Epoch(6)), 0);
+        // The list does not grow with publishes nobody holds.
+        for e in 8..100 {
+            p.publish(table(MAP, e), None).expect("newer");
+        }
+        assert!(p.replaced.lock().unwrap().len() <= 2);
     }
 
     #[tokio::test]

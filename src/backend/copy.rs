@@ -72,6 +72,13 @@ pub enum CopyError {
     Stays(#[from] Stays),
 }
 
+/// The first client id of the mover's copies (copy `i` of a batch uses
+/// `MOVER_CLIENTS + i`, on both sides: a lane of its own on a postgres
+/// shard, a multiplexed connection on a Redis one). Clients count from 1,
+/// so these never name a client's lane: a copy does not queue behind a
+/// client's requests, nor a client behind a copy.
+pub const MOVER_CLIENTS: u64 = 1 << 62;
+
 /// Whether a move from `source` to `target` must use [`copy_key`]:
 /// `MIGRATE` runs between Redis servers only.
 pub fn needs_copy(source: &Endpoint, target: &Endpoint) -> bool {

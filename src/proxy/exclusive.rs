@@ -233,14 +233,21 @@ impl Session {
         }
         // Routed again now: a rebalance may have moved the keys since they
         // were queued. Their moves happen before the transaction runs.
-        let snap = proxy.snapshot_full();
-        self.held = Some(snap.clone());
-        let table = snap.table();
         let keys: Vec<Bytes> = tx
             .queued
             .iter()
             .flat_map(super::moves::request_keys)
             .collect();
+        self.held = None;
+        let snap = match super::moves::movable_snapshot(proxy, &keys).await {
+            Ok(snap) => snap,
+            Err(e) => {
+                self.unwatch().await?;
+                return Err(e);
+            }
+        };
+        self.held = Some(snap.clone());
+        let table = snap.table();
         if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
             self.unwatch().await?;
             return Err(e);

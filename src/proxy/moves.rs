@@ -37,9 +37,10 @@ use crate::snapshot::Snapshot;
 /// table changed again between the moves and the command).
 const MAX_ROUNDS: usize = 8;
 
-/// How long a command waits for the fleet's mover to confirm a window
-/// before `-TRYAGAIN` (see `context::HeldMoves`): the mover waits for every
-/// live proxy, at most until a silent one's lease expires.
+/// How long a command waits for a window's moves to be released before
+/// `-TRYAGAIN` (see `context::HeldMoves`): the fleet's mover waits for
+/// every live proxy, at most until a silent one's lease expires; a single
+/// proxy's barrier, for the requests routed before the window.
 const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(8);
 /// Single-key reads whose reply is something other than nil only when the
 /// key exists on the shard that answers (`GET` of a missing key is nil;
@@ -555,13 +556,12 @@ fn moving_keys<'k>(table: &RoutingTable, keys: &'k [Bytes]) -> Vec<KeyMove<'k>> 
         .collect()
 }
 
-/// The keys of a request, by the command table (none for an unknown
-/// command or malformed key arguments: Redis then answers with its error).
-/// The snapshot in force once none of `keys` is in a window the fleet's
-/// mover has not confirmed (see `context::HeldMoves`). Waits without
-/// holding a table: the fleet watcher drains older tables before it
-/// acknowledges, and the confirmation needs every acknowledgement.
-async fn movable_snapshot(
+/// The snapshot in force once none of `keys` is in a window whose moves
+/// are held (see `context::HeldMoves`: not confirmed by the fleet's mover,
+/// or a single proxy's barrier not over). Waits without holding a table:
+/// the fleet watcher drains older tables before it acknowledges, the
+/// barrier waits for every older table, and the release needs both.
+pub(super) async fn movable_snapshot(
     proxy: &Proxy,
     keys: &[Bytes],
 ) -> Result<std::sync::Arc<Snapshot>, ProxyError> {
@@ -581,13 +581,15 @@ async fn movable_snapshot(
         drop(snap);
         if started.elapsed() > HELD_LIMIT {
             return Err(ProxyError::tryagain(
-                "the key's slot is about to move and not every proxy of the fleet has acknowledged it yet; retry",
+                "the key's slot is about to move and requests routed before are still running (or not every proxy of the fleet has acknowledged it yet); retry",
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 
+/// The keys of a request, by the command table (none for an unknown
+/// command or malformed key arguments: Redis then answers with its error).
 pub(super) fn request_keys(req: &Request) -> Vec<Bytes> {
     let Some(spec) = lookup(req.name()) else {
         return Vec::new();

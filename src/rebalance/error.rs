@@ -57,13 +57,6 @@ pub enum RebalanceError {
         "shard `{shard}` is a postgres shard: in a fleet, slots cannot move to or from postgres shards yet (their keys are copied under a fence that only one proxy sees); move them with a single proxy and --state-dir"
     )]
     PostgresInFleet { shard: String },
-    /// Moves to or from postgres shards are off in this version: CI once
-    /// saw an acknowledged INCR lost while keys moved into postgres and
-    /// back under load, and the race is not found yet (issue 15).
-    #[error(
-        "shard `{shard}` is a postgres shard: moving slots to or from postgres shards is off in this version (a race that can lose an acknowledged write while keys are copied is not found yet)"
-    )]
-    PostgresMovesOff { shard: String },
     #[error("no rebalance is running")]
     NotRunning,
     #[error(

@@ -622,9 +622,6 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0 + 1;
         drop(snap);
-        if let Some(shard) = postgres_in(&plan) {
-            return Err(RebalanceError::PostgresMovesOff { shard });
-        }
         refuse_unmovable(&self.ctx, &plan).await?;
         let source_yaml = lock(&self.current_yaml).clone();
         let target = yaml.to_owned();

@@ -4,10 +4,11 @@
 //!
 //! 1. the window is logged to the state directory, then published as
 //!    `Migrating{from, to}`;
-//! 2. the barrier: wait until no reader routes with the previous table,
-//!    then until every request already queued to the source's primary has
-//!    run (a `PING` down each of its connections). From here on, nothing
-//!    writes a key of the window on the source;
+//! 2. the barrier ([`barrier`]): wait until no reader routes with any
+//!    earlier table (not only the one the publish replaced), then until
+//!    every request already queued to the primaries of the source and the
+//!    targets has run (a `PING` down each of their connections or lanes).
+//!    From here on, nothing routed before the window writes a key of it;
 //! 3. the source is scanned (`SCAN`) and the window's keys move in batches
 //!    (`MIGRATE ... REPLACE KEYS`, atomic on the source, TTLs kept), each
 //!    sized first by one script, in pipelined rounds ([`Step::walk`]),
@@ -139,6 +140,18 @@ pub(super) async fn run(
             .publish_backends(next.clone())
             .map_err(RebalanceError::Install)?;
         installed(rb, &old, &next);
+        // An endpoint rebuilt here (its options changed) is not the one
+        // the first window's barrier pings: requests routed to it before
+        // must have run before any key moves.
+        let retired: Vec<Arc<Endpoint>> = old
+            .shards()
+            .iter()
+            .map(|s| s.primary.clone())
+            .filter(|p| !next.endpoints().iter().any(|e| Arc::ptr_eq(e, p)))
+            .collect();
+        drop(old);
+        let upto = ctx.snapshot().epoch();
+        drain(rb, job, None, upto, retired).await;
     }
     prepare_postgres_targets(rb, job, &work).await;
     job.done
@@ -178,9 +191,29 @@ pub(super) async fn run(
                 work.states[i] = UnitState::Migrating;
             }
             match &work.state {
+                // Commands do not move the window's keys until the
+                // barrier is over (`context::HeldMoves`): a request routed
+                // by an earlier table may still be queued on the source,
+                // and a copy (`GET` ... `UNLINK`) that ran meanwhile would
+                // read the key before that write landed and delete it after
+                // (issue 15; between Redis shards the write would recreate
+                // the key on its source after `MIGRATE`).
                 Store::Dir(_) => {
-                    let old = publish(rb, &work)?;
-                    barrier(rb, job, old, from).await;
+                    let held: HashSet<(u32, u32)> = work.units(&window).into_iter().collect();
+                    rb.ctx.held_moves.set(held);
+                    let old = match publish(rb, &work) {
+                        Ok(old) => old,
+                        Err(e) => {
+                            rb.ctx.held_moves.set(HashSet::new());
+                            return Err(e);
+                        }
+                    };
+                    let mut shards: Vec<ShardId> = vec![from];
+                    shards.extend(window.iter().map(|&i| work.plan.moves[i].to));
+                    shards.sort_unstable();
+                    shards.dedup();
+                    barrier(rb, job, old, &shards).await;
+                    rb.ctx.held_moves.set(HashSet::new());
                 }
                 // Every live proxy publishes the window's `Migrating` state
                 // and drains what it routed before; the mover waits for all
@@ -313,30 +346,88 @@ fn publish(rb: &Rebalancer, work: &Work) -> Result<Arc<RoutingTable>, RebalanceE
     Ok(old)
 }
 
-/// Makes a window's `Migrating` state effective (step 2 of the module doc).
-async fn barrier(rb: &Rebalancer, job: &Job, old: Arc<RoutingTable>, source: ShardId) {
+/// Makes a window's `Migrating` state effective (step 2 of the module
+/// doc): once it returns, every request routed by a table older than the
+/// window's has run on its backend, so nothing routed before the window
+/// writes a key of it on its source (or on a target) any more.
+///
+/// `old` is the table the window's publish replaced; `shards` the window's
+/// source and targets. Why not just wait for `old` and ping the source's
+/// primary: (1) `old` may itself have followed a publish without a
+/// barrier (the previous window turning stable), and a session still
+/// routing with the table before it (a guard loaded before that publish,
+/// its thread descheduled, or an operation holding its table) would send
+/// a key of this window to its source after the barrier, landing between a
+/// copy's read and its `UNLINK` (a lost write, as in issue 15); so
+/// the barrier waits for every replaced snapshot of `old`'s epoch or older
+/// ([`crate::snapshot::Published::replaced_held`]). (2) Those snapshots may
+/// hold other endpoint objects for the same shards (rebuilt by a reload or
+/// at the start of a rebalance), whose connections and lanes are not the
+/// current ones: their primaries are pinged too.
+async fn barrier(rb: &Rebalancer, job: &Job, old: Arc<RoutingTable>, shards: &[ShardId]) {
+    let upto = old.epoch();
+    let names: Vec<String> = {
+        let backends = rb.ctx.backends();
+        shards
+            .iter()
+            .filter_map(|id| backends.shards().get(id.0 as usize))
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
+    let mut add = |b: &Backends| {
+        for s in b.shards().iter().filter(|s| names.contains(&s.name)) {
+            if !endpoints.iter().any(|e| Arc::ptr_eq(e, &s.primary)) {
+                endpoints.push(s.primary.clone());
+            }
+        }
+    };
+    add(&rb.ctx.backends());
+    rb.ctx
+        .snapshot
+        .each_replaced_held(upto, |snap| add(snap.backends()));
+    drain(rb, job, Some(old), upto, endpoints).await;
+}
+
+/// Waits until no snapshot of epoch `upto` or older (nor `old`, the table
+/// a publish replaced) is held, i.e. every request routed by one is queued
+/// on its backend, then until each of `endpoints` has answered everything
+/// queued on it before (a `PING` behind it on every connection or lane).
+async fn drain(
+    rb: &Rebalancer,
+    job: &Job,
+    old: Option<Arc<RoutingTable>>,
+    upto: Epoch,
+    endpoints: Vec<Arc<Endpoint>>,
+) {
     let t0 = Instant::now();
     let mut warned = false;
-    while Arc::strong_count(&old) > 1 {
+    loop {
+        let held = rb.ctx.snapshot.replaced_held(upto)
+            + old.as_ref().map_or(0, |t| Arc::strong_count(t) - 1);
+        if held == 0 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
         if !warned && t0.elapsed() > Duration::from_secs(5) {
             warned = true;
             tracing::warn!(
-                holders = Arc::strong_count(&old) - 1,
-                "rebalance waits for commands routed by the previous table (a long script or transaction?)"
+                holders = held,
+                "rebalance waits for commands routed by earlier tables (a long script or transaction?)"
             );
         }
     }
     drop(old);
-    loop {
-        let ep = rb.ctx.backends().shard(source).primary.clone();
-        match ep.barrier().await {
-            Ok(()) => return,
-            Err(e) => {
-                rb.ctx.metrics.rebalance_mover_error("barrier");
-                job.error(format!("barrier on {}: {e}", ep.state.addr));
-                tracing::warn!(endpoint = %ep.state.addr, error = %e, "rebalance barrier failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    for ep in endpoints {
+        loop {
+            match ep.barrier().await {
+                Ok(()) => break,
+                Err(e) => {
+                    rb.ctx.metrics.rebalance_mover_error("barrier");
+                    job.error(format!("barrier on {}: {e}", ep.state.addr));
+                    tracing::warn!(endpoint = %ep.state.addr, error = %e, "rebalance barrier failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }

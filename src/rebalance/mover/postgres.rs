@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::{Job, Rebalancer, Work, fail, throttle, wait_unpaused};
-use crate::backend::copy::{Copied, CopyError, Stays, copy_key};
+use crate::backend::copy::{Copied, CopyError, MOVER_CLIENTS, Stays, copy_key};
 use crate::backend::migrate::{MigrateError, scan_reply};
 use crate::backend::{Db, Endpoint, Wire};
 use crate::error::BackendError;
@@ -161,9 +161,22 @@ fn next_pg_cursor(next: u64, slots: u64, window: &BTreeSet<u64>) -> Option<u64> 
     }
 }
 
-/// Keys copied at once by [`copy_keys`] (each on its own lane or
+/// Most keys copied at once by [`copy_keys`] (each on its own lane or
 /// connection: a copy is a few round trips).
 const COPIES: usize = 16;
+
+/// Keys [`copy_keys`] copies at once between `source` and `target`: at
+/// most [`COPIES`], and at most half the pool of a postgres side (each
+/// copy holds one of its connections per step), so that the mover never
+/// takes every connection and clients' commands wait for one past
+/// `connect_timeout` (seen under load: `pool timed out`).
+fn copies_at_once(source: &Endpoint, target: &Endpoint) -> usize {
+    [source, target]
+        .iter()
+        .filter(|e| e.postgres().is_some())
+        .map(|e| (e.state.options.pg_pool_size / 2).max(1))
+        .fold(COPIES, usize::min)
+}
 
 /// Moves `keys` (database `db`) from `source` to `target` by
 /// [`copy_key`], [`COPIES`] at a time. Keys that cannot move are added to
@@ -178,7 +191,7 @@ pub(super) async fn copy_keys(
     keys: Vec<Bytes>,
     stuck: &mut Vec<Stays>,
 ) -> Result<(), MigrateError> {
-    for chunk in keys.chunks(COPIES) {
+    for chunk in keys.chunks(copies_at_once(source, target)) {
         // Tasks of their own, not aborted if the mover stops: a copy cut
         // short would leave its key fenced (see `proxy::moves`).
         let mut copies = Vec::with_capacity(chunk.len());
@@ -186,7 +199,7 @@ pub(super) async fn copy_keys(
             let (ctx, src, dst, key) =
                 (rb.ctx.clone(), source.clone(), target.clone(), key.clone());
             copies.push(tokio::spawn(async move {
-                copy_key(&ctx.fences, &src, &dst, db, i as u64, &key).await
+                copy_key(&ctx.fences, &src, &dst, db, MOVER_CLIENTS + i as u64, &key).await
             }));
         }
         let mut failed = None;
