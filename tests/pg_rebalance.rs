@@ -357,7 +357,7 @@ fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
         let mut admin = proxy.admin();
         rebalance(&mut admin, map);
         assert_eq!(admin.text(&[b"THROTTLE", b"1000"]), "OK");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let p = admin.progress();
             assert_eq!(
