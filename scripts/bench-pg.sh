@@ -159,7 +159,7 @@ run_proxy() { # index command
   # About $secs seconds at the rate of this proxy's warm-up run.
   n=$(python3 -c "print(max(2000, int(float('${rate[$i.$t]}') * $secs)))")
   p0=$(ticks "${proxy_pids[$i]}"); g0=$(pg_ticks)
-  out=$(redis-benchmark -p "${proxy_ports[$i]}" -c "$clients" -n "$n" -r "$keys" -t "$t" -d 3 --csv 2>/dev/null | grep -i "^\"$t\"" | tail -1)
+  out=$(redis-benchmark -p "${proxy_ports[$i]}" -c "$clients" -n "$n" -r "$keys" -t "$t" -d 3 --csv 2>/dev/null | grep -i "^\"$t\"" | tail -1 || true)
   p1=$(ticks "${proxy_pids[$i]}"); g1=$(pg_ticks)
   ops=$(echo "$out" | cut -d, -f2 | tr -d '"')
   echo "${labels[$i]} $t $ops $(python3 -c "print(round(($p1 - $p0) / $hz * 1e6 / $n, 1), round(($g1 - $g0) / $hz * 1e6 / $n, 1))")" >>"$results"
@@ -179,7 +179,7 @@ run_pgbench() { # command
 declare -A rate
 for i in "${!labels[@]}"; do
   for t in set get incr; do
-    out=$(redis-benchmark -p "${proxy_ports[$i]}" -c "$clients" -n $((clients * 200)) -r "$keys" -t "$t" -d 3 --csv 2>/dev/null | grep -i "^\"$t\"" | tail -1)
+    out=$(redis-benchmark -p "${proxy_ports[$i]}" -c "$clients" -n $((clients * 200)) -r "$keys" -t "$t" -d 3 --csv 2>/dev/null | grep -i "^\"$t\"" | tail -1 || true)
     rate[$i.$t]=$(echo "$out" | cut -d, -f2 | tr -d '"')
   done
 done
@@ -199,6 +199,7 @@ for i in "${!labels[@]}"; do
   curl -s "http://127.0.0.1:${metrics_ports[$i]}/metrics" | grep '^shardgate_pg_batch' | sed "s/^/${labels[$i]} /" >>"$proxy_metrics" || true
 done
 
+cat "$results" >&2
 python3 - "$results" "$clients" "$secs" "$keys" "$rounds" "$(nproc)" "${threads:-$(nproc)}" "$write" "$proxy_metrics" <<'EOF'
 import statistics, sys
 path, clients, secs, keys, rounds, cores, threads, write, metrics = sys.argv[1:]

@@ -24,7 +24,9 @@
 //! policy and metrics work unchanged on mixed maps. A lane also runs a
 //! client's WATCH (row versions) and EXEC (the queued commands as one
 //! PostgreSQL transaction, [`transaction`]), in order with its other
-//! requests.
+//! requests. Plain SETs and INCR-family writes go through the thread's
+//! group committer ([`batch`]), which commits the writes of many clients
+//! in one transaction; the lane waits for the outcome.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -52,6 +54,7 @@ macro_rules! on_db {
     };
 }
 
+mod batch;
 pub mod commands;
 mod hashes;
 mod keyspace;
@@ -126,8 +129,11 @@ pub struct PgEndpoint {
 struct Group {
     /// Where the group's lanes and committer run.
     runtime: tokio::runtime::Handle,
-    /// Its share of `pg_pool_size`; opened by tasks of `runtime` only.
+    /// Its share of `pg_pool_size`, plus [`batch::IN_FLIGHT`] connections
+    /// for group commit; opened by tasks of `runtime` only.
     pool: PgPool,
+    /// The thread's group committer ([`batch`]).
+    committer: batch::Committer,
 }
 
 /// The lanes of the clients that sent a request lately, by client id.
@@ -137,8 +143,8 @@ type Lanes = Mutex<HashMap<u64, mpsc::UnboundedSender<Job>>>;
 const CONTROL_CONNECTIONS: u32 = 3;
 
 impl PgEndpoint {
-    /// Creates the pools (connections open lazily) and the (empty) table
-    /// of lanes. `dsn` was validated
+    /// Creates the pools (connections open lazily), one group committer
+    /// per serving thread, and the (empty) table of lanes. `dsn` was validated
     /// with the map; `slots` is the map's slot count.
     pub fn new(state: Arc<EndpointState>, dsn: &str, slots: u32) -> PgEndpoint {
         let options = PgConnectOptions::from_str(dsn)
@@ -165,17 +171,19 @@ impl PgEndpoint {
             workers => workers.to_vec(),
         };
         // The lanes' connections, split over the threads (each client's
-        // lane runs on its thread).
-        let share = state.options.pg_pool_size.max(1).div_ceil(handles.len());
+        // lane runs on its thread), plus the committer's.
+        let share = state.options.pg_pool_size.max(1).div_ceil(handles.len()) + batch::IN_FLIGHT;
         let groups = handles
             .into_iter()
             .map(|runtime| {
                 // The pool's upkeep task runs on the group's thread.
                 let _on = runtime.enter();
                 let pool = pool_of(share);
+                let committer = batch::Committer::start(state.clone(), pool.clone(), slots);
                 Group {
                     runtime: runtime.clone(),
                     pool,
+                    committer,
                 }
             })
             .collect();
@@ -267,6 +275,7 @@ impl PgEndpoint {
             group.runtime.spawn(lane(
                 self.state.clone(),
                 group.pool.clone(),
+                group.committer.clone(),
                 self.slots,
                 client,
                 rx,
@@ -305,6 +314,7 @@ impl PgEndpoint {
 async fn lane(
     state: Arc<EndpointState>,
     pool: PgPool,
+    committer: batch::Committer,
     slots: u32,
     client: u64,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -339,7 +349,7 @@ async fn lane(
                 proto,
                 reply,
             } => {
-                let result = run_one(&state, &ctx, &frame).await;
+                let result = run_one(&state, &ctx, &committer, &frame).await;
                 let _ = reply.send(answer(&state, started, proto, result));
             }
             Job::Watch { keys, reply } => {
@@ -421,10 +431,13 @@ async fn timed<T>(
     }
 }
 
-/// Runs one request frame.
+/// Runs one request frame: a write that group commit takes goes through
+/// the thread's committer ([`batch`]), anything else (or a write the
+/// committer hands back) on its own.
 async fn run_one(
     state: &EndpointState,
     ctx: &commands::Ctx<'_>,
+    committer: &batch::Committer,
     frame: &Bytes,
 ) -> Result<Reply, BackendError> {
     let mut buf = BytesMut::from(&frame[..]);
@@ -437,7 +450,17 @@ async fn run_one(
             });
         }
     };
-    timed(state, commands::execute(ctx, req.args())).await
+    let args = req.args();
+    // Held while the command runs on its own: its committer may wait (a
+    // while) for it, so that writes arriving meanwhile form a batch.
+    let _alone = match batch::Op::of(args) {
+        Some(op) => match committer.run(op).await {
+            batch::Outcome::Done(result) => return result,
+            batch::Outcome::Alone(done) => done,
+        },
+        None => None,
+    };
+    timed(state, commands::execute(ctx, args)).await
 }
 
 /// Maps a driver error to the proxy's [`BackendError`] kinds.
