@@ -561,8 +561,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         _ => None,
     };
     // Clients are served on `--threads` serving threads (see `workers`);
-    // the control runtime (accept loop, admin, health checks, rebalancing,
-    // PostgreSQL lanes) needs one thread.
+    // the control runtime (accept loop, admin, health checks, rebalancing)
+    // needs one thread.
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

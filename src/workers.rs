@@ -10,15 +10,18 @@
 //! (measured: about 15% less CPU per request than one work-stealing runtime
 //! with the same number of threads, on 2 cores).
 //!
-//! Other paths do cross threads: requests to PostgreSQL shards go to lanes
-//! on the control runtime; a dedicated connection (MULTI/EXEC, WATCH,
+//! Requests to PostgreSQL shards stay on the thread too: a client's lane on
+//! a postgres endpoint runs on its serving thread, with connections of that
+//! thread's own pool (see `backend::pg`).
+//!
+//! Other paths do cross threads: a dedicated connection (MULTI/EXEC, WATCH,
 //! blocking commands, scripts, moves of big keys) comes from a pool shared
 //! by every thread, so its socket may be driven by another thread's
 //! runtime; and requests from the control runtime (the rebalance mover,
 //! barriers) use serving thread 0's multiplexed connections.
 //!
-//! The rest (accept loop, admin port, health checks, rebalancing, PostgreSQL
-//! lanes) runs on a small control runtime. When no serving threads were
+//! The rest (accept loop, admin port, health checks, rebalancing, the
+//! PostgreSQL reaper) runs on a small control runtime. When no serving threads were
 //! started (the library used in-process, CLI commands), everything runs on
 //! the caller's runtime, as one group.
 

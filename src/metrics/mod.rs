@@ -95,6 +95,19 @@ pub const BACKEND_ACL_SYNCS: &str = "shardgate_backend_acl_syncs_total";
 pub const PG_TRANSACTIONS: &str = "shardgate_pg_transactions_total";
 /// Values of the `outcome` label of [`PG_TRANSACTIONS`].
 pub const PG_TRANSACTION_OUTCOMES: [&str; 3] = ["committed", "watch_failed", "error"];
+/// Commands per committed group-commit batch on PostgreSQL shards (plain
+/// SET and INCR-family writes of one serving thread committed in one
+/// transaction), by shard and endpoint; buckets in commands
+/// ([`PG_BATCH_BUCKETS`]).
+pub const PG_BATCH_COMMANDS: &str = "shardgate_pg_batch_commands";
+/// Bucket bounds of [`PG_BATCH_COMMANDS`] (commands, not seconds).
+pub const PG_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Writes group commit took on PostgreSQL shards, by shard, endpoint and
+/// outcome ([`PG_GROUP_COMMIT_OUTCOMES`]).
+pub const PG_GROUP_COMMIT: &str = "shardgate_pg_group_commit_commands_total";
+/// Values of the `outcome` label of [`PG_GROUP_COMMIT`].
+pub const PG_GROUP_COMMIT_OUTCOMES: [&str; 5] =
+    ["batched", "alone", "lock_busy", "batch_failed", "error"];
 /// Map reloads, by outcome (ok, refused).
 pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
 /// Commands on the admin listener, by command and outcome.
@@ -227,7 +240,7 @@ pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
 
 /// Metrics of postgres shards only (a map without one has none).
-pub const POSTGRES_ONLY: [&str; 1] = [PG_TRANSACTIONS];
+pub const POSTGRES_ONLY: [&str; 3] = [PG_TRANSACTIONS, PG_BATCH_COMMANDS, PG_GROUP_COMMIT];
 
 /// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
 pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
@@ -345,6 +358,16 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         PG_TRANSACTIONS,
         "counter",
         "EXECs on PostgreSQL shards by endpoint and outcome (committed; watch_failed: a watched key changed, EXEC answered nil and ran nothing; error: rolled back by a database error or timeout)",
+    ),
+    (
+        PG_BATCH_COMMANDS,
+        "histogram",
+        "Commands per group-commit batch on PostgreSQL shards (plain SETs and INCR-family writes of one serving thread, committed in one transaction), by endpoint; in commands, not seconds",
+    ),
+    (
+        PG_GROUP_COMMIT,
+        "counter",
+        "Writes offered to group commit on PostgreSQL shards, by endpoint and outcome (batched: committed in a batch; alone: no other write in flight, ran on its own; lock_busy: another writer held its key, ran on its own; batch_failed: the batch rolled back before commit, ran on its own; error: the commit failed, error answered)",
     ),
     (MAP_EPOCH, "gauge", "Epoch of the routing table in use"),
     (
@@ -587,6 +610,9 @@ pub fn describe() {
         match *kind {
             "counter" => metrics::describe_counter!(*name, *help),
             "gauge" => metrics::describe_gauge!(*name, *help),
+            _ if *name == PG_BATCH_COMMANDS => {
+                metrics::describe_histogram!(*name, metrics::Unit::Count, *help)
+            }
             _ => metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help),
         }
     }
@@ -1109,6 +1135,21 @@ impl EndpointMetrics {
         counter!(PG_TRANSACTIONS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
             "outcome" => outcome)
         .increment(1);
+    }
+
+    /// A group-commit batch of `commands` commands committed on this
+    /// PostgreSQL endpoint.
+    pub fn pg_batch(&self, commands: usize) {
+        metrics::histogram!(PG_BATCH_COMMANDS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone())
+            .record(commands as f64);
+    }
+
+    /// `commands` writes offered to group commit ended with `outcome` (one
+    /// of [`PG_GROUP_COMMIT_OUTCOMES`]).
+    pub fn pg_group_commit(&self, outcome: &'static str, commands: usize) {
+        counter!(PG_GROUP_COMMIT, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone(),
+            "outcome" => outcome)
+        .increment(commands as u64);
     }
 
     /// An install of the backend ACL users finished.

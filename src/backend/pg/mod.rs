@@ -5,18 +5,28 @@
 //! A request frame goes into its client's *lane* on the endpoint: a task of
 //! that client alone, running its requests one after the other, so a
 //! client's pipelined requests to one endpoint run in order (SET then GET).
-//! Different clients' lanes run concurrently on the endpoint's one sqlx
-//! pool (`pg_pool_size` connections, plus three for the health check, the
-//! reaper and the read-your-writes position prober), so a client waiting on
-//! a row lock (another transaction holds its key) holds one connection and
-//! delays no other client. A lane starts with its client's first request
-//! and ends after [`LANE_IDLE`] without one. Each lane parses the frame,
-//! runs the command ([`commands`]) within `command_timeout`, and encodes
-//! the [`Reply`] for the client's protocol, so split/merge, fan-out, read
+//! A lane runs on its client's serving thread ([`crate::workers::thread_of`])
+//! and uses that thread's pool: every serving thread has its own share of
+//! the endpoint's `pg_pool_size` connections, opened and driven by that
+//! thread alone, so a request, its statements' socket I/O and the reply
+//! stay on one thread (as with the multiplexed Redis connections), and the
+//! PostgreSQL path scales with the serving threads instead of sharing the
+//! one control thread. (Without serving threads, one group runs on the
+//! caller's runtime.) Different clients' lanes run concurrently, so a
+//! client waiting on a row lock (another transaction holds its key) holds
+//! one connection of its thread's pool and delays no other client while
+//! the pool has connections left. Three more connections, in a control
+//! pool, serve the health check, the reaper and the read-your-writes
+//! position prober. A lane starts with its client's first request and
+//! ends after [`LANE_IDLE`] without one. Each lane parses the frame, runs
+//! the command ([`commands`]) within `command_timeout`, and encodes the
+//! [`Reply`] for the client's protocol, so split/merge, fan-out, read
 //! policy and metrics work unchanged on mixed maps. A lane also runs a
 //! client's WATCH (row versions) and EXEC (the queued commands as one
 //! PostgreSQL transaction, [`transaction`]), in order with its other
-//! requests.
+//! requests. Plain SETs and INCR-family writes go through the thread's
+//! group committer ([`batch`]), which commits the writes of many clients
+//! in one transaction; the lane waits for the outcome.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -44,6 +54,7 @@ macro_rules! on_db {
     };
 }
 
+mod batch;
 pub mod commands;
 mod hashes;
 mod keyspace;
@@ -97,26 +108,45 @@ enum Job {
     },
 }
 
-/// One PostgreSQL endpoint: its pool and its clients' ordered lanes.
+/// One PostgreSQL endpoint: its pools and its clients' ordered lanes.
 pub struct PgEndpoint {
     lanes: Arc<Lanes>,
+    /// The control pool: health checks, position probes, the reaper,
+    /// migrations, moves and tests (on the runtime that made the endpoint).
     pool: PgPool,
+    /// One per serving thread (one on the caller's runtime when none were
+    /// started): the lanes of the thread's clients and its committer run
+    /// there, on the group's own pool, so that a connection's socket is
+    /// driven by the thread whose tasks use it.
+    groups: Vec<Group>,
     /// The endpoint (its DSN without the password), to name it in errors.
     addr: String,
     state: Arc<EndpointState>,
     slots: u32,
-    /// Where lanes run (the runtime that created the endpoint and its pool).
+}
+
+/// The part of an endpoint that lives on one serving thread.
+struct Group {
+    /// Where the group's lanes and committer run.
     runtime: tokio::runtime::Handle,
+    /// Its share of `pg_pool_size`, plus [`batch::IN_FLIGHT`] connections
+    /// for group commit; opened by tasks of `runtime` only.
+    pool: PgPool,
+    /// The thread's group committer ([`batch`]).
+    committer: batch::Committer,
 }
 
 /// The lanes of the clients that sent a request lately, by client id.
 type Lanes = Mutex<HashMap<u64, mpsc::UnboundedSender<Job>>>;
 
+/// Connections of the control pool (health check, reaper, position probe).
+const CONTROL_CONNECTIONS: u32 = 3;
+
 impl PgEndpoint {
-    /// Creates the pool (connections open lazily) and starts the lanes.
-    /// `dsn` was validated with the map; `slots` is the map's slot count.
+    /// Creates the pools (connections open lazily), one group committer
+    /// per serving thread, and the (empty) table of lanes. `dsn` was validated
+    /// with the map; `slots` is the map's slot count.
     pub fn new(state: Arc<EndpointState>, dsn: &str, slots: u32) -> PgEndpoint {
-        let lanes = state.options.pg_pool_size.max(1);
         let options = PgConnectOptions::from_str(dsn)
             .unwrap_or_else(|e| {
                 // Unreachable for a validated map; connect attempts will fail clearly.
@@ -128,18 +158,42 @@ impl PgEndpoint {
                 "statement_timeout",
                 state.options.command_timeout.as_millis().to_string(),
             )]);
-        let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(lanes + 3).unwrap_or(u32::MAX))
-            .min_connections(0)
-            .acquire_timeout(state.options.connect_timeout)
-            .connect_lazy_with(options);
+        let pool_of = |connections: usize| {
+            PgPoolOptions::new()
+                .max_connections(u32::try_from(connections).unwrap_or(u32::MAX))
+                .min_connections(0)
+                .acquire_timeout(state.options.connect_timeout)
+                .connect_lazy_with(options.clone())
+        };
+        let pool = pool_of(CONTROL_CONNECTIONS as usize);
+        let handles: Vec<tokio::runtime::Handle> = match crate::workers::handles() {
+            [] => vec![tokio::runtime::Handle::current()],
+            workers => workers.to_vec(),
+        };
+        // The lanes' connections, split over the threads (each client's
+        // lane runs on its thread), plus the committer's.
+        let share = state.options.pg_pool_size.max(1).div_ceil(handles.len()) + batch::IN_FLIGHT;
+        let groups = handles
+            .into_iter()
+            .map(|runtime| {
+                // The pool's upkeep task runs on the group's thread.
+                let _on = runtime.enter();
+                let pool = pool_of(share);
+                let committer = batch::Committer::start(state.clone(), pool.clone(), slots);
+                Group {
+                    runtime: runtime.clone(),
+                    pool,
+                    committer,
+                }
+            })
+            .collect();
         PgEndpoint {
             lanes: Arc::default(),
             pool,
+            groups,
             addr: state.addr.clone(),
             state,
             slots,
-            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -211,14 +265,17 @@ impl PgEndpoint {
         Ok(())
     }
 
-    /// Queues `job` on `client`'s lane, starting the lane if it has none.
+    /// Queues `job` on `client`'s lane, starting the lane if it has none
+    /// (on the client's serving thread, see [`crate::workers::thread_of`]).
     fn queue(&self, client: u64, job: Job) {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         let lane = lanes.entry(client).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            self.runtime.spawn(lane(
+            let group = &self.groups[crate::workers::thread_of(client) % self.groups.len()];
+            group.runtime.spawn(lane(
                 self.state.clone(),
-                self.pool.clone(),
+                group.pool.clone(),
+                group.committer.clone(),
                 self.slots,
                 client,
                 rx,
@@ -257,6 +314,7 @@ impl PgEndpoint {
 async fn lane(
     state: Arc<EndpointState>,
     pool: PgPool,
+    committer: batch::Committer,
     slots: u32,
     client: u64,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -291,7 +349,7 @@ async fn lane(
                 proto,
                 reply,
             } => {
-                let result = run_one(&state, &ctx, &frame).await;
+                let result = run_one(&state, &ctx, &committer, &frame).await;
                 let _ = reply.send(answer(&state, started, proto, result));
             }
             Job::Watch { keys, reply } => {
@@ -373,9 +431,13 @@ async fn timed<T>(
     }
 }
 
+/// Runs one request frame: a write that group commit takes goes through
+/// the thread's committer ([`batch`]), anything else (or a write the
+/// committer hands back) on its own.
 async fn run_one(
     state: &EndpointState,
     ctx: &commands::Ctx<'_>,
+    committer: &batch::Committer,
     frame: &Bytes,
 ) -> Result<Reply, BackendError> {
     let mut buf = BytesMut::from(&frame[..]);
@@ -388,7 +450,17 @@ async fn run_one(
             });
         }
     };
-    timed(state, commands::execute(ctx, req.args())).await
+    let args = req.args();
+    // Held while the command runs on its own: its committer may wait (a
+    // while) for it, so that writes arriving meanwhile form a batch.
+    let _alone = match batch::Op::of(args) {
+        Some(op) => match committer.run(op).await {
+            batch::Outcome::Done(result) => return result,
+            batch::Outcome::Alone(done) => done,
+        },
+        None => None,
+    };
+    timed(state, commands::execute(ctx, args)).await
 }
 
 /// Maps a driver error to the proxy's [`BackendError`] kinds.
