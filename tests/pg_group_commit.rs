@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::postgres::PgServer;
 use common::resp::FrameConn;
@@ -158,22 +158,7 @@ fn a_row_lock_held_outside_the_proxy_stalls_batches_only_briefly() {
     let mut con = FrameConn::connect(port);
     assert_eq!(con.call(&["SET", "locked", "v0"]), b"+OK\r\n");
     // Another session holds the row's lock (not the proxy's key lock).
-    let mut holder = std::process::Command::new(common::postgres::bin_dir().join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-        .args(["-p", &pg.port.to_string()])
-        .args([
-            "-c",
-            "BEGIN; SELECT 1 FROM kv WHERE key = 'locked'::bytea FOR UPDATE; SELECT pg_sleep(600);",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") == "0" {
-        assert!(Instant::now() < deadline, "the lock holder never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut holder = pg.hold_row_lock("locked");
     // Clients writing their own keys, and (now and then) the locked one,
     // all at once.
     let barrier = Arc::new(Barrier::new(CLIENTS));
@@ -210,8 +195,7 @@ fn a_row_lock_held_outside_the_proxy_stalls_batches_only_briefly() {
     for s in &mut waiting {
         assert_eq!(s.frame_within(Duration::from_millis(200)), None);
     }
-    pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'");
-    let _ = holder.wait();
+    holder.release();
     for s in &mut waiting {
         assert_eq!(s.frame(), b"+OK\r\n");
     }

@@ -800,17 +800,7 @@ fn a_client_waiting_on_a_row_lock_delays_no_other_client() {
     let mut con = c.conn();
     let _: () = con.set("locked", "v0").unwrap();
     // Another session holds the row's lock (until it is terminated).
-    let mut holder = std::process::Command::new(common::postgres::bin_dir().join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-        .args(["-p", &pg.port.to_string()])
-        .args([
-            "-c",
-            "BEGIN; SELECT 1 FROM kv WHERE key = 'locked'::bytea FOR UPDATE; SELECT pg_sleep(600);",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = pg.hold_row_lock("locked");
     let waiting = |what: &str| -> usize {
         pg.query(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE {what} AND pid <> pg_backend_pid()"
@@ -819,10 +809,6 @@ fn a_client_waiting_on_a_row_lock_delays_no_other_client() {
         .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while waiting("wait_event = 'PgSleep'") == 0 {
-        assert!(Instant::now() < deadline, "the lock holder never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // The blocked client.
     let blocked_client = c.client();
     let blocked = std::thread::spawn(move || {
@@ -850,8 +836,7 @@ fn a_client_waiting_on_a_row_lock_delays_no_other_client() {
     );
     assert_eq!(waiting("wait_event_type = 'Lock'"), 1);
     // The lock goes: the waiting SET completes.
-    pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'");
-    let _ = holder.wait();
+    holder.release();
     blocked.join().unwrap().unwrap();
     let got: String = con.get("locked").unwrap();
     assert_eq!(got, "v1");

@@ -178,6 +178,34 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Another session (psql) locks the row of string key `key` with
+    /// `SELECT ... FOR UPDATE` (not the proxy's key lock) and keeps it until
+    /// [`RowLock::release`]; returns once it holds the lock.
+    pub fn hold_row_lock(&self, key: &str) -> RowLock<'_> {
+        let child = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-c",
+                &format!(
+                    "BEGIN; SELECT 1 FROM kv WHERE key = '{key}'::bytea FOR UPDATE; SELECT pg_sleep(600);"
+                ),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query(SLEEPERS) == "0" {
+            assert!(Instant::now() < deadline, "the lock holder never started");
+            thread::sleep(Duration::from_millis(20));
+        }
+        RowLock {
+            pg: self,
+            child: Some(child),
+        }
+    }
+
     /// Stops the server (fast shutdown, then kill) and reaps it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -283,3 +311,31 @@ pub const WRITES: &[&str] = &[
     "HINCRBY K f 2",
     "HINCRBYFLOAT K f 0.5",
 ];
+
+/// Sessions asleep in `pg_sleep` (the lock holders of [`PgServer::hold_row_lock`]).
+const SLEEPERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'";
+
+/// A row lock held by another session ([`PgServer::hold_row_lock`]);
+/// released on [`RowLock::release`] or drop.
+pub struct RowLock<'a> {
+    pg: &'a PgServer,
+    child: Option<Child>,
+}
+
+impl RowLock<'_> {
+    /// Ends the holding session (its transaction rolls back) and reaps it.
+    pub fn release(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.pg.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RowLock<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
