@@ -61,7 +61,11 @@ const TRIALS: usize = 12;
 /// Pairs of racing clients working at the same time.
 const PAIRS: usize = 6;
 /// Connections of the endpoint (`pg_pool_size`): one per client, so every
-/// client's command runs at once (each client has its own lane).
+/// client's command runs at once (each client has its own lane). The map
+/// gives connections 5 s to open (`connect_timeout_ms`): on a loaded
+/// machine a new postgres connection took more than the default 1 s once
+/// in CI ("pool timed out"), an error reply, not an order no serial
+/// execution explains.
 const LANES: usize = 2 * PAIRS + 2;
 
 /// A hash field and its value.
@@ -191,7 +195,7 @@ fn serial_outcomes(redis: &mut FrameConn, combo: &Combo) -> HashSet<Outcome> {
 /// the reaper) every 10 minutes: expired rows stay until the race ran.
 fn write_map(dsn: &str) -> PathBuf {
     let yaml = format!(
-        "regions:\n  - name: us\noptions:\n  health_check_interval_ms: 600000\n  command_timeout_ms: 20000\n  pg_pool_size: {LANES}\nshards:\n  - name: pgs\n    kind: postgres\n    region: us\n    primary: {dsn}\n"
+        "regions:\n  - name: us\noptions:\n  health_check_interval_ms: 600000\n  command_timeout_ms: 20000\n  connect_timeout_ms: 5000\n  pg_pool_size: {LANES}\nshards:\n  - name: pgs\n    kind: postgres\n    region: us\n    primary: {dsn}\n"
     );
     let path = std::env::temp_dir().join(format!("shardgate-pgrace-{}.yaml", std::process::id()));
     std::fs::write(&path, yaml).expect("write map");
