@@ -212,6 +212,11 @@ fn human(n: u64) -> String {
 async fn follow(c: &mut Client) -> Result<(), CliError> {
     let tty = std::io::stdout().is_terminal();
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
+    // Ctrl-C's handler is installed before the first bar is printed: a
+    // SIGINT that came before the first wait below used to find none yet
+    // and end the process (`ctrl_c()` installs it only when first polled).
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     loop {
         let p = progress(c).await?;
         let num = |k: &str| get(&p, k).parse::<u64>().unwrap_or(0);
@@ -262,7 +267,12 @@ async fn follow(c: &mut Client) -> Result<(), CliError> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = tokio::signal::ctrl_c() => {
+            Some(()) = async {
+                match interrupt.as_mut() {
+                    Some(i) => i.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 println!("\ndetached: the rebalance goes on in the proxy; follow it with `shardgate admin status`");
                 return Ok(());
             }
