@@ -471,6 +471,11 @@ pub fn install_metrics_exporter(addr: SocketAddr) -> Result<metrics::http::Readi
             metrics::PG_BATCH_BUCKETS,
         )
         .map_err(|e| StartError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(metrics::PG_READ_BATCH_COMMANDS.to_owned()),
+            metrics::PG_BATCH_BUCKETS,
+        )
+        .map_err(|e| StartError::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| StartError::Metrics(e.to_string()))?;
     metrics::describe();

@@ -4,8 +4,11 @@
 //! time: a failing command inside a batch fails alone, a hot counter
 //! incremented by every client counts every increment once (its replies
 //! are exactly 1..=N, as a serial order gives), and a row lock held by a
-//! session outside the proxy stalls a batch only for its lock timeout. The
-//! binary runs with two serving threads, so lanes and committers run on
+//! session outside the proxy stalls a batch only for its lock timeout.
+//! Batches of SETs alone run as one statement (`sg_try_set_strings`), and
+//! GETs in flight together are read with one statement
+//! (`backend::pg::reads`), each answering what it would alone. The binary
+//! runs with two serving threads, so lanes, committers and readers run on
 //! both.
 
 mod common;
@@ -39,17 +42,26 @@ fn proxy(pg: &PgServer, dir: &common::TempDir) -> (common::KillOnDrop, u16, u16)
     (child, port, mport)
 }
 
-/// The value of the group commit counter for `outcome`.
-fn group_commit(mport: u16, outcome: &str) -> u64 {
+/// The sum of the samples of the series starting with `prefix` (a name and
+/// `{`) that contain `label` (empty: all).
+fn metric(mport: u16, prefix: &str, label: &str) -> f64 {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()
-        .filter(|l| l.starts_with("shardgate_pg_group_commit_commands_total{"))
-        .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter(|l| l.starts_with(prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The value of the group commit counter for `outcome`.
+fn group_commit(mport: u16, outcome: &str) -> u64 {
+    metric(
+        mport,
+        "shardgate_pg_group_commit_commands_total{",
+        &format!("outcome=\"{outcome}\""),
+    ) as u64
 }
 
 fn int(reply: &[u8]) -> i64 {
@@ -208,4 +220,159 @@ fn a_row_lock_held_outside_the_proxy_stalls_batches_only_briefly() {
     // (Whether a batch met the row lock depends on timing; the counter
     // exists either way.)
     let _ = group_commit(mport, "batch_failed");
+}
+
+#[test]
+fn sets_in_flight_together_commit_as_one_statement() {
+    const CLIENTS: usize = 24;
+    const ROUNDS: usize = 50;
+    let pg = PgServer::start();
+    let dir = common::TempDir::new("pg-group-sets");
+    let (_proxy, port, mport) = proxy(&pg, &dir);
+    let mut setup = FrameConn::connect(port);
+    // Keys the batches overwrite: a hash (its fields must go) and a key
+    // with a TTL (SET clears it).
+    assert_eq!(
+        setup.call(&["HSET", "was-hash", "f1", "a", "f2", "b"]),
+        b":2\r\n"
+    );
+    assert_eq!(
+        setup.call(&["SET", "had-ttl", "x", "EX", "1000"]),
+        b"+OK\r\n"
+    );
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut con = FrameConn::connect(port);
+                let mut shared = Vec::with_capacity(ROUNDS);
+                barrier.wait();
+                for r in 0..ROUNDS {
+                    let value = format!("c{c}r{r}");
+                    assert_eq!(con.call(&["SET", &format!("own{c}"), &value]), b"+OK\r\n");
+                    // Every client writes the shared key too; the last
+                    // acknowledged SET must be what stays.
+                    assert_eq!(con.call(&["SET", "shared", &value]), b"+OK\r\n");
+                    shared.push(value);
+                    if r == ROUNDS / 2 {
+                        assert_eq!(con.call(&["SET", "was-hash", "s"]), b"+OK\r\n");
+                        assert_eq!(con.call(&["SET", "had-ttl", "y"]), b"+OK\r\n");
+                    }
+                }
+                shared
+            })
+        })
+        .collect();
+    let written: Vec<Vec<String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (c, values) in written.iter().enumerate() {
+        let last = &values[ROUNDS - 1];
+        assert_eq!(
+            setup.call(&["GET", &format!("own{c}")]),
+            format!("${}\r\n{last}\r\n", last.len()).as_bytes()
+        );
+    }
+    // The shared key holds one client's last value (every SET of it was
+    // acknowledged; whichever committed last wins, as in Redis).
+    let shared = setup.call(&["GET", "shared"]);
+    let shared = String::from_utf8_lossy(&shared);
+    assert!(
+        written
+            .iter()
+            .any(|v| shared.ends_with(&format!("{}\r\n", v[ROUNDS - 1]))),
+        "{shared:?}"
+    );
+    // The hash's fields went with it; the TTL went too.
+    assert_eq!(setup.call(&["GET", "was-hash"]), b"$1\r\ns\r\n");
+    assert_eq!(
+        setup.call(&["HSET", "was-hash", "f3", "c"]),
+        &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..]
+    );
+    assert_eq!(setup.call(&["DEL", "was-hash"]), b":1\r\n");
+    assert_eq!(setup.call(&["HSET", "was-hash", "f3", "c"]), b":1\r\n");
+    assert_eq!(setup.call(&["HLEN", "was-hash"]), b":1\r\n");
+    assert_eq!(setup.call(&["TTL", "had-ttl"]), b":-1\r\n");
+    assert!(group_commit(mport, "batched") > 0, "no SET was batched");
+    // No kv_hash row is left without its key.
+    let orphans = pg.query(
+        "SELECT count(*) FROM kv_hash h WHERE NOT EXISTS (SELECT 1 FROM kv k WHERE k.kd = h.kd)",
+    );
+    assert_eq!(orphans.trim(), "0");
+}
+
+#[test]
+fn gets_in_flight_together_are_read_with_one_statement() {
+    const CLIENTS: usize = 24;
+    const ROUNDS: usize = 80;
+    let pg = PgServer::start();
+    let dir = common::TempDir::new("pg-batched-gets");
+    let (_proxy, port, mport) = proxy(&pg, &dir);
+    let mut setup = FrameConn::connect(port);
+    let big = "b".repeat(300_000);
+    assert_eq!(setup.call(&["SET", "text", "abc"]), b"+OK\r\n");
+    assert_eq!(setup.call(&["SET", "empty", ""]), b"+OK\r\n");
+    assert_eq!(setup.call(&["SET", "crlf", "a\r\nb"]), b"+OK\r\n");
+    assert_eq!(setup.call(&["SET", "big", &big]), b"+OK\r\n");
+    assert_eq!(setup.call(&["HSET", "hash", "f", "v"]), b":1\r\n");
+    assert_eq!(
+        setup.call(&["SET", "expired", "gone", "PX", "1"]),
+        b"+OK\r\n"
+    );
+    let long_key = "k".repeat(10_000);
+    assert_eq!(setup.call(&["SET", &long_key, "long"]), b"+OK\r\n");
+    std::thread::sleep(Duration::from_millis(20));
+    let big_reply = format!("${}\r\n{big}\r\n", big.len()).into_bytes();
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let barrier = barrier.clone();
+            let big_reply = big_reply.clone();
+            let long_key = long_key.clone();
+            std::thread::spawn(move || {
+                let mut con = FrameConn::connect(port);
+                barrier.wait();
+                for r in 0..ROUNDS {
+                    let (key, want): (&str, &[u8]) = match (c + r) % 8 {
+                        0 => ("text", b"$3\r\nabc\r\n"),
+                        1 => ("empty", b"$0\r\n\r\n"),
+                        2 => ("crlf", b"$4\r\na\r\nb\r\n"),
+                        3 => ("hash", b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
+                        4 => ("expired", b"$-1\r\n"),
+                        5 => ("missing", b"$-1\r\n"),
+                        6 => ("big", &big_reply),
+                        _ => (&long_key, b"$4\r\nlong\r\n"),
+                    };
+                    assert_eq!(con.call(&["GET", key]), want, "GET {}", &key[..key.len().min(20)]);
+                    // Read-your-writes: a GET right after the client's SET
+                    // (also pipelined) sees it.
+                    let own = format!("own{c}");
+                    let value = format!("r{r}");
+                    assert_eq!(con.call(&["SET", &own, &value]), b"+OK\r\n");
+                    assert_eq!(
+                        con.call(&["get", &own]),
+                        format!("${}\r\n{value}\r\n", value.len()).as_bytes()
+                    );
+                    let value = format!("p{r}");
+                    let replies = con.pipeline(&[&["SET", own.as_str(), value.as_str()][..], &["GET", own.as_str()]]);
+                    assert_eq!(replies[1], format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Statements ran, and some read more than one GET.
+    let statements = metric(mport, "shardgate_pg_read_batch_commands_count{", "");
+    let gets = metric(mport, "shardgate_pg_read_batch_commands_sum{", "");
+    let single = metric(
+        mport,
+        "shardgate_pg_read_batch_commands_bucket{",
+        "le=\"1\"",
+    );
+    assert!(gets >= (CLIENTS * ROUNDS * 3) as f64, "{gets} GETs read");
+    assert!(
+        statements < gets && single < statements,
+        "{statements} statements, {single} of one GET, for {gets} GETs"
+    );
 }

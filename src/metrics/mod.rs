@@ -100,7 +100,12 @@ pub const PG_TRANSACTION_OUTCOMES: [&str; 3] = ["committed", "watch_failed", "er
 /// transaction), by shard and endpoint; buckets in commands
 /// ([`PG_BATCH_BUCKETS`]).
 pub const PG_BATCH_COMMANDS: &str = "shardgate_pg_batch_commands";
-/// Bucket bounds of [`PG_BATCH_COMMANDS`] (commands, not seconds).
+/// GETs per batched read statement on PostgreSQL shards (the GETs of one
+/// serving thread's clients in flight at once, read with one `SELECT`), by
+/// shard and endpoint; buckets in commands ([`PG_BATCH_BUCKETS`]).
+pub const PG_READ_BATCH_COMMANDS: &str = "shardgate_pg_read_batch_commands";
+/// Bucket bounds of [`PG_BATCH_COMMANDS`] and [`PG_READ_BATCH_COMMANDS`]
+/// (commands, not seconds).
 pub const PG_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// Writes group commit took on PostgreSQL shards, by shard, endpoint and
 /// outcome ([`PG_GROUP_COMMIT_OUTCOMES`]).
@@ -240,7 +245,12 @@ pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
 
 /// Metrics of postgres shards only (a map without one has none).
-pub const POSTGRES_ONLY: [&str; 3] = [PG_TRANSACTIONS, PG_BATCH_COMMANDS, PG_GROUP_COMMIT];
+pub const POSTGRES_ONLY: [&str; 4] = [
+    PG_TRANSACTIONS,
+    PG_BATCH_COMMANDS,
+    PG_READ_BATCH_COMMANDS,
+    PG_GROUP_COMMIT,
+];
 
 /// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
 pub const PUBSUB_SUBSCRIPTIONS: &str = "shardgate_pubsub_subscriptions";
@@ -363,6 +373,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         PG_BATCH_COMMANDS,
         "histogram",
         "Commands per group-commit batch on PostgreSQL shards (plain SETs and INCR-family writes of one serving thread, committed in one transaction), by endpoint; in commands, not seconds",
+    ),
+    (
+        PG_READ_BATCH_COMMANDS,
+        "histogram",
+        "GETs per batched read statement on PostgreSQL shards (the GETs of one serving thread's clients in flight at once, read with one SELECT), by endpoint; in commands, not seconds",
     ),
     (
         PG_GROUP_COMMIT,
@@ -610,7 +625,7 @@ pub fn describe() {
         match *kind {
             "counter" => metrics::describe_counter!(*name, *help),
             "gauge" => metrics::describe_gauge!(*name, *help),
-            _ if *name == PG_BATCH_COMMANDS => {
+            _ if *name == PG_BATCH_COMMANDS || *name == PG_READ_BATCH_COMMANDS => {
                 metrics::describe_histogram!(*name, metrics::Unit::Count, *help)
             }
             _ => metrics::describe_histogram!(*name, metrics::Unit::Seconds, *help),
@@ -1141,6 +1156,13 @@ impl EndpointMetrics {
     /// PostgreSQL endpoint.
     pub fn pg_batch(&self, commands: usize) {
         metrics::histogram!(PG_BATCH_COMMANDS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone())
+            .record(commands as f64);
+    }
+
+    /// A batched read statement of `commands` GETs ran on this PostgreSQL
+    /// endpoint.
+    pub fn pg_read_batch(&self, commands: usize) {
+        metrics::histogram!(PG_READ_BATCH_COMMANDS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone())
             .record(commands as f64);
     }
 

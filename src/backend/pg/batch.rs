@@ -24,6 +24,10 @@
 //! 4. write each changed key's final string once (one upsert statement);
 //! 5. `COMMIT`, then answer every command.
 //!
+//! A batch of plain SETs only takes a shorter path ([`commit_sets`]): one
+//! statement, `sg_try_set_strings` (migration 0005), outside an explicit
+//! transaction, does steps 1, 4 and 5 in one round trip instead of four.
+//!
 //! # Guarantees, and why
 //!
 //! - *Per-key order and linearizability*: a batch holds the locks of all its
@@ -69,6 +73,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::commands::{STRING, lock_ids, msg};
+use super::locked::lock_id;
 use super::values::parse_int;
 use crate::backend::EndpointState;
 use crate::error::BackendError;
@@ -290,6 +295,9 @@ struct Current {
 /// alone).
 async fn commit(pool: &PgPool, slots: u32, ops: &[&Op]) -> Result<Vec<Option<Reply>>, Failed> {
     use Failed::BeforeCommit as Before;
+    if ops.iter().all(|o| matches!(o, Op::Set { .. })) {
+        return commit_sets(pool, slots, ops).await;
+    }
     let mut tx = pool.begin().await.map_err(Before)?;
     let result = async {
         // 1. The keys' locks (tried, never waited for) and the clock after.
@@ -410,6 +418,55 @@ async fn commit(pool: &PgPool, slots: u32, ops: &[&Op]) -> Result<Vec<Option<Rep
     // 5. The one commit.
     tx.commit().await.map_err(Failed::AtCommit)?;
     Ok(replies)
+}
+
+/// A batch of plain SETs: one statement (`sg_try_set_strings`, migration
+/// 0005) outside an explicit transaction, which tries the keys' locks,
+/// writes the keys it got (each once, with its last value) and commits as
+/// it ends. A database error means it rolled back (its SETs run alone);
+/// any other failure once the statement was sent leaves the outcome
+/// unknown (each SET gets the error, none runs again).
+async fn commit_sets(pool: &PgPool, slots: u32, ops: &[&Op]) -> Result<Vec<Option<Reply>>, Failed> {
+    // Each key once, with its last value, in first-seen order.
+    let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(ops.len());
+    let mut keys: Vec<&[u8]> = Vec::with_capacity(ops.len());
+    let mut values: Vec<&[u8]> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let Op::Set { key, value } = op else {
+            continue;
+        };
+        match last.get(&key[..]) {
+            Some(&i) => values[i] = value,
+            None => {
+                last.insert(key, keys.len());
+                keys.push(key);
+                values.push(value);
+            }
+        }
+    }
+    let ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+    let slot_of: Vec<i32> = keys
+        .iter()
+        .map(|k| i32::try_from(key_hash(k) % u64::from(slots.max(1))).unwrap_or(0))
+        .collect();
+    let mut conn = pool.acquire().await.map_err(Failed::BeforeCommit)?;
+    let held: Vec<i64> = sqlx::query_scalar("SELECT sg_try_set_strings($1, $2, $3, $4, $5)")
+        .bind(&keys)
+        .bind(&slot_of)
+        .bind(&values)
+        .bind(&ids)
+        .bind(LOCK_TIMEOUT)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(_) => Failed::BeforeCommit(e),
+            other => Failed::AtCommit(other),
+        })?;
+    let held: std::collections::HashSet<i64> = held.into_iter().collect();
+    Ok(ops
+        .iter()
+        .map(|op| held.contains(&lock_id(op.key())).then_some(Reply::Ok))
+        .collect())
 }
 
 /// Applies one command to its key's state: its reply and whether it

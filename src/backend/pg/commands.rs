@@ -192,7 +192,7 @@ impl Row {
     }
 
     /// The string value, or the WRONGTYPE reply.
-    fn string(self) -> Result<Vec<u8>, Reply> {
+    pub(super) fn string(self) -> Result<Vec<u8>, Reply> {
         if self.kind == STRING {
             Ok(self.value.unwrap_or_default())
         } else {

@@ -45,7 +45,7 @@ enum LockedTx<'a> {
 
 /// Advisory lock id of a key: XXH3 of the whole key (not just its tag), so
 /// only writers of the same key (or a rare collision) wait for each other.
-fn lock_id(key: &[u8]) -> i64 {
+pub(super) fn lock_id(key: &[u8]) -> i64 {
     i64::from_ne_bytes(twox_hash::XxHash3_64::oneshot(key).to_ne_bytes())
 }
 

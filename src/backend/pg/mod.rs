@@ -26,7 +26,9 @@
 //! PostgreSQL transaction, [`transaction`]), in order with its other
 //! requests. Plain SETs and INCR-family writes go through the thread's
 //! group committer ([`batch`]), which commits the writes of many clients
-//! in one transaction; the lane waits for the outcome.
+//! in one transaction, and plain GETs through its reader ([`reads`]),
+//! which reads the GETs of many clients with one statement; the lane waits
+//! for the outcome.
 //!
 //! At startup the proxy applies the migrations on every primary
 //! ([`prepare_primary`]; never on a replica) and starts one [`reaper`] per
@@ -60,6 +62,7 @@ mod hashes;
 mod keyspace;
 mod locked;
 mod options;
+mod reads;
 pub mod transaction;
 pub mod values;
 
@@ -125,15 +128,20 @@ pub struct PgEndpoint {
     slots: u32,
 }
 
-/// The part of an endpoint that lives on one serving thread.
+/// The part of an endpoint that lives on one serving thread (cheap to
+/// clone: handles).
+#[derive(Clone)]
 struct Group {
     /// Where the group's lanes and committer run.
     runtime: tokio::runtime::Handle,
     /// Its share of `pg_pool_size`, plus [`batch::IN_FLIGHT`] connections
-    /// for group commit; opened by tasks of `runtime` only.
+    /// for group commit and [`reads::IN_FLIGHT`] for batched reads; opened
+    /// by tasks of `runtime` only.
     pool: PgPool,
     /// The thread's group committer ([`batch`]).
     committer: batch::Committer,
+    /// The thread's read batcher ([`reads`]).
+    reader: reads::Reader,
 }
 
 /// The lanes of the clients that sent a request lately, by client id.
@@ -171,8 +179,10 @@ impl PgEndpoint {
             workers => workers.to_vec(),
         };
         // The lanes' connections, split over the threads (each client's
-        // lane runs on its thread), plus the committer's.
-        let share = state.options.pg_pool_size.max(1).div_ceil(handles.len()) + batch::IN_FLIGHT;
+        // lane runs on its thread), plus the committer's and the reader's.
+        let share = state.options.pg_pool_size.max(1).div_ceil(handles.len())
+            + batch::IN_FLIGHT
+            + reads::IN_FLIGHT;
         let groups = handles
             .into_iter()
             .map(|runtime| {
@@ -180,10 +190,12 @@ impl PgEndpoint {
                 let _on = runtime.enter();
                 let pool = pool_of(share);
                 let committer = batch::Committer::start(state.clone(), pool.clone(), slots);
+                let reader = reads::Reader::start(state.clone(), pool.clone());
                 Group {
                     runtime: runtime.clone(),
                     pool,
                     committer,
+                    reader,
                 }
             })
             .collect();
@@ -274,8 +286,7 @@ impl PgEndpoint {
             let group = &self.groups[crate::workers::thread_of(client) % self.groups.len()];
             group.runtime.spawn(lane(
                 self.state.clone(),
-                group.pool.clone(),
-                group.committer.clone(),
+                group.clone(),
                 self.slots,
                 client,
                 rx,
@@ -313,15 +324,15 @@ impl PgEndpoint {
 /// one (or when the endpoint is dropped).
 async fn lane(
     state: Arc<EndpointState>,
-    pool: PgPool,
-    committer: batch::Committer,
+    group: Group,
     slots: u32,
     client: u64,
     mut rx: mpsc::UnboundedReceiver<Job>,
     lanes: std::sync::Weak<Lanes>,
 ) {
+    let pool = &group.pool;
     let ctx = commands::Ctx {
-        pool: &pool,
+        pool,
         slots,
         exec: None,
     };
@@ -349,7 +360,7 @@ async fn lane(
                 proto,
                 reply,
             } => {
-                let result = run_one(&state, &ctx, &committer, &frame).await;
+                let result = run_one(&state, &ctx, &group, &frame).await;
                 let _ = reply.send(answer(&state, started, proto, result));
             }
             Job::Watch { keys, reply } => {
@@ -364,7 +375,7 @@ async fn lane(
                 proto,
                 reply,
             } => {
-                let result = timed(&state, transaction::exec(&pool, slots, &queued))
+                let result = timed(&state, transaction::exec(pool, slots, &queued))
                     .await
                     .map(|outcome| match outcome {
                         transaction::Outcome::Committed(replies) => {
@@ -432,12 +443,13 @@ async fn timed<T>(
 }
 
 /// Runs one request frame: a write that group commit takes goes through
-/// the thread's committer ([`batch`]), anything else (or a write the
-/// committer hands back) on its own.
+/// the thread's committer ([`batch`]), a GET through its reader
+/// ([`reads`]), anything else (or a write the committer hands back) on its
+/// own.
 async fn run_one(
     state: &EndpointState,
     ctx: &commands::Ctx<'_>,
-    committer: &batch::Committer,
+    group: &Group,
     frame: &Bytes,
 ) -> Result<Reply, BackendError> {
     let mut buf = BytesMut::from(&frame[..]);
@@ -451,10 +463,13 @@ async fn run_one(
         }
     };
     let args = req.args();
+    if let Some(key) = reads::get_key(args) {
+        return group.reader.get(key.clone()).await;
+    }
     // Held while the command runs on its own: its committer may wait (a
     // while) for it, so that writes arriving meanwhile form a batch.
     let _alone = match batch::Op::of(args) {
-        Some(op) => match committer.run(op).await {
+        Some(op) => match group.committer.run(op).await {
             batch::Outcome::Done(result) => return result,
             batch::Outcome::Alone(done) => done,
         },
