@@ -286,6 +286,69 @@ fn rebalance_moves_every_database() {
     assert!(moved > 100, "some keys moved to s2 ({moved})");
 }
 
+/// The rebalance barrier drains the multiplexed connections of every
+/// database, not only database 0's: a write to database 5 routed before a
+/// window was published has run on the source before its keys move. Seen
+/// on the shards while the first window migrates: the proxy's database-5
+/// connection to that window's source, which carried the client's SETs,
+/// has since carried the barrier's PING (before the fix its last command
+/// stayed `set` on every shard).
+#[test]
+fn the_rebalance_barrier_drains_every_databases_connections() {
+    use common::rebalance::{Proxy, map_yaml, wait_done, write};
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let dir = common::TempDir::new("databases-barrier");
+    let all: Vec<(&str, &RedisServer)> = ["s0", "s1", "s2"].into_iter().zip(&servers).collect();
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
+    let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
+    let proxy = Proxy::start(dir.path(), &m1);
+    let mut c = proxy.client().get_connection().unwrap();
+    select(&mut c, 5).unwrap();
+    for k in keys(400) {
+        let _: () = c.set(&k, "five").unwrap();
+    }
+    // The last command of each of the proxy's database-5 connections to
+    // s0 and s1 that carry clients' requests (not the mover's).
+    let last_commands = || -> Vec<Vec<String>> {
+        all[..2]
+            .iter()
+            .map(|(_, server)| {
+                let mut direct = server.client().get_connection().unwrap();
+                let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
+                list.lines()
+                    .filter(|l| l.contains(" db=5 "))
+                    .filter_map(|l| l.split(" cmd=").nth(1)?.split(' ').next())
+                    .filter(|cmd| *cmd == "set" || *cmd == "ping")
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(last_commands(), vec![vec!["set".to_owned()]; 2]);
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    // Slowed down so that the first window stays migrating a while.
+    assert_eq!(admin.text(&[b"THROTTLE", b"20"]), "OK");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while admin.progress()["slots_migrating"] == "0" {
+        assert!(std::time::Instant::now() < deadline, "no window migrates");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = last_commands();
+    assert!(
+        seen.iter().any(|s| s == &["ping"]),
+        "no source's database-5 connection was drained: {seen:?}"
+    );
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    for k in keys(400) {
+        let v: String = c.get(&k).unwrap();
+        assert_eq!(v, "five", "{k}");
+    }
+}
+
 /// The near cache, coalesced reads and CLIENT TRACKING's connections hold
 /// database 0: a client in another database never reads through them.
 #[test]

@@ -444,28 +444,37 @@ impl Endpoint {
     }
 
     /// Waits until every request queued on this endpoint's multiplexed
-    /// connections (a postgres endpoint: its lanes) before the call has
+    /// connections, of every database (a postgres endpoint: its lanes),
+    /// before the call has
     /// been answered: a `PING` goes down each connection behind them (Redis
     /// answers a connection in order, a lane runs its jobs in order).
     /// The rebalancer uses it so that no write routed by an older table can
     /// land on a source after its keys start moving. Errors if a connection
     /// could not carry the `PING` (the caller retries).
     pub async fn barrier(&self) -> Result<(), BackendError> {
-        let (mux_resp2, mux_resp3) = match &self.conns {
+        let (mux_resp2, mux_resp3, other_dbs) = match &self.conns {
             Conns::Redis {
                 mux_resp2,
                 mux_resp3,
+                other_dbs,
                 ..
-            } => (mux_resp2, mux_resp3),
+            } => (mux_resp2, mux_resp3, other_dbs),
             Conns::Postgres(pg) => return pg.barrier().await,
             Conns::Removed => return Ok(()),
         };
-        let pings: Vec<ReplyRx> = mux_resp2
+        const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+        let mut pings: Vec<ReplyRx> = mux_resp2
             .iter()
             .chain(mux_resp3)
             .flatten()
-            .map(|m| m.send(b"*1\r\n$4\r\nPING\r\n"))
+            .map(|m| m.send(PING))
             .collect();
+        // The multiplexed connections of the other databases carry queued
+        // requests too (a write to database 5 routed before the window).
+        {
+            let other = other_dbs.mux.lock().unwrap_or_else(|p| p.into_inner());
+            pings.extend(other.values().flatten().map(|m| m.send(PING)));
+        }
         for rx in pings {
             match rx.await {
                 Ok(Ok(_)) => {}
