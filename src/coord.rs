@@ -62,6 +62,12 @@ const WRITE_IDS: usize = 16;
 pub struct FinishedRebalance {
     pub slots_total: usize,
     pub keys_moved: u64,
+    /// Bytes and big keys the mover moved (absent in records of earlier
+    /// versions: 0).
+    #[serde(default)]
+    pub bytes_moved: u64,
+    #[serde(default)]
+    pub big_keys: u64,
     pub elapsed_secs: f64,
     pub left_behind: u64,
     pub misplaced: u64,

@@ -434,13 +434,17 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     let epoch = fleet.same_epoch(rev as u64);
-    // Every proxy, mover or not, reports the finished move and its
-    // verification (recorded in etcd by the mover).
+    // Every proxy, mover or not, reports the finished move, its figures
+    // and its verification (recorded in etcd by the mover).
+    let mut figures = Vec::new();
     for m in &fleet.members {
         let p = m.admin().progress();
         assert_eq!(p["state"], "done", "{}: {p:?}", m.id);
         assert_eq!(p["verify"], "ok", "{}: {p:?}", m.id);
+        assert_ne!(p["bytes_moved"], "0", "{}: {p:?}", m.id);
+        figures.push((p["keys_moved"].clone(), p["bytes_moved"].clone()));
     }
+    assert!(figures.windows(2).all(|w| w[0] == w[1]), "{figures:?}");
     std::thread::sleep(Duration::from_millis(300));
     let (shared, model) = load.stop();
 

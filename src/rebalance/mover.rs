@@ -289,6 +289,8 @@ pub(super) async fn run(
     let outcome = crate::coord::FinishedRebalance {
         slots_total: work.states.len(),
         keys_moved: job.keys.load(Ordering::Relaxed),
+        bytes_moved: job.bytes.load(Ordering::Relaxed),
+        big_keys: job.big_keys.load(Ordering::Relaxed),
         elapsed_secs: job.started.elapsed().as_secs_f64(),
         left_behind: v.left_behind,
         misplaced: v.misplaced,
