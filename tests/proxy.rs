@@ -600,3 +600,52 @@ fn many_concurrent_clients() {
     let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(total, 3200);
 }
+
+/// Each shard's version is learned by its health checker (`INFO proxy`
+/// shows it per shard), and HELLO reports the older of the shards' lowest
+/// and the Redis the proxy implements (7.0.0), so a client never uses a
+/// command an older shard lacks nor one newer than the proxy's table.
+#[test]
+fn hello_and_info_report_the_shards_versions() {
+    let c = Cluster::start(Spec::default());
+    let mut direct = c.primaries[0].client().get_connection().unwrap();
+    let server: String = redis::cmd("INFO").arg("server").query(&mut direct).unwrap();
+    let version = server
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut con = c.conn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO").arg("proxy").query(&mut con).unwrap();
+        let shards: Vec<&str> = info.lines().filter(|l| l.contains(":name=")).collect();
+        if !shards.is_empty()
+            && shards
+                .iter()
+                .all(|l| l.contains(&format!(",version={version},")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no version learned: {shards:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut resp3 = c.client_resp3().get_connection().unwrap();
+    let hello: HashMap<String, Value> = redis::cmd("HELLO").arg(3).query(&mut resp3).unwrap();
+    let older = |a: &str, b: &str| {
+        let key = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+        if key(a) <= key(b) {
+            a.to_owned()
+        } else {
+            b.to_owned()
+        }
+    };
+    assert_eq!(
+        hello.get("version"),
+        Some(&Value::BulkString(older(&version, "7.0.0").into_bytes()))
+    );
+}

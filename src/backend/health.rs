@@ -177,6 +177,32 @@ fn spawn_postgres(
     });
 }
 
+/// Keeps the `redis_version` of `INFO server` (asked once per health
+/// connection) in the endpoint's state; a failure leaves it as it was
+/// (the check that follows judges the connection).
+async fn record_version(state: &EndpointState, stream: &mut BackendStream, timeout: Duration) {
+    let asked = async {
+        stream
+            .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            .await?;
+        stream.flush().await?;
+        read_one_frame(stream).await
+    };
+    let Ok(Ok(frame)) = tokio::time::timeout(timeout, asked).await else {
+        return;
+    };
+    let Some(text) = reply::bulk(&frame.freeze()) else {
+        return;
+    };
+    let version = String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned());
+    if let Some(v) = version {
+        state.version.store(Some(Arc::new(v)));
+    }
+}
+
 async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
     let timeout = state
         .options
@@ -184,7 +210,10 @@ async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {
         .max(Duration::from_millis(100));
     if conn.is_none() {
         match connect(&state.addr, &state.link, Protocol::Resp2, timeout).await {
-            Ok(c) => *conn = Some(c),
+            Ok(mut c) => {
+                record_version(state, &mut c, timeout).await;
+                *conn = Some(c);
+            }
             Err(e) => {
                 state.set_healthy(false, &e.to_string());
                 // Refused or unreachable: requests would only wait for the

@@ -123,6 +123,9 @@ pub struct EndpointState {
     /// Replication positions for read-your-writes: a primary's probes, a
     /// replica's applied position (see [`lag::Positions`]).
     pub positions: Arc<lag::Positions>,
+    /// The `redis_version` a Redis endpoint reported when its health
+    /// checker connected (HELLO answers the lowest of the primaries').
+    pub version: arc_swap::ArcSwapOption<String>,
 }
 
 impl EndpointState {
@@ -617,6 +620,7 @@ impl ShardBackends {
             offsets: Arc::default(),
             primary_offsets: arc_swap::ArcSwapOption::empty(),
             positions: Arc::default(),
+            version: arc_swap::ArcSwapOption::empty(),
         });
         state.metrics.set_healthy(false);
         ShardBackends {
@@ -887,6 +891,7 @@ impl Backends {
                         offsets: Arc::default(),
                         primary_offsets: arc_swap::ArcSwapOption::empty(),
                         positions: Arc::default(),
+                        version: arc_swap::ArcSwapOption::empty(),
                     });
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));

@@ -167,6 +167,31 @@ impl ShardFigures {
 }
 
 /// `7.0.15` -> [7, 0, 15], for comparing versions.
+/// HELLO's `version`: the Redis the proxy implements ([`REDIS_VERSION`],
+/// whose commands it knows), or the lowest `redis_version` the health
+/// checkers learned from the Redis shards' primaries when that is older
+/// (a client must not use commands an older shard lacks). A newer shard
+/// does not raise it: the proxy refuses commands newer than its table.
+pub(super) fn hello_version(proxy: &Proxy) -> String {
+    let backends = proxy.backends();
+    lowest_of(
+        backends
+            .shards()
+            .iter()
+            .filter(|s| s.kind == crate::shardmap::ShardKind::Redis)
+            .filter_map(|s| s.primary.state.version.load_full())
+            .map(|v| v.as_ref().clone()),
+    )
+}
+
+/// The lowest of `versions` and [`REDIS_VERSION`].
+fn lowest_of(versions: impl Iterator<Item = String>) -> String {
+    versions
+        .chain(std::iter::once(REDIS_VERSION.to_owned()))
+        .min_by_key(|v| version_key(v))
+        .unwrap_or_else(|| REDIS_VERSION.to_owned())
+}
+
 fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
@@ -662,5 +687,15 @@ mod tests {
         }
         assert_eq!(human(1536), "1.50K");
         assert_eq!(human(10), "10B");
+    }
+
+    #[test]
+    fn hello_reports_the_older_of_the_shards_and_the_proxy() {
+        let of = |v: &[&str]| lowest_of(v.iter().map(|s| (*s).to_owned()));
+        assert_eq!(of(&[]), REDIS_VERSION);
+        assert_eq!(of(&["7.0.15", "7.2.4"]), REDIS_VERSION);
+        assert_eq!(of(&["7.4.1"]), REDIS_VERSION);
+        assert_eq!(of(&["7.0.15", "6.2.14", "6.0.20"]), "6.0.20");
+        assert_eq!(of(&["6.10.0", "6.9.1"]), "6.9.1");
     }
 }

@@ -189,7 +189,7 @@ impl Session {
         let s = |v: &str| Reply::Bulk(Bytes::from(v.to_owned()));
         Ok(Reply::Map(vec![
             (s("server"), s("redis")),
-            (s("version"), s(REDIS_VERSION)),
+            (s("version"), s(&super::info::hello_version(proxy))),
             (
                 s("proto"),
                 Reply::Int(if proto == Protocol::Resp3 { 3 } else { 2 }),

@@ -337,12 +337,13 @@ impl Proxy {
                 .map(|e| format!("{}|{}|{}", e.addr, e.is_healthy() as u8, e.latency_us()))
                 .collect();
             text.push_str(&format!(
-                "shard{i}:name={},primary={},healthy={},circuit_open={},latency_us={},replicas={}\r\n",
+                "shard{i}:name={},primary={},healthy={},circuit_open={},latency_us={},version={},replicas={}\r\n",
                 s.name,
                 p.addr,
                 p.is_healthy() as u8,
                 p.breaker.is_open() as u8,
                 p.latency_us(),
+                p.version.load_full().map_or_else(String::new, |v| v.as_ref().clone()),
                 replicas.join(";"),
             ));
         }
