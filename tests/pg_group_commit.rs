@@ -64,6 +64,28 @@ fn group_commit(mport: u16, outcome: &str) -> u64 {
     ) as u64
 }
 
+/// Runs `each(client, its own connection)` on `clients` threads released
+/// together, and returns their results in client order.
+fn together<T: Send + 'static>(
+    clients: usize,
+    port: u16,
+    each: impl Fn(usize, &mut FrameConn) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let each = Arc::new(each);
+    let barrier = Arc::new(Barrier::new(clients));
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (each, barrier) = (each.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut con = FrameConn::connect(port);
+                barrier.wait();
+                each(c, &mut con)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 fn int(reply: &[u8]) -> i64 {
     let text = std::str::from_utf8(reply).unwrap();
     text.strip_prefix(':')
@@ -86,49 +108,43 @@ fn writes_in_flight_together_commit_together_with_exact_replies() {
         b"+OK\r\n"
     );
     assert_eq!(setup.call(&["SET", "ttl", "10", "EX", "1000"]), b"+OK\r\n");
-    let barrier = Arc::new(Barrier::new(CLIENTS));
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut con = FrameConn::connect(port);
-                let mut hot = Vec::with_capacity(ROUNDS);
-                barrier.wait();
-                for r in 0..ROUNDS {
-                    let own = format!("own{c}");
-                    let value = format!("v{r}");
-                    // Failing commands among the others fail alone, with
-                    // Redis' replies.
-                    match r % 5 {
-                        0 => assert_eq!(
-                            con.call(&["INCR", "text"]),
-                            b"-ERR value is not an integer or out of range\r\n"
-                        ),
-                        1 => assert_eq!(
-                            con.call(&["INCRBY", "hash", "2"]),
-                            &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..]
-                        ),
-                        2 => assert_eq!(
-                            con.call(&["INCR", "max"]),
-                            b"-ERR increment or decrement would overflow\r\n"
-                        ),
-                        3 => assert_eq!(con.call(&["DECRBY", "ttl", "0"]), b":10\r\n"),
-                        _ => {}
-                    }
-                    assert_eq!(con.call(&["SET", &own, &value]), b"+OK\r\n");
-                    // The client's next request sees its write.
-                    let got = con.call(&["GET", &own]);
-                    assert_eq!(got, format!("${}\r\n{value}\r\n", value.len()).as_bytes());
-                    assert_eq!(int(&con.call(&["INCRBY", &format!("n{c}"), "3"])), 3 * (r as i64 + 1));
-                    hot.push(int(&con.call(&["INCR", "hot"])));
-                }
-                hot
-            })
-        })
-        .collect();
+    let hots = together(CLIENTS, port, move |c, con| {
+        let mut hot = Vec::with_capacity(ROUNDS);
+        for r in 0..ROUNDS {
+            let own = format!("own{c}");
+            let value = format!("v{r}");
+            // Failing commands among the others fail alone, with
+            // Redis' replies.
+            match r % 5 {
+                0 => assert_eq!(
+                    con.call(&["INCR", "text"]),
+                    b"-ERR value is not an integer or out of range\r\n"
+                ),
+                1 => assert_eq!(
+                    con.call(&["INCRBY", "hash", "2"]),
+                    &b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"[..]
+                ),
+                2 => assert_eq!(
+                    con.call(&["INCR", "max"]),
+                    b"-ERR increment or decrement would overflow\r\n"
+                ),
+                3 => assert_eq!(con.call(&["DECRBY", "ttl", "0"]), b":10\r\n"),
+                _ => {}
+            }
+            assert_eq!(con.call(&["SET", &own, &value]), b"+OK\r\n");
+            // The client's next request sees its write.
+            let got = con.call(&["GET", &own]);
+            assert_eq!(got, format!("${}\r\n{value}\r\n", value.len()).as_bytes());
+            assert_eq!(
+                int(&con.call(&["INCRBY", &format!("n{c}"), "3"])),
+                3 * (r as i64 + 1)
+            );
+            hot.push(int(&con.call(&["INCR", "hot"])));
+        }
+        hot
+    });
     let mut seen = BTreeSet::new();
-    for t in threads {
-        let hot = t.join().unwrap();
+    for hot in hots {
         // A client's own increments of the hot key are answered in order.
         assert!(hot.windows(2).all(|w| w[0] < w[1]), "{hot:?}");
         for n in hot {
@@ -240,31 +256,22 @@ fn sets_in_flight_together_commit_as_one_statement() {
         setup.call(&["SET", "had-ttl", "x", "EX", "1000"]),
         b"+OK\r\n"
     );
-    let barrier = Arc::new(Barrier::new(CLIENTS));
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut con = FrameConn::connect(port);
-                let mut shared = Vec::with_capacity(ROUNDS);
-                barrier.wait();
-                for r in 0..ROUNDS {
-                    let value = format!("c{c}r{r}");
-                    assert_eq!(con.call(&["SET", &format!("own{c}"), &value]), b"+OK\r\n");
-                    // Every client writes the shared key too; the last
-                    // acknowledged SET must be what stays.
-                    assert_eq!(con.call(&["SET", "shared", &value]), b"+OK\r\n");
-                    shared.push(value);
-                    if r == ROUNDS / 2 {
-                        assert_eq!(con.call(&["SET", "was-hash", "s"]), b"+OK\r\n");
-                        assert_eq!(con.call(&["SET", "had-ttl", "y"]), b"+OK\r\n");
-                    }
-                }
-                shared
-            })
-        })
-        .collect();
-    let written: Vec<Vec<String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let written = together(CLIENTS, port, move |c, con| {
+        let mut shared = Vec::with_capacity(ROUNDS);
+        for r in 0..ROUNDS {
+            let value = format!("c{c}r{r}");
+            assert_eq!(con.call(&["SET", &format!("own{c}"), &value]), b"+OK\r\n");
+            // Every client writes the shared key too; the last
+            // acknowledged SET must be what stays.
+            assert_eq!(con.call(&["SET", "shared", &value]), b"+OK\r\n");
+            shared.push(value);
+            if r == ROUNDS / 2 {
+                assert_eq!(con.call(&["SET", "was-hash", "s"]), b"+OK\r\n");
+                assert_eq!(con.call(&["SET", "had-ttl", "y"]), b"+OK\r\n");
+            }
+        }
+        shared
+    });
     for (c, values) in written.iter().enumerate() {
         let last = &values[ROUNDS - 1];
         assert_eq!(
@@ -322,46 +329,47 @@ fn gets_in_flight_together_are_read_with_one_statement() {
     assert_eq!(setup.call(&["SET", &long_key, "long"]), b"+OK\r\n");
     std::thread::sleep(Duration::from_millis(20));
     let big_reply = format!("${}\r\n{big}\r\n", big.len()).into_bytes();
-    let barrier = Arc::new(Barrier::new(CLIENTS));
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let barrier = barrier.clone();
-            let big_reply = big_reply.clone();
-            let long_key = long_key.clone();
-            std::thread::spawn(move || {
-                let mut con = FrameConn::connect(port);
-                barrier.wait();
-                for r in 0..ROUNDS {
-                    let (key, want): (&str, &[u8]) = match (c + r) % 8 {
-                        0 => ("text", b"$3\r\nabc\r\n"),
-                        1 => ("empty", b"$0\r\n\r\n"),
-                        2 => ("crlf", b"$4\r\na\r\nb\r\n"),
-                        3 => ("hash", b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"),
-                        4 => ("expired", b"$-1\r\n"),
-                        5 => ("missing", b"$-1\r\n"),
-                        6 => ("big", &big_reply),
-                        _ => (&long_key, b"$4\r\nlong\r\n"),
-                    };
-                    assert_eq!(con.call(&["GET", key]), want, "GET {}", &key[..key.len().min(20)]);
-                    // Read-your-writes: a GET right after the client's SET
-                    // (also pipelined) sees it.
-                    let own = format!("own{c}");
-                    let value = format!("r{r}");
-                    assert_eq!(con.call(&["SET", &own, &value]), b"+OK\r\n");
-                    assert_eq!(
-                        con.call(&["get", &own]),
-                        format!("${}\r\n{value}\r\n", value.len()).as_bytes()
-                    );
-                    let value = format!("p{r}");
-                    let replies = con.pipeline(&[&["SET", own.as_str(), value.as_str()][..], &["GET", own.as_str()]]);
-                    assert_eq!(replies[1], format!("${}\r\n{value}\r\n", value.len()).as_bytes());
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    together(CLIENTS, port, move |c, con| {
+        for r in 0..ROUNDS {
+            let (key, want): (&str, &[u8]) = match (c + r) % 8 {
+                0 => ("text", b"$3\r\nabc\r\n"),
+                1 => ("empty", b"$0\r\n\r\n"),
+                2 => ("crlf", b"$4\r\na\r\nb\r\n"),
+                3 => (
+                    "hash",
+                    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+                ),
+                4 => ("expired", b"$-1\r\n"),
+                5 => ("missing", b"$-1\r\n"),
+                6 => ("big", &big_reply),
+                _ => (&long_key, b"$4\r\nlong\r\n"),
+            };
+            assert_eq!(
+                con.call(&["GET", key]),
+                want,
+                "GET {}",
+                &key[..key.len().min(20)]
+            );
+            // Read-your-writes: a GET right after the client's SET
+            // (also pipelined) sees it.
+            let own = format!("own{c}");
+            let value = format!("r{r}");
+            assert_eq!(con.call(&["SET", &own, &value]), b"+OK\r\n");
+            assert_eq!(
+                con.call(&["get", &own]),
+                format!("${}\r\n{value}\r\n", value.len()).as_bytes()
+            );
+            let value = format!("p{r}");
+            let replies = con.pipeline(&[
+                &["SET", own.as_str(), value.as_str()][..],
+                &["GET", own.as_str()],
+            ]);
+            assert_eq!(
+                replies[1],
+                format!("${}\r\n{value}\r\n", value.len()).as_bytes()
+            );
+        }
+    });
     // Statements ran, and some read more than one GET.
     let statements = metric(mport, "shardgate_pg_read_batch_commands_count{", "");
     let gets = metric(mport, "shardgate_pg_read_batch_commands_sum{", "");

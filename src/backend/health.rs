@@ -115,20 +115,15 @@ async fn probe_position(state: &EndpointState, conn: &mut Option<BackendStream>)
         return false;
     };
     let sent = Instant::now();
-    let asked = async {
-        stream
-            .write_all(b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n")
-            .await?;
-        stream.flush().await?;
-        read_one_frame(stream).await
-    };
-    let Ok(Ok(frame)) = tokio::time::timeout(timeout, asked).await else {
+    let Some(text) = ask_info(
+        stream,
+        b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n",
+        timeout,
+    )
+    .await
+    else {
         return false;
     };
-    let Some(text) = reply::bulk(&frame.freeze()) else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&text);
     let field = match state.role {
         Role::Primary => "master_repl_offset",
         Role::Replica => "slave_repl_offset",
@@ -181,26 +176,23 @@ fn spawn_postgres(
 /// connection) in the endpoint's state; a failure leaves it as it was
 /// (the check that follows judges the connection).
 async fn record_version(state: &EndpointState, stream: &mut BackendStream, timeout: Duration) {
+    let info = ask_info(stream, b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n", timeout).await;
+    if let Some(v) = info.as_deref().and_then(|t| info_field(t, "redis_version")) {
+        state.version.store(Some(Arc::new(v.to_owned())));
+    }
+}
+
+/// Sends one `INFO` request (`frame`) on `stream` and reads its text, all
+/// within `timeout`; `None` if anything failed.
+async fn ask_info(stream: &mut BackendStream, frame: &[u8], timeout: Duration) -> Option<String> {
     let asked = async {
-        stream
-            .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
-            .await?;
+        stream.write_all(frame).await?;
         stream.flush().await?;
         read_one_frame(stream).await
     };
-    let Ok(Ok(frame)) = tokio::time::timeout(timeout, asked).await else {
-        return;
-    };
-    let Some(text) = reply::bulk(&frame.freeze()) else {
-        return;
-    };
-    let version = String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_owned());
-    if let Some(v) = version {
-        state.version.store(Some(Arc::new(v)));
-    }
+    let frame = tokio::time::timeout(timeout, asked).await.ok()?.ok()?;
+    let text = reply::bulk(&frame.freeze())?;
+    Some(String::from_utf8_lossy(&text).into_owned())
 }
 
 async fn check_once(state: &EndpointState, conn: &mut Option<BackendStream>) {

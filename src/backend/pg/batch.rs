@@ -70,7 +70,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{STRING, lock_ids, msg};
 use super::locked::lock_id;
@@ -202,27 +202,13 @@ async fn commit_loop(
     state: Arc<EndpointState>,
     pool: PgPool,
     slots: u32,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // Writes that arrive while every batch slot is busy join this one.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    super::batching::batches(rx, IN_FLIGHT, MAX_BATCH, move |batch| {
         let (state, pool) = (state.clone(), pool.clone());
-        tokio::spawn(async move {
-            run_batch(&state, &pool, slots, batch).await;
-            drop(permit);
-        });
-    }
+        async move { run_batch(&state, &pool, slots, batch).await }
+    })
+    .await;
 }
 
 /// Runs one batch and answers each of its commands.

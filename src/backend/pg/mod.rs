@@ -57,6 +57,7 @@ macro_rules! on_db {
 }
 
 mod batch;
+mod batching;
 pub mod commands;
 mod hashes;
 mod keyspace;

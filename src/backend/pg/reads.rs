@@ -32,7 +32,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sqlx::Row as _;
 use sqlx::postgres::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::commands::Row;
 use crate::backend::EndpointState;
@@ -99,30 +99,12 @@ impl Reader {
 }
 
 /// Takes the queued GETs, in batches, until every [`Reader`] is gone.
-async fn read_loop(
-    state: Arc<EndpointState>,
-    pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // GETs that arrive while every statement slot is busy join this one.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+async fn read_loop(state: Arc<EndpointState>, pool: PgPool, rx: mpsc::UnboundedReceiver<Pending>) {
+    super::batching::batches(rx, IN_FLIGHT, MAX_BATCH, move |batch| {
         let (state, pool) = (state.clone(), pool.clone());
-        tokio::spawn(async move {
-            run_batch(&state, &pool, batch).await;
-            drop(permit);
-        });
-    }
+        async move { run_batch(&state, &pool, batch).await }
+    })
+    .await;
 }
 
 /// Reads one batch and answers each of its GETs.
