@@ -38,28 +38,18 @@ impl ShardBackends {
             ShardKind::Redis => s.primary.addr.clone(),
             ShardKind::Postgres => crate::shardmap::redact_dsn(&s.primary.addr),
         };
-        let state = Arc::new(EndpointState {
-            breaker: breaker::Breaker::new(),
-            blocking_order: tokio::sync::Mutex::new(()),
-            metrics: EndpointMetrics::new(&s.name, &addr, Role::Primary.as_str()),
+        let mut state = endpoint_state(
+            &s.name,
             addr,
-            shard: s.name.clone(),
-            role: Role::Primary,
-            region: s.region.clone(),
-            zone: s.zone.clone(),
-            options: options.clone(),
-            link: s.primary.link.clone(),
-            healthy: AtomicBool::new(false),
-            latency_us: AtomicU64::new(0),
-            retired: AtomicBool::new(true),
-            identity: None,
-            acl_failing: AtomicBool::new(false),
-            health_timeouts: std::sync::atomic::AtomicU32::new(0),
-            offsets: Arc::default(),
-            primary_offsets: arc_swap::ArcSwapOption::empty(),
-            positions: Arc::default(),
-            version: arc_swap::ArcSwapOption::empty(),
-        });
+            Role::Primary,
+            s.region.clone(),
+            s.zone.clone(),
+            options.clone(),
+            s.primary.link.clone(),
+        );
+        state.healthy = AtomicBool::new(false);
+        state.retired = AtomicBool::new(true);
+        let state = Arc::new(state);
         state.metrics.set_healthy(false);
         ShardBackends {
             name: s.name.clone(),
@@ -307,30 +297,17 @@ impl Backends {
                         ShardKind::Redis => ep.addr.clone(),
                         ShardKind::Postgres => crate::shardmap::redact_dsn(&ep.addr),
                     };
-                    let state = Arc::new(EndpointState {
-                        breaker: breaker::Breaker::new(),
-                        blocking_order: tokio::sync::Mutex::new(()),
-                        metrics: EndpointMetrics::new(shard, &addr, role.as_str()),
+                    let mut state = endpoint_state(
+                        shard,
                         addr,
-                        shard: shard.to_owned(),
                         role,
-                        region: ep.region.clone(),
-                        zone: ep.zone.clone(),
-                        options: map.options.clone(),
-                        link: ep.link.clone(),
-                        // Primaries serve until proven otherwise; replicas only
-                        // once a health check has seen them in sync.
-                        healthy: AtomicBool::new(role == Role::Primary),
-                        latency_us: AtomicU64::new(0),
-                        retired: AtomicBool::new(false),
-                        identity: Some(identity),
-                        acl_failing: AtomicBool::new(false),
-                        health_timeouts: std::sync::atomic::AtomicU32::new(0),
-                        offsets: Arc::default(),
-                        primary_offsets: arc_swap::ArcSwapOption::empty(),
-                        positions: Arc::default(),
-                        version: arc_swap::ArcSwapOption::empty(),
-                    });
+                        ep.region.clone(),
+                        ep.zone.clone(),
+                        map.options.clone(),
+                        ep.link.clone(),
+                    );
+                    state.identity = Some(identity);
+                    let state = Arc::new(state);
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
                     endpoints.push(e.clone());
@@ -507,4 +484,40 @@ fn tiers_by_distance(
         })
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// A new endpoint's state: not retired, without identity, nothing measured
+/// yet; healthy if a primary (primaries serve until proven otherwise,
+/// replicas only once a health check has seen them in sync).
+fn endpoint_state(
+    shard: &str,
+    addr: String,
+    role: Role,
+    region: String,
+    zone: Option<String>,
+    options: Options,
+    link: Arc<crate::shardmap::Link>,
+) -> EndpointState {
+    EndpointState {
+        breaker: breaker::Breaker::new(),
+        blocking_order: tokio::sync::Mutex::new(()),
+        metrics: EndpointMetrics::new(shard, &addr, role.as_str()),
+        addr,
+        shard: shard.to_owned(),
+        role,
+        region,
+        zone,
+        options,
+        link,
+        healthy: AtomicBool::new(role == Role::Primary),
+        latency_us: AtomicU64::new(0),
+        retired: AtomicBool::new(false),
+        identity: None,
+        acl_failing: AtomicBool::new(false),
+        health_timeouts: std::sync::atomic::AtomicU32::new(0),
+        offsets: Arc::default(),
+        primary_offsets: arc_swap::ArcSwapOption::empty(),
+        positions: Arc::default(),
+        version: arc_swap::ArcSwapOption::empty(),
+    }
 }
