@@ -6,10 +6,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::backend::Backends;
+pub use crate::backend::fence::Fence;
 use crate::backend::fence::KeyFences;
 use crate::metrics::Metrics;
 use crate::shardmap::SentinelView;
@@ -30,7 +29,7 @@ pub struct Context {
     pub region: Option<String>,
     pub zone: Option<String>,
     /// In a fleet: closed while this proxy may have lost its etcd lease.
-    pub fence: Fence,
+    pub fence: Arc<Fence>,
     /// What Redis Sentinel last said about the masters that sentinel
     /// shards follow; every map-to-backends path resolves through it.
     pub sentinel: arc_swap::ArcSwap<SentinelView>,
@@ -72,52 +71,6 @@ impl HeldMoves {
     }
 }
 
-/// Stops a fleet member from routing keys once the other proxies may have
-/// gone on without it (see `fleet`): the lease keeper moves the deadline
-/// forward after every renewal, to before the lease can expire; past it,
-/// every command on keys is answered `-TRYAGAIN` until the proxy has
-/// registered again and published the fleet's current state. Never closes
-/// in single-process mode.
-pub struct Fence {
-    base: Instant,
-    enabled: AtomicBool,
-    /// Nanoseconds after `base` up to which keys may be served.
-    deadline_ns: AtomicU64,
-}
-
-impl Default for Fence {
-    fn default() -> Self {
-        Fence {
-            base: Instant::now(),
-            enabled: AtomicBool::new(false),
-            deadline_ns: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Fence {
-    /// Serve keys until `deadline` (and turn the fence on).
-    pub fn open_until(&self, deadline: Instant) {
-        let ns = deadline.saturating_duration_since(self.base).as_nanos();
-        self.deadline_ns
-            .store(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Release);
-        self.enabled.store(true, Ordering::Release);
-    }
-
-    /// Stop serving keys now (and turn the fence on).
-    pub fn close(&self) {
-        self.deadline_ns.store(0, Ordering::Release);
-        self.enabled.store(true, Ordering::Release);
-    }
-
-    /// Whether a command that arrived at `now` must not touch keys.
-    pub fn blocks(&self, now: Instant) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-            && now.saturating_duration_since(self.base)
-                >= Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire))
-    }
-}
-
 impl Context {
     /// Bundles the shared parts (the Sentinel view starts empty; `app`
     /// stores what the first backends were resolved with).
@@ -133,7 +86,7 @@ impl Context {
             metrics,
             region,
             zone,
-            fence: Fence::default(),
+            fence: Arc::new(Fence::default()),
             sentinel: arc_swap::ArcSwap::from_pointee(SentinelView::default()),
             held_moves: HeldMoves::default(),
         }
@@ -197,24 +150,5 @@ impl Context {
         } else {
             Ok(None)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_fence_blocks_past_its_deadline_only_once_enabled() {
-        let f = Fence::default();
-        let now = Instant::now();
-        assert!(!f.blocks(now + Duration::from_secs(3600)), "off by default");
-        f.open_until(now + Duration::from_secs(5));
-        assert!(!f.blocks(now));
-        assert!(f.blocks(now + Duration::from_secs(5)));
-        f.close();
-        assert!(f.blocks(now));
-        f.open_until(now + Duration::from_secs(1));
-        assert!(!f.blocks(now));
     }
 }

@@ -7,6 +7,8 @@
 //! /shardgate/<cluster>/state            FleetState (JSON): map YAML + rebalance
 //! /shardgate/<cluster>/proxies/<id>     Member (JSON), under the proxy's lease
 //! /shardgate/<cluster>/mover            election: the proxy that runs the mover
+//! /shardgate/<cluster>/claims/<hash>     a key copy under way (see `backend::fence`),
+//!                                        under the copying proxy's lease
 //! ```
 //!
 //! The `state` key's `mod_revision` is the fleet's epoch: every proxy
@@ -316,6 +318,42 @@ impl Coord {
                 Some(PutOptions::new().with_lease(member.lease)),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Takes the claim `name` for `token` under `lease` unless another
+    /// token holds it: `true` once `token` holds it (also when an earlier
+    /// attempt with the same token took it and its reply was lost). The
+    /// claim goes with the lease, so a proxy that dies (or whose lease
+    /// expires) holds nothing.
+    pub async fn try_claim(&self, name: &str, token: &str, lease: i64) -> Result<bool, CoordError> {
+        let key = self.key(&format!("claims/{name}"));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                token,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        Ok(holder.as_deref() == Some(token.as_bytes()))
+    }
+
+    /// Gives the claim `name` up if `token` holds it.
+    pub async fn release_claim(&self, name: &str, token: &str) -> Result<(), CoordError> {
+        let key = self.key(&format!("claims/{name}"));
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, token)])
+            .and_then([TxnOp::delete(key, None)]);
+        self.client().txn(txn).await?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
 
+use crate::backend::fence::FleetClaims;
 use crate::backend::health;
 use crate::context::Context;
 use crate::coord::{Coord, CoordError, FleetState, Member, Versioned};
@@ -134,6 +135,14 @@ pub async fn join(
         applying: tokio::sync::Mutex::new(()),
         shutdown,
     });
+    // Keys copied with commands are claimed fleet-wide from now on.
+    me.ctx.fences.join_fleet(FleetClaims::new(
+        me.coord.clone(),
+        me.id.clone(),
+        me.lease.subscribe(),
+        me.ctx.fence.clone(),
+        me.ctx.metrics.clone(),
+    ));
     me.register().await?;
     me.rebalancer.fleet_state(&state, false);
     // Registered first, then caught up: a window the mover recorded between

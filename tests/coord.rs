@@ -72,3 +72,32 @@ fn a_retried_write_finds_itself_instead_of_applying_twice() {
         assert!(state.writes.len() <= 16 && state.writes.contains(&8));
     });
 }
+
+/// Key claims (see `backend::fence`): one token at a time; the same token
+/// again (a retry after a lost reply) finds itself; a release by another
+/// token changes nothing; a claim goes with its lease.
+#[test]
+fn a_key_claim_has_one_holder_and_goes_with_its_lease() {
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = Coord::connect(&[etcd.url()], "claims").await.unwrap();
+        let mut client = coord.client();
+        let a = client.lease_grant(60, None).await.unwrap().id();
+        let b = client.lease_grant(60, None).await.unwrap().id();
+        assert!(coord.try_claim("k1", "a/1", a).await.unwrap());
+        assert!(!coord.try_claim("k1", "b/1", b).await.unwrap(), "held by a");
+        assert!(coord.try_claim("k1", "a/1", a).await.unwrap(), "a retry");
+        // Another key is free.
+        assert!(coord.try_claim("k2", "b/2", b).await.unwrap());
+        // Only the holder's token releases it.
+        coord.release_claim("k1", "b/1").await.unwrap();
+        assert!(!coord.try_claim("k1", "b/1", b).await.unwrap());
+        coord.release_claim("k1", "a/1").await.unwrap();
+        assert!(coord.try_claim("k1", "b/1", b).await.unwrap());
+        // b's lease ends (a proxy that died): its claims are free.
+        client.lease_revoke(b).await.unwrap();
+        assert!(coord.try_claim("k1", "a/3", a).await.unwrap());
+        assert!(coord.try_claim("k2", "a/4", a).await.unwrap());
+    });
+}

@@ -10,190 +10,19 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::history::{Load, check, connect};
-use common::rebalance::{ADMIN_PW, Admin, BIN, keys_on, map_yaml, owner_name, table_of, write};
+use common::fleet::{self, Member, PATIENCE};
+use common::history::{Load, check, connect, stop_clean};
+use common::rebalance::{keys_on, map_yaml, owner_name, table_of, write};
 use common::sentinel::SentinelServer;
-use common::{KillOnDrop, RedisServer, TempDir, free_port};
+use common::{RedisServer, TempDir};
 
 /// Keys written before the clients start, so the mover has work.
 const FILLER: usize = 6_000;
 /// Clients over the three proxies.
 const CLIENTS: usize = 18;
-/// Generous bound for anything the tests wait for (a loaded 2-core box).
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// One `shardgate serve --etcd` process of the fleet.
-struct Member {
-    id: String,
-    child: Option<KillOnDrop>,
-    port: u16,
-    admin_port: u16,
-    metrics_port: u16,
-    log: PathBuf,
-}
-
-impl Member {
-    /// Starts a member of `cluster` (seeding its map from `seed` if given)
-    /// and waits until it serves keys.
-    fn start(
-        dir: &Path,
-        etcd: &[Etcd],
-        cluster: &str,
-        id: &str,
-        seed: Option<&Path>,
-        ttl_secs: u64,
-    ) -> Member {
-        // A free port may be taken by another test's process before the
-        // member binds it: the member then exits. Wait until the member
-        // itself listens, and start it again on other ports if it exited.
-        for _ in 0..3 {
-            let (port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
-            let log_path = dir.join(format!("{id}.log"));
-            let log = std::fs::File::create(&log_path).expect("member log");
-            let mut cmd = Command::new(BIN);
-            cmd.arg("serve");
-            if let Some(map) = seed {
-                cmd.arg("--map").arg(map);
-            }
-            let child = cmd
-                .args([
-                    "--etcd",
-                    &Etcd::urls(etcd),
-                    "--cluster",
-                    cluster,
-                    "--proxy-id",
-                    id,
-                ])
-                .args(["--lease-ttl-secs", &ttl_secs.to_string()])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-                .args(["--admin-password-env", "SG_TEST_ADMIN_PW"])
-                .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-                .env("SG_TEST_ADMIN_PW", ADMIN_PW)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn shardgate");
-            let mut m = Member {
-                id: id.to_owned(),
-                child: Some(KillOnDrop(child)),
-                port,
-                admin_port,
-                metrics_port,
-                log: log_path,
-            };
-            let pid = m.child.as_ref().map_or(0, |c| c.0.id());
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                let exited = m
-                    .child
-                    .as_mut()
-                    .is_some_and(|c| c.0.try_wait().ok().flatten().is_some());
-                if exited {
-                    break;
-                }
-                if common::listens_on(pid, m.port) && common::listens_on(pid, m.admin_port) {
-                    m.wait_serving();
-                    return m;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{id} never listened\n{}",
-                    m.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("member {id} exited at start three times (a port it was given taken?)");
-    }
-
-    /// Polls a write until the member routes keys (it holds a lease).
-    fn wait_serving(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let r: redis::RedisResult<()> = connect(self.port).and_then(|mut c| {
-                redis::cmd("SET")
-                    .arg(format!("probe:{}", self.id))
-                    .arg(1)
-                    .query(&mut c)
-            });
-            match r {
-                Ok(()) => return,
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("{} never served keys: {e}\n{}", self.id, self.log_text())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-    }
-
-    fn admin(&self) -> Admin {
-        let mut a = Admin::connect(self.admin_port);
-        assert_eq!(a.text(&[b"AUTH", ADMIN_PW.as_bytes()]), "OK");
-        a
-    }
-
-    /// The member's log, without the admin logins of the tests' polling.
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.contains("admin login"))
-            .map(|l| format!("{l}\n"))
-            .collect()
-    }
-
-    /// A gauge or counter of `/metrics` (the first series of that name).
-    fn metric(&self, name: &str) -> f64 {
-        let text = common::rebalance::ureq_get(self.metrics_port);
-        text.lines()
-            .find_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let bare = series.split('{').next()?;
-                (bare == name).then(|| value.parse().ok())?
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn is_leader(&self) -> bool {
-        self.metric("shardgate_fleet_mover_leader") == 1.0
-    }
-
-    /// `map_epoch` of `INFO proxy`.
-    fn map_epoch(&self) -> u64 {
-        let mut c = connect(self.port).expect("connect");
-        let info: String = redis::cmd("INFO").arg("proxy").query(&mut c).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("map_epoch:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no map_epoch in INFO proxy: {info}"))
-    }
-
-    /// kill(1) with `sig` (STOP, CONT).
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("member runs").id();
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{sig} {pid} failed");
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        self.child.take();
-    }
-
-    fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-}
 
 /// The fixture every test starts from: etcd, three Redis shards, three
 /// members over the first two shards, filler keys written.
@@ -252,73 +81,24 @@ impl Fleet {
     }
 
     fn logs(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("--- {} ---\n{}", m.id, m.log_text()))
-            .collect()
+        fleet::logs(&self.members)
     }
 
     /// The one live member holding the mover's election.
     fn leader(&self) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let leaders: Vec<usize> = (0..self.members.len())
-                .filter(|&i| self.members[i].alive() && self.members[i].is_leader())
-                .collect();
-            if let [one] = leaders[..] {
-                return one;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no single mover leader: {leaders:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        fleet::leader(&self.members)
     }
 
     /// Submits a rebalance to `map` through member `via`; returns the
     /// fleet revision that recorded it.
     fn rebalance(&self, via: usize, map: &Path) -> i64 {
-        let text = std::fs::read_to_string(map).unwrap();
-        let reply = self.members[via]
-            .admin()
-            .text(&[b"REBALANCE", text.as_bytes()]);
-        assert!(reply.starts_with("OK rebalance started"), "{reply}");
-        reply
-            .rsplit_once("fleet revision ")
-            .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
-            .unwrap_or_else(|| panic!("no fleet revision in {reply:?}"))
+        fleet::rebalance(&self.members, via, map)
     }
 
     /// The PROGRESS of the mover's member that runs (or ran) the rebalance
     /// recorded at `revision`, once it is done. Panics if it failed.
     fn wait_done(&self, revision: i64) -> HashMap<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            for m in self.members.iter().filter(|m| m.alive()) {
-                let p = m.admin().progress();
-                // A mover reports the epoch before the state it started
-                // from: at least the revision before `revision`.
-                let ours = p
-                    .get("from_epoch")
-                    .and_then(|e| e.parse::<i64>().ok())
-                    .is_some_and(|e| e + 1 >= revision);
-                match p["state"].as_str() {
-                    "done" if ours => return p,
-                    "failed" if ours => {
-                        panic!("rebalance failed on {}: {p:?}\n{}", m.id, self.logs())
-                    }
-                    _ => {}
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the rebalance of revision {revision} did not finish\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        fleet::wait_done(&self.members, revision)
     }
 
     /// Waits until every live member publishes the same map epoch, at
@@ -376,14 +156,7 @@ fn num(p: &HashMap<String, String>, field: &str) -> u64 {
 }
 
 fn fill(port: u16) {
-    let mut c = connect(port).unwrap();
-    for chunk in (0..FILLER).collect::<Vec<_>>().chunks(500) {
-        let mut cmd = redis::cmd("MSET");
-        for i in chunk {
-            cmd.arg(format!("filler:{i}")).arg(format!("f{i}"));
-        }
-        let _: () = cmd.query(&mut c).unwrap();
-    }
+    fleet::fill(port, FILLER);
 }
 
 fn filler() -> HashSet<String> {
@@ -435,30 +208,26 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     let epoch = fleet.same_epoch(rev as u64);
     // Every proxy, mover or not, reports the finished move, its figures
-    // and its verification (recorded in etcd by the mover).
+    // and its verification (recorded in etcd by the mover: the others see
+    // it once their watch delivers that record, shortly after the mover's
+    // own PROGRESS says done).
     let mut figures = Vec::new();
     for m in &fleet.members {
-        let p = m.admin().progress();
+        let deadline = Instant::now() + PATIENCE;
+        let p = loop {
+            let p = m.admin().progress();
+            if p["state"] == "done" || Instant::now() >= deadline {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert_eq!(p["state"], "done", "{}: {p:?}", m.id);
         assert_eq!(p["verify"], "ok", "{}: {p:?}", m.id);
         assert_ne!(p["bytes_moved"], "0", "{}: {p:?}", m.id);
         figures.push((p["keys_moved"].clone(), p["bytes_moved"].clone()));
     }
     assert!(figures.windows(2).all(|w| w[0] == w[1]), "{figures:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    let (shared, model) = load.stop();
-
-    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
-    assert!(
-        model.errors.is_empty(),
-        "error replies during the moves: {:?}",
-        &model.errors[..model.errors.len().min(10)]
-    );
-    assert!(
-        shared.fenced().is_empty(),
-        "no member was fenced: {:?}",
-        shared.tryagain.lock().unwrap()
-    );
+    let (shared, model) = stop_clean(load, 1000);
     assert!(keys_on(&fleet.servers[1]).is_empty(), "s1 was drained");
     // Every member checks the same history against the same placement.
     let mut fixed = filler();
@@ -512,20 +281,7 @@ fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
         "the new leader resumed the move"
     );
     fleet.same_epoch(rev as u64);
-    std::thread::sleep(Duration::from_millis(300));
-    let (shared, model) = load.stop();
-
-    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
-    assert!(
-        model.errors.is_empty(),
-        "error replies: {:?}",
-        &model.errors[..model.errors.len().min(10)]
-    );
-    assert!(
-        shared.fenced().is_empty(),
-        "no surviving member was fenced: {:?}",
-        shared.tryagain.lock().unwrap()
-    );
+    let (shared, model) = stop_clean(load, 1000);
     let mut fixed = filler();
     fixed.extend((0..3).map(|i| format!("probe:p{i}")));
     check(
@@ -685,20 +441,7 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     fleet.same_epoch(rev as u64);
-    std::thread::sleep(Duration::from_millis(300));
-    let (shared, model) = load.stop();
-
-    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
-    assert!(
-        shared.fenced().is_empty(),
-        "no member fenced itself during an outage shorter than its lease: {:?}",
-        shared.tryagain.lock().unwrap()
-    );
-    assert!(
-        model.errors.is_empty(),
-        "error replies: {:?}",
-        &model.errors[..model.errors.len().min(10)]
-    );
+    let (shared, model) = stop_clean(load, 1000);
     let mut fixed = filler();
     fixed.extend((0..3).map(|i| format!("probe:p{i}")));
     check(
@@ -731,19 +474,7 @@ fn losing_one_of_three_etcd_members_changes_nothing() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     fleet.same_epoch(rev as u64);
-    std::thread::sleep(Duration::from_millis(300));
-    let (shared, model) = load.stop();
-    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
-    assert!(
-        shared.fenced().is_empty(),
-        "no member fenced itself while etcd kept its quorum: {:?}",
-        shared.tryagain.lock().unwrap()
-    );
-    assert!(
-        model.errors.is_empty(),
-        "error replies: {:?}",
-        &model.errors[..model.errors.len().min(10)]
-    );
+    let (shared, model) = stop_clean(load, 1000);
     let mut fixed = filler();
     fixed.extend((0..3).map(|i| format!("probe:p{i}")));
     check(
@@ -871,28 +602,4 @@ fn every_member_follows_a_sentinel_failover_without_a_map_change() {
     for m in &members {
         assert_eq!(m.map_epoch(), epoch, "{}", m.id);
     }
-}
-
-/// In a fleet, slots do not move to or from postgres shards yet (a key
-/// copied with commands is fenced by one proxy only): refused, naming the
-/// shard and why, and nothing changes.
-#[test]
-fn a_fleet_refuses_moves_to_postgres_shards() {
-    let dir = TempDir::new("fleet-pg");
-    let etcd = vec![Etcd::start()];
-    let s0 = RedisServer::start();
-    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&[("s0", &s0)]));
-    let member = Member::start(dir.path(), &etcd, "fleet-pg", "p0", Some(&m1), 6);
-    let pg = format!(
-        "{}  - name: pg0\n    region: us\n    kind: postgres\n    primary: postgres://u@127.0.0.1:{}/db\n",
-        map_yaml(&[("s0", &s0)]),
-        free_port()
-    );
-    let refused = member.admin().text(&[b"REBALANCE", pg.as_bytes()]);
-    assert!(
-        refused.starts_with("ERR rebalance refused: shard `pg0` is a postgres shard: in a fleet"),
-        "{refused}"
-    );
-    let p = member.admin().progress();
-    assert_eq!(p["state"], "none", "nothing started: {p:?}");
 }

@@ -14,44 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::history::{Load, check_model};
-use common::postgres::PgServer;
+use common::postgres::{PgServer, Shard, live_keys, mixed_map};
 use common::rebalance::*;
 use common::{RedisServer, TempDir, free_port};
-
-/// One shard of a test map.
-enum Shard<'a> {
-    Redis(&'a RedisServer),
-    Pg(&'a PgServer),
-}
-
-/// A map of `shards`. Timeouts are generous: on a loaded 2-core machine a
-/// postgres pool waited more than the default 1 s `connect_timeout_ms` for
-/// a connection (`pool timed out`), which is not what these tests check.
-fn yaml(shards: &[(&str, Shard<'_>)]) -> String {
-    let mut y = String::from(
-        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 10000\n  connect_timeout_ms: 5000\n  pg_pool_size: 8\nshards:\n",
-    );
-    for (name, s) in shards {
-        match s {
-            Shard::Redis(r) => y.push_str(&format!(
-                "  - name: {name}\n    region: us\n    primary: {}\n",
-                r.addr()
-            )),
-            Shard::Pg(p) => y.push_str(&format!(
-                "  - name: {name}\n    region: us\n    kind: postgres\n    primary: {}\n",
-                p.dsn()
-            )),
-        }
-    }
-    y
-}
-
-/// Keys of the `kv` table of a postgres shard (live ones).
-fn pg_keys(pg: &PgServer) -> u64 {
-    pg.query("SELECT count(*) FROM kv WHERE expires_at IS NULL OR expires_at > sg_now_ms()")
-        .parse()
-        .unwrap()
-}
 
 const FILL: usize = 1500;
 
@@ -277,16 +242,20 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     let (s0, s1) = (RedisServer::start(), RedisServer::start());
     let (p0, p1) = (PgServer::start(), PgServer::start());
     let dir = TempDir::new("pg-rebalance");
-    let m1 = write(dir.path(), "m1.yaml", &yaml(&[("s0", Shard::Redis(&s0))]));
+    let m1 = write(
+        dir.path(),
+        "m1.yaml",
+        &mixed_map(&[("s0", Shard::Redis(&s0))]),
+    );
     let m2 = write(
         dir.path(),
         "m2.yaml",
-        &yaml(&[("p0", Shard::Pg(&p0)), ("p1", Shard::Pg(&p1))]),
+        &mixed_map(&[("p0", Shard::Pg(&p0)), ("p1", Shard::Pg(&p1))]),
     );
     let m3 = write(
         dir.path(),
         "m3.yaml",
-        &yaml(&[("p0", Shard::Pg(&p0)), ("s1", Shard::Redis(&s1))]),
+        &mixed_map(&[("p0", Shard::Pg(&p0)), ("s1", Shard::Redis(&s1))]),
     );
     let proxy = Proxy::start(dir.path(), &m1);
     fill_n(&proxy, FILL);
@@ -304,7 +273,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     assert!(moved >= FILL as u64, "the mover moved the keys: {p:?}");
     let mut touched: u64 = p["keys_moved_on_touch"].parse().unwrap();
     assert!(keys_on(&s0).is_empty(), "s0 still holds keys");
-    let (n0, n1) = (pg_keys(&p0), pg_keys(&p1));
+    let (n0, n1) = (live_keys(&p0), live_keys(&p1));
     assert!(n0 > 300 && n1 > 300, "keys on p0 {n0}, p1 {n1}");
     seeded.check(&proxy, "after Redis -> PostgreSQL");
 
@@ -316,7 +285,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     assert_eq!(p["verify"], "ok", "{p:?}");
     touched += p["keys_moved_on_touch"].parse::<u64>().unwrap();
     assert!(touched > 0, "the clients' commands moved keys too");
-    assert_eq!(pg_keys(&p1), 0, "p1 was drained");
+    assert_eq!(live_keys(&p1), 0, "p1 was drained");
     assert!(keys_on(&s1).len() > 300, "s1 holds its share");
     seeded.check(&proxy, "after PostgreSQL -> PostgreSQL and Redis");
     std::thread::sleep(Duration::from_millis(300));
@@ -344,9 +313,17 @@ fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
     let (s0, s1) = (RedisServer::start(), RedisServer::start());
     let p0 = PgServer::start();
     let dir = TempDir::new("pg-rebalance-kill");
-    let m1 = write(dir.path(), "m1.yaml", &yaml(&[("s0", Shard::Redis(&s0))]));
-    let m2 = write(dir.path(), "m2.yaml", &yaml(&[("p0", Shard::Pg(&p0))]));
-    let m3 = write(dir.path(), "m3.yaml", &yaml(&[("s1", Shard::Redis(&s1))]));
+    let m1 = write(
+        dir.path(),
+        "m1.yaml",
+        &mixed_map(&[("s0", Shard::Redis(&s0))]),
+    );
+    let m2 = write(dir.path(), "m2.yaml", &mixed_map(&[("p0", Shard::Pg(&p0))]));
+    let m3 = write(
+        dir.path(),
+        "m3.yaml",
+        &mixed_map(&[("s1", Shard::Redis(&s1))]),
+    );
     let mut proxy = Proxy::start(dir.path(), &m1);
     fill_n(&proxy, FILL);
     let seeded = Seeded::write(&proxy);
@@ -384,7 +361,7 @@ fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
     }
     assert!(proxy.log_text().contains("resuming the rebalance"));
     assert!(keys_on(&s0).is_empty(), "s0 still holds keys");
-    assert_eq!(pg_keys(&p0), 0, "p0 still holds keys");
+    assert_eq!(live_keys(&p0), 0, "p0 still holds keys");
     seeded.check(&proxy, "after two killed moves");
     hashes.stop_and_check(proxy.port);
     let (shared, model) = load.stop();
@@ -412,9 +389,9 @@ fn keys_a_postgres_shard_cannot_hold_stay_on_their_source() {
     let m1 = write(
         dir.path(),
         "m1.yaml",
-        &yaml(&[("s0", Shard::Redis(&s0)), ("s1", Shard::Redis(&s1))]),
+        &mixed_map(&[("s0", Shard::Redis(&s0)), ("s1", Shard::Redis(&s1))]),
     );
-    let m2 = write(dir.path(), "m2.yaml", &yaml(&[("p0", Shard::Pg(&p0))]));
+    let m2 = write(dir.path(), "m2.yaml", &mixed_map(&[("p0", Shard::Pg(&p0))]));
     let metrics_port = free_port();
     let mut proxy = Proxy::start(dir.path(), &m1);
     proxy.kill();
@@ -530,7 +507,7 @@ fn hot_counters_lose_nothing_while_several_windows_move() {
     let m1 = write(
         dir.path(),
         "m1.yaml",
-        &yaml(&[
+        &mixed_map(&[
             ("p0", Shard::Pg(&p0)),
             ("p1", Shard::Pg(&p1)),
             ("s0", Shard::Redis(&s0)),
@@ -539,7 +516,7 @@ fn hot_counters_lose_nothing_while_several_windows_move() {
     let m2 = write(
         dir.path(),
         "m2.yaml",
-        &yaml(&[("p2", Shard::Pg(&p2)), ("s1", Shard::Redis(&s1))]),
+        &mixed_map(&[("p2", Shard::Pg(&p2)), ("s1", Shard::Redis(&s1))]),
     );
     let proxy = Proxy::start(dir.path(), &m1);
     fill_n(&proxy, FILL);
@@ -603,7 +580,7 @@ fn hot_counters_lose_nothing_while_several_windows_move() {
         })
         .collect();
     assert!(
-        keys_on(&s0).is_empty() && pg_keys(&p0) == 0 && pg_keys(&p1) == 0,
+        keys_on(&s0).is_empty() && live_keys(&p0) == 0 && live_keys(&p1) == 0,
         "the old shards were drained"
     );
     let mut c = common::history::connect(port).unwrap();

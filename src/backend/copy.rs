@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::fence::KeyFences;
-use super::migrate::{MigrateError, scan_reply};
+use super::migrate::{MigrateError, scan_reply, still_held};
 use super::{Db, Endpoint, Wire};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
@@ -210,14 +210,26 @@ pub async fn copy_key(
     client: u64,
     key: &Bytes,
 ) -> Result<Copied, CopyError> {
-    fences.fence(key).await;
-    let copied = copy_fenced(source, target, db, client, key).await;
+    if fences.in_fleet() && !(db != Db(0) && source.kind() == Some(ShardKind::Postgres)) {
+        // A key not on its source needs no claim in etcd (most keys a
+        // command touches in a migrating slot have moved already): a
+        // copier unlinks its source only after the target holds the key.
+        let t = side(source, db, client)
+            .ask("TYPE", &[b"TYPE", key])
+            .await?;
+        if KeyType::parse(&t) == KeyType::Missing {
+            return Ok(Copied::Gone);
+        }
+    }
+    fences.fence(key).await.map_err(MigrateError::from)?;
+    let copied = copy_fenced(fences, source, target, db, client, key).await;
     fences.lift(key);
     copied
 }
 
 /// [`copy_key`] for a caller that holds the key's fence.
-pub async fn copy_fenced(
+async fn copy_fenced(
+    fences: &KeyFences,
     source: &Endpoint,
     target: &Endpoint,
     db: Db,
@@ -254,9 +266,11 @@ pub async fn copy_fenced(
             if expire_at > 0 {
                 args.extend([b"PXAT".as_slice(), at.as_bytes()]);
             }
+            still_held(fences)?;
             dst.ask("SET on the target", &args).await?;
         }
         KeyType::Hash => {
+            still_held(fences)?;
             dst.ask("DEL on the target", &[b"DEL", key]).await?;
             let mut first = true;
             let mut pieces = HashPieces::new(&src, key);
@@ -269,9 +283,11 @@ pub async fn copy_fenced(
                     let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 2);
                     args.extend([b"HSET".as_slice(), key.as_ref()]);
                     args.extend(chunk.iter().map(|f| f.as_ref()));
+                    still_held(fences)?;
                     dst.ask("HSET on the target", &args).await?;
                     if first && expire_at > 0 {
                         let args: &[&[u8]] = &[b"PEXPIREAT", key, at.as_bytes()];
+                        still_held(fences)?;
                         dst.ask("PEXPIREAT on the target", args).await?;
                     }
                     first = false;
@@ -284,6 +300,7 @@ pub async fn copy_fenced(
         }
         KeyType::Missing | KeyType::Other(_) => return Ok(Copied::Gone),
     }
+    still_held(fences)?;
     src.ask("UNLINK of a copied key", &[b"UNLINK", key]).await?;
     Ok(Copied::Moved { bytes })
 }

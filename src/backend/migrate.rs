@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::dedicated::PooledConn;
-use super::fence::KeyFences;
+use super::fence::{FenceError, KeyFences};
 use super::{Db, Endpoint, EndpointState, Wire};
 use crate::error::BackendError;
 use crate::protocol::{Protocol, reply, request::encode_command};
@@ -104,6 +104,10 @@ pub enum MigrateError {
         command: &'static str,
         reply: String,
     },
+    /// The key's fence could not be taken (in a fleet: its claim in etcd),
+    /// or this proxy may have lost it: nothing more is written.
+    #[error(transparent)]
+    Fence(#[from] FenceError),
 }
 
 /// Bounded request on a dedicated connection: `frames` holds `replies`
@@ -170,23 +174,25 @@ pub async fn move_big_key(
     key: &Bytes,
     timeout: Duration,
 ) -> Result<BigKeyMove, MigrateError> {
-    fences.fence(key).await;
-    let moved = move_fenced(conn, target, db, key, timeout).await;
+    fences.fence(key).await?;
+    let moved = move_fenced(fences, conn, target, db, key, timeout).await;
     fences.lift(key);
     moved
 }
 
 async fn move_fenced(
+    fences: &KeyFences,
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
     db: Db,
     key: &Bytes,
     timeout: Duration,
 ) -> Result<BigKeyMove, MigrateError> {
-    match copy_in_pieces(conn, target, db, key, timeout).await? {
+    match copy_in_pieces(fences, conn, target, db, key, timeout).await? {
         Copied::Pieces(n) => Ok(BigKeyMove::Pieces(n)),
         Copied::Gone => Ok(BigKeyMove::Gone),
         Copied::Whole => {
+            still_held(fences)?;
             let ms = BIG_KEY_MIGRATE_TIMEOUT.as_millis() as u64;
             let frame = migrate_frame(&target.state, db, &[key.as_ref()], ms);
             let r = request(conn, &frame, 1, BIG_KEY_MIGRATE_TIMEOUT * 2).await?;
@@ -295,6 +301,7 @@ fn encode(args: &[&[u8]]) -> BytesMut {
 /// target's partial copy is deleted first, and until then the key is still
 /// whole on the source, where commands find and move it.
 async fn copy_in_pieces(
+    fences: &KeyFences,
     conn: &mut PooledConn,
     target: &Arc<Endpoint>,
     db: Db,
@@ -316,6 +323,7 @@ async fn copy_in_pieces(
         })
         .await?;
     let addr = &target.state.addr;
+    still_held(fences)?;
     on_target(&mut out, addr, "DEL", &[b"DEL", key], timeout).await?;
     let mut pieces = 0;
     let mut next = Some(kind.start());
@@ -323,6 +331,7 @@ async fn copy_in_pieces(
         let elems;
         (elems, next) = read_piece(conn, key, at, timeout).await?;
         if !elems.is_empty() {
+            still_held(fences)?;
             write_piece(&mut out, addr, key, kind, &elems, timeout).await?;
             pieces += 1;
         }
@@ -330,8 +339,10 @@ async fn copy_in_pieces(
     if expire_at > 0 {
         let at = expire_at.to_string();
         let args: &[&[u8]] = &[b"PEXPIREAT", key, at.as_bytes()];
+        still_held(fences)?;
         on_target(&mut out, addr, "PEXPIREAT", args, timeout).await?;
     }
+    still_held(fences)?;
     let r = request(conn, &encode(&[b"UNLINK", key]), 1, timeout).await?;
     if reply::is_error(&r[0]) {
         return Err(MigrateError::Refused {
@@ -403,6 +414,17 @@ async fn write_piece(
         args.extend(elems.iter().map(|e| e.as_ref()));
     }
     on_target(out, addr, "copying a big key", &args, timeout).await
+}
+
+/// Before each write of a copy: whether this proxy still holds the key's
+/// fence (in a fleet, its lease may have expired and another proxy may
+/// have copied the key since).
+pub(super) fn still_held(fences: &KeyFences) -> Result<(), MigrateError> {
+    if fences.still_held() {
+        Ok(())
+    } else {
+        Err(FenceError::LeaseLost.into())
+    }
 }
 
 /// Runs one command on the target; its error reply is an error.

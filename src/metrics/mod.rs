@@ -50,6 +50,7 @@ pub struct Metrics {
     fleet_leader: Gauge,
     fleet_renewals: [Counter; 2],
     fleet_ack_wait: metrics::Histogram,
+    fleet_key_claims: [Counter; 3],
     blocked_clients: Gauge,
     paused_clients: Gauge,
     client_unblocks: [Counter; 2],
@@ -105,6 +106,8 @@ impl Metrics {
             fleet_leader: gauge!(FLEET_LEADER),
             fleet_renewals: ["ok", "error"].map(|o| counter!(FLEET_LEASE_RENEWALS, "outcome" => o)),
             fleet_ack_wait: metrics::histogram!(FLEET_ACK_WAIT),
+            fleet_key_claims: ["taken", "waited", "failed"]
+                .map(|o| counter!(FLEET_KEY_CLAIMS, "outcome" => o)),
             blocked_clients: gauge!(BLOCKED_CLIENTS),
             paused_clients: gauge!(PAUSED_CLIENTS),
             client_unblocks: ["timeout", "error"].map(|m| counter!(CLIENT_UNBLOCKS, "mode" => m)),
@@ -221,6 +224,16 @@ impl Metrics {
     /// The mover waited `waited` for every proxy's acknowledgement.
     pub fn fleet_ack_wait(&self, waited: Duration) {
         self.fleet_ack_wait.record(waited.as_secs_f64());
+    }
+
+    /// A key claim in etcd: `taken`, `waited` or `failed`.
+    pub fn fleet_key_claim(&self, outcome: &str) {
+        let i = match outcome {
+            "taken" => 0,
+            "waited" => 1,
+            _ => 2,
+        };
+        self.fleet_key_claims[i].increment(1);
     }
 
     /// The outcome of a rebalance verification.

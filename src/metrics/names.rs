@@ -138,6 +138,8 @@ pub const FLEET_LEADER: &str = "shardgate_fleet_mover_leader";
 pub const FLEET_LEASE_RENEWALS: &str = "shardgate_fleet_lease_renewals_total";
 /// Time the mover waited for every proxy to publish a window.
 pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
+/// Claims of keys copied with commands, taken in etcd, by outcome.
+pub const FLEET_KEY_CLAIMS: &str = "shardgate_fleet_key_claims_total";
 
 /// Clients currently waiting in a blocking command (BLPOP, XREAD BLOCK ...).
 pub const BLOCKED_CLIENTS: &str = "shardgate_blocked_clients";
@@ -536,6 +538,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         FLEET_ACK_WAIT,
         "histogram",
         "Time the fleet's mover waited for every live proxy to publish a window's Migrating state and drain older routing",
+    ),
+    (
+        FLEET_KEY_CLAIMS,
+        "counter",
+        "Claims in etcd of keys this proxy copied with commands (big keys, keys to or from postgres shards), by outcome: taken at once, waited (another proxy was copying the key), failed (etcd or the lease)",
     ),
     (
         RATE_LIMITED,

@@ -321,7 +321,11 @@ impl Session {
         // lifted even if the client hangs up meanwhile.
         let run = tokio::spawn(async move {
             let key = first.key;
-            ctx.fences.fence(&key).await;
+            if let Err(e) = ctx.fences.fence(&key).await {
+                return Some(Err(ProxyError::tryagain(format_args!(
+                    "key is moving between shards and its fence could not be taken: {e}"
+                ))));
+            }
             let out = match copy::stays(&source, &target, db, id, &key).await {
                 Ok(Some(_)) => Some(answered(source.send(wire, id, &raw).await)),
                 Ok(None) => None,

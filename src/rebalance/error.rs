@@ -50,13 +50,6 @@ pub enum RebalanceError {
         "shard {shard}: {source} (found in a sample of the keys this map moves onto a postgres shard; nothing moved)"
     )]
     Unmovable { shard: String, source: Stays },
-    /// In a fleet, keys do not move to or from postgres shards yet: such a
-    /// key is copied with commands, fenced by the proxy that copies it, and
-    /// the other proxies of the fleet do not see that fence.
-    #[error(
-        "shard `{shard}` is a postgres shard: in a fleet, slots cannot move to or from postgres shards yet (their keys are copied under a fence that only one proxy sees); move them with a single proxy and --state-dir"
-    )]
-    PostgresInFleet { shard: String },
     #[error("no rebalance is running")]
     NotRunning,
     #[error(

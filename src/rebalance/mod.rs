@@ -654,9 +654,7 @@ impl Rebalancer {
         let plan = plan::plan(snap.table(), &next)?;
         let epoch = snap.epoch().0;
         drop(snap);
-        if let Some(shard) = postgres_in(&plan) {
-            return Err(RebalanceError::PostgresInFleet { shard });
-        }
+        refuse_unmovable(&self.ctx, &plan).await?;
         let revision = coord
             .update_state(|s| {
                 Refusal::if_rebalancing(s)?;
@@ -968,14 +966,4 @@ impl Rebalancer {
         }
         text
     }
-}
-
-/// The first postgres shard that `plan` moves slots to or from.
-fn postgres_in(plan: &plan::Plan) -> Option<String> {
-    plan.moves
-        .iter()
-        .flat_map(|m| [m.from, m.to])
-        .map(|id| &plan.merged.shards[id.0 as usize])
-        .find(|s| s.kind == crate::shardmap::ShardKind::Postgres)
-        .map(|s| s.name.clone())
 }

@@ -331,6 +331,26 @@ impl Load {
 
 /// The checks after the run: the model against the proxy on `port` and
 /// against where each key physically is under `map`.
+/// Stops the clients (after a moment for replies in flight) and asserts
+/// that they ran (more than `min_ops` operations), got no error reply, and
+/// were never answered `-TRYAGAIN` by a fenced proxy.
+pub fn stop_clean(load: Load, min_ops: u64) -> (Arc<Shared>, Model) {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (shared, model) = load.stop();
+    assert!(model.ops > min_ops, "the clients ran ({} ops)", model.ops);
+    assert!(
+        model.errors.is_empty(),
+        "error replies: {:?}",
+        &model.errors[..model.errors.len().min(10)]
+    );
+    assert!(
+        shared.fenced().is_empty(),
+        "no proxy was fenced: {:?}",
+        shared.tryagain.lock().unwrap()
+    );
+    (shared, model)
+}
+
 pub fn check(
     port: u16,
     shared: &Shared,

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod compare;
 pub mod etcd;
+pub mod fleet;
 pub mod history;
 pub mod postgres;
 pub mod rebalance;
@@ -147,14 +148,7 @@ impl RedisServer {
 
     /// Sends a signal to the server process (e.g. `STOP`, `CONT`) with kill(1).
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("server is running").id();
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{sig} {pid} failed");
+        signal_pid(self.child.as_ref().expect("server is running").id(), sig);
     }
 
     /// Kills the server (SIGKILL, no shutdown save) and reaps it. The port and
@@ -445,4 +439,15 @@ pub fn spawn_proxy_env(
         }
     }
     panic!("shardgate exited at start three times (a port it was given taken?)");
+}
+
+/// Sends `sig` (`STOP`, `CONT`, ...) to process `pid` with kill(1).
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{TempDir, free_port};
+use super::{RedisServer, TempDir, free_port};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -338,4 +338,40 @@ impl Drop for RowLock<'_> {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// One shard of a test map.
+pub enum Shard<'a> {
+    Redis(&'a RedisServer),
+    Pg(&'a PgServer),
+}
+
+/// A map of Redis and postgres `shards` (region `us`, 1024 slots).
+/// Timeouts are generous: on a loaded 2-core machine a postgres pool waited
+/// more than the default 1 s `connect_timeout_ms` for a connection (`pool
+/// timed out`), which is not what these tests check.
+pub fn mixed_map(shards: &[(&str, Shard<'_>)]) -> String {
+    let mut y = String::from(
+        "slots: 1024\nregions:\n  - name: us\noptions:\n  command_timeout_ms: 10000\n  connect_timeout_ms: 5000\n  pg_pool_size: 8\nshards:\n",
+    );
+    for (name, s) in shards {
+        match s {
+            Shard::Redis(r) => y.push_str(&format!(
+                "  - name: {name}\n    region: us\n    primary: {}\n",
+                r.addr()
+            )),
+            Shard::Pg(p) => y.push_str(&format!(
+                "  - name: {name}\n    region: us\n    kind: postgres\n    primary: {}\n",
+                p.dsn()
+            )),
+        }
+    }
+    y
+}
+
+/// Keys of the `kv` table of a postgres shard (live ones).
+pub fn live_keys(pg: &PgServer) -> u64 {
+    pg.query("SELECT count(*) FROM kv WHERE expires_at IS NULL OR expires_at > sg_now_ms()")
+        .parse()
+        .unwrap()
 }
