@@ -454,6 +454,103 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     );
 }
 
+/// A big hash (copied piece by piece, not by one MIGRATE) moves while
+/// clients of all three proxies increment its fields: the mover and the
+/// commands that touch it on the other proxies take the key's claim in
+/// etcd, so one copier runs in the whole fleet and every acknowledged
+/// HINCRBY is counted on the new shard.
+#[test]
+fn a_big_key_is_copied_once_across_the_fleet_while_every_proxy_writes_it() {
+    let fleet = Fleet::start("fleet-big", [6; 3]);
+    let m1 = fleet.map("m1.yaml", &[0, 1]);
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let (t1, t2) = (table_of(&m1), table_of(&m2));
+    let hash = (0..)
+        .map(|i| format!("bighash{i}"))
+        .find(|k| owner_name(&t1, k) != "s2" && owner_name(&t2, k) == "s2")
+        .unwrap();
+    let mut c = connect(fleet.members[0].port).unwrap();
+    let _: i64 = redis::cmd("EVAL")
+        .arg("for i=1,300000 do redis.call('HSET', KEYS[1], 'field:'..i, 'value:'..i) end return 1")
+        .arg(1)
+        .arg(&hash)
+        .query(&mut c)
+        .unwrap();
+    let size: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&hash)
+        .query(&mut c)
+        .unwrap();
+    assert!(size >= 16 << 20, "{hash} is {size} bytes, not a big key");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = fleet
+        .ports()
+        .into_iter()
+        .enumerate()
+        .map(|(w, port)| {
+            let (stop, hash) = (stop.clone(), hash.clone());
+            std::thread::spawn(move || {
+                let mut c = connect(port).unwrap();
+                let (mut acked, mut unknown) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r: redis::RedisResult<i64> = redis::cmd("HINCRBY")
+                        .arg(&hash)
+                        .arg(format!("w{w}"))
+                        .arg(1)
+                        .query(&mut c);
+                    match r {
+                        Ok(_) => acked += 1,
+                        Err(e) => {
+                            unknown += 1;
+                            eprintln!("writer {w}: {e}");
+                            if let Ok(again) = connect(port) {
+                                c = again;
+                            }
+                        }
+                    }
+                }
+                (acked, unknown)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let rev = fleet.rebalance(1, &m2);
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counts: Vec<(u64, u64)> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    // The hash is whole on s2, with every acknowledged increment.
+    let mut s2 = fleet.servers[2].connection();
+    for (w, (acked, unknown)) in counts.iter().enumerate() {
+        assert!(*acked > 0, "writer {w} ran");
+        assert_eq!(*unknown, 0, "writer {w} got errors\n{}", fleet.logs());
+        let v: Option<u64> = redis::cmd("HGET")
+            .arg(&hash)
+            .arg(format!("w{w}"))
+            .query(&mut s2)
+            .unwrap();
+        assert_eq!(v, Some(*acked), "writer {w}'s HINCRBYs on the new shard");
+    }
+    let hlen: u64 = redis::cmd("HLEN").arg(&hash).query(&mut s2).unwrap();
+    assert_eq!(hlen, 300_000 + 3);
+    for s in &fleet.servers[..2] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(&hash)
+            .query(&mut s.connection())
+            .unwrap();
+        assert_eq!(n, 0, "{hash} left on its old shard");
+    }
+    let logs = fleet.logs();
+    assert!(logs.contains("moved a big key"), "{logs}");
+    let claims: f64 = fleet
+        .members
+        .iter()
+        .map(|m| m.metric_sum("shardgate_fleet_key_claims_total"))
+        .sum();
+    assert!(claims >= 1.0, "the copy was claimed in etcd");
+}
+
 /// With three etcd members, killing one (the leader or not) during a move
 /// changes nothing for clients: etcd keeps a quorum, the proxies' clients
 /// fail over to the other members, the move completes and verifies, and
