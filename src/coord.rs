@@ -7,6 +7,7 @@
 //! /shardgate/<cluster>/state            FleetState (JSON): map YAML + rebalance
 //! /shardgate/<cluster>/proxies/<id>     Member (JSON), under the proxy's lease
 //! /shardgate/<cluster>/mover            election: the proxy that runs the mover
+//! /shardgate/<cluster>/progress         MovedSoFar (JSON): what the movers moved
 //! /shardgate/<cluster>/claims/<hash>     a key copy under way (see `backend::fence`),
 //!                                        under the copying proxy's lease
 //! ```
@@ -38,6 +39,18 @@ pub struct RebalanceState {
     pub paused: bool,
     /// Keys per second, 0 for no limit.
     pub throttle: u64,
+    /// What the movers moved up to the last window they recorded done (a
+    /// mover that takes over counts on from there).
+    #[serde(default)]
+    pub moved: MovedSoFar,
+}
+
+/// Keys, bytes and big keys a rebalance's movers moved so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedSoFar {
+    pub keys: u64,
+    pub bytes: u64,
+    pub big_keys: u64,
 }
 
 /// What the `state` key holds.
@@ -357,6 +370,36 @@ impl Coord {
         Ok(())
     }
 
+    /// The key of the running rebalance's progress (apart from the state,
+    /// whose revision is the fleet's epoch: progress must not change it).
+    fn progress_key(&self) -> String {
+        self.key("progress")
+    }
+
+    /// Records what the movers moved so far.
+    pub async fn put_progress(&self, moved: &MovedSoFar) -> Result<(), CoordError> {
+        self.client()
+            .put(self.progress_key(), encode(moved), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the recorded progress (a rebalance started or finished).
+    pub async fn clear_progress(&self) -> Result<(), CoordError> {
+        self.client().delete(self.progress_key(), None).await?;
+        Ok(())
+    }
+
+    /// What the movers recorded they moved, if anything.
+    pub async fn progress(&self) -> Result<Option<MovedSoFar>, CoordError> {
+        let key = self.progress_key();
+        let resp = self.client().get(key.clone(), None).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| decode(&key, kv.value()))
+            .transpose()
+    }
+
     /// Every proxy holding a live lease.
     pub async fn members(&self) -> Result<Vec<Member>, CoordError> {
         let prefix = self.members_prefix();
@@ -399,6 +442,11 @@ mod tests {
                 done: vec![(0, 1)],
                 paused: true,
                 throttle: 10,
+                moved: MovedSoFar {
+                    keys: 5,
+                    bytes: 6,
+                    big_keys: 1,
+                },
             }),
             last: Some(FinishedRebalance {
                 slots_total: 3,

@@ -257,16 +257,28 @@ fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
     assert_eq!(
         fleet.members[(mover + 2) % 3]
             .admin()
-            .text(&[b"THROTTLE", b"500"]),
+            .text(&[b"THROTTLE", b"300"]),
         "OK"
     );
-    fleet.wait_progress(mover, "moved 200 keys", |p| {
-        p["state"] == "moving" && num(p, "keys_moved") >= 200
+    // Killed once the mover has recorded in etcd what it moved (every 2 s).
+    let recorded = recorded_progress(&fleet, "fleet-b", 400);
+    fleet.wait_progress(mover, "moved 400 keys", |p| {
+        p["state"] == "moving" && num(p, "keys_moved") >= 400
     });
     fleet.members[mover].kill();
 
     let next = fleet.leader();
     assert_ne!(next, mover);
+    // The new mover counts on from what the killed one recorded.
+    // (Its estimate is made once it has counted on from the record; until
+    // its mover runs, PROGRESS shows the state in etcd, without one.)
+    let p = fleet.wait_progress(next, "the new mover estimated", |p| {
+        p["state"] == "moving" && num(p, "keys_estimate") > 0
+    });
+    assert!(
+        num(&p, "keys_moved") >= recorded,
+        "keys_moved after the takeover, {recorded} recorded: {p:?}"
+    );
     assert_eq!(
         fleet.members[other].admin().text(&[b"THROTTLE", b"0"]),
         "OK"
@@ -292,6 +304,27 @@ fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
         &fleet.shards(&[0, 1, 2]),
         &fixed,
     );
+}
+
+/// Waits until the mover of cluster `cluster` has recorded at least `keys`
+/// moved keys in etcd; returns the recorded count.
+fn recorded_progress(fleet: &Fleet, cluster: &str, keys: u64) -> u64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = shardgate::coord::Coord::connect(&[fleet.etcd[0].url()], cluster)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(m) = coord.progress().await.unwrap()
+                && m.keys >= keys
+            {
+                return m.keys;
+            }
+            assert!(Instant::now() < deadline, "no progress recorded in etcd");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 /// A member frozen (SIGSTOP) past its lease while the move goes on without

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod state;
 pub mod store;
 
+use crate::coord::MovedSoFar;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,9 @@ pub struct Job {
     errors: AtomicU64,
     big_keys: AtomicU64,
     touch_at_start: u64,
+    /// What earlier movers of this rebalance moved (before a restart or a
+    /// takeover); `keys`, `bytes` and `big_keys` count this mover's only.
+    before: Mutex<MovedSoFar>,
     keys_estimate: AtomicU64,
     paused: watch::Sender<bool>,
     throttle: AtomicU64,
@@ -199,7 +203,9 @@ impl Progress {
 
 impl Job {
     fn new(first_epoch: u64, plan: &Plan, touch_at_start: u64, saved: Option<&Saved>) -> Arc<Job> {
-        let (paused, throttle) = saved.map_or((false, 0), |s| (s.paused, s.throttle));
+        let (paused, throttle, before) = saved.map_or((false, 0, MovedSoFar::default()), |s| {
+            (s.paused, s.throttle, s.moved)
+        });
         Arc::new(Job {
             started: Instant::now(),
             first_epoch,
@@ -212,6 +218,7 @@ impl Job {
             errors: AtomicU64::new(0),
             big_keys: AtomicU64::new(0),
             touch_at_start,
+            before: Mutex::new(before),
             keys_estimate: AtomicU64::new(0),
             paused: watch::Sender::new(paused),
             throttle: AtomicU64::new(throttle),
@@ -236,8 +243,32 @@ impl Job {
         matches!(*lock(&self.phase), Phase::Moving | Phase::Verifying)
     }
 
+    /// What this rebalance's movers moved so far (earlier ones included).
+    fn moved_so_far(&self) -> MovedSoFar {
+        let before = *lock(&self.before);
+        MovedSoFar {
+            keys: before.keys + self.keys.load(Ordering::Relaxed),
+            bytes: before.bytes + self.bytes.load(Ordering::Relaxed),
+            big_keys: before.big_keys + self.big_keys.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts on from `recorded` (what earlier movers recorded) if it is
+    /// more than what this job started from.
+    fn count_from(&self, recorded: MovedSoFar) {
+        let mut before = lock(&self.before);
+        if recorded.keys > before.keys {
+            *before = recorded;
+        }
+    }
+
+    /// The progress, counting what earlier movers of this rebalance moved
+    /// (keys, bytes, big keys, and the estimate, which this mover made of
+    /// the keys left when it started); the rate and the ETA are this
+    /// mover's own.
     fn progress(&self, touch_now: u64) -> Progress {
         let elapsed = lock(&self.finished).unwrap_or_else(|| self.started.elapsed());
+        let before = *lock(&self.before);
         let keys = self.keys.load(Ordering::Relaxed);
         let touch = touch_now.saturating_sub(self.touch_at_start);
         let done = self.done.load(Ordering::Relaxed);
@@ -263,13 +294,13 @@ impl Job {
             slots_total: self.total,
             slots_done: done,
             slots_migrating: self.migrating.load(Ordering::Relaxed),
-            keys_moved: keys,
+            keys_moved: before.keys + keys,
             keys_moved_on_touch: touch,
-            bytes_moved: self.bytes.load(Ordering::Relaxed),
-            big_keys: self.big_keys.load(Ordering::Relaxed),
+            bytes_moved: before.bytes + self.bytes.load(Ordering::Relaxed),
+            big_keys: before.big_keys + self.big_keys.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
-            keys_estimate: estimate,
+            keys_estimate: before.keys + estimate,
             throttle: self.throttle.load(Ordering::Relaxed),
             elapsed,
             keys_per_sec: rate,
@@ -332,10 +363,11 @@ impl FleetView {
             slots_total: total,
             slots_done: done,
             slots_migrating: self.rebalance.migrating.len().saturating_sub(done),
-            keys_moved: 0,
+            // As of the mover's last finished window.
+            keys_moved: self.rebalance.moved.keys,
             keys_moved_on_touch: 0,
-            bytes_moved: 0,
-            big_keys: 0,
+            bytes_moved: self.rebalance.moved.bytes,
+            big_keys: self.rebalance.moved.big_keys,
             errors: 0,
             last_error: None,
             keys_estimate: 0,
@@ -520,6 +552,7 @@ impl From<&crate::coord::RebalanceState> for Saved {
             done: r.done.iter().copied().collect(),
             paused: r.paused,
             throttle: r.throttle,
+            moved: r.moved,
         }
     }
 }
@@ -655,6 +688,10 @@ impl Rebalancer {
         let epoch = snap.epoch().0;
         drop(snap);
         refuse_unmovable(&self.ctx, &plan).await?;
+        // Counts of an earlier rebalance's movers are not this one's.
+        if let Err(e) = coord.clear_progress().await {
+            tracing::warn!(error = %e, "cannot clear the previous rebalance's progress in etcd");
+        }
         let revision = coord
             .update_state(|s| {
                 Refusal::if_rebalancing(s)?;

@@ -58,6 +58,34 @@ const WINDOW: usize = 4096;
 /// Longest wait for the targets' replicas before a window turns stable.
 const REPLICA_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the mover records what it moved (see [`record_progress`]).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Records the job's counts every [`PROGRESS_EVERY`] while they change, so
+/// that a mover resuming after a restart or a takeover counts on from
+/// about where this one was (windows are large: their `Done` records alone
+/// would drop the keys of the window under way).
+async fn record_progress(job: Arc<Job>, store: Store) {
+    let mut last = job.moved_so_far();
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let now = job.moved_so_far();
+        if now != last {
+            store.record_moved(now).await;
+            last = now;
+        }
+    }
+}
+
+/// Aborts a task when dropped (when [`run`] returns, however it returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the mover works through.
 pub(super) struct Work {
     plan: Plan,
@@ -153,6 +181,15 @@ pub(super) async fn run(
         drain(rb, job, None, upto, retired).await;
     }
     prepare_postgres_targets(rb, job, &work).await;
+    // Resumed (a restart, a takeover): count on from what the earlier
+    // movers recorded, and record this one's counts now and then.
+    if let Some(moved) = work.state.recorded_moved().await {
+        job.count_from(moved);
+    }
+    let _recorder = AbortOnDrop(tokio::spawn(record_progress(
+        job.clone(),
+        work.state.clone(),
+    )));
     job.done
         .store(work.count(UnitState::Done), Ordering::Relaxed);
     report(rb, &work, true);
@@ -248,7 +285,7 @@ pub(super) async fn run(
         }
         let units = work.units(&window);
         work.state
-            .log_units(&ctx.fence, UnitsKind::Done, units)
+            .log_units(&ctx.fence, UnitsKind::Done(job.moved_so_far()), units)
             .await
             .map_err(RebalanceError::record("a finished window"))?;
         for &i in &window {
@@ -286,11 +323,12 @@ pub(super) async fn run(
         ctx.metrics.map_epoch(epoch.0);
     }
     // In a fleet, every proxy publishes the finished map when it sees it.
+    let moved = job.moved_so_far();
     let outcome = crate::coord::FinishedRebalance {
         slots_total: work.states.len(),
-        keys_moved: job.keys.load(Ordering::Relaxed),
-        bytes_moved: job.bytes.load(Ordering::Relaxed),
-        big_keys: job.big_keys.load(Ordering::Relaxed),
+        keys_moved: moved.keys,
+        bytes_moved: moved.bytes,
+        big_keys: moved.big_keys,
         elapsed_secs: job.started.elapsed().as_secs_f64(),
         left_behind: v.left_behind,
         misplaced: v.misplaced,
@@ -691,6 +729,7 @@ mod tests {
             done: [unit(&fresh, done)].into_iter().collect(),
             paused: false,
             throttle: 0,
+            moved: Default::default(),
         };
         let (mut w, _dir2) = work(Some(&saved));
         assert_eq!(w.states[done], UnitState::Done);

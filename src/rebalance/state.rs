@@ -12,6 +12,7 @@
 //! key moved; `pause`, `resume`, `throttle N`. Files are replaced by
 //! write-to-temporary, fsync, rename.
 
+use crate::coord::MovedSoFar;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -29,6 +30,8 @@ pub struct Saved {
     pub paused: bool,
     /// Keys per second, 0 for no limit.
     pub throttle: u64,
+    /// What the movers had moved when they last recorded a window done.
+    pub moved: MovedSoFar,
 }
 
 /// The state directory.
@@ -110,6 +113,16 @@ impl StateDir {
                 "throttle" => {
                     saved.throttle = words.next().and_then(|n| n.parse().ok()).unwrap_or(0)
                 }
+                "moved" => {
+                    let mut n = || words.next().and_then(|n| n.parse().ok());
+                    if let (Some(keys), Some(bytes), Some(big_keys)) = (n(), n(), n()) {
+                        saved.moved = MovedSoFar {
+                            keys,
+                            bytes,
+                            big_keys,
+                        };
+                    }
+                }
                 _ => {} // a torn last line after a crash: ignored
             }
         }
@@ -148,6 +161,11 @@ impl StateDir {
             self.log(&line)?;
         }
         Ok(())
+    }
+
+    /// Logs what the movers moved so far (the last such line counts).
+    pub fn log_moved(&self, m: MovedSoFar) -> std::io::Result<()> {
+        self.log(&format!("moved {} {} {}", m.keys, m.bytes, m.big_keys))
     }
 
     /// The rebalance finished: its target becomes the map in force and its
@@ -206,15 +224,24 @@ mod tests {
         st.log_units("migrating", &[(0, 1), (0, 2), (1, 7)])
             .unwrap();
         st.log_units("done", &[(0, 1)]).unwrap();
+        let moved = |keys| MovedSoFar {
+            keys,
+            bytes: keys * 64,
+            big_keys: 1,
+        };
+        st.log_moved(moved(10)).unwrap();
+        st.log_moved(moved(25)).unwrap();
         st.log("throttle 500").unwrap();
         st.log("pause").unwrap();
         // A torn line from a crash mid-write is ignored.
+        st.log("moved 99").unwrap();
         st.log("migr").unwrap();
         let s = st.saved().unwrap().unwrap();
         assert_eq!(s.source_yaml, "source");
         assert_eq!(s.migrating.len(), 3);
         assert!(s.done.contains(&(0, 1)));
         assert_eq!((s.paused, s.throttle), (true, 500));
+        assert_eq!(s.moved, moved(25), "the last whole `moved` line");
         st.finish("target").unwrap();
         assert_eq!(st.saved().unwrap(), None);
         assert_eq!(st.current().unwrap().as_deref(), Some("target"));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::state::StateDir;
 use crate::context::{Context, Fence};
-use crate::coord::{Coord, CoordError, Refusal};
+use crate::coord::{Coord, CoordError, MovedSoFar, Refusal};
 
 /// The records of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,9 @@ pub enum UnitsKind {
     /// state, so keys may move on touch (nothing to record for a single
     /// proxy, whose one table changes at once).
     Confirmed,
-    Done,
+    /// With what the movers moved so far (recorded with the window, so
+    /// that a mover resuming after a restart or a takeover counts on).
+    Done(MovedSoFar),
 }
 
 /// Why a record could not be written.
@@ -61,9 +63,16 @@ impl Store {
                 let verb = match kind {
                     UnitsKind::Migrating => "migrating",
                     UnitsKind::Confirmed => return Ok(0),
-                    UnitsKind::Done => "done",
+                    UnitsKind::Done(_) => "done",
                 };
-                dir.blocking(move |st| st.log_units(verb, &units)).await?;
+                dir.blocking(move |st| {
+                    st.log_units(verb, &units)?;
+                    if let UnitsKind::Done(moved) = kind {
+                        st.log_moved(moved)?;
+                    }
+                    Ok(())
+                })
+                .await?;
                 Ok(0)
             }
             Store::Fleet(coord) => {
@@ -72,10 +81,13 @@ impl Store {
                         let Some(r) = s.rebalance.as_mut() else {
                             return Err(Refusal::NoRebalance);
                         };
+                        if let UnitsKind::Done(moved) = kind {
+                            r.moved = moved;
+                        }
                         let list = match kind {
                             UnitsKind::Migrating => &mut r.migrating,
                             UnitsKind::Confirmed => &mut r.confirmed,
-                            UnitsKind::Done => &mut r.done,
+                            UnitsKind::Done(_) => &mut r.done,
                         };
                         let mut all: BTreeSet<(u32, u32)> = list.iter().copied().collect();
                         all.extend(units.iter().copied());
@@ -85,6 +97,32 @@ impl Store {
                 })
                 .await
             }
+        }
+    }
+
+    /// Records what the movers moved so far (between windows: a mover that
+    /// resumes after a restart or a takeover counts on from it). Best
+    /// effort: a failed record only costs the count.
+    pub async fn record_moved(&self, moved: MovedSoFar) {
+        let result = match self {
+            Store::Dir(dir) => dir
+                .blocking(move |st| st.log_moved(moved))
+                .await
+                .map_err(StoreError::from),
+            Store::Fleet(coord) => coord.put_progress(&moved).await.map_err(StoreError::from),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot record the rebalance's progress");
+        }
+    }
+
+    /// What the movers recorded they moved, beyond the state already read
+    /// (in a fleet: the progress key; a state directory's `moved` lines are
+    /// in its saved state).
+    pub async fn recorded_moved(&self) -> Option<MovedSoFar> {
+        match self {
+            Store::Dir(_) => None,
+            Store::Fleet(coord) => coord.progress().await.ok().flatten(),
         }
     }
 
@@ -116,6 +154,8 @@ impl Store {
                     })
                 })
                 .await?;
+                // (The next rebalance clears it too, if this is lost.)
+                let _ = coord.clear_progress().await;
             }
         }
         Ok(())
