@@ -1,5 +1,7 @@
 //! The fleet state in a real etcd: a write whose reply was lost is not
-//! applied twice when it is retried.
+//! applied twice when it is retried; key claims have one holder and go
+//! with their lease, and a member's key fence holds only under its claim's
+//! lease.
 
 mod common;
 
@@ -99,5 +101,71 @@ fn a_key_claim_has_one_holder_and_goes_with_its_lease() {
         client.lease_revoke(b).await.unwrap();
         assert!(coord.try_claim("k1", "a/3", a).await.unwrap());
         assert!(coord.try_claim("k2", "a/4", a).await.unwrap());
+    });
+}
+
+/// A fleet member's key fence (see `backend::fence`): it takes the key's
+/// claim in etcd, so a fence on another member waits until it is lifted;
+/// the fence counts as held only under the lease its claim was taken under
+/// and while this member's lease fence is open.
+#[test]
+fn a_fleet_fence_is_held_only_under_its_claims_lease() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use shardgate::backend::fence::{Fence, FleetClaims, KeyFences};
+    use shardgate::metrics::Metrics;
+
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let coord = Coord::connect(&[etcd.url()], "fences").await.unwrap();
+        let member = |lease: i64| {
+            let fence = Arc::new(Fence::default());
+            fence.open_until(Instant::now() + Duration::from_secs(60));
+            let (tx, rx) = tokio::sync::watch::channel(lease);
+            let fences = Arc::new(KeyFences::default());
+            fences.join_fleet(FleetClaims::new(
+                coord.clone(),
+                format!("m{lease:x}"),
+                rx,
+                fence.clone(),
+                Arc::new(Metrics::new()),
+            ));
+            (fences, fence, tx)
+        };
+        let mut client = coord.client();
+        let la = client.lease_grant(60, None).await.unwrap().id();
+        let lb = client.lease_grant(60, None).await.unwrap().id();
+        let (a, a_fence, a_lease) = member(la);
+        let (b, _, _) = member(lb);
+        let key = Bytes::from_static(b"{t}k");
+        assert!(!a.still_held(&key), "not fenced yet");
+        a.fence(&key).await.unwrap();
+        assert!(a.still_held(&key));
+        // Another member's fence on the key waits for a's claim.
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move { b.fence(&key).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "b copies while a holds the key");
+        // A new lease (after a lost one): a's claim is not its any more.
+        a_lease.send_replace(lb);
+        assert!(!a.still_held(&key));
+        a_lease.send_replace(la);
+        assert!(a.still_held(&key));
+        // Past the lease fence's deadline: not held either.
+        a_fence.close();
+        assert!(!a.still_held(&key));
+        a.lift(&key);
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("b's fence follows a's lift")
+            .unwrap()
+            .unwrap();
+        assert!(b.still_held(&key));
+        b.lift(&key);
     });
 }

@@ -266,11 +266,11 @@ async fn copy_fenced(
             if expire_at > 0 {
                 args.extend([b"PXAT".as_slice(), at.as_bytes()]);
             }
-            still_held(fences)?;
+            still_held(fences, key)?;
             dst.ask("SET on the target", &args).await?;
         }
         KeyType::Hash => {
-            still_held(fences)?;
+            still_held(fences, key)?;
             dst.ask("DEL on the target", &[b"DEL", key]).await?;
             let mut first = true;
             let mut pieces = HashPieces::new(&src, key);
@@ -283,11 +283,11 @@ async fn copy_fenced(
                     let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 2);
                     args.extend([b"HSET".as_slice(), key.as_ref()]);
                     args.extend(chunk.iter().map(|f| f.as_ref()));
-                    still_held(fences)?;
+                    still_held(fences, key)?;
                     dst.ask("HSET on the target", &args).await?;
                     if first && expire_at > 0 {
                         let args: &[&[u8]] = &[b"PEXPIREAT", key, at.as_bytes()];
-                        still_held(fences)?;
+                        still_held(fences, key)?;
                         dst.ask("PEXPIREAT on the target", args).await?;
                     }
                     first = false;
@@ -300,7 +300,7 @@ async fn copy_fenced(
         }
         KeyType::Missing | KeyType::Other(_) => return Ok(Copied::Gone),
     }
-    still_held(fences)?;
+    still_held(fences, key)?;
     src.ask("UNLINK of a copied key", &[b"UNLINK", key]).await?;
     Ok(Copied::Moved { bytes })
 }

@@ -29,8 +29,9 @@ struct Entry {
     touching: usize,
     /// A copier holds the key.
     fenced: bool,
-    /// In a fleet: the token of the key's claim in etcd, while fenced.
-    claim: Option<String>,
+    /// In a fleet: the key's claim in etcd while fenced (its token, and
+    /// the lease it was taken under).
+    claim: Option<(String, i64)>,
 }
 
 /// The fences of one proxy.
@@ -88,7 +89,7 @@ impl FleetClaims {
     /// Takes the claim of `key`, waiting while another proxy holds it (a
     /// claim goes with its holder's lease, so a dead or frozen holder is
     /// waited for one lease at most).
-    async fn claim(&self, key: &[u8]) -> Result<String, FenceError> {
+    async fn claim(&self, key: &[u8]) -> Result<(String, i64), FenceError> {
         let name = claim_name(key);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut waited = false;
@@ -106,7 +107,7 @@ impl FleetClaims {
                 Ok(true) => {
                     self.metrics
                         .fleet_key_claim(if waited { "waited" } else { "taken" });
-                    return Ok(token);
+                    return Ok((token, lease));
                 }
                 Ok(false) => {
                     waited = true;
@@ -213,9 +214,9 @@ impl KeyFences {
         self.acquire(key, |e| e.touching == 0).await;
         if let Some(claims) = self.fleet.get() {
             match claims.claim(key).await {
-                Ok(token) => {
+                Ok(claim) => {
                     if let Some(e) = self.lock().get_mut(key) {
-                        e.claim = Some(token);
+                        e.claim = Some(claim);
                     }
                 }
                 Err(e) => {
@@ -239,19 +240,27 @@ impl KeyFences {
             }
         }
         drop(keys);
-        if let (Some(token), Some(claims)) = (claim, self.fleet.get()) {
+        if let (Some((token, _)), Some(claims)) = (claim, self.fleet.get()) {
             claims.release(claim_name(key), token);
         }
         self.changed.notify_waiters();
     }
 
-    /// Whether this proxy may still write for the fences it holds: always
-    /// with one proxy; in a fleet, while its lease cannot have expired (a
-    /// claim goes with the lease). A copier checks before each write.
-    pub fn still_held(&self) -> bool {
-        self.fleet
-            .get()
-            .is_none_or(|c| !c.lease_fence.blocks(Instant::now()))
+    /// Whether this proxy may still write for its fence on `key`: always
+    /// with one proxy; in a fleet, while the lease its claim was taken
+    /// under cannot have expired (a claim goes with its lease; after a lost
+    /// lease the proxy holds a new one, and the old claims are gone). A
+    /// copier checks before each write.
+    pub fn still_held(&self, key: &Bytes) -> bool {
+        let Some(claims) = self.fleet.get() else {
+            return true;
+        };
+        let lease = self
+            .lock()
+            .get(key)
+            .and_then(|e| e.claim.as_ref())
+            .map(|(_, lease)| *lease);
+        lease == Some(*claims.lease.borrow()) && !claims.lease_fence.blocks(Instant::now())
     }
 
     /// Whether fences are fleet-wide (this proxy is a fleet member).

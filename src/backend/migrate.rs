@@ -192,7 +192,7 @@ async fn move_fenced(
         Copied::Pieces(n) => Ok(BigKeyMove::Pieces(n)),
         Copied::Gone => Ok(BigKeyMove::Gone),
         Copied::Whole => {
-            still_held(fences)?;
+            still_held(fences, key)?;
             let ms = BIG_KEY_MIGRATE_TIMEOUT.as_millis() as u64;
             let frame = migrate_frame(&target.state, db, &[key.as_ref()], ms);
             let r = request(conn, &frame, 1, BIG_KEY_MIGRATE_TIMEOUT * 2).await?;
@@ -323,7 +323,7 @@ async fn copy_in_pieces(
         })
         .await?;
     let addr = &target.state.addr;
-    still_held(fences)?;
+    still_held(fences, key)?;
     on_target(&mut out, addr, "DEL", &[b"DEL", key], timeout).await?;
     let mut pieces = 0;
     let mut next = Some(kind.start());
@@ -331,7 +331,7 @@ async fn copy_in_pieces(
         let elems;
         (elems, next) = read_piece(conn, key, at, timeout).await?;
         if !elems.is_empty() {
-            still_held(fences)?;
+            still_held(fences, key)?;
             write_piece(&mut out, addr, key, kind, &elems, timeout).await?;
             pieces += 1;
         }
@@ -339,10 +339,10 @@ async fn copy_in_pieces(
     if expire_at > 0 {
         let at = expire_at.to_string();
         let args: &[&[u8]] = &[b"PEXPIREAT", key, at.as_bytes()];
-        still_held(fences)?;
+        still_held(fences, key)?;
         on_target(&mut out, addr, "PEXPIREAT", args, timeout).await?;
     }
-    still_held(fences)?;
+    still_held(fences, key)?;
     let r = request(conn, &encode(&[b"UNLINK", key]), 1, timeout).await?;
     if reply::is_error(&r[0]) {
         return Err(MigrateError::Refused {
@@ -419,8 +419,8 @@ async fn write_piece(
 /// Before each write of a copy: whether this proxy still holds the key's
 /// fence (in a fleet, its lease may have expired and another proxy may
 /// have copied the key since).
-pub(super) fn still_held(fences: &KeyFences) -> Result<(), MigrateError> {
-    if fences.still_held() {
+pub(super) fn still_held(fences: &KeyFences, key: &Bytes) -> Result<(), MigrateError> {
+    if fences.still_held(key) {
         Ok(())
     } else {
         Err(FenceError::LeaseLost.into())
