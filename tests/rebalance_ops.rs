@@ -658,3 +658,135 @@ fn big_collections_move_in_pieces_while_clients_write_to_them() {
     assert_eq!(log.matches("moved a big key").count(), 4, "{log}");
     assert!(!log.contains("in one MIGRATE"), "{log}");
 }
+
+/// The mover copies keys with `DUMP`/`RESTORE` under a fence on the source
+/// (the set `__shardgate_moving__`): a command that would move a fenced key
+/// meanwhile waits, and runs once the fence is lifted; nothing is lost and
+/// no fence is left behind.
+#[test]
+fn a_write_waits_while_the_mover_copies_its_key() {
+    const FENCE: &str = "__shardgate_moving__";
+    let servers: Vec<RedisServer> = (0..2).map(|_| RedisServer::start()).collect();
+    let dir = TempDir::new("rebalance-fence");
+    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&[("s0", &servers[0])]));
+    let m2 = write(
+        dir.path(),
+        "m2.yaml",
+        &map_yaml(&[("s0", &servers[0]), ("s1", &servers[1])]),
+    );
+    let metrics_port = free_port();
+    let mut proxy = Proxy {
+        child: None,
+        port: free_port(),
+        admin_port: free_port(),
+        map: m1.clone(),
+        state: dir.path().join("state"),
+        log: dir.path().join("proxy.log"),
+    };
+    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut c = proxy.client().get_connection().unwrap();
+    let t2 = table_of(&m2);
+    let moving: Vec<String> = (0..4000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| owner_name(&t2, k) == "s1")
+        .take(1000)
+        .collect();
+    for k in &moving {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(format!("v-{k}"))
+            .arg("EX")
+            .arg(TTL)
+            .query(&mut c)
+            .unwrap();
+    }
+    // The window migrating, the mover throttled then paused with no batch
+    // in flight (a pause waits for the batches in flight).
+    let mut admin = proxy.admin();
+    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+    assert!(started.starts_with("OK"), "{started}");
+    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.progress()["slots_migrating"] == "0" {
+        assert!(Instant::now() < deadline, "no window started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s0 = servers[0].connection();
+    let mut s1 = servers[1].connection();
+    let exists = |c: &mut redis::Connection, k: &str| -> bool {
+        redis::cmd("EXISTS").arg(k).query::<i64>(c).unwrap() == 1
+    };
+    let key = moving
+        .iter()
+        .find(|k| exists(&mut s0, k))
+        .expect("a key the paused mover has not moved")
+        .clone();
+    // The mover is copying `key` (as between its DUMP and its UNLINK).
+    let _: () = redis::cmd("SADD")
+        .arg(FENCE)
+        .arg(&key)
+        .query(&mut s0)
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = {
+        let (client, key) = (proxy.client(), key.clone());
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            let r: redis::RedisResult<String> =
+                redis::cmd("SET").arg(&key).arg("new").query(&mut c);
+            tx.send(r).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        rx.try_recv().is_err(),
+        "a write of a key the mover copies waits"
+    );
+    assert!(exists(&mut s0, &key), "the fenced key stays on its source");
+    assert!(!exists(&mut s1, &key));
+    let body = ureq_get(metrics_port);
+    let waits: f64 = body
+        .lines()
+        .find(|l| l.starts_with("shardgate_rebalance_touch_waits_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(waits > 0.0, "{body}");
+    // The copy is over: the write moves the key and runs.
+    let _: () = redis::cmd("SREM")
+        .arg(FENCE)
+        .arg(&key)
+        .query(&mut s0)
+        .unwrap();
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the write ran");
+    assert_eq!(r.unwrap(), "OK");
+    writer.join().unwrap();
+    assert!(!exists(&mut s0, &key));
+    let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut s1).unwrap();
+    assert_eq!(v.as_deref(), Some("new"));
+    assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
+    assert_eq!(admin.text(&[b"RESUME"]), "OK");
+    let p = wait_done(&proxy);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    for (i, s) in servers.iter().enumerate() {
+        assert!(!exists(&mut s.connection(), FENCE), "a fence left on s{i}");
+    }
+    // Every key on its new shard, whole, its expiry time kept.
+    for k in &moving {
+        let want = if *k == key {
+            "new".to_owned()
+        } else {
+            format!("v-{k}")
+        };
+        let v: Option<String> = redis::cmd("GET").arg(k).query(&mut s1).unwrap();
+        assert_eq!(v.as_deref(), Some(want.as_str()), "{k}");
+        if *k != key {
+            let ttl: i64 = redis::cmd("TTL").arg(k).query(&mut s1).unwrap();
+            assert!(ttl > TTL - 60 && ttl <= TTL, "{k}: TTL {ttl}");
+        }
+    }
+    assert!(moving.iter().all(|k| !exists(&mut s0, k)));
+}

@@ -1,6 +1,8 @@
 //! Moving keys between Redis shards for a rebalance: the `MIGRATE` command
-//! that a source primary runs (atomic there: the key is restored on the
-//! target before it is deleted on the source), and how its reply reads.
+//! that a source primary runs for a command that touches a key (atomic
+//! there: the key is restored on the target before it is deleted on the
+//! source), refused while the mover copies that key ([`MOVING_SET`]); how
+//! its reply reads; and big keys, copied piece by piece.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,9 @@ pub enum Migrated {
     Moved,
     /// None of the keys was on the source (already moved, or never there).
     NoKey,
+    /// The mover is copying the key ([`fenced_migrate_frame`]): nothing
+    /// happened; ask again in a moment.
+    Copying,
     /// The source refused or failed (its error text): the keys stay where
     /// they were, on the source.
     Failed(String),
@@ -38,10 +43,7 @@ pub enum Migrated {
 /// target but failed before deleting it on the source: both copies are then
 /// the same, since no command uses a key before its move succeeded.
 pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms: u64) -> Bytes {
-    let (host, port) = match target.addr.rsplit_once(':') {
-        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
-        None => (target.addr.as_str(), "6379"),
-    };
+    let (host, port) = host_port(target);
     let timeout = timeout_ms.max(1).to_string();
     let db = db.0.to_string();
     let mut args: Vec<&[u8]> = vec![
@@ -53,6 +55,62 @@ pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms:
         timeout.as_bytes(),
         b"REPLACE",
     ];
+    push_auth(target, &mut args);
+    args.push(b"KEYS");
+    args.extend_from_slice(keys);
+    let mut out = BytesMut::new();
+    encode_command(&args, &mut out);
+    out.freeze()
+}
+
+/// The set, in each database of a source shard, of the keys the mover is
+/// copying right now (`DUMP` on the source, `RESTORE` on the target,
+/// `UNLINK` on the source: see `rebalance::mover::walk`). While a key is in
+/// it, its copy on the source does not change: a command that would move
+/// it (on any proxy of a fleet) runs [`fenced_migrate_frame`], which
+/// refuses it, and waits. The set exists only while the mover has keys in
+/// flight; a mover that starts walking a source removes what a crashed
+/// one left.
+pub const MOVING_SET: &[u8] = b"__shardgate_moving__";
+
+/// The prefix of the error [`fenced_migrate_frame`] answers while the
+/// mover copies the key.
+const FENCED: &[u8] = b"-SGMOVING";
+
+/// `MIGRATE` of one key unless the mover is copying it (it is in
+/// [`MOVING_SET`]): the check and the move are one script, atomic on the
+/// source.
+const FENCED_MIGRATE: &[u8] = b"if redis.call('SISMEMBER', KEYS[1], KEYS[2]) == 1 then return redis.error_reply('SGMOVING the rebalance mover is copying this key') end return redis.call('MIGRATE', unpack(ARGV))";
+
+/// [`migrate_frame`] of one key, refused while the mover copies it (see
+/// [`MOVING_SET`]); the reply reads as [`Migrated::Copying`] then.
+pub fn fenced_migrate_frame(target: &EndpointState, db: Db, key: &[u8], timeout_ms: u64) -> Bytes {
+    let (host, port) = host_port(target);
+    let timeout = timeout_ms.max(1).to_string();
+    let db = db.0.to_string();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", FENCED_MIGRATE, b"2", MOVING_SET, key];
+    args.extend([
+        host.as_bytes(),
+        port.as_bytes(),
+        key,
+        db.as_bytes(),
+        timeout.as_bytes(),
+        b"REPLACE",
+    ]);
+    push_auth(target, &mut args);
+    let mut out = BytesMut::new();
+    encode_command(&args, &mut out);
+    out.freeze()
+}
+
+fn host_port(target: &EndpointState) -> (&str, &str) {
+    match target.addr.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (target.addr.as_str(), "6379"),
+    }
+}
+
+fn push_auth<'a>(target: &'a EndpointState, args: &mut Vec<&'a [u8]>) {
     if let Some(auth) = &target.link.auth {
         match &auth.username {
             Some(user) => args.extend([
@@ -63,11 +121,6 @@ pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms:
             None => args.extend([b"AUTH".as_slice(), auth.password.as_bytes()]),
         }
     }
-    args.push(b"KEYS");
-    args.extend_from_slice(keys);
-    let mut out = BytesMut::new();
-    encode_command(&args, &mut out);
-    out.freeze()
 }
 
 /// Reads a `MIGRATE` reply.
@@ -76,6 +129,8 @@ pub fn migrated(frame: &[u8]) -> Migrated {
         Migrated::Moved
     } else if frame.starts_with(b"+NOKEY") {
         Migrated::NoKey
+    } else if frame.starts_with(FENCED) {
+        Migrated::Copying
     } else {
         Migrated::Failed(
             reply::error_text(frame)
@@ -199,6 +254,12 @@ async fn move_fenced(
             match migrated(&r[0]) {
                 Migrated::Moved => Ok(BigKeyMove::Whole),
                 Migrated::NoKey => Ok(BigKeyMove::Gone),
+                // (A plain `MIGRATE` never answers `Copying`.)
+                Migrated::Copying => Err(MigrateError::Refused {
+                    step: "MIGRATE of a big key",
+                    addr: target.state.addr.clone(),
+                    reason: "the mover is copying it".to_owned(),
+                }),
                 Migrated::Failed(reason) => Err(MigrateError::Refused {
                     step: "MIGRATE of a big key",
                     addr: target.state.addr.clone(),

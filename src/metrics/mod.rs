@@ -39,6 +39,7 @@ pub struct Metrics {
     rebalance_slots: [Gauge; 3],
     rebalance_keys: [Counter; 2],
     rebalance_reads: [Counter; 3],
+    rebalance_touch_waits: Counter,
     rebalance_bytes: Counter,
     rebalance_errors: [Counter; 5],
     rebalance_running: Gauge,
@@ -91,6 +92,7 @@ impl Metrics {
             rebalance_slots: SLOT_STATES.map(|s| gauge!(REBALANCE_SLOTS, "state" => s)),
             rebalance_keys: ["mover", "touch"].map(|h| counter!(REBALANCE_KEYS, "how" => h)),
             rebalance_reads: READ_FOUND.map(|f| counter!(REBALANCE_READS, "found" => f)),
+            rebalance_touch_waits: counter!(REBALANCE_TOUCH_WAITS),
             rebalance_bytes: counter!(REBALANCE_BYTES),
             rebalance_errors: REBALANCE_STAGES.map(|s| counter!(REBALANCE_ERRORS, "stage" => s)),
             rebalance_running: gauge!(REBALANCE_RUNNING),
@@ -177,6 +179,12 @@ impl Metrics {
         if let Some(i) = READ_FOUND.iter().position(|f| *f == found) {
             self.rebalance_reads[i].increment(1);
         }
+    }
+
+    /// A command's move of a key found the mover copying it (see
+    /// [`REBALANCE_TOUCH_WAITS`]).
+    pub fn rebalance_touch_waited(&self) {
+        self.rebalance_touch_waits.increment(1);
     }
 
     /// The mover moved `keys` keys of `bytes` bytes.

@@ -113,6 +113,9 @@ pub const REBALANCE_BYTES: &str = "shardgate_rebalance_bytes_moved_total";
 /// which shard had it (`source`: not moved yet; `target`: moved already;
 /// `neither`: absent from both, read again in order).
 pub const REBALANCE_READS: &str = "shardgate_rebalance_migrating_reads_total";
+/// Times a command's move of a key was refused because the mover was
+/// copying that key (`DUMP`/`RESTORE`), and asked again a moment later.
+pub const REBALANCE_TOUCH_WAITS: &str = "shardgate_rebalance_touch_waits_total";
 /// Values of the `found` label of [`REBALANCE_READS`].
 pub const READ_FOUND: [&str; 3] = ["source", "target", "neither"];
 /// Rebalancing failures, by stage.
@@ -397,6 +400,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         REBALANCE_READS,
         "counter",
         "Reads of keys in migrating slots answered without moving the key, by where it was found: source (not moved yet), target (moved already), neither",
+    ),
+    (
+        REBALANCE_TOUCH_WAITS,
+        "counter",
+        "Moves of a key by a command that found the rebalance mover copying that key and asked again a moment later",
     ),
     (
         REBALANCE_ERRORS,

@@ -1,8 +1,9 @@
 //! The client side of an online rebalance: a command on a key of a
 //! migrating slot first moves the key from its old shard to its new one
-//! (`MIGRATE`, atomic on the source, between Redis shards; to or from a
-//! postgres shard, a copy with commands under the key's fence, see
-//! `backend::copy`), then runs on the new shard.
+//! (`MIGRATE`, atomic on the source, between Redis shards, refused while
+//! the mover copies that key; to or from a postgres shard, a copy with
+//! commands under the key's fence, see `backend::copy`), then runs on the
+//! new shard.
 //!
 //! The moves run with the session to itself (an exclusive operation),
 //! holding the routing table they were decided with until the command is
@@ -22,7 +23,7 @@ use super::session::Session;
 use crate::backend::copy::{self, Copied, CopyError, Stays};
 use crate::backend::fence::Touch;
 use crate::backend::migrate::{
-    BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_frame, migrated, move_big_key,
+    BIG_KEY_BYTES, BigKeyMove, Migrated, fenced_migrate_frame, migrated, move_big_key,
 };
 use crate::backend::mux::ReplyRx;
 use crate::backend::{Backends, Db, Wire};
@@ -118,11 +119,13 @@ impl Session {
     ///
     /// Why this is exact: from the moment the slot migrates, nothing writes
     /// the key on its source (the barrier), and nothing writes it on its
-    /// target before `MIGRATE` removed it from its source (writes move
-    /// first). So a non-nil reply from the source is the key's value at the
-    /// time the source answered; a nil one from the source and a non-nil one
-    /// from the target is the value the target held when it answered, the
-    /// key having moved before that. Both nil is not a proof (the target may
+    /// target while it is still on its source (writes move first), except
+    /// the mover's copy, which is the same value (the key is fenced on the
+    /// source from its `DUMP` until its `UNLINK`: see
+    /// `rebalance::mover::walk`). So a non-nil reply from the source is the
+    /// key's value at the time the source answered; a nil one from the
+    /// source and a non-nil one from the target is the value the target
+    /// held when it answered. Both nil is not a proof (the target may
     /// have answered before the key arrived and the source after it left):
     /// the read is then sent again, to the source first and once it has
     /// answered to the target, which is exact. Replicas are not read (a
@@ -467,7 +470,10 @@ impl Session {
     }
 
     /// Step 2: one `MIGRATE` per ordinary key, sent together, each after
-    /// waiting while the mover copies that key piece by piece.
+    /// waiting while the mover copies that key piece by piece. Each is
+    /// refused while the mover copies the key with `DUMP`/`RESTORE` (see
+    /// `backend::migrate::MOVING_SET`): it is sent again after a moment,
+    /// for at most [`HELD_LIMIT`].
     async fn migrate_small(
         &self,
         proxy: &Proxy,
@@ -482,17 +488,35 @@ impl Session {
             let target = &backends.shard(m.to).primary;
             let source = &backends.shard(m.from).primary;
             let timeout = source.state.options.command_timeout.as_millis() as u64;
-            let frame = migrate_frame(&target.state, self.db, &[m.key.as_ref()], timeout);
-            waits.push((*m, source.send(self.wire(), self.id, &frame)));
+            let frame = fenced_migrate_frame(&target.state, self.db, m.key, timeout);
+            let rx = source.send(self.wire(), self.id, &frame);
+            waits.push((*m, frame, rx));
         }
-        for (m, rx) in waits {
-            let outcome = match answered(rx.await) {
+        let ask = |rx: ReplyRx| async move {
+            match answered(rx.await) {
                 Ok(frame) => migrated(&frame),
                 Err(e) => Migrated::Failed(e.to_string()),
-            };
+            }
+        };
+        for (m, frame, rx) in waits {
+            let mut outcome = ask(rx).await;
+            let started = std::time::Instant::now();
+            while outcome == Migrated::Copying {
+                proxy.metrics.rebalance_touch_waited();
+                if started.elapsed() > HELD_LIMIT {
+                    outcome = Migrated::Failed(
+                        "the rebalance mover kept copying it (is it stuck?)".to_owned(),
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                let source = &backends.shard(m.from).primary;
+                outcome = ask(source.send(self.wire(), self.id, &frame)).await;
+            }
             match outcome {
                 Migrated::Moved => proxy.metrics.rebalance_moved_on_touch(1),
                 Migrated::NoKey => {}
+                Migrated::Copying => {}
                 Migrated::Failed(why) => failures.record(m, why),
             }
         }

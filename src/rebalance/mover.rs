@@ -9,9 +9,10 @@
 //!    every request already queued to the primaries of the source and the
 //!    targets has run (a `PING` down each of their connections or lanes).
 //!    From here on, nothing routed before the window writes a key of it;
-//! 3. the source is scanned (`SCAN`) and the window's keys move in batches
-//!    (`MIGRATE ... REPLACE KEYS`, atomic on the source, TTLs kept), each
-//!    sized first by one script, in pipelined rounds ([`walk`]),
+//! 3. the source is scanned (`SCAN`) and the window's keys move in batches,
+//!    each sized first by one script, then copied under a fence on the
+//!    source (`DUMP` there, `RESTORE` on the target with the same expiry
+//!    time, `UNLINK` there), in pipelined rounds ([`walk`]),
 //!    throttled, pausable; commands meanwhile move the keys they touch.
 //!    To or from a postgres shard, each key is copied with commands under
 //!    its fence instead (`backend::copy`), and a postgres source is read
@@ -274,6 +275,11 @@ pub(super) async fn run(
         let moved_before = job.keys.load(Ordering::Relaxed);
         loop {
             let stuck = move_window(rb, job, &work, from, &window).await;
+            // A fleet mover that may have lost its lease stopped moving:
+            // the window is not done.
+            if !rb.may_move() {
+                return Err(super::store::StoreError::LostLease.into());
+            }
             if stuck.is_empty() {
                 break;
             }

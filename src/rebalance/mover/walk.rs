@@ -1,8 +1,22 @@
 //! Step 3 between Redis servers: the walk of one source database, in
-//! pipelined rounds over one dedicated connection: `SCAN` the source, size
-//! each batch of the window's keys with one script ([`BATCH_SIZES`]), move
-//! it with one `MIGRATE ... REPLACE KEYS` (atomic on the source, TTLs
-//! kept), big keys one by one, and keys for a postgres target by copy.
+//! pipelined rounds over one dedicated connection to the source and one to
+//! each target: `SCAN` the source, size each batch of the window's keys with
+//! one script ([`BATCH_SIZES`]), then copy it without blocking the source
+//! on its target: fence the batch and `DUMP` each key on the source (one
+//! round), `RESTORE` them on the target (the next round), `UNLINK` them and
+//! lift the fence on the source (the round after). Big keys move one by
+//! one, and keys for a postgres target by copy.
+//!
+//! Why a copy is exact: a key of a migrating slot changes on its source
+//! only by a command's move (`MIGRATE`, which takes it away; writes move
+//! first, reads do not write) or by expiring. The fence is the set
+//! [`MOVING_SET`] on the source: while a key is in it, a command's move of
+//! it is refused (`fenced_migrate_frame`, atomic on the source) and waits.
+//! So between the `DUMP` and the `UNLINK` the key on the source stays what
+//! was dumped, and the copy on the target (with the same absolute expiry
+//! time) is the same value; a read that finds either finds the key's value.
+//! `MIGRATE` would do the same while blocking its source until the target
+//! has restored every key of the batch.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,16 +29,20 @@ use super::postgres::copy_keys;
 use super::{BIG_KEY_BYTES, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Stays, needs_copy};
 use crate::backend::dedicated::PooledConn;
+use crate::backend::fence::FenceError;
 use crate::backend::migrate::{
-    BigKeyMove, MigrateError, Migrated, migrate_frame, migrated, move_big_key, request, scan_reply,
+    BigKeyMove, MOVING_SET, MigrateError, move_big_key, request, scan_reply,
 };
 use crate::backend::{Backends, Db, Endpoint, Wire};
 use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::rebalance::{Job, Rebalancer};
 use crate::router::{RoutingTable, ShardId};
 
-/// Keys per `MIGRATE`.
+/// Keys per batch (sized by one script, then copied together).
 const BATCH: usize = 100;
+/// Keys per `SCAN` of the source: each call blocks the source while it
+/// lists them.
+const SCAN_COUNT: &[u8] = b"500";
 
 /// [`super::move_window`] in one database.
 pub(super) async fn move_window_db(
@@ -59,6 +77,7 @@ pub(super) async fn move_window_db(
             rb,
             job,
             conn: &mut conn,
+            target_conns: HashMap::new(),
             backends: &backends,
             targets,
             classify: &work.plan.table,
@@ -69,6 +88,8 @@ pub(super) async fn move_window_db(
         };
         match step.walk(&mut walk).await {
             Ok(()) => return,
+            // The run stops at the window's end (see `mover::run`).
+            Err(_) if !rb.may_move() => return,
             Err(e) => {
                 // The keys of the failed round are sized again; the scan
                 // goes on from where it was.
@@ -83,8 +104,11 @@ pub(super) async fn move_window_db(
 /// Where the walk of a source is: its `SCAN` cursor; keys of the window it
 /// listed, by target, filling batches (`filling`) or in full batches not
 /// sized yet (`listed`); keys to size one by one (`exact`: a batch that
-/// held a big key); and sized batches of ordinary keys waiting for their
-/// `MIGRATE` (`ready`).
+/// held a big key, or the keys of a failed round); sized batches of
+/// ordinary keys waiting for their copy (`ready`); the batch dumped in the
+/// last round (`dumped`: restored on its target in this one) and the one
+/// restored in the last round (`restored`: unlinked on the source in this
+/// one); big keys waiting until no batch is in flight (`big`).
 struct Walk {
     cursor: Bytes,
     scanned: bool,
@@ -92,9 +116,34 @@ struct Walk {
     listed: VecDeque<(ShardId, Vec<Bytes>)>,
     exact: Vec<Bytes>,
     ready: VecDeque<(ShardId, Vec<Bytes>, u64)>,
+    dumped: Option<Dumped>,
+    restored: Option<Restored>,
+    big: Vec<(ShardId, Bytes, u64)>,
+    /// Keys moved since the throttle last slept.
+    unthrottled: usize,
     /// Keys listed for a target they move to by copy (a postgres target,
-    /// see `backend::copy`), not by `MIGRATE`.
+    /// see `backend::copy`), not by `DUMP`/`RESTORE`.
     copy: Vec<(ShardId, Vec<Bytes>)>,
+}
+
+/// A batch fenced on the source, with what `DUMP` gave for each key still
+/// there.
+struct Dumped {
+    to: ShardId,
+    /// Every key of the batch (all fenced).
+    keys: Vec<Bytes>,
+    /// The keys that were there: their `DUMP` payload and absolute expiry
+    /// time in ms (0: none).
+    found: Vec<(Bytes, Bytes, i64)>,
+    /// Their size (`MEMORY USAGE` of the batch when it was sized).
+    bytes: u64,
+}
+
+/// A batch restored on its target; its keys still on the source, fenced.
+struct Restored {
+    keys: Vec<Bytes>,
+    found: Vec<Bytes>,
+    bytes: u64,
 }
 
 impl Walk {
@@ -106,6 +155,10 @@ impl Walk {
             listed: VecDeque::new(),
             exact: Vec::new(),
             ready: VecDeque::new(),
+            dumped: None,
+            restored: None,
+            big: Vec::new(),
+            unthrottled: 0,
             copy: Vec::new(),
         }
     }
@@ -135,12 +188,19 @@ impl Walk {
         self.exact.extend(keys);
     }
 
+    /// Whether a batch is being copied (fenced on the source).
+    fn in_flight(&self) -> bool {
+        self.dumped.is_some() || self.restored.is_some()
+    }
+
     fn done(&self) -> bool {
         self.scanned
             && self.filling.is_empty()
             && self.listed.is_empty()
             && self.exact.is_empty()
             && self.ready.is_empty()
+            && !self.in_flight()
+            && self.big.is_empty()
             && self.copy.is_empty()
     }
 }
@@ -149,19 +209,36 @@ impl Walk {
 /// largest (`MEMORY USAGE` of each; a missing key counts 0).
 const BATCH_SIZES: &[u8] = b"local s, m = 0, 0 for i = 1, #KEYS do local n = redis.call('MEMORY', 'USAGE', KEYS[i]) if n then s = s + n if n > m then m = n end end end return {s, m}";
 
-/// What one reply (or run of replies) of a pipelined round answers.
+/// What one reply (or run of replies) of a pipelined round to the source
+/// answers.
 enum Asked {
-    Migrate(ShardId, Vec<Bytes>, u64),
+    /// `UNLINK` of the restored keys still there and `SREM` of the whole
+    /// batch from the fence (two replies).
+    Release(Restored),
+    /// `SADD` of the batch to the fence, then `DUMP` and `PEXPIRETIME` of
+    /// each key.
+    Dump(ShardId, Vec<Bytes>, u64),
     BatchSize(ShardId, Vec<Bytes>),
     Sizes(Vec<Bytes>),
-    Scan,
+    /// `SCAN` from this cursor.
+    Scan(Bytes),
 }
 
 impl Asked {
     fn keys(&self) -> &[Bytes] {
         match self {
-            Asked::Migrate(_, keys, _) | Asked::BatchSize(_, keys) | Asked::Sizes(keys) => keys,
-            Asked::Scan => &[],
+            Asked::Release(r) => &r.keys,
+            Asked::Dump(_, keys, _) | Asked::BatchSize(_, keys) | Asked::Sizes(keys) => keys,
+            Asked::Scan(_) => &[],
+        }
+    }
+
+    fn replies(&self) -> usize {
+        match self {
+            Asked::Release(r) => 1 + usize::from(!r.found.is_empty()),
+            Asked::Dump(_, keys, _) => 1 + 2 * keys.len(),
+            Asked::BatchSize(..) | Asked::Scan(_) => 1,
+            Asked::Sizes(keys) => keys.len(),
         }
     }
 }
@@ -171,6 +248,8 @@ struct Step<'a> {
     rb: &'a Rebalancer,
     job: &'a Job,
     conn: &'a mut PooledConn,
+    /// Dedicated connections to the targets (made when first needed).
+    target_conns: HashMap<ShardId, PooledConn>,
     backends: &'a Backends,
     targets: &'a HashMap<(u32, u32), ShardId>,
     classify: &'a RoutingTable,
@@ -185,14 +264,29 @@ struct Step<'a> {
 
 impl Step<'_> {
     /// Walks the source to its end in pipelined rounds, each one write
-    /// and one read: at most one `MIGRATE` of a sized batch (the source
-    /// runs it synchronously: never more than one batch in a row), the
-    /// sizes of the next batch (one script for the batch, see
-    /// [`BATCH_SIZES`]; one `MEMORY USAGE` per key for a batch that held a
-    /// big key), and the next `SCAN` while fewer than two batches wait.
+    /// and one read to the source (and one to a target): the release of
+    /// the batch restored in the last round, at most one batch command
+    /// (the fence and `DUMP` of a sized batch, or else the sizes of the
+    /// next one: one script, see [`BATCH_SIZES`]; the source runs a round's
+    /// commands back to back, its clients waiting), one `MEMORY USAGE` per
+    /// key of a batch that held a big key, and the next `SCAN` while fewer
+    /// than two batches wait; on the target, the `RESTORE` of the batch
+    /// dumped in the last round. A fence left by an earlier walk (a crash,
+    /// a failed round) is lifted first: its keys are still on the source,
+    /// whole, and are copied again.
     async fn walk(&mut self, walk: &mut Walk) -> Result<(), MigrateError> {
+        self.may_write()?;
+        let mut frame = BytesMut::new();
+        encode_command(&[b"DEL", MOVING_SET], &mut frame);
+        let reply = request(self.conn, &frame, 1, self.timeout).await?;
+        self.check("DEL of the mover's fence", &reply[0], self.source)?;
         while !walk.done() {
-            wait_unpaused(self.job).await;
+            // (A batch in flight is finished first: its keys stay fenced
+            // until it is released.)
+            if !walk.in_flight() {
+                wait_unpaused(self.job).await;
+            }
+            self.may_write()?;
             while let Some((to, keys)) = walk.copy.pop() {
                 let target = self.backends.shard(to).primary.clone();
                 let copied = copy_keys(
@@ -212,82 +306,218 @@ impl Step<'_> {
                     return Err(e);
                 }
             }
-            walk.flush();
-            let mut frames = BytesMut::new();
-            let mut asked = Vec::with_capacity(4);
-            let mut replies = 0;
-            if let Some((to, keys, bytes)) = walk.ready.pop_front() {
-                let target = &self.backends.shard(to).primary.state;
-                let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-                let ms = self.timeout.as_millis() as u64;
-                frames.extend_from_slice(&migrate_frame(target, self.db, &refs, ms));
-                replies += 1;
-                asked.push(Asked::Migrate(to, keys, bytes));
+            if !walk.in_flight() {
+                self.move_big(walk).await?;
             }
-            // One batch command per round: a `MIGRATE` or the sizes of
-            // the next batch, never both (the source would run them back
-            // to back, its clients waiting for both).
-            if asked.is_empty()
-                && let Some((to, keys)) = walk.listed.pop_front()
-            {
-                let n = keys.len().to_string();
-                let mut args: Vec<&[u8]> = vec![b"EVAL", BATCH_SIZES, n.as_bytes()];
-                args.extend(keys.iter().map(|k| k.as_ref()));
-                encode_command(&args, &mut frames);
-                replies += 1;
+            walk.flush();
+            let restoring = walk.dumped.take();
+            let mut asked = Vec::with_capacity(4);
+            if let Some(r) = walk.restored.take() {
+                asked.push(Asked::Release(r));
+            }
+            // One batch command per round: a batch's fence and `DUMP`s or
+            // the sizes of the next batch, never both (the source would run
+            // them back to back, its clients waiting for both). No new
+            // batch while the batches in flight must end first: big keys
+            // wait for them, a pause or a throttle waits until none is
+            // fenced.
+            let drain = !walk.big.is_empty()
+                || *self.job.paused.borrow()
+                || (self.job.throttle.load(Ordering::Relaxed) > 0 && walk.in_flight());
+            if !drain && let Some((to, keys, bytes)) = walk.ready.pop_front() {
+                asked.push(Asked::Dump(to, keys, bytes));
+            } else if let Some((to, keys)) = walk.listed.pop_front() {
                 asked.push(Asked::BatchSize(to, keys));
             }
             if !walk.exact.is_empty() {
-                let keys = std::mem::take(&mut walk.exact);
-                for k in &keys {
-                    encode_command(&[b"MEMORY", b"USAGE", k], &mut frames);
-                }
-                replies += keys.len();
-                asked.push(Asked::Sizes(keys));
+                asked.push(Asked::Sizes(std::mem::take(&mut walk.exact)));
             }
             if !walk.scanned && walk.listed.len() < 2 {
-                encode_command(&[b"SCAN", &walk.cursor, b"COUNT", b"1000"], &mut frames);
-                replies += 1;
-                asked.push(Asked::Scan);
+                asked.push(Asked::Scan(walk.cursor.clone()));
             }
-            if asked.is_empty() {
+            if asked.is_empty() && restoring.is_none() {
                 continue;
             }
-            let inflight: Vec<Bytes> = asked.iter().flat_map(|a| a.keys()).cloned().collect();
-            let wait = if matches!(asked.first(), Some(Asked::Migrate(..))) {
-                self.timeout * 2
-            } else {
-                self.timeout
-            };
+            let mut inflight: Vec<Bytes> = asked.iter().flat_map(|a| a.keys()).cloned().collect();
+            if let Some(d) = &restoring {
+                inflight.extend(d.keys.iter().cloned());
+            }
             let round = async {
-                let replies = request(self.conn, &frames, replies, wait).await?;
-                self.answered(walk, asked, replies).await
+                let (on_source, on_target) = self.round(&asked, restoring.as_ref()).await;
+                let replies = on_source?;
+                let restored = on_target?;
+                self.answered(walk, asked, replies, restoring, restored)
             };
-            if let Err(e) = round.await {
-                walk.retry(inflight);
-                return Err(e);
+            match round.await {
+                Ok(moved) => {
+                    // The throttle sleeps with no key fenced.
+                    walk.unthrottled += moved;
+                    if !walk.in_flight() {
+                        throttle(self.job, std::mem::take(&mut walk.unthrottled)).await;
+                    }
+                }
+                Err(e) => {
+                    walk.retry(inflight);
+                    return Err(e);
+                }
             }
         }
         Ok(())
     }
 
-    /// Reads one round's replies, in the order the round asked; moves the
-    /// big keys it sized; throttles by the keys it moved.
-    async fn answered(
+    /// Sends one round: `asked` to the source, the `RESTORE` of
+    /// `restoring` to its target, at once; returns both sides' replies.
+    async fn round(
+        &mut self,
+        asked: &[Asked],
+        restoring: Option<&Dumped>,
+    ) -> (
+        Result<Vec<Bytes>, MigrateError>,
+        Result<Vec<Bytes>, MigrateError>,
+    ) {
+        let mut frames = BytesMut::new();
+        let mut replies = 0;
+        for a in asked {
+            encode_asked(a, &mut frames);
+            replies += a.replies();
+        }
+        let timeout = self.timeout;
+        let target = match restoring {
+            Some(d) if !d.found.is_empty() => match self.target_conn(d.to).await {
+                Ok(()) => {
+                    let mut frames = BytesMut::new();
+                    for (key, payload, at) in &d.found {
+                        let at = at.to_string();
+                        encode_command(
+                            &[
+                                b"RESTORE",
+                                key,
+                                at.as_bytes(),
+                                payload,
+                                b"REPLACE",
+                                b"ABSTTL",
+                            ],
+                            &mut frames,
+                        );
+                    }
+                    Some((d.to, frames, d.found.len()))
+                }
+                Err(e) => return (Ok(Vec::new()), Err(e)),
+            },
+            _ => None,
+        };
+        let source = async {
+            if replies == 0 {
+                return Ok(Vec::new());
+            }
+            request(self.conn, &frames, replies, timeout).await
+        };
+        let on_target = async {
+            match &target {
+                Some((to, frames, n)) => match self.target_conns.get_mut(to) {
+                    Some(conn) => request(conn, frames, *n, timeout).await,
+                    None => Ok(Vec::new()),
+                },
+                None => Ok(Vec::new()),
+            }
+        };
+        tokio::join!(source, on_target)
+    }
+
+    /// In a fleet, a mover that may have lost its lease writes nothing
+    /// more: another one may have taken over, and lifted this one's fences.
+    fn may_write(&self) -> Result<(), MigrateError> {
+        if self.rb.may_move() {
+            Ok(())
+        } else {
+            Err(FenceError::LeaseLost.into())
+        }
+    }
+
+    /// Makes sure there is a dedicated connection to target `to`.
+    async fn target_conn(&mut self, to: ShardId) -> Result<(), MigrateError> {
+        if !self.target_conns.contains_key(&to) {
+            let wire = Wire {
+                proto: Protocol::Resp2,
+                db: self.db,
+            };
+            let conn = self.backends.shard(to).primary.dedicated(wire).await?;
+            self.target_conns.insert(to, conn);
+        }
+        Ok(())
+    }
+
+    /// An error reply to a step of a copy: the round fails (its keys are
+    /// sized and copied again).
+    fn check(&self, step: &'static str, reply: &[u8], on: &Endpoint) -> Result<(), MigrateError> {
+        if reply::is_error(reply) {
+            return Err(MigrateError::Refused {
+                step,
+                addr: on.state.addr.clone(),
+                reason: reply::error_text(reply).unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads one round's replies, in the order the round asked; returns
+    /// how many keys it moved.
+    fn answered(
         &mut self,
         walk: &mut Walk,
         asked: Vec<Asked>,
         replies: Vec<Bytes>,
-    ) -> Result<(), MigrateError> {
-        let mut r = replies.into_iter();
-        let mut big = Vec::new();
+        restoring: Option<Dumped>,
+        restored: Vec<Bytes>,
+    ) -> Result<usize, MigrateError> {
         let mut moved = 0;
+        if let Some(d) = restoring {
+            let target = self.backends.shard(d.to).primary.clone();
+            for r in &restored {
+                self.check("RESTORE", r, &target)?;
+            }
+            walk.restored = Some(Restored {
+                keys: d.keys,
+                found: d.found.into_iter().map(|(k, _, _)| k).collect(),
+                bytes: d.bytes,
+            });
+        }
+        let mut r = replies.into_iter();
         for a in asked {
             match a {
-                Asked::Migrate(to, keys, bytes) => {
-                    let reply = r.next().unwrap_or_default();
-                    self.migrated(to, &keys, bytes, &reply)?;
-                    moved += keys.len();
+                Asked::Release(done) => {
+                    for _ in 0..1 + usize::from(!done.found.is_empty()) {
+                        let reply = r.next().unwrap_or_default();
+                        self.check("UNLINK of moved keys", &reply, self.source)?;
+                    }
+                    let n = done.found.len();
+                    self.job.keys.fetch_add(n as u64, Ordering::Relaxed);
+                    self.job.bytes.fetch_add(done.bytes, Ordering::Relaxed);
+                    self.rb.ctx.metrics.rebalance_moved(n as u64, done.bytes);
+                    moved += n;
+                }
+                Asked::Dump(to, keys, bytes) => {
+                    let fenced = r.next().unwrap_or_default();
+                    self.check("SADD to the mover's fence", &fenced, self.source)?;
+                    let mut found = Vec::with_capacity(keys.len());
+                    for k in &keys {
+                        let payload = r.next().unwrap_or_default();
+                        let at = r.next().unwrap_or_default();
+                        self.check("DUMP", &payload, self.source)?;
+                        // Nil: the key is gone (expired, deleted, or moved
+                        // by a command before the fence).
+                        let Some(payload) = reply::bulk(&payload) else {
+                            continue;
+                        };
+                        let at = reply::integer(&at).unwrap_or(-1).max(0);
+                        found.push((k.clone(), payload, at));
+                    }
+                    walk.dumped = Some(Dumped {
+                        to,
+                        keys,
+                        found,
+                        bytes,
+                    });
                 }
                 Asked::BatchSize(to, keys) => {
                     let reply = r.next().unwrap_or_default();
@@ -304,7 +534,7 @@ impl Step<'_> {
                     }
                 }
                 Asked::Sizes(keys) => {
-                    let mut small: HashMap<ShardId, (Vec<Bytes>, u64)> = HashMap::new();
+                    let mut small: HashMap<ShardId, Vec<(Bytes, u64)>> = HashMap::new();
                     for k in keys {
                         let s = r.next().unwrap_or_default();
                         // Nil: the key is gone (expired, deleted, or moved
@@ -314,26 +544,30 @@ impl Step<'_> {
                         };
                         let n = n.max(0) as u64;
                         match self.target_of(&k) {
-                            Some(to) if n >= BIG_KEY_BYTES => big.push((to, k, n)),
-                            Some(to) => {
-                                let e = small.entry(to).or_default();
-                                e.0.push(k);
-                                e.1 += n;
-                            }
+                            Some(to) if n >= BIG_KEY_BYTES => walk.big.push((to, k, n)),
+                            Some(to) => small.entry(to).or_default().push((k, n)),
                             None => {}
                         }
                     }
                     let mut small: Vec<_> = small.into_iter().collect();
                     small.sort_by_key(|(to, _)| *to);
-                    for (to, (keys, bytes)) in small {
-                        walk.ready.push_back((to, keys, bytes));
+                    for (to, sized) in small {
+                        for batch in sized.chunks(BATCH) {
+                            let bytes = batch.iter().map(|(_, n)| n).sum();
+                            let keys = batch.iter().map(|(k, _)| k.clone()).collect();
+                            walk.ready.push_back((to, keys, bytes));
+                        }
                     }
                 }
-                Asked::Scan => {
+                Asked::Scan(_) => {
                     let reply = r.next().unwrap_or_default();
                     let (next, keys) = scan_reply(&reply)?;
                     let mut copy: HashMap<ShardId, Vec<Bytes>> = HashMap::new();
                     for k in keys {
+                        // The fence itself is no key of the window.
+                        if k.as_ref() == MOVING_SET {
+                            continue;
+                        }
                         let Some(to) = self.target_of(&k) else {
                             continue;
                         };
@@ -349,17 +583,7 @@ impl Step<'_> {
                 }
             }
         }
-        throttle(self.job, moved).await;
-        let mut big = big.into_iter();
-        while let Some((to, k, n)) = big.next() {
-            if let Err(e) = self.move_big(to, &k, n).await {
-                // Sized again after the failure, with the big keys after it.
-                walk.exact.push(k);
-                walk.exact.extend(big.map(|(_, k, _)| k));
-                return Err(e);
-            }
-        }
-        Ok(())
+        Ok(moved)
     }
 
     /// The target of a key of the window (`None`: not in the window).
@@ -368,61 +592,79 @@ impl Step<'_> {
         self.targets.get(&unit).copied()
     }
 
-    /// Counts a `MIGRATE` of ordinary keys, or says why it failed.
-    fn migrated(
-        &self,
-        to: ShardId,
-        keys: &[Bytes],
-        bytes: u64,
-        reply: &[u8],
-    ) -> Result<(), MigrateError> {
-        match migrated(reply) {
-            Migrated::Moved => {
-                self.job
-                    .keys
-                    .fetch_add(keys.len() as u64, Ordering::Relaxed);
-                self.job.bytes.fetch_add(bytes, Ordering::Relaxed);
-                self.rb
-                    .ctx
-                    .metrics
-                    .rebalance_moved(keys.len() as u64, bytes);
-                Ok(())
-            }
-            Migrated::NoKey => Ok(()),
-            Migrated::Failed(reason) => Err(MigrateError::Refused {
-                step: "MIGRATE",
-                addr: self.backends.shard(to).primary.state.addr.clone(),
-                reason,
-            }),
+    /// The big keys found so far, one by one, fenced, piece by piece (see
+    /// [`move_big_key`]); only while no batch is in flight (its keys stay
+    /// fenced until it is released).
+    async fn move_big(&mut self, walk: &mut Walk) -> Result<(), MigrateError> {
+        while let Some((to, k, n)) = walk.big.pop() {
+            let target = self.backends.shard(to).primary.clone();
+            let t0 = Instant::now();
+            let fences = &self.rb.ctx.fences;
+            let moved = move_big_key(fences, self.conn, &target, self.db, &k, self.timeout).await;
+            let how = match moved {
+                Ok(BigKeyMove::Pieces(pieces)) => {
+                    format!("copied in {pieces} pieces; the source was never blocked for long")
+                }
+                Ok(BigKeyMove::Gone) => continue,
+                Ok(BigKeyMove::Whole) => {
+                    "moved in one MIGRATE; its source was blocked while it copied".to_owned()
+                }
+                Err(e) => {
+                    // Sized again after the failure.
+                    walk.exact.push(k);
+                    return Err(e);
+                }
+            };
+            self.job.keys.fetch_add(1, Ordering::Relaxed);
+            self.job.bytes.fetch_add(n, Ordering::Relaxed);
+            self.job.big_keys.fetch_add(1, Ordering::Relaxed);
+            self.rb.ctx.metrics.rebalance_moved(1, n);
+            tracing::warn!(
+                key = %String::from_utf8_lossy(&k),
+                bytes = n,
+                to = %target.state.addr,
+                ms = t0.elapsed().as_millis() as u64,
+                "moved a big key: {how}"
+            );
+            throttle(self.job, 1).await;
         }
-    }
-
-    /// One big key, fenced, piece by piece (see [`move_big_key`]).
-    async fn move_big(&mut self, to: ShardId, k: &Bytes, n: u64) -> Result<(), MigrateError> {
-        let target = self.backends.shard(to).primary.clone();
-        let t0 = Instant::now();
-        let fences = &self.rb.ctx.fences;
-        let how = match move_big_key(fences, self.conn, &target, self.db, k, self.timeout).await? {
-            BigKeyMove::Pieces(pieces) => {
-                format!("copied in {pieces} pieces; the source was never blocked for long")
-            }
-            BigKeyMove::Gone => return Ok(()),
-            BigKeyMove::Whole => {
-                "moved in one MIGRATE; its source was blocked while it copied".to_owned()
-            }
-        };
-        self.job.keys.fetch_add(1, Ordering::Relaxed);
-        self.job.bytes.fetch_add(n, Ordering::Relaxed);
-        self.job.big_keys.fetch_add(1, Ordering::Relaxed);
-        self.rb.ctx.metrics.rebalance_moved(1, n);
-        tracing::warn!(
-            key = %String::from_utf8_lossy(k),
-            bytes = n,
-            to = %target.state.addr,
-            ms = t0.elapsed().as_millis() as u64,
-            "moved a big key: {how}"
-        );
-        throttle(self.job, 1).await;
         Ok(())
+    }
+}
+
+/// Encodes the source's commands of one [`Asked`].
+fn encode_asked(a: &Asked, out: &mut BytesMut) {
+    match a {
+        Asked::Release(r) => {
+            if !r.found.is_empty() {
+                let mut args: Vec<&[u8]> = vec![b"UNLINK"];
+                args.extend(r.found.iter().map(|k| k.as_ref()));
+                encode_command(&args, out);
+            }
+            let mut args: Vec<&[u8]> = vec![b"SREM", MOVING_SET];
+            args.extend(r.keys.iter().map(|k| k.as_ref()));
+            encode_command(&args, out);
+        }
+        Asked::Dump(_, keys, _) => {
+            let mut args: Vec<&[u8]> = vec![b"SADD", MOVING_SET];
+            args.extend(keys.iter().map(|k| k.as_ref()));
+            encode_command(&args, out);
+            for k in keys {
+                encode_command(&[b"DUMP", k], out);
+                encode_command(&[b"PEXPIRETIME", k], out);
+            }
+        }
+        Asked::BatchSize(_, keys) => {
+            let n = keys.len().to_string();
+            let mut args: Vec<&[u8]> = vec![b"EVAL", BATCH_SIZES, n.as_bytes()];
+            args.extend(keys.iter().map(|k| k.as_ref()));
+            encode_command(&args, out);
+        }
+        Asked::Sizes(keys) => {
+            for k in keys {
+                encode_command(&[b"MEMORY", b"USAGE", k], out);
+            }
+        }
+        Asked::Scan(cursor) => encode_command(&[b"SCAN", cursor, b"COUNT", SCAN_COUNT], out),
     }
 }
