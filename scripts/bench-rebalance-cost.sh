@@ -16,6 +16,8 @@
 #   --throttle N the mover's throttle, keys/s (default 0: none)
 # Environment: SHARDGATE_BIN=path measures that binary (no build); GETS=0
 # skips the GETs during the move (the mover alone, and its CPU).
+# PROBE=1 also pings the first shard (a source) straight, one PING at a
+# time, while the mover works: how long a source stalls (best with GETS=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLEET=0 KEYS=1000000 REQUESTS=100000 THROTTLE=0
@@ -99,10 +101,20 @@ fi
 until [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "" ] &&
       [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "0" ]; do sleep 0.02; done
 if [ "$GETS" = 1 ]; then during=$(get_run during); else during=$before; fi
+if [ "${PROBE:-0}" = 1 ]; then
+  # How long the first shard (a source) stalls while the mover works:
+  # PINGs straight to it, one at a time, until the move is over.
+  redis-benchmark -p "${ports[0]}" -t ping_mbulk -c 1 -n 100000 --csv 2>/dev/null | tail -1 > "$WORK/probe.csv" &
+  probe=$!
+fi
 if [ "$THROTTLE" != 0 ]; then
   SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin throttle 0 --admin "127.0.0.1:$admin" >/dev/null
 fi
 wait "$reb"
+if [ "${PROBE:-0}" = 1 ]; then
+  wait "$probe"
+  echo "PING to shard s0 during the move (ms): $(cut -d, -f3- "$WORK/probe.csv" | tr -d '"' | awk -F, '{printf "avg %s, p50 %s, p95 %s, p99 %s, max %s", $1, $3, $4, $5, $6}')"
+fi
 move_cpu="$(( $(cpu "$proxy") - move_c0 )) $(( $(redis_cpu) - move_r0 ))"
 touch_moves=$(metric 'shardgate_rebalance_keys_moved_total{how="touch"}')
 reads=$(curl -s "127.0.0.1:$metrics/metrics" | grep '^shardgate_rebalance_migrating_reads_total' || true)
