@@ -302,16 +302,7 @@ fn keys_of_migrating_slots_are_not_served_from_the_cache() {
             ("s2", &servers[2]),
         ])),
     );
-    let metrics_port = free_port();
-    let mut proxy = Proxy {
-        child: None,
-        port: free_port(),
-        admin_port: free_port(),
-        map: m1.clone(),
-        state: dir.path().join("state"),
-        log: dir.path().join("proxy.log"),
-    };
-    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let (proxy, metrics_port) = Proxy::start_with_metrics(dir.path(), &m1);
     let mut c = proxy.client().get_connection().unwrap();
     let (t1, t2) = (table_of(&m1), table_of(&m2));
     let moving: Vec<String> = (0..5000)

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::rebalance::*;
 use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
@@ -284,16 +284,7 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
     };
     let m1 = write(dir.path(), "m1.yaml", &yaml(2));
     let m2 = write(dir.path(), "m2.yaml", &yaml(3));
-    let metrics_port = free_port();
-    let mut proxy = Proxy {
-        child: None,
-        port: free_port(),
-        admin_port: free_port(),
-        map: m1.clone(),
-        state: dir.path().join("state"),
-        log: dir.path().join("proxy.log"),
-    };
-    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let (proxy, metrics_port) = Proxy::start_with_metrics(dir.path(), &m1);
     std::thread::sleep(Duration::from_millis(500)); // replicas join the read rotation
     let mut c = proxy.client().get_connection().unwrap();
     let (t1, t2) = (table_of(&m1), table_of(&m2));
@@ -312,15 +303,7 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
     // Keep the mover slow, then paused, so the slots stay Migrating and
     // the reads below are what moves most keys.
     let mut admin = proxy.admin();
-    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
-    assert!(started.starts_with("OK"), "{started}");
-    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.progress()["slots_migrating"] == "0" {
-        assert!(Instant::now() < deadline, "no window started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    admin.rebalance_paused_migrating(&m2);
     let replica_gets = |r: &RedisServer| -> u64 {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
@@ -668,22 +651,16 @@ fn a_write_waits_while_the_mover_copies_its_key() {
     const FENCE: &str = "__shardgate_moving__";
     let servers: Vec<RedisServer> = (0..2).map(|_| RedisServer::start()).collect();
     let dir = TempDir::new("rebalance-fence");
-    let m1 = write(dir.path(), "m1.yaml", &map_yaml(&[("s0", &servers[0])]));
+    // 4096 slots: the 2048 that move are one window, all migrating at once.
+    let yaml =
+        |shards: &[(&str, &RedisServer)]| map_yaml(shards).replace("slots: 16384", "slots: 4096");
+    let m1 = write(dir.path(), "m1.yaml", &yaml(&[("s0", &servers[0])]));
     let m2 = write(
         dir.path(),
         "m2.yaml",
-        &map_yaml(&[("s0", &servers[0]), ("s1", &servers[1])]),
+        &yaml(&[("s0", &servers[0]), ("s1", &servers[1])]),
     );
-    let metrics_port = free_port();
-    let mut proxy = Proxy {
-        child: None,
-        port: free_port(),
-        admin_port: free_port(),
-        map: m1.clone(),
-        state: dir.path().join("state"),
-        log: dir.path().join("proxy.log"),
-    };
-    proxy.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let (proxy, metrics_port) = Proxy::start_with_metrics(dir.path(), &m1);
     let mut c = proxy.client().get_connection().unwrap();
     let t2 = table_of(&m2);
     let moving: Vec<String> = (0..4000)
@@ -700,18 +677,8 @@ fn a_write_waits_while_the_mover_copies_its_key() {
             .query(&mut c)
             .unwrap();
     }
-    // The window migrating, the mover throttled then paused with no batch
-    // in flight (a pause waits for the batches in flight).
     let mut admin = proxy.admin();
-    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
-    assert!(started.starts_with("OK"), "{started}");
-    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.progress()["slots_migrating"] == "0" {
-        assert!(Instant::now() < deadline, "no window started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    admin.rebalance_paused_migrating(&m2);
     std::thread::sleep(Duration::from_millis(300));
     let mut s0 = servers[0].connection();
     let mut s1 = servers[1].connection();

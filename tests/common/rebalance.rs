@@ -44,6 +44,21 @@ impl Proxy {
         p
     }
 
+    /// [`Proxy::start`] with a metrics listener; returns its port too.
+    pub fn start_with_metrics(dir: &Path, map: &Path) -> (Proxy, u16) {
+        let metrics_port = free_port();
+        let mut p = Proxy {
+            child: None,
+            port: free_port(),
+            admin_port: free_port(),
+            map: map.to_owned(),
+            state: dir.join("state"),
+            log: dir.join("proxy.log"),
+        };
+        p.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+        (p, metrics_port)
+    }
+
     pub fn spawn(&mut self) {
         self.spawn_with(&[]);
     }
@@ -144,6 +159,21 @@ impl Admin {
             .iter()
             .map(|e| String::from_utf8_lossy(&e[1..]).trim_end().to_owned())
             .collect())
+    }
+
+    /// Starts a rebalance to `map`, throttled to 1 key/s, and pauses it
+    /// once a window is migrating (with no batch in flight: a pause waits
+    /// for the batches in flight), so the window's slots stay migrating.
+    pub fn rebalance_paused_migrating(&mut self, map: &Path) {
+        let started = self.text(&[b"REBALANCE", b"FILE", map.to_str().unwrap().as_bytes()]);
+        assert!(started.starts_with("OK"), "{started}");
+        assert_eq!(self.text(&[b"THROTTLE", b"1"]), "OK");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.progress()["slots_migrating"] == "0" {
+            assert!(Instant::now() < deadline, "no window started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(self.text(&[b"PAUSE"]), "OK");
     }
 
     pub fn progress(&mut self) -> HashMap<String, String> {

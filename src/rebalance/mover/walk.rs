@@ -310,6 +310,7 @@ impl Step<'_> {
                 self.move_big(walk).await?;
             }
             walk.flush();
+            let busy = walk.in_flight();
             let restoring = walk.dumped.take();
             let mut asked = Vec::with_capacity(4);
             if let Some(r) = walk.restored.take() {
@@ -323,7 +324,7 @@ impl Step<'_> {
             // fenced.
             let drain = !walk.big.is_empty()
                 || *self.job.paused.borrow()
-                || (self.job.throttle.load(Ordering::Relaxed) > 0 && walk.in_flight());
+                || (self.job.throttle.load(Ordering::Relaxed) > 0 && busy);
             if !drain && let Some((to, keys, bytes)) = walk.ready.pop_front() {
                 asked.push(Asked::Dump(to, keys, bytes));
             } else if let Some((to, keys)) = walk.listed.pop_front() {
