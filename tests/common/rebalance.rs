@@ -31,15 +31,20 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(dir: &Path, map: &Path) -> Proxy {
-        let mut p = Proxy {
+    /// A proxy not started yet, on free ports, its state and log in `dir`.
+    pub fn new(dir: &Path, map: &Path) -> Proxy {
+        Proxy {
             child: None,
             port: free_port(),
             admin_port: free_port(),
             map: map.to_owned(),
             state: dir.join("state"),
             log: dir.join("proxy.log"),
-        };
+        }
+    }
+
+    pub fn start(dir: &Path, map: &Path) -> Proxy {
+        let mut p = Proxy::new(dir, map);
         p.spawn();
         p
     }
@@ -47,14 +52,7 @@ impl Proxy {
     /// [`Proxy::start`] with a metrics listener; returns its port too.
     pub fn start_with_metrics(dir: &Path, map: &Path) -> (Proxy, u16) {
         let metrics_port = free_port();
-        let mut p = Proxy {
-            child: None,
-            port: free_port(),
-            admin_port: free_port(),
-            map: map.to_owned(),
-            state: dir.join("state"),
-            log: dir.join("proxy.log"),
-        };
+        let mut p = Proxy::new(dir, map);
         p.spawn_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
         (p, metrics_port)
     }
