@@ -652,8 +652,11 @@ fn a_write_waits_while_the_mover_copies_its_key() {
     let servers: Vec<RedisServer> = (0..2).map(|_| RedisServer::start()).collect();
     let dir = TempDir::new("rebalance-fence");
     // 4096 slots: the 2048 that move are one window, all migrating at once.
-    let yaml =
-        |shards: &[(&str, &RedisServer)]| map_yaml(shards).replace("slots: 16384", "slots: 4096");
+    let yaml = |shards: &[(&str, &RedisServer)]| {
+        map_yaml(shards)
+            .replace("slots: 16384", "slots: 4096")
+            .replace("options:\n", "options:\n  allow_flush: true\n")
+    };
     let m1 = write(dir.path(), "m1.yaml", &yaml(&[("s0", &servers[0])]));
     let m2 = write(
         dir.path(),
@@ -734,6 +737,20 @@ fn a_write_waits_while_the_mover_copies_its_key() {
     assert!(!exists(&mut s0, &key));
     let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut s1).unwrap();
     assert_eq!(v.as_deref(), Some("new"));
+    // A flush while keys move could let a copied key come back on its new
+    // shard: refused until the window is done, in a transaction too.
+    let e = redis::cmd("FLUSHALL").query::<()>(&mut c).unwrap_err();
+    assert_eq!(e.code(), Some("TRYAGAIN"), "{e:?}");
+    let e = redis::pipe()
+        .atomic()
+        .cmd("FLUSHDB")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("aborted") && text.contains("FLUSHDB while a rebalance"),
+        "{text}"
+    );
     assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     assert_eq!(admin.text(&[b"RESUME"]), "OK");
     let p = wait_done(&proxy);
@@ -756,4 +773,8 @@ fn a_write_waits_while_the_mover_copies_its_key() {
         }
     }
     assert!(moving.iter().all(|k| !exists(&mut s0, k)));
+    // Once the window is done, a flush runs.
+    let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 0);
 }

@@ -248,6 +248,13 @@ impl Session {
         };
         self.held = Some(snap.clone());
         let table = snap.table();
+        if table.has_migrating() && tx.queued.iter().any(is_flush) {
+            // As FLUSHALL / FLUSHDB outside a transaction (`dispatch::multi`).
+            self.unwatch().await?;
+            return Err(ProxyError::tryagain(
+                "FLUSHALL / FLUSHDB in a transaction while a rebalance moves slots between shards; retry once the window is done",
+            ));
+        }
         if let Err(e) = self.move_keys(proxy, &snap, &keys).await {
             self.unwatch().await?;
             return Err(e);
@@ -302,18 +309,7 @@ impl Session {
         conn.stateful = false;
         // FLUSHALL / FLUSHDB ran in the transaction on its shard; the
         // other shards follow once it ran (not atomically with it).
-        let flushes: Vec<&Request> = tx
-            .queued
-            .iter()
-            .filter(|r| {
-                crate::command::lookup(r.name()).is_some_and(|s| {
-                    matches!(
-                        s.handling,
-                        crate::command::Handling::Fanout(crate::command::FanoutKind::Flush)
-                    )
-                })
-            })
-            .collect();
+        let flushes: Vec<&Request> = tx.queued.iter().filter(|r| is_flush(r)).collect();
         if !flushes.is_empty() && matches!(reply::array_elements(&exec_reply), Ok(Some(_))) {
             self.flush_others(&snap, shard, &flushes).await?;
         }
@@ -542,4 +538,14 @@ async fn unless_busy<T>(
             });
         }
     }
+}
+
+/// Whether `r` is FLUSHALL or FLUSHDB.
+fn is_flush(r: &Request) -> bool {
+    crate::command::lookup(r.name()).is_some_and(|s| {
+        matches!(
+            s.handling,
+            crate::command::Handling::Fanout(crate::command::FanoutKind::Flush)
+        )
+    })
 }

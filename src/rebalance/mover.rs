@@ -755,10 +755,15 @@ mod tests {
     fn the_published_table_routes_each_unit_by_its_state() {
         let (mut w, _dir) = work(None);
         let (p, m, d) = (0, 1, 2);
-        w.states[m] = UnitState::Migrating;
         w.states[d] = UnitState::Done;
+        assert!(
+            !w.table(Epoch(8)).has_migrating(),
+            "pending and done units only"
+        );
+        w.states[m] = UnitState::Migrating;
         let t = w.table(Epoch(9));
         assert_eq!(t.epoch(), Epoch(9));
+        assert!(t.has_migrating());
         let route = |i: usize| {
             let mv = &w.plan.moves[i];
             (t.route_of(mv.class, Slot(mv.slot.0)), mv.from, mv.to)

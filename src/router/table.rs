@@ -206,6 +206,15 @@ impl RoutingTable {
         self.overlay.is_some()
     }
 
+    /// Whether any slot of this table is migrating (keys may be on their
+    /// old shard, their new one, or on their way between them).
+    pub fn has_migrating(&self) -> bool {
+        self.overlay.as_ref().is_some_and(|ov| {
+            ov.iter()
+                .any(|&e| e != OV_NONE && e & OV_MIGRATING != 0 && e & OV_PENDING == 0)
+        })
+    }
+
     /// Number of key classes: one per placement rule, plus the default.
     pub fn classes(&self) -> usize {
         self.class_placement.len()

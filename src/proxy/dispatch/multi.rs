@@ -189,6 +189,12 @@ impl Session {
                     }
                     return self.fail(Some(spec), e);
                 }
+                if snap.table().has_migrating() {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.aborted = true;
+                    }
+                    return self.fail(Some(spec), flush_while_moving(spec));
+                }
                 true
             }
             _ => false,
@@ -291,6 +297,9 @@ impl Session {
                         spec.name.to_uppercase()
                     )));
                 }
+                if snap.table().has_migrating() {
+                    return Err(flush_while_moving(spec));
+                }
                 Ok(self.gather(spec, all(self, req.raw().clone()), Merge::AllOk))
             }
             FanoutKind::Script | FanoutKind::Function => {
@@ -355,4 +364,16 @@ impl Session {
             }
         }
     }
+}
+
+/// FLUSHALL / FLUSHDB while slots migrate: refused, since a key the mover
+/// has copied to its new shard but not yet removed from its old one
+/// (`rebalance::mover::walk`) could come back on the new shard after the
+/// flush. Every proxy of a fleet has the migrating table before any key of
+/// the window moves, so each refuses alike.
+fn flush_while_moving(spec: &CommandSpec) -> ProxyError {
+    ProxyError::tryagain(format_args!(
+        "{} while a rebalance moves slots between shards; retry once the window is done",
+        spec.name.to_uppercase()
+    ))
 }
