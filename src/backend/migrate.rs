@@ -28,8 +28,8 @@ pub enum Migrated {
     Moved,
     /// None of the keys was on the source (already moved, or never there).
     NoKey,
-    /// The mover is copying the key ([`fenced_migrate_frame`]): nothing
-    /// happened; ask again in a moment.
+    /// The mover kept copying the key ([`migrate_unless_copying`]):
+    /// nothing happened.
     Copying,
     /// The source refused or failed (its error text): the keys stay where
     /// they were, on the source.
@@ -67,40 +67,77 @@ pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms:
 /// copying right now (`DUMP` on the source, `RESTORE` on the target,
 /// `UNLINK` on the source: see `rebalance::mover::walk`). While a key is in
 /// it, its copy on the source does not change: a command that would move
-/// it (on any proxy of a fleet) runs [`fenced_migrate_frame`], which
-/// refuses it, and waits. The set exists only while the mover has keys in
-/// flight; a mover that starts walking a source removes what a crashed
-/// one left.
+/// it (on any proxy of a fleet) moves it with [`migrate_unless_copying`],
+/// which does not while it is in the set, and waits. The set exists only
+/// while the mover has keys in flight; a mover that starts walking a source
+/// removes what a crashed one left.
 pub const MOVING_SET: &[u8] = b"__shardgate_moving__";
 
-/// The prefix of the error [`fenced_migrate_frame`] answers while the
-/// mover copies the key.
-const FENCED: &[u8] = b"-SGMOVING";
+/// `MIGRATE` of one key, by a command that touches it, unless the mover is
+/// copying it (it is in [`MOVING_SET`]), on `conn` (a dedicated RESP2
+/// connection of database `db` to the source): `WATCH` the set, check the
+/// key is not in it, then `MIGRATE` inside `MULTI`/`EXEC`, which Redis
+/// does not run if the set changed meanwhile (the mover fenced or released
+/// a batch): then again. While the key is in the set, asks again every
+/// millisecond, for at most `limit`; then answers [`Migrated::Copying`].
+/// `on_wait` runs each time it has to ask again.
+///
+/// (A script could check and move in one step, but it would carry the
+/// target's password in its arguments, which the source's `SLOWLOG` and
+/// `MONITOR` show; they redact `MIGRATE`'s own.)
+pub async fn migrate_unless_copying(
+    conn: &mut PooledConn,
+    target: &EndpointState,
+    db: Db,
+    key: &[u8],
+    timeout: Duration,
+    limit: Duration,
+    on_wait: impl Fn(),
+) -> Result<Migrated, MigrateError> {
+    let started = std::time::Instant::now();
+    let ms = timeout.as_millis() as u64;
+    loop {
+        let mut check = BytesMut::new();
+        encode_command(&[b"WATCH", MOVING_SET], &mut check);
+        encode_command(&[b"SISMEMBER", MOVING_SET, key], &mut check);
+        conn.stateful = true;
+        let r = request(conn, &check, 2, timeout).await?;
+        if let Some(e) = r.iter().find(|f| reply::is_error(f)) {
+            return Ok(Migrated::Failed(error_of(e)));
+        }
+        let copying = reply::integer(&r[1]) == Some(1);
+        if !copying {
+            let mut tx = BytesMut::new();
+            encode_command(&[b"MULTI"], &mut tx);
+            tx.extend_from_slice(&migrate_frame(target, db, &[key], ms));
+            encode_command(&[b"EXEC"], &mut tx);
+            let r = request(conn, &tx, 3, timeout * 2).await?;
+            conn.stateful = false;
+            match reply::array_elements(&r[2]) {
+                Ok(Some(done)) if !done.is_empty() => return Ok(migrated(&done[0])),
+                // Aborted: the set changed since the WATCH.
+                Ok(Some(_)) => {}
+                _ => {
+                    let e = r.iter().find(|f| reply::is_error(f)).unwrap_or(&r[2]);
+                    return Ok(Migrated::Failed(error_of(e)));
+                }
+            }
+        } else {
+            request(conn, b"*1\r\n$7\r\nUNWATCH\r\n", 1, timeout).await?;
+            conn.stateful = false;
+        }
+        on_wait();
+        if started.elapsed() > limit {
+            return Ok(Migrated::Copying);
+        }
+        if copying {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
 
-/// `MIGRATE` of one key unless the mover is copying it (it is in
-/// [`MOVING_SET`]): the check and the move are one script, atomic on the
-/// source.
-const FENCED_MIGRATE: &[u8] = b"if redis.call('SISMEMBER', KEYS[1], KEYS[2]) == 1 then return redis.error_reply('SGMOVING the rebalance mover is copying this key') end return redis.call('MIGRATE', unpack(ARGV))";
-
-/// [`migrate_frame`] of one key, refused while the mover copies it (see
-/// [`MOVING_SET`]); the reply reads as [`Migrated::Copying`] then.
-pub fn fenced_migrate_frame(target: &EndpointState, db: Db, key: &[u8], timeout_ms: u64) -> Bytes {
-    let (host, port) = host_port(target);
-    let timeout = timeout_ms.max(1).to_string();
-    let db = db.0.to_string();
-    let mut args: Vec<&[u8]> = vec![b"EVAL", FENCED_MIGRATE, b"2", MOVING_SET, key];
-    args.extend([
-        host.as_bytes(),
-        port.as_bytes(),
-        key,
-        db.as_bytes(),
-        timeout.as_bytes(),
-        b"REPLACE",
-    ]);
-    push_auth(target, &mut args);
-    let mut out = BytesMut::new();
-    encode_command(&args, &mut out);
-    out.freeze()
+fn error_of(frame: &[u8]) -> String {
+    reply::error_text(frame).unwrap_or_else(|| String::from_utf8_lossy(frame).trim_end().to_owned())
 }
 
 fn host_port(target: &EndpointState) -> (&str, &str) {
@@ -129,8 +166,6 @@ pub fn migrated(frame: &[u8]) -> Migrated {
         Migrated::Moved
     } else if frame.starts_with(b"+NOKEY") {
         Migrated::NoKey
-    } else if frame.starts_with(FENCED) {
-        Migrated::Copying
     } else {
         Migrated::Failed(
             reply::error_text(frame)

@@ -181,8 +181,8 @@ impl Metrics {
         }
     }
 
-    /// A command's move of a key found the mover copying it (see
-    /// [`REBALANCE_TOUCH_WAITS`]).
+    /// A command's move of a key had to ask again, the mover copying that
+    /// key (see [`REBALANCE_TOUCH_WAITS`]).
     pub fn rebalance_touch_waited(&self) {
         self.rebalance_touch_waits.increment(1);
     }

@@ -113,8 +113,9 @@ pub const REBALANCE_BYTES: &str = "shardgate_rebalance_bytes_moved_total";
 /// which shard had it (`source`: not moved yet; `target`: moved already;
 /// `neither`: absent from both, read again in order).
 pub const REBALANCE_READS: &str = "shardgate_rebalance_migrating_reads_total";
-/// Times a command's move of a key was refused because the mover was
-/// copying that key (`DUMP`/`RESTORE`), and asked again a moment later.
+/// Times a command's move of a key was put off because the mover was
+/// copying that key (`DUMP`/`RESTORE`) or had just fenced or released a
+/// batch, and asked again.
 pub const REBALANCE_TOUCH_WAITS: &str = "shardgate_rebalance_touch_waits_total";
 /// Values of the `found` label of [`REBALANCE_READS`].
 pub const READ_FOUND: [&str; 3] = ["source", "target", "neither"];
@@ -404,7 +405,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         REBALANCE_TOUCH_WAITS,
         "counter",
-        "Moves of a key by a command that found the rebalance mover copying that key and asked again a moment later",
+        "Moves of a key by a command put off because the rebalance mover was copying that key (or fencing or releasing a batch), asked again",
     ),
     (
         REBALANCE_ERRORS,

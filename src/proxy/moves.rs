@@ -1,6 +1,6 @@
 //! The client side of an online rebalance: a command on a key of a
 //! migrating slot first moves the key from its old shard to its new one
-//! (`MIGRATE`, atomic on the source, between Redis shards, refused while
+//! (`MIGRATE`, atomic on the source, between Redis shards, put off while
 //! the mover copies that key; to or from a postgres shard, a copy with
 //! commands under the key's fence, see `backend::copy`), then runs on the
 //! new shard.
@@ -21,9 +21,8 @@ use super::dispatch::{Action, ExclusiveOp, Pass};
 use super::pending::{Pending, PendingKind, answered};
 use super::session::Session;
 use crate::backend::copy::{self, Copied, CopyError, Stays};
-use crate::backend::fence::Touch;
 use crate::backend::migrate::{
-    BIG_KEY_BYTES, BigKeyMove, Migrated, fenced_migrate_frame, migrated, move_big_key,
+    BIG_KEY_BYTES, BigKeyMove, Migrated, migrate_unless_copying, move_big_key,
 };
 use crate::backend::mux::ReplyRx;
 use crate::backend::{Backends, Db, Wire};
@@ -469,11 +468,10 @@ impl Session {
         sized
     }
 
-    /// Step 2: one `MIGRATE` per ordinary key, sent together, each after
-    /// waiting while the mover copies that key piece by piece. Each is
-    /// refused while the mover copies the key with `DUMP`/`RESTORE` (see
-    /// `backend::migrate::MOVING_SET`): it is sent again after a moment,
-    /// for at most [`HELD_LIMIT`].
+    /// Step 2: one `MIGRATE` per ordinary key, each after waiting while
+    /// this proxy's mover copies that key piece by piece, and while the
+    /// mover (of any proxy) copies it with `DUMP`/`RESTORE` (see
+    /// [`migrate_unless_copying`]: for at most [`HELD_LIMIT`]).
     async fn migrate_small(
         &self,
         proxy: &Proxy,
@@ -481,46 +479,40 @@ impl Session {
         small: &[KeyMove<'_>],
         failures: &mut Failures<'_>,
     ) {
-        let mut touches: Vec<Touch<'_>> = Vec::with_capacity(small.len());
-        let mut waits = Vec::with_capacity(small.len());
+        let wire = Wire {
+            proto: Protocol::Resp2,
+            db: self.db,
+        };
         for m in small {
-            touches.push(proxy.ctx.fences.touch(m.key).await);
+            let touch = proxy.ctx.fences.touch(m.key).await;
             let target = &backends.shard(m.to).primary;
             let source = &backends.shard(m.from).primary;
-            let timeout = source.state.options.command_timeout.as_millis() as u64;
-            let frame = fenced_migrate_frame(&target.state, self.db, m.key, timeout);
-            let rx = source.send(self.wire(), self.id, &frame);
-            waits.push((*m, frame, rx));
-        }
-        let ask = |rx: ReplyRx| async move {
-            match answered(rx.await) {
-                Ok(frame) => migrated(&frame),
-                Err(e) => Migrated::Failed(e.to_string()),
-            }
-        };
-        for (m, frame, rx) in waits {
-            let mut outcome = ask(rx).await;
-            let started = std::time::Instant::now();
-            while outcome == Migrated::Copying {
-                proxy.metrics.rebalance_touch_waited();
-                if started.elapsed() > HELD_LIMIT {
-                    outcome = Migrated::Failed(
-                        "the rebalance mover kept copying it (is it stuck?)".to_owned(),
-                    );
-                    break;
+            let timeout = source.state.options.command_timeout;
+            let moved = match source.dedicated(wire).await {
+                Ok(mut conn) => {
+                    let state = &target.state;
+                    let waited = || proxy.metrics.rebalance_touch_waited();
+                    migrate_unless_copying(
+                        &mut conn, state, self.db, m.key, timeout, HELD_LIMIT, waited,
+                    )
+                    .await
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                let source = &backends.shard(m.from).primary;
-                outcome = ask(source.send(self.wire(), self.id, &frame)).await;
-            }
+                Err(e) => Err(e.into()),
+            };
+            drop(touch);
+            let outcome = match moved {
+                Ok(outcome) => outcome,
+                Err(e) => Migrated::Failed(e.to_string()),
+            };
             match outcome {
                 Migrated::Moved => proxy.metrics.rebalance_moved_on_touch(1),
                 Migrated::NoKey => {}
-                Migrated::Copying => {}
-                Migrated::Failed(why) => failures.record(m, why),
+                Migrated::Copying => {
+                    failures.record(*m, "the rebalance mover kept copying it (is it stuck?)")
+                }
+                Migrated::Failed(why) => failures.record(*m, why),
             }
         }
-        drop(touches);
     }
 
     /// Step 3: one big key, on a dedicated connection to its source.

@@ -11,7 +11,8 @@
 //! only by a command's move (`MIGRATE`, which takes it away; writes move
 //! first, reads do not write) or by expiring. The fence is the set
 //! [`MOVING_SET`] on the source: while a key is in it, a command's move of
-//! it is refused (`fenced_migrate_frame`, atomic on the source) and waits.
+//! it does not run (`migrate_unless_copying`: the check is under `WATCH` on
+//! the source) and waits.
 //! So between the `DUMP` and the `UNLINK` the key on the source stays what
 //! was dumped, and the copy on the target (with the same absolute expiry
 //! time) is the same value; a read that finds either finds the key's value.
