@@ -41,6 +41,10 @@ use crate::router::{RoutingTable, ShardId};
 
 /// Keys per batch (sized by one script, then copied together).
 const BATCH: usize = 100;
+/// Most bytes (by `MEMORY USAGE`) per batch: a batch's `DUMP` payloads are
+/// held by the proxy until they are restored (two batches at most), so a
+/// batch of large keys is split.
+const BATCH_BYTES: u64 = 8 << 20;
 /// Keys per `SCAN` of the source: each call blocks the source while it
 /// lists them.
 const SCAN_COUNT: &[u8] = b"500";
@@ -527,11 +531,15 @@ impl Step<'_> {
                     let ints: Option<Vec<i64>> =
                         sizes.map(|s| s.iter().filter_map(|f| reply::integer(f)).collect());
                     match ints.as_deref() {
-                        Some(&[sum, max]) if (max.max(0) as u64) < BIG_KEY_BYTES => {
+                        Some(&[sum, max])
+                            if (max.max(0) as u64) < BIG_KEY_BYTES
+                                && (sum.max(0) as u64) <= BATCH_BYTES =>
+                        {
                             walk.ready.push_back((to, keys, sum.max(0) as u64));
                         }
-                        // A big key among them (or a shard that refused the
-                        // script): each key is sized on its own.
+                        // A big key among them, too many bytes for one
+                        // batch (or a shard that refused the script): each
+                        // key is sized on its own.
                         _ => walk.exact.extend(keys),
                     }
                 }
@@ -554,9 +562,7 @@ impl Step<'_> {
                     let mut small: Vec<_> = small.into_iter().collect();
                     small.sort_by_key(|(to, _)| *to);
                     for (to, sized) in small {
-                        for batch in sized.chunks(BATCH) {
-                            let bytes = batch.iter().map(|(_, n)| n).sum();
-                            let keys = batch.iter().map(|(k, _)| k.clone()).collect();
+                        for (keys, bytes) in batches(sized) {
                             walk.ready.push_back((to, keys, bytes));
                         }
                     }
@@ -668,5 +674,46 @@ fn encode_asked(a: &Asked, out: &mut BytesMut) {
             }
         }
         Asked::Scan(cursor) => encode_command(&[b"SCAN", cursor, b"COUNT", SCAN_COUNT], out),
+    }
+}
+
+/// Keys sized one by one, in batches of at most [`BATCH`] keys and
+/// [`BATCH_BYTES`] bytes (a key larger than that alone), with their bytes.
+fn batches(sized: Vec<(Bytes, u64)>) -> Vec<(Vec<Bytes>, u64)> {
+    let mut out: Vec<(Vec<Bytes>, u64)> = Vec::new();
+    for (k, n) in sized {
+        match out.last_mut() {
+            Some((keys, bytes)) if keys.len() < BATCH && *bytes + n <= BATCH_BYTES => {
+                keys.push(k);
+                *bytes += n;
+            }
+            _ => out.push((vec![k], n)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_their_keys_and_bytes() {
+        let key = |i: usize| Bytes::from(format!("k{i}"));
+        let small: Vec<(Bytes, u64)> = (0..250).map(|i| (key(i), 10)).collect();
+        let b = batches(small);
+        assert_eq!(
+            b.iter().map(|(k, _)| k.len()).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        assert_eq!(b[2].1, 500);
+        // 3 MiB keys: two per batch; one larger than a batch goes alone.
+        let mut large: Vec<(Bytes, u64)> = (0..5).map(|i| (key(i), 3 << 20)).collect();
+        large.insert(2, (key(9), BATCH_BYTES + 1));
+        let b = batches(large);
+        let sizes: Vec<usize> = b.iter().map(|(k, _)| k.len()).collect();
+        assert_eq!(sizes, [2, 1, 2, 1]);
+        assert!(b.iter().all(|(k, n)| k.len() == 1 || *n <= BATCH_BYTES));
+        assert_eq!(b.iter().map(|(k, _)| k.len()).sum::<usize>(), 6);
     }
 }
