@@ -1,7 +1,7 @@
 //! Moving keys between Redis shards for a rebalance: the `MIGRATE` command
 //! that a source primary runs for a command that touches a key (atomic
 //! there: the key is restored on the target before it is deleted on the
-//! source), refused while the mover copies that key ([`MOVING_SET`]); how
+//! source), put off while the mover copies that key ([`MOVING_SET`]); how
 //! its reply reads; and big keys, copied piece by piece.
 
 use std::sync::Arc;
@@ -43,7 +43,10 @@ pub enum Migrated {
 /// target but failed before deleting it on the source: both copies are then
 /// the same, since no command uses a key before its move succeeded.
 pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms: u64) -> Bytes {
-    let (host, port) = host_port(target);
+    let (host, port) = match target.addr.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (target.addr.as_str(), "6379"),
+    };
     let timeout = timeout_ms.max(1).to_string();
     let db = db.0.to_string();
     let mut args: Vec<&[u8]> = vec![
@@ -55,7 +58,16 @@ pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms:
         timeout.as_bytes(),
         b"REPLACE",
     ];
-    push_auth(target, &mut args);
+    if let Some(auth) = &target.link.auth {
+        match &auth.username {
+            Some(user) => args.extend([
+                b"AUTH2".as_slice(),
+                user.as_bytes(),
+                auth.password.as_bytes(),
+            ]),
+            None => args.extend([b"AUTH".as_slice(), auth.password.as_bytes()]),
+        }
+    }
     args.push(b"KEYS");
     args.extend_from_slice(keys);
     let mut out = BytesMut::new();
@@ -138,26 +150,6 @@ pub async fn migrate_unless_copying(
 
 fn error_of(frame: &[u8]) -> String {
     reply::error_text(frame).unwrap_or_else(|| String::from_utf8_lossy(frame).trim_end().to_owned())
-}
-
-fn host_port(target: &EndpointState) -> (&str, &str) {
-    match target.addr.rsplit_once(':') {
-        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
-        None => (target.addr.as_str(), "6379"),
-    }
-}
-
-fn push_auth<'a>(target: &'a EndpointState, args: &mut Vec<&'a [u8]>) {
-    if let Some(auth) = &target.link.auth {
-        match &auth.username {
-            Some(user) => args.extend([
-                b"AUTH2".as_slice(),
-                user.as_bytes(),
-                auth.password.as_bytes(),
-            ]),
-            None => args.extend([b"AUTH".as_slice(), auth.password.as_bytes()]),
-        }
-    }
 }
 
 /// Reads a `MIGRATE` reply.
