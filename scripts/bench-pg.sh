@@ -11,6 +11,7 @@
 #
 #   scripts/bench-pg.sh [--clients N] [--seconds S] [--keys K] [--rounds R]
 #                       [--bin LABEL=PATH]... [--threads T] [--write]
+#                       [--commands "get set incr"]
 #
 #   --clients N   redis-benchmark -c and pgbench -c (default 50)
 #   --seconds S   length of each run (default 10)
@@ -19,6 +20,7 @@
 #   --bin L=P     a shardgate binary to measure, labelled L (default:
 #                 this tree's target/release/shardgate, built, as "proxy")
 #   --threads T   shardgate --threads (default: one per core)
+#   --commands C  the commands to measure (default "get set incr")
 #   --write       also write the table into BENCHMARKS.md (between the
 #                 bench-pg markers)
 #
@@ -38,6 +40,7 @@ keys=100000
 rounds=1
 threads=
 write=false
+commands="get set incr"
 bins=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
     --bin) bins+=("$2"); shift ;;
     --threads) threads=$2; shift ;;
     --write) write=true ;;
+    --commands) commands=$2; shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench-pg: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -178,13 +182,14 @@ run_pgbench() { # command
 # Warm-up (fills the keys, connects the pools) and each proxy's rate.
 declare -A rate
 for i in "${!labels[@]}"; do
-  for t in set get incr; do
+  for t in set $commands; do
+    [ "$t" = set ] && [ -n "${rate[$i.set]:-}" ] && continue
     out=$(redis-benchmark -p "${proxy_ports[$i]}" -c "$clients" -n $((clients * 200)) -r "$keys" -t "$t" -d 3 --csv 2>/dev/null | grep -i "^\"$t\"" | tail -1 || true)
     rate[$i.$t]=$(echo "$out" | cut -d, -f2 | tr -d '"')
   done
 done
 for round in $(seq "$rounds"); do
-  for t in get set incr; do
+  for t in $commands; do
     # Alternate the order each round.
     if [ $((round % 2)) -eq 1 ]; then run_pgbench "$t"; fi
     for i in "${!labels[@]}"; do run_proxy "$i" "$t"; done
@@ -226,6 +231,8 @@ out = [f"{clients} clients, {secs} s per run, {keys} keys, median of {rounds} ro
        "|---|---|---|---|---|---|"]
 for cmd in ["get", "set", "incr"]:
     b = med("pgbench", cmd)
+    if not b:
+        continue
     out.append(f"| {cmd.upper()} | pgbench, same SQL | {b[0]:.0f} | 1.00x | - | {b[2]:.1f} |")
     for t in targets:
         m = med(t, cmd)

@@ -386,6 +386,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
     }
+    shardgate::metrics::count_panics();
     match cli.command {
         Command::CheckMap { map, keys } => match ShardMap::load(&map) {
             Ok(m) => {

@@ -55,6 +55,20 @@ fn metric(mport: u16, prefix: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Asserts that the proxy has not panicked (a batch task that panics after
+/// answering its clients would go unseen otherwise).
+fn assert_no_panics(mport: u16) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("shardgate_panics_total "))
+        .unwrap_or_else(|| panic!("no shardgate_panics_total in:\n{body}"));
+    assert_eq!(line, "shardgate_panics_total 0", "the proxy panicked");
+}
+
 /// The value of the group commit counter for `outcome`.
 fn group_commit(mport: u16, outcome: &str) -> u64 {
     metric(
@@ -174,6 +188,7 @@ fn writes_in_flight_together_commit_together_with_exact_replies() {
         );
     }
     assert!(group_commit(mport, "batched") > 0, "no write was batched");
+    assert_no_panics(mport);
 }
 
 #[test]
@@ -244,6 +259,7 @@ fn a_row_lock_held_outside_the_proxy_stalls_batches_only_briefly() {
     // (Whether a batch met the row lock depends on timing; the counter
     // exists either way.)
     let _ = group_commit(mport, "batch_failed");
+    assert_no_panics(mport);
 }
 
 #[test]
@@ -313,6 +329,7 @@ fn sets_in_flight_together_commit_as_one_statement() {
         "SELECT count(*) FROM kv_hash h WHERE NOT EXISTS (SELECT 1 FROM kv k WHERE k.kd = h.kd)",
     );
     assert_eq!(orphans.trim(), "0");
+    assert_no_panics(mport);
 }
 
 #[test]
@@ -391,4 +408,5 @@ fn gets_in_flight_together_are_read_with_one_statement() {
         statements < gets && single < statements,
         "{statements} statements, {single} of one GET, for {gets} GETs"
     );
+    assert_no_panics(mport);
 }

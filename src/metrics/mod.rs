@@ -46,6 +46,7 @@ pub struct Metrics {
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
     _build_info: Gauge,
+    _panics: Counter,
     fleet_proxies: Gauge,
     fleet_fenced: Gauge,
     fleet_leader: Gauge,
@@ -103,6 +104,7 @@ impl Metrics {
                 g.set(1.0);
                 g
             },
+            _panics: counter!(PANICS),
             fleet_proxies: gauge!(FLEET_PROXIES),
             fleet_fenced: gauge!(FLEET_FENCED),
             fleet_leader: gauge!(FLEET_LEADER),
@@ -642,4 +644,22 @@ impl EndpointMetrics {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.set(if healthy { 1.0 } else { 0.0 });
     }
+}
+
+/// Makes every panic count in [`PANICS`] and log at level error (with its
+/// place, and a backtrace when `RUST_BACKTRACE` asks for one), instead of
+/// only printing to stderr: a panicked task ends while the process goes on
+/// serving, so without this a bug could go unseen.
+pub fn count_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        counter!(PANICS).increment(1);
+        let backtrace = std::backtrace::Backtrace::capture();
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            backtrace = %backtrace,
+            "a thread or task panicked (a bug: please report this line)"
+        );
+    }));
 }

@@ -185,6 +185,9 @@ pub const SENTINEL_SWITCHES: &str = "shardgate_sentinel_switches_total";
 /// 1 if the sentinel answered the last check of the shard's master, by
 /// shard and sentinel.
 pub const SENTINEL_UP: &str = "shardgate_sentinel_up";
+/// Panics of the proxy's threads and tasks: each is a bug (the task that
+/// panicked ended); the log line at level error says where.
+pub const PANICS: &str = "shardgate_panics_total";
 /// The metrics whose series exist only for shards that follow Sentinel
 /// (registered at start for each of them).
 pub const SENTINEL_ONLY: [&str; 2] = [SENTINEL_SWITCHES, SENTINEL_UP];
@@ -522,6 +525,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         BUILD_INFO,
         "gauge",
         "Always 1; the version label is the shardgate version of this binary",
+    ),
+    (
+        PANICS,
+        "counter",
+        "Panics of the proxy's threads and tasks (each a bug: the task that panicked ended, and an error log line says where); alert on any increase",
     ),
     (
         FLEET_PROXIES,

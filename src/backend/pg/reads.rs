@@ -100,7 +100,12 @@ impl Reader {
 
 /// Takes the queued GETs, in batches, until every [`Reader`] is gone.
 async fn read_loop(state: Arc<EndpointState>, pool: PgPool, rx: mpsc::UnboundedReceiver<Pending>) {
-    super::batching::batches(rx, IN_FLIGHT, MAX_BATCH, move |batch| {
+    let flight = super::batching::Flight {
+        usual: IN_FLIGHT,
+        slow: None,
+        most: IN_FLIGHT,
+    };
+    super::batching::batches(rx, flight, MAX_BATCH, move |batch| {
         let (state, pool) = (state.clone(), pool.clone());
         async move { run_batch(&state, &pool, batch).await }
     })
