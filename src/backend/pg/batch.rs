@@ -84,9 +84,9 @@ use crate::router::placement::key_hash;
 pub const MAX_BATCH: usize = 256;
 /// Batches of one thread's committer in flight at once while none is slow:
 /// one, so that the next batch forms while it commits and holds every write
-/// that arrived meanwhile. Measured against 2 and 4 (BENCHMARKS.md, "PostgreSQL
-/// shards against pgbench"): batches of about 14 SETs instead of 10, 25% less
-/// postgres CPU and 15% less proxy CPU per SET, 2-13% more SETs/s.
+/// that arrived meanwhile. Measured against 4 (BENCHMARKS.md, "PostgreSQL
+/// shards against pgbench"): batches of about 13 SETs instead of 10, 11-25%
+/// less postgres CPU and 10-14% less proxy CPU per SET; SETs/s within noise.
 pub const USUAL_IN_FLIGHT: usize = 1;
 /// A batch running longer than this (a row lock held outside the proxy, up
 /// to [`LOCK_TIMEOUT`]; a slow disk) lets the next one start, so that it
