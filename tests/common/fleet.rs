@@ -76,6 +76,7 @@ impl Member {
                 log: log_path,
             };
             let pid = m.child.as_ref().map_or(0, |c| c.0.id());
+            super::check_log_for_panics(pid, &m.log);
             let deadline = Instant::now() + PATIENCE;
             loop {
                 let exited = m

@@ -347,7 +347,67 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // A panicked task of the proxy ends while the rest serves on, and
+        // its clients may even have had their replies: only its log tells.
+        let log = PROXY_LOGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0.id());
+        let Some((path, remove)) = log else {
+            return;
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(PANIC_LOG)) {
+            if !thread::panicking() {
+                panic!("the proxy (pid {}) panicked: {line}", self.0.id());
+            }
+        } else if remove {
+            let _ = std::fs::remove_file(&path);
+        }
     }
+}
+
+/// What the proxy logs when a thread or task panics
+/// (`shardgate::metrics::count_panics`).
+pub const PANIC_LOG: &str = "a thread or task panicked";
+
+/// The logs of the proxies the tests started, by pid, and whether to remove
+/// the file once the process ended without a panic: dropping its
+/// [`KillOnDrop`] fails the test if the log has [`PANIC_LOG`].
+static PROXY_LOGS: std::sync::Mutex<std::collections::BTreeMap<u32, (PathBuf, bool)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Has dropping the [`KillOnDrop`] of process `pid` check its log at
+/// `path` for a panic (a log the caller keeps: not removed).
+pub fn check_log_for_panics(pid: u32, path: &Path) {
+    PROXY_LOGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid, (path.to_owned(), false));
+}
+
+/// A new file for the log (stderr) of a proxy about to start, in a
+/// directory of this test process, and its path: hand the path to
+/// [`watch_proxy_log`] once the proxy started.
+fn proxy_log() -> (std::fs::File, PathBuf) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("shardgate-test-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("test log directory");
+    let path = dir.join(format!(
+        "proxy-{}.log",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create(&path).expect("proxy log");
+    (file, path)
+}
+
+/// [`check_log_for_panics`] for a log of [`proxy_log`]: removed once its
+/// process ended without a panic.
+fn watch_proxy_log(pid: u32, path: PathBuf) {
+    PROXY_LOGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid, (path, true));
 }
 
 /// Writes a map of one region `us` with one shard per primary (`s0`, `s1`,
@@ -416,15 +476,17 @@ pub fn spawn_proxy_env(
     // /proc), and start again on another port if it exited.
     for _ in 0..3 {
         let port = free_port();
+        let (log, log_path) = proxy_log();
         let child = Command::new(bin)
             .args(["serve", "--map"])
             .arg(map)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .envs(env.iter().copied())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn shardgate");
+        watch_proxy_log(child.id(), log_path);
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

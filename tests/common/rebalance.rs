@@ -81,6 +81,7 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .expect("spawn shardgate");
+        super::check_log_for_panics(child.id(), &self.log);
         self.child = Some(KillOnDrop(child));
         wait_for_port(self.port);
         wait_for_port(self.admin_port);
