@@ -28,8 +28,14 @@ pids=()
 cleanup() {
   echo
   echo "== stopping demo"
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # In the reverse order of their start, each gone before the next stops:
+  # the proxies first (they drain their clients while etcd and the shards
+  # still answer), then etcd, then the shards.
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
