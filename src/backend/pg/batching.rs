@@ -81,15 +81,10 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Runs `batches` over `items` sent up front, each batch taking
-    /// `each` (the first one `first`), and returns the batches in the
-    /// order they started with the most that ran at once.
-    async fn run(
-        flight: Flight,
-        items: usize,
-        first: Duration,
-        each: Duration,
-    ) -> (Vec<Vec<usize>>, usize) {
+    /// Runs `batches` (at most 3 per batch) over `items` sent up front,
+    /// each batch taking `each`, and returns the batches in the order they
+    /// started, and the most that ran at once.
+    async fn run(flight: Flight, items: usize, each: Duration) -> (Vec<Vec<usize>>, usize) {
         let (tx, rx) = mpsc::unbounded_channel();
         let started = Arc::new(Mutex::new(Vec::new()));
         let running = Arc::new(Mutex::new((0usize, 0usize)));
@@ -97,14 +92,13 @@ mod tests {
         let done = tokio::spawn(batches(rx, flight, 3, move |batch: Vec<usize>| {
             let (s, r) = (s.clone(), r.clone());
             async move {
-                let wait = if batch[0] == 0 { first } else { each };
                 s.lock().unwrap().push(batch);
                 {
                     let mut r = r.lock().unwrap();
                     r.0 += 1;
                     r.1 = r.1.max(r.0);
                 }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(each).await;
                 r.lock().unwrap().0 -= 1;
             }
         }));
@@ -114,7 +108,7 @@ mod tests {
         drop(tx);
         done.await.unwrap();
         // Let the last batches end.
-        tokio::time::sleep(first + each * 10).await;
+        tokio::time::sleep(each * 10).await;
         let most = running.lock().unwrap().1;
         let started = started.lock().unwrap().clone();
         (started, most)
@@ -127,14 +121,20 @@ mod tests {
             slow: None,
             most: 4,
         };
-        let (started, most) = run(
-            flight,
-            7,
-            Duration::from_millis(1),
-            Duration::from_millis(1),
-        )
-        .await;
+        let (started, most) = run(flight, 7, Duration::from_millis(1)).await;
         assert_eq!(started, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        assert_eq!(most, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_quicker_than_slow_still_run_one_at_a_time() {
+        let flight = Flight {
+            usual: 1,
+            slow: Some(Duration::from_millis(5)),
+            most: 4,
+        };
+        let (started, most) = run(flight, 9, Duration::from_millis(4)).await;
+        assert_eq!(started.len(), 3);
         assert_eq!(most, 1);
     }
 
@@ -145,9 +145,9 @@ mod tests {
             slow: Some(Duration::from_millis(5)),
             most: 2,
         };
-        // The first batch takes 1 s: past 5 ms the next starts, and the
-        // one after it waits for a room (two at once at most).
-        let (started, most) = run(flight, 9, Duration::from_secs(1), Duration::from_secs(1)).await;
+        // Each batch takes 1 s: past 5 ms the next starts, and the one
+        // after it waits for a room (two at once at most).
+        let (started, most) = run(flight, 9, Duration::from_secs(1)).await;
         assert_eq!(started.len(), 3);
         assert_eq!(most, 2);
     }
