@@ -42,14 +42,20 @@ fn proxy(pg: &PgServer, dir: &common::TempDir) -> (common::KillOnDrop, u16, u16)
     (child, port, mport)
 }
 
-/// The sum of the samples of the series starting with `prefix` (a name and
-/// `{`) that contain `label` (empty: all).
-fn metric(mport: u16, prefix: &str, label: &str) -> f64 {
+/// The proxy's `/metrics` page.
+fn scrape(mport: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
-    body.lines()
+    body
+}
+
+/// The sum of the samples of the series starting with `prefix` (a name and
+/// `{`) that contain `label` (empty: all).
+fn metric(mport: u16, prefix: &str, label: &str) -> f64 {
+    scrape(mport)
+        .lines()
         .filter(|l| l.starts_with(prefix) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -58,10 +64,7 @@ fn metric(mport: u16, prefix: &str, label: &str) -> f64 {
 /// Asserts that the proxy has not panicked (a batch task that panics after
 /// answering its clients would go unseen otherwise).
 fn assert_no_panics(mport: u16) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = scrape(mport);
     let line = body
         .lines()
         .find(|l| l.starts_with("shardgate_panics_total "))

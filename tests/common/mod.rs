@@ -380,15 +380,20 @@ static PROXY_LOGS: std::sync::Mutex<std::collections::BTreeMap<u32, (PathBuf, bo
 /// Has dropping the [`KillOnDrop`] of process `pid` check its log at
 /// `path` for a panic (a log the caller keeps: not removed).
 pub fn check_log_for_panics(pid: u32, path: &Path) {
+    watch_log(pid, path.to_owned(), false);
+}
+
+/// Registers the log of process `pid` in [`PROXY_LOGS`].
+fn watch_log(pid: u32, path: PathBuf, remove: bool) {
     PROXY_LOGS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(pid, (path.to_owned(), false));
+        .insert(pid, (path, remove));
 }
 
 /// A new file for the log (stderr) of a proxy about to start, in a
 /// directory of this test process, and its path: hand the path to
-/// [`watch_proxy_log`] once the proxy started.
+/// [`watch_log`] once the proxy started (removed when it ends clean).
 fn proxy_log() -> (std::fs::File, PathBuf) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!("shardgate-test-logs-{}", std::process::id()));
@@ -399,15 +404,6 @@ fn proxy_log() -> (std::fs::File, PathBuf) {
     ));
     let file = std::fs::File::create(&path).expect("proxy log");
     (file, path)
-}
-
-/// [`check_log_for_panics`] for a log of [`proxy_log`]: removed once its
-/// process ended without a panic.
-fn watch_proxy_log(pid: u32, path: PathBuf) {
-    PROXY_LOGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(pid, (path, true));
 }
 
 /// Writes a map of one region `us` with one shard per primary (`s0`, `s1`,
@@ -486,7 +482,7 @@ pub fn spawn_proxy_env(
             .stderr(log)
             .spawn()
             .expect("spawn shardgate");
-        watch_proxy_log(child.id(), log_path);
+        watch_log(child.id(), log_path, true);
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
