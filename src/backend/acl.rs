@@ -16,8 +16,9 @@
 //!   ([`crate::command::proxy_refusals`]: SELECT, SWAPDB, MIGRATE, CONFIG,
 //!   SHUTDOWN, DEBUG, ACL, MODULE, FLUSHALL/FLUSHDB unless `allow_flush`, ...)
 //!   and every command the proxy does not know (module commands);
-//! - `resetkeys ~*` (the proxy has no key patterns), `resetchannels` (the
-//!   proxy refuses pub/sub), `clearselectors nocommands` before the rules so
+//! - `resetkeys` and patterns that grant every key but the proxy's own
+//!   (the mover's fence, which a script could otherwise delete: see
+//!   [`key_patterns`]), `resetchannels` (the proxy refuses pub/sub), `clearselectors nocommands` before the rules so
 //!   that an earlier definition leaves nothing behind;
 //! - a password of 256 random bits made at startup, kept only in memory and
 //!   never logged. `>password` adds it to the user's passwords rather than
@@ -46,6 +47,7 @@ use bytes::BytesMut;
 use super::EndpointState;
 use super::connect::{connect, read_one_frame};
 use super::dedicated::DedicatedConn;
+use super::migrate::MOVING_SET;
 use crate::error::BackendError;
 use crate::protocol::request::encode_command;
 use crate::protocol::{Protocol, reply};
@@ -88,8 +90,8 @@ impl BackendUser {
         })
     }
 
-    /// `ACL SETUSER <name> on clearselectors resetkeys ~* resetchannels
-    /// nocommands <rules...> ><password>`.
+    /// `ACL SETUSER <name> on clearselectors resetkeys <key patterns>
+    /// resetchannels nocommands <rules...> ><password>`.
     fn encode_setuser(&self, password: &str, out: &mut BytesMut) {
         let pass = format!(">{password}");
         let mut args: Vec<&[u8]> = vec![
@@ -99,14 +101,41 @@ impl BackendUser {
             b"on",
             b"clearselectors",
             b"resetkeys",
-            b"~*",
-            b"resetchannels",
-            b"nocommands",
         ];
+        let keys = key_patterns();
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        args.extend([b"resetchannels".as_slice(), b"nocommands"]);
         args.extend(self.rules.iter().map(|r| r.as_bytes()));
         args.push(pass.as_bytes());
         encode_command(&args, out);
     }
+}
+
+/// The key patterns of every backend user: any key may be read (`%R~*`),
+/// and any key but the proxy's own ([`is_reserved_key`]: the mover's
+/// fence) may be read and written. Redis' globs have no negation, so the
+/// keys that differ from the fence `f` (of length n) are spelled out: every
+/// length below n (`~`, `~?`, `~??` ...), every length above
+/// (`~???...?*`, n + 1 `?`), and for each position i, length n with any
+/// byte but `f[i]` there (`~??[^f2]??...`). Redis checks a key against
+/// them only for the commands a script or transaction runs; a key needs
+/// one pattern granting all it needs, so a write of the fence is refused
+/// (`-ERR The user executing the script can't access at least one of the
+/// keys ...`) and a read of it is not. The fence's bytes are letters and
+/// `_`, which a glob takes literally.
+fn key_patterns() -> Vec<String> {
+    let fence = std::str::from_utf8(MOVING_SET).unwrap_or_default();
+    let n = fence.len();
+    let mut out = vec!["%R~*".to_owned()];
+    out.extend((0..n).map(|len| format!("~{}", "?".repeat(len))));
+    out.push(format!("~{}*", "?".repeat(n + 1)));
+    out.extend(
+        fence
+            .chars()
+            .enumerate()
+            .map(|(i, c)| format!("~{}[^{c}]{}", "?".repeat(i), "?".repeat(n - 1 - i))),
+    );
+    out
 }
 
 /// The backend users of this proxy, by proxy user name. Swapped as a whole
@@ -332,6 +361,7 @@ fn record(ep: &EndpointState, result: &Result<(), BackendError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::migrate::is_reserved_key;
 
     fn spec(rules: &[&str]) -> Vec<(String, Vec<String>)> {
         vec![(
@@ -368,9 +398,67 @@ mod tests {
         user.encode_setuser("pw", &mut out);
         let text = String::from_utf8_lossy(&out).replace("\r\n", " ");
         assert!(
-            text.ends_with("$2 on $14 clearselectors $9 resetkeys $2 ~* $13 resetchannels $10 nocommands $4 +get $3 >pw "),
+            text.contains("$2 on $14 clearselectors $9 resetkeys $4 %R~* $1 ~ $2 ~? "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("$13 resetchannels $10 nocommands $4 +get $3 >pw "),
             "{text}"
         );
         assert!(text.contains("$13 shardgate:app"));
+    }
+
+    /// Redis' glob for the patterns `key_patterns` uses: `?`, a trailing
+    /// `*`, `[^c]` and literal bytes.
+    fn glob(pattern: &[u8], key: &[u8]) -> bool {
+        match pattern {
+            [] => key.is_empty(),
+            [b'*'] => true,
+            [b'?', rest @ ..] => !key.is_empty() && glob(rest, &key[1..]),
+            [b'[', b'^', c, b']', rest @ ..] => {
+                key.first().is_some_and(|k| k != c) && glob(rest, &key[1..])
+            }
+            [p, rest @ ..] => key.first() == Some(p) && glob(rest, &key[1..]),
+        }
+    }
+
+    /// Whether a backend user may write `key` (a pattern without `%R`).
+    fn writable(key: &[u8]) -> bool {
+        key_patterns()
+            .iter()
+            .filter_map(|p| p.strip_prefix('~'))
+            .any(|p| glob(p.as_bytes(), key))
+    }
+
+    #[test]
+    fn backend_users_may_write_every_key_but_the_fence() {
+        assert!(
+            MOVING_SET
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_'),
+            "a glob would not take the fence literally"
+        );
+        assert!(!writable(MOVING_SET));
+        assert!(is_reserved_key(MOVING_SET));
+        let mut keys: Vec<Vec<u8>> = vec![b"".to_vec(), b"k".to_vec(), b"user:1000".to_vec()];
+        // Every prefix and extension of the fence, and every one-byte change.
+        for len in 0..MOVING_SET.len() {
+            keys.push(MOVING_SET[..len].to_vec());
+            let mut changed = MOVING_SET.to_vec();
+            changed[len] ^= 0x20;
+            keys.push(changed);
+            let mut other = MOVING_SET.to_vec();
+            other[len] = b'*';
+            keys.push(other);
+        }
+        keys.push([MOVING_SET, b"x"].concat());
+        keys.push([MOVING_SET, MOVING_SET].concat());
+        keys.push(vec![b'_'; 100]);
+        keys.push(vec![0xff; MOVING_SET.len()]);
+        for key in &keys {
+            assert!(writable(key), "{:?}", String::from_utf8_lossy(key));
+        }
+        // And any key may be read.
+        assert_eq!(key_patterns()[0], "%R~*");
     }
 }

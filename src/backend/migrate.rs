@@ -85,6 +85,15 @@ pub fn migrate_frame(target: &EndpointState, db: Db, keys: &[&[u8]], timeout_ms:
 /// removes what a crashed one left.
 pub const MOVING_SET: &[u8] = b"__shardgate_moving__";
 
+/// Whether `key` is a name the proxy keeps for itself: the mover's fence
+/// ([`MOVING_SET`]). A client that wrote or deleted it (or whose command
+/// moved it) could lift the fence while the mover copies a key, and a write
+/// to that key could be lost; so the proxy refuses commands naming it, and
+/// `KEYS`, `SCAN` and `RANDOMKEY` do not list it.
+pub fn is_reserved_key(key: &[u8]) -> bool {
+    key == MOVING_SET
+}
+
 /// `MIGRATE` of one key, by a command that touches it, unless the mover is
 /// copying it (it is in [`MOVING_SET`]), on `conn` (a dedicated RESP2
 /// connection of database `db` to the source): `WATCH` the set, check the

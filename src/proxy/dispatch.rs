@@ -19,6 +19,7 @@ use super::pending::{Part, Pending, PendingKind, Retry};
 use super::session::{Session, WriteState};
 use crate::backend::Role;
 use crate::backend::cache::{Lookup, NearCache};
+use crate::backend::migrate::is_reserved_key;
 use crate::command::keys::key_indices;
 use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, PubSubKind, TxKind, lookup};
 use crate::error::ProxyError;
@@ -128,15 +129,22 @@ pub fn target(
     let args = req.args();
     let mut shard = None;
     let mut must_move = false;
+    let mut apart = false;
     for &i in scratch.iter() {
         let Some(key) = args.get(i) else { continue };
+        // Refused before CROSSSLOT, wherever it stands.
+        if is_reserved_key(key) {
+            return Err(reserved_key());
+        }
         let route = table.route(key);
         must_move |= pass.must_move(table, &route);
         match shard {
             None => shard = Some(route.shard),
-            Some(prev) if prev != route.shard => return Err(ProxyError::crossslot()),
-            Some(_) => {}
+            Some(prev) => apart |= prev != route.shard,
         }
+    }
+    if apart {
+        return Err(ProxyError::crossslot());
     }
     Ok(match shard {
         None => Target::NoKeys,
@@ -694,6 +702,13 @@ fn one_slot(
     Ok(slot)
 }
 
+/// The refusal of a command naming a reserved key ([`is_reserved_key`]).
+pub(super) fn reserved_key() -> ProxyError {
+    ProxyError::Client(std::borrow::Cow::Borrowed(
+        "ERR key name '__shardgate_moving__' is reserved by shardgate (the rebalance fence)",
+    ))
+}
+
 /// The decision to move a request's keys before it runs.
 fn move_first(req: Request, spec: &'static CommandSpec) -> Action {
     Action::Exclusive(ExclusiveOp::MoveFirst(req, spec), spec)
@@ -839,6 +854,33 @@ mod tests {
             target_of(&t, &["EVAL", "return 1", "0"], Pass::Fresh),
             Ok(Target::NoKeys)
         );
+    }
+
+    /// The mover's fence is refused wherever a command names it as a key,
+    /// and the refusal names it.
+    #[test]
+    fn the_fence_key_is_refused_in_any_key_position() {
+        let t = stable();
+        let fence = std::str::from_utf8(crate::backend::migrate::MOVING_SET).unwrap();
+        let ProxyError::Client(text) = reserved_key() else {
+            panic!("a client error");
+        };
+        assert!(text.contains(fence), "{text}");
+        for args in [
+            vec!["SADD", fence, "k"],
+            vec!["DEL", "{x}a", fence],
+            vec!["RENAME", "k", fence],
+            vec!["EVAL", "return 1", "1", fence],
+            vec!["ZUNIONSTORE", "dst", "2", "a", fence],
+            vec!["XREAD", "STREAMS", fence, "0"],
+        ] {
+            for pass in [Pass::Fresh, Pass::Moved(Epoch(1))] {
+                assert_eq!(target_of(&t, &args, pass), Err(reserved_key()), "{args:?}");
+            }
+        }
+        // A key that only starts like it is a key like any other.
+        let near = format!("{fence}x");
+        assert!(target_of(&t, &["GET", &near], Pass::Fresh).is_ok());
     }
 
     #[test]

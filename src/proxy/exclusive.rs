@@ -11,6 +11,7 @@ use super::dispatch::ExclusiveOp;
 use super::pending::answered;
 use super::session::Session;
 use crate::backend::dedicated::PooledConn;
+use crate::backend::migrate::is_reserved_key;
 use crate::backend::pg::transaction::{Queued, Watched};
 use crate::error::{BackendError, ProxyError};
 use crate::protocol::{Reply, Request, reply, request::encode_command};
@@ -374,7 +375,10 @@ impl Session {
         Ok(())
     }
 
-    /// RANDOMKEY: asks shards, starting at a random one, until one has a key.
+    /// RANDOMKEY: asks shards, starting at a random one, until one has a
+    /// key. A shard that answers with the proxy's own key (the mover's
+    /// fence) is asked again, at most [`RANDOMKEY_TRIES`] times, then
+    /// passed over as if empty.
     async fn randomkey(&self, proxy: &Proxy) -> Result<Reply, ProxyError> {
         let all = proxy.backends();
         let shards = all.shards();
@@ -389,18 +393,30 @@ impl Session {
             if s.phase == crate::shardmap::ShardPhase::Removed {
                 continue;
             }
-            let reply = s
-                .read_endpoint_after(self.id, self.read_floor(s))
-                .send(self.wire(), self.id, &frame)
-                .await;
-            let reply = answered(reply)?;
-            if reply::is_error(&reply) || reply::bulk(&reply).is_some() {
+            let ep = s.read_endpoint_after(self.id, self.read_floor(s));
+            let reply = ep.send(self.wire(), self.id, &frame).await;
+            let mut reply = answered(reply)?;
+            // The proxy's own key (the mover's fence) is not the client's:
+            // ask again, a few times (the shard may hold nothing else).
+            for _ in 0..RANDOMKEY_TRIES {
+                if !reply::bulk(&reply).is_some_and(|k| is_reserved_key(&k)) {
+                    break;
+                }
+                reply = answered(ep.send(self.wire(), self.id, &frame).await)?;
+            }
+            if reply::is_error(&reply) || reply::bulk(&reply).is_some_and(|k| !is_reserved_key(&k))
+            {
                 return Ok(Reply::Frame(reply));
             }
         }
         Ok(Reply::Nil)
     }
 }
+
+/// How many times RANDOMKEY asks a shard again that answered with the
+/// mover's fence: a shard holding one key besides it is passed over with a
+/// chance of 1 in 2^16.
+const RANDOMKEY_TRIES: usize = 16;
 
 /// Which credentials a dedicated connection runs with.
 #[derive(Clone, Copy)]
@@ -479,10 +495,14 @@ impl Session {
                 .and_then(|c| std::str::from_utf8(&c).ok()?.parse().ok())
                 .ok_or_else(bad)?;
             let last = u64::from(shard.0) + 1 >= n;
-            let empty = reply::array_elements(&keys)
+            let listed = reply::array_elements(&keys)
                 .ok()
                 .flatten()
-                .is_none_or(|k| k.is_empty());
+                .ok_or_else(bad)?;
+            let all_listed = listed.len();
+            // The proxy's own key (the mover's fence) is not the client's.
+            let listed: Vec<Bytes> = super::pending::listed(listed).collect();
+            let empty = listed.is_empty();
             if next == 0 && empty && !last {
                 shard = ShardId(shard.0 + 1);
                 cursor = 0;
@@ -497,9 +517,14 @@ impl Session {
                         ProxyError::err("SCAN cursor of a shard is too large to encode")
                     })?
             };
+            let keys = if listed.len() == all_listed {
+                Reply::Frame(keys)
+            } else {
+                Reply::Array(listed.into_iter().map(Reply::Frame).collect())
+            };
             return Ok(Reply::Array(vec![
                 Reply::Bulk(Bytes::from(client_cursor.to_string())),
-                Reply::Frame(keys),
+                keys,
             ]));
         }
     }

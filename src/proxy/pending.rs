@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::backend::Endpoint;
+use crate::backend::migrate::is_reserved_key;
 use crate::backend::mux::{ReplyResult, ReplyRx};
 use crate::command::CommandSpec;
 use crate::error::ProxyError;
@@ -358,7 +359,7 @@ fn merge_into(
                     .ok()
                     .flatten()
                     .ok_or_else(|| bad("KEYS"))?;
-                all.extend(elems.into_iter().map(Reply::Frame));
+                all.extend(listed(elems).map(Reply::Frame));
             }
             Reply::Array(all)
         }
@@ -393,6 +394,13 @@ fn merge_into(
     };
     r.encode(proto, out);
     Ok(true)
+}
+
+/// The keys of a shard's `KEYS` or `SCAN` reply that a client may see:
+/// all but the proxy's own ([`is_reserved_key`]).
+pub(super) fn listed(keys: Vec<Bytes>) -> impl Iterator<Item = Bytes> {
+    keys.into_iter()
+        .filter(|k| reply::bulk(k).is_none_or(|name| !is_reserved_key(&name)))
 }
 
 fn bad(what: &str) -> ProxyError {

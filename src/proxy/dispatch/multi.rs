@@ -6,8 +6,10 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::{
-    Action, ExclusiveOp, Pass, Target, keyless_allowed, move_first, one_slot, stateless_only,
+    Action, ExclusiveOp, Pass, Target, keyless_allowed, move_first, one_slot, reserved_key,
+    stateless_only,
 };
+use crate::backend::migrate::is_reserved_key;
 use crate::command::{CommandSpec, FanoutKind, Handling, LocalKind, SplitKind, TxKind};
 use crate::error::ProxyError;
 use crate::protocol::{Reply, Request, request::encode_command_from};
@@ -50,6 +52,12 @@ impl Session {
         // shard in that list (its part).
         let mut shards: SmallVec<[ShardId; 8]> = SmallVec::new();
         let mut part_of: SmallVec<[u16; 16]> = SmallVec::new();
+        if (1..args.len())
+            .step_by(stride)
+            .any(|i| is_reserved_key(&args[i]))
+        {
+            return Err(reserved_key());
+        }
         for i in (1..args.len()).step_by(stride) {
             let route = table.route(&args[i]);
             if pass.must_move(table, &route) {
