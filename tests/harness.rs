@@ -52,3 +52,30 @@ fn drop_stops_the_server() {
         "still listening after drop"
     );
 }
+
+/// A task of an in-process proxy that panics (the proxy serves on) fails
+/// the test when its runtime is dropped; a runtime without one does not.
+#[test]
+fn a_panic_on_an_in_process_proxy_runtime_fails_the_test() {
+    let quiet = common::ProxyRuntime::new(1);
+    quiet.block_on(async {
+        tokio::spawn(async { 1 + 1 }).await.unwrap();
+    });
+    assert!(quiet.panics().is_empty());
+    drop(quiet);
+
+    let rt = common::ProxyRuntime::new(1);
+    let joined =
+        rt.block_on(async { tokio::spawn(async { panic!("a bug in a proxy task") }).await });
+    assert!(joined.is_err(), "the task panicked");
+    let seen = rt.panics();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains("a bug in a proxy task"), "{seen:?}");
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rt)));
+    let message = dropped.expect_err("dropping the runtime fails the test");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("the in-process proxy panicked"), "{text}");
+}

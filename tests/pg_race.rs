@@ -372,11 +372,7 @@ fn every_write_pair_is_linearizable_per_key() {
 
     let pg = PgServer::start();
     let map_path = write_map(&pg.dsn());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::ProxyRuntime::new(2);
     let running = rt
         .block_on(shardgate::app::start(shardgate::app::ServeConfig {
             map_path: map_path.clone(),

@@ -567,7 +567,7 @@ fn a_database_of_an_earlier_version_is_upgraded_in_place() {
     use shardgate::router::placement::key_hash;
 
     let pg = PgServer::start();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = common::ProxyRuntime::new(2);
     let old_dir = common::TempDir::new("old-migrations");
     for name in ["0001_kv_schema.sql", "0002_key_write_locks.sql"] {
         let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -511,7 +511,7 @@ fn migrations_apply_once_and_restarts_are_idempotent() {
     let mut con = c.conn();
     let _: () = con.set("survives", "yes").unwrap();
     // A second proxy on the same map: migrations already applied, data kept.
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = common::ProxyRuntime::new(2);
     let running = rt
         .block_on(shardgate::app::start(shardgate::app::ServeConfig {
             map_path: c.map_path.clone(),
@@ -552,7 +552,7 @@ fn map_with_primary(dsn: &str) -> std::path::PathBuf {
 
 fn start_error(dsn: &str) -> String {
     let path = map_with_primary(dsn);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = common::ProxyRuntime::new(2);
     let started = Instant::now();
     let result = rt.block_on(shardgate::app::start(shardgate::app::ServeConfig {
         map_path: path.clone(),

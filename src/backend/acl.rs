@@ -112,29 +112,35 @@ impl BackendUser {
 }
 
 /// The key patterns of every backend user: any key may be read (`%R~*`),
-/// and any key but the proxy's own ([`is_reserved_key`]: the mover's
-/// fence) may be read and written. Redis' globs have no negation, so the
-/// keys that differ from the fence `f` (of length n) are spelled out: every
-/// length below n (`~`, `~?`, `~??` ...), every length above
-/// (`~???...?*`, n + 1 `?`), and for each position i, length n with any
-/// byte but `f[i]` there (`~??[^f2]??...`). Redis checks a key against
-/// them only for the commands a script or transaction runs; a key needs
-/// one pattern granting all it needs, so a write of the fence is refused
-/// (`-ERR The user executing the script can't access at least one of the
-/// keys ...`) and a read of it is not. The fence's bytes are letters and
-/// `_`, which a glob takes literally.
+/// and any key but the proxy's own ([`MOVING_SET`], the mover's fence) may
+/// be read and written, so that a script cannot lift the fence (a Lua
+/// "delete every key matching" loop over `KEYS` or `SCAN` would, during a
+/// move). Redis' globs have no negation, so the keys other than the fence
+/// `f` (n bytes) are spelled out by how they end, compared from the last
+/// byte: `*[^c]` with `c` the last byte of `f` (almost every key: this
+/// pattern comes first, so that the check of a key is one cheap glob),
+/// then each longer suffix of `f` after another byte (`*[^x]` + `f[i+1..]`),
+/// each proper suffix of `f` as a whole key (`f[i..]`, and the empty key),
+/// and any key ending in `f` after at least one byte (`?*` + `f`). Redis
+/// checks a key against them only for the commands a script or
+/// transaction runs; a key needs one pattern granting all it needs, so a
+/// write of the fence is refused (`-ERR The user executing the script
+/// can't access at least one of the keys ...`) and a read of it is not.
+/// The fence's bytes are letters and `_`, which a glob takes literally.
 fn key_patterns() -> Vec<String> {
     let fence = std::str::from_utf8(MOVING_SET).unwrap_or_default();
-    let n = fence.len();
-    let mut out = vec!["%R~*".to_owned()];
-    out.extend((0..n).map(|len| format!("~{}", "?".repeat(len))));
-    out.push(format!("~{}*", "?".repeat(n + 1)));
+    let Some(last) = fence.chars().last() else {
+        return vec!["~*".to_owned()];
+    };
+    let mut out = vec![format!("~*[^{last}]"), "%R~*".to_owned()];
+    // `fence[i..]` after a byte other than `fence[i - 1]`.
     out.extend(
-        fence
-            .chars()
-            .enumerate()
-            .map(|(i, c)| format!("~{}[^{c}]{}", "?".repeat(i), "?".repeat(n - 1 - i))),
+        (1..fence.len())
+            .rev()
+            .map(|i| format!("~*[^{}]{}", &fence[i - 1..i], &fence[i..])),
     );
+    out.extend((1..=fence.len()).map(|i| format!("~{}", &fence[i..])));
+    out.push(format!("~?*{fence}"));
     out
 }
 
@@ -398,7 +404,7 @@ mod tests {
         user.encode_setuser("pw", &mut out);
         let text = String::from_utf8_lossy(&out).replace("\r\n", " ");
         assert!(
-            text.contains("$2 on $14 clearselectors $9 resetkeys $4 %R~* $1 ~ $2 ~? "),
+            text.contains("$2 on $14 clearselectors $9 resetkeys $6 ~*[^_] $4 %R~* $7 ~*[^_]_ "),
             "{text}"
         );
         assert!(
@@ -408,12 +414,12 @@ mod tests {
         assert!(text.contains("$13 shardgate:app"));
     }
 
-    /// Redis' glob for the patterns `key_patterns` uses: `?`, a trailing
-    /// `*`, `[^c]` and literal bytes.
+    /// Redis' glob for the patterns `key_patterns` uses: `?`, `*`, `[^c]`
+    /// and literal bytes.
     fn glob(pattern: &[u8], key: &[u8]) -> bool {
         match pattern {
             [] => key.is_empty(),
-            [b'*'] => true,
+            [b'*', rest @ ..] => (0..=key.len()).any(|i| glob(rest, &key[i..])),
             [b'?', rest @ ..] => !key.is_empty() && glob(rest, &key[1..]),
             [b'[', b'^', c, b']', rest @ ..] => {
                 key.first().is_some_and(|k| k != c) && glob(rest, &key[1..])
@@ -441,9 +447,13 @@ mod tests {
         assert!(!writable(MOVING_SET));
         assert!(is_reserved_key(MOVING_SET));
         let mut keys: Vec<Vec<u8>> = vec![b"".to_vec(), b"k".to_vec(), b"user:1000".to_vec()];
-        // Every prefix and extension of the fence, and every one-byte change.
+        // Every prefix, suffix and extension of the fence, and every
+        // one-byte change.
         for len in 0..MOVING_SET.len() {
             keys.push(MOVING_SET[..len].to_vec());
+            keys.push(MOVING_SET[len + 1..].to_vec());
+            keys.push([b"x", &MOVING_SET[len + 1..]].concat());
+            keys.push([b"_", &MOVING_SET[len + 1..]].concat());
             let mut changed = MOVING_SET.to_vec();
             changed[len] ^= 0x20;
             keys.push(changed);
@@ -452,13 +462,19 @@ mod tests {
             keys.push(other);
         }
         keys.push([MOVING_SET, b"x"].concat());
+        keys.push([b"x", MOVING_SET].concat());
+        keys.push([b"_", MOVING_SET].concat());
         keys.push([MOVING_SET, MOVING_SET].concat());
         keys.push(vec![b'_'; 100]);
         keys.push(vec![0xff; MOVING_SET.len()]);
+        // ("_" before the fence's suffix from its second byte is the fence.)
+        keys.retain(|k| k != MOVING_SET);
+        assert!(keys.len() > 100);
         for key in &keys {
             assert!(writable(key), "{:?}", String::from_utf8_lossy(key));
         }
-        // And any key may be read.
-        assert_eq!(key_patterns()[0], "%R~*");
+        // Any key may be read, and the pattern most keys match comes first.
+        assert!(key_patterns().contains(&"%R~*".to_owned()));
+        assert_eq!(key_patterns()[0], "~*[^_]");
     }
 }

@@ -72,7 +72,7 @@ pub struct Cluster {
     /// Where clients speak TLS, when the spec asked for it.
     pub tls_port: Option<u16>,
     running: Option<Running>,
-    rt: tokio::runtime::Runtime,
+    rt: super::ProxyRuntime,
 }
 
 impl Cluster {
@@ -145,11 +145,7 @@ impl Cluster {
         let map =
             ShardMap::load(&map_path).unwrap_or_else(|e| panic!("test map refused: {e}\n{yaml}"));
         let table = RoutingTable::compile(Arc::new(map), Epoch(1));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::ProxyRuntime::new(2);
         let config = ServeConfig {
             map_path: map_path.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),

@@ -406,6 +406,82 @@ fn proxy_log() -> (std::fs::File, PathBuf) {
     (file, path)
 }
 
+/// The runtime of a proxy a test runs in its own process (`app::start`):
+/// its threads are named `sg-inproc-<n>-...`, and a panic on one of them
+/// (a task of the proxy that panicked while the proxy served on) fails the
+/// test when the runtime is dropped, as [`KillOnDrop`] does for a proxy
+/// process. Derefs to the tokio runtime.
+pub struct ProxyRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+    prefix: String,
+}
+
+/// Panics on threads of [`ProxyRuntime`]s: (thread name, what and where).
+static INPROC_PANICS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+impl ProxyRuntime {
+    /// A multi-thread runtime of `workers` threads.
+    pub fn new(workers: usize) -> ProxyRuntime {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if let Some(name) = thread::current().name()
+                    && name.starts_with("sg-inproc-")
+                {
+                    INPROC_PANICS
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name.to_owned(), info.to_string()));
+                }
+                previous(info);
+            }));
+        });
+        let prefix = format!("sg-inproc-{}-", NEXT.fetch_add(1, Ordering::Relaxed));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name(format!("{prefix}rt"))
+            .enable_all()
+            .build()
+            .expect("runtime");
+        ProxyRuntime {
+            rt: Some(rt),
+            prefix,
+        }
+    }
+
+    /// The panics on this runtime's threads so far.
+    pub fn panics(&self) -> Vec<String> {
+        INPROC_PANICS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(name, _)| name.starts_with(&self.prefix))
+            .map(|(_, what)| what.clone())
+            .collect()
+    }
+}
+
+impl std::ops::Deref for ProxyRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("runtime")
+    }
+}
+
+impl Drop for ProxyRuntime {
+    fn drop(&mut self) {
+        // Tasks still running end here (a panic while they end counts).
+        drop(self.rt.take());
+        let panics = self.panics();
+        if !panics.is_empty() && !thread::panicking() {
+            panic!("the in-process proxy panicked: {}", panics.join("; "));
+        }
+    }
+}
+
 /// Writes a map of one region `us` with one shard per primary (`s0`, `s1`,
 /// ...) into `dir`; returns its path.
 pub fn write_map(dir: &TempDir, primaries: &[&RedisServer]) -> PathBuf {
