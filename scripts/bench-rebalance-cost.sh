@@ -92,11 +92,8 @@ before=$(get_run before)
 GETS=${GETS:-1}
 metric() { curl -s "127.0.0.1:$metrics/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 move_c0=$(cpu "$proxy"); move_r0=$(redis_cpu)
-SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" --admin "127.0.0.1:$admin" \
-  > "$WORK/rebalance.txt" 2>&1 & reb=$!
-if [ "$THROTTLE" != 0 ]; then
-  until SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin throttle "$THROTTLE" --admin "127.0.0.1:$admin" >/dev/null 2>&1; do sleep 0.01; done
-fi
+SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" --throttle "$THROTTLE" \
+  --admin "127.0.0.1:$admin" > "$WORK/rebalance.txt" 2>&1 & reb=$!
 # The GETs start when the first window is migrating.
 until [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "" ] &&
       [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "0" ]; do sleep 0.02; done

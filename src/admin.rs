@@ -36,7 +36,7 @@ const HELP: &[&str] = &[
     "STATUS -- map epoch, shards and the health of every endpoint",
     "RELOAD -- re-read the map file and apply what changes without moving keys (as SIGHUP)",
     "PLAN <map-yaml> | PLAN FILE <path> -- dry run: slots, keys and bytes a new map would move",
-    "REBALANCE <map-yaml> | REBALANCE FILE <path> -- start moving to a new map, online",
+    "REBALANCE <map-yaml> | REBALANCE FILE <path> [THROTTLE <keys-per-second>] -- start moving to a new map, online (throttled from its first key)",
     "PROGRESS -- the rebalance's progress as field/value pairs (STATUS shows it too)",
     "PAUSE | RESUME -- pause or resume the rebalance's background mover",
     "THROTTLE <keys-per-second> -- limit the mover (0: no limit)",
@@ -227,12 +227,29 @@ async fn plan(reloader: &Reloader, args: &[Bytes]) -> Reply {
 }
 
 async fn rebalance(reloader: &Reloader, args: &[Bytes], peer: SocketAddr) -> Reply {
+    // A trailing `THROTTLE <n>` limits the mover from its first batch.
+    let (args, throttle) = match args {
+        [head @ .., word, n] if head.len() >= 2 && word.eq_ignore_ascii_case(b"THROTTLE") => {
+            match std::str::from_utf8(n)
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) => (head, n),
+                None => {
+                    return Reply::error(
+                        "ERR THROTTLE takes keys per second: a whole number (0: no limit)",
+                    );
+                }
+            }
+        }
+        _ => (args, 0),
+    };
     let text = match map_text(args) {
         Ok(t) => t,
         Err(e) => return e,
     };
-    tracing::info!(%peer, "rebalance requested on the admin port");
-    match reloader.rebalancer().start(&text).await {
+    tracing::info!(%peer, throttle, "rebalance requested on the admin port");
+    match reloader.rebalancer().start(&text, throttle).await {
         Ok(summary) => Reply::Simple(summary.into()),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "rebalance refused");

@@ -30,6 +30,8 @@ pub enum Op {
     Rebalance {
         map: PathBuf,
         wait: bool,
+        /// Keys per second from the first batch (0: no limit).
+        throttle: u64,
     },
     /// Follow the running rebalance with the progress bar.
     Follow,
@@ -163,11 +165,18 @@ async fn run_op(conn: AdminConn, op: Op) -> Result<(), CliError> {
             text(&c.call(&[b"THROTTLE", n.to_string().as_bytes()]).await?)?
         ),
         Op::Follow => return follow(&mut c).await,
-        Op::Rebalance { map, wait } => {
-            println!(
-                "{}",
-                text(&c.call(&[b"REBALANCE", read(&map)?.as_bytes()]).await?)?
-            );
+        Op::Rebalance {
+            map,
+            wait,
+            throttle,
+        } => {
+            let yaml = read(&map)?;
+            let throttle = throttle.to_string();
+            let mut args: Vec<&[u8]> = vec![b"REBALANCE", yaml.as_bytes()];
+            if throttle != "0" {
+                args.extend([b"THROTTLE".as_slice(), throttle.as_bytes()]);
+            }
+            println!("{}", text(&c.call(&args).await?)?);
             if wait {
                 return follow(&mut c).await;
             }

@@ -109,6 +109,10 @@ enum AdminCommand {
         /// Return once the move started instead of following it.
         #[arg(long)]
         no_wait: bool,
+        /// Limit the mover to this many keys per second from its first
+        /// batch (0: no limit; `shardgate admin throttle` changes it).
+        #[arg(long, default_value_t = 0)]
+        throttle: u64,
         #[command(flatten)]
         conn: admin_cli::AdminConn,
     },
@@ -436,11 +440,17 @@ fn main() -> ExitCode {
             | AdminCommand::Apply { .. }
             | AdminCommand::Fleet { .. } => unreachable!("handled above"),
             AdminCommand::Plan { map, conn } => (conn, admin_cli::Op::Plan(map)),
-            AdminCommand::Rebalance { map, no_wait, conn } => (
+            AdminCommand::Rebalance {
+                map,
+                no_wait,
+                throttle,
+                conn,
+            } => (
                 conn,
                 admin_cli::Op::Rebalance {
                     map,
                     wait: !no_wait,
+                    throttle,
                 },
             ),
             AdminCommand::Follow { conn } => (conn, admin_cli::Op::Follow),

@@ -89,10 +89,11 @@ impl Fleet {
         fleet::leader(&self.members)
     }
 
-    /// Submits a rebalance to `map` through member `via`; returns the
+    /// Submits a rebalance to `map` through member `via`, throttled to
+    /// `throttle` keys/s from its first batch (0: no limit); returns the
     /// fleet revision that recorded it.
-    fn rebalance(&self, via: usize, map: &Path) -> i64 {
-        fleet::rebalance(&self.members, via, map)
+    fn rebalance(&self, via: usize, map: &Path, throttle: u64) -> i64 {
+        fleet::rebalance(&self.members, via, map, throttle)
     }
 
     /// The PROGRESS of the mover's member that runs (or ran) the rebalance
@@ -186,7 +187,7 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     let load = Load::start(&fleet.ports(), CLIENTS);
     std::thread::sleep(Duration::from_millis(500));
 
-    let rev = fleet.rebalance(0, &m2);
+    let rev = fleet.rebalance(0, &m2, 0);
     // One rebalance at a time, fleet-wide: another proxy refuses a second.
     let text = std::fs::read_to_string(&m3).unwrap();
     let again = fleet.members[2]
@@ -201,7 +202,7 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");
     let epoch = fleet.same_epoch(rev as u64);
 
-    let rev = fleet.rebalance(1, &m3);
+    let rev = fleet.rebalance(1, &m3, 0);
     assert!(rev as u64 > epoch);
     let p = fleet.wait_done(rev);
     assert_eq!(p["verify"], "ok", "{p:?}");
@@ -252,14 +253,8 @@ fn the_mover_killed_mid_move_is_replaced_and_nothing_is_lost() {
     let load = Load::start(&fleet.ports(), CLIENTS);
     let mover = fleet.leader();
     let other = (mover + 1) % 3;
-    let rev = fleet.rebalance(other, &m2);
-    // Slow the mover (through a third member) so the kill lands mid-move.
-    assert_eq!(
-        fleet.members[(mover + 2) % 3]
-            .admin()
-            .text(&[b"THROTTLE", b"300"]),
-        "OK"
-    );
+    // Slow, so the kill lands mid-move.
+    let rev = fleet.rebalance(other, &m2, 300);
     // Killed once the mover has recorded in etcd what it moved (every 2 s).
     let recorded = recorded_progress(&fleet, "fleet-b", 400);
     fleet.wait_progress(mover, "moved 400 keys", |p| {
@@ -339,11 +334,7 @@ fn a_member_frozen_past_its_lease_fences_itself_and_rejoins() {
     let load = Load::start(&fleet.ports(), CLIENTS);
     let mover = fleet.leader();
     let frozen = if mover == 2 { 1 } else { 2 };
-    let rev = fleet.rebalance(mover, &m2);
-    assert_eq!(
-        fleet.members[mover].admin().text(&[b"THROTTLE", b"400"]),
-        "OK"
-    );
+    let rev = fleet.rebalance(mover, &m2, 400);
     fleet.wait_progress(mover, "moved 100 keys", |p| num(p, "keys_moved") >= 100);
     fleet.members[frozen].signal("STOP");
     // The fleet goes on without it: its lease expires (the mover stops
@@ -457,8 +448,7 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
     let load = Load::start(&fleet.ports(), CLIENTS);
     let mover = fleet.leader();
-    let rev = fleet.rebalance(0, &m2);
-    assert_eq!(fleet.members[1].admin().text(&[b"THROTTLE", b"500"]), "OK");
+    let rev = fleet.rebalance(0, &m2, 500);
     // Stop etcd shortly before the first window's end, so the mover has to
     // record it (and start the next) while etcd is away.
     let first = first_window_keys(&m1, &m2) as u64;
@@ -547,7 +537,7 @@ fn a_big_key_is_copied_once_across_the_fleet_while_every_proxy_writes_it() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let rev = fleet.rebalance(1, &m2);
+    let rev = fleet.rebalance(1, &m2, 0);
     let p = fleet.wait_done(rev);
     assert_eq!(p["verify"], "ok", "{p:?}");
     std::thread::sleep(Duration::from_millis(300));
@@ -594,8 +584,7 @@ fn losing_one_of_three_etcd_members_changes_nothing() {
     let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
     let load = Load::start(&fleet.ports(), CLIENTS);
     let mover = fleet.leader();
-    let rev = fleet.rebalance(0, &m2);
-    assert_eq!(fleet.members[1].admin().text(&[b"THROTTLE", b"500"]), "OK");
+    let rev = fleet.rebalance(0, &m2, 500);
     fleet.wait_progress(mover, "moved some keys", |p| num(p, "keys_moved") >= 100);
     // SIGKILL one member; the others keep the quorum.
     fleet.etcd[0].stop();

@@ -190,7 +190,7 @@ fn three_proxies_move_a_keyspace_into_postgres_and_back() {
 
     // Redis -> PostgreSQL: s1's slots move to p0.
     let to_pg = fleet.pg_map();
-    let rev = fleet::rebalance(&fleet.members, 1, &to_pg);
+    let rev = fleet::rebalance(&fleet.members, 1, &to_pg, 0);
     fleet.wait_done(rev);
     assert!(keys_on(&fleet.servers[1]).is_empty(), "s1 was drained");
     assert!(live_keys(&fleet.pg) > 1000, "p0 holds s1's share");
@@ -206,7 +206,7 @@ fn three_proxies_move_a_keyspace_into_postgres_and_back() {
     // PostgreSQL -> Redis: p0's slots move back to s1.
     std::thread::sleep(Duration::from_millis(300));
     let back = fleet.redis_map();
-    let rev = fleet::rebalance(&fleet.members, 2, &back);
+    let rev = fleet::rebalance(&fleet.members, 2, &back, 0);
     fleet.wait_done(rev);
     assert_eq!(live_keys(&fleet.pg), 0, "p0 was drained");
     let (shared, model) = stop_clean(load, 1000);
@@ -232,12 +232,8 @@ fn the_mover_killed_mid_move_into_postgres_is_replaced_and_nothing_is_lost() {
     let mover = fleet::leader(&fleet.members);
     let other = (mover + 1) % 3;
     let to_pg = fleet.pg_map();
-    let rev = fleet::rebalance(&fleet.members, other, &to_pg);
-    // Slow the mover so the kill lands mid-move.
-    assert_eq!(
-        fleet.members[other].admin().text(&[b"THROTTLE", b"300"]),
-        "OK"
-    );
+    // Slow, so the kill lands mid-move.
+    let rev = fleet::rebalance(&fleet.members, other, &to_pg, 300);
     let deadline = Instant::now() + PATIENCE;
     loop {
         let p = fleet.members[mover].admin().progress();

@@ -334,15 +334,7 @@ fn keys_of_migrating_slots_are_not_served_from_the_cache() {
     let migrating_reads = || counter(shardgate::metrics::REBALANCE_READS);
     // A slow mover, then paused: the slots of its window stay Migrating.
     let mut admin = proxy.admin();
-    let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
-    assert!(started.starts_with("OK"), "{started}");
-    assert_eq!(admin.text(&[b"THROTTLE", b"1"]), "OK");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while admin.progress()["slots_migrating"] == "0" {
-        assert!(std::time::Instant::now() < deadline, "no window started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(admin.text(&[b"PAUSE"]), "OK");
+    admin.rebalance_paused_migrating(&m2);
     let mut migrating = 0;
     for k in &moving {
         let before = migrating_reads();

@@ -230,8 +230,17 @@ impl HashLoad {
     }
 }
 
-fn rebalance(admin: &mut Admin, map: &Path) {
-    let started = admin.text(&[b"REBALANCE", b"FILE", map.to_str().unwrap().as_bytes()]);
+/// Starts a rebalance to `map`, its mover limited to `throttle` keys/s
+/// from the first batch (0: no limit).
+fn rebalance(admin: &mut Admin, map: &Path, throttle: u64) {
+    let throttle = throttle.to_string();
+    let started = admin.text(&[
+        b"REBALANCE",
+        b"FILE",
+        map.to_str().unwrap().as_bytes(),
+        b"THROTTLE",
+        throttle.as_bytes(),
+    ]);
     assert!(started.starts_with("OK rebalance started"), "{started}");
 }
 
@@ -266,7 +275,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     let mut admin = proxy.admin();
 
     // Redis -> PostgreSQL: everything leaves s0.
-    rebalance(&mut admin, &m2);
+    rebalance(&mut admin, &m2, 0);
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
     let moved: u64 = p["keys_moved"].parse().unwrap();
@@ -280,7 +289,7 @@ fn a_keyspace_moves_into_postgres_and_back_while_clients_run() {
     // PostgreSQL -> PostgreSQL (p1's slots to p0) and PostgreSQL -> Redis
     // (slots of both to s1).
     std::thread::sleep(Duration::from_millis(300));
-    rebalance(&mut admin, &m3);
+    rebalance(&mut admin, &m3, 0);
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
     touched += p["keys_moved_on_touch"].parse::<u64>().unwrap();
@@ -332,8 +341,7 @@ fn a_proxy_killed_mid_move_to_or_from_postgres_resumes_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     for map in [&m2, &m3] {
         let mut admin = proxy.admin();
-        rebalance(&mut admin, map);
-        assert_eq!(admin.text(&[b"THROTTLE", b"1000"]), "OK");
+        rebalance(&mut admin, map, 1000);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let p = admin.progress();
@@ -422,8 +430,7 @@ fn keys_a_postgres_shard_cannot_hold_stay_on_their_source() {
 
     // Met during the move: a list created on a slot not moving yet.
     fill_n(&proxy, FILL);
-    rebalance(&mut admin, &m2);
-    assert_eq!(admin.text(&[b"THROTTLE", b"200"]), "OK");
+    rebalance(&mut admin, &m2, 200);
     let list = (0..2000)
         .map(|i| format!("{{l{i}}}list"))
         .find(|k| {
@@ -550,7 +557,7 @@ fn hot_counters_lose_nothing_while_several_windows_move() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut admin = proxy.admin();
-    rebalance(&mut admin, &m2);
+    rebalance(&mut admin, &m2, 0);
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
     std::thread::sleep(Duration::from_millis(300));

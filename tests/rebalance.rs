@@ -46,9 +46,9 @@ fn run_add_then_remove(kill: bool) {
     if kill {
         // Slow the mover so that the kill lands mid-move.
         let text = std::fs::read_to_string(&m2).unwrap();
-        let started = admin.text(&[b"REBALANCE", text.as_bytes()]);
+        let started = admin.text(&[b"REBALANCE", text.as_bytes(), b"THROTTLE", b"1000"]);
         assert!(started.starts_with("OK rebalance started"), "{started}");
-        assert_eq!(admin.text(&[b"THROTTLE", b"1000"]), "OK");
+        assert_eq!(admin.progress()["throttle_keys_per_sec"], "1000");
         // Killed once the mover has recorded what it moved (every 2 s).
         let deadline = Instant::now() + Duration::from_secs(60);
         let recorded = loop {

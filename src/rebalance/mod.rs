@@ -293,7 +293,13 @@ impl Rebalancer {
 
     /// Starts moving to `yaml`. Refused while another rebalance runs,
     /// without a state directory, or for any reason [`plan::plan`] gives.
-    pub async fn start(self: &Arc<Self>, yaml: &str) -> Result<String, RebalanceError> {
+    /// Starts a rebalance to the map `yaml`; `throttle` (keys per second,
+    /// 0 for no limit) is in force before the mover's first batch.
+    pub async fn start(
+        self: &Arc<Self>,
+        yaml: &str,
+        throttle: u64,
+    ) -> Result<String, RebalanceError> {
         let _writer = self.writer.lock().await;
         if let Some(job) = lock(&self.job).as_ref()
             && job.running()
@@ -306,7 +312,7 @@ impl Rebalancer {
             });
         }
         if let Some(coord) = &self.fleet {
-            return self.start_in_fleet(coord, yaml).await;
+            return self.start_in_fleet(coord, yaml, throttle).await;
         }
         let Some(state) = self.state.clone() else {
             return Err(RebalanceError::NoStateDir);
@@ -320,7 +326,13 @@ impl Rebalancer {
         let source_yaml = lock(&self.current_yaml).clone();
         let target = yaml.to_owned();
         state
-            .blocking(move |st| st.begin(&source_yaml, &target))
+            .blocking(move |st| {
+                st.begin(&source_yaml, &target)?;
+                if throttle > 0 {
+                    st.log(&format!("throttle {throttle}"))?;
+                }
+                Ok(())
+            })
             .await
             .map_err(RebalanceError::Begin)?;
         let summary = format!(
@@ -333,16 +345,26 @@ impl Rebalancer {
             moves = plan.moves.len(),
             added = ?plan.added,
             drained = ?plan.drained,
+            throttle,
             "rebalance started"
         );
-        self.launch(plan, None, Store::Dir(state), yaml.to_owned(), epoch);
+        let saved = (throttle > 0).then(|| Saved {
+            throttle,
+            ..Saved::default()
+        });
+        self.launch(plan, saved, Store::Dir(state), yaml.to_owned(), epoch);
         Ok(summary)
     }
 
     /// A rebalance of the fleet: validated here, recorded in etcd (one
     /// transaction, so two admins cannot both start one); the proxy that
     /// holds the mover's election runs it, every proxy publishes it.
-    async fn start_in_fleet(&self, coord: &Coord, yaml: &str) -> Result<String, RebalanceError> {
+    async fn start_in_fleet(
+        &self,
+        coord: &Coord,
+        yaml: &str,
+        throttle: u64,
+    ) -> Result<String, RebalanceError> {
         let next = ShardMap::from_yaml(yaml).map_err(RebalanceError::invalid_map("invalid map"))?;
         let snap = self.ctx.snapshot_full();
         let plan = plan::plan(snap.table(), &next)?;
@@ -359,6 +381,7 @@ impl Rebalancer {
                 s.rebalance = Some(RebalanceState {
                     source_yaml: s.map_yaml.clone(),
                     target_yaml: yaml.to_owned(),
+                    throttle,
                     ..RebalanceState::default()
                 });
                 Ok(())
@@ -377,6 +400,7 @@ impl Rebalancer {
             rebalance: RebalanceState {
                 source_yaml: lock(&self.current_yaml).clone(),
                 target_yaml: yaml.to_owned(),
+                throttle,
                 ..RebalanceState::default()
             },
             finished: None,

@@ -216,11 +216,18 @@ pub fn leader(members: &[Member]) -> usize {
     }
 }
 
-/// Submits a rebalance to `map` through member `via`; returns the
+/// Submits a rebalance to `map` through member `via`, its mover limited
+/// to `throttle` keys/s from the first batch (0: no limit); returns the
 /// fleet revision that recorded it.
-pub fn rebalance(members: &[Member], via: usize, map: &Path) -> i64 {
+pub fn rebalance(members: &[Member], via: usize, map: &Path, throttle: u64) -> i64 {
     let text = std::fs::read_to_string(map).unwrap();
-    let reply = members[via].admin().text(&[b"REBALANCE", text.as_bytes()]);
+    let throttle = throttle.to_string();
+    let reply = members[via].admin().text(&[
+        b"REBALANCE",
+        text.as_bytes(),
+        b"THROTTLE",
+        throttle.as_bytes(),
+    ]);
     assert!(reply.starts_with("OK rebalance started"), "{reply}");
     reply
         .rsplit_once("fleet revision ")
