@@ -178,6 +178,18 @@ fn lease_seconds(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(2)
 }
 
+/// Whether a renewal's error says etcd no longer knows the lease (it
+/// expired): `lease_keep_alive` on a lease etcd has dropped fails with
+/// "lease not found" (a TTL of 0 in its first reply), and a request under
+/// it with gRPC's NOT_FOUND ("requested lease not found").
+fn lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("requested lease not found"),
+        _ => false,
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -236,14 +248,20 @@ impl Membership {
                         tracing::debug!(error = %e, "cannot refresh the member key");
                     }
                 }
+                // The lease expired: the fleet may have gone on without
+                // us. A keeper kept from before says so with a TTL of 0,
+                // one made anew (after a failed renewal) with "lease not
+                // found"; either way, no renewal can succeed any more.
                 Ok(Ok(_)) => {
-                    // The lease expired: the fleet may have gone on without us.
-                    self.ctx.fence.close();
-                    self.ctx.metrics.fleet_fenced(true);
-                    self.ctx.metrics.fleet_lease_renewal(false);
-                    tracing::warn!(id = %self.id, lease, "etcd lease expired; routing no keys until this proxy has caught up with the fleet");
                     keeper = None;
-                    self.rejoin().await;
+                    failures = 0;
+                    self.lease_expired(lease).await;
+                    continue;
+                }
+                Ok(Err(e)) if lease_gone(&e) => {
+                    keeper = None;
+                    failures = 0;
+                    self.lease_expired(lease).await;
                     continue;
                 }
                 Ok(Err(e)) => {
@@ -264,6 +282,15 @@ impl Membership {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The lease is gone: fence, then rejoin with a new one.
+    async fn lease_expired(&self, lease: i64) {
+        self.ctx.fence.close();
+        self.ctx.metrics.fleet_fenced(true);
+        self.ctx.metrics.fleet_lease_renewal(false);
+        tracing::warn!(id = %self.id, lease, "etcd lease expired; routing no keys until this proxy has caught up with the fleet");
+        self.rejoin().await;
     }
 
     fn renewal_failed(&self, why: &str) {

@@ -477,6 +477,77 @@ fn an_etcd_outage_shorter_than_the_lease_pauses_the_move_only() {
     );
 }
 
+/// etcd frozen (SIGSTOP) for longer than the members' leases: every member
+/// fences itself (clients get TRYAGAIN, nothing else), and when etcd
+/// answers again, finds its lease gone and rejoins with a new one. The
+/// first renewals after the thaw are made on new keep-alive streams (the
+/// old ones timed out during the freeze), which etcd refuses with "lease
+/// not found" rather than a TTL of 0: a member that took that for a
+/// passing failure stayed fenced for good.
+#[test]
+fn an_etcd_outage_longer_than_the_leases_fences_every_member_until_it_is_back() {
+    let fleet = Fleet::start("fleet-f", [3; 3]);
+    let load = Load::start(&fleet.ports(), CLIENTS);
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.etcd[0].signal("STOP");
+    let frozen = Instant::now();
+    // Past the lease (3 s) and the 3 s request timeout of renewals.
+    std::thread::sleep(Duration::from_secs(7));
+    let fenced: Vec<bool> = fleet
+        .members
+        .iter()
+        .map(|m| m.metric("shardgate_fleet_fenced") == 1.0)
+        .collect();
+    fleet.etcd[0].signal("CONT");
+    let thawed = Instant::now();
+    assert_eq!(fenced, [true; 3], "members fenced while etcd was frozen");
+    for m in &fleet.members {
+        m.wait_serving();
+        let log = m.log_text();
+        assert!(
+            log.contains("rejoined the fleet; routing keys again"),
+            "{}: {log}",
+            m.id
+        );
+    }
+    let rejoined = thawed.elapsed();
+    // The fleet can move slots again: a mover is elected under a new lease.
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let rev = fleet.rebalance(1, &m2, 0);
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    fleet.same_epoch(rev as u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let (shared, model) = load.stop();
+    assert!(model.ops > 1000, "the clients ran ({} ops)", model.ops);
+    let tryagain = shared.tryagain.lock().unwrap().clone();
+    assert!(!tryagain.is_empty(), "no client was refused while fenced");
+    // Refusals only from a lease's end (less the margin) to the rejoin.
+    let last = tryagain.iter().map(|(_, t, _)| *t).max().unwrap();
+    assert!(
+        last >= frozen && last <= thawed + rejoined,
+        "TRYAGAIN {:?} after the freeze (thawed after {:?}, rejoined {rejoined:?} later)",
+        last - frozen,
+        thawed - frozen
+    );
+    let unexpected: Vec<&String> = model
+        .errors
+        .iter()
+        .filter(|e| !e.contains("timed out after"))
+        .collect();
+    assert!(unexpected.is_empty(), "error replies: {unexpected:?}");
+    let mut fixed = filler();
+    fixed.extend((0..3).map(|i| format!("probe:p{i}")));
+    check(
+        fleet.members[0].port,
+        &shared,
+        &model,
+        &m2,
+        &fleet.shards(&[0, 1, 2]),
+        &fixed,
+    );
+}
+
 /// A big hash (copied piece by piece, not by one MIGRATE) moves while
 /// clients of all three proxies increment its fields: the mover and the
 /// commands that touch it on the other proxies take the key's claim in

@@ -112,6 +112,12 @@ impl Etcd {
         }
     }
 
+    /// Sends `sig` (`STOP`, `CONT`) to the running etcd: frozen, it keeps
+    /// its connections but answers nothing, and its leases' clocks run on.
+    pub fn signal(&self, sig: &str) {
+        super::signal_pid(self.child.as_ref().expect("etcd runs").id(), sig);
+    }
+
     /// Starts etcd again on the same ports and data (stopping it first if
     /// it runs) and waits until it is healthy.
     pub fn restart(&mut self) {
