@@ -276,3 +276,68 @@ fn scripts_may_not_write_the_fence_they_do_not_declare() {
     assert_eq!(ok, "OK");
     assert_no_shard_holds_the_fence(&c);
 }
+
+/// Keyspace notifications of the fence (the mover's `SADD`/`SREM` of it on
+/// a source) are not delivered to subscribers of the proxy, by channel
+/// (`__keyspace@0__:<fence>`) or by event (`__keyevent@0__:sadd` with the
+/// fence as payload); notifications of other keys are.
+#[test]
+fn notifications_of_the_fence_do_not_reach_subscribers() {
+    let c = Cluster::start(Spec {
+        shards: 2,
+        server_args: vec!["--notify-keyspace-events".into(), "KEA".into()],
+        ..Spec::default()
+    });
+    let mut con = c.client().get_connection().unwrap();
+    let mut ps = con.as_pubsub();
+    ps.psubscribe("__key*@0__:*").unwrap();
+    ps.subscribe(format!("__keyspace@0__:{FENCE}")).unwrap();
+    // On each shard, as the mover does while it copies a key, then a key
+    // of the client's: its notifications come after the fence's on the
+    // shard's one link.
+    let probes: Vec<String> = (0..2)
+        .map(|s| {
+            (0..)
+                .map(|i| format!("probe{i}"))
+                .find(|k| c.shard_of(k) == s)
+                .unwrap()
+        })
+        .collect();
+    for (p, probe) in c.primaries.iter().zip(&probes) {
+        let mut p = p.connection();
+        for cmd in ["SADD", "SREM"] {
+            let _: i64 = redis::cmd(cmd)
+                .arg(FENCE)
+                .arg("somekey")
+                .query(&mut p)
+                .unwrap();
+        }
+        let _: () = redis::cmd("SET").arg(probe).arg(1).query(&mut p).unwrap();
+    }
+    ps.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    // Each probe's SET: one keyspace and one keyevent notification.
+    while got.len() < 2 * probes.len() {
+        let m = ps.get_message().expect("a notification");
+        got.push((
+            m.get_channel_name().to_owned(),
+            m.get_payload::<String>().unwrap(),
+        ));
+    }
+    for (channel, payload) in &got {
+        assert!(
+            !channel.contains(FENCE) && payload != FENCE,
+            "a notification of the fence: {got:?}"
+        );
+    }
+    for probe in &probes {
+        assert!(
+            got.contains(&(format!("__keyspace@0__:{probe}"), "set".to_owned())),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("__keyevent@0__:set".to_owned(), probe.clone())),
+            "{got:?}"
+        );
+    }
+}

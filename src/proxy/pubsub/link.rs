@@ -174,6 +174,8 @@ fn on_frame(hub: &Hub, shard: &str, frame: &Bytes) {
     };
     let Some(kind) = parts.first() else { return };
     match (kind.as_ref(), parts.len()) {
+        (b"message", 3) if about_the_fence(&parts[1], &parts[2]) => {}
+        (b"pmessage", 4) if about_the_fence(&parts[2], &parts[3]) => {}
         (b"message", 3) => hub.deliver(Topic::Channel, &parts[1], frame),
         (b"pmessage", 4) => hub.deliver(Topic::Pattern, &parts[1], frame),
         (b"smessage", 3) => hub.deliver(Topic::Shard, &parts[1], frame),
@@ -186,6 +188,18 @@ fn on_frame(hub: &Hub, shard: &str, frame: &Bytes) {
         }
         (b"sunsubscribe", 3) => hub.link_confirmed(shard, (Topic::Shard, parts[1].clone()), false),
         _ => {}
+    }
+}
+
+/// Whether a message is a keyspace notification of the mover's fence
+/// (`backend::migrate::MOVING_SET`, a reserved key no client may name):
+/// `__keyspace@<db>__:<fence>`, or a `__keyevent@<db>__:<event>` whose
+/// payload is the fence. Clients never see them, as they never see the key.
+pub(super) fn about_the_fence(channel: &[u8], payload: &[u8]) -> bool {
+    match notification(channel) {
+        Notification::Keyspace(key) => is_reserved_key(key),
+        Notification::Keyevent => is_reserved_key(payload),
+        Notification::Plain => false,
     }
 }
 

@@ -63,6 +63,7 @@ use super::dispatch::Action;
 use super::pending::{Merge, Part, PendingKind};
 use super::session::Session;
 use crate::backend::EndpointState;
+use crate::backend::migrate::is_reserved_key;
 use crate::command::{CommandSpec, Handling, LocalKind, PubSubKind, Topic};
 use crate::context::Context;
 use crate::error::ProxyError;
@@ -735,5 +736,26 @@ mod tests {
             Notification::Plain
         ));
         assert!(matches!(notification(b"news"), Notification::Plain));
+    }
+
+    #[test]
+    fn notifications_of_the_fence_are_recognised_and_nothing_else() {
+        use link::about_the_fence;
+        let fence = crate::backend::migrate::MOVING_SET;
+        let keyspace = [b"__keyspace@3__:".as_slice(), fence].concat();
+        assert!(about_the_fence(&keyspace, b"sadd"));
+        assert!(about_the_fence(b"__keyevent@0__:srem", fence));
+        assert!(about_the_fence(b"__keyevent@0__:del", fence));
+        // Other keys, other channels, a payload that only looks like it.
+        assert!(!about_the_fence(
+            b"__keyspace@0__:__shardgate_moving",
+            b"sadd"
+        ));
+        assert!(!about_the_fence(b"__keyevent@0__:del", b"k"));
+        assert!(!about_the_fence(b"news", fence));
+        assert!(!about_the_fence(
+            &[b"news:".as_slice(), fence].concat(),
+            b"x"
+        ));
     }
 }
