@@ -187,7 +187,8 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
     let load = Load::start(&fleet.ports(), CLIENTS);
     std::thread::sleep(Duration::from_millis(500));
 
-    let rev = fleet.rebalance(0, &m2, 0);
+    // Throttled, so that it still runs at the second request.
+    let rev = fleet.rebalance(0, &m2, 1000);
     // One rebalance at a time, fleet-wide: another proxy refuses a second.
     let text = std::fs::read_to_string(&m3).unwrap();
     let again = fleet.members[2]
@@ -197,6 +198,7 @@ fn three_proxies_serve_while_the_fleet_adds_and_drains_a_shard() {
         again.starts_with("ERR rebalance refused: a rebalance is"),
         "{again}"
     );
+    assert_eq!(fleet.members[1].admin().text(&[b"THROTTLE", b"0"]), "OK");
     let p = fleet.wait_done(rev);
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");

@@ -93,7 +93,14 @@ fn run_add_then_remove(kill: bool) {
         assert!(proxy.log_text().contains("resuming the rebalance"));
         assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     } else {
-        let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
+        // Throttled, so that it still runs at the second request.
+        let started = admin.text(&[
+            b"REBALANCE",
+            b"FILE",
+            m2.to_str().unwrap().as_bytes(),
+            b"THROTTLE",
+            b"1000",
+        ]);
         assert!(started.starts_with("OK rebalance started"), "{started}");
         // A second request while the first runs is refused, saying why.
         let again = admin.text(&[b"REBALANCE", b"FILE", m3.to_str().unwrap().as_bytes()]);
@@ -101,6 +108,7 @@ fn run_add_then_remove(kill: bool) {
             again.starts_with("ERR rebalance refused: a rebalance is already running"),
             "{again}"
         );
+        assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     }
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
