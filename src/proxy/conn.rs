@@ -25,6 +25,12 @@ use super::stats::{Finished, Peer};
 use crate::protocol::{Limits, Reply, parse_request};
 use crate::tls::{ClientRead, ClientStream, ClientWrite};
 
+mod end;
+mod window;
+
+use end::{End, OverLimit, SlowReader, over_limit};
+use window::Window;
+
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Flush the reply buffer once it holds this much, even if more replies are ready.
@@ -57,20 +63,6 @@ struct Client<'a> {
     /// input, so a command already sent to a backend (even inside a
     /// transaction or a blocking op) always gets its reply written.
     shutdown: watch::Receiver<bool>,
-}
-
-/// Why the connection ends.
-enum End {
-    /// Client hung up or sent QUIT: expected.
-    Normal,
-    /// Malformed frame: error sent, connection closed.
-    Protocol,
-    /// Socket error.
-    Io(std::io::Error),
-    /// Closed by a limit (idle timeout, slow reader); the reason is the metric label.
-    Limit(&'static str),
-    /// Closed by another client's `CLIENT KILL`.
-    Killed,
 }
 
 /// Serves one client until it disconnects, sends QUIT or a malformed frame,
@@ -763,140 +755,5 @@ fn poll_front(
     }
 }
 
-/// How many of a client's requests may be in flight at once, by the size
-/// of its replies: a client whose replies are big gets few requests in
-/// flight, so that what it asked for cannot occupy a shard's shared
-/// connection for long (every reply is read in order, other clients' behind
-/// it). It starts at [`Window::INITIAL`] and grows by one per reply while
-/// the replies in flight would stay under [`Window::BUDGET`] (doubling per
-/// round trip, as TCP's slow start: a pipeline of small replies reaches
-/// `--max-pipeline` within a few round trips); a big reply shrinks it to
-/// what fits the budget (at least one).
-struct Window {
-    size: usize,
-}
-
-impl Window {
-    const INITIAL: usize = 8;
-    const BUDGET: usize = 16 << 20;
-
-    fn new() -> Window {
-        Window {
-            size: Window::INITIAL,
-        }
-    }
-
-    /// The in-flight limit under `max_pipeline`.
-    fn limit(&self, max_pipeline: usize) -> usize {
-        self.size.clamp(1, max_pipeline.max(1))
-    }
-
-    /// A reply of `bytes` arrived.
-    fn replied(&mut self, bytes: usize) {
-        let fits = Window::BUDGET / bytes.max(1);
-        if fits > self.size {
-            // Grow; capped far above any `--max-pipeline` (the limit clamps).
-            self.size = (self.size + 1).min(1 << 20);
-        } else {
-            self.size = fits.max(1);
-        }
-    }
-}
-
-/// A write error that closes the client for a limit (the metric label).
-#[derive(Debug)]
-struct OverLimit(&'static str);
-
-impl std::fmt::Display for OverLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client closed: {} limit", self.0)
-    }
-}
-
-impl std::error::Error for OverLimit {}
-
-fn over_limit(reason: &'static str) -> std::io::Error {
-    std::io::Error::other(OverLimit(reason))
-}
-
-/// Marks the write error of a client that stopped reading its replies.
-#[derive(Debug)]
-struct SlowReader;
-
-impl std::fmt::Display for SlowReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("client accepted no reply bytes within the write stall timeout")
-    }
-}
-
-impl std::error::Error for SlowReader {}
-
-impl From<Closing> for End {
-    fn from(why: Closing) -> End {
-        match why {
-            Closing::Evicted => End::Limit("maxmemory_clients"),
-            Closing::Killed => End::Killed,
-        }
-    }
-}
-
-impl From<std::io::Error> for End {
-    fn from(e: std::io::Error) -> End {
-        if e.get_ref().is_some_and(|inner| inner.is::<SlowReader>()) {
-            End::Limit("slow_reader")
-        } else if let Some(OverLimit(reason)) = e.get_ref().and_then(|i| i.downcast_ref()) {
-            if *reason == "killed" {
-                End::Killed
-            } else {
-                End::Limit(reason)
-            }
-        } else {
-            End::Io(e)
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::backend::Backends;
-    use crate::metrics::Metrics;
-    use crate::router::{Epoch, RoutingTable};
-    use crate::shardmap::ShardMap;
-    use crate::snapshot::{Published, Snapshot};
-    use crate::tls::MaybeTls;
-
-    /// Most of an idle client's memory is its task, and the task is this
-    /// future: rare paths (exclusive operations) are boxed so that it stays
-    /// small. Unboxed, it was 8.3 KiB in a release build.
-    #[tokio::test]
-    async fn an_idle_client_task_stays_small() {
-        let map = Arc::new(
-            ShardMap::from_yaml(
-                "regions:\n  - name: r\nshards:\n  - name: s\n    region: r\n    primary: 127.0.0.1:1\n",
-            )
-            .unwrap(),
-        );
-        let table = Arc::new(RoutingTable::compile(map.clone(), Epoch(1)));
-        let backends = Arc::new(Backends::new(&map, None, None));
-        let snapshot = Snapshot::new(table, backends).unwrap();
-        let ctx = crate::context::Context::new(
-            Published::new(snapshot),
-            Arc::new(Metrics::new()),
-            None,
-            None,
-        );
-        let proxy = Proxy::new(Arc::new(ctx), super::super::ClientConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let (_stop, shutdown) = watch::channel(false);
-        let task = serve_client(&proxy, MaybeTls::Plain(stream), peer, 1, shutdown);
-        let size = std::mem::size_of_val(&task);
-        assert!(size <= 4096, "the client task future is {size} bytes");
-    }
-}
+mod tests;
