@@ -338,11 +338,18 @@ impl Membership {
     /// Publishes every new fleet state (see the module doc).
     async fn watch_state(self: Arc<Self>) {
         let key = self.coord.state_key();
+        // The oldest revision etcd still has the history of, once a watch
+        // found its start compacted away: a watch never starts below it
+        // again (it would be cancelled again, every time).
+        let mut compacted = 0;
         while !self.stopping() {
-            let from = self.applied.load(Ordering::Acquire) + 1;
+            let from = (self.applied.load(Ordering::Acquire) + 1).max(compacted);
             let options = WatchOptions::new().with_start_revision(from);
             let mut stream = match self.coord.client().watch(key.clone(), Some(options)).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.ctx.metrics.fleet_state_watch(from == compacted);
+                    s
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the fleet state; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -353,7 +360,17 @@ impl Membership {
                 match stream.message().await {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
-                            // Compacted past our revision: read the state.
+                            // Compacted past our revision: read the state
+                            // (changes since are in the history from the
+                            // compaction on), then watch from there.
+                            if resp.compact_revision() > 0 {
+                                compacted = resp.compact_revision();
+                                tracing::info!(
+                                    from,
+                                    compacted,
+                                    "fleet state watch started before etcd's compaction; reading the state and watching from the compaction"
+                                );
+                            }
                             if let Ok(Some(state)) = self.coord.state().await
                                 && state.revision > self.applied.load(Ordering::Acquire)
                             {

@@ -550,6 +550,78 @@ fn an_etcd_outage_longer_than_the_leases_fences_every_member_until_it_is_back() 
     );
 }
 
+/// etcd compacts its history (as `--auto-compaction-retention` does) past
+/// the fleet state's revision, then restarts: each member's watch, started
+/// again after the state it published, finds that history gone. It reads
+/// the state and watches on from the compaction revision, once; it used to
+/// start a new watch from the same revision every 200 ms, for good. The
+/// next change of the state reaches every member.
+#[test]
+fn a_watch_whose_history_etcd_compacted_goes_on_from_the_compaction() {
+    let mut fleet = Fleet::start("fleet-g", [6; 3]);
+    // Lease renewals rewrite the member keys: the revision moves past the
+    // state's. Everything up to now is compacted away.
+    std::thread::sleep(Duration::from_millis(2500));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([fleet.etcd[0].url()], None)
+            .await
+            .unwrap();
+        let now = c.get("any", None).await.unwrap();
+        let revision = now.header().unwrap().revision();
+        c.compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    });
+    fleet.etcd[0].restart();
+    let watches = |m: &Member, start: &str| -> f64 {
+        let body = common::rebalance::ureq_get(m.metrics_port);
+        let series = format!("shardgate_fleet_state_watches_total{{start=\"{start}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !fleet
+        .members
+        .iter()
+        .all(|m| watches(m, "compaction") >= 1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no watch met the compaction\n{}",
+            fleet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Settled: no watch started again and again.
+    let before: Vec<f64> = fleet
+        .members
+        .iter()
+        .map(|m| watches(m, "published") + watches(m, "compaction"))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (m, before) in fleet.members.iter().zip(before) {
+        let now = watches(m, "published") + watches(m, "compaction");
+        assert_eq!(
+            now,
+            before,
+            "{} started {} watches in 2 s",
+            m.id,
+            now - before
+        );
+    }
+    // The watches see the next change: a rebalance, every member on its epoch.
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let rev = fleet.rebalance(2, &m2, 0);
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    fleet.same_epoch(rev as u64);
+}
+
 /// A big hash (copied piece by piece, not by one MIGRATE) moves while
 /// clients of all three proxies increment its fields: the mover and the
 /// commands that touch it on the other proxies take the key's claim in

@@ -53,6 +53,7 @@ pub struct Metrics {
     fleet_renewals: [Counter; 2],
     fleet_ack_wait: metrics::Histogram,
     fleet_key_claims: [Counter; 3],
+    fleet_state_watches: [Counter; 2],
     blocked_clients: Gauge,
     paused_clients: Gauge,
     client_unblocks: [Counter; 2],
@@ -112,6 +113,8 @@ impl Metrics {
             fleet_ack_wait: metrics::histogram!(FLEET_ACK_WAIT),
             fleet_key_claims: ["taken", "waited", "failed"]
                 .map(|o| counter!(FLEET_KEY_CLAIMS, "outcome" => o)),
+            fleet_state_watches: ["published", "compaction"]
+                .map(|s| counter!(FLEET_STATE_WATCHES, "start" => s)),
             blocked_clients: gauge!(BLOCKED_CLIENTS),
             paused_clients: gauge!(PAUSED_CLIENTS),
             client_unblocks: ["timeout", "error"].map(|m| counter!(CLIENT_UNBLOCKS, "mode" => m)),
@@ -244,6 +247,12 @@ impl Metrics {
             _ => 2,
         };
         self.fleet_key_claims[i].increment(1);
+    }
+
+    /// A watch of the fleet state started: after the state this proxy
+    /// published, or from etcd's compaction revision.
+    pub fn fleet_state_watch(&self, from_compaction: bool) {
+        self.fleet_state_watches[usize::from(from_compaction)].increment(1);
     }
 
     /// The outcome of a rebalance verification.

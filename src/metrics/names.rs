@@ -144,6 +144,8 @@ pub const FLEET_LEASE_RENEWALS: &str = "shardgate_fleet_lease_renewals_total";
 pub const FLEET_ACK_WAIT: &str = "shardgate_fleet_ack_wait_seconds";
 /// Claims of keys copied with commands, taken in etcd, by outcome.
 pub const FLEET_KEY_CLAIMS: &str = "shardgate_fleet_key_claims_total";
+/// Watches of the fleet state started, by where they start.
+pub const FLEET_STATE_WATCHES: &str = "shardgate_fleet_state_watches_total";
 
 /// Clients currently waiting in a blocking command (BLPOP, XREAD BLOCK ...).
 pub const BLOCKED_CLIENTS: &str = "shardgate_blocked_clients";
@@ -560,6 +562,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         FLEET_KEY_CLAIMS,
         "counter",
         "Claims in etcd of keys this proxy copied with commands (big keys, keys to or from postgres shards), by outcome: taken at once, waited (another proxy was copying the key), failed (etcd or the lease)",
+    ),
+    (
+        FLEET_STATE_WATCHES,
+        "counter",
+        "Watches of the fleet state in etcd this proxy started (one at start, one per reconnection), by start: published (after the state it published), compaction (etcd had compacted that history away: from its compaction revision); a steady rise means the watch keeps breaking",
     ),
     (
         RATE_LIMITED,
