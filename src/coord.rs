@@ -321,6 +321,23 @@ impl Coord {
         }
     }
 
+    /// Changes the running rebalance's controls (pause, throttle) as
+    /// `change` says: the mover's proxy applies them when it sees the
+    /// state. Refused when no rebalance is recorded. Returns the revision.
+    pub async fn control_rebalance(
+        &self,
+        change: impl Fn(&mut RebalanceState),
+    ) -> Result<i64, CoordError> {
+        self.update_state(|s| match s.rebalance.as_mut() {
+            Some(r) => {
+                change(r);
+                Ok(())
+            }
+            None => Err(Refusal::NoRebalance),
+        })
+        .await
+    }
+
     /// Writes this proxy's member key under `lease`.
     pub async fn register(&self, member: &Member) -> Result<(), CoordError> {
         let key = format!("{}{}", self.members_prefix(), member.id);

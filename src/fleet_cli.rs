@@ -1,5 +1,6 @@
-//! `shardgate admin apply` and `shardgate admin fleet`: a fleet's control
-//! state, read and written straight in etcd (no proxy needs to run).
+//! `shardgate admin apply`, `shardgate admin fleet` and `shardgate admin
+//! pause|resume|throttle --etcd`: a fleet's control state, read and
+//! written straight in etcd (no proxy needs to answer).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -63,6 +64,38 @@ pub fn apply(path: &Path, endpoints: &[String], cluster: &str) -> ExitCode {
             .await?;
         Ok(format!(
             "OK the fleet serves the map at epoch {revision} once every proxy has applied it"
+        ))
+    })
+}
+
+/// A control of the running rebalance.
+pub enum Control {
+    Pause,
+    Resume,
+    /// Keys per second (0: no limit).
+    Throttle(u64),
+}
+
+/// Records `control` in the fleet's rebalance state; the mover's proxy
+/// applies it when it sees the state (at once, by its watch).
+pub fn control(endpoints: &[String], cluster: &str, control: Control) -> ExitCode {
+    run(async {
+        let coord = Coord::connect(endpoints, cluster).await?;
+        let revision = coord
+            .control_rebalance(|r| match control {
+                Control::Pause => r.paused = true,
+                Control::Resume => r.paused = false,
+                Control::Throttle(n) => r.throttle = n,
+            })
+            .await?;
+        let what = match control {
+            Control::Pause => "paused".to_owned(),
+            Control::Resume => "resumed".to_owned(),
+            Control::Throttle(0) => "unthrottled".to_owned(),
+            Control::Throttle(n) => format!("throttled to {n} keys/s"),
+        };
+        Ok(format!(
+            "OK the fleet's rebalance is {what} (fleet revision {revision}); the mover's proxy applies it when it sees the state"
         ))
     })
 }

@@ -131,11 +131,15 @@ enum AdminCommand {
     Pause {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
+        #[command(flatten)]
+        straight: StraightToEtcd,
     },
     /// Resume the rebalance's background mover.
     Resume {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
+        #[command(flatten)]
+        straight: StraightToEtcd,
     },
     /// Store a map in a fleet's etcd (`--etcd`, `--cluster`): the first map
     /// of a new cluster, or a change that moves no keys (replicas, options,
@@ -159,7 +163,23 @@ enum AdminCommand {
         keys_per_sec: u64,
         #[command(flatten)]
         conn: admin_cli::AdminConn,
+        #[command(flatten)]
+        straight: StraightToEtcd,
     },
+}
+
+/// For a rebalance control that can be recorded straight in a fleet's
+/// etcd (no proxy needs to answer; the mover's proxy applies it when it
+/// sees the state).
+#[derive(clap::Args)]
+struct StraightToEtcd {
+    /// Record it straight in this fleet's etcd (endpoints; repeat or
+    /// comma-separate) instead of asking a proxy's admin listener.
+    #[arg(long, value_delimiter = ',', conflicts_with = "admin")]
+    etcd: Vec<String>,
+    /// The fleet's name in etcd (with --etcd).
+    #[arg(long, default_value = "default")]
+    cluster: String,
 }
 
 /// Where a fleet's control state lives.
@@ -435,6 +455,25 @@ fn main() -> ExitCode {
         Command::Admin(AdminCommand::Fleet { fleet }) => {
             fleet_cli::status(&fleet.etcd, &fleet.cluster)
         }
+        Command::Admin(AdminCommand::Pause { straight, .. }) if !straight.etcd.is_empty() => {
+            fleet_cli::control(&straight.etcd, &straight.cluster, fleet_cli::Control::Pause)
+        }
+        Command::Admin(AdminCommand::Resume { straight, .. }) if !straight.etcd.is_empty() => {
+            fleet_cli::control(
+                &straight.etcd,
+                &straight.cluster,
+                fleet_cli::Control::Resume,
+            )
+        }
+        Command::Admin(AdminCommand::Throttle {
+            keys_per_sec,
+            straight,
+            ..
+        }) if !straight.etcd.is_empty() => fleet_cli::control(
+            &straight.etcd,
+            &straight.cluster,
+            fleet_cli::Control::Throttle(keys_per_sec),
+        ),
         Command::Admin(cmd) => admin_cli::run(match cmd {
             AdminCommand::Migrate { .. }
             | AdminCommand::Apply { .. }
@@ -455,11 +494,11 @@ fn main() -> ExitCode {
             ),
             AdminCommand::Follow { conn } => (conn, admin_cli::Op::Follow),
             AdminCommand::Status { conn } => (conn, admin_cli::Op::Status),
-            AdminCommand::Pause { conn } => (conn, admin_cli::Op::Pause),
-            AdminCommand::Resume { conn } => (conn, admin_cli::Op::Resume),
-            AdminCommand::Throttle { keys_per_sec, conn } => {
-                (conn, admin_cli::Op::Throttle(keys_per_sec))
-            }
+            AdminCommand::Pause { conn, .. } => (conn, admin_cli::Op::Pause),
+            AdminCommand::Resume { conn, .. } => (conn, admin_cli::Op::Resume),
+            AdminCommand::Throttle {
+                keys_per_sec, conn, ..
+            } => (conn, admin_cli::Op::Throttle(keys_per_sec)),
         }),
     }
 }

@@ -867,3 +867,92 @@ fn every_member_follows_a_sentinel_failover_without_a_map_change() {
         assert_eq!(m.map_epoch(), epoch, "{}", m.id);
     }
 }
+
+/// Runs `shardgate admin ARGS` with the test's admin password.
+fn admin_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::rebalance::BIN)
+        .arg("admin")
+        .args(args)
+        .env("SHARDGATE_ADMIN_PASSWORD", common::rebalance::ADMIN_PW)
+        .output()
+        .expect("run shardgate admin")
+}
+
+/// `shardgate admin pause|throttle|resume --etcd` act on the fleet's
+/// rebalance straight in etcd, no proxy asked: the mover stops, every
+/// member reports the control, and the move finishes once resumed.
+/// Without a rebalance they are refused, and `--etcd` with `--admin` is a
+/// usage error.
+#[test]
+fn pause_throttle_and_resume_straight_in_etcd_reach_the_mover() {
+    let cluster = "fleet-ctl";
+    let fleet = Fleet::start(cluster, [6; 3]);
+    let url = fleet.etcd[0].url();
+    let straight = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--etcd", &url, "--cluster", cluster]);
+        admin_cli(&all)
+    };
+    let out = straight(&["pause"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no rebalance is running in the fleet"),
+        "{err}"
+    );
+    let out = admin_cli(&["pause", "--etcd", &url, "--admin", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let mover = fleet.leader();
+    let rev = fleet.rebalance((mover + 1) % 3, &m2, 300);
+    fleet.wait_progress(mover, "moved keys", |p| num(p, "keys_moved") > 0);
+
+    let out = straight(&["pause"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("is paused"),
+        "{out:?}"
+    );
+    let on_every_member = |field: &str, want: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        for m in &fleet.members {
+            let mut admin = m.admin();
+            loop {
+                let p = admin.progress();
+                if p[field] == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never reported {field} {want}: {p:?}\n{}",
+                    m.id,
+                    fleet.logs()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    on_every_member("paused", "1");
+    // A batch under way when the pause came may still end; then nothing.
+    let moved = || num(&fleet.members[mover].admin().progress(), "keys_moved");
+    std::thread::sleep(Duration::from_millis(1000));
+    let paused_at = moved();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(moved(), paused_at, "the mover went on while paused");
+
+    let out = straight(&["throttle", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("unthrottled"),
+        "{out:?}"
+    );
+    on_every_member("throttle_keys_per_sec", "0");
+    assert_eq!(moved(), paused_at, "lifting the throttle resumed the mover");
+
+    let out = straight(&["resume"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = fleet.wait_done(rev);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    assert_eq!(p["verify_left_behind"], "0", "{p:?}");
+    assert_eq!(p["paused"], "0", "{p:?}");
+}

@@ -565,15 +565,7 @@ impl Rebalancer {
         coord: &Coord,
         change: impl Fn(&mut RebalanceState),
     ) -> Result<(), RebalanceError> {
-        coord
-            .update_state(|s| match s.rebalance.as_mut() {
-                Some(r) => {
-                    change(r);
-                    Ok(())
-                }
-                None => Err(Refusal::NoRebalance),
-            })
-            .await?;
+        coord.control_rebalance(change).await?;
         Ok(())
     }
 
