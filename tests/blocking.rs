@@ -384,7 +384,7 @@ fn a_moved_blocked_command_keeps_the_time_left_of_its_timeout() {
         move || {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(&resp(&["BLPOP", &key, "4"])).unwrap();
+            s.write_all(&resp(&["BLPOP", &key, "6"])).unwrap();
             let mut out = Vec::new();
             let mut buf = [0u8; 64];
             while !out.ends_with(b"\r\n") {
@@ -401,16 +401,24 @@ fn a_moved_blocked_command_keeps_the_time_left_of_its_timeout() {
         1
     }];
     wait_blocked(source, 1);
+    // The move comes 2.5 s into the 6 s: a timeout started again on the
+    // target would end at 8.5 s or later, the time left at 6 s.
+    std::thread::sleep(Duration::from_millis(2500));
     let mut admin = proxy.admin();
     let started = admin.text(&[b"REBALANCE", b"FILE", m2.to_str().unwrap().as_bytes()]);
     assert!(started.starts_with("OK"), "{started}");
     wait_done(&proxy);
     wait_blocked(&servers[2], 1);
+    let moved_at = t0.elapsed();
     let got = waiter.join().unwrap();
     let took = t0.elapsed();
     assert_eq!(got, b"*-1\r\n");
     assert!(
-        took >= Duration::from_millis(3800) && took < Duration::from_millis(5500),
-        "timed out after {took:?}, not about 4 s"
+        moved_at < Duration::from_millis(5800),
+        "the move took until {moved_at:?}: too late to tell the two apart"
+    );
+    assert!(
+        took >= Duration::from_millis(5800) && took < Duration::from_millis(8000),
+        "timed out after {took:?}, not about 6 s (moved at {moved_at:?})"
     );
 }
