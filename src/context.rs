@@ -29,6 +29,8 @@ pub struct Context {
     pub region: Option<String>,
     pub zone: Option<String>,
     /// In a fleet: closed while this proxy may have lost its etcd lease.
+    /// The same fence every endpoint of the backends checks before it
+    /// writes (`EndpointState::lease_fence`).
     pub fence: Arc<Fence>,
     /// What Redis Sentinel last said about the masters that sentinel
     /// shards follow; every map-to-backends path resolves through it.
@@ -80,13 +82,14 @@ impl Context {
         region: Option<String>,
         zone: Option<String>,
     ) -> Context {
+        let fence = snapshot.load().backends().lease_fence().clone();
         Context {
             snapshot,
             fences: KeyFences::default(),
             metrics,
             region,
             zone,
-            fence: Arc::new(Fence::default()),
+            fence,
             sentinel: arc_swap::ArcSwap::from_pointee(SentinelView::default()),
             held_moves: HeldMoves::default(),
         }

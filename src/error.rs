@@ -57,6 +57,13 @@ pub enum BackendError {
         user: String,
         reason: String,
     },
+    /// Not sent: this proxy is a fleet member whose lease may have expired
+    /// (see `backend::fence::Fence`), found when the request was about to
+    /// be written to the backend (it was routed before, e.g. just before
+    /// the process was frozen): the fleet may have moved its keys since.
+    /// Answered `-TRYAGAIN`, like a command refused at routing.
+    #[error("backend {addr}: not sent, this proxy's fleet lease may have expired")]
+    Fenced { addr: String },
 }
 
 impl BackendError {
@@ -72,6 +79,7 @@ impl BackendError {
             BackendError::Unsupported { .. } => "unsupported",
             BackendError::Acl { .. } => "acl",
             BackendError::NoSuchDb { .. } => "no_such_db",
+            BackendError::Fenced { .. } => "fenced",
         }
     }
 
@@ -189,6 +197,7 @@ impl ProxyError {
     pub fn to_reply(&self) -> Reply {
         match self {
             ProxyError::Client(msg) => Reply::Error(msg.clone()),
+            ProxyError::Backend(BackendError::Fenced { .. }) => ProxyError::fenced().to_reply(),
             ProxyError::Backend(e) => Reply::Error(Cow::Owned(format!("ERR {e}"))),
             ProxyError::Internal(msg) => {
                 Reply::Error(Cow::Owned(format!("ERR internal error: {msg}")))
@@ -206,6 +215,13 @@ mod tests {
             Reply::Error(t) => t.into_owned(),
             other => panic!("not an error reply: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_request_fenced_before_its_write_is_answered_tryagain() {
+        let e = ProxyError::Backend(BackendError::Fenced { addr: "a:1".into() });
+        assert_eq!(text(e), text(ProxyError::fenced()));
+        assert!(text(ProxyError::fenced()).starts_with("TRYAGAIN "));
     }
 
     #[test]
@@ -241,6 +257,9 @@ mod tests {
                 addr: addr(),
                 reason: reason(),
             },
+            // Not sent, but a read retried elsewhere (a replica of the old
+            // owner) could be older than one already read.
+            BackendError::Fenced { addr: addr() },
         ] {
             assert!(!e.read_may_retry(), "{e}");
         }

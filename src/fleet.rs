@@ -477,11 +477,14 @@ impl Membership {
         let mut leases = self.lease.subscribe();
         while !self.stopping() {
             let lease = *leases.borrow_and_update();
-            let won = self
-                .coord
-                .client()
-                .campaign(self.coord.mover_election(), self.id.clone(), lease)
-                .await;
+            let mut client = self.coord.client();
+            // A campaign under a lease that expired meanwhile cannot win
+            // (its key went with the lease) but may wait in etcd until the
+            // leader changes: campaign again under the new lease at once.
+            let won = tokio::select! {
+                won = client.campaign(self.coord.mover_election(), self.id.clone(), lease) => won,
+                _ = leases.changed() => continue,
+            };
             match won {
                 Ok(_) if *self.lease.borrow() == lease => {
                     self.leader.store(true, Ordering::Release);
@@ -549,10 +552,13 @@ async fn drain(old: &Arc<RoutingTable>, next: &crate::backend::Backends) {
     }
     for shard in next.shards() {
         for _ in 0..10 {
-            if shard.primary.barrier().await.is_ok() {
-                break;
+            match shard.primary.barrier().await {
+                // Fenced (this proxy is catching up after a lost lease):
+                // what was queued before the PING was failed unsent with
+                // it, or written before the fence closed.
+                Ok(()) | Err(crate::error::BackendError::Fenced { .. }) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::fence::Fence;
 use super::{Conns, Endpoint, EndpointState, Role, breaker};
 use crate::metrics::EndpointMetrics;
 use crate::router::ShardId;
@@ -173,6 +174,10 @@ pub struct Backends {
     /// built from, so that a Sentinel failover can rebuild them with new
     /// addresses and nothing else changed.
     source: Arc<ShardMap>,
+    /// The fence every endpoint checks before it writes (see
+    /// [`EndpointState::lease_fence`]): made with the first backends,
+    /// handed on by every rebuild.
+    lease_fence: Arc<Fence>,
 }
 
 impl Backends {
@@ -271,6 +276,7 @@ impl Backends {
         zone: Option<&str>,
         previous: Option<&Backends>,
     ) -> Backends {
+        let lease_fence = previous.map_or_else(Arc::default, |p| p.lease_fence.clone());
         let resolved = crate::shardmap::sentinel::resolve(source, view);
         let map = &resolved;
         let mut by_addr: HashMap<String, Arc<Endpoint>> = HashMap::new();
@@ -307,6 +313,7 @@ impl Backends {
                         ep.link.clone(),
                     );
                     state.identity = Some(identity);
+                    state.lease_fence = lease_fence.clone();
                     let state = Arc::new(state);
                     state.metrics.set_healthy(role == Role::Primary);
                     let e = Arc::new(Endpoint::new(state, kind, &ep.addr, map.slots));
@@ -353,7 +360,13 @@ impl Backends {
             shards,
             endpoints,
             source: Arc::new(source.clone()),
+            lease_fence,
         }
+    }
+
+    /// The fleet lease fence of this proxy (the context's).
+    pub fn lease_fence(&self) -> &Arc<Fence> {
+        &self.lease_fence
     }
 
     /// The backends of one shard.
@@ -519,5 +532,6 @@ fn endpoint_state(
         primary_offsets: arc_swap::ArcSwapOption::empty(),
         positions: Arc::default(),
         version: arc_swap::ArcSwapOption::empty(),
+        lease_fence: Arc::default(),
     }
 }

@@ -140,7 +140,8 @@ impl Breaker {
             | BackendError::Query { .. }
             | BackendError::Unsupported { .. }
             | BackendError::Acl { .. }
-            | BackendError::NoSuchDb { .. } => false,
+            | BackendError::NoSuchDb { .. }
+            | BackendError::Fenced { .. } => false,
         };
         if !opens {
             return;

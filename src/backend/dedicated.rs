@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use super::acl::BackendAcl;
 use super::breaker::Admit;
 use super::connect::connect_wire;
+use super::fence::Fence;
 use super::{EndpointState, Wire};
 use crate::error::BackendError;
 use crate::protocol::scan;
@@ -46,6 +47,9 @@ pub struct DedicatedConn {
     /// is made): `CLIENT UNBLOCK` of a proxy client blocked here is sent to
     /// the shard for it. `None` if the shard did not say.
     backend_id: Option<i64>,
+    /// This proxy's fleet lease fence, checked before every write (see
+    /// [`DedicatedConn::send`]).
+    lease_fence: Arc<Fence>,
 }
 
 impl DedicatedConn {
@@ -59,17 +63,40 @@ impl DedicatedConn {
         self.backend_id
     }
 
-    /// Writes one or more complete request frames.
+    /// Writes one or more complete request frames. Not while this proxy's
+    /// fleet lease fence is closed ([`BackendError::Fenced`], nothing
+    /// written: the frames were routed before it closed, and the fleet may
+    /// have moved their keys since); a write the socket takes in parts
+    /// stops between two parts if the fence closed meanwhile (the
+    /// connection is then left mid-request, and closed when dropped).
     pub async fn send(&mut self, frames: &[u8], replies: usize) -> Result<(), BackendError> {
+        if self.lease_fence.blocks_now() {
+            return Err(BackendError::Fenced {
+                addr: self.addr.clone(),
+            });
+        }
         self.unread += replies;
-        let write = async {
-            self.stream.write_all(frames).await?;
-            self.stream.flush().await
-        };
-        write.await.map_err(|e| BackendError::ConnectionLost {
+        let lost = |reason: String| BackendError::ConnectionLost {
             addr: self.addr.clone(),
-            reason: format!("write failed: {e}"),
-        })
+            reason,
+        };
+        let mut at = 0;
+        while at < frames.len() {
+            if at > 0 && self.lease_fence.blocks_now() {
+                return Err(lost(
+                    "this proxy's fleet lease fence closed mid-write".to_owned(),
+                ));
+            }
+            match self.stream.write(&frames[at..]).await {
+                Ok(0) => return Err(lost("write failed: the socket took no bytes".to_owned())),
+                Ok(n) => at += n,
+                Err(e) => return Err(lost(format!("write failed: {e}"))),
+            }
+        }
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| lost(format!("write failed: {e}")))
     }
 
     /// Reads the next reply frame.
@@ -216,6 +243,7 @@ impl Manager for DedicatedManager {
             unread: 0,
             stateful: false,
             backend_id: None,
+            lease_fence: ep.lease_fence.clone(),
         };
         // Before any login as a backend ACL user, which may not run CLIENT.
         let id = tokio::time::timeout(

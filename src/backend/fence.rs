@@ -313,6 +313,12 @@ impl Fence {
         self.enabled.store(true, Ordering::Release);
     }
 
+    /// Whether a command must not touch keys now (the clock is read only
+    /// when the fence is on: in a fleet).
+    pub fn blocks_now(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed) && self.blocks(Instant::now())
+    }
+
     /// Whether a command that arrived at `now` must not touch keys.
     pub fn blocks(&self, now: Instant) -> bool {
         self.enabled.load(Ordering::Relaxed)

@@ -129,9 +129,25 @@ pub struct EndpointState {
     /// The `redis_version` a Redis endpoint reported when its health
     /// checker connected (HELLO answers the lowest of the primaries').
     pub version: arc_swap::ArcSwapOption<String>,
+    /// This proxy's fleet lease fence (the context's, shared by every
+    /// endpoint of its backends): checked again just before a request is
+    /// written to the backend, so that one routed before the proxy was
+    /// frozen past its lease is not written after (see `fence::Fence`).
+    pub lease_fence: Arc<fence::Fence>,
 }
 
 impl EndpointState {
+    /// [`BackendError::Fenced`] if this proxy's fleet lease fence is closed
+    /// now: a request about to be sent here must not be.
+    pub fn check_lease_fence(&self) -> Result<(), BackendError> {
+        if self.lease_fence.blocks_now() {
+            return Err(BackendError::Fenced {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether a map reload removed this endpoint.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)

@@ -432,7 +432,9 @@ async fn run(
     sink: Option<&dyn PushSink>,
 ) -> Ended {
     let (fifo_tx, fifo_rx) = mpsc::unbounded_channel();
-    let writer = write_loop(wr, shared, fifo_tx);
+    // A subscriber connection carries no key commands: not fenced.
+    let fence = sink.is_none().then_some(&**ep);
+    let writer = write_loop(wr, shared, fifo_tx, fence);
     let reader = read_loop(ep, rd, fifo_rx, sink);
     tokio::select! {
         r = writer => r,
@@ -440,10 +442,19 @@ async fn run(
     }
 }
 
+/// Writes what the handles queue, batch by batch. With `fence` (the
+/// endpoint, whose `lease_fence` is this proxy's), a batch taken
+/// while the fence is closed is not written: each of its requests fails
+/// with [`BackendError::Fenced`] (they were routed before the fence closed,
+/// perhaps just before the process was frozen past its lease, and the
+/// fleet may have moved their keys since); and a write that the socket
+/// took in parts stops, and the connection with it, if the fence closed
+/// between two parts.
 async fn write_loop(
     mut wr: impl AsyncWrite + Unpin,
     shared: &Shared,
     fifo: mpsc::UnboundedSender<Batch>,
+    fence: Option<&EndpointState>,
 ) -> Ended {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -454,15 +465,33 @@ async fn write_loop(
         // for this connection) run first, so one write carries all of them.
         tokio::task::yield_now().await;
         let replies = shared.take(&mut buf);
-        let batch = Batch {
-            replies,
-            sent: Instant::now(),
-        };
-        if fifo.send(batch).is_err() {
+        let sent = Instant::now();
+        if let Some(ep) = fence
+            && ep.lease_fence.blocks_now()
+        {
+            for reply in replies {
+                let addr = ep.addr.clone();
+                fail(reply, ep, BackendError::Fenced { addr });
+            }
+            buf.clear();
+            continue;
+        }
+        if fifo.send(Batch { replies, sent }).is_err() {
             return Ended::Failed("reader stopped".to_owned());
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            return Ended::Failed(format!("write failed: {e}"));
+        let mut at = 0;
+        while at < buf.len() {
+            if at > 0
+                && let Some(ep) = fence
+                && ep.lease_fence.blocks_now()
+            {
+                return Ended::Failed("this proxy's fleet lease fence closed mid-write".to_owned());
+            }
+            match wr.write(&buf[at..]).await {
+                Ok(0) => return Ended::Failed("write failed: the socket took no bytes".to_owned()),
+                Ok(n) => at += n,
+                Err(e) => return Ended::Failed(format!("write failed: {e}")),
+            }
         }
         // TLS holds records until flushed (a no-op on plain sockets).
         if let Err(e) = wr.flush().await {

@@ -223,7 +223,10 @@ impl Session {
         }
         // A fleet member that may have lost its lease routes no keys: the
         // fleet may have moved them without it (see `context::Fence`).
-        if !matches!(spec.handling, Handling::Local(_)) && proxy.ctx.fence.blocks(started) {
+        // Checked at the time of routing, not of arrival: the process may
+        // have been frozen in between. (Each backend connection checks
+        // again before it writes.)
+        if !matches!(spec.handling, Handling::Local(_)) && proxy.ctx.fence.blocks_now() {
             if let Some(tx) = self.tx.as_mut() {
                 tx.aborted = true;
             }

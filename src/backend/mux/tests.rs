@@ -18,6 +18,7 @@ fn endpoint() -> Arc<EndpointState> {
 /// A connection task over an in-memory pipe; the test plays the backend
 /// on the other end.
 struct Harness {
+    ep: Arc<EndpointState>,
     shared: Arc<Shared>,
     backend: DuplexStream,
     task: tokio::task::JoinHandle<Ended>,
@@ -29,13 +30,14 @@ impl Harness {
         let shared = Arc::new(Shared::new(&ep.addr));
         let (proxy_side, backend) = tokio::io::duplex(64 * 1024);
         let task = {
-            let shared = shared.clone();
+            let (ep, shared) = (ep.clone(), shared.clone());
             tokio::spawn(async move {
                 let (rd, wr) = tokio::io::split(proxy_side);
                 run(&ep, rd, wr, &shared, None).await
             })
         };
         Harness {
+            ep,
             shared,
             backend,
             task,
@@ -190,4 +192,30 @@ async fn a_request_that_could_not_connect_was_never_sent() {
         "{e:?}"
     );
     assert!(e.never_sent(), "safe to retry elsewhere");
+}
+
+/// A request taken while this proxy's fleet lease fence is closed (routed
+/// before it closed: say the process was frozen past its lease) is failed
+/// unsent; once the fence opens again, requests are written as before.
+#[tokio::test]
+async fn nothing_is_written_while_the_lease_fence_is_closed() {
+    let mut h = Harness::start();
+    let first = h.send(PING);
+    h.expect(PING).await;
+    h.backend.write_all(b"+PONG\r\n").await.unwrap();
+    assert_eq!(&reply(first).await.unwrap()[..], b"+PONG\r\n");
+
+    h.ep.lease_fence.close();
+    let fenced = h.send(GET);
+    assert!(
+        matches!(reply(fenced).await, Err(BackendError::Fenced { .. })),
+        "a request routed before the fence closed was not failed"
+    );
+    h.ep.lease_fence
+        .open_until(Instant::now() + Duration::from_secs(60));
+    let after = h.send(PING);
+    // The next bytes on the wire are this PING's: the GET never went.
+    h.expect(PING).await;
+    h.backend.write_all(b"+PONG\r\n").await.unwrap();
+    assert_eq!(&reply(after).await.unwrap()[..], b"+PONG\r\n");
 }

@@ -237,6 +237,12 @@ async fn run_batch(state: &EndpointState, pool: &PgPool, slots: u32, batch: Vec<
         let _ = tokio::time::timeout(ALONE_WAIT, ran).await;
         return;
     }
+    if let Err(e) = state.check_lease_fence() {
+        for p in batch {
+            let _ = p.reply.send(Outcome::Done(Err(e.clone())));
+        }
+        return;
+    }
     let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
     let result = commit(pool, slots, &ops).await;
     let mut replies: Vec<Option<Outcome>> = match result {

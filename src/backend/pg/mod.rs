@@ -376,18 +376,20 @@ async fn lane(
                 proto,
                 reply,
             } => {
-                let result = timed(&state, transaction::exec(pool, slots, &queued))
-                    .await
-                    .map(|outcome| match outcome {
-                        transaction::Outcome::Committed(replies) => {
-                            state.metrics.pg_transaction("committed");
-                            Reply::Array(replies)
-                        }
-                        transaction::Outcome::WatchFailed => {
-                            state.metrics.pg_transaction("watch_failed");
-                            Reply::NilArray
-                        }
-                    });
+                let result = match state.check_lease_fence() {
+                    Ok(()) => timed(&state, transaction::exec(pool, slots, &queued)).await,
+                    Err(e) => Err(e),
+                };
+                let result = result.map(|outcome| match outcome {
+                    transaction::Outcome::Committed(replies) => {
+                        state.metrics.pg_transaction("committed");
+                        Reply::Array(replies)
+                    }
+                    transaction::Outcome::WatchFailed => {
+                        state.metrics.pg_transaction("watch_failed");
+                        Reply::NilArray
+                    }
+                });
                 if result.is_err() {
                     state.metrics.pg_transaction("error");
                 }
@@ -464,6 +466,9 @@ async fn run_one(
         }
     };
     let args = req.args();
+    // Routed before this proxy's lease fence closed (see `fence::Fence`):
+    // not run. (Batched reads and writes check again before their batch.)
+    state.check_lease_fence()?;
     if let Some(key) = reads::get_key(args) {
         return group.reader.get(key.clone()).await;
     }
@@ -476,6 +481,7 @@ async fn run_one(
         },
         None => None,
     };
+    state.check_lease_fence()?;
     timed(state, commands::execute(ctx, args)).await
 }
 

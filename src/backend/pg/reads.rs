@@ -114,6 +114,12 @@ async fn read_loop(state: Arc<EndpointState>, pool: PgPool, rx: mpsc::UnboundedR
 
 /// Reads one batch and answers each of its GETs.
 async fn run_batch(state: &EndpointState, pool: &PgPool, batch: Vec<Pending>) {
+    if let Err(e) = state.check_lease_fence() {
+        for p in batch {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+        return;
+    }
     let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
     state.metrics.pg_read_batch(batch.len());
     let read = async {
