@@ -1,5 +1,6 @@
-//! `shardgate admin plan|rebalance|status|pause|resume|throttle`: a small
-//! RESP client of the admin listener.
+//! `shardgate admin plan|rebalance|follow|status|pause|resume|throttle`: a
+//! small RESP client of the admin listener; `follow` also reads a fleet's
+//! state straight from etcd (`--etcd`).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -71,8 +72,10 @@ enum CliError {
     Unexpected(&'static str),
     #[error("rebalance failed: {0}")]
     Failed(String),
-    #[error("no rebalance is known to the proxy")]
+    #[error("no rebalance is known (none runs, none finished)")]
     NoRebalance,
+    #[error(transparent)]
+    Coord(#[from] shardgate::coord::CoordError),
 }
 
 struct Client {
@@ -164,7 +167,7 @@ async fn run_op(conn: AdminConn, op: Op) -> Result<(), CliError> {
             "{}",
             text(&c.call(&[b"THROTTLE", n.to_string().as_bytes()]).await?)?
         ),
-        Op::Follow => return follow(&mut c).await,
+        Op::Follow => return follow(Source::Admin(&mut c)).await,
         Op::Rebalance {
             map,
             wait,
@@ -178,11 +181,61 @@ async fn run_op(conn: AdminConn, op: Op) -> Result<(), CliError> {
             }
             println!("{}", text(&c.call(&args).await?)?);
             if wait {
-                return follow(&mut c).await;
+                return follow(Source::Admin(&mut c)).await;
             }
         }
     }
     Ok(())
+}
+
+/// Where [`follow`] reads the progress.
+enum Source<'a> {
+    /// A proxy's admin listener (PROGRESS).
+    Admin(&'a mut Client),
+    /// A fleet's state in etcd and its movers' recorded counts.
+    Etcd(&'a shardgate::coord::Coord),
+}
+
+impl Source<'_> {
+    /// Field/value pairs as PROGRESS gives them.
+    async fn progress(&mut self) -> Result<Vec<(String, String)>, CliError> {
+        match self {
+            Source::Admin(c) => progress(c).await,
+            Source::Etcd(coord) => {
+                let state = coord.state().await?;
+                let moved = coord.progress().await?;
+                Ok(
+                    match state.and_then(|s| shardgate::rebalance::fleet_progress(&s, moved)) {
+                        Some(p) => p
+                            .fields()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect(),
+                        None => vec![("state".to_owned(), "none".to_owned())],
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// `shardgate admin follow --etcd`: the progress bar from the fleet's
+/// state in etcd (no proxy asked).
+pub fn follow_etcd(endpoints: &[String], cluster: &str) -> ExitCode {
+    let Some(rt) = crate::current_thread_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = rt.block_on(async {
+        let coord = shardgate::coord::Coord::connect(endpoints, cluster).await?;
+        follow(Source::Etcd(&coord)).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Field/value pairs of PROGRESS.
@@ -218,7 +271,7 @@ fn human(n: u64) -> String {
 }
 
 /// Shows a progress bar until the rebalance ends; Ctrl-C detaches.
-async fn follow(c: &mut Client) -> Result<(), CliError> {
+async fn follow(mut source: Source<'_>) -> Result<(), CliError> {
     let tty = std::io::stdout().is_terminal();
     let mut last_line = std::time::Instant::now() - Duration::from_secs(10);
     // Ctrl-C's handler is installed before the first bar is printed: a
@@ -227,7 +280,7 @@ async fn follow(c: &mut Client) -> Result<(), CliError> {
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     loop {
-        let p = progress(c).await?;
+        let p = source.progress().await?;
         let num = |k: &str| get(&p, k).parse::<u64>().unwrap_or(0);
         let (done, total) = (num("slots_done"), num("slots_total"));
         let moved = num("keys_moved") + num("keys_moved_on_touch");

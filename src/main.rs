@@ -121,11 +121,16 @@ enum AdminCommand {
     Follow {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
+        #[command(flatten)]
+        straight: StraightToEtcd,
     },
-    /// The proxy's status: map epoch, shards, endpoints and the rebalance.
+    /// The proxy's status: map epoch, shards, endpoints and the rebalance
+    /// (with --etcd: the fleet as etcd holds it, as `admin fleet`).
     Status {
         #[command(flatten)]
         conn: admin_cli::AdminConn,
+        #[command(flatten)]
+        straight: StraightToEtcd,
     },
     /// Pause the rebalance's background mover.
     Pause {
@@ -168,12 +173,12 @@ enum AdminCommand {
     },
 }
 
-/// For a rebalance control that can be recorded straight in a fleet's
-/// etcd (no proxy needs to answer; the mover's proxy applies it when it
-/// sees the state).
+/// For an admin command that can go straight to a fleet's etcd instead
+/// of a proxy (a control is recorded in the rebalance's state, which the
+/// mover's proxy applies when it sees it; `follow` and `status` read it).
 #[derive(clap::Args)]
 struct StraightToEtcd {
-    /// Record it straight in this fleet's etcd (endpoints; repeat or
+    /// Go straight to this fleet's etcd (endpoints; repeat or
     /// comma-separate) instead of asking a proxy's admin listener.
     #[arg(long, value_delimiter = ',', conflicts_with = "admin")]
     etcd: Vec<String>,
@@ -455,6 +460,12 @@ fn main() -> ExitCode {
         Command::Admin(AdminCommand::Fleet { fleet }) => {
             fleet_cli::status(&fleet.etcd, &fleet.cluster)
         }
+        Command::Admin(AdminCommand::Follow { straight, .. }) if !straight.etcd.is_empty() => {
+            admin_cli::follow_etcd(&straight.etcd, &straight.cluster)
+        }
+        Command::Admin(AdminCommand::Status { straight, .. }) if !straight.etcd.is_empty() => {
+            fleet_cli::status(&straight.etcd, &straight.cluster)
+        }
         Command::Admin(AdminCommand::Pause { straight, .. }) if !straight.etcd.is_empty() => {
             fleet_cli::control(&straight.etcd, &straight.cluster, fleet_cli::Control::Pause)
         }
@@ -492,8 +503,8 @@ fn main() -> ExitCode {
                     throttle,
                 },
             ),
-            AdminCommand::Follow { conn } => (conn, admin_cli::Op::Follow),
-            AdminCommand::Status { conn } => (conn, admin_cli::Op::Status),
+            AdminCommand::Follow { conn, .. } => (conn, admin_cli::Op::Follow),
+            AdminCommand::Status { conn, .. } => (conn, admin_cli::Op::Status),
             AdminCommand::Pause { conn, .. } => (conn, admin_cli::Op::Pause),
             AdminCommand::Resume { conn, .. } => (conn, admin_cli::Op::Resume),
             AdminCommand::Throttle {

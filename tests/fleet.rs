@@ -878,11 +878,11 @@ fn admin_cli(args: &[&str]) -> std::process::Output {
         .expect("run shardgate admin")
 }
 
-/// `shardgate admin pause|throttle|resume --etcd` act on the fleet's
-/// rebalance straight in etcd, no proxy asked: the mover stops, every
-/// member reports the control, and the move finishes once resumed.
-/// Without a rebalance they are refused, and `--etcd` with `--admin` is a
-/// usage error.
+/// `shardgate admin pause|throttle|resume|status|follow --etcd` go
+/// straight to etcd, no proxy asked: the mover stops, every member reports
+/// the control, `status` shows it, and `follow` follows the move to its
+/// verified end once resumed. Without a rebalance the controls and
+/// `follow` are refused, and `--etcd` with `--admin` is a usage error.
 #[test]
 fn pause_throttle_and_resume_straight_in_etcd_reach_the_mover() {
     let cluster = "fleet-ctl";
@@ -901,6 +901,12 @@ fn pause_throttle_and_resume_straight_in_etcd_reach_the_mover() {
     );
     let out = admin_cli(&["pause", "--etcd", &url, "--admin", "127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = straight(&["follow"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no rebalance is known"),
+        "{err}"
+    );
 
     let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
     let mover = fleet.leader();
@@ -933,6 +939,12 @@ fn pause_throttle_and_resume_straight_in_etcd_reach_the_mover() {
         }
     };
     on_every_member("paused", "1");
+    let out = straight(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("rebalance: running") && text.contains("paused"),
+        "{text}"
+    );
     // A batch under way when the pause came may still end; then nothing.
     let moved = || num(&fleet.members[mover].admin().progress(), "keys_moved");
     std::thread::sleep(Duration::from_millis(1000));
@@ -951,6 +963,15 @@ fn pause_throttle_and_resume_straight_in_etcd_reach_the_mover() {
 
     let out = straight(&["resume"]);
     assert!(out.status.success(), "{out:?}");
+    // Follows the move to its end from etcd alone.
+    let out = straight(&["follow"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("rebalance done in")
+            && text.contains("verification ok"),
+        "{out:?}"
+    );
     let p = fleet.wait_done(rev);
     assert_eq!(p["verify"], "ok", "{p:?}");
     assert_eq!(p["verify_left_behind"], "0", "{p:?}");

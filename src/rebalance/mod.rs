@@ -204,6 +204,39 @@ pub fn from_fleet(state: &crate::coord::FleetState) -> Result<Initial, Rebalance
     }
 }
 
+/// The progress of the fleet's rebalance as the state in etcd and the
+/// movers' recorded counts (`moved`) tell it, for `shardgate admin follow
+/// --etcd` (the fields a proxy's PROGRESS has, but what only a mover
+/// knows: rate, ETA, errors, moves on touch). `None` when the fleet has
+/// neither a running nor a finished rebalance.
+pub fn fleet_progress(
+    state: &Versioned<FleetState>,
+    moved: Option<crate::coord::MovedSoFar>,
+) -> Option<Progress> {
+    let view = match (&state.value.rebalance, &state.value.last) {
+        (Some(r), _) => {
+            let mut rebalance = r.clone();
+            // The movers record their counts now and then, the state
+            // only at the end of each window.
+            if let Some(m) = moved.filter(|m| m.keys > rebalance.moved.keys) {
+                rebalance.moved = m;
+            }
+            FleetView {
+                revision: state.revision,
+                rebalance,
+                finished: None,
+            }
+        }
+        (None, Some(f)) => FleetView {
+            revision: state.revision,
+            rebalance: RebalanceState::default(),
+            finished: Some(f.clone()),
+        },
+        (None, None) => return None,
+    };
+    Some(view.progress())
+}
+
 impl From<&crate::coord::RebalanceState> for Saved {
     fn from(r: &crate::coord::RebalanceState) -> Saved {
         Saved {
