@@ -1,15 +1,16 @@
 //! One `shardgate serve --etcd` process of a fleet, for the fleet tests
-//! (`tests/fleet.rs`, `tests/fleet_pg.rs`).
+//! (`tests/fleet.rs`, `tests/fleet_etcd.rs`, `tests/fleet_pg.rs`), and the
+//! fixture of the first two: three members over Redis shards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::etcd::Etcd;
 use super::history::connect;
-use super::rebalance::{ADMIN_PW, Admin, BIN};
-use super::{KillOnDrop, free_port};
+use super::rebalance::{ADMIN_PW, Admin, BIN, map_yaml, owner_name, table_of, write};
+use super::{KillOnDrop, RedisServer, TempDir, free_port};
 
 /// Generous bound for anything the tests wait for (a loaded 2-core box).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -275,4 +276,165 @@ pub fn fill(port: u16, n: usize) {
         }
         let _: () = cmd.query(&mut c).unwrap();
     }
+}
+
+/// Keys written before the clients start, so the mover has work.
+pub const FILLER: usize = 6_000;
+/// Clients over the three proxies.
+pub const CLIENTS: usize = 18;
+
+/// The fixture every test starts from: etcd, three Redis shards, three
+/// members over the first two shards, filler keys written.
+/// (Fields drop in order: the members first, the directory last.)
+pub struct Fleet {
+    pub members: Vec<Member>,
+    pub servers: Vec<RedisServer>,
+    /// One member, or three for the quorum test.
+    pub etcd: Vec<Etcd>,
+    pub dir: TempDir,
+}
+
+pub const NAMES: [&str; 3] = ["s0", "s1", "s2"];
+
+impl Fleet {
+    /// `ttl_secs`: each member's lease TTL.
+    pub fn start(label: &str, ttl_secs: [u64; 3]) -> Fleet {
+        Fleet::start_on(label, ttl_secs, vec![Etcd::start()])
+    }
+
+    /// The same over the etcd members `etcd`.
+    pub fn start_on(label: &str, ttl_secs: [u64; 3], etcd: Vec<Etcd>) -> Fleet {
+        let dir = TempDir::new(label);
+        let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+        let mut f = Fleet {
+            dir,
+            etcd,
+            servers,
+            members: Vec::new(),
+        };
+        let m1 = f.map("m1.yaml", &[0, 1]);
+        for (i, ttl) in ttl_secs.into_iter().enumerate() {
+            // The first seeds the cluster's map; the others read it.
+            let seed = (i == 0).then_some(m1.as_path());
+            let id = format!("p{i}");
+            let m = Member::start(f.dir.path(), &f.etcd, label, &id, seed, ttl);
+            f.members.push(m);
+        }
+        fill_filler(f.members[0].port);
+        f
+    }
+
+    /// Writes a map over the shards `idx`.
+    pub fn map(&self, file: &str, idx: &[usize]) -> PathBuf {
+        let shards: Vec<(&str, &RedisServer)> =
+            idx.iter().map(|&i| (NAMES[i], &self.servers[i])).collect();
+        write(self.dir.path(), file, &map_yaml(&shards))
+    }
+
+    pub fn shards(&self, idx: &[usize]) -> Vec<(&str, &RedisServer)> {
+        idx.iter().map(|&i| (NAMES[i], &self.servers[i])).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.port).collect()
+    }
+
+    pub fn logs(&self) -> String {
+        logs(&self.members)
+    }
+
+    /// The one live member holding the mover's election.
+    pub fn leader(&self) -> usize {
+        leader(&self.members)
+    }
+
+    /// Submits a rebalance to `map` through member `via`, throttled to
+    /// `throttle` keys/s from its first batch (0: no limit); returns the
+    /// fleet revision that recorded it.
+    pub fn rebalance(&self, via: usize, map: &Path, throttle: u64) -> i64 {
+        rebalance(&self.members, via, map, throttle)
+    }
+
+    /// The PROGRESS of the mover's member that runs (or ran) the rebalance
+    /// recorded at `revision`, once it is done. Panics if it failed.
+    pub fn wait_done(&self, revision: i64) -> HashMap<String, String> {
+        wait_done(&self.members, revision)
+    }
+
+    /// Waits until every live member publishes the same map epoch, at
+    /// least `min`; returns it.
+    pub fn same_epoch(&self, min: u64) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let epochs: Vec<u64> = self
+                .members
+                .iter()
+                .filter(|m| m.alive())
+                .map(|m| m.map_epoch())
+                .collect();
+            if epochs.iter().all(|e| *e == epochs[0] && *e >= min) {
+                return epochs[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members disagree on the map epoch: {epochs:?} (want >= {min})\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the mover's PROGRESS satisfies `cond` (while moving).
+    pub fn wait_progress(
+        &self,
+        mover: usize,
+        what: &str,
+        cond: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> HashMap<String, String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut admin = self.members[mover].admin();
+        loop {
+            let p = admin.progress();
+            if cond(&p) {
+                return p;
+            }
+            assert_ne!(p["state"], "done", "the move ended before {what}: {p:?}");
+            assert_ne!(p["state"], "failed", "{p:?}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "never {what}: {p:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A number field of PROGRESS.
+pub fn num(p: &HashMap<String, String>, field: &str) -> u64 {
+    // (Missing before the mover started: PROGRESS says `state none`.)
+    p.get(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Writes the [`FILLER`] keys through `port`.
+pub fn fill_filler(port: u16) {
+    fill(port, FILLER);
+}
+
+/// The names of the [`FILLER`] keys.
+pub fn filler() -> HashSet<String> {
+    (0..FILLER).map(|i| format!("filler:{i}")).collect()
+}
+
+/// Filler keys the first window of the move `from` -> `to` carries: the
+/// mover takes the (class, slot) pairs in slot order, one source shard per
+/// window.
+pub fn first_window_keys(from: &Path, to: &Path) -> usize {
+    let (a, b) = (table_of(from), table_of(to));
+    let moves = a.moves_to(&b).unwrap();
+    let source = a.shard(moves[0].from).unwrap().name.clone();
+    (0..FILLER)
+        .map(|i| format!("filler:{i}"))
+        .filter(|k| owner_name(&a, k) == source && owner_name(&b, k) != source)
+        .count()
 }
