@@ -400,6 +400,11 @@ impl Membership {
                         }
                     }
                     Ok(None) => break,
+                    // Shutting down: the connection goes with the proxy.
+                    Err(e) if self.stopping() => {
+                        tracing::debug!(error = %e, "fleet state watch ended at shutdown");
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "fleet state watch broke; reconnecting");
                         break;
