@@ -219,13 +219,7 @@ fn rebalance_moves_every_database() {
     let mut admin = proxy.admin();
     // Slowed down, so that most keys of database 4 move when a command
     // touches them (moves on touch use the client's database).
-    let started = admin.text(&[
-        b"REBALANCE",
-        b"FILE",
-        m2.to_str().unwrap().as_bytes(),
-        b"THROTTLE",
-        b"20",
-    ]);
+    let started = admin.rebalance_file(&m2, 20);
     assert!(started.starts_with("OK"), "{started}");
     // COPY into database 0 (from 4) while the slots move: a key whose slot
     // is migrating answers TRYAGAIN (its database-0 copy may still be on
@@ -332,13 +326,7 @@ fn the_rebalance_barrier_drains_every_databases_connections() {
     assert_eq!(last_commands(), vec![vec!["set".to_owned()]; 2]);
     let mut admin = proxy.admin();
     // Slowed down so that the first window stays migrating a while.
-    let started = admin.text(&[
-        b"REBALANCE",
-        b"FILE",
-        m2.to_str().unwrap().as_bytes(),
-        b"THROTTLE",
-        b"20",
-    ]);
+    let started = admin.rebalance_file(&m2, 20);
     assert!(started.starts_with("OK"), "{started}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while admin.progress()["slots_migrating"] == "0" {

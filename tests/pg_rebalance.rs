@@ -233,14 +233,7 @@ impl HashLoad {
 /// Starts a rebalance to `map`, its mover limited to `throttle` keys/s
 /// from the first batch (0: no limit).
 fn rebalance(admin: &mut Admin, map: &Path, throttle: u64) {
-    let throttle = throttle.to_string();
-    let started = admin.text(&[
-        b"REBALANCE",
-        b"FILE",
-        map.to_str().unwrap().as_bytes(),
-        b"THROTTLE",
-        throttle.as_bytes(),
-    ]);
+    let started = admin.rebalance_file(map, throttle);
     assert!(started.starts_with("OK rebalance started"), "{started}");
 }
 

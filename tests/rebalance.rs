@@ -94,13 +94,7 @@ fn run_add_then_remove(kill: bool) {
         assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     } else {
         // Throttled, so that it still runs at the second request.
-        let started = admin.text(&[
-            b"REBALANCE",
-            b"FILE",
-            m2.to_str().unwrap().as_bytes(),
-            b"THROTTLE",
-            b"1000",
-        ]);
+        let started = admin.rebalance_file(&m2, 1000);
         assert!(started.starts_with("OK rebalance started"), "{started}");
         // A second request while the first runs is refused, saying why.
         let again = admin.text(&[b"REBALANCE", b"FILE", m3.to_str().unwrap().as_bytes()]);

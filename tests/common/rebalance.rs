@@ -160,19 +160,26 @@ impl Admin {
             .collect())
     }
 
+    /// Starts a rebalance to the map file `map`, its mover limited to
+    /// `throttle` keys/s from the first batch; returns the admin reply.
+    pub fn rebalance_file(&mut self, map: &Path, throttle: u64) -> String {
+        let throttle = throttle.to_string();
+        self.text(&[
+            b"REBALANCE",
+            b"FILE",
+            map.to_str().unwrap().as_bytes(),
+            b"THROTTLE",
+            throttle.as_bytes(),
+        ])
+    }
+
     /// Starts a rebalance to `map`, throttled to 1 key/s, and pauses it
     /// once a window is migrating (with no batch in flight: a pause waits
     /// for the batches in flight), so the window's slots stay migrating.
     pub fn rebalance_paused_migrating(&mut self, map: &Path) {
         // Throttled from the first batch: one batch at most moves before
         // the pause (a THROTTLE after the start could come too late).
-        let started = self.text(&[
-            b"REBALANCE",
-            b"FILE",
-            map.to_str().unwrap().as_bytes(),
-            b"THROTTLE",
-            b"1",
-        ]);
+        let started = self.rebalance_file(map, 1);
         assert!(started.starts_with("OK"), "{started}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.progress()["slots_migrating"] == "0" {
