@@ -589,6 +589,13 @@ impl EndpointMetrics {
             .record(commands as f64);
     }
 
+    /// A command (or batch) on this PostgreSQL endpoint waited `waited` for
+    /// one of its serving thread's connections.
+    pub fn pg_connection_wait(&self, waited: Duration) {
+        metrics::histogram!(PG_CONNECTION_WAIT_SECONDS, "shard" => self.shard.clone(), "endpoint" => self.endpoint.clone())
+            .record(waited.as_secs_f64());
+    }
+
     /// `commands` writes offered to group commit ended with `outcome` (one
     /// of [`PG_GROUP_COMMIT_OUTCOMES`]).
     pub fn pg_group_commit(&self, outcome: &'static str, commands: usize) {

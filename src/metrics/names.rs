@@ -85,6 +85,11 @@ pub const PG_BATCH_COMMANDS: &str = "shardgate_pg_batch_commands";
 /// serving thread's clients in flight at once, read with one `SELECT`), by
 /// shard and endpoint; buckets in commands ([`PG_BATCH_BUCKETS`]).
 pub const PG_READ_BATCH_COMMANDS: &str = "shardgate_pg_read_batch_commands";
+/// How long commands on PostgreSQL shards waited for one of their serving
+/// thread's connections (a lane's command, a group-commit batch, a batched
+/// read), by shard and endpoint; only waits are recorded, not commands
+/// that found a connection free.
+pub const PG_CONNECTION_WAIT_SECONDS: &str = "shardgate_pg_connection_wait_seconds";
 /// Bucket bounds of [`PG_BATCH_COMMANDS`] and [`PG_READ_BATCH_COMMANDS`]
 /// (commands, not seconds).
 pub const PG_BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
@@ -237,11 +242,12 @@ pub const REPLICA_ONLY: [&str; 1] = [REPLICA_LAG_SECONDS];
 pub const ON_FIRST_EVENT: [&str; 1] = [PUBSUB_LINK_CONNECTS];
 
 /// Metrics of postgres shards only (a map without one has none).
-pub const POSTGRES_ONLY: [&str; 4] = [
+pub const POSTGRES_ONLY: [&str; 5] = [
     PG_TRANSACTIONS,
     PG_BATCH_COMMANDS,
     PG_READ_BATCH_COMMANDS,
     PG_GROUP_COMMIT,
+    PG_CONNECTION_WAIT_SECONDS,
 ];
 
 /// Subscriptions of this proxy's clients, by kind (channel, pattern, shard).
@@ -370,6 +376,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         PG_READ_BATCH_COMMANDS,
         "histogram",
         "GETs per batched read statement on PostgreSQL shards (the GETs of one serving thread's clients in flight at once, read with one SELECT), by endpoint; in commands, not seconds",
+    ),
+    (
+        PG_CONNECTION_WAIT_SECONDS,
+        "histogram",
+        "Time commands on PostgreSQL shards waited for one of their serving thread's connections (all busy), in arrival order, by endpoint; only waits are recorded",
     ),
     (
         PG_GROUP_COMMIT,

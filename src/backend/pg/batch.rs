@@ -74,6 +74,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{STRING, lock_ids, msg};
 use super::locked::lock_id;
+use super::turns::Turns;
 use super::values::parse_int;
 use crate::backend::EndpointState;
 use crate::error::BackendError;
@@ -180,11 +181,11 @@ pub struct Committer {
 
 impl Committer {
     /// Starts a committer on the current runtime (the serving thread's),
-    /// writing through `pool`.
-    pub fn start(state: Arc<EndpointState>, pool: PgPool, slots: u32) -> Committer {
+    /// writing through `pool` on turns of `turns`.
+    pub fn start(state: Arc<EndpointState>, pool: PgPool, turns: Turns, slots: u32) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
         let addr = Arc::from(state.addr.as_str());
-        tokio::spawn(commit_loop(state, pool, slots, rx));
+        tokio::spawn(commit_loop(state, pool, turns, slots, rx));
         Committer { tx, addr }
     }
 
@@ -211,6 +212,7 @@ impl Committer {
 async fn commit_loop(
     state: Arc<EndpointState>,
     pool: PgPool,
+    turns: Turns,
     slots: u32,
     rx: mpsc::UnboundedReceiver<Pending>,
 ) {
@@ -220,14 +222,20 @@ async fn commit_loop(
         most: IN_FLIGHT,
     };
     super::batching::batches(rx, flight, MAX_BATCH, move |batch| {
-        let (state, pool) = (state.clone(), pool.clone());
-        async move { run_batch(&state, &pool, slots, batch).await }
+        let (state, pool, turns) = (state.clone(), pool.clone(), turns.clone());
+        async move { run_batch(&state, &pool, &turns, slots, batch).await }
     })
     .await;
 }
 
 /// Runs one batch and answers each of its commands.
-async fn run_batch(state: &EndpointState, pool: &PgPool, slots: u32, batch: Vec<Pending>) {
+async fn run_batch(
+    state: &EndpointState,
+    pool: &PgPool,
+    turns: &Turns,
+    slots: u32,
+    batch: Vec<Pending>,
+) {
     if batch.len() == 1 {
         state.metrics.pg_group_commit("alone", 1);
         let (done, ran) = oneshot::channel();
@@ -237,6 +245,21 @@ async fn run_batch(state: &EndpointState, pool: &PgPool, slots: u32, batch: Vec<
         let _ = tokio::time::timeout(ALONE_WAIT, ran).await;
         return;
     }
+    // A connection of the thread's pool, in turn (within the command
+    // timeout: past it each command is answered the timeout, unrun).
+    let turn = match tokio::time::timeout(state.options.command_timeout, turns.take()).await {
+        Ok(turn) => turn,
+        Err(_) => Err(super::timed_out(state)),
+    };
+    let _turn = match turn {
+        Ok(turn) => turn,
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Outcome::Done(Err(e.clone())));
+            }
+            return;
+        }
+    };
     if let Err(e) = state.check_lease_fence() {
         for p in batch {
             let _ = p.reply.send(Outcome::Done(Err(e.clone())));

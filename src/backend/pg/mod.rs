@@ -65,6 +65,7 @@ mod locked;
 mod options;
 mod reads;
 pub mod transaction;
+mod turns;
 pub mod values;
 
 use std::collections::HashMap;
@@ -139,6 +140,11 @@ struct Group {
     /// for group commit and [`reads::IN_FLIGHT`] for batched reads; opened
     /// by tasks of `runtime` only.
     pool: PgPool,
+    /// One turn per connection of `pool`: lanes, the committer's batches
+    /// and the reader's take one before they use a connection
+    /// ([`turns`]), so that a wait for a busy connection is in arrival
+    /// order and bounded by the command timeout, not by the pool.
+    turns: turns::Turns,
     /// The thread's group committer ([`batch`]).
     committer: batch::Committer,
     /// The thread's read batcher ([`reads`]).
@@ -150,6 +156,17 @@ type Lanes = Mutex<HashMap<u64, mpsc::UnboundedSender<Job>>>;
 
 /// Connections of the control pool (health check, reaper, position probe).
 const CONTROL_CONNECTIONS: u32 = 3;
+
+/// A serving thread's connection idle for longer than this is pinged
+/// before it is handed out (one round trip), so that one the database
+/// dropped meanwhile (a restart, `idle_session_timeout`) is replaced
+/// instead of failing a command. One in use more recently is handed out
+/// as it is (if the database dropped it within that second, the one
+/// command that gets it fails, as one running when it was dropped does):
+/// pinging each one, sqlx's default, cost a round trip per statement,
+/// group-commit batch and batched read (5-10% of SET, GET and INCR
+/// throughput and of both sides' CPU, BENCHMARKS.md).
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
 impl PgEndpoint {
     /// Creates the pools (connections open lazily), one group committer
@@ -167,14 +184,13 @@ impl PgEndpoint {
                 "statement_timeout",
                 state.options.command_timeout.as_millis().to_string(),
             )]);
-        let pool_of = |connections: usize| {
+        let options_of = |connections: usize| {
             PgPoolOptions::new()
                 .max_connections(u32::try_from(connections).unwrap_or(u32::MAX))
                 .min_connections(0)
                 .acquire_timeout(state.options.connect_timeout)
-                .connect_lazy_with(options.clone())
         };
-        let pool = pool_of(CONTROL_CONNECTIONS as usize);
+        let pool = options_of(CONTROL_CONNECTIONS as usize).connect_lazy_with(options.clone());
         let handles: Vec<tokio::runtime::Handle> = match crate::workers::handles() {
             [] => vec![tokio::runtime::Handle::current()],
             workers => workers.to_vec(),
@@ -189,12 +205,25 @@ impl PgEndpoint {
             .map(|runtime| {
                 // The pool's upkeep task runs on the group's thread.
                 let _on = runtime.enter();
-                let pool = pool_of(share);
-                let committer = batch::Committer::start(state.clone(), pool.clone(), slots);
-                let reader = reads::Reader::start(state.clone(), pool.clone());
+                let pool = options_of(share)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PING_IF_IDLE {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
+                    .connect_lazy_with(options.clone());
+                let turns = turns::Turns::new(state.clone(), share);
+                let committer =
+                    batch::Committer::start(state.clone(), pool.clone(), turns.clone(), slots);
+                let reader = reads::Reader::start(state.clone(), pool.clone(), turns.clone());
                 Group {
                     runtime: runtime.clone(),
                     pool,
+                    turns,
                     committer,
                     reader,
                 }
@@ -365,7 +394,8 @@ async fn lane(
                 let _ = reply.send(answer(&state, started, proto, result));
             }
             Job::Watch { keys, reply } => {
-                let result = timed(&state, transaction::versions(&ctx, &keys)).await;
+                let result =
+                    on_turn(&state, &group.turns, transaction::versions(&ctx, &keys)).await;
                 if let Err(e) = &result {
                     failed(&state, e);
                 }
@@ -377,7 +407,10 @@ async fn lane(
                 reply,
             } => {
                 let result = match state.check_lease_fence() {
-                    Ok(()) => timed(&state, transaction::exec(pool, slots, &queued)).await,
+                    Ok(()) => {
+                        let exec = transaction::exec(pool, slots, &queued);
+                        on_turn(&state, &group.turns, exec).await
+                    }
                     Err(e) => Err(e),
                 };
                 let result = result.map(|outcome| match outcome {
@@ -429,19 +462,35 @@ fn failed(state: &EndpointState, e: &BackendError) {
     }
 }
 
-/// Runs `work` within the command timeout, mapping driver errors.
-async fn timed<T>(
+/// Runs `work` on a turn at the thread's connections ([`turns`]), with
+/// the wait for the turn and the work together within the command
+/// timeout; the lease fence is checked again once the turn came (the wait
+/// may have been long).
+async fn on_turn<T>(
     state: &EndpointState,
+    turns: &turns::Turns,
     work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, BackendError> {
     let timeout = state.options.command_timeout;
-    match tokio::time::timeout(timeout, work).await {
+    let started = Instant::now();
+    let _turn = match tokio::time::timeout(timeout, turns.take()).await {
+        Ok(turn) => turn?,
+        Err(_) => return Err(timed_out(state)),
+    };
+    state.check_lease_fence()?;
+    let left = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, work).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(backend_error(&state.addr, e)),
-        Err(_) => Err(BackendError::Timeout {
-            addr: state.addr.clone(),
-            millis: timeout.as_millis() as u64,
-        }),
+        Err(_) => Err(timed_out(state)),
+    }
+}
+
+/// A command that did not finish within the command timeout.
+fn timed_out(state: &EndpointState) -> BackendError {
+    BackendError::Timeout {
+        addr: state.addr.clone(),
+        millis: state.options.command_timeout.as_millis() as u64,
     }
 }
 
@@ -481,8 +530,7 @@ async fn run_one(
         },
         None => None,
     };
-    state.check_lease_fence()?;
-    timed(state, commands::execute(ctx, args)).await
+    on_turn(state, &group.turns, commands::execute(ctx, args)).await
 }
 
 /// Maps a driver error to the proxy's [`BackendError`] kinds.
@@ -497,6 +545,19 @@ pub fn backend_error(addr: &str, e: sqlx::Error) -> BackendError {
             addr,
             reason: e.to_string(),
         },
+        // The server ended the connection (a shutdown or restart, an
+        // idle-session timeout, pg_terminate_backend): it reports that as
+        // an error of the next statement on it.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+        {
+            BackendError::ConnectionLost {
+                addr,
+                reason: db.to_string(),
+            }
+        }
         sqlx::Error::Database(db) => BackendError::Query {
             addr,
             reason: db.to_string(),

@@ -35,6 +35,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::Row;
+use super::turns::Turns;
 use crate::backend::EndpointState;
 use crate::error::BackendError;
 use crate::protocol::Reply;
@@ -76,11 +77,11 @@ pub struct Reader {
 
 impl Reader {
     /// Starts a reader on the current runtime (the serving thread's),
-    /// reading through `pool`.
-    pub fn start(state: Arc<EndpointState>, pool: PgPool) -> Reader {
+    /// reading through `pool` on turns of `turns`.
+    pub fn start(state: Arc<EndpointState>, pool: PgPool, turns: Turns) -> Reader {
         let (tx, rx) = mpsc::unbounded_channel();
         let addr = Arc::from(state.addr.as_str());
-        tokio::spawn(read_loop(state, pool, rx));
+        tokio::spawn(read_loop(state, pool, turns, rx));
         Reader { tx, addr }
     }
 
@@ -99,21 +100,26 @@ impl Reader {
 }
 
 /// Takes the queued GETs, in batches, until every [`Reader`] is gone.
-async fn read_loop(state: Arc<EndpointState>, pool: PgPool, rx: mpsc::UnboundedReceiver<Pending>) {
+async fn read_loop(
+    state: Arc<EndpointState>,
+    pool: PgPool,
+    turns: Turns,
+    rx: mpsc::UnboundedReceiver<Pending>,
+) {
     let flight = super::batching::Flight {
         usual: IN_FLIGHT,
         slow: None,
         most: IN_FLIGHT,
     };
     super::batching::batches(rx, flight, MAX_BATCH, move |batch| {
-        let (state, pool) = (state.clone(), pool.clone());
-        async move { run_batch(&state, &pool, batch).await }
+        let (state, pool, turns) = (state.clone(), pool.clone(), turns.clone());
+        async move { run_batch(&state, &pool, &turns, batch).await }
     })
     .await;
 }
 
 /// Reads one batch and answers each of its GETs.
-async fn run_batch(state: &EndpointState, pool: &PgPool, batch: Vec<Pending>) {
+async fn run_batch(state: &EndpointState, pool: &PgPool, turns: &Turns, batch: Vec<Pending>) {
     if let Err(e) = state.check_lease_fence() {
         for p in batch {
             let _ = p.reply.send(Err(e.clone()));
@@ -137,7 +143,7 @@ async fn run_batch(state: &EndpointState, pool: &PgPool, batch: Vec<Pending>) {
         }
         Ok::<_, sqlx::Error>(replies)
     };
-    match super::timed(state, read).await {
+    match super::on_turn(state, turns, read).await {
         Ok(replies) if replies.len() == batch.len() => {
             for (p, r) in batch.into_iter().zip(replies) {
                 let _ = p.reply.send(Ok(r));
