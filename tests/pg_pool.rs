@@ -20,6 +20,7 @@ use common::resp::FrameConn;
 /// one lane connection of `pg_pool_size: 2` plus its group-commit and
 /// batched-read connections (4 + 4), so 18 in all; the default
 /// `connect_timeout_ms` (1 s) and a command timeout far above the waits.
+/// Its log goes to `proxy.log` in `dir`.
 fn proxy(pg: &PgServer, dir: &common::TempDir) -> (common::KillOnDrop, u16, u16) {
     let map = dir.path().join("map.yaml");
     std::fs::write(
@@ -30,13 +31,19 @@ fn proxy(pg: &PgServer, dir: &common::TempDir) -> (common::KillOnDrop, u16, u16)
         ),
     )
     .unwrap();
-    let mport = common::free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let (child, port) = common::spawn_proxy(
-        env!("CARGO_BIN_EXE_shardgate"),
-        &map,
-        &["--metrics-listen", &maddr, "--threads", "2"],
-    );
+    let (port, mport) = (common::free_port(), common::free_port());
+    let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["serve", "--map"])
+        .arg(&map)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+        .args(["--threads", "2"])
+        .stderr(log)
+        .spawn()
+        .expect("spawn shardgate");
+    let child = common::KillOnDrop(child);
+    common::wait_for_port(port);
     (child, port, mport)
 }
 
@@ -171,4 +178,12 @@ fn commands_wait_their_turn_for_a_busy_connection_instead_of_failing() {
         body.lines().any(|l| l == "shardgate_panics_total 0"),
         "the proxy panicked"
     );
+    // The operator is told, once (the waits were within 30 s).
+    let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("waited over 100 ms for a postgres connection"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("WARN") && warned[0].contains("pg_pool_size=2"));
 }

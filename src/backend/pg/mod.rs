@@ -200,6 +200,7 @@ impl PgEndpoint {
         let share = state.options.pg_pool_size.max(1).div_ceil(handles.len())
             + batch::IN_FLIGHT
             + reads::IN_FLIGHT;
+        let slow_waits = turns::SlowWaits::shared();
         let groups = handles
             .into_iter()
             .map(|runtime| {
@@ -216,7 +217,7 @@ impl PgEndpoint {
                         })
                     })
                     .connect_lazy_with(options.clone());
-                let turns = turns::Turns::new(state.clone(), share);
+                let turns = turns::Turns::new(state.clone(), share, slow_waits.clone());
                 let committer =
                     batch::Committer::start(state.clone(), pool.clone(), turns.clone(), slots);
                 let reader = reads::Reader::start(state.clone(), pool.clone(), turns.clone());

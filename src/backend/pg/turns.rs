@@ -18,27 +18,58 @@
 //! `unavailable: pool timed out` and counted against the database's
 //! breaker, although the database was serving every connection it had.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::backend::EndpointState;
 use crate::error::BackendError;
 
+/// A wait longer than this is logged (at most once per [`LOG_EVERY`]).
+const SLOW_WAIT: Duration = Duration::from_millis(100);
+/// How often slow waits are logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// The turns of one serving thread's pool (cheap to clone).
 #[derive(Clone)]
 pub(super) struct Turns {
     free: Arc<Semaphore>,
     state: Arc<EndpointState>,
+    slow: Arc<Mutex<SlowWaits>>,
+}
+
+/// Slow waits of an endpoint (all its serving threads) since the last
+/// log line.
+pub(super) struct SlowWaits {
+    logged: Option<Instant>,
+    count: u64,
+    longest: Duration,
+}
+
+impl SlowWaits {
+    /// None yet, shared by the turns of one endpoint's threads.
+    pub(super) fn shared() -> Arc<Mutex<SlowWaits>> {
+        Arc::new(Mutex::new(SlowWaits {
+            logged: None,
+            count: 0,
+            longest: Duration::ZERO,
+        }))
+    }
 }
 
 impl Turns {
-    /// As many turns as the pool has `connections`.
-    pub(super) fn new(state: Arc<EndpointState>, connections: usize) -> Turns {
+    /// As many turns as the pool has `connections`; slow waits are
+    /// counted and logged in `slow` (one per endpoint).
+    pub(super) fn new(
+        state: Arc<EndpointState>,
+        connections: usize,
+        slow: Arc<Mutex<SlowWaits>>,
+    ) -> Turns {
         Turns {
             free: Arc::new(Semaphore::new(connections)),
             state,
+            slow,
         }
     }
 
@@ -58,8 +89,35 @@ impl Turns {
                 addr: self.state.addr.clone(),
                 reason: "postgres endpoint closed".to_owned(),
             })?;
-        self.state.metrics.pg_connection_wait(asked.elapsed());
+        let waited = asked.elapsed();
+        self.state.metrics.pg_connection_wait(waited);
+        if waited > SLOW_WAIT {
+            self.slow_wait(waited);
+        }
         Ok(turn)
+    }
+
+    /// Counts a slow wait; logs the slow waits at most every [`LOG_EVERY`].
+    fn slow_wait(&self, waited: Duration) {
+        let mut slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        slow.count += 1;
+        slow.longest = slow.longest.max(waited);
+        if slow.logged.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            shard = %self.state.shard,
+            endpoint = %self.state.addr,
+            waits = slow.count,
+            longest_ms = slow.longest.as_millis() as u64,
+            pg_pool_size = self.state.options.pg_pool_size,
+            "commands waited over 100 ms for a postgres connection (every connection of their serving thread busy: more clients in flight than pg_pool_size serves, or statements waiting on locks); see shardgate_pg_connection_wait_seconds"
+        );
+        *slow = SlowWaits {
+            logged: Some(Instant::now()),
+            count: 0,
+            longest: Duration::ZERO,
+        };
     }
 }
 
@@ -74,7 +132,8 @@ mod tests {
         )
         .unwrap();
         let backends = crate::backend::Backends::new(&map, Some("r"), None);
-        Turns::new(backends.shards()[0].primary.state.clone(), n)
+        let state = backends.shards()[0].primary.state.clone();
+        Turns::new(state, n, SlowWaits::shared())
     }
 
     #[tokio::test]
