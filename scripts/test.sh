@@ -35,8 +35,8 @@ fi
 echo "== python end-to-end tests"
 SHARDGATE_BIN="$PWD/target/debug/shardgate" python3 -m pytest -q -n 2 integration
 
-echo "== fuzz (short; scripts/fuzz.sh SECONDS for longer)"
-bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+echo "== fuzz (short, dev build; scripts/fuzz.sh SECONDS for longer)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}" --dev
 
 if [ "$image" = 1 ]; then
   echo "== container image (podman)"
