@@ -249,7 +249,7 @@ async fn run_batch(
     // timeout: past it each command is answered the timeout, unrun).
     let turn = match tokio::time::timeout(state.options.command_timeout, turns.take()).await {
         Ok(turn) => turn,
-        Err(_) => Err(super::timed_out(state)),
+        Err(_) => Err(super::turns::timed_out(state)),
     };
     let _turn = match turn {
         Ok(turn) => turn,

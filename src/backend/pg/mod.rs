@@ -396,7 +396,7 @@ async fn lane(
             }
             Job::Watch { keys, reply } => {
                 let result =
-                    on_turn(&state, &group.turns, transaction::versions(&ctx, &keys)).await;
+                    turns::on_turn(&state, &group.turns, transaction::versions(&ctx, &keys)).await;
                 if let Err(e) = &result {
                     failed(&state, e);
                 }
@@ -410,7 +410,7 @@ async fn lane(
                 let result = match state.check_lease_fence() {
                     Ok(()) => {
                         let exec = transaction::exec(pool, slots, &queued);
-                        on_turn(&state, &group.turns, exec).await
+                        turns::on_turn(&state, &group.turns, exec).await
                     }
                     Err(e) => Err(e),
                 };
@@ -463,38 +463,6 @@ fn failed(state: &EndpointState, e: &BackendError) {
     }
 }
 
-/// Runs `work` on a turn at the thread's connections ([`turns`]), with
-/// the wait for the turn and the work together within the command
-/// timeout; the lease fence is checked again once the turn came (the wait
-/// may have been long).
-async fn on_turn<T>(
-    state: &EndpointState,
-    turns: &turns::Turns,
-    work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, BackendError> {
-    let timeout = state.options.command_timeout;
-    let started = Instant::now();
-    let _turn = match tokio::time::timeout(timeout, turns.take()).await {
-        Ok(turn) => turn?,
-        Err(_) => return Err(timed_out(state)),
-    };
-    state.check_lease_fence()?;
-    let left = timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(backend_error(&state.addr, e)),
-        Err(_) => Err(timed_out(state)),
-    }
-}
-
-/// A command that did not finish within the command timeout.
-fn timed_out(state: &EndpointState) -> BackendError {
-    BackendError::Timeout {
-        addr: state.addr.clone(),
-        millis: state.options.command_timeout.as_millis() as u64,
-    }
-}
-
 /// Runs one request frame: a write that group commit takes goes through
 /// the thread's committer ([`batch`]), a GET through its reader
 /// ([`reads`]), anything else (or a write the committer hands back) on its
@@ -531,7 +499,7 @@ async fn run_one(
         },
         None => None,
     };
-    on_turn(state, &group.turns, commands::execute(ctx, args)).await
+    turns::on_turn(state, &group.turns, commands::execute(ctx, args)).await
 }
 
 /// Maps a driver error to the proxy's [`BackendError`] kinds.

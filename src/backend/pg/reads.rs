@@ -143,7 +143,7 @@ async fn run_batch(state: &EndpointState, pool: &PgPool, turns: &Turns, batch: V
         }
         Ok::<_, sqlx::Error>(replies)
     };
-    match super::on_turn(state, turns, read).await {
+    match super::turns::on_turn(state, turns, read).await {
         Ok(replies) if replies.len() == batch.len() => {
             for (p, r) in batch.into_iter().zip(replies) {
                 let _ = p.reply.send(Ok(r));

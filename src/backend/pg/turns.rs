@@ -121,6 +121,38 @@ impl Turns {
     }
 }
 
+/// Runs `work` on a turn at the thread's connections (see the module), with
+/// the wait for the turn and the work together within the command
+/// timeout; the lease fence is checked again once the turn came (the wait
+/// may have been long).
+pub(super) async fn on_turn<T>(
+    state: &EndpointState,
+    turns: &Turns,
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, BackendError> {
+    let timeout = state.options.command_timeout;
+    let started = Instant::now();
+    let _turn = match tokio::time::timeout(timeout, turns.take()).await {
+        Ok(turn) => turn?,
+        Err(_) => return Err(timed_out(state)),
+    };
+    state.check_lease_fence()?;
+    let left = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(super::backend_error(&state.addr, e)),
+        Err(_) => Err(timed_out(state)),
+    }
+}
+
+/// A command that did not finish within the command timeout.
+pub(super) fn timed_out(state: &EndpointState) -> BackendError {
+    BackendError::Timeout {
+        addr: state.addr.clone(),
+        millis: state.options.command_timeout.as_millis() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
