@@ -6,13 +6,18 @@
 # `--image` also builds the container image from deploy/Dockerfile with
 # podman and checks it (scripts/test-image.sh: about 10 minutes more, most
 # of it the release build inside the image, so not in every CI run).
+# `--fuzz` also runs the cargo-fuzz targets for 30 s each (a libFuzzer
+# build of its own: about 6 minutes more on 2 cores). Their checks
+# (fuzz/checks.rs) run in every run anyway, on random inputs, in
+# tests/protocol_props.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=0
+image=0 fuzz=0
 for arg in "$@"; do
   case "$arg" in
     --image) image=1 ;;
-    *) echo "usage: scripts/test.sh [--image]" >&2; exit 2 ;;
+    --fuzz) fuzz=1 ;;
+    *) echo "usage: scripts/test.sh [--image] [--fuzz]" >&2; exit 2 ;;
   esac
 done
 bash scripts/setup.sh
@@ -35,8 +40,10 @@ fi
 echo "== python end-to-end tests"
 SHARDGATE_BIN="$PWD/target/debug/shardgate" python3 -m pytest -q -n 2 integration
 
-echo "== fuzz (short, dev build; scripts/fuzz.sh SECONDS for longer)"
-bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}" --dev
+if [ "$fuzz" = 1 ]; then
+  echo "== fuzz (short, dev build; scripts/fuzz.sh SECONDS for longer)"
+  bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}" --dev
+fi
 
 if [ "$image" = 1 ]; then
   echo "== container image (podman)"

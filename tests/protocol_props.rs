@@ -8,7 +8,13 @@
 //!    `frame_len` as the bytes `redis-protocol` consumes decoding them, and
 //!    every strict prefix is incomplete;
 //! 3. no input makes either function panic, and every split point of a
-//!    valid request stream gives exactly the requests that are complete.
+//!    valid request stream gives exactly the requests that are complete;
+//! 4. the cargo-fuzz targets' checks (`fuzz/checks.rs`: parse, classify
+//!    and route client bytes; frame and inspect backend bytes) hold on
+//!    random byte streams and on pipelines of every command in the table
+//!    with random arguments: what `scripts/fuzz.sh` explores for as long
+//!    as it is given runs here in every test run, without a libFuzzer
+//!    build.
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -17,6 +23,9 @@ use redis_protocol::{resp2, resp3};
 use shardgate::protocol::request::encode_command;
 use shardgate::protocol::scan::frame_len;
 use shardgate::protocol::{Limits, parse_request};
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
 
 fn binary_arg() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -291,5 +300,42 @@ proptest! {
             }
             prop_assert_eq!(got.len(), cmds.len());
         }
+    }
+
+    /// (4a) The `request` fuzz target's check on arbitrary bytes and on
+    /// pipelines of real commands (random names from the command table,
+    /// random arguments, some cut short).
+    #[test]
+    fn fuzz_request_check_holds(
+        junk in prop::collection::vec(any::<u8>(), 0..512),
+        cmds in prop::collection::vec(
+            (prop::sample::select(shardgate::command::table::COMMANDS), command()),
+            0..6,
+        ),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        checks::request(&junk);
+        let mut stream = Vec::new();
+        for (spec, args) in &cmds {
+            let mut cmd = vec![spec.name.as_bytes().to_vec()];
+            cmd.extend(args.iter().cloned());
+            stream.extend(encode(&cmd));
+        }
+        checks::request(&stream);
+        checks::request(&stream[..cut.index(stream.len() + 1)]);
+    }
+
+    /// (4b) The `reply` fuzz target's check on arbitrary bytes and on
+    /// random RESP2 and RESP3 replies, whole and cut short.
+    #[test]
+    fn fuzz_reply_check_holds(
+        junk in prop::collection::vec(any::<u8>(), 0..512),
+        frames in prop::collection::vec(prop_oneof![resp2_frame(), resp3_frame()], 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        checks::reply(&junk);
+        let stream = frames.concat();
+        checks::reply(&stream);
+        checks::reply(&stream[..cut.index(stream.len() + 1)]);
     }
 }

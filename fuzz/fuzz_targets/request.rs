@@ -1,81 +1,12 @@
-//! Client bytes -> requests -> command classification -> route, as the
-//! connection loop does it, on arbitrary input cut at an arbitrary point.
-//! Must never panic, never loop, and agree with itself however the bytes
-//! arrive.
+//! Client bytes -> requests -> command classification -> route (see
+//! `checks::request`).
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use shardgate::command::{keys::key_indices, lookup};
-use shardgate::protocol::{Limits, Request, parse_request};
-use shardgate::router::{Epoch, RoutingTable};
-use shardgate::shardmap::ShardMap;
 
-const MAP: &str = include_str!("../../shard-maps/example.yaml");
+// Each target uses one of the checks.
+#[allow(dead_code)]
+#[path = "../checks.rs"]
+mod checks;
 
-fn table() -> &'static RoutingTable {
-    static TABLE: OnceLock<RoutingTable> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let map = ShardMap::from_yaml(MAP).expect("example map is valid");
-        RoutingTable::compile(Arc::new(map), Epoch(1))
-    })
-}
-
-/// Parses everything in `buf`; returns the requests and whether it failed.
-fn parse_all(mut buf: BytesMut, limits: &Limits) -> (Vec<Request>, bool) {
-    let mut out = Vec::new();
-    loop {
-        match parse_request(&mut buf, limits) {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => return (out, false),
-            Err(_) => return (out, true),
-        }
-    }
-}
-
-fuzz_target!(|data: &[u8]| {
-    let limits = Limits {
-        max_bulk_len: 1 << 16,
-        max_args: 1 << 10,
-        max_inline_len: 1 << 12,
-    };
-    let (whole, failed) = parse_all(BytesMut::from(data), &limits);
-
-    // Fed in two pieces, the same requests come out (until an error).
-    if !data.is_empty() && !failed {
-        let cut = data[0] as usize % data.len();
-        let mut buf = BytesMut::from(&data[..cut]);
-        let mut split = Vec::new();
-        while let Ok(Some(r)) = parse_request(&mut buf, &limits) {
-            split.push(r);
-        }
-        buf.extend_from_slice(&data[cut..]);
-        while let Ok(Some(r)) = parse_request(&mut buf, &limits) {
-            split.push(r);
-        }
-        assert_eq!(split.len(), whole.len());
-        for (a, b) in split.iter().zip(&whole) {
-            assert_eq!(a.args(), b.args());
-        }
-    }
-
-    let mut keys = Vec::new();
-    for req in &whole {
-        assert!(!req.args().is_empty());
-        let Some(spec) = lookup(req.name()) else {
-            continue;
-        };
-        let _ = spec.arity_ok(req.args().len());
-        keys.clear();
-        if key_indices(spec, req.args(), &mut keys).is_ok() {
-            for &i in &keys {
-                if let Some(k) = req.args().get(i) {
-                    let shard = table().shard_for_key(k);
-                    assert!((shard.0 as usize) < table().shard_count());
-                }
-            }
-        }
-    }
-});
+fuzz_target!(|data: &[u8]| checks::request(data));
