@@ -2,7 +2,7 @@
 # Installs what shardgate's demo and tests need on a fresh Debian/Ubuntu
 # machine: redis-server + redis-cli, PostgreSQL (for postgres shards), etcd
 # (a fleet of proxies), protoc (etcd-client's build), systemd-analyze and
-# promtool (tests/deploy.rs checks the unit and the alert rules of deploy/),
+# promtool (tests/deploy/ checks the unit and the alert rules of deploy/),
 # Python test packages.
 # Idempotent.
 set -euo pipefail

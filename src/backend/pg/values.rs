@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(parse_float(b"1x"), None);
         assert_eq!(parse_float(b"1e99999"), None);
         assert!(parse_float(b"1e400").is_some(), "long double range");
-        // Forms checked against Redis 7.0 (tests/pg_replies.rs has them all).
+        // Forms checked against Redis 7.0 (tests/pg_replies/numbers.rs has them all).
         let human = |s: &str| parse_float(s.as_bytes()).map(|v| format_human(&v));
         assert_eq!(human("0x10").as_deref(), Some("16"));
         assert_eq!(human("0X1P-2").as_deref(), Some("0.25"));
