@@ -4,10 +4,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::rebalance::*;
 use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
@@ -400,6 +402,11 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
     assert_eq!(metric("shardgate_rebalance_running"), 1.0);
     assert!(metric("shardgate_rebalance_slots{state=\"migrating\"}") > 0.0);
     assert!(metric("shardgate_map_epoch") >= 2.0);
+    assert_eq!(
+        metric("shardgate_rebalance_throttle_keys_per_second"),
+        1.0,
+        "started with THROTTLE 1"
+    );
     assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     assert_eq!(admin.text(&[b"RESUME"]), "OK");
     let p = wait_done(&proxy);
@@ -412,6 +419,10 @@ fn migrating_reads_skip_replicas_and_the_move_is_in_the_metrics() {
         .unwrap();
     assert_eq!(done as u64, p["slots_total"].parse::<u64>().unwrap());
     assert!(body.contains("shardgate_rebalance_verify_ok 1"), "{body}");
+    assert!(
+        body.contains("\nshardgate_rebalance_throttle_keys_per_second 0\n"),
+        "{body}"
+    );
     // Once stable, the moved keys are read from the new shard's replica too.
     std::thread::sleep(Duration::from_millis(300));
     for k in &moving {
@@ -466,6 +477,23 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
         String::from_utf8_lossy(&started.stderr)
     );
     assert_eq!(admin.progress()["throttle_keys_per_sec"], "300");
+    // Throttled, the mover takes small bursts on its source: `SCAN ...
+    // COUNT 100` and batches of at most 25 keys (the `SADD` of its fence).
+    let (t1, t2) = (table_of(&m1), table_of(&m2));
+    let first = t1.moves_to(&t2).unwrap()[0].from;
+    let source = &servers[names
+        .iter()
+        .position(|n| *n == t1.shard(first).unwrap().name)
+        .unwrap()];
+    let seen = mover_commands(source, Duration::from_secs(30));
+    let scans: Vec<_> = seen.iter().filter(|c| c[0] == "SCAN").collect();
+    let fences: Vec<_> = seen.iter().filter(|c| c[0] == "SADD").collect();
+    assert!(!scans.is_empty() && fences.len() >= 2, "{seen:?}");
+    assert!(
+        scans.iter().all(|c| c[2..] == ["COUNT", "100"]),
+        "{scans:?}"
+    );
+    assert!(fences.iter().all(|c| c.len() - 2 <= 25), "{fences:?}");
     let cli = Command::new(BIN)
         .args([
             "admin",
@@ -521,6 +549,46 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
     assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
+}
+
+/// The mover's commands `server` runs (its `SCAN`s and the `SADD`s of its
+/// fence, as `MONITOR` shows them: the arguments), until a `SCAN` and two
+/// `SADD`s were seen or `limit` passed.
+fn mover_commands(server: &RedisServer, limit: Duration) -> Vec<Vec<String>> {
+    let mut conn = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    conn.write_all(b"MONITOR\r\n").unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut lines = BufReader::new(conn);
+    let deadline = Instant::now() + limit;
+    let (mut out, mut line) = (Vec::new(), String::new());
+    let enough = |out: &Vec<Vec<String>>| {
+        out.iter().any(|c: &Vec<String>| c[0] == "SCAN")
+            && out.iter().filter(|c: &&Vec<String>| c[0] == "SADD").count() >= 2
+    };
+    while Instant::now() < deadline && !enough(&out) {
+        // A timed-out read keeps what it read in `line`.
+        if lines.read_line(&mut line).is_err() || !line.ends_with('\n') {
+            continue;
+        }
+        // +1733480000.123456 [0 127.0.0.1:40000] "SCAN" "0" "COUNT" "100"
+        let args: Vec<String> = line
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        let mover = match args.first().map(String::as_str) {
+            Some("SCAN") => true,
+            Some("SADD") => args.get(1).is_some_and(|k| k == "__shardgate_moving__"),
+            _ => false,
+        };
+        if mover {
+            out.push(args);
+        }
+        line.clear();
+    }
+    out
 }
 
 /// Big hashes, sets, sorted sets and lists move piece by piece while a

@@ -43,6 +43,7 @@ pub struct Metrics {
     rebalance_bytes: Counter,
     rebalance_errors: [Counter; 5],
     rebalance_running: Gauge,
+    rebalance_throttle: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
     _build_info: Gauge,
@@ -98,6 +99,7 @@ impl Metrics {
             rebalance_bytes: counter!(REBALANCE_BYTES),
             rebalance_errors: REBALANCE_STAGES.map(|s| counter!(REBALANCE_ERRORS, "stage" => s)),
             rebalance_running: gauge!(REBALANCE_RUNNING),
+            rebalance_throttle: gauge!(REBALANCE_THROTTLE),
             rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
             rebalance_verified: gauge!(REBALANCE_VERIFIED),
             _build_info: {
@@ -212,6 +214,11 @@ impl Metrics {
             g.set(v as f64);
         }
         self.rebalance_running.set(if running { 1.0 } else { 0.0 });
+    }
+
+    /// The mover's throttle, keys per second (0: none).
+    pub fn rebalance_throttle(&self, keys_per_sec: u64) {
+        self.rebalance_throttle.set(keys_per_sec as f64);
     }
 
     /// Live proxies of the fleet, as last listed.

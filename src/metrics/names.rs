@@ -132,6 +132,8 @@ pub const REBALANCE_ERRORS: &str = "shardgate_rebalance_errors_total";
 pub const REBALANCE_STAGES: [&str; 5] = ["mover", "touch", "barrier", "verify", "unsupported"];
 /// 1 while a rebalance runs (paused included).
 pub const REBALANCE_RUNNING: &str = "shardgate_rebalance_running";
+/// The mover's throttle (keys per second, 0: none).
+pub const REBALANCE_THROTTLE: &str = "shardgate_rebalance_throttle_keys_per_second";
 /// Keys the last verification found on a shard that does not own them.
 pub const REBALANCE_MISPLACED: &str = "shardgate_rebalance_verify_misplaced_keys";
 /// 1 if the last rebalance's verification passed, 0 if it failed.
@@ -429,6 +431,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Rebalancing failures by stage: mover, touch, barrier, verify (each retried or reported)",
     ),
     (REBALANCE_RUNNING, "gauge", "1 while a rebalance runs"),
+    (
+        REBALANCE_THROTTLE,
+        "gauge",
+        "The rebalance mover's throttle in keys per second, 0 for none (a throttled mover also takes small bursts on its sources)",
+    ),
     (
         REBALANCE_MISPLACED,
         "gauge",

@@ -465,6 +465,7 @@ impl Rebalancer {
             finished: None,
         });
         let _one = lock(&self.fleet_launch);
+        self.ctx.metrics.rebalance_throttle(r.throttle);
         let running = lock(&self.job).as_ref().filter(|j| j.running()).cloned();
         if let Some(job) = &running {
             job.paused.send_replace(r.paused);
@@ -540,11 +541,15 @@ impl Rebalancer {
             saved.as_ref(),
         );
         *lock(&self.job) = Some(job.clone());
+        self.ctx
+            .metrics
+            .rebalance_throttle(job.throttle.load(Ordering::Relaxed));
         let work = mover::Work::new(plan, saved.as_ref(), state, target_yaml);
         let me = self.clone();
         tokio::spawn(async move {
             let outcome = mover::run(&me, &job, work).await;
             *lock(&job.finished) = Some(job.started.elapsed());
+            me.ctx.metrics.rebalance_throttle(0);
             match outcome {
                 Ok(yaml) => {
                     *lock(&me.current_yaml) = yaml;
@@ -640,6 +645,7 @@ impl Rebalancer {
         }
         let job = self.running_job()?;
         job.throttle.store(keys_per_sec, Ordering::Relaxed);
+        self.ctx.metrics.rebalance_throttle(keys_per_sec);
         self.log_control(format!("throttle {keys_per_sec}")).await;
         tracing::info!(keys_per_sec, "rebalance throttle set");
         Ok(())

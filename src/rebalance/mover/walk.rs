@@ -39,15 +39,53 @@ use crate::protocol::{Protocol, reply, request::encode_command};
 use crate::rebalance::{Job, Rebalancer};
 use crate::router::{RoutingTable, ShardId};
 
-/// Keys per batch (sized by one script, then copied together).
-const BATCH: usize = 100;
 /// Most bytes (by `MEMORY USAGE`) per batch: a batch's `DUMP` payloads are
 /// held by the proxy until they are restored (two batches at most), so a
 /// batch of large keys is split.
 const BATCH_BYTES: u64 = 8 << 20;
-/// Keys per `SCAN` of the source: each call blocks the source while it
-/// lists them.
-const SCAN_COUNT: &[u8] = b"500";
+
+/// How long a stretch of the mover's commands the source runs at once: a
+/// round's commands run back to back on the source (Redis runs one
+/// client's pipeline to its end), its clients waiting, so the size of a
+/// round is what a client's command may wait behind. Full bursts move
+/// fastest (fewer round trips); small ones keep clients' latency close to
+/// what it is without a move (BENCHMARKS.md, *Where the clients' wait comes
+/// from*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Burst {
+    /// Keys per batch (sized by one script, then copied together).
+    batch: usize,
+    /// Keys per `SCAN` of the source (each call blocks the source while
+    /// it lists them).
+    scan: usize,
+}
+
+// Small bursts are smaller in both.
+const _: () =
+    assert!(Burst::SMALL.batch < Burst::FULL.batch && Burst::SMALL.scan < Burst::FULL.scan);
+
+impl Burst {
+    const FULL: Burst = Burst {
+        batch: 100,
+        scan: 500,
+    };
+    const SMALL: Burst = Burst {
+        batch: 25,
+        scan: 100,
+    };
+
+    /// An unthrottled mover moves as fast as it can; a throttle (the
+    /// operator trading the move's speed for the clients') also makes the
+    /// bursts small, since sleeping between full bursts lowers the rate but
+    /// not the wait of a client that arrives during one.
+    fn of(throttle: u64) -> Burst {
+        if throttle == 0 {
+            Burst::FULL
+        } else {
+            Burst::SMALL
+        }
+    }
+}
 
 /// [`super::move_window`] in one database.
 pub(super) async fn move_window_db(
@@ -168,11 +206,11 @@ impl Walk {
         }
     }
 
-    /// Lists a key of the window.
-    fn list(&mut self, to: ShardId, key: Bytes) {
+    /// Lists a key of the window, in batches of `batch` keys.
+    fn list(&mut self, to: ShardId, key: Bytes, batch: usize) {
         let keys = self.filling.entry(to).or_default();
         keys.push(key);
-        if keys.len() >= BATCH {
+        if keys.len() >= batch {
             let keys = self.filling.remove(&to).unwrap_or_default();
             self.listed.push_back((to, keys));
         }
@@ -225,8 +263,8 @@ enum Asked {
     Dump(ShardId, Vec<Bytes>, u64),
     BatchSize(ShardId, Vec<Bytes>),
     Sizes(Vec<Bytes>),
-    /// `SCAN` from this cursor.
-    Scan(Bytes),
+    /// `SCAN` from this cursor, of this many keys.
+    Scan(Bytes, usize),
 }
 
 impl Asked {
@@ -234,7 +272,7 @@ impl Asked {
         match self {
             Asked::Release(r) => &r.keys,
             Asked::Dump(_, keys, _) | Asked::BatchSize(_, keys) | Asked::Sizes(keys) => keys,
-            Asked::Scan(_) => &[],
+            Asked::Scan(..) => &[],
         }
     }
 
@@ -242,7 +280,7 @@ impl Asked {
         match self {
             Asked::Release(r) => 1 + usize::from(!r.found.is_empty()),
             Asked::Dump(_, keys, _) => 1 + 2 * keys.len(),
-            Asked::BatchSize(..) | Asked::Scan(_) => 1,
+            Asked::BatchSize(..) | Asked::Scan(..) => 1,
             Asked::Sizes(keys) => keys.len(),
         }
     }
@@ -338,8 +376,9 @@ impl Step<'_> {
             if !walk.exact.is_empty() {
                 asked.push(Asked::Sizes(std::mem::take(&mut walk.exact)));
             }
+            let burst = Burst::of(self.job.throttle.load(Ordering::Relaxed));
             if !walk.scanned && walk.listed.len() < 2 {
-                asked.push(Asked::Scan(walk.cursor.clone()));
+                asked.push(Asked::Scan(walk.cursor.clone(), burst.scan));
             }
             if asked.is_empty() && restoring.is_none() {
                 continue;
@@ -476,6 +515,7 @@ impl Step<'_> {
         restoring: Option<Dumped>,
         restored: Vec<Bytes>,
     ) -> Result<usize, MigrateError> {
+        let burst = Burst::of(self.job.throttle.load(Ordering::Relaxed));
         let mut moved = 0;
         if let Some(d) = restoring {
             let target = self.backends.shard(d.to).primary.clone();
@@ -562,12 +602,12 @@ impl Step<'_> {
                     let mut small: Vec<_> = small.into_iter().collect();
                     small.sort_by_key(|(to, _)| *to);
                     for (to, sized) in small {
-                        for (keys, bytes) in batches(sized) {
+                        for (keys, bytes) in batches(sized, burst.batch) {
                             walk.ready.push_back((to, keys, bytes));
                         }
                     }
                 }
-                Asked::Scan(_) => {
+                Asked::Scan(_, _) => {
                     let reply = r.next().unwrap_or_default();
                     let (next, keys) = scan_reply(&reply)?;
                     let mut copy: HashMap<ShardId, Vec<Bytes>> = HashMap::new();
@@ -582,7 +622,7 @@ impl Step<'_> {
                         if needs_copy(self.source, &self.backends.shard(to).primary) {
                             copy.entry(to).or_default().push(k);
                         } else {
-                            walk.list(to, k);
+                            walk.list(to, k, burst.batch);
                         }
                     }
                     walk.copy.extend(copy);
@@ -673,17 +713,20 @@ fn encode_asked(a: &Asked, out: &mut BytesMut) {
                 encode_command(&[b"MEMORY", b"USAGE", k], out);
             }
         }
-        Asked::Scan(cursor) => encode_command(&[b"SCAN", cursor, b"COUNT", SCAN_COUNT], out),
+        Asked::Scan(cursor, count) => {
+            let count = count.to_string();
+            encode_command(&[b"SCAN", cursor, b"COUNT", count.as_bytes()], out);
+        }
     }
 }
 
-/// Keys sized one by one, in batches of at most [`BATCH`] keys and
+/// Keys sized one by one, in batches of at most `batch` keys and
 /// [`BATCH_BYTES`] bytes (a key larger than that alone), with their bytes.
-fn batches(sized: Vec<(Bytes, u64)>) -> Vec<(Vec<Bytes>, u64)> {
+fn batches(sized: Vec<(Bytes, u64)>, batch: usize) -> Vec<(Vec<Bytes>, u64)> {
     let mut out: Vec<(Vec<Bytes>, u64)> = Vec::new();
     for (k, n) in sized {
         match out.last_mut() {
-            Some((keys, bytes)) if keys.len() < BATCH && *bytes + n <= BATCH_BYTES => {
+            Some((keys, bytes)) if keys.len() < batch && *bytes + n <= BATCH_BYTES => {
                 keys.push(k);
                 *bytes += n;
             }
@@ -701,7 +744,7 @@ mod tests {
     fn batches_hold_at_most_their_keys_and_bytes() {
         let key = |i: usize| Bytes::from(format!("k{i}"));
         let small: Vec<(Bytes, u64)> = (0..250).map(|i| (key(i), 10)).collect();
-        let b = batches(small);
+        let b = batches(small, 100);
         assert_eq!(
             b.iter().map(|(k, _)| k.len()).collect::<Vec<_>>(),
             [100, 100, 50]
@@ -710,10 +753,32 @@ mod tests {
         // 3 MiB keys: two per batch; one larger than a batch goes alone.
         let mut large: Vec<(Bytes, u64)> = (0..5).map(|i| (key(i), 3 << 20)).collect();
         large.insert(2, (key(9), BATCH_BYTES + 1));
-        let b = batches(large);
+        let b = batches(large, 100);
         let sizes: Vec<usize> = b.iter().map(|(k, _)| k.len()).collect();
         assert_eq!(sizes, [2, 1, 2, 1]);
         assert!(b.iter().all(|(k, n)| k.len() == 1 || *n <= BATCH_BYTES));
         assert_eq!(b.iter().map(|(k, _)| k.len()).sum::<usize>(), 6);
+    }
+
+    #[test]
+    fn a_throttled_mover_takes_small_bursts() {
+        assert_eq!(Burst::of(0), Burst::FULL);
+        for throttle in [1, 20_000, 1_000_000] {
+            assert_eq!(Burst::of(throttle), Burst::SMALL);
+        }
+        let key = |i: usize| Bytes::from(format!("k{i}"));
+        let sized: Vec<(Bytes, u64)> = (0..60).map(|i| (key(i), 10)).collect();
+        let b = batches(sized, Burst::SMALL.batch);
+        assert_eq!(
+            b.iter().map(|(k, _)| k.len()).collect::<Vec<_>>(),
+            [25, 25, 10]
+        );
+        let mut walk = Walk::new();
+        for i in 0..30 {
+            walk.list(ShardId(1), key(i), Burst::SMALL.batch);
+        }
+        assert_eq!(walk.listed.len(), 1);
+        assert_eq!(walk.listed[0].1.len(), 25);
+        assert_eq!(walk.filling[&ShardId(1)].len(), 5);
     }
 }
