@@ -2,7 +2,7 @@
 //! clients keep running while shards are added and removed (and while the
 //! proxy is SIGKILLed mid-move and restarted), and a model kept by the test
 //! checks afterwards that nothing was lost, resurrected or rolled back.
-//! Plan output, refusals, big keys and the CLI are in `rebalance_ops.rs`.
+//! Plan output, refusals, big keys and the CLI are in `rebalance_ops/`.
 
 mod common;
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     rebalance_errors: [Counter; 5],
     rebalance_running: Gauge,
     rebalance_throttle: Gauge,
+    rebalance_small_bursts: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
     _build_info: Gauge,
@@ -100,6 +101,7 @@ impl Metrics {
             rebalance_errors: REBALANCE_STAGES.map(|s| counter!(REBALANCE_ERRORS, "stage" => s)),
             rebalance_running: gauge!(REBALANCE_RUNNING),
             rebalance_throttle: gauge!(REBALANCE_THROTTLE),
+            rebalance_small_bursts: gauge!(REBALANCE_SMALL_BURSTS),
             rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
             rebalance_verified: gauge!(REBALANCE_VERIFIED),
             _build_info: {
@@ -219,6 +221,12 @@ impl Metrics {
     /// The mover's throttle, keys per second (0: none).
     pub fn rebalance_throttle(&self, keys_per_sec: u64) {
         self.rebalance_throttle.set(keys_per_sec as f64);
+    }
+
+    /// Whether the mover takes small bursts.
+    pub fn rebalance_small_bursts(&self, small: bool) {
+        self.rebalance_small_bursts
+            .set(if small { 1.0 } else { 0.0 });
     }
 
     /// Live proxies of the fleet, as last listed.

@@ -134,6 +134,8 @@ pub const REBALANCE_STAGES: [&str; 5] = ["mover", "touch", "barrier", "verify", 
 pub const REBALANCE_RUNNING: &str = "shardgate_rebalance_running";
 /// The mover's throttle (keys per second, 0: none).
 pub const REBALANCE_THROTTLE: &str = "shardgate_rebalance_throttle_keys_per_second";
+/// 1 while the mover takes small bursts.
+pub const REBALANCE_SMALL_BURSTS: &str = "shardgate_rebalance_small_bursts";
 /// Keys the last verification found on a shard that does not own them.
 pub const REBALANCE_MISPLACED: &str = "shardgate_rebalance_verify_misplaced_keys";
 /// 1 if the last rebalance's verification passed, 0 if it failed.
@@ -435,6 +437,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         REBALANCE_THROTTLE,
         "gauge",
         "The rebalance mover's throttle in keys per second, 0 for none (a throttled mover also takes small bursts on its sources)",
+    ),
+    (
+        REBALANCE_SMALL_BURSTS,
+        "gauge",
+        "1 while the rebalance mover takes small bursts on its source (clients being served, or a throttle set), 0 while it takes full ones or none runs",
     ),
     (
         REBALANCE_MISPLACED,

@@ -550,6 +550,7 @@ impl Rebalancer {
             let outcome = mover::run(&me, &job, work).await;
             *lock(&job.finished) = Some(job.started.elapsed());
             me.ctx.metrics.rebalance_throttle(0);
+            me.ctx.metrics.rebalance_small_bursts(false);
             match outcome {
                 Ok(yaml) => {
                     *lock(&me.current_yaml) = yaml;

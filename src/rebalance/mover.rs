@@ -46,6 +46,7 @@ use crate::router::{Epoch, RoutingTable, ShardId};
 use crate::shardmap::{ShardKind, ShardMap, ShardPhase};
 
 mod barrier;
+mod burst;
 mod postgres;
 mod walk;
 

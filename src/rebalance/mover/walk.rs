@@ -5,7 +5,8 @@
 //! on its target: fence the batch and `DUMP` each key on the source (one
 //! round), `RESTORE` them on the target (the next round), `UNLINK` them and
 //! lift the fence on the source (the round after). Big keys move one by
-//! one, and keys for a postgres target by copy.
+//! one, and keys for a postgres target by copy. Rounds are small while the
+//! proxy serves clients or a throttle is set, full otherwise ([`Burst`]).
 //!
 //! Why a copy is exact: a key of a migrating slot changes on its source
 //! only by a command's move (`MIGRATE`, which takes it away; writes move
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::burst::{Burst, Clients};
 use super::postgres::copy_keys;
 use super::{BIG_KEY_BYTES, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Stays, needs_copy};
@@ -43,49 +45,6 @@ use crate::router::{RoutingTable, ShardId};
 /// held by the proxy until they are restored (two batches at most), so a
 /// batch of large keys is split.
 const BATCH_BYTES: u64 = 8 << 20;
-
-/// How long a stretch of the mover's commands the source runs at once: a
-/// round's commands run back to back on the source (Redis runs one
-/// client's pipeline to its end), its clients waiting, so the size of a
-/// round is what a client's command may wait behind. Full bursts move
-/// fastest (fewer round trips); small ones keep clients' latency close to
-/// what it is without a move (BENCHMARKS.md, *Where the clients' wait comes
-/// from*).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Burst {
-    /// Keys per batch (sized by one script, then copied together).
-    batch: usize,
-    /// Keys per `SCAN` of the source (each call blocks the source while
-    /// it lists them).
-    scan: usize,
-}
-
-// Small bursts are smaller in both.
-const _: () =
-    assert!(Burst::SMALL.batch < Burst::FULL.batch && Burst::SMALL.scan < Burst::FULL.scan);
-
-impl Burst {
-    const FULL: Burst = Burst {
-        batch: 100,
-        scan: 500,
-    };
-    const SMALL: Burst = Burst {
-        batch: 25,
-        scan: 100,
-    };
-
-    /// An unthrottled mover moves as fast as it can; a throttle (the
-    /// operator trading the move's speed for the clients') also makes the
-    /// bursts small, since sleeping between full bursts lowers the rate but
-    /// not the wait of a client that arrives during one.
-    fn of(throttle: u64) -> Burst {
-        if throttle == 0 {
-            Burst::FULL
-        } else {
-            Burst::SMALL
-        }
-    }
-}
 
 /// [`super::move_window`] in one database.
 pub(super) async fn move_window_db(
@@ -167,6 +126,9 @@ struct Walk {
     /// Keys listed for a target they move to by copy (a postgres target,
     /// see `backend::copy`), not by `DUMP`/`RESTORE`.
     copy: Vec<(ShardId, Vec<Bytes>)>,
+    /// The size of the rounds (see [`Burst::of`]), chosen each round.
+    burst: Burst,
+    clients: Clients,
 }
 
 /// A batch fenced on the source, with what `DUMP` gave for each key still
@@ -203,6 +165,8 @@ impl Walk {
             big: Vec::new(),
             unthrottled: 0,
             copy: Vec::new(),
+            burst: Burst::FULL,
+            clients: Clients::new(),
         }
     }
 
@@ -376,9 +340,11 @@ impl Step<'_> {
             if !walk.exact.is_empty() {
                 asked.push(Asked::Sizes(std::mem::take(&mut walk.exact)));
             }
-            let burst = Burst::of(self.job.throttle.load(Ordering::Relaxed));
+            let limit = self.job.throttle.load(Ordering::Relaxed);
+            walk.burst = Burst::of(limit, walk.clients.active());
+            (self.rb.ctx.metrics).rebalance_small_bursts(walk.burst == Burst::SMALL);
             if !walk.scanned && walk.listed.len() < 2 {
-                asked.push(Asked::Scan(walk.cursor.clone(), burst.scan));
+                asked.push(Asked::Scan(walk.cursor.clone(), walk.burst.scan));
             }
             if asked.is_empty() && restoring.is_none() {
                 continue;
@@ -515,7 +481,7 @@ impl Step<'_> {
         restoring: Option<Dumped>,
         restored: Vec<Bytes>,
     ) -> Result<usize, MigrateError> {
-        let burst = Burst::of(self.job.throttle.load(Ordering::Relaxed));
+        let batch = walk.burst.batch;
         let mut moved = 0;
         if let Some(d) = restoring {
             let target = self.backends.shard(d.to).primary.clone();
@@ -602,7 +568,7 @@ impl Step<'_> {
                     let mut small: Vec<_> = small.into_iter().collect();
                     small.sort_by_key(|(to, _)| *to);
                     for (to, sized) in small {
-                        for (keys, bytes) in batches(sized, burst.batch) {
+                        for (keys, bytes) in batches(sized, batch) {
                             walk.ready.push_back((to, keys, bytes));
                         }
                     }
@@ -622,7 +588,7 @@ impl Step<'_> {
                         if needs_copy(self.source, &self.backends.shard(to).primary) {
                             copy.entry(to).or_default().push(k);
                         } else {
-                            walk.list(to, k, burst.batch);
+                            walk.list(to, k, batch);
                         }
                     }
                     walk.copy.extend(copy);
@@ -761,11 +727,7 @@ mod tests {
     }
 
     #[test]
-    fn a_throttled_mover_takes_small_bursts() {
-        assert_eq!(Burst::of(0), Burst::FULL);
-        for throttle in [1, 20_000, 1_000_000] {
-            assert_eq!(Burst::of(throttle), Burst::SMALL);
-        }
+    fn small_bursts_list_and_size_small_batches() {
         let key = |i: usize| Bytes::from(format!("k{i}"));
         let sized: Vec<(Bytes, u64)> = (0..60).map(|i| (key(i), 10)).collect();
         let b = batches(sized, Burst::SMALL.batch);

@@ -1,16 +1,18 @@
 //! The operator's side of online rebalancing, against the real binary:
 //! plan output and every refusal (also through redis-cli and the CLI), big
-//! keys, reads of migrating slots with replicas, metrics, and Ctrl-C.
+//! keys, reads of migrating slots with replicas, metrics, and Ctrl-C; the
+//! size of the mover's bursts (`bursts.rs`).
 
+mod bursts;
+#[path = "../common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bursts::{burst_sizes, monitor, mover_commands, scan_and_two_fences};
 use common::rebalance::*;
 use common::{KillOnDrop, RedisServer, TempDir, free_port, wait_for_port};
 
@@ -485,15 +487,15 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
         .iter()
         .position(|n| *n == t1.shard(first).unwrap().name)
         .unwrap()];
-    let seen = mover_commands(source, Duration::from_secs(30));
-    let scans: Vec<_> = seen.iter().filter(|c| c[0] == "SCAN").collect();
-    let fences: Vec<_> = seen.iter().filter(|c| c[0] == "SADD").collect();
-    assert!(!scans.is_empty() && fences.len() >= 2, "{seen:?}");
-    assert!(
-        scans.iter().all(|c| c[2..] == ["COUNT", "100"]),
-        "{scans:?}"
+    let seen = mover_commands(
+        &mut monitor(source.port),
+        Duration::from_secs(30),
+        scan_and_two_fences,
     );
-    assert!(fences.iter().all(|c| c.len() - 2 <= 25), "{fences:?}");
+    let (counts, fences) = burst_sizes(&seen);
+    assert!(scan_and_two_fences(&seen), "{seen:?}");
+    assert!(counts.iter().all(|&n| n == 100), "{counts:?}");
+    assert!(fences.iter().all(|&n| n <= 25), "{fences:?}");
     let cli = Command::new(BIN)
         .args([
             "admin",
@@ -549,46 +551,6 @@ fn ctrl_c_detaches_the_progress_bar_and_the_move_goes_on() {
     assert_eq!(admin.text(&[b"THROTTLE", b"0"]), "OK");
     let p = wait_done(&proxy);
     assert_eq!(p["verify"], "ok", "{p:?}");
-}
-
-/// The mover's commands `server` runs (its `SCAN`s and the `SADD`s of its
-/// fence, as `MONITOR` shows them: the arguments), until a `SCAN` and two
-/// `SADD`s were seen or `limit` passed.
-fn mover_commands(server: &RedisServer, limit: Duration) -> Vec<Vec<String>> {
-    let mut conn = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    conn.write_all(b"MONITOR\r\n").unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut lines = BufReader::new(conn);
-    let deadline = Instant::now() + limit;
-    let (mut out, mut line) = (Vec::new(), String::new());
-    let enough = |out: &Vec<Vec<String>>| {
-        out.iter().any(|c: &Vec<String>| c[0] == "SCAN")
-            && out.iter().filter(|c: &&Vec<String>| c[0] == "SADD").count() >= 2
-    };
-    while Instant::now() < deadline && !enough(&out) {
-        // A timed-out read keeps what it read in `line`.
-        if lines.read_line(&mut line).is_err() || !line.ends_with('\n') {
-            continue;
-        }
-        // +1733480000.123456 [0 127.0.0.1:40000] "SCAN" "0" "COUNT" "100"
-        let args: Vec<String> = line
-            .split('"')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_owned)
-            .collect();
-        let mover = match args.first().map(String::as_str) {
-            Some("SCAN") => true,
-            Some("SADD") => args.get(1).is_some_and(|k| k == "__shardgate_moving__"),
-            _ => false,
-        };
-        if mover {
-            out.push(args);
-        }
-        line.clear();
-    }
-    out
 }
 
 /// Big hashes, sets, sorted sets and lists move piece by piece while a
