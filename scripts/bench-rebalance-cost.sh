@@ -16,6 +16,7 @@
 #   --throttle N the mover's throttle, keys/s (default 0: none)
 # Environment: SHARDGATE_BIN=path measures that binary (no build); GETS=0
 # skips the GETs during the move (the mover alone, and its CPU).
+# STATS=1 prints the shards' time per command (INFO commandstats).
 # PROBE=1 also pings the first shard (a source) straight, one PING at a
 # time, while the mover works: how long a source stalls (best with GETS=0).
 set -euo pipefail
@@ -92,6 +93,7 @@ before=$(get_run before)
 GETS=${GETS:-1}
 metric() { curl -s "127.0.0.1:$metrics/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 move_c0=$(cpu "$proxy"); move_r0=$(redis_cpu)
+for p in "${ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
 SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" --throttle "$THROTTLE" \
   --admin "127.0.0.1:$admin" > "$WORK/rebalance.txt" 2>&1 & reb=$!
 # The GETs start when the first window is migrating.
@@ -130,7 +132,7 @@ keys = secs = 0.0
 first = last = None
 for line in open(log):
     line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-    if "rebalance window moved" in line:
+    if re.search(r"rebalance windows? moved", line):
         keys += float(re.search(r"keys=(\d+)", line).group(1))
         s = float(re.search(r"secs=([\d.]+)", line).group(1))
         secs += s
@@ -153,3 +155,20 @@ if reads.strip():
     print("reads of migrating slots: " + "; ".join(l.split("{")[1].replace("}", "=").replace('"', "") for l in reads.strip().splitlines()))
 PY
 grep -h "rebalance done\|verif" "$WORK/rebalance.txt" | tail -2 || true
+if [ "${STATS:-0}" = 1 ]; then
+  # Where the shards' time went from the move's start to the end of its
+  # verification (GETs included): each command's calls and time, summed
+  # over the four shards (commands a script ran count in both).
+  for p in "${ports[@]}"; do redis-cli -p "$p" info commandstats; done | python3 -c '
+import re, sys
+tot = {}
+for line in sys.stdin:
+    m = re.match(r"cmdstat_(\S+):calls=(\d+),usec=(\d+)", line)
+    if m:
+        c = tot.setdefault(m.group(1), [0, 0])
+        c[0] += int(m.group(2)); c[1] += int(m.group(3))
+print("shards, per command: calls, seconds, us/call")
+for name, (calls, usec) in sorted(tot.items(), key=lambda x: -x[1][1]):
+    print(f"  {name:14} {calls:>10,} {usec / 1e6:>8.2f} s {usec / max(calls, 1):>8.2f}")
+'
+fi

@@ -58,7 +58,7 @@ run() {
 import re, sys
 keys = secs = 0.0
 for line in open(sys.argv[1]):
-    if "rebalance window moved" in line:
+    if re.search(r"rebalance windows? moved", line):
         keys += float(re.search(r"keys=(\d+)", line).group(1))
         secs += float(re.search(r"secs=([\d.]+)", line).group(1))
 print(f"{sys.argv[2]}: {int(keys)} of {sys.argv[3]} keys moved by the mover in {secs:.2f} s: {keys / max(secs, 1e-9):,.0f} keys/s")

@@ -85,6 +85,9 @@ pub struct ServeConfig {
     /// Member of a fleet (`--etcd`, `--cluster`): the map and the
     /// rebalance live in etcd; `map_path` only seeds an empty cluster.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// Most source shards a rebalance moves from at once
+    /// (`--rebalance-sources`).
+    pub rebalance_sources: usize,
     /// The metrics listener's `/readyz`, when it runs: set once started.
     pub readiness: Option<metrics::http::Readiness>,
     /// `/readyz` passes when at least this share of the shards' primaries
@@ -298,6 +301,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         fleet.as_ref().map(|(c, _, _)| c.clone()),
         initial.yaml,
         shutdown.clone(),
+        config.rebalance_sources,
     );
     let coord = fleet.as_ref().map(|(c, _, _)| c.clone());
     match fleet {

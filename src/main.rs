@@ -338,6 +338,11 @@ struct ServeArgs {
     /// restarted with the same directory resumes an unfinished move.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Most source shards a rebalance moves keys from at once (one window
+    /// of slots per source, each walked on its own connections). Only the
+    /// proxy that runs the mover reads it.
+    #[arg(long, default_value_t = 4)]
+    rebalance_sources: usize,
     /// PEM certificate chain for TLS to clients (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -690,6 +695,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 lease_ttl: Duration::from_secs(args.lease_ttl_secs.max(2)),
             }),
             state_dir: args.state_dir,
+            rebalance_sources: args.rebalance_sources.max(1),
             listen: args.listen,
             tls: args.tls_cert.map(|cert| app::TlsListen {
                 cert,

@@ -170,8 +170,14 @@ fn recorded_progress(fleet: &Fleet, cluster: &str, keys: u64) -> u64 {
 #[test]
 fn a_member_frozen_past_its_lease_fences_itself_and_rejoins() {
     // p2's short lease expires soon after the freeze; the others' are
-    // long enough not to expire on a busy machine.
-    let fleet = Fleet::start("fleet-c", [6, 6, 3]);
+    // long enough not to expire on a busy machine. One source per step, so
+    // that a later window enters Migrating while the member is frozen.
+    let fleet = Fleet::start_with(
+        "fleet-c",
+        [6, 6, 3],
+        vec![Etcd::start()],
+        &["--rebalance-sources", "1"],
+    );
     let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
     let load = Load::start(&fleet.ports(), CLIENTS);
     let mover = fleet.leader();
@@ -421,6 +427,7 @@ fn every_member_follows_a_sentinel_failover_without_a_map_change() {
                 &format!("p{i}"),
                 seed,
                 6,
+                &[],
             )
         })
         .collect();

@@ -134,7 +134,7 @@ impl PgFleet {
         for i in 0..3 {
             let seed = (i == 0).then_some(m1.as_path());
             let id = format!("p{i}");
-            let m = Member::start(f.dir.path(), &f._etcd, label, &id, seed, 6);
+            let m = Member::start(f.dir.path(), &f._etcd, label, &id, seed, 6, &[]);
             f.members.push(m);
         }
         f

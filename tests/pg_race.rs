@@ -381,6 +381,7 @@ fn every_write_pair_is_linearizable_per_key() {
             tls: None,
             admin: None,
             state_dir: None,
+            rebalance_sources: 4,
             fleet: None,
             readiness: None,
             ready_share: 1.0,

@@ -518,7 +518,10 @@ fn hot_counters_lose_nothing_while_several_windows_move() {
         "m2.yaml",
         &mixed_map(&[("p2", Shard::Pg(&p2)), ("s1", Shard::Redis(&s1))]),
     );
-    let proxy = Proxy::start(dir.path(), &m1);
+    // One source per step, so that each window starts after the previous
+    // one turned stable.
+    let mut proxy = Proxy::new(dir.path(), &m1);
+    proxy.spawn_with(&["--rebalance-sources", "1"]);
     fill_n(&proxy, FILL);
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<[AtomicU64]> = (0..HOT).map(|_| AtomicU64::new(0)).collect();

@@ -45,6 +45,7 @@ pub struct Metrics {
     rebalance_running: Gauge,
     rebalance_throttle: Gauge,
     rebalance_small_bursts: Gauge,
+    rebalance_sources_moving: Gauge,
     rebalance_misplaced: Gauge,
     rebalance_verified: Gauge,
     _build_info: Gauge,
@@ -102,6 +103,7 @@ impl Metrics {
             rebalance_running: gauge!(REBALANCE_RUNNING),
             rebalance_throttle: gauge!(REBALANCE_THROTTLE),
             rebalance_small_bursts: gauge!(REBALANCE_SMALL_BURSTS),
+            rebalance_sources_moving: gauge!(REBALANCE_SOURCES_MOVING),
             rebalance_misplaced: gauge!(REBALANCE_MISPLACED),
             rebalance_verified: gauge!(REBALANCE_VERIFIED),
             _build_info: {
@@ -227,6 +229,11 @@ impl Metrics {
     pub fn rebalance_small_bursts(&self, small: bool) {
         self.rebalance_small_bursts
             .set(if small { 1.0 } else { 0.0 });
+    }
+
+    /// Source shards the mover walks at once.
+    pub fn rebalance_sources_moving(&self, n: usize) {
+        self.rebalance_sources_moving.set(n as f64);
     }
 
     /// Live proxies of the fleet, as last listed.

@@ -136,6 +136,8 @@ pub const REBALANCE_RUNNING: &str = "shardgate_rebalance_running";
 pub const REBALANCE_THROTTLE: &str = "shardgate_rebalance_throttle_keys_per_second";
 /// 1 while the mover takes small bursts.
 pub const REBALANCE_SMALL_BURSTS: &str = "shardgate_rebalance_small_bursts";
+/// Source shards the mover walks at once (0 between windows).
+pub const REBALANCE_SOURCES_MOVING: &str = "shardgate_rebalance_sources_moving";
 /// Keys the last verification found on a shard that does not own them.
 pub const REBALANCE_MISPLACED: &str = "shardgate_rebalance_verify_misplaced_keys";
 /// 1 if the last rebalance's verification passed, 0 if it failed.
@@ -441,7 +443,12 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         REBALANCE_SMALL_BURSTS,
         "gauge",
-        "1 while the rebalance mover takes small bursts on its source (clients being served, or a throttle set), 0 while it takes full ones or none runs",
+        "1 while the rebalance mover takes small bursts on its sources (clients being served, or a throttle set), 0 while it takes full ones or none runs",
+    ),
+    (
+        REBALANCE_SOURCES_MOVING,
+        "gauge",
+        "Source shards the rebalance mover walks at once (at most --rebalance-sources; 0 between windows or when none runs)",
     ),
     (
         REBALANCE_MISPLACED,

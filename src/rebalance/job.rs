@@ -65,6 +65,8 @@ pub struct Job {
     pub(super) pairs: Vec<(String, String, usize)>,
     pub(super) done: AtomicUsize,
     pub(super) migrating: AtomicUsize,
+    /// How the walks of several sources share the shards' time.
+    pub(super) turns: super::mover::Turns,
     pub(super) keys: AtomicU64,
     pub(super) bytes: AtomicU64,
     pub(super) errors: AtomicU64,
@@ -192,6 +194,7 @@ impl Job {
             pairs: plan.pairs.clone(),
             done: AtomicUsize::new(0),
             migrating: AtomicUsize::new(0),
+            turns: Default::default(),
             keys: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             errors: AtomicU64::new(0),

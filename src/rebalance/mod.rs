@@ -274,6 +274,8 @@ pub struct Rebalancer {
     job: Mutex<Option<Arc<Job>>>,
     /// One map writer at a time: a rebalance start or a reload.
     pub writer: tokio::sync::Mutex<()>,
+    /// Most source shards the mover walks at once (`--rebalance-sources`).
+    sources: usize,
 }
 
 impl Rebalancer {
@@ -283,6 +285,7 @@ impl Rebalancer {
         fleet: Option<Coord>,
         current_yaml: String,
         shutdown: watch::Sender<bool>,
+        sources: usize,
     ) -> Arc<Rebalancer> {
         Arc::new(Rebalancer {
             ctx,
@@ -296,6 +299,7 @@ impl Rebalancer {
             current_yaml: Mutex::new(current_yaml),
             job: Mutex::new(None),
             writer: tokio::sync::Mutex::new(()),
+            sources: sources.max(1),
         })
     }
 
@@ -551,6 +555,7 @@ impl Rebalancer {
             *lock(&job.finished) = Some(job.started.elapsed());
             me.ctx.metrics.rebalance_throttle(0);
             me.ctx.metrics.rebalance_small_bursts(false);
+            me.ctx.metrics.rebalance_sources_moving(0);
             match outcome {
                 Ok(yaml) => {
                     *lock(&me.current_yaml) = yaml;

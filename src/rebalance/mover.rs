@@ -1,9 +1,11 @@
 //! The background mover and the steps around it.
 //!
-//! Slots move in windows, each from one source shard:
+//! Slots move in windows, each from one source shard, in steps of a window
+//! from each of up to `--rebalance-sources` sources at once (their walks
+//! take turns while the proxy serves clients, see `burst::Turns`):
 //!
-//! 1. the window is logged to the state directory, then published as
-//!    `Migrating{from, to}`;
+//! 1. the step's windows are logged to the state directory, then
+//!    published as `Migrating{from, to}`;
 //! 2. the barrier ([`barrier`]): wait until no reader routes with any
 //!    earlier table (not only the one the publish replaced), then until
 //!    every request already queued to the primaries of the source and the
@@ -20,9 +22,9 @@
 //!    and pause the mover (`hold_back`) until an operator resumes;
 //! 4. the targets' replicas catch up with their primaries, so a read sent
 //!    to a replica once the slot is stable finds the moved keys;
-//! 5. the window is logged done and published as `Stable(to)`.
+//! 5. the step's windows are logged done and published as `Stable(to)`.
 //!
-//! After the last window: a verification scan of every shard, the final
+//! After the last step: a verification scan of every shard, the final
 //! table (removed shards become placeholders) and the state directory's
 //! `current.yaml`.
 
@@ -51,6 +53,7 @@ mod postgres;
 mod walk;
 
 use barrier::{barrier, drain};
+pub(super) use burst::Turns;
 use postgres::{hold_back, move_window_pg, prepare_postgres_targets};
 use walk::move_window_db;
 
@@ -127,16 +130,33 @@ impl Work {
         overlay_table(&self.plan, self.states.iter().copied(), epoch)
     }
 
-    /// The next window: units a crash left `Migrating` first (one source at
-    /// a time), then up to [`WINDOW`] pending units of one source.
-    fn next_window(&self) -> Vec<usize> {
+    /// The next windows, moved at once: units a crash left `Migrating`
+    /// first, then pending ones; up to [`WINDOW`] units of each of up to
+    /// `sources` source shards (one window per source), sources in the
+    /// order of their first unit.
+    fn next_windows(&self, sources: usize) -> Vec<Vec<usize>> {
         for wanted in [UnitState::Migrating, UnitState::Pending] {
-            if let Some(first) = self.states.iter().position(|s| *s == wanted) {
-                let from = self.plan.moves[first].from;
-                return (first..self.states.len())
-                    .filter(|&i| self.states[i] == wanted && self.plan.moves[i].from == from)
-                    .take(WINDOW)
-                    .collect();
+            let mut windows: Vec<Vec<usize>> = Vec::new();
+            for (i, _) in self
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s == wanted)
+            {
+                let from = self.plan.moves[i].from;
+                let open = windows.len() < sources.max(1);
+                match windows
+                    .iter_mut()
+                    .find(|w| self.plan.moves[w[0]].from == from)
+                {
+                    Some(w) if w.len() < WINDOW => w.push(i),
+                    Some(_) => {}
+                    None if open => windows.push(vec![i]),
+                    None => {}
+                }
+            }
+            if !windows.is_empty() {
+                return windows;
             }
         }
         Vec::new()
@@ -199,27 +219,29 @@ pub(super) async fn run(
     job.keys_estimate
         .store(est.pairs.iter().map(|p| p.0).sum(), Ordering::Relaxed);
     loop {
-        let window = work.next_window();
-        if window.is_empty() {
+        let windows = work.next_windows(rb.sources);
+        if windows.is_empty() {
             break;
         }
         wait_unpaused(job).await;
         if !rb.may_move() {
             return Err(super::store::StoreError::LostLease.into());
         }
-        let from = work.plan.moves[window[0]].from;
-        let fresh: Vec<usize> = window
+        // The windows' units, moved as one step: published `Migrating`
+        // together, behind one barrier, walked at once, done together.
+        let step: Vec<usize> = windows.iter().flatten().copied().collect();
+        let fresh: Vec<usize> = step
             .iter()
             .copied()
             .filter(|&i| work.states[i] == UnitState::Pending)
             .collect();
-        // In a fleet, a window a previous mover left `Migrating` may not
-        // have been acknowledged by every proxy yet: wait for it again.
+        // In a fleet, windows a previous mover left `Migrating` may not
+        // have been acknowledged by every proxy yet: wait for them again.
         let fleet = matches!(work.state, Store::Fleet(_));
         if !fresh.is_empty() || fleet {
             // (Recording units already `Migrating` writes nothing and
             // returns the current revision.)
-            let units = work.units(&window);
+            let units = work.units(&step);
             let version = work
                 .state
                 .log_units(&ctx.fence, UnitsKind::Migrating, units)
@@ -229,15 +251,15 @@ pub(super) async fn run(
                 work.states[i] = UnitState::Migrating;
             }
             match &work.state {
-                // Commands do not move the window's keys until the
+                // Commands do not move the windows' keys until the
                 // barrier is over (`context::HeldMoves`): a request routed
-                // by an earlier table may still be queued on the source,
+                // by an earlier table may still be queued on a source,
                 // and a copy (`GET` ... `UNLINK`) that ran meanwhile would
                 // read the key before that write landed and delete it after
                 // (issue 15; between Redis shards the write would recreate
                 // the key on its source after `MIGRATE`).
                 Store::Dir(_) => {
-                    let held: HashSet<(u32, u32)> = work.units(&window).into_iter().collect();
+                    let held: HashSet<(u32, u32)> = work.units(&step).into_iter().collect();
                     rb.ctx.held_moves.set(held);
                     let old = match publish(rb, &work) {
                         Ok(old) => old,
@@ -246,17 +268,19 @@ pub(super) async fn run(
                             return Err(e);
                         }
                     };
-                    let mut shards: Vec<ShardId> = vec![from];
-                    shards.extend(window.iter().map(|&i| work.plan.moves[i].to));
+                    let mut shards: Vec<ShardId> = step
+                        .iter()
+                        .flat_map(|&i| [work.plan.moves[i].from, work.plan.moves[i].to])
+                        .collect();
                     shards.sort_unstable();
                     shards.dedup();
                     barrier(rb, job, old, &shards).await;
                     rb.ctx.held_moves.set(HashSet::new());
                 }
-                // Every live proxy publishes the window's `Migrating` state
+                // Every live proxy publishes the windows' `Migrating` state
                 // and drains what it routed before; the mover waits for all
                 // of them (proxies whose lease expired are fenced), then
-                // confirms the window: only now may proxies move its keys
+                // confirms the windows: only now may proxies move their keys
                 // on touch (before, one of them could still write a key on
                 // its old shard after another moved it).
                 Store::Fleet(coord) => {
@@ -264,54 +288,61 @@ pub(super) async fn run(
                         .await
                         .map_err(RebalanceError::record("the window's acknowledgements"))?;
                     work.state
-                        .log_units(&ctx.fence, UnitsKind::Confirmed, work.units(&window))
+                        .log_units(&ctx.fence, UnitsKind::Confirmed, work.units(&step))
                         .await
                         .map_err(RebalanceError::record("a confirmed window"))?;
                 }
             }
         }
-        job.migrating.store(window.len(), Ordering::Relaxed);
+        job.migrating.store(step.len(), Ordering::Relaxed);
         report(rb, &work, true);
         let started = Instant::now();
         let moved_before = job.keys.load(Ordering::Relaxed);
-        loop {
-            let stuck = move_window(rb, job, &work, from, &window).await;
-            // A fleet mover that may have lost its lease stopped moving:
-            // the window is not done.
-            if !rb.may_move() {
-                return Err(super::store::StoreError::LostLease.into());
-            }
-            if stuck.is_empty() {
-                break;
-            }
-            hold_back(rb, job, &stuck).await;
+        // Each source's walk on its own connections, taking turns beside
+        // clients (see [`Turns`]).
+        let walks = windows.iter().map(|window| {
+            let from = work.plan.moves[window[0]].from;
+            move_all(rb, job, &work, from, window)
+        });
+        let walked = futures_util::future::join_all(walks).await;
+        rb.ctx.metrics.rebalance_sources_moving(0);
+        for w in walked {
+            w?;
         }
-        let targets: HashSet<ShardId> = window.iter().map(|&i| work.plan.moves[i].to).collect();
+        let targets: HashSet<ShardId> = step.iter().map(|&i| work.plan.moves[i].to).collect();
         for t in targets {
             wait_replicas(rb, t).await;
         }
-        let units = work.units(&window);
+        let units = work.units(&step);
         work.state
             .log_units(&ctx.fence, UnitsKind::Done(job.moved_so_far()), units)
             .await
             .map_err(RebalanceError::record("a finished window"))?;
-        for &i in &window {
+        for &i in &step {
             work.states[i] = UnitState::Done;
         }
         if let Store::Dir(_) = &work.state {
             publish(rb, &work)?;
         }
-        job.done.fetch_add(window.len(), Ordering::Relaxed);
+        job.done.fetch_add(step.len(), Ordering::Relaxed);
         job.migrating.store(0, Ordering::Relaxed);
         report(rb, &work, true);
+        let sources: Vec<&str> = windows
+            .iter()
+            .map(|w| {
+                work.plan.merged.shards[work.plan.moves[w[0]].from.0 as usize]
+                    .name
+                    .as_str()
+            })
+            .collect();
         tracing::info!(
-            source = %work.plan.merged.shards[from.0 as usize].name,
-            slots = window.len(),
+            sources = %sources.join(","),
+            slots = step.len(),
             keys = job.keys.load(Ordering::Relaxed) - moved_before,
             secs = started.elapsed().as_secs_f64(),
             done = work.count(UnitState::Done),
             total = work.states.len(),
-            "rebalance window moved"
+            "rebalance windows moved"
         );
     }
     job.set_phase(Phase::Verifying);
@@ -397,6 +428,29 @@ async fn wait_unpaused(job: &Job) {
     let _ = rx.wait_for(|p| !*p).await;
 }
 
+/// Moves the window from `from` to its end, pausing for keys that cannot
+/// move (see [`hold_back`]) until an operator resumes. Fails only when a
+/// fleet mover may have lost its lease: it stopped moving, and the window
+/// is not done.
+async fn move_all(
+    rb: &Rebalancer,
+    job: &Job,
+    work: &Work,
+    from: ShardId,
+    window: &[usize],
+) -> Result<(), super::store::StoreError> {
+    loop {
+        let stuck = move_window(rb, job, work, from, window).await;
+        if !rb.may_move() {
+            return Err(super::store::StoreError::LostLease);
+        }
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        hold_back(rb, job, &stuck).await;
+    }
+}
+
 /// Moves every key of the window from `from` (step 3), database by
 /// database (clients may `SELECT` any database; each moves into the same
 /// database on its target). Retries until it is done: a failure leaves
@@ -473,8 +527,9 @@ async fn fail(rb: &Rebalancer, job: &Job, e: String) {
     job.error(e);
 }
 
-/// Sleeps so that the mover stays under the throttle (keys per second),
-/// in short steps so that a new throttle takes effect at once.
+/// Sleeps so that the mover stays under the throttle (keys per second;
+/// each of the walks under way keeps to its share), in short steps so that
+/// a new throttle takes effect at once.
 async fn throttle(job: &Job, keys: usize) {
     let t0 = Instant::now();
     loop {
@@ -482,7 +537,9 @@ async fn throttle(job: &Job, keys: usize) {
         if limit == 0 {
             return;
         }
-        let due = Duration::from_secs_f64(keys as f64 / limit as f64);
+        // Walks of several sources moving at once share the limit.
+        let share = limit as f64 / job.turns.moving().max(1) as f64;
+        let due = Duration::from_secs_f64(keys as f64 / share);
         let left = due.saturating_sub(t0.elapsed());
         if left.is_zero() {
             return;
@@ -690,32 +747,51 @@ mod tests {
         (w.plan.moves[i].class, w.plan.moves[i].slot.0)
     }
 
+    /// Takes steps of `w` until every unit is done; returns each step's
+    /// windows' sources.
+    fn steps(w: &mut Work, sources: usize) -> Vec<Vec<ShardId>> {
+        let mut steps = Vec::new();
+        let mut seen = BTreeSet::new();
+        loop {
+            let windows = w.next_windows(sources);
+            if windows.is_empty() {
+                break;
+            }
+            let mut from = Vec::new();
+            for window in &windows {
+                assert!(!window.is_empty() && window.len() <= WINDOW);
+                let source = w.plan.moves[window[0]].from;
+                for &i in window {
+                    assert_eq!(w.plan.moves[i].from, source, "one source per window");
+                    assert_eq!(w.states[i], UnitState::Pending);
+                    assert!(seen.insert(i), "a unit is in one window only");
+                }
+                from.push(source);
+            }
+            for &i in windows.iter().flatten() {
+                w.states[i] = UnitState::Done;
+            }
+            steps.push(from);
+        }
+        assert_eq!(seen.len(), w.plan.moves.len(), "every unit moved");
+        assert_eq!(w.count(UnitState::Done), w.plan.moves.len());
+        steps
+    }
+
     #[test]
-    fn windows_take_one_source_at_a_time_until_every_unit_is_done() {
+    fn each_step_takes_a_window_of_up_to_as_many_sources_as_allowed() {
         let (mut w, _dir) = work(None);
         assert!(w.plan.moves.len() > 1);
         let sources: BTreeSet<ShardId> = w.plan.moves.iter().map(|m| m.from).collect();
         assert_eq!(sources.len(), 2, "slots come from both old shards");
-        let mut windows = 0;
-        let mut seen = BTreeSet::new();
-        loop {
-            let window = w.next_window();
-            if window.is_empty() {
-                break;
-            }
-            windows += 1;
-            assert!(window.len() <= WINDOW);
-            let from = w.plan.moves[window[0]].from;
-            for &i in &window {
-                assert_eq!(w.plan.moves[i].from, from, "one source per window");
-                assert_eq!(w.states[i], UnitState::Pending);
-                assert!(seen.insert(i), "a unit is in one window only");
-                w.states[i] = UnitState::Done;
-            }
-        }
-        assert_eq!(seen.len(), w.plan.moves.len(), "every unit moved");
-        assert_eq!(windows, 2);
-        assert_eq!(w.count(UnitState::Done), w.plan.moves.len());
+        // Sources in the order of their first unit.
+        let a = w.plan.moves[0].from;
+        let b = *sources.iter().find(|s| **s != a).unwrap();
+        assert_eq!(steps(&mut w, 1), [vec![a], vec![b]], "one source at a time");
+        let (mut w, _dir) = work(None);
+        assert_eq!(steps(&mut w, 4), [vec![a, b]], "both sources at once");
+        let (mut w, _dir) = work(None);
+        assert_eq!(steps(&mut w, 0), [vec![a], vec![b]], "at least one");
     }
 
     #[test]
@@ -744,13 +820,14 @@ mod tests {
         };
         let (mut w, _dir2) = work(Some(&saved));
         assert_eq!(w.states[done], UnitState::Done);
-        let first = w.next_window();
-        let got: BTreeSet<(u32, u32)> = first.iter().map(|&i| unit(&w, i)).collect();
+        let first = w.next_windows(4);
+        assert_eq!(first.len(), 1, "one source's units were migrating");
+        let got: BTreeSet<(u32, u32)> = first[0].iter().map(|&i| unit(&w, i)).collect();
         assert_eq!(got, migrating, "the migrating units, and only them");
-        for &i in &first {
+        for &i in &first[0] {
             w.states[i] = UnitState::Done;
         }
-        let next = w.next_window();
+        let next: Vec<usize> = w.next_windows(4).concat();
         assert!(!next.is_empty());
         assert!(next.iter().all(|&i| w.states[i] == UnitState::Pending));
         assert!(!next.contains(&done), "a done unit never moves again");

@@ -157,6 +157,7 @@ impl Cluster {
             tls: spec.tls.clone(),
             admin: None,
             state_dir: None,
+            rebalance_sources: 4,
             fleet: None,
             readiness: None,
             ready_share: 1.0,

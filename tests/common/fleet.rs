@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::etcd::Etcd;
 use super::history::connect;
-use super::rebalance::{ADMIN_PW, Admin, BIN, map_yaml, owner_name, table_of, write};
+use super::rebalance::{ADMIN_PW, Admin, BIN, map_yaml, table_of, write};
 use super::{KillOnDrop, RedisServer, TempDir, free_port};
 
 /// Generous bound for anything the tests wait for (a loaded 2-core box).
@@ -35,6 +35,7 @@ impl Member {
         id: &str,
         seed: Option<&Path>,
         ttl_secs: u64,
+        extra: &[&str],
     ) -> Member {
         // A free port may be taken by another test's process before the
         // member binds it: the member then exits. Wait until the member
@@ -62,6 +63,7 @@ impl Member {
                 .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
                 .args(["--admin-password-env", "SG_TEST_ADMIN_PW"])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+                .args(extra)
                 .env("SG_TEST_ADMIN_PW", ADMIN_PW)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
@@ -304,6 +306,11 @@ impl Fleet {
 
     /// The same over the etcd members `etcd`.
     pub fn start_on(label: &str, ttl_secs: [u64; 3], etcd: Vec<Etcd>) -> Fleet {
+        Fleet::start_with(label, ttl_secs, etcd, &[])
+    }
+
+    /// The same with more flags for every member.
+    pub fn start_with(label: &str, ttl_secs: [u64; 3], etcd: Vec<Etcd>, extra: &[&str]) -> Fleet {
         let dir = TempDir::new(label);
         let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
         let mut f = Fleet {
@@ -317,7 +324,7 @@ impl Fleet {
             // The first seeds the cluster's map; the others read it.
             let seed = (i == 0).then_some(m1.as_path());
             let id = format!("p{i}");
-            let m = Member::start(f.dir.path(), &f.etcd, label, &id, seed, ttl);
+            let m = Member::start(f.dir.path(), &f.etcd, label, &id, seed, ttl, extra);
             f.members.push(m);
         }
         fill_filler(f.members[0].port);
@@ -426,15 +433,30 @@ pub fn filler() -> HashSet<String> {
     (0..FILLER).map(|i| format!("filler:{i}")).collect()
 }
 
-/// Filler keys the first window of the move `from` -> `to` carries: the
-/// mover takes the (class, slot) pairs in slot order, one source shard per
-/// window.
+/// Filler keys the first step of the move `from` -> `to` carries: the
+/// mover takes a window of (class, slot) pairs, in slot order, of up to
+/// 4096 pairs from each of up to four source shards at once (the default
+/// `--rebalance-sources`).
 pub fn first_window_keys(from: &Path, to: &Path) -> usize {
     let (a, b) = (table_of(from), table_of(to));
-    let moves = a.moves_to(&b).unwrap();
-    let source = a.shard(moves[0].from).unwrap().name.clone();
+    let mut per_source: Vec<(u16, usize)> = Vec::new();
+    let mut first: HashSet<(u32, u32)> = HashSet::new();
+    for m in a.moves_to(&b).unwrap() {
+        let at = match per_source.iter().position(|(s, _)| *s == m.from.0) {
+            Some(at) => at,
+            None if per_source.len() < 4 => {
+                per_source.push((m.from.0, 0));
+                per_source.len() - 1
+            }
+            None => continue,
+        };
+        if per_source[at].1 < 4096 {
+            per_source[at].1 += 1;
+            first.insert((m.class, m.slot.0));
+        }
+    }
     (0..FILLER)
         .map(|i| format!("filler:{i}"))
-        .filter(|k| owner_name(&a, k) == source && owner_name(&b, k) != source)
+        .filter(|k| first.contains(&(a.class_of(k.as_bytes()), a.slot_of(k.as_bytes()).0)))
         .count()
 }

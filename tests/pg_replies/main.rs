@@ -408,6 +408,7 @@ fn a_database_of_an_earlier_version_is_upgraded_in_place() {
             tls: None,
             admin: None,
             state_dir: None,
+            rebalance_sources: 4,
             fleet: None,
             readiness: None,
             ready_share: 1.0,

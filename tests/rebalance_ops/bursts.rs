@@ -31,9 +31,11 @@ pub(super) fn monitor(port: u16) -> BufReader<TcpStream> {
 /// A `SCAN` or a `SADD` to the mover's fence, as `MONITOR` showed it.
 #[derive(Debug)]
 pub(super) struct Seen {
+    /// The server's time of it (seconds).
+    pub(super) at: f64,
     /// The connection that sent it (`127.0.0.1:port`).
-    client: String,
-    args: Vec<String>,
+    pub(super) client: String,
+    pub(super) args: Vec<String>,
 }
 
 /// The `SCAN`s and the `SADD`s to the mover's fence that the monitored
@@ -52,6 +54,12 @@ pub(super) fn mover_commands(
             continue;
         }
         // +1733480000.123456 [0 127.0.0.1:40000] "SCAN" "0" "COUNT" "100"
+        let at = line
+            .trim_start_matches('+')
+            .split(' ')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0);
         let client = line
             .split(['[', ']'])
             .nth(1)
@@ -70,7 +78,7 @@ pub(super) fn mover_commands(
             _ => false,
         };
         if mover {
-            out.push(Seen { client, args });
+            out.push(Seen { at, client, args });
         }
         line.clear();
     }

@@ -6,6 +6,7 @@
 mod bursts;
 #[path = "../common/mod.rs"]
 mod common;
+mod sources;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

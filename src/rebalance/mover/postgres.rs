@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::burst::{Clients, Turn};
 use super::{Job, Rebalancer, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Copied, CopyError, MOVER_CLIENTS, Stays, copy_key};
 use crate::backend::migrate::{MigrateError, scan_reply};
@@ -89,8 +90,11 @@ pub(super) async fn move_window_pg(
     };
     let mut cursor = window.first().copied();
     let mut backoff = Duration::from_millis(100);
+    // Beside clients, one source at a time (see `Turns`).
+    let (mut clients, mut turn) = (Clients::new(), Turn::default());
     while let Some(at) = cursor {
         wait_unpaused(job).await;
+        turn.take(&job.turns, clients.active()).await;
         let backends = rb.ctx.backends();
         let ep = backends.shard(from).primary.clone();
         let result: Result<Option<u64>, MigrateError> = async {
@@ -137,6 +141,7 @@ pub(super) async fn move_window_pg(
             }
             Err(e) => {
                 fail(rb, job, format!("moving from {}: {e}", ep.state.addr)).await;
+                turn.give_back();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

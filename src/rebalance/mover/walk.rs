@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::burst::{Burst, Clients};
+use super::burst::{Burst, Clients, Turn};
 use super::postgres::copy_keys;
 use super::{BIG_KEY_BYTES, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Stays, needs_copy};
@@ -70,6 +70,7 @@ pub(super) async fn move_window_db(
             Ok(c) => c,
             Err(e) => {
                 fail(rb, job, format!("source {}: {e}", ep.state.addr)).await;
+                walk.turn.give_back();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -96,6 +97,7 @@ pub(super) async fn move_window_db(
                 // The keys of the failed round are sized again; the scan
                 // goes on from where it was.
                 fail(rb, job, format!("moving from {}: {e}", ep.state.addr)).await;
+                walk.turn.give_back();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -129,6 +131,8 @@ struct Walk {
     /// The size of the rounds (see [`Burst::of`]), chosen each round.
     burst: Burst,
     clients: Clients,
+    /// Its part of the job's turns (see [`super::burst::Turns`]).
+    turn: Turn,
 }
 
 /// A batch fenced on the source, with what `DUMP` gave for each key still
@@ -167,6 +171,7 @@ impl Walk {
             copy: Vec::new(),
             burst: Burst::FULL,
             clients: Clients::new(),
+            turn: Turn::default(),
         }
     }
 
@@ -290,8 +295,18 @@ impl Step<'_> {
         while !walk.done() {
             // (A batch in flight is finished first: its keys stay fenced
             // until it is released.)
+            // Beside clients, one source at a time (see `Turns`): a walk
+            // without the turn finishes its batches in flight, then waits
+            // for it with no key fenced.
+            let clients = walk.clients.active();
+            if !clients {
+                walk.turn.alone();
+            }
             if !walk.in_flight() {
                 wait_unpaused(self.job).await;
+                walk.turn.take(&self.job.turns, clients).await;
+                let moving = self.job.turns.moving();
+                self.rb.ctx.metrics.rebalance_sources_moving(moving);
             }
             self.may_write()?;
             while let Some((to, keys)) = walk.copy.pop() {
@@ -331,7 +346,8 @@ impl Step<'_> {
             // fenced.
             let drain = !walk.big.is_empty()
                 || *self.job.paused.borrow()
-                || (self.job.throttle.load(Ordering::Relaxed) > 0 && busy);
+                || (self.job.throttle.load(Ordering::Relaxed) > 0 && busy)
+                || walk.turn.must_wait(clients);
             if !drain && let Some((to, keys, bytes)) = walk.ready.pop_front() {
                 asked.push(Asked::Dump(to, keys, bytes));
             } else if let Some((to, keys)) = walk.listed.pop_front() {
@@ -341,7 +357,7 @@ impl Step<'_> {
                 asked.push(Asked::Sizes(std::mem::take(&mut walk.exact)));
             }
             let limit = self.job.throttle.load(Ordering::Relaxed);
-            walk.burst = Burst::of(limit, walk.clients.active());
+            walk.burst = Burst::of(limit, clients);
             (self.rb.ctx.metrics).rebalance_small_bursts(walk.burst == Burst::SMALL);
             if !walk.scanned && walk.listed.len() < 2 {
                 asked.push(Asked::Scan(walk.cursor.clone(), walk.burst.scan));
