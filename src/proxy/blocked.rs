@@ -20,6 +20,28 @@ pub(super) enum Waited {
     Moved,
 }
 
+/// A client whose blocking command `CLIENT UNBLOCK` may end, from when
+/// the command counts in INFO's `blocked_clients` (before it is sent: an
+/// unblock that arrives while the command is on its way is passed on to
+/// the shard once it is there, see [`Waiting::reply`]) until it has its
+/// reply. (Marked only once the reply was awaited, an unblock that came
+/// between the two found the client "not blocked", answered `:0`, and the
+/// command went on blocking.)
+pub(super) struct Unblockable<'a>(&'a super::clients::Entry);
+
+impl<'a> Unblockable<'a> {
+    pub(super) fn new(me: &'a super::clients::Entry) -> Unblockable<'a> {
+        me.set_blocked(true);
+        Unblockable(me)
+    }
+}
+
+impl Drop for Unblockable<'_> {
+    fn drop(&mut self) {
+        self.0.set_blocked(false);
+    }
+}
+
 /// A blocking command waiting on a dedicated connection to `shard`.
 pub(super) struct Waiting<'a> {
     pub(super) proxy: &'a Proxy,
@@ -31,7 +53,8 @@ pub(super) struct Waiting<'a> {
 
 impl Waiting<'_> {
     /// The reply of the blocking command sent on `conn`. A `CLIENT
-    /// UNBLOCK` of this client (`me`) meanwhile, or a move of its keys to
+    /// UNBLOCK` of this client (`me`, made [`Unblockable`] before the
+    /// command was sent) meanwhile, or a move of its keys to
     /// another shard (a rebalance), is passed on to the shard for the
     /// connection's backend id, so that the shard ends the command as
     /// Redis does (TIMEOUT: the timeout's nil reply; ERROR: `-UNBLOCKED
@@ -43,18 +66,6 @@ impl Waiting<'_> {
         me: Option<&std::sync::Arc<super::clients::Entry>>,
         proto: crate::protocol::Protocol,
     ) -> Result<Waited, BackendError> {
-        struct Unblockable<'a>(Option<&'a super::clients::Entry>);
-        impl Drop for Unblockable<'_> {
-            fn drop(&mut self) {
-                if let Some(me) = self.0 {
-                    me.set_blocked(false);
-                }
-            }
-        }
-        if let Some(me) = me {
-            me.set_blocked(true);
-        }
-        let _unblockable = Unblockable(me.map(|m| &**m));
         let unblocked = async {
             match me {
                 Some(me) => me.unblocked().await,

@@ -126,15 +126,17 @@ impl Session {
             let turn = ep.state.blocking_order.lock().await;
             let mut conn = self.dedicated(proxy, shard, Runs::Plain).await?;
             let _lent = Lent::new(&ep.state.metrics);
-            // INFO blocked_clients: from the moment the command is on its way.
+            // INFO blocked_clients, and CLIENT UNBLOCK: from the moment the
+            // command is on its way.
             let blocks = super::stats::may_block_req(sent);
             let _blocked = blocks.then(|| super::stats::Blocked::new(proxy));
+            let me = self.me.clone().filter(|_| blocks);
+            let _unblockable = me.as_deref().map(super::blocked::Unblockable::new);
             // A blocking command may wait for long: once it is sent, the
             // table is not held any more (a rebalance would wait for it).
             conn.send(sent.raw(), 1).await?;
             drop(turn);
             self.held = None;
-            let me = self.me.clone().filter(|_| blocks);
             let watch = Waiting {
                 proxy,
                 ep: &ep,
