@@ -17,6 +17,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod admin_cli;
 mod config_file;
 mod fleet_cli;
+mod health_cli;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
@@ -457,7 +458,7 @@ fn main() -> ExitCode {
             addr,
             path,
             timeout_secs,
-        } => health(addr, &path, Duration::from_secs(timeout_secs.max(1))),
+        } => health_cli::health(addr, &path, Duration::from_secs(timeout_secs.max(1))),
         Command::Admin(AdminCommand::Migrate { map }) => admin_migrate(&map),
         Command::Admin(AdminCommand::Apply { map, fleet }) => {
             fleet_cli::apply(&map, &fleet.etcd, &fleet.cluster)
@@ -516,40 +517,6 @@ fn main() -> ExitCode {
                 keys_per_sec, conn, ..
             } => (conn, admin_cli::Op::Throttle(keys_per_sec)),
         }),
-    }
-}
-
-/// `shardgate health`: one HTTP/1.1 GET to the metrics listener; prints the
-/// status line and the body, succeeds on 200.
-fn health(addr: SocketAddr, path: &str, timeout: Duration) -> ExitCode {
-    use std::io::{Read, Write};
-    let answer = (|| -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut reply = String::new();
-        s.take(64 * 1024).read_to_string(&mut reply)?;
-        Ok(reply)
-    })();
-    match answer {
-        Ok(reply) => {
-            let status = reply.lines().next().unwrap_or_default();
-            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            println!("{status}: {}", body.trim_end());
-            if status.split(' ').nth(1) == Some("200") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            println!("http://{addr}{path}: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -113,6 +113,29 @@ pub(super) fn burst_sizes(seen: &[Seen]) -> (Vec<usize>, Vec<usize>) {
     (counts, fences)
 }
 
+/// A client reading `k0`..`k{keys}` (each "v") through the proxy until
+/// `stop`; returns how many it read.
+pub(super) fn reader(
+    proxy: &Proxy,
+    keys: usize,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (stop, client) = (stop.clone(), proxy.client());
+    std::thread::spawn(move || {
+        let mut c = client.get_connection().unwrap();
+        let mut n = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(format!("k{}", n % keys))
+                .query(&mut c)
+                .unwrap();
+            assert_eq!(v.as_deref(), Some("v"));
+            n += 1;
+        }
+        n
+    })
+}
+
 /// Unthrottled, the mover takes small bursts on its source while clients
 /// are served (so that their commands wait behind short stretches of the
 /// mover's), and full ones when no client is.
@@ -147,22 +170,7 @@ fn the_mover_takes_small_bursts_beside_clients_and_full_ones_alone() {
     let mut admin = proxy.admin();
     // A client reading all along: small bursts.
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, client) = (stop.clone(), proxy.client());
-        std::thread::spawn(move || {
-            let mut c = client.get_connection().unwrap();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let v: Option<String> = redis::cmd("GET")
-                    .arg(format!("k{}", n % KEYS))
-                    .query(&mut c)
-                    .unwrap();
-                assert_eq!(v.as_deref(), Some("v"));
-                n += 1;
-            }
-            n
-        })
-    };
+    let reader = reader(&proxy, KEYS, &stop);
     let (t1, t2) = (table_of(&m1), table_of(&m2));
     let first = t1.moves_to(&t2).unwrap()[0].from;
     let source = names

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::bursts::{Seen, monitor, mover_commands};
+use super::bursts::{Seen, monitor, mover_commands, reader};
 use super::common::RedisServer;
 use super::common::TempDir;
 use super::common::rebalance::*;
@@ -121,22 +121,7 @@ fn several_sources_move_at_once_alone_and_one_at_a_time_beside_clients() {
 
     // Beside a client reading all along: one source after the other.
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (stop, client) = (stop.clone(), proxy.client());
-        std::thread::spawn(move || {
-            let mut c = client.get_connection().unwrap();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let v: Option<String> = redis::cmd("GET")
-                    .arg(format!("k{}", n % KEYS))
-                    .query(&mut c)
-                    .unwrap();
-                assert_eq!(v.as_deref(), Some("v"));
-                n += 1;
-            }
-            n
-        })
-    };
+    let reader = reader(&proxy, KEYS, &stop);
     let (a, b, most) = move_and_watch(&proxy, metrics_port, [p0, p1], &m2);
     stop.store(true, Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
