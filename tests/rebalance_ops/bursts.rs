@@ -113,6 +113,18 @@ pub(super) fn burst_sizes(seen: &[Seen]) -> (Vec<usize>, Vec<usize>) {
     (counts, fences)
 }
 
+/// Writes `k0`..`k{keys}` (each "v") through the proxy, 1000 per MSET.
+pub(super) fn write_keys(proxy: &Proxy, keys: usize) {
+    let mut c = proxy.client().get_connection().unwrap();
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut cmd = redis::cmd("MSET");
+        for i in chunk {
+            cmd.arg(format!("k{i}")).arg("v");
+        }
+        let _: () = cmd.query(&mut c).unwrap();
+    }
+}
+
 /// A client reading `k0`..`k{keys}` (each "v") through the proxy until
 /// `stop`; returns how many it read.
 pub(super) fn reader(
@@ -159,14 +171,7 @@ fn the_mover_takes_small_bursts_beside_clients_and_full_ones_alone() {
             })
             .expect("shardgate_rebalance_small_bursts")
     };
-    let mut c = proxy.client().get_connection().unwrap();
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
-        let mut cmd = redis::cmd("MSET");
-        for i in chunk {
-            cmd.arg(format!("k{i}")).arg("v");
-        }
-        let _: () = cmd.query(&mut c).unwrap();
-    }
+    write_keys(&proxy, KEYS);
     let mut admin = proxy.admin();
     // A client reading all along: small bursts.
     let stop = Arc::new(AtomicBool::new(false));

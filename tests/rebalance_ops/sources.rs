@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::bursts::{Seen, monitor, mover_commands, reader};
+use super::bursts::{Seen, monitor, mover_commands, reader, write_keys};
 use super::common::RedisServer;
 use super::common::TempDir;
 use super::common::rebalance::*;
@@ -95,14 +95,7 @@ fn several_sources_move_at_once_alone_and_one_at_a_time_beside_clients() {
     let m1 = write(dir.path(), "m1.yaml", &map_yaml(&all[..2]));
     let m2 = write(dir.path(), "m2.yaml", &map_yaml(&all));
     let (proxy, metrics_port) = Proxy::start_with_metrics(dir.path(), &m1);
-    let mut c = proxy.client().get_connection().unwrap();
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
-        let mut cmd = redis::cmd("MSET");
-        for i in chunk {
-            cmd.arg(format!("k{i}")).arg("v");
-        }
-        let _: () = cmd.query(&mut c).unwrap();
-    }
+    write_keys(&proxy, KEYS);
     let (p0, p1) = (servers[0].port, servers[1].port);
 
     // Alone (the default --rebalance-sources 4): both sources' walks run
