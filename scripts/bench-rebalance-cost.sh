@@ -94,7 +94,9 @@ GETS=${GETS:-1}
 metric() { curl -s "127.0.0.1:$metrics/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 move_c0=$(cpu "$proxy"); move_r0=$(redis_cpu)
 for p in "${ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
-SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" --throttle "$THROTTLE" \
+# (--throttle only when set: binaries older than the flag can be measured.)
+throttle=(); if [ "$THROTTLE" != 0 ]; then throttle=(--throttle "$THROTTLE"); fi
+SHARDGATE_ADMIN_PASSWORD=bench "$BIN" admin rebalance --map "$WORK/m4.yaml" "${throttle[@]}" \
   --admin "127.0.0.1:$admin" > "$WORK/rebalance.txt" 2>&1 & reb=$!
 # The GETs start when the first window is migrating.
 until [ "$(metric 'shardgate_rebalance_slots{state="migrating"}')" != "" ] &&
