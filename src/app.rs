@@ -226,12 +226,21 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         wait_previous_postgres_statements(&backends).await;
     }
     prepare_postgres(&backends).await?;
-    let acceptor = match &config.tls {
-        Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
-            &t.cert, &t.key,
-        )?)),
+    // The listener's certificate, read again on SIGHUP (`Reloader::reload_tls`).
+    let server_cert = match &config.tls {
+        Some(t) => Some(Arc::new(crate::tls::ServerCert::load(&t.cert, &t.key)?)),
         None => None,
     };
+    let acceptor = match &server_cert {
+        Some(c) => Some(TlsAcceptor::from(crate::tls::server_config(c.clone())?)),
+        None => None,
+    };
+    if let Some(cert) = &server_cert {
+        metrics.tls_listener();
+        if let Some(at) = cert.not_after() {
+            metrics.tls_cert_expiry(at);
+        }
+    }
     let (listener, addr) = bind(config.listen).await?;
     let tls_listener = match config.tls.as_ref().and_then(|t| t.listen) {
         Some(a) => Some(bind(a).await?),
@@ -335,6 +344,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         shutdown.clone(),
         rebalancer.clone(),
         coord,
+        server_cert,
     );
     let admin_addr = match admin_listener {
         Some((listener, admin_addr, auth)) => {

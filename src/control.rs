@@ -15,6 +15,7 @@ use crate::rebalance::Rebalancer;
 use crate::router::{Epoch, RoutingTable};
 use crate::shardmap::{MapError, ShardMap};
 use crate::snapshot::PublishError;
+use crate::tls::{ServerCert, TlsError};
 
 /// Why a map reload was refused (the running map stays in use).
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub struct Reloader {
     rebalancer: Arc<Rebalancer>,
     /// In a fleet: a reload is recorded in etcd and every proxy applies it.
     fleet: Option<crate::coord::Coord>,
+    /// The client listener's certificate, when it speaks TLS.
+    server_cert: Option<Arc<ServerCert>>,
 }
 
 impl Reloader {
@@ -62,6 +65,7 @@ impl Reloader {
         shutdown: watch::Sender<bool>,
         rebalancer: Arc<Rebalancer>,
         fleet: Option<crate::coord::Coord>,
+        server_cert: Option<Arc<ServerCert>>,
     ) -> Reloader {
         Reloader {
             proxy,
@@ -69,7 +73,38 @@ impl Reloader {
             shutdown,
             rebalancer,
             fleet,
+            server_cert,
         }
+    }
+
+    /// Reads the client listener's certificate and key again (SIGHUP):
+    /// handshakes from now on present the new certificate, sessions open
+    /// keep theirs. A pair that cannot be used (a file unreadable, not PEM,
+    /// a key that does not fit) is refused and the one in use stays.
+    /// `None` when the proxy serves no TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        let cert = self.server_cert.as_ref()?;
+        let result = cert.reload();
+        let metrics = &self.proxy.metrics;
+        match &result {
+            Ok(()) => {
+                metrics.tls_reload("ok");
+                let expires = cert.not_after();
+                if let Some(at) = expires {
+                    metrics.tls_cert_expiry(at);
+                }
+                tracing::info!(
+                    cert = %cert.cert_path().display(),
+                    not_after = expires.unwrap_or_default(),
+                    "TLS certificate reloaded; new handshakes present it"
+                );
+            }
+            Err(e) => {
+                metrics.tls_reload("refused");
+                tracing::error!(error = %e, "TLS certificate reload refused; the certificate in use stays");
+            }
+        }
+        Some(result)
     }
 
     /// The proxy's metrics (admin commands are counted there).

@@ -708,7 +708,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGHUP; map reload by signal is off");
+                tracing::warn!(error = %e, "cannot watch SIGHUP; map and certificate reload by signal is off");
                 None
             }
         };
@@ -721,11 +721,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         let reloader = running.reloader();
         tokio::spawn(async move {
-            // SIGHUP: re-read the map; the outcome is logged by reload().
+            // SIGHUP: re-read the map and the listener's certificate; the
+            // outcomes are logged by reload() and reload_tls().
             #[cfg(unix)]
             if let Some(mut hup) = hup {
                 while hup.recv().await.is_some() {
                     let _ = reloader.reload().await;
+                    let _ = reloader.reload_tls();
                 }
             }
             #[cfg(not(unix))]

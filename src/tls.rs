@@ -7,14 +7,17 @@
 //! `tokio::io::split`.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, pki_types};
 
 use pki_types::pem::PemObject;
@@ -51,18 +54,73 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The TLS setup of the client listener from a PEM certificate chain and
-/// its PEM private key (PKCS#8, PKCS#1 or SEC1).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The client listener's certificate chain and private key, read from
+/// their PEM files at start and again by [`ServerCert::reload`] (on
+/// SIGHUP): handshakes from then on present the new certificate; sessions
+/// already open keep theirs. A reload that fails (a file unreadable, not
+/// PEM, a key that does not fit the certificate) changes nothing.
+#[derive(Debug)]
+pub struct ServerCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ServerCert {
+    /// Reads the certificate chain `cert` and its private key `key`
+    /// (PKCS#8, PKCS#1 or SEC1).
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerCert, TlsError> {
+        Ok(ServerCert {
+            current: ArcSwap::new(Arc::new(certified_key(cert, key)?)),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Reads both files again; the new certificate is used for the
+    /// handshakes that follow. On an error the one in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let next = certified_key(&self.cert, &self.key)?;
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// When the certificate in use expires (its `notAfter`, Unix seconds).
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.current.load();
+        let der = current.end_entity_cert().ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
+    let der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| tls_err(key, format!("cannot read a PEM private key: {e}")))?;
+    CertifiedKey::from_der(chain, der, &provider())
+        .map_err(|e| tls_err(cert, format!("certificate and key do not fit: {e}")))
+}
+
+/// The TLS setup of the client listener, presenting `cert`'s certificate
+/// (the one in use at each handshake).
+pub fn server_config(cert: Arc<ServerCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(cert, e))?
+        .map_err(|e| tls_err(&cert.cert, e))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(cert, format!("certificate and key do not fit: {e}")))?;
+        .with_cert_resolver(cert);
     Ok(Arc::new(config))
 }
 

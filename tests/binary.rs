@@ -142,6 +142,7 @@ fn serve_exports_metrics_and_stops_on_sigterm() {
             || shardgate::metrics::NEAR_CACHE_ONLY.contains(name)
             || shardgate::metrics::POSTGRES_ONLY.contains(name)
             || shardgate::metrics::TRACING_ONLY.contains(name)
+            || shardgate::metrics::TLS_ONLY.contains(name)
         {
             continue;
         }

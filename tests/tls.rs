@@ -28,6 +28,12 @@ struct Certs {
 
 impl Certs {
     fn generate() -> Certs {
+        Certs::generate_until(None)
+    }
+
+    /// A CA and a server certificate valid until `not_after` (year, month,
+    /// day; rcgen's default when `None`).
+    fn generate_until(not_after: Option<(i32, u8, u8)>) -> Certs {
         let dir = TempDir::new("tls");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -51,6 +57,9 @@ impl Certs {
             .distinguished_name
             .push(DnType::CommonName, "localhost");
         params.use_authority_key_identifier_extension = true;
+        if let Some((y, m, d)) = not_after {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -240,4 +249,141 @@ fn backends_over_tls() {
         })
         .sum();
     assert_eq!(on_servers, 20);
+}
+
+/// A TLS session with the proxy at `port`, trusting only `certs`' CA, that
+/// answered a PING (the handshake's error otherwise).
+async fn tls_ping(
+    certs: &Certs,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let config = shardgate::tls::client_config(Some(&certs.path("ca.pem"))).expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = shardgate::tls::server_name("127.0.0.1:1", None).expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    ping_on(&mut tls).await;
+    Ok(tls)
+}
+
+/// PING on an open session; panics unless it answers PONG.
+async fn ping_on(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
+    tls.write_all(b"*1\r\n$4\r\nPING\r\n").await.expect("write");
+    tls.flush().await.expect("flush");
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert_eq!(&buf, b"+PONG\r\n");
+}
+
+/// A series of the proxy's `/metrics` (0 when absent).
+fn metric(port: u16, series: &str) -> f64 {
+    common::rebalance::ureq_get(port)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Certificate rotation without a restart: SIGHUP makes the listener
+/// present the certificate now in the files to new handshakes, sessions
+/// already open go on, and a pair that cannot be used (a key that is not
+/// PEM, a key of another certificate) is refused with the one in use kept.
+#[test]
+fn sighup_reloads_the_listener_certificate_and_refuses_a_bad_one() {
+    const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
+    // 2039-01-15 and 2040-06-01, 00:00 UTC.
+    let old = Certs::generate_until(Some((2039, 1, 15)));
+    let new = Certs::generate_until(Some((2040, 6, 1)));
+    let (old_expiry, new_expiry) = (2_178_662_400.0, 2_222_121_600.0);
+    let live = TempDir::new("tls-live");
+    let (cert, key) = (live.path().join("cert.pem"), live.path().join("key.pem"));
+    let install = |from: &Certs, cert_of: &Certs| {
+        std::fs::copy(cert_of.path("server.pem"), &cert).expect("copy cert");
+        std::fs::copy(from.path("server.key"), &key).expect("copy key");
+    };
+    // (The key of `from`, the certificate of `cert_of`.)
+    install(&old, &old);
+    let server = common::RedisServer::start();
+    let dir = TempDir::new("tls-map");
+    let map = common::write_map(&dir, &[&server]);
+    let metrics = common::free_port();
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let metrics_arg = format!("127.0.0.1:{metrics}");
+    let (child, port) = common::spawn_proxy(
+        BIN,
+        &map,
+        &[
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--metrics-listen",
+            &metrics_arg,
+        ],
+    );
+    common::wait_for_port(metrics);
+    let hup = || common::signal_pid(child.id(), "HUP");
+    let expiry = "shardgate_tls_certificate_expiry_timestamp_seconds";
+    let reloads = |outcome: &str| {
+        metric(
+            metrics,
+            &format!("shardgate_tls_reloads_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    let mut open = rt
+        .block_on(tls_ping(&old, port))
+        .expect("the old certificate");
+    assert!(rt.block_on(tls_ping(&new, port)).is_err());
+    assert_eq!(metric(metrics, expiry), old_expiry);
+
+    install(&new, &new);
+    hup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rt.block_on(tls_ping(&new, port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not put the new certificate in use"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let refused = rt
+        .block_on(tls_ping(&old, port))
+        .expect_err("old CA no longer fits");
+    assert!(refused.contains("certificate"), "{refused}");
+    rt.block_on(ping_on(&mut open));
+    assert_eq!(reloads("ok"), 1.0);
+    assert_eq!(metric(metrics, expiry), new_expiry);
+
+    // A key that is not PEM, then the key of another certificate: refused,
+    // the certificate in use stays.
+    std::fs::write(&key, "not a key\n").expect("write");
+    hup();
+    let until_refused = |n: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reloads("refused") < n {
+            assert!(std::time::Instant::now() < deadline, "reload not refused");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    until_refused(1.0);
+    install(&old, &new);
+    hup();
+    until_refused(2.0);
+    rt.block_on(tls_ping(&new, port))
+        .expect("the certificate in use stays");
+    rt.block_on(ping_on(&mut open));
+    assert_eq!(reloads("ok"), 1.0);
+    assert_eq!(metric(metrics, expiry), new_expiry);
 }

@@ -397,6 +397,25 @@ impl Metrics {
         counter!(MAP_RELOADS, "outcome" => outcome).increment(1);
     }
 
+    /// The client listener speaks TLS: both series of its reloads exist (at
+    /// 0) from the start.
+    pub fn tls_listener(&self) {
+        for outcome in ["ok", "refused"] {
+            counter!(TLS_RELOADS, "outcome" => outcome).increment(0);
+        }
+    }
+
+    /// A reload of the client listener's certificate: `ok` or `refused`.
+    pub fn tls_reload(&self, outcome: &'static str) {
+        counter!(TLS_RELOADS, "outcome" => outcome).increment(1);
+    }
+
+    /// The client listener's certificate now in use expires at `at` (Unix
+    /// seconds).
+    pub fn tls_cert_expiry(&self, at: i64) {
+        gauge!(TLS_CERT_EXPIRY).set(at as f64);
+    }
+
     /// The routing table with this epoch is now in use.
     pub fn map_epoch(&self, epoch: u64) {
         gauge!(MAP_EPOCH).set(epoch as f64);

@@ -101,6 +101,15 @@ pub const PG_GROUP_COMMIT_OUTCOMES: [&str; 5] =
     ["batched", "alone", "lock_busy", "batch_failed", "error"];
 /// Map reloads, by outcome (ok, refused).
 pub const MAP_RELOADS: &str = "shardgate_map_reloads_total";
+/// Reloads of the client listener's certificate and key (SIGHUP), by
+/// outcome (ok, refused).
+pub const TLS_RELOADS: &str = "shardgate_tls_reloads_total";
+/// When the client listener's certificate in use expires (its `notAfter`,
+/// Unix seconds).
+pub const TLS_CERT_EXPIRY: &str = "shardgate_tls_certificate_expiry_timestamp_seconds";
+/// Series that exist only when the client listener speaks TLS
+/// (`--tls-cert`).
+pub const TLS_ONLY: [&str; 2] = [TLS_RELOADS, TLS_CERT_EXPIRY];
 /// Commands on the admin listener, by command and outcome.
 pub const ADMIN_COMMANDS: &str = "shardgate_admin_commands_total";
 /// Epoch of the routing table in use.
@@ -403,6 +412,16 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         MAP_RELOADS,
         "counter",
         "Shard-map reloads (SIGHUP) by outcome: ok, refused",
+    ),
+    (
+        TLS_RELOADS,
+        "counter",
+        "Reloads of the client listener's certificate and key (SIGHUP) by outcome: ok, refused",
+    ),
+    (
+        TLS_CERT_EXPIRY,
+        "gauge",
+        "When the client listener's certificate in use expires (notAfter, Unix seconds)",
     ),
     (
         REBALANCE_SLOTS,

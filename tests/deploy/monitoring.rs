@@ -183,6 +183,11 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let dir = TempDir::new("drift");
     let map = write_map(&dir, &[&a, &b]);
     let mport = free_port();
+    // A TLS listener beside the plain one (its certificate's metrics).
+    let tls = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, tls.cert.pem()).unwrap();
+    std::fs::write(&key, tls.signing_key.serialize_pem()).unwrap();
     let (_child, port) = super::common::spawn_proxy(
         BIN,
         &map,
@@ -191,6 +196,12 @@ fn dashboard_and_rules_use_only_exported_metrics() {
             &format!("127.0.0.1:{mport}"),
             "--etcd",
             &format!("http://127.0.0.1:{}", etcd.client_port),
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
         ],
     );
     wait_ok(mport, "/readyz");
