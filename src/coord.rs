@@ -116,6 +116,11 @@ pub struct Member {
     pub renewed_unix_ms: u64,
     /// The etcd lease its key lives under.
     pub lease: i64,
+    /// It serves clients (at least 100 commands/s lately): the mover,
+    /// wherever it runs, then takes small bursts and one source at a time.
+    /// (Absent in the keys of older proxies: read as not serving.)
+    #[serde(default)]
+    pub serving: bool,
 }
 
 /// Why a fleet operation failed.

@@ -75,6 +75,9 @@ struct Membership {
     /// The lease its member key and election candidacy live under.
     lease: watch::Sender<i64>,
     leader: AtomicBool,
+    /// Whether it serves clients, as its member key says (see
+    /// [`Membership::report_serving`]).
+    serving: AtomicBool,
     /// Serialises [`Membership::apply`].
     applying: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -132,6 +135,7 @@ pub async fn join(
         applied: AtomicI64::new(state.revision),
         lease: watch::Sender::new(lease),
         leader: AtomicBool::new(false),
+        serving: AtomicBool::new(false),
         applying: tokio::sync::Mutex::new(()),
         shutdown,
     });
@@ -157,6 +161,7 @@ pub async fn join(
     tokio::spawn(me.clone().watch_state());
     tokio::spawn(me.clone().campaign());
     tokio::spawn(me.clone().count_members());
+    tokio::spawn(me.clone().report_serving());
     Ok(())
 }
 
@@ -208,6 +213,7 @@ impl Membership {
             acked: self.applied.load(Ordering::Acquire),
             renewed_unix_ms: unix_ms(),
             lease: *self.lease.borrow(),
+            serving: self.serving.load(Ordering::Relaxed),
         };
         self.coord.register(&member).await
     }
@@ -515,17 +521,45 @@ impl Membership {
         }
     }
 
+    /// Says in the member key whether this proxy serves clients, so that
+    /// the mover, on whichever proxy it runs, yields to them (see
+    /// `rebalance::clients_served`): set within a sample of the first commands,
+    /// cleared after [`SERVING_HOLD`] without any (a bursty client does not
+    /// rewrite the key at each pause). One etcd write per change.
+    async fn report_serving(self: Arc<Self>) {
+        let mut last = None::<Instant>;
+        while !self.stopping() {
+            tokio::time::sleep(rebalance::CLIENTS_SAMPLE).await;
+            if rebalance::clients_served() {
+                last = Some(Instant::now());
+            }
+            let serving = last.is_some_and(|t| t.elapsed() < SERVING_HOLD);
+            if serving != self.serving.swap(serving, Ordering::Relaxed) {
+                // On failure the next lease renewal writes it.
+                if let Err(e) = self.register().await {
+                    tracing::debug!(error = %e, "cannot say in the member key whether clients are served");
+                }
+            }
+        }
+    }
+
     /// Keeps the fleet-size gauge and STATUS's list of proxies current.
     async fn count_members(self: Arc<Self>) {
         while !self.stopping() {
             if let Ok(members) = self.coord.members().await {
                 self.ctx.metrics.fleet_proxies(members.len());
+                let serving = members.iter().filter(|m| m.serving).count();
+                self.ctx.metrics.fleet_proxies_serving(serving);
                 self.rebalancer.set_fleet_members(members);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
+
+/// How long a proxy still says it serves clients after its last busy
+/// sample (see [`Membership::report_serving`]).
+const SERVING_HOLD: Duration = Duration::from_secs(2);
 
 /// This proxy's default fleet id: host name, listen address and pid. The
 /// host name keeps containers apart (each is pid 1 on the same address).

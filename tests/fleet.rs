@@ -497,3 +497,104 @@ fn every_member_follows_a_sentinel_failover_without_a_map_change() {
         assert_eq!(m.map_epoch(), epoch, "{}", m.id);
     }
 }
+
+/// The most `shardgate_rebalance_sources_moving` the mover's member showed
+/// while the move of `revision` ran, and whether it took small bursts.
+fn watch_move(fleet: &Fleet, mover: usize, revision: i64) -> (f64, bool) {
+    let (mut most, mut small, mut started) = (0.0f64, false, false);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let m = &fleet.members[mover];
+        most = most.max(m.metric("shardgate_rebalance_sources_moving"));
+        small |= m.metric("shardgate_rebalance_small_bursts") == 1.0;
+        // (The mover starts once its member has seen the rebalance in etcd.)
+        let running = m.metric("shardgate_rebalance_running") == 1.0;
+        if started && !running {
+            break;
+        }
+        started |= running;
+        assert!(Instant::now() < deadline, "the move never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let p = fleet.wait_done(revision);
+    assert_eq!(p["verify"], "ok", "{p:?}");
+    (most, small)
+}
+
+/// Waits until the mover's member lists `n` proxies serving clients.
+fn wait_serving_proxies(fleet: &Fleet, mover: usize, n: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    while fleet.members[mover].metric("shardgate_fleet_proxies_serving") != n {
+        assert!(
+            Instant::now() < deadline,
+            "never {n} proxies serving: {}",
+            fleet.members[mover].admin().text(&[b"STATUS"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The mover yields to the clients of every proxy of the fleet, not only
+/// its own: with one client reading through another proxy, it takes small
+/// bursts and moves from one source at a time; alone it takes full bursts
+/// from both sources at once (tests/rebalance_ops/sources.rs shows the
+/// same on one proxy with `MONITOR`).
+#[test]
+fn the_mover_yields_to_clients_of_other_proxies() {
+    const KEYS: usize = 40_000;
+    let fleet = Fleet::start("fleet-yield", [6; 3]);
+    common::fleet::fill(fleet.members[0].port, KEYS);
+    let m1 = fleet.map("m1.yaml", &[0, 1]);
+    let m2 = fleet.map("m2.yaml", &[0, 1, 2]);
+    let mover = fleet.leader();
+    let reading = (mover + 1) % 3;
+
+    // Alone: both sources (s0, s1) at once, full bursts. (The fill made
+    // p0 say it serves clients: its flag clears 2 s after, and the mover's
+    // member lists the fleet every second.)
+    std::thread::sleep(Duration::from_secs(3));
+    wait_serving_proxies(&fleet, mover, 0.0);
+    let rev = fleet.rebalance(mover, &m2, 0);
+    let (most, small) = watch_move(&fleet, mover, rev);
+    assert_eq!((most, small), (2.0, false), "alone");
+    let rev = fleet.rebalance(mover, &m1, 0);
+    watch_move(&fleet, mover, rev);
+
+    // A client reading through another proxy only.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, port) = (stop.clone(), fleet.members[reading].port);
+        std::thread::spawn(move || {
+            let mut c = connect(port).unwrap();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(format!("filler:{}", n % KEYS))
+                    .query(&mut c)
+                    .unwrap();
+                assert_eq!(v, Some(format!("f{}", n % KEYS)));
+                n += 1;
+            }
+            n
+        })
+    };
+    wait_serving_proxies(&fleet, mover, 1.0);
+    let status = fleet.members[mover].admin().text(&[b"STATUS"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("proxy:id=p{reading},")))
+        .unwrap_or_else(|| panic!("p{reading} in {status}"));
+    assert!(line.ends_with(",serving=1"), "{line}");
+    let rev = fleet.rebalance(mover, &m2, 0);
+    let (most, small) = watch_move(&fleet, mover, rev);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(
+        (most, small),
+        (1.0, true),
+        "beside another proxy's client: {}",
+        fleet.logs()
+    );
+    // Its flag clears once the client is gone.
+    wait_serving_proxies(&fleet, mover, 0.0);
+}

@@ -51,6 +51,7 @@ pub struct Metrics {
     _build_info: Gauge,
     _panics: Counter,
     fleet_proxies: Gauge,
+    fleet_proxies_serving: Gauge,
     fleet_fenced: Gauge,
     fleet_leader: Gauge,
     fleet_renewals: [Counter; 2],
@@ -113,6 +114,7 @@ impl Metrics {
             },
             _panics: counter!(PANICS),
             fleet_proxies: gauge!(FLEET_PROXIES),
+            fleet_proxies_serving: gauge!(FLEET_PROXIES_SERVING),
             fleet_fenced: gauge!(FLEET_FENCED),
             fleet_leader: gauge!(FLEET_LEADER),
             fleet_renewals: ["ok", "error"].map(|o| counter!(FLEET_LEASE_RENEWALS, "outcome" => o)),
@@ -239,6 +241,11 @@ impl Metrics {
     /// Live proxies of the fleet, as last listed.
     pub fn fleet_proxies(&self, n: usize) {
         self.fleet_proxies.set(n as f64);
+    }
+
+    /// Proxies of the fleet that say they serve clients.
+    pub fn fleet_proxies_serving(&self, n: usize) {
+        self.fleet_proxies_serving.set(n as f64);
     }
 
     /// Whether this proxy is fenced (routes no keys).

@@ -154,6 +154,8 @@ pub const REBALANCE_VERIFIED: &str = "shardgate_rebalance_verify_ok";
 
 /// Proxies of the fleet holding a live etcd lease, as this proxy last saw.
 pub const FLEET_PROXIES: &str = "shardgate_fleet_proxies";
+/// Proxies of the fleet that say they serve clients.
+pub const FLEET_PROXIES_SERVING: &str = "shardgate_fleet_proxies_serving";
 /// 1 while this proxy routes no keys because its lease may have expired.
 pub const FLEET_FENCED: &str = "shardgate_fleet_fenced";
 /// 1 while this proxy holds the mover's election.
@@ -588,6 +590,11 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         FLEET_PROXIES,
         "gauge",
         "Proxies of the fleet holding a live etcd lease, as this proxy last listed them (0 without --etcd)",
+    ),
+    (
+        FLEET_PROXIES_SERVING,
+        "gauge",
+        "Proxies of the fleet that say they serve clients (100 commands/s or more lately; the mover then takes small bursts and one source at a time), as this proxy last listed them",
     ),
     (
         FLEET_FENCED,

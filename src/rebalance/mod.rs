@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use crate::context::Context;
 use crate::router::{Epoch, Overlay, RoutingTable};
 use crate::shardmap::ShardMap;
+pub(crate) use mover::{CLIENTS_SAMPLE, clients_served};
 pub use plan::Plan;
 use state::{Saved, StateDir};
 use store::Store;
@@ -262,6 +263,8 @@ pub struct Rebalancer {
     fleet_view: Mutex<Option<FleetView>>,
     /// In a fleet: the live proxies as last listed (STATUS).
     fleet_members: Mutex<Vec<crate::coord::Member>>,
+    /// In a fleet: whether any of them said it serves clients.
+    fleet_serving: std::sync::atomic::AtomicBool,
     /// Held from "no mover runs here" to the mover's launch: the watcher
     /// and the election both call [`Rebalancer::fleet_state`].
     fleet_launch: Mutex<()>,
@@ -287,12 +290,15 @@ impl Rebalancer {
         shutdown: watch::Sender<bool>,
         sources: usize,
     ) -> Arc<Rebalancer> {
+        // The mover's judge of whether clients are served counts from here.
+        mover::prime();
         Arc::new(Rebalancer {
             ctx,
             state,
             fleet,
             fleet_view: Mutex::new(None),
             fleet_members: Mutex::new(Vec::new()),
+            fleet_serving: std::sync::atomic::AtomicBool::new(false),
             fleet_launch: Mutex::new(()),
             fleet_leader: std::sync::atomic::AtomicBool::new(false),
             shutdown,
@@ -679,7 +685,17 @@ impl Rebalancer {
 
     /// The fleet's live proxies, as the member task last listed them.
     pub fn set_fleet_members(&self, members: Vec<crate::coord::Member>) {
+        let serving = members.iter().any(|m| m.serving);
+        self.fleet_serving.store(serving, Ordering::Relaxed);
         *lock(&self.fleet_members) = members;
+    }
+
+    /// In a fleet: whether a proxy of it said (in its member key, as last
+    /// listed, about once a second) that it serves clients. The mover, which
+    /// runs on one proxy, then yields to them as to its own (see
+    /// `mover::burst`); `false` outside a fleet.
+    pub(crate) fn fleet_serving(&self) -> bool {
+        self.fleet_serving.load(Ordering::Relaxed)
     }
 
     /// The `# Fleet` section of STATUS (empty without `--etcd`): one line
@@ -696,12 +712,13 @@ impl Rebalancer {
         let mut text = format!("# Fleet\r\nproxies:{}\r\n", members.len());
         for m in members {
             text.push_str(&format!(
-                "proxy:id={},addr={},epoch={},renewed_ms_ago={},lease={:x}\r\n",
+                "proxy:id={},addr={},epoch={},renewed_ms_ago={},lease={:x},serving={}\r\n",
                 m.id,
                 m.addr,
                 m.acked,
                 now.saturating_sub(m.renewed_unix_ms),
-                m.lease
+                m.lease,
+                u8::from(m.serving)
             ));
         }
         text.push_str("\r\n");

@@ -3,8 +3,8 @@
 //! otherwise; and beside clients one source at a time ([`Turns`]), alone
 //! up to `--rebalance-sources` at once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -55,43 +55,71 @@ impl Burst {
     }
 }
 
-/// Whether this proxy is serving clients: it ran at least
-/// [`Clients::ACTIVE`] commands per second over the last
-/// [`Clients::SAMPLE`] (INFO's `total_commands_processed`; the mover's own
-/// commands go straight to the shards and are not counted). In a fleet,
-/// the mover's proxy sees its own clients, a share of the fleet's.
-pub(super) struct Clients {
+/// Commands per second from which a proxy serves clients (see
+/// [`clients_served`]).
+const ACTIVE_RATE: f64 = 100.0;
+/// How often [`clients_served`] samples the proxy's command count.
+pub(crate) const CLIENTS_SAMPLE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy)]
+struct Sample {
     at: Instant,
     total: u64,
     active: bool,
 }
 
-impl Clients {
-    const ACTIVE: f64 = 100.0;
-    const SAMPLE: Duration = Duration::from_millis(100);
-
-    pub(super) fn new() -> Clients {
-        Clients {
-            at: Instant::now(),
-            total: crate::metrics::hot::total_commands(),
-            // Until the first sample says otherwise.
-            active: true,
+/// Whether this proxy is serving clients: it ran at least 100 commands per
+/// second since the last sample (INFO's `total_commands_processed`; the
+/// mover's own commands go straight to the shards and are not counted),
+/// sampled again once the last sample is older than [`CLIENTS_SAMPLE`].
+/// One sampler per process, shared by every walk and the fleet's report,
+/// so a walk that starts knows at once (the rate since the last sample,
+/// however long ago; the proxy takes the first at start, [`prime`]). In a
+/// fleet each proxy also says so in its member key (see `fleet`), and the
+/// mover yields to the clients of any of them
+/// ([`crate::rebalance::Rebalancer::fleet_serving`]).
+pub(crate) fn clients_served() -> bool {
+    let total = crate::metrics::hot::total_commands();
+    let now = Instant::now();
+    let mut last = LAST_SAMPLE.lock().unwrap_or_else(PoisonError::into_inner);
+    match *last {
+        Some(s) if now.duration_since(s.at) < CLIENTS_SAMPLE => s.active,
+        Some(s) => {
+            let rate =
+                total.saturating_sub(s.total) as f64 / now.duration_since(s.at).as_secs_f64();
+            let active = rate >= ACTIVE_RATE;
+            *last = Some(Sample {
+                at: now,
+                total,
+                active,
+            });
+            active
         }
-    }
-
-    /// As of the last sample (taken when the last one is older than
-    /// [`Clients::SAMPLE`]).
-    pub(super) fn active(&mut self) -> bool {
-        let elapsed = self.at.elapsed();
-        if elapsed >= Clients::SAMPLE {
-            let total = crate::metrics::hot::total_commands();
-            let rate = total.saturating_sub(self.total) as f64 / elapsed.as_secs_f64();
-            self.active = rate >= Clients::ACTIVE;
-            (self.at, self.total) = (Instant::now(), total);
+        // Not primed (unit tests): clients until a sample says otherwise.
+        None => {
+            *last = Some(Sample {
+                at: now,
+                total,
+                active: true,
+            });
+            true
         }
-        self.active
     }
 }
+
+/// Takes the first sample of [`clients_served`] (at the proxy's start).
+pub(crate) fn prime() {
+    let mut last = LAST_SAMPLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_none() {
+        *last = Some(Sample {
+            at: Instant::now(),
+            total: crate::metrics::hot::total_commands(),
+            active: false,
+        });
+    }
+}
+
+static LAST_SAMPLE: std::sync::Mutex<Option<Sample>> = std::sync::Mutex::new(None);
 
 /// The walks of one step (a window per source, see `mover::run`) share
 /// the shards' time: while the proxy serves clients, one source moves at

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::burst::{Clients, Turn};
+use super::burst::{Turn, clients_served};
 use super::{Job, Rebalancer, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Copied, CopyError, MOVER_CLIENTS, Stays, copy_key};
 use crate::backend::migrate::{MigrateError, scan_reply};
@@ -91,10 +91,11 @@ pub(super) async fn move_window_pg(
     let mut cursor = window.first().copied();
     let mut backoff = Duration::from_millis(100);
     // Beside clients, one source at a time (see `Turns`).
-    let (mut clients, mut turn) = (Clients::new(), Turn::default());
+    let mut turn = Turn::default();
     while let Some(at) = cursor {
         wait_unpaused(job).await;
-        turn.take(&job.turns, clients.active()).await;
+        turn.take(&job.turns, clients_served() || rb.fleet_serving())
+            .await;
         let backends = rb.ctx.backends();
         let ep = backends.shard(from).primary.clone();
         let result: Result<Option<u64>, MigrateError> = async {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::burst::{Burst, Clients, Turn};
+use super::burst::{Burst, Turn, clients_served};
 use super::postgres::copy_keys;
 use super::{BIG_KEY_BYTES, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Stays, needs_copy};
@@ -130,7 +130,6 @@ struct Walk {
     copy: Vec<(ShardId, Vec<Bytes>)>,
     /// The size of the rounds (see [`Burst::of`]), chosen each round.
     burst: Burst,
-    clients: Clients,
     /// Its part of the job's turns (see [`super::burst::Turns`]).
     turn: Turn,
 }
@@ -170,7 +169,6 @@ impl Walk {
             unthrottled: 0,
             copy: Vec::new(),
             burst: Burst::FULL,
-            clients: Clients::new(),
             turn: Turn::default(),
         }
     }
@@ -298,7 +296,7 @@ impl Step<'_> {
             // Beside clients, one source at a time (see `Turns`): a walk
             // without the turn finishes its batches in flight, then waits
             // for it with no key fenced.
-            let clients = walk.clients.active();
+            let clients = clients_served() || self.rb.fleet_serving();
             if !clients {
                 walk.turn.alone();
             }
