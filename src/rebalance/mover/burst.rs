@@ -79,11 +79,16 @@ struct Sample {
 /// mover yields to the clients of any of them
 /// ([`crate::rebalance::Rebalancer::fleet_serving`]).
 pub(crate) fn clients_served() -> bool {
-    let total = crate::metrics::hot::total_commands();
     let now = Instant::now();
     let mut last = LAST_SAMPLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(s) = *last
+        && now.duration_since(s.at) < CLIENTS_SAMPLE
+    {
+        return s.active;
+    }
+    // (Summed over every command's counters: only once per sample.)
+    let total = crate::metrics::hot::total_commands();
     match *last {
-        Some(s) if now.duration_since(s.at) < CLIENTS_SAMPLE => s.active,
         Some(s) => {
             let rate =
                 total.saturating_sub(s.total) as f64 / now.duration_since(s.at).as_secs_f64();
