@@ -59,8 +59,10 @@ fn move_and_watch(
     let watchers = watch(&sources, &done);
     let started = proxy.admin().rebalance_file(to, 0);
     assert!(started.starts_with("OK"), "{started}");
-    let mut most = 0.0f64;
+    let (mut most, mut started) = (0.0f64, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
+        assert!(std::time::Instant::now() < deadline, "the move never ended");
         let text = ureq_get(metrics_port);
         let gauge = |name: &str| {
             text.lines()
@@ -68,9 +70,12 @@ fn move_and_watch(
                 .unwrap_or_default()
         };
         most = most.max(gauge("shardgate_rebalance_sources_moving "));
-        if gauge("shardgate_rebalance_running ") == 0.0 {
+        // (The mover's task may set it only after this first look.)
+        let running = gauge("shardgate_rebalance_running ") == 1.0;
+        if started && !running {
             break;
         }
+        started |= running;
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(proxy.admin().progress()["verify"], "ok");
