@@ -290,8 +290,6 @@ impl Rebalancer {
         shutdown: watch::Sender<bool>,
         sources: usize,
     ) -> Arc<Rebalancer> {
-        // The mover's judge of whether clients are served counts from here.
-        mover::prime();
         Arc::new(Rebalancer {
             ctx,
             state,
@@ -690,12 +688,12 @@ impl Rebalancer {
         *lock(&self.fleet_members) = members;
     }
 
-    /// In a fleet: whether a proxy of it said (in its member key, as last
-    /// listed, about once a second) that it serves clients. The mover, which
-    /// runs on one proxy, then yields to them as to its own (see
-    /// `mover::burst`); `false` outside a fleet.
-    pub(crate) fn fleet_serving(&self) -> bool {
-        self.fleet_serving.load(Ordering::Relaxed)
+    /// Whether clients are served, so that the mover yields to them (see
+    /// `mover::burst`): this proxy's ([`clients_served`]) or, in a fleet,
+    /// any proxy's, as their member keys said when last listed (about once
+    /// a second): the mover runs on one proxy, the clients may be on others.
+    fn clients_served(&self) -> bool {
+        clients_served() || self.fleet_serving.load(Ordering::Relaxed)
     }
 
     /// The `# Fleet` section of STATUS (empty without `--etcd`): one line

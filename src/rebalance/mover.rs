@@ -59,7 +59,7 @@ use postgres::{hold_back, move_window_pg, prepare_postgres_targets};
 use walk::move_window_db;
 
 pub use crate::backend::migrate::BIG_KEY_BYTES;
-pub(crate) use burst::{CLIENTS_SAMPLE, clients_served, prime};
+pub(crate) use burst::{CLIENTS_SAMPLE, clients_served};
 /// Most (class, slot) pairs moved in one window.
 const WINDOW: usize = 4096;
 /// Longest wait for the targets' replicas before a window turns stable.

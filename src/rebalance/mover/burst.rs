@@ -60,6 +60,9 @@ impl Burst {
 const ACTIVE_RATE: f64 = 100.0;
 /// How often [`clients_served`] samples the proxy's command count.
 pub(crate) const CLIENTS_SAMPLE: Duration = Duration::from_millis(100);
+/// A sample older than this says nothing of clients that came since (see
+/// [`clients_served`]).
+const CLIENTS_STALE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 struct Sample {
@@ -72,12 +75,12 @@ struct Sample {
 /// second since the last sample (INFO's `total_commands_processed`; the
 /// mover's own commands go straight to the shards and are not counted),
 /// sampled again once the last sample is older than [`CLIENTS_SAMPLE`].
-/// One sampler per process, shared by every walk and the fleet's report,
-/// so a walk that starts knows at once (the rate since the last sample,
-/// however long ago; the proxy takes the first at start, [`prime`]). In a
-/// fleet each proxy also says so in its member key (see `fleet`), and the
-/// mover yields to the clients of any of them
-/// ([`crate::rebalance::Rebalancer::fleet_serving`]).
+/// One sampler per process, shared by every walk and the fleet's report
+/// (which samples every [`CLIENTS_SAMPLE`]), so a walk that starts in a
+/// fleet knows at once; with no sample in the last second (no move, no
+/// fleet), clients are assumed until the next one. In a fleet each proxy also says so in
+/// its member key (see `fleet`), and the mover yields to the clients of
+/// any of them (`Rebalancer::clients_served`).
 pub(crate) fn clients_served() -> bool {
     let now = Instant::now();
     let mut last = LAST_SAMPLE.lock().unwrap_or_else(PoisonError::into_inner);
@@ -89,7 +92,7 @@ pub(crate) fn clients_served() -> bool {
     // (Summed over every command's counters: only once per sample.)
     let total = crate::metrics::hot::total_commands();
     match *last {
-        Some(s) => {
+        Some(s) if now.duration_since(s.at) <= CLIENTS_STALE => {
             let rate =
                 total.saturating_sub(s.total) as f64 / now.duration_since(s.at).as_secs_f64();
             let active = rate >= ACTIVE_RATE;
@@ -100,8 +103,11 @@ pub(crate) fn clients_served() -> bool {
             });
             active
         }
-        // Not primed (unit tests): clients until a sample says otherwise.
-        None => {
+        // No sample lately (nothing asked: no move, no fleet report), or
+        // none yet: an average over a long quiet stretch would hide
+        // clients that just came, so clients until the next sample says
+        // otherwise.
+        _ => {
             *last = Some(Sample {
                 at: now,
                 total,
@@ -109,18 +115,6 @@ pub(crate) fn clients_served() -> bool {
             });
             true
         }
-    }
-}
-
-/// Takes the first sample of [`clients_served`] (at the proxy's start).
-pub(crate) fn prime() {
-    let mut last = LAST_SAMPLE.lock().unwrap_or_else(PoisonError::into_inner);
-    if last.is_none() {
-        *last = Some(Sample {
-            at: Instant::now(),
-            total: crate::metrics::hot::total_commands(),
-            active: false,
-        });
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::burst::{Turn, clients_served};
+use super::burst::Turn;
 use super::{Job, Rebalancer, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Copied, CopyError, MOVER_CLIENTS, Stays, copy_key};
 use crate::backend::migrate::{MigrateError, scan_reply};
@@ -94,8 +94,7 @@ pub(super) async fn move_window_pg(
     let mut turn = Turn::default();
     while let Some(at) = cursor {
         wait_unpaused(job).await;
-        turn.take(&job.turns, clients_served() || rb.fleet_serving())
-            .await;
+        turn.take(&job.turns, rb.clients_served()).await;
         let backends = rb.ctx.backends();
         let ep = backends.shard(from).primary.clone();
         let result: Result<Option<u64>, MigrateError> = async {

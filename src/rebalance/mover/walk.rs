@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::burst::{Burst, Turn, clients_served};
+use super::burst::{Burst, Turn};
 use super::postgres::copy_keys;
 use super::{BIG_KEY_BYTES, Work, fail, throttle, wait_unpaused};
 use crate::backend::copy::{Stays, needs_copy};
@@ -296,7 +296,7 @@ impl Step<'_> {
             // Beside clients, one source at a time (see `Turns`): a walk
             // without the turn finishes its batches in flight, then waits
             // for it with no key fenced.
-            let clients = clients_served() || self.rb.fleet_serving();
+            let clients = self.rb.clients_served();
             if !clients {
                 walk.turn.alone();
             }
