@@ -502,7 +502,13 @@ impl Membership {
                     self.rebalancer.set_fleet_leader(true);
                     self.ctx.metrics.fleet_leader(true);
                     tracing::info!(id = %self.id, "elected to run the fleet's rebalance mover");
-                    if let Ok(Some(state)) = self.coord.state().await {
+                    // Only a state this proxy has published (the backends
+                    // of the plan's shards installed, its table in force):
+                    // a newer one reaches `fleet_state` from the watch once
+                    // applied, with the leader flag set above.
+                    if let Ok(Some(state)) = self.coord.state().await
+                        && state.revision <= self.applied.load(Ordering::Acquire)
+                    {
                         self.rebalancer.fleet_state(&state, true);
                     }
                     // Leadership lasts as long as the lease.
